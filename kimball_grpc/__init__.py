@@ -1,0 +1,1 @@
+"""Kimball: self-hosted analytics and prediction service, gRPC first."""

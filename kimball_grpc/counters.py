@@ -1,0 +1,55 @@
+"""Counters: a unique-user set (Bloom filter) with its count, value sum and goal tallies."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from kimball_grpc.bloom import BloomFilter, KeyHash
+
+GLOBAL_COUNTER_NAME = "global_counter"
+
+
+class CounterKind(StrEnum):
+    INTERNAL = "internal"  # every user seen in the namespace
+    NAMED = "named"  # one per event name
+    WEEKLY = "weekly"  # one per event name and ISO week
+
+
+@dataclass(eq=False)
+class Counter:
+    """Unique users of one event (or of the namespace, or of one week of an event).
+
+    Only a user's first occurrence changes a counter. For goal counters,
+    ``event_counts`` tallies each combination of prior events (a sorted tuple)
+    and ``single_event_counts`` each prior event on its own.
+    """
+
+    name: str
+    kind: CounterKind
+    filter: BloomFilter
+    iso_year: int = 0
+    iso_week: int = 0
+    count: int = 0
+    value_sum: float = 0.0
+    event_counts: Tally[tuple[str, ...]] = field(default_factory=Tally)
+    single_event_counts: Tally[str] = field(default_factory=Tally)
+
+    def __contains__(self, user_hash: KeyHash) -> bool:
+        return user_hash in self.filter
+
+    def record_first(self, value: float | None, prior_events: tuple[str, ...] | None) -> None:
+        """Count a user seen here for the first time; ``prior_events`` only for goals."""
+        self.count += 1
+        if value is not None:
+            self.value_sum += value
+        if prior_events is not None:
+            self.event_counts[prior_events] += 1
+            for name in prior_events:
+                self.single_event_counts[name] += 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of Bloom filter storage."""
+        return self.filter.nbytes

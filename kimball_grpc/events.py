@@ -1,0 +1,74 @@
+"""Incoming events and their validation into records."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kimball_grpc.bloom import hash_key
+from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.limits import DEFAULT_NAMESPACE, MAX_NAME_LENGTH
+from kimball_grpc.records import EventRecord, GoalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as a client sent it: user ``user_id`` did ``event_name``."""
+
+    event_name: str
+    user_id: str
+    namespace: str = ""
+    value: float | None = None
+    datetime: datetime | None = None  # timezone-aware; None means now
+    ensure_goal: bool = False
+
+
+def check_name(field: str, value: str, *, required: bool = True) -> str:
+    """A name as given, or ``InvalidArgument`` naming ``field``."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string", **{field: repr(value)})
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} is required and must not be empty", key=field)
+        return value
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(
+            f"{field} is longer than {MAX_NAME_LENGTH} characters", **{field: value[:64] + "..."}
+        )
+    if not value.isprintable():
+        raise InvalidArgument(f"{field} contains control characters", **{field: repr(value)})
+    return value
+
+
+def check_namespace(namespace: str) -> str:
+    """The namespace, ``default`` when empty."""
+    return check_name("namespace", namespace, required=False) or DEFAULT_NAMESPACE
+
+
+def prepare_event(event: Event, now: datetime) -> EventRecord:
+    """Validate ``event`` into a record; ``now`` supplies the week when no datetime is given."""
+    namespace = check_namespace(event.namespace)
+    name = check_name("event_name", event.event_name)
+    user = check_name("user_id", event.user_id)
+    value = event.value
+    if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+        raise InvalidArgument("value must be a finite number", value=repr(value))
+    when = event.datetime or now
+    if when.tzinfo is None:
+        raise InvalidArgument("datetime must carry a time zone", datetime=when.isoformat())
+    year, week, _ = when.astimezone(UTC).isocalendar()
+    return EventRecord(
+        namespace=namespace,
+        event_name=name,
+        user_hash=hash_key(user),
+        iso_year=year,
+        iso_week=week,
+        value=value,
+        ensure_goal=event.ensure_goal,
+    )
+
+
+def prepare_goal(namespace: str, goal_name: str) -> GoalRecord:
+    """Validate a goal into a record."""
+    return GoalRecord(check_namespace(namespace), check_name("goal_name", goal_name))

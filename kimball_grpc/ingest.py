@@ -1,0 +1,69 @@
+"""The ingestion path: the one place where events are validated, applied and handed on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from kimball_grpc.engine import Engine
+from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.events import Event, prepare_event, prepare_goal
+from kimball_grpc.limits import MAX_BATCH_EVENTS
+from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
+
+
+class Ingestor:
+    """Accepts events and goals into the engine.
+
+    A batch is validated whole before any of it is applied; once applied, the
+    events are handed on (to live subscribers; forwarding and the durable log
+    hook in here too).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        hub: SubscriptionHub,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.hub = hub
+        self._clock = clock
+        self._sequence = 0
+
+    async def accept(self, events: Sequence[Event]) -> int:
+        """Validate then apply ``events``, all or nothing; returns how many were accepted."""
+        if len(events) > MAX_BATCH_EVENTS:
+            raise InvalidArgument(
+                f"a batch holds at most {MAX_BATCH_EVENTS} events, got {len(events)}",
+                key="events",
+            )
+        now = self._clock()
+        records = []
+        for index, event in enumerate(events):
+            try:
+                records.append(prepare_event(event, now))
+            except InvalidArgument as exc:
+                if len(events) == 1:
+                    raise
+                raise InvalidArgument(
+                    f"event {index}: {exc.message}", index=str(index), **exc.details
+                ) from None
+        apply = self.engine.apply_event
+        for record in records:
+            apply(record)
+        if self.hub.subscriber_count:
+            accepted = []
+            for event, record in zip(events, records, strict=True):
+                self._sequence += 1
+                resolved = replace(event, namespace=record.namespace)
+                accepted.append(AcceptedEvent(self._sequence, resolved))
+            self.hub.publish(accepted)
+        else:
+            self._sequence += len(records)
+        return len(records)
+
+    async def create_goal(self, namespace: str, goal_name: str) -> None:
+        """Mark ``goal_name`` as a goal of ``namespace``."""
+        self.engine.apply_goal(prepare_goal(namespace, goal_name))

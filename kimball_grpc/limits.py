@@ -1,0 +1,9 @@
+"""Input limits, documented in the README. One place, so every API agrees."""
+
+from __future__ import annotations
+
+MAX_NAME_LENGTH = 256  # characters in a namespace, event name, goal name or user id
+MAX_BATCH_EVENTS = 10_000  # events in one batch request or one stream message
+MAX_EVENTS_PER_PREDICTION = 1_000  # events named in one prediction request
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one gRPC message
+DEFAULT_NAMESPACE = "default"

@@ -1,0 +1,109 @@
+"""Conversions between protobuf messages and core types. No logic beyond the mapping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kimball_grpc.counters import Counter, CounterKind
+from kimball_grpc.engine import Nudge
+from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.events import Event
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.predictions import NaiveBayes
+
+_COUNTER_TYPES = {
+    CounterKind.INTERNAL: pb.COUNTER_TYPE_INTERNAL,
+    CounterKind.NAMED: pb.COUNTER_TYPE_NAMED,
+    CounterKind.WEEKLY: pb.COUNTER_TYPE_WEEKLY,
+}
+
+
+def event_from_proto(message: pb.Event) -> Event:
+    when = None
+    if message.HasField("datetime"):
+        when = _datetime_from_proto(message.datetime)
+    return Event(
+        event_name=message.event_name,
+        user_id=message.user_id,
+        namespace=message.namespace,
+        value=message.value if message.HasField("value") else None,
+        datetime=when,
+        ensure_goal=message.ensure_goal,
+    )
+
+
+def _datetime_from_proto(stamp: Timestamp) -> datetime:
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            "datetime is not a valid timestamp (years 0001 to 9999, nanos below 1e9)",
+            datetime=f"{stamp.seconds}s {stamp.nanos}ns",
+        ) from None
+
+
+def event_to_proto(event: Event) -> pb.Event:
+    message = pb.Event(
+        namespace=event.namespace,
+        event_name=event.event_name,
+        user_id=event.user_id,
+        ensure_goal=event.ensure_goal,
+    )
+    if event.value is not None:
+        message.value = event.value
+    if event.datetime is not None:
+        message.datetime.FromDatetime(event.datetime)
+    return message
+
+
+def counter_to_proto(counter: Counter, goals: set[str]) -> pb.Counter:
+    return pb.Counter(
+        name=counter.name,
+        type=_COUNTER_TYPES[counter.kind],
+        count=counter.count,
+        event_counts=[
+            pb.EventCombinationCount(events=list(events), count=n)
+            for events, n in sorted(counter.event_counts.items(), key=lambda i: (-i[1], i[0]))
+        ],
+        single_event_counts=[
+            pb.SingleEventCount(name=name, count=n)
+            for name, n in sorted(counter.single_event_counts.items(), key=lambda i: (-i[1], i[0]))
+        ],
+        value=pb.CounterValue(sum=counter.value_sum),
+        year=counter.iso_year,
+        week=counter.iso_week,
+        goal=counter.kind is not CounterKind.INTERNAL and counter.name in goals,
+    )
+
+
+def event_predictions_to_proto(per_goal: dict[str, dict[str, float]]) -> pb.GetPredictionsResponse:
+    response = pb.GetPredictionsResponse()
+    for goal, per_event in per_goal.items():
+        events = response.goals[goal].events
+        for event, value in per_event.items():
+            events[event].bayes = value
+    return response
+
+
+def naive_bayes_to_proto(per_goal: dict[str, NaiveBayes]) -> pb.GetPredictionsResponse:
+    response = pb.GetPredictionsResponse()
+    for goal, answer in per_goal.items():
+        target = response.goals[goal]
+        if answer.note:
+            target.note = answer.note
+            continue
+        target.yes = answer.yes
+        target.no = answer.no
+        target.likelihood = answer.likelihood
+        target.probability = answer.probability
+    return response
+
+
+def nudges_to_proto(nudges: list[Nudge], goal: str, user_id: str) -> pb.GetNudgesResponse:
+    return pb.GetNudgesResponse(
+        nudges=[pb.Nudge(event_name=n.event_name, prediction=n.prediction) for n in nudges],
+        goal=goal,
+        user_id=user_id,
+    )

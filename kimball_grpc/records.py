@@ -1,0 +1,36 @@
+"""State changes as records: what the engine applies, and what a log replays.
+
+A record is fully resolved: the user id is already a hash (no raw id is kept)
+and the ISO week is fixed when the event is accepted, so replaying a record
+gives the same state whenever it happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kimball_grpc.bloom import KeyHash
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One accepted event."""
+
+    namespace: str
+    event_name: str
+    user_hash: KeyHash
+    iso_year: int
+    iso_week: int
+    value: float | None = None
+    ensure_goal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GoalRecord:
+    """An event name marked as a goal."""
+
+    namespace: str
+    goal_name: str
+
+
+Record = EventRecord | GoalRecord

@@ -1,0 +1,106 @@
+"""Server start-up and shutdown: the engine behind gRPC, with health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from kimball_grpc.engine import Engine
+from kimball_grpc.errors import ConfigError
+from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.ingest import Ingestor
+from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.servicers import KimballIntegration, KimballService
+from kimball_grpc.settings import Mode, Settings
+from kimball_grpc.status_mapping import StatusInterceptor
+from kimball_grpc.subscriptions import SubscriptionHub
+
+log = logging.getLogger(__name__)
+
+API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
+INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class RunningServer:
+    """A started server and the parts behind it."""
+
+    server: grpc.aio.Server
+    health: HealthServicer
+    engine: Engine
+    ingestor: Ingestor
+    hub: SubscriptionHub
+    grpc_port: int
+
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds)."""
+        await self.health.enter_graceful_shutdown()
+        self.hub.close_all()  # live subscriptions end so they do not hold the grace period
+        await self.server.stop(grace)
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Build and start the gRPC server; health says SERVING once it is ready."""
+    if settings.mode is Mode.SIDECAR:
+        raise ConfigError("FEATURES_MODE=sidecar is not available yet in this version")
+    engine = Engine(settings.counter_config)
+    hub = SubscriptionHub()
+    ingestor = Ingestor(engine, hub)
+    server = grpc.aio.server(
+        interceptors=[StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE})],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    pb_grpc.add_KimballServiceServicer_to_server(KimballService(engine, ingestor, hub), server)
+    integration_grpc.add_KimballIntegrationServicer_to_server(
+        KimballIntegration(engine, ingestor), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    service_names = (
+        API_SERVICE,
+        INTEGRATION_SERVICE,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(service_names, server)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+    await server.start()
+    for name in ("", API_SERVICE, INTEGRATION_SERVICE):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health, engine, ingestor, hub, port)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    running = await start_server(settings)
+    log.info(
+        "Kimball listening: gRPC on %s:%d (health, reflection on)",
+        settings.grpc_host,
+        running.grpc_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("Shutting down: finishing in-flight calls")
+    await running.stop()
+    log.info("Stopped")

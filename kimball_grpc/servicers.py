@@ -1,0 +1,138 @@
+"""gRPC servicers: convert the request, call the core, build the response.
+
+Errors are raised as domain exceptions and turned into gRPC statuses by the
+server's interceptor (``status_mapping``), so no handler catches anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from kimball_grpc import proto_mapping
+from kimball_grpc.engine import Engine
+from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.events import Event, check_name, check_namespace
+from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.ingest import Ingestor
+from kimball_grpc.subscriptions import EventFilter, SubscriptionHub
+
+Context = grpc.aio.ServicerContext
+
+
+class KimballService(pb_grpc.KimballServiceServicer):
+    """The versioned API, ``kimball.v1.KimballService``."""
+
+    def __init__(self, engine: Engine, ingestor: Ingestor, hub: SubscriptionHub) -> None:
+        self.engine = engine
+        self.ingestor = ingestor
+        self.hub = hub
+
+    async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
+        await self.ingestor.accept([proto_mapping.event_from_proto(request.event)])
+        return pb.TrackEventResponse()
+
+    async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
+        events = [proto_mapping.event_from_proto(e) for e in request.events]
+        accepted = await self.ingestor.accept(events)
+        return pb.TrackEventsResponse(accepted=accepted)
+
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[pb.TrackEventsRequest], context: Context
+    ):
+        accepted = 0
+        messages = 0
+        async for request in request_iterator:
+            try:
+                events = [proto_mapping.event_from_proto(e) for e in request.events]
+                accepted += await self.ingestor.accept(events)
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"message {messages}: {exc.message} ({accepted} events accepted before it)",
+                    message=str(messages),
+                    **exc.details,
+                ) from None
+            messages += 1
+        return pb.StreamEventsResponse(accepted=accepted, messages=messages)
+
+    async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
+        goals = set(self.engine.goals(request.namespace))
+        counters = self.engine.counters(request.namespace)
+        return pb.GetAnalyticsResponse(
+            counts=[proto_mapping.counter_to_proto(c, goals) for c in counters]
+        )
+
+    async def CreateGoal(self, request: pb.CreateGoalRequest, context: Context):
+        await self.ingestor.create_goal(request.namespace, request.goal_name)
+        return pb.CreateGoalResponse()
+
+    async def ListGoals(self, request: pb.ListGoalsRequest, context: Context):
+        return pb.ListGoalsResponse(goals=self.engine.goals(request.namespace))
+
+    async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Context):
+        return pb.ListNamespacesResponse(namespaces=self.engine.namespaces())
+
+    async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
+        if request.user_id or request.events:
+            answers = self.engine.predict(request.namespace, list(request.events), request.user_id)
+            return proto_mapping.naive_bayes_to_proto(answers)
+        return proto_mapping.event_predictions_to_proto(
+            self.engine.event_predictions(request.namespace)
+        )
+
+    async def GetNudges(self, request: pb.GetNudgesRequest, context: Context):
+        nudges = self.engine.nudges(request.namespace, request.goal, request.user_id)
+        return proto_mapping.nudges_to_proto(nudges, request.goal, request.user_id)
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Context):
+        event_filter = EventFilter(
+            namespace=check_namespace(request.namespace) if request.namespace else "",
+            event_names=frozenset(check_name("event_names", n) for n in request.event_names),
+            event_name_prefix=request.event_name_prefix,
+        )
+        subscription = self.hub.subscribe(event_filter)
+        try:
+            while (accepted := await subscription.next()) is not None:
+                yield pb.SubscribeResponse(
+                    event=proto_mapping.event_to_proto(accepted.event),
+                    sequence=accepted.sequence,
+                    dropped=subscription.dropped,
+                )
+        finally:
+            self.hub.unsubscribe(subscription)
+
+
+class KimballIntegration(integration_grpc.KimballIntegrationServicer):
+    """The original integration contract, served: events in, predictions out."""
+
+    def __init__(self, engine: Engine, ingestor: Ingestor) -> None:
+        self.engine = engine
+        self.ingestor = ingestor
+
+    async def EventStream(
+        self, request_iterator: AsyncIterator[integration_pb.KimballEvent], context: Context
+    ):
+        accepted = 0
+        async for message in request_iterator:
+            event = Event(event_name=message.name, user_id=message.key, namespace=message.namespace)
+            try:
+                accepted += await self.ingestor.accept([event])
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"event {accepted}: {exc.message}", index=str(accepted), **exc.details
+                ) from None
+        return integration_pb.Response(code=0)
+
+    async def Prediction(self, request: integration_pb.PredictionRequest, context: Context):
+        answers = self.engine.predict(request.namespace, list(request.event_names), request.user_id)
+        return integration_pb.PredictionResponse(
+            predictions=[
+                integration_pb.Prediction(prediction_name=goal, yes=a.yes, no=a.no)
+                for goal, a in answers.items()
+                if not a.note
+            ]
+        )

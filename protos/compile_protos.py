@@ -1,0 +1,49 @@
+"""Generate Python code from protos/ with grpcio-tools.
+
+Run by the package build (setup.py) and by `make protos`; the output in
+kimball_grpc/generated/ is never edited by hand and never committed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+PACKAGE = "kimball_grpc/generated"
+
+
+def generate() -> None:
+    """Compile every .proto under protos/ into kimball_grpc/generated/."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    out = ROOT / PACKAGE
+    out.mkdir(parents=True, exist_ok=True)
+    sources = sorted(str(p.relative_to(ROOT)) for p in PROTOS.rglob("*.proto"))
+    include = str(Path(grpc_tools.__file__).parent / "_proto")
+    args = [
+        "protoc",
+        # Map protos/ onto the package path so generated imports are absolute
+        # (kimball_grpc.generated.kimball.v1...), not top-level modules.
+        f"-I{PACKAGE}=protos",
+        f"-I{include}",
+        "--python_out=.",
+        "--pyi_out=.",
+        "--grpc_python_out=.",
+        *[f"{PACKAGE}/{Path(s).relative_to('protos')}" for s in sources],
+    ]
+    code = protoc.main(args)
+    if code != 0:
+        raise SystemExit(f"protoc failed with exit code {code}")
+    for directory in [out, *[p for p in out.rglob("*") if p.is_dir()]]:
+        (directory / "__init__.py").touch()
+
+
+if __name__ == "__main__":
+    import os
+
+    os.chdir(ROOT)
+    generate()
+    sys.exit(0)
