@@ -151,10 +151,10 @@ class Engine:
 
     def events_for_user(self, namespace: str, user_id: str) -> list[str]:
         """Named events whose counters contain the user."""
+        user = hash_key(check_name("user_id", user_id))
         ns = self._namespaces.get(check_namespace(namespace))
         if ns is None:
             return []
-        user = hash_key(check_name("user_id", user_id))
         return sorted(n for n, c in ns.named.items() if user in c)
 
     def event_predictions(self, namespace: str) -> dict[str, dict[str, float]]:

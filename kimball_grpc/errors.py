@@ -16,7 +16,7 @@ class KimballError(Exception):
 
     grpc_code = "INTERNAL"
 
-    def __init__(self, message: str, **details: str) -> None:
+    def __init__(self, message: str, /, **details: str) -> None:
         super().__init__(message)
         self.message = message
         self.details = details

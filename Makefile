@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh clone:
+#   make run   - install and start Kimball with embedded defaults
+#   make test  - install what the tests need, lint, and run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall when the dependencies or the protos change (generated code comes from the build).
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(shell find protos -name '*.proto' -o -name '*.py')
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kimball serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# pytest exits 5 when it ran no test; make treats any non-zero exit as failure.
+test: lint
+	$(BIN)/python -m pytest
+
+protos: $(STAMP)
+	$(BIN)/python protos/compile_protos.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_grpc.py
+
+clean:
+	rm -rf $(VENV) kimball_grpc/generated build *.egg-info

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real Kimball gRPC server on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.server import RunningServer, start_server
+from kimball_grpc.settings import Settings
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Override in a test module to start the server differently."""
+    return Settings(grpc_host="127.0.0.1", grpc_port=0)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+    running = await start_server(settings)
+    yield running
+    await running.stop(grace=None)
+
+
+@pytest.fixture
+async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.KimballServiceStub:
+    return pb_grpc.KimballServiceStub(channel)
+
+
+@pytest.fixture
+def integration(channel: grpc.aio.Channel) -> integration_grpc.KimballIntegrationStub:
+    return integration_grpc.KimballIntegrationStub(channel)

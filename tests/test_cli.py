@@ -1,0 +1,81 @@
+"""`kimball serve` as a real process: it says where it listens and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+
+KIMBALL = [sys.executable, "-m", "kimball_grpc.cli"]
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*KIMBALL, "serve", "--host", "127.0.0.1", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for_port(process: subprocess.Popen[str], deadline: float = 30) -> int:
+    assert process.stdout is not None
+    end = time.monotonic() + deadline
+    for line in process.stdout:
+        match = re.search(r"gRPC on \S+:(\d+)", line)
+        if match:
+            return int(match.group(1))
+        assert time.monotonic() < end, "no listening line in time"
+    raise AssertionError(f"server exited with {process.wait()} before listening")
+
+
+def test_serve_logs_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
+    process = start("--grpc-port", "0", "--data-dir", str(tmp_path))
+    try:
+        port = wait_for_port(process)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.KimballServiceStub(channel)
+            stub.TrackEvent(pb.TrackEventRequest(event=pb.Event(event_name="a", user_id="u")))
+            # A live subscription must not hold up shutdown.
+            subscription = stub.Subscribe(pb.SubscribeRequest())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+            assert list(subscription) == []
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_serve_refuses_a_bad_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "app.config"
+    config.write_text('[{features, [\n  {counters, #{init => [#{pattern => "("}]}}\n]}].\n')
+    result = subprocess.run(
+        [*KIMBALL, "serve", "--grpc-port", "0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "counter rule 1" in result.stderr
+
+
+def test_serve_refuses_a_bad_environment_variable() -> None:
+    result = subprocess.run(
+        [*KIMBALL, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GRPC_PORT": "lots"},
+    )
+    assert result.returncode == 2
+    assert "GRPC_PORT" in result.stderr

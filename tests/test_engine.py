@@ -1,0 +1,243 @@
+"""The core engine as plain Python: counters, goals, predictions, state and records."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.engine import Engine
+from kimball_grpc.errors import InvalidArgument, NotFound
+from kimball_grpc.events import Event, prepare_event, prepare_goal
+from kimball_grpc.predictions import EventEvidence, naive_bayes
+from kimball_grpc.records import EventRecord
+from kimball_grpc.state_codec import (
+    InvalidStoredData,
+    decode_record,
+    decode_state,
+    encode_record,
+    encode_state,
+)
+
+NOW = datetime(2024, 5, 15, tzinfo=UTC)
+WEEKLY = CounterConfig.from_mappings(
+    [
+        {
+            "pattern": ".",
+            "type": "bloom_scalable",
+            "size": 8,
+            "error_probability": 0.001,
+            "date_cohort": "weekly",
+        }
+    ]
+)
+
+
+def track(engine: Engine, name: str, user: str, **fields: object) -> EventRecord:
+    record = prepare_event(Event(event_name=name, user_id=user, **fields), NOW)
+    engine.apply(record)
+    return record
+
+
+def test_goal_records_combinations_of_prior_events() -> None:
+    engine = Engine()
+    engine.apply(prepare_goal("", "buy"))
+    track(engine, "view", "u1")
+    track(engine, "cart", "u1")
+    track(engine, "buy", "u1")
+    track(engine, "view", "u2")
+    track(engine, "buy", "u2")
+    track(engine, "buy", "u3")
+    track(engine, "buy", "u1")  # a repeat changes nothing
+    goal = {c.name: c for c in engine.counters("")}["buy"]
+    assert goal.count == 3
+    assert dict(goal.event_counts) == {("cart", "view"): 1, ("view",): 1, (): 1}
+    assert dict(goal.single_event_counts) == {"view": 2, "cart": 1}
+
+
+def test_events_after_the_goal_are_not_prior_events() -> None:
+    engine = Engine()
+    track(engine, "buy", "u1", ensure_goal=True)
+    track(engine, "view", "u1")
+    goal = {c.name: c for c in engine.counters("")}["buy"]
+    assert dict(goal.event_counts) == {(): 1}
+    assert engine.event_predictions("") == {}
+
+
+def test_events_for_user() -> None:
+    engine = Engine()
+    track(engine, "b", "u1")
+    track(engine, "a", "u1")
+    track(engine, "c", "u2")
+    assert engine.events_for_user("", "u1") == ["a", "b"]
+    assert engine.events_for_user("", "nobody") == []
+    assert engine.events_for_user("elsewhere", "u1") == []
+
+
+def test_probability_is_a_normalised_posterior() -> None:
+    # 100 users, 10 reach the goal; of 20 who did e, 8 reached it.
+    answer = naive_bayes(100, 10, [EventEvidence(20, 8)])
+    prior = 11 / 102
+    p_e_goal, p_e_other = 9 / 12, 13 / 92
+    expected = prior * p_e_goal / (prior * p_e_goal + (1 - prior) * p_e_other)
+    assert answer.probability == pytest.approx(expected)
+    assert answer.yes == pytest.approx(0.8)
+    assert answer.no == pytest.approx(1.2)
+    assert answer.likelihood == pytest.approx(0.8 / 1.2)
+
+
+def test_probability_survives_many_events_without_underflow() -> None:
+    evidence = [EventEvidence(1000, 900)] * 500
+    answer = naive_bayes(10_000, 1000, evidence)
+    assert math.isfinite(answer.probability) and answer.probability > 0.99
+    assert answer.yes == pytest.approx(0.9**500)
+
+
+def test_goal_without_users_gets_a_note() -> None:
+    engine = Engine()
+    engine.apply(prepare_goal("", "later"))
+    track(engine, "view", "u1")
+    assert engine.predict_for_events("", ["view"])["later"].note
+
+
+@pytest.mark.parametrize("events", [[], ["x"] * 1001])
+def test_prediction_event_list_limits(events: list[str]) -> None:
+    engine = Engine()
+    track(engine, "x", "u1")
+    with pytest.raises(InvalidArgument):
+        engine.predict_for_events("", events)
+
+
+def test_repeated_events_in_a_prediction_count_once() -> None:
+    engine = Engine()
+    track(engine, "a", "u1")
+    track(engine, "g", "u1", ensure_goal=True)
+    track(engine, "a", "u2")
+    once = engine.predict_for_events("", ["a"])
+    assert engine.predict_for_events("", ["a", "a"]) == once
+
+
+def test_user_without_events_is_not_found() -> None:
+    engine = Engine()
+    track(engine, "a", "u1")
+    with pytest.raises(NotFound):
+        engine.predict_for_user("", "nobody")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"event_name": "", "user_id": "u"}, "key"),
+        ({"event_name": "e", "user_id": "u", "value": math.nan}, "value"),
+        ({"event_name": "e", "user_id": "u", "value": True}, "value"),
+        ({"event_name": "e", "user_id": "u", "datetime": datetime(2024, 1, 1)}, "datetime"),
+        ({"event_name": "e", "user_id": "u\x00"}, "user_id"),
+    ],
+)
+def test_prepare_event_rejects_bad_input(fields: dict, field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        prepare_event(Event(**fields), NOW)
+    assert field in info.value.details
+
+
+def test_prepare_event_keeps_no_raw_user_id() -> None:
+    record = prepare_event(Event(event_name="e", user_id="alice@example.com"), NOW)
+    assert "alice" not in repr(record)
+    assert record.namespace == "default"
+    assert (record.iso_year, record.iso_week) == (2024, 20)
+
+
+def populated_engine(seed: int = 7) -> Engine:
+    rng = random.Random(seed)
+    engine = Engine(WEEKLY)
+    engine.apply(prepare_goal("shop", "buy"))
+    for _ in range(3000):
+        namespace = rng.choice(["", "shop"])
+        name = rng.choice(["view", "cart", "buy", "search"])
+        when = datetime(2024, 1, 1, tzinfo=UTC).replace(day=rng.randint(1, 28))
+        value = rng.choice([None, rng.uniform(0, 10)])
+        track(
+            engine,
+            name,
+            f"user{rng.randint(0, 700)}",
+            namespace=namespace,
+            datetime=when,
+            value=value,
+            ensure_goal=name == "search" and rng.random() < 0.01,
+        )
+    return engine
+
+
+def snapshot(engine: Engine) -> dict:
+    return {
+        ns: [
+            (
+                c.name,
+                c.kind,
+                c.iso_week,
+                c.count,
+                round(c.value_sum, 9),
+                dict(c.event_counts),
+                dict(c.single_event_counts),
+            )
+            for c in engine.counters(ns)
+        ]
+        for ns in engine.namespaces()
+    }
+
+
+def test_state_round_trips_exactly() -> None:
+    engine = populated_engine()
+    data = encode_state(engine)
+    restored = decode_state(data, WEEKLY)
+    assert encode_state(restored) == data
+    assert snapshot(restored) == snapshot(engine)
+    assert restored.goals("shop") == engine.goals("shop")
+    # The restored filters still know their users and keep counting from there.
+    for e in (engine, restored):
+        track(e, "view", "user1", namespace="shop")
+        track(e, "view", "brand-new", namespace="shop")
+    assert encode_state(restored) == encode_state(engine)
+
+
+def test_replaying_records_rebuilds_the_same_state() -> None:
+    rng = random.Random(3)
+    engine = Engine(WEEKLY)
+    log = [encode_record(prepare_goal("", "g"))]
+    engine.apply(decode_record(log[0]))
+    for i in range(2000):
+        fields = {"value": rng.random()} if i % 3 else {}
+        record = prepare_event(
+            Event(event_name=rng.choice("abcg"), user_id=f"u{rng.randint(0, 300)}", **fields),
+            NOW,
+        )
+        engine.apply(record)
+        log.append(encode_record(record))
+    replayed = Engine(WEEKLY)
+    for data in log:
+        replayed.apply(decode_record(data))
+    assert encode_state(replayed) == encode_state(engine)
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff", b"\x08\x63"])
+def test_unreadable_state_is_refused(data: bytes) -> None:
+    with pytest.raises(InvalidStoredData):
+        decode_state(data)
+
+
+def test_damaged_filter_is_refused() -> None:
+    from kimball_grpc.generated.kimball.storage.v1 import state_pb2
+
+    message = state_pb2.EngineState.FromString(encode_state(populated_engine()))
+    message.namespaces[0].counters[0].filter.slices[0].data = b"short"
+    with pytest.raises(InvalidStoredData, match="damaged"):
+        decode_state(message.SerializeToString())
+
+
+@pytest.mark.parametrize("data", [b"\xff", b""])
+def test_unreadable_record_is_refused(data: bytes) -> None:
+    with pytest.raises(InvalidStoredData):
+        decode_record(data)
