@@ -24,11 +24,34 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", type=Path, help="app.config file (env KIMBALL_CONFIG; /kimball/app.config)"
     )
+    health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
+    health.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the gRPC server")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     return parser
+
+
+def check_health(target: str, timeout: float) -> int:
+    """0 if the gRPC health service at ``target`` says SERVING, else 1 (with the reason)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"kimball: {target} is not healthy: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        return check_health(args.target, args.timeout)
     try:
         settings = load_settings(
             environment(),
