@@ -80,12 +80,16 @@ def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
     return Path(value) if value else None
 
 
+def _whole_number(name: str, value: str, meaning: str) -> int:
+    # int() would also take "1_000", " 80" and non-ASCII digits.
+    if not (value.isascii() and value.isdigit()):
+        raise ConfigError(f"{name} must be {meaning}, got {value!r}")
+    return int(value)
+
+
 def _port(name: str, value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a port number, got {value!r}") from None
-    if not 0 <= port <= 65535:
+    port = _whole_number(name, value, "a port number")
+    if port > 65535:
         raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
     return port
 
@@ -119,13 +123,12 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
             raise ConfigError(f"LOG_LEVEL {environ['LOG_LEVEL']!r} is not a log level")
         out["log_level"] = level
     if environ.get("KUBERNETES_MEMORY_LIMIT"):
-        try:
-            out["kubernetes_memory_limit"] = int(environ["KUBERNETES_MEMORY_LIMIT"])
-        except ValueError:
-            raise ConfigError(
-                "KUBERNETES_MEMORY_LIMIT must be a number of bytes, got "
-                f"{environ['KUBERNETES_MEMORY_LIMIT']!r}"
-            ) from None
+        limit = _whole_number(
+            "KUBERNETES_MEMORY_LIMIT", environ["KUBERNETES_MEMORY_LIMIT"], "a number of bytes"
+        )
+        if limit < 1:
+            raise ConfigError(f"KUBERNETES_MEMORY_LIMIT must be at least 1 byte, got '{limit}'")
+        out["kubernetes_memory_limit"] = limit
     if environ.get("KIMBALL_DATA_DIR"):
         out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])
     return out

@@ -10,7 +10,13 @@ from collections import Counter as Tally
 
 from google.protobuf.message import DecodeError
 
-from kimball_grpc.bloom import BloomFilter, FixedBloomFilter, ScalableBloomFilter, SliceState
+from kimball_grpc.bloom import (
+    BloomFilter,
+    FixedBloomFilter,
+    KeyHash,
+    ScalableBloomFilter,
+    SliceState,
+)
 from kimball_grpc.counter_config import CounterConfig
 from kimball_grpc.counters import Counter, CounterKind
 from kimball_grpc.engine import Engine, Namespace
@@ -153,8 +159,8 @@ def encode_record(record: Record) -> bytes:
         event = spb.EventRecord(
             namespace=record.namespace,
             event_name=record.event_name,
-            user_hash_low=record.user_hash[0],
-            user_hash_high=record.user_hash[1],
+            user_hash_low=record.user_hash.low,
+            user_hash_high=record.user_hash.high,
             iso_year=record.iso_year,
             iso_week=record.iso_week,
             ensure_goal=record.ensure_goal,
@@ -179,7 +185,7 @@ def decode_record(data: bytes) -> Record:
         return EventRecord(
             namespace=e.namespace,
             event_name=e.event_name,
-            user_hash=(e.user_hash_low, e.user_hash_high),
+            user_hash=KeyHash(e.user_hash_low, e.user_hash_high),
             iso_year=e.iso_year,
             iso_week=e.iso_week,
             value=e.value if e.HasField("value") else None,

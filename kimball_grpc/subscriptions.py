@@ -77,10 +77,15 @@ class SubscriptionHub:
     def __init__(self, max_queue: int = DEFAULT_QUEUE_SIZE) -> None:
         self.max_queue = max_queue
         self._subscriptions: set[Subscription] = set()
+        self._closed = False
 
     def subscribe(self, event_filter: EventFilter) -> Subscription:
+        """A new subscription; already closed if the hub is shutting down."""
         subscription = Subscription(event_filter, self.max_queue)
-        self._subscriptions.add(subscription)
+        if self._closed:
+            subscription.close()
+        else:
+            self._subscriptions.add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -88,6 +93,8 @@ class SubscriptionHub:
         subscription.close()
 
     def close_all(self) -> None:
+        """End every subscription, and any made from now on (shutdown)."""
+        self._closed = True
         for subscription in list(self._subscriptions):
             self.unsubscribe(subscription)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import grpc
@@ -45,12 +46,22 @@ def test_serve_logs_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> Non
         port = wait_for_port(process)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.KimballServiceStub(channel)
-            stub.TrackEvent(pb.TrackEventRequest(event=pb.Event(event_name="a", user_id="u")))
-            # A live subscription must not hold up shutdown.
+            # A live subscription must not hold up shutdown. It registers asynchronously:
+            # track events until it has delivered one, so it is surely live.
             subscription = stub.Subscribe(pb.SubscribeRequest())
+            track = pb.TrackEventRequest(event=pb.Event(event_name="a", user_id="u"))
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(next, subscription)
+                deadline = time.monotonic() + 20
+                while not first.done():
+                    assert time.monotonic() < deadline, "subscription delivered nothing"
+                    stub.TrackEvent(track)
+                    wait([first], timeout=0.05)
+                assert first.result().event.event_name == "a"
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0
-            assert list(subscription) == []
+            # The stream ends cleanly; events tracked while probing may still be queued.
+            assert {r.event.event_name for r in subscription} <= {"a"}
     finally:
         process.kill()
         process.wait()

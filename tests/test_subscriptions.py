@@ -43,3 +43,4 @@ async def test_waiting_subscriber_wakes_on_publish_and_ends_on_close() -> None:
     hub.close_all()
     assert await asyncio.wait_for(closing, 5) is None
     assert hub.subscriber_count == 0
+    assert await hub.subscribe(EventFilter()).next() is None

@@ -1,0 +1,404 @@
+"""Settings: defaults < app.config file < environment < command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kimball_grpc import settings as settings_module
+from kimball_grpc.counter_config import (
+    DEFAULT_RULE,
+    CounterConfig,
+    CounterRule,
+    DateCohort,
+    FilterType,
+)
+from kimball_grpc.errors import ConfigError
+from kimball_grpc.settings import Mode, PredictionTarget, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_default_config_file(tmp_path, monkeypatch):
+    """Never pick up a real /kimball/app.config from the machine running the tests."""
+    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.config")
+
+
+def write(tmp_path: Path, text: str, name: str = "app.config") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- defaults and precedence --------------------------------------------------------
+
+
+def same_settings(a: Settings, b: Settings) -> bool:
+    """Equal apart from counter_config (CounterConfig has no __eq__): its rules instead."""
+    return (
+        replace(a, counter_config=None) == replace(b, counter_config=None)
+        and a.counter_config.rules == b.counter_config.rules
+    )
+
+
+def test_defaults():
+    s = load_settings({})
+    assert same_settings(s, Settings())
+    assert s.grpc_port == 50051
+    assert s.api_port == 8080
+    assert s.mode is Mode.API
+    assert s.log_level == "INFO"
+    assert s.api_auth is True
+    assert s.api_auth_tokens == ()
+    assert s.config_path is None
+    assert s.counter_config.rule_for("any") is DEFAULT_RULE
+    assert s.kubernetes_memory_limit is None
+
+
+def test_default_config_path_is_read_when_present(tmp_path, monkeypatch):
+    path = write(tmp_path, '[{features, [{site, "from default path"}]}].')
+    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_PATH", path)
+    s = load_settings({})
+    assert s.site == "from default path"
+    assert s.config_path == path
+
+
+def test_file_overrides_defaults(tmp_path):
+    path = write(tmp_path, "[{features, [{api_auth, disable}, {counter_startup_delay, 5}]}].")
+    s = load_settings({}, path)
+    assert s.api_auth is False
+    assert s.counter_startup_delay_ms == 5
+    assert s.config_path == path
+    assert s.grpc_port == 50051  # untouched by the file
+
+
+def test_environment_overrides_defaults_and_file_values_survive(tmp_path):
+    path = write(tmp_path, '[{features, [{site, "file-site"}]}].')
+    env = {"GRPC_PORT": "6000", "FEATURES_MODE": "sidecar"}
+    s = load_settings(env, path)
+    assert (s.grpc_port, s.mode, s.site) == (6000, Mode.SIDECAR, "file-site")
+
+
+def test_overrides_beat_environment_file_and_defaults(tmp_path):
+    path = write(tmp_path, '[{features, [{site, "file-site"}, {api_auth, disable}]}].')
+    env = {"GRPC_PORT": "6000", "API_PORT": "7000", "LOG_LEVEL": "debug"}
+    s = load_settings(
+        env,
+        path,
+        {"grpc_port": 6001, "site": "flag-site", "api_auth": True, "api_port": None},
+    )
+    assert s.grpc_port == 6001  # flag over env
+    assert s.site == "flag-site"  # flag over file
+    assert s.api_auth is True  # flag over file
+    assert s.api_port == 7000  # a flag left unset (None) does not override
+    assert s.log_level == "DEBUG"  # env over default
+
+
+def test_config_path_argument_beats_kimball_config_env(tmp_path):
+    from_env = write(tmp_path, '[{features, [{site, "env"}]}].', "env.config")
+    from_arg = write(tmp_path, '[{features, [{site, "arg"}]}].', "arg.config")
+    assert load_settings({"KIMBALL_CONFIG": str(from_env)}).site == "env"
+    s = load_settings({"KIMBALL_CONFIG": str(from_env)}, from_arg)
+    assert (s.site, s.config_path) == ("arg", from_arg)
+
+
+def test_environment_variables_are_read():
+    env = {
+        "API_PORT": "8081",
+        "GRPC_PORT": "0",
+        "FEATURES_MODE": "sidecar",
+        "ANALYTICS_HOST": "http://kimball:8080",
+        "NAMESPACE": "prod",
+        "ADDITIONAL_NAMESPACES": "a, b,,c ",
+        "STORAGE_PATH_PREFIX": "prefix/",
+        "LOG_LEVEL": "warning",
+        "KUBERNETES_MEMORY_LIMIT": "536870912",
+        "KIMBALL_DATA_DIR": "/var/kimball",
+    }
+    s = load_settings(env)
+    assert s.api_port == 8081
+    assert s.grpc_port == 0
+    assert s.mode is Mode.SIDECAR
+    assert s.analytics_host == "http://kimball:8080"
+    assert s.namespace == "prod"
+    assert s.additional_namespaces == ("a", "b", "c")
+    assert s.storage_path_prefix == "prefix/"
+    assert s.log_level == "WARNING"
+    assert s.kubernetes_memory_limit == 536870912
+    assert s.data_dir == Path("/var/kimball")
+
+
+def test_port_falls_back_to_api_port():
+    assert load_settings({"PORT": "9000"}).api_port == 9000
+    assert load_settings({"PORT": "9000", "API_PORT": "9001"}).api_port == 9001
+
+
+def test_empty_environment_values_are_ignored():
+    env = {"GRPC_PORT": "", "FEATURES_MODE": "", "LOG_LEVEL": "", "KIMBALL_CONFIG": ""}
+    assert same_settings(load_settings(env), Settings())
+
+
+# --- the README's example app.config files ------------------------------------------
+
+
+def test_readme_site_and_cluster(tmp_path):
+    path = write(
+        tmp_path,
+        '[{features, [\n    {site, "Site name"},\n    {cluster, "Cluster name"}\n]}].\n',
+    )
+    s = load_settings({}, path)
+    assert (s.site, s.cluster) == ("Site name", "Cluster name")
+
+
+def test_readme_counters_weekly_fixed_rule(tmp_path):
+    path = write(
+        tmp_path,
+        """[{features, [
+    {counters, #{
+        init => [
+            #{pattern => ".*",
+              type => bloom_fixed_size,
+              date_cohort => weekly,
+              size => 10000,
+              error_probability => 0.01}
+        ]
+    }}
+]}].
+""",
+    )
+    config = load_settings({}, path).counter_config
+    assert isinstance(config, CounterConfig)
+    expected = CounterRule(".*", FilterType.FIXED, 10_000, 0.01, DateCohort.WEEKLY)
+    assert config.rules == (expected,)
+    got = config.rule_for("any_event")
+    assert got == expected
+    assert got.filter_type is FilterType.FIXED
+    assert got.date_cohort is DateCohort.WEEKLY
+    assert (got.pattern, got.size, got.error_probability) == (".*", 10_000, 0.01)
+
+
+def test_counters_rules_in_order_with_binary_pattern(tmp_path):
+    path = write(
+        tmp_path,
+        """[{features, [{counters, #{init => [
+    #{pattern => <<"^checkout">>, type => bloom_scalable, size => 64,
+      error_probability => 0.001},
+    #{pattern => "", type => bloom_fixed_size, size => 1000, error_probability => 0.05}
+]}}]}].
+""",
+    )
+    config = load_settings({}, path).counter_config
+    assert config.rule_for("checkout_done").size == 64
+    assert config.rule_for("checkout_done").filter_type is FilterType.SCALABLE
+    assert config.rule_for("signup").size == 1000
+
+
+def test_readme_api_auth_disable(tmp_path):
+    path = write(tmp_path, "[{features, [\n    {api_auth, disable}\n]}].\n")
+    assert load_settings({}, path).api_auth is False
+
+
+def test_readme_api_auth_enable_with_tokens(tmp_path):
+    path = write(
+        tmp_path,
+        "[{features, [\n"
+        "    {api_auth, enable},\n"
+        '    {api_auth_tokens, [<<"SECRET_TOKEN">>]}\n'
+        "]}].\n",
+    )
+    s = load_settings({}, path)
+    assert s.api_auth is True
+    assert s.api_auth_tokens == ("SECRET_TOKEN",)
+
+
+def test_readme_external_grpc_event_targets(tmp_path):
+    path = write(
+        tmp_path,
+        '[{features, [\n    {external_grpc_event_targets, [{"127.0.0.1", 8079}]}\n]}].\n',
+    )
+    assert load_settings({}, path).external_grpc_event_targets == (("127.0.0.1", 8079),)
+
+
+def test_readme_external_grpc_prediction_targets(tmp_path):
+    path = write(
+        tmp_path,
+        "[{features, [\n"
+        '    {external_grpc_prediction_targets, [{"service name", "127.0.0.1", 8079}]}\n'
+        "]}].\n",
+    )
+    assert load_settings({}, path).external_grpc_prediction_targets == (
+        PredictionTarget("service name", "127.0.0.1", 8079),
+    )
+
+
+def test_readme_counter_startup_delay(tmp_path):
+    path = write(tmp_path, "[{features, [\n    {counter_startup_delay, 1}\n]}].\n")
+    assert load_settings({}, path).counter_startup_delay_ms == 1
+
+
+def test_file_with_comments_and_other_applications(tmp_path):
+    path = write(
+        tmp_path,
+        """%% Kimball configuration
+[{kernel, [{logger_level, info}]},
+ {features, [
+    {site, "s"}, % trailing comment
+    {cluster, <<"c">>}
+ ]}].
+""",
+    )
+    s = load_settings({}, path)
+    assert (s.site, s.cluster) == ("s", "c")
+
+
+# --- bad environment values ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        ({"GRPC_PORT": "abc"}, ["GRPC_PORT", "'abc'"]),
+        ({"GRPC_PORT": "70000"}, ["GRPC_PORT", "70000"]),
+        ({"GRPC_PORT": "-1"}, ["GRPC_PORT", "-1"]),
+        ({"GRPC_PORT": "80.5"}, ["GRPC_PORT", "80.5"]),
+        ({"API_PORT": "http"}, ["API_PORT", "'http'"]),
+        ({"API_PORT": "65536"}, ["API_PORT", "65536"]),
+        ({"PORT": "x"}, ["PORT", "'x'"]),
+        ({"FEATURES_MODE": "nope"}, ["FEATURES_MODE", "'nope'", "api", "sidecar"]),
+        ({"LOG_LEVEL": "loud"}, ["LOG_LEVEL", "'loud'"]),
+        ({"KUBERNETES_MEMORY_LIMIT": "x"}, ["KUBERNETES_MEMORY_LIMIT", "'x'"]),
+        ({"KUBERNETES_MEMORY_LIMIT": "512Mi"}, ["KUBERNETES_MEMORY_LIMIT", "'512Mi'"]),
+        ({"KUBERNETES_MEMORY_LIMIT": "0"}, ["KUBERNETES_MEMORY_LIMIT", "'0'"]),
+        ({"KUBERNETES_MEMORY_LIMIT": "-5"}, ["KUBERNETES_MEMORY_LIMIT", "'-5'"]),
+        ({"GRPC_PORT": "1_000"}, ["GRPC_PORT", "'1_000'"]),
+        ({"GRPC_PORT": " 80"}, ["GRPC_PORT", "' 80'"]),
+    ],
+    ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
+)
+def test_bad_environment_value_is_refused_naming_the_variable(env, fragments):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+# --- bad config files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("features", "fragments"),
+    [
+        ("{colour, blue}", ["setting colour", "unknown setting"]),
+        ("{site, 42}", ["setting site", "must be a string"]),
+        ("{api_auth, maybe}", ["setting api_auth", "enable or disable"]),
+        ("{api_auth_tokens, [<<>>]}", ["setting api_auth_tokens"]),
+        ('{api_auth_tokens, <<"T">>}', ["setting api_auth_tokens"]),
+        ("{counter_startup_delay, -1}", ["setting counter_startup_delay"]),
+        ("{counter_startup_delay, 1.5}", ["setting counter_startup_delay"]),
+        ("{counters, [1]}", ["setting counters"]),
+        (
+            '{counters, #{init => [#{pattern => "(", type => bloom_scalable, size => 1,'
+            " error_probability => 0.1}]}}",
+            ["setting counters", "counter rule 1", "not a valid regular expression"],
+        ),
+        (
+            '{counters, #{init => [#{pattern => ".*", type => bloom_scalable, size => 1,'
+            ' error_probability => 0.1}, #{pattern => ".*", type => bloom_scalable,'
+            " size => 0, error_probability => 0.1}]}}",
+            ["setting counters", "counter rule 2", "size"],
+        ),
+        (
+            '{counters, #{init => [#{pattern => ".*", type => bloom_scalable, size => 1,'
+            " error_probability => 1}]}}",
+            ["setting counters", "counter rule 1", "error_probability"],
+        ),
+        (
+            '{counters, #{init => [#{pattern => ".*", type => bloom_scalable, size => 1}]}}',
+            ["setting counters", "counter rule 1", "missing key 'error_probability'"],
+        ),
+        (
+            '{external_grpc_event_targets, [{"127.0.0.1", 70000}]}',
+            ["setting external_grpc_event_targets", "70000"],
+        ),
+        (
+            '{external_grpc_event_targets, [{"127.0.0.1"}]}',
+            ["setting external_grpc_event_targets"],
+        ),
+        ("{external_grpc_event_targets, x}", ["setting external_grpc_event_targets"]),
+        (
+            '{external_grpc_prediction_targets, [{"127.0.0.1", 8079}]}',
+            ["setting external_grpc_prediction_targets"],
+        ),
+        ("site", ["{key, value}"]),
+    ],
+)
+def test_bad_setting_in_file_is_refused_naming_file_and_setting(tmp_path, features, fragments):
+    path = write(tmp_path, f"[{{features, [{features}]}}].\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    path = write(
+        tmp_path,
+        '[{features, [\n    {site, "x"}\n    {cluster, "y"}\n]}].\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:3:"), message
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[{features, [{site, "x"}]}]\n', 1),  # missing final dot: after the last token
+        ("[{features, [\n\n  {site, Site}\n]}].\n", 3),  # a variable
+        ('[{features, [{site, "unterminated}]}].\n', 1),
+    ],
+)
+def test_other_syntax_errors_name_file_and_line(tmp_path, text, line):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(info.value).startswith(f"{path}:"), str(info.value)
+    assert f":{line}:" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{features, []}.\n", "[{features, site}].\n"],
+)
+def test_wrong_file_shape_is_refused(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"features"):
+        load_settings({}, path)
+
+
+def test_missing_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "no-such.config"
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(path) in str(info.value)
+    assert "cannot read config file" in str(info.value)
+
+
+def test_missing_file_from_environment_is_refused(tmp_path):
+    path = tmp_path / "no-such.config"
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings({"KIMBALL_CONFIG": str(path)})
+
+
+def test_directory_and_non_utf8_files_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings({}, tmp_path)
+    path = tmp_path / "latin1.config"
+    path.write_bytes(b'[{features, [{site, "caf\xe9"}]}].\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(path) in str(info.value)
