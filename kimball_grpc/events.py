@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from kimball_grpc.bloom import hash_key
 from kimball_grpc.errors import InvalidArgument
@@ -12,8 +12,7 @@ from kimball_grpc.limits import DEFAULT_NAMESPACE, MAX_NAME_LENGTH
 from kimball_grpc.records import EventRecord, GoalRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """An event as a client sent it: user ``user_id`` did ``event_name``."""
 
     event_name: str
@@ -46,18 +45,23 @@ def check_namespace(namespace: str) -> str:
     return check_name("namespace", namespace, required=False) or DEFAULT_NAMESPACE
 
 
-def prepare_event(event: Event, now: datetime) -> EventRecord:
-    """Validate ``event`` into a record; ``now`` supplies the week when no datetime is given."""
+def iso_week(when: datetime) -> tuple[int, int]:
+    """The ISO (year, week) of a timezone-aware datetime, in UTC."""
+    if when.tzinfo is None:
+        raise InvalidArgument("datetime must carry a time zone", datetime=when.isoformat())
+    year, week, _ = when.astimezone(UTC).isocalendar()
+    return year, week
+
+
+def prepare_event(event: Event, current_week: tuple[int, int]) -> EventRecord:
+    """Validate ``event`` into a record; ``current_week`` applies when it has no datetime."""
     namespace = check_namespace(event.namespace)
     name = check_name("event_name", event.event_name)
     user = check_name("user_id", event.user_id)
     value = event.value
     if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
         raise InvalidArgument("value must be a finite number", value=repr(value))
-    when = event.datetime or now
-    if when.tzinfo is None:
-        raise InvalidArgument("datetime must carry a time zone", datetime=when.isoformat())
-    year, week, _ = when.astimezone(UTC).isocalendar()
+    year, week = current_week if event.datetime is None else iso_week(event.datetime)
     return EventRecord(
         namespace=namespace,
         event_name=name,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument
-from kimball_grpc.events import Event, prepare_event, prepare_goal
+from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.limits import MAX_BATCH_EVENTS
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
 
@@ -39,11 +38,11 @@ class Ingestor:
                 f"a batch holds at most {MAX_BATCH_EVENTS} events, got {len(events)}",
                 key="events",
             )
-        now = self._clock()
+        current_week = iso_week(self._clock())
         records = []
         for index, event in enumerate(events):
             try:
-                records.append(prepare_event(event, now))
+                records.append(prepare_event(event, current_week))
             except InvalidArgument as exc:
                 if len(events) == 1:
                     raise
@@ -57,7 +56,7 @@ class Ingestor:
             accepted = []
             for event, record in zip(events, records, strict=True):
                 self._sequence += 1
-                resolved = replace(event, namespace=record.namespace)
+                resolved = event._replace(namespace=record.namespace)
                 accepted.append(AcceptedEvent(self._sequence, resolved))
             self.hub.publish(accepted)
         else:

@@ -7,14 +7,13 @@ gives the same state whenever it happens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kimball_grpc.bloom import KeyHash
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One accepted event."""
+class EventRecord(NamedTuple):
+    """One accepted event. (Named tuples: built once per event, the cheapest immutable type.)"""
 
     namespace: str
     event_name: str
@@ -25,8 +24,7 @@ class EventRecord:
     ensure_goal: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class GoalRecord:
+class GoalRecord(NamedTuple):
     """An event name marked as a goal."""
 
     namespace: str

@@ -185,7 +185,7 @@ def decode_record(data: bytes) -> Record:
         return EventRecord(
             namespace=e.namespace,
             event_name=e.event_name,
-            user_hash=KeyHash(e.user_hash_low, e.user_hash_high),
+            user_hash=KeyHash.from_halves(e.user_hash_low, e.user_hash_high),
             iso_year=e.iso_year,
             iso_week=e.iso_week,
             value=e.value if e.HasField("value") else None,

@@ -11,7 +11,7 @@ import pytest
 from kimball_grpc.counter_config import CounterConfig
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument, NotFound
-from kimball_grpc.events import Event, prepare_event, prepare_goal
+from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.predictions import EventEvidence, naive_bayes
 from kimball_grpc.records import EventRecord
 from kimball_grpc.state_codec import (
@@ -22,7 +22,7 @@ from kimball_grpc.state_codec import (
     encode_state,
 )
 
-NOW = datetime(2024, 5, 15, tzinfo=UTC)
+NOW = iso_week(datetime(2024, 5, 15, tzinfo=UTC))
 WEEKLY = CounterConfig.from_mappings(
     [
         {
