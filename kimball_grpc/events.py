@@ -25,6 +25,8 @@ class Event(NamedTuple):
 
 def check_name(field: str, value: str, *, required: bool = True) -> str:
     """A name as given, or ``InvalidArgument`` naming ``field``."""
+    if value.__class__ is str and 0 < len(value) <= MAX_NAME_LENGTH and value.isprintable():
+        return value  # the common case, checked in one expression
     if not isinstance(value, str):
         raise InvalidArgument(f"{field} must be a string", **{field: repr(value)})
     if not value:
@@ -55,22 +57,14 @@ def iso_week(when: datetime) -> tuple[int, int]:
 
 def prepare_event(event: Event, current_week: tuple[int, int]) -> EventRecord:
     """Validate ``event`` into a record; ``current_week`` applies when it has no datetime."""
-    namespace = check_namespace(event.namespace)
-    name = check_name("event_name", event.event_name)
-    user = check_name("user_id", event.user_id)
-    value = event.value
+    name, user, namespace, value, when, ensure_goal = event
+    namespace = check_namespace(namespace)
+    name = check_name("event_name", name)
+    user = check_name("user_id", user)
     if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
         raise InvalidArgument("value must be a finite number", value=repr(value))
-    year, week = current_week if event.datetime is None else iso_week(event.datetime)
-    return EventRecord(
-        namespace=namespace,
-        event_name=name,
-        user_hash=hash_key(user),
-        iso_year=year,
-        iso_week=week,
-        value=value,
-        ensure_goal=event.ensure_goal,
-    )
+    year, week = current_week if when is None else iso_week(when)
+    return EventRecord(namespace, name, hash_key(user), year, week, value, ensure_goal)
 
 
 def prepare_goal(namespace: str, goal_name: str) -> GoalRecord:
