@@ -21,16 +21,14 @@ _COUNTER_TYPES = {
 
 
 def event_from_proto(message: pb.Event) -> Event:
-    when = None
-    if message.HasField("datetime"):
-        when = _datetime_from_proto(message.datetime)
+    has = message.HasField
     return Event(
-        event_name=message.event_name,
-        user_id=message.user_id,
-        namespace=message.namespace,
-        value=message.value if message.HasField("value") else None,
-        datetime=when,
-        ensure_goal=message.ensure_goal,
+        message.event_name,
+        message.user_id,
+        message.namespace,
+        message.value if has("value") else None,
+        _datetime_from_proto(message.datetime) if has("datetime") else None,
+        message.ensure_goal,
     )
 
 
