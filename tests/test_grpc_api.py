@@ -390,3 +390,29 @@ async def test_reflection_lists_the_services(channel) -> None:
         names = {s.name for s in response.list_services_response.service}
         break
     assert {"kimball.v1.KimballService", "KimballIntegration", "grpc.health.v1.Health"} <= names
+
+
+LONG_NAMESPACE = "n" * (MAX_NAME_LENGTH + 1)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message"),
+    [
+        ("GetAnalytics", pb.GetAnalyticsRequest(namespace=LONG_NAMESPACE)),
+        ("ListGoals", pb.ListGoalsRequest(namespace=LONG_NAMESPACE)),
+        ("CreateGoal", pb.CreateGoalRequest(namespace=LONG_NAMESPACE, goal_name="g")),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace=LONG_NAMESPACE)),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace="bad\x00", events=["a"])),
+        ("GetNudges", pb.GetNudgesRequest(namespace=LONG_NAMESPACE, goal="g", user_id="u")),
+    ],
+)
+async def test_every_read_rejects_a_bad_namespace(stub, method, request_message) -> None:
+    error = await expect(getattr(stub, method)(request_message), INVALID)
+    assert "namespace" in error_metadata(error)
+    assert list((await stub.ListNamespaces(pb.ListNamespacesRequest())).namespaces) == []
+
+
+async def test_subscription_rejects_a_bad_namespace(stub) -> None:
+    stream = stub.Subscribe(pb.SubscribeRequest(namespace=LONG_NAMESPACE))
+    error = await expect(stream.read(), INVALID)
+    assert "namespace" in error_metadata(error)
