@@ -43,6 +43,9 @@ class CounterRule:
 
 # A quiet event costs a few dozen bytes; a busy one grows at p = 0.001.
 DEFAULT_RULE = CounterRule(".*", FilterType.SCALABLE, 16, 0.001)
+# The global counter (one per namespace) sees every user: starting it at 4,096
+# users (9 KiB) spares it the eight smallest slices every membership test visits.
+GLOBAL_RULE = CounterRule("", FilterType.SCALABLE, 4096, 0.001)
 
 _KEYS = {"pattern", "type", "size", "error_probability", "date_cohort"}
 _REQUIRED = ("pattern", "type", "size", "error_probability")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kimball_grpc.bloom import KeyHash, hash_key
-from kimball_grpc.counter_config import DEFAULT_RULE, CounterConfig, CounterRule, DateCohort
+from kimball_grpc.counter_config import GLOBAL_RULE, CounterConfig, CounterRule, DateCohort
 from kimball_grpc.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
 from kimball_grpc.errors import InvalidArgument, NotFound
 from kimball_grpc.events import check_name, check_namespace
@@ -88,15 +88,17 @@ class Engine:
             global_filter.add_new(user)
             ns.global_counter.record_first(value, None)
         is_goal = name in ns.goals
+        # A goal's prior events are worked out only for a user new to one of its
+        # counters (a repeat goal event changes nothing), and then only once.
         prior: tuple[str, ...] | None = None
-        if is_goal:
-            prior = () if new_user else self._prior_events(ns, name, user)
 
         named = ns.named.get(name)
         rule = self._rule(name)
         if named is None:
             named = ns.named[name] = Counter(name, CounterKind.NAMED, rule.new_filter())
         if self._first(named, user, new_user):
+            if is_goal:
+                prior = () if new_user else self._prior_events(ns, name, user)
             named.record_first(value, prior)
         if rule.date_cohort is DateCohort.WEEKLY:
             key = (name, record.iso_year, record.iso_week)
@@ -106,6 +108,8 @@ class Engine:
                     name, CounterKind.WEEKLY, rule.new_filter(), record.iso_year, record.iso_week
                 )
             if self._first(weekly, user, new_user):
+                if is_goal and prior is None:
+                    prior = () if new_user else self._prior_events(ns, name, user)
                 weekly.record_first(value, prior)
 
     @staticmethod
@@ -127,7 +131,7 @@ class Engine:
     def _namespace(self, name: str) -> Namespace:
         ns = self._namespaces.get(name)
         if ns is None:
-            counter = Counter(GLOBAL_COUNTER_NAME, CounterKind.INTERNAL, DEFAULT_RULE.new_filter())
+            counter = Counter(GLOBAL_COUNTER_NAME, CounterKind.INTERNAL, GLOBAL_RULE.new_filter())
             ns = self._namespaces[name] = Namespace(name, counter)
         return ns
 

@@ -241,3 +241,16 @@ def test_damaged_filter_is_refused() -> None:
 def test_unreadable_record_is_refused(data: bytes) -> None:
     with pytest.raises(InvalidStoredData):
         decode_record(data)
+
+
+def test_weekly_goal_in_a_later_week_still_records_prior_events() -> None:
+    engine = Engine(WEEKLY)
+    week_1 = datetime(2024, 1, 1, tzinfo=UTC)
+    week_2 = datetime(2024, 1, 8, tzinfo=UTC)
+    track(engine, "view", "u1", datetime=week_1)
+    track(engine, "buy", "u1", datetime=week_1, ensure_goal=True)
+    track(engine, "buy", "u1", datetime=week_2)  # repeat for the named counter, new this week
+    weekly = {c.iso_week: c for c in engine.counters("") if c.name == "buy" and c.iso_week}
+    assert dict(weekly[2].event_counts) == {("view",): 1}
+    named = {c.name: c for c in engine.counters("") if not c.iso_week}["buy"]
+    assert (named.count, dict(named.event_counts)) == (1, {("view",): 1})
