@@ -186,6 +186,7 @@ class FixedBloomFilter:
     """
 
     kind = "bloom_fixed_size"
+    __slots__ = ("_slice", "capacity", "error_probability", "items")
 
     def __init__(self, capacity: int, error_probability: float) -> None:
         self.capacity = capacity
@@ -249,6 +250,16 @@ class ScalableBloomFilter:
     """
 
     kind = "bloom_scalable"
+    __slots__ = (
+        "_capacities",
+        "_errors",
+        "_last_items",
+        "_newest_first",
+        "_slices",
+        "capacity",
+        "error_probability",
+        "items",
+    )
 
     def __init__(self, initial_capacity: int, error_probability: float) -> None:
         self.capacity = initial_capacity

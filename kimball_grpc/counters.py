@@ -17,7 +17,7 @@ class CounterKind(StrEnum):
     WEEKLY = "weekly"  # one per event name and ISO week
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Counter:
     """Unique users of one event (or of the namespace, or of one week of an event).
 
