@@ -99,6 +99,11 @@ def optimal_hashes(bits: int, capacity: int) -> int:
     return max(1, round(bits / capacity * math.log(2)))
 
 
+def first_slice_error_probability(error_probability: float) -> float:
+    """A scalable filter's first slice error: p (1 - r), so that all slices sum to p."""
+    return error_probability * (1 - TIGHTENING_RATIO)
+
+
 def max_capacity(error_probability: float) -> int:
     """The most keys one slice can be sized for at this error (it holds MAX_SLICE_BITS)."""
     return math.floor(MAX_SLICE_BITS * LN2_SQUARED / -math.log(error_probability))
@@ -275,7 +280,7 @@ class ScalableBloomFilter:
     def _grow(self) -> None:
         index = len(self._slices)
         capacity = self.capacity * GROWTH_FACTOR**index
-        error = self.error_probability * (1 - TIGHTENING_RATIO) * TIGHTENING_RATIO**index
+        error = first_slice_error_probability(self.error_probability) * TIGHTENING_RATIO**index
         # Past the largest slice a word can address, slices stop growing.
         capacity = min(capacity, max_capacity(error))
         bits = optimal_bits(capacity, error)

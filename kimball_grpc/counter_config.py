@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from kimball_grpc.bloom import BloomFilter, FixedBloomFilter, ScalableBloomFilter
+from kimball_grpc.bloom import (
+    MAX_SLICE_BITS,
+    BloomFilter,
+    FixedBloomFilter,
+    ScalableBloomFilter,
+    first_slice_error_probability,
+    max_capacity,
+)
 from kimball_grpc.errors import ConfigError
 
 
@@ -115,4 +122,10 @@ def parse_rule(index: int, raw: Mapping[str, object]) -> CounterRule:
             date_cohort = DateCohort(cohort)
         except ValueError:
             raise fail(f"date_cohort {cohort!r} is unknown (use weekly, or omit it)") from None
+    first_slice_error = p if filter_type is FilterType.FIXED else first_slice_error_probability(p)
+    if size > max_capacity(first_slice_error):
+        raise fail(
+            f"size {size} at error_probability {p} needs more than {MAX_SLICE_BITS} bits "
+            f"(512 MiB) in one filter; at most {max_capacity(first_slice_error)} users"
+        )
     return CounterRule(pattern, filter_type, size, float(p), date_cohort)

@@ -104,8 +104,22 @@ def test_rules_keep_their_order():
         (rule(pattern="^(a|b)+$"), CounterRule("^(a|b)+$", FilterType.SCALABLE, 100, 0.01)),
         (rule(pattern=""), CounterRule("", FilterType.SCALABLE, 100, 0.01)),
         (rule(date_cohort=None), CounterRule(".*", FilterType.SCALABLE, 100, 0.01)),
+        (
+            rule(type="bloom_fixed_size", size=300_000_000, error_probability=0.01),
+            CounterRule(".*", FilterType.FIXED, 300_000_000, 0.01),
+        ),
     ],
-    ids=["scalable", "readme-weekly-fixed", "size-1", "tiny-p", "big-p", "regex", "empty", "none"],
+    ids=[
+        "scalable",
+        "readme-weekly-fixed",
+        "size-1",
+        "tiny-p",
+        "big-p",
+        "regex",
+        "empty",
+        "none",
+        "fixed-just-under-512MiB",
+    ],
 )
 def test_valid_rule_is_accepted(raw, expected):
     parsed = parse_rule(1, raw)
@@ -145,6 +159,11 @@ def test_valid_rule_is_accepted(raw, expected):
         (rule(size="100"), "size"),
         (rule(size=True), "size"),
         (rule(size=None), "size"),
+        (
+            rule(type="bloom_fixed_size", size=500_000_000, error_probability=0.01),
+            "needs more than 4294967296 bits",
+        ),
+        (rule(size=400_000_000, error_probability=0.01), "needs more than 4294967296 bits"),
         (rule(type="bloom"), "type 'bloom' is unknown"),
         (rule(type="BLOOM_SCALABLE"), "is unknown"),
         (rule(date_cohort="daily"), "date_cohort 'daily' is unknown"),
