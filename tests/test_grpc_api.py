@@ -416,3 +416,31 @@ async def test_subscription_rejects_a_bad_namespace(stub) -> None:
     stream = stub.Subscribe(pb.SubscribeRequest(namespace=LONG_NAMESPACE))
     error = await expect(stream.read(), INVALID)
     assert "namespace" in error_metadata(error)
+
+
+async def test_reflection_serves_descriptors_as_grpcurl_needs(server) -> None:
+    """grpcurl resolves services and message types through reflection, with no proto files."""
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    def resolve() -> tuple[str, str, str]:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as sync_channel:
+            pool = DescriptorPool(ProtoReflectionDescriptorDatabase(sync_channel))
+            service = pool.FindServiceByName("kimball.v1.KimballService")
+            track = service.FindMethodByName("TrackEvents")
+            integration = pool.FindServiceByName("KimballIntegration")
+            return (
+                track.input_type.fields_by_name["events"].message_type.full_name,
+                integration.FindMethodByName("Prediction").output_type.full_name,
+                pool.FindMessageTypeByName("kimball.v1.Event")
+                .fields_by_name["datetime"]
+                .message_type.full_name,
+            )
+
+    assert await asyncio.to_thread(resolve) == (
+        "kimball.v1.Event",
+        "PredictionResponse",
+        "google.protobuf.Timestamp",
+    )
