@@ -18,7 +18,7 @@ from kimball_grpc.bloom import (
     SliceState,
 )
 from kimball_grpc.counter_config import CounterConfig
-from kimball_grpc.counters import Counter, CounterKind
+from kimball_grpc.counters import NO_TALLY, Counter, CounterKind
 from kimball_grpc.engine import Engine, Namespace
 from kimball_grpc.errors import KimballError
 from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
@@ -110,8 +110,15 @@ def _counter_from_proto(state: spb.CounterState) -> Counter:
         iso_week=state.iso_week,
         count=state.count,
         value_sum=state.value_sum,
-        event_counts=Tally({tuple(c.events): c.count for c in state.event_counts}),
-        single_event_counts=Tally(dict(state.single_event_counts)),
+        # A counter that never recorded a goal user shares the empty tallies.
+        event_counts=(
+            Tally({tuple(c.events): c.count for c in state.event_counts})
+            if state.event_counts
+            else NO_TALLY
+        ),
+        single_event_counts=(
+            Tally(dict(state.single_event_counts)) if state.event_counts else NO_TALLY
+        ),
     )
 
 
