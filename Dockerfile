@@ -15,7 +15,7 @@ ENV GRPC_PORT=50051 API_PORT=8080 KIMBALL_DATA_DIR=/var/lib/kimball/data
 EXPOSE 50051 8080
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["kimball", "health", "--target", "127.0.0.1:50051"]
+    CMD kimball health --target "127.0.0.1:${GRPC_PORT}"
 
 # An original app.config mounted at /kimball/app.config is read at start-up.
 ENTRYPOINT ["kimball"]

@@ -17,10 +17,15 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(shell find protos -name '*.pro
 	$(BIN)/pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 
-run: $(STAMP)
+# Generated code is not committed: rebuild it if it went missing after the install.
+GENERATED := kimball_grpc/generated/kimball/v1/kimball_pb2.py
+$(GENERATED): $(STAMP)
+	$(BIN)/python protos/compile_protos.py
+
+run: $(GENERATED)
 	$(BIN)/kimball serve $(ARGS)
 
-lint: $(STAMP)
+lint: $(GENERATED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -31,7 +36,7 @@ test: lint
 protos: $(STAMP)
 	$(BIN)/python protos/compile_protos.py
 
-bench: $(STAMP)
+bench: $(GENERATED)
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_grpc.py
 

@@ -6,11 +6,22 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.server import serve
-from kimball_grpc.settings import environment, load_settings
+from kimball_grpc.settings import environment, load_settings, parse_port
+
+
+def _port_flag(flag: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            return parse_port(flag, value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,8 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the server")
     run.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
-    run.add_argument("--grpc-port", type=int, help="gRPC port (default 50051, env GRPC_PORT)")
-    run.add_argument("--api-port", type=int, help="REST port (default 8080, env API_PORT)")
+    run.add_argument(
+        "--grpc-port", type=_port_flag("--grpc-port"), help="gRPC port (default 50051)"
+    )
+    run.add_argument("--api-port", type=_port_flag("--api-port"), help="REST port (default 8080)")
     run.add_argument("--data-dir", type=Path, help="local data directory (default kimball-data)")
     run.add_argument(
         "--config", type=Path, help="app.config file (env KIMBALL_CONFIG; /kimball/app.config)"

@@ -149,10 +149,6 @@ class Engine:
         ns = self._namespaces.get(check_namespace(namespace))
         return ns.counters() if ns else []
 
-    def counter_count(self) -> int:
-        """Counters registered, over all namespaces."""
-        return sum(1 + len(ns.named) + len(ns.weekly) for ns in self._namespaces.values())
-
     def events_for_user(self, namespace: str, user_id: str) -> list[str]:
         """Named events whose counters contain the user."""
         user = hash_key(check_name("user_id", user_id))
@@ -183,17 +179,18 @@ class Engine:
             raise InvalidArgument("user_id and event cannot both be specified", user=user_id)
         if user_id:
             return self.predict_for_user(namespace, user_id)
-        return self.predict_for_events(namespace, events)
-
-    def predict_for_events(self, namespace: str, events: list[str]) -> dict[str, NaiveBayes]:
-        """Naive Bayes per goal given that a user did ``events``."""
-        namespace = check_namespace(namespace)
+        # Limits on what a client names; a user's own events may be any number.
         if not events:
             raise InvalidArgument("at least one event is required", key="event")
         if len(events) > MAX_EVENTS_PER_PREDICTION:
             raise InvalidArgument(
                 f"at most {MAX_EVENTS_PER_PREDICTION} events per prediction", key="event"
             )
+        return self.predict_for_events(namespace, events)
+
+    def predict_for_events(self, namespace: str, events: list[str]) -> dict[str, NaiveBayes]:
+        """Naive Bayes per goal given that a user did ``events`` (at least one)."""
+        namespace = check_namespace(namespace)
         ns = self._namespaces.get(namespace)
         wanted = list(dict.fromkeys(check_name("event", e) for e in events))
         for event in wanted:

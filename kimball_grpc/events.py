@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from kimball_grpc.bloom import hash_key
 from kimball_grpc.errors import InvalidArgument
-from kimball_grpc.limits import DEFAULT_NAMESPACE, MAX_NAME_LENGTH
+from kimball_grpc.limits import DEFAULT_NAMESPACE, MAX_ABS_VALUE, MAX_NAME_LENGTH
 from kimball_grpc.records import EventRecord, GoalRecord
 
 
@@ -38,7 +37,27 @@ def check_name(field: str, value: str, *, required: bool = True) -> str:
             f"{field} is longer than {MAX_NAME_LENGTH} characters", **{field: value[:64] + "..."}
         )
     if not value.isprintable():
-        raise InvalidArgument(f"{field} contains control characters", **{field: repr(value)})
+        raise InvalidArgument(
+            f"{field} contains characters that do not print (control, format or separator "
+            "characters other than the space)",
+            **{field: repr(value)},
+        )
+    return value
+
+
+def check_value(value: float) -> float:
+    """An event value, or ``InvalidArgument``: a finite number within +-MAX_ABS_VALUE."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (
+            abs(value) <= MAX_ABS_VALUE  # NaN fails this too
+        )
+    ):
+        raise InvalidArgument(
+            f"value must be a finite number between -{MAX_ABS_VALUE:g} and {MAX_ABS_VALUE:g}",
+            value=repr(value),
+        )
     return value
 
 
@@ -61,8 +80,8 @@ def prepare_event(event: Event, current_week: tuple[int, int]) -> EventRecord:
     namespace = check_namespace(namespace)
     name = check_name("event_name", name)
     user = check_name("user_id", user)
-    if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
-        raise InvalidArgument("value must be a finite number", value=repr(value))
+    if value is not None:
+        check_value(value)
     year, week = current_week if when is None else iso_week(when)
     return EventRecord(namespace, name, hash_key(user), year, week, value, ensure_goal)
 

@@ -9,15 +9,16 @@ from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.limits import MAX_BATCH_EVENTS
+from kimball_grpc.records import Record
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
 
 
 class Ingestor:
     """Accepts events and goals into the engine.
 
-    A batch is validated whole before any of it is applied; once applied, the
-    events are handed on (to live subscribers; forwarding and the durable log
-    hook in here too).
+    A batch is validated whole before any of it is applied. Every state change,
+    event or goal, is applied in ``_commit``; accepted events are then handed on
+    to live subscribers (forwarding hooks in there too).
     """
 
     def __init__(
@@ -49,9 +50,7 @@ class Ingestor:
                 raise InvalidArgument(
                     f"event {index}: {exc.message}", index=str(index), **exc.details
                 ) from None
-        apply = self.engine.apply_event
-        for record in records:
-            apply(record)
+        self._commit(records)
         if self.hub.subscriber_count:
             accepted = []
             for event, record in zip(events, records, strict=True):
@@ -65,4 +64,10 @@ class Ingestor:
 
     async def create_goal(self, namespace: str, goal_name: str) -> None:
         """Mark ``goal_name`` as a goal of ``namespace``."""
-        self.engine.apply_goal(prepare_goal(namespace, goal_name))
+        self._commit([prepare_goal(namespace, goal_name)])
+
+    def _commit(self, records: Sequence[Record]) -> None:
+        """The one place validated records change the state (the durable log goes here)."""
+        apply = self.engine.apply
+        for record in records:
+            apply(record)

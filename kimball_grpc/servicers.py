@@ -19,6 +19,7 @@ from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.ingest import Ingestor
+from kimball_grpc.limits import MAX_SUBSCRIPTION_EVENT_NAMES
 from kimball_grpc.subscriptions import EventFilter, SubscriptionHub
 
 Context = grpc.aio.ServicerContext
@@ -89,10 +90,16 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return proto_mapping.nudges_to_proto(nudges, request.goal, request.user_id)
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Context):
+        if len(request.event_names) > MAX_SUBSCRIPTION_EVENT_NAMES:
+            raise InvalidArgument(
+                f"at most {MAX_SUBSCRIPTION_EVENT_NAMES} event names", key="event_names"
+            )
         event_filter = EventFilter(
             namespace=check_namespace(request.namespace) if request.namespace else "",
             event_names=frozenset(check_name("event_names", n) for n in request.event_names),
-            event_name_prefix=request.event_name_prefix,
+            event_name_prefix=check_name(
+                "event_name_prefix", request.event_name_prefix, required=False
+            ),
         )
         subscription = self.hub.subscribe(event_filter)
         try:

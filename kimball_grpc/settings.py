@@ -87,7 +87,8 @@ def _whole_number(name: str, value: str, meaning: str) -> int:
     return int(value)
 
 
-def _port(name: str, value: str) -> int:
+def parse_port(name: str, value: str) -> int:
+    """A port number from text (a flag or a variable called ``name``), or ``ConfigError``."""
     port = _whole_number(name, value, "a port number")
     if port > 65535:
         raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
@@ -98,9 +99,9 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out: dict[str, object] = {}
     api_port = environ.get("API_PORT") or environ.get("PORT")
     if api_port:
-        out["api_port"] = _port("API_PORT" if environ.get("API_PORT") else "PORT", api_port)
+        out["api_port"] = parse_port("API_PORT" if environ.get("API_PORT") else "PORT", api_port)
     if environ.get("GRPC_PORT"):
-        out["grpc_port"] = _port("GRPC_PORT", environ["GRPC_PORT"])
+        out["grpc_port"] = parse_port("GRPC_PORT", environ["GRPC_PORT"])
     if environ.get("FEATURES_MODE"):
         try:
             out["mode"] = Mode(environ["FEATURES_MODE"])

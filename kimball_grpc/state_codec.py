@@ -6,6 +6,7 @@ Decoding validates what it reads: stored data that cannot be used raises
 
 from __future__ import annotations
 
+import math
 from collections import Counter as Tally
 
 from google.protobuf.message import DecodeError
@@ -20,11 +21,14 @@ from kimball_grpc.bloom import (
 from kimball_grpc.counter_config import CounterConfig
 from kimball_grpc.counters import NO_TALLY, Counter, CounterKind
 from kimball_grpc.engine import Engine, Namespace
-from kimball_grpc.errors import KimballError
+from kimball_grpc.errors import InvalidArgument, KimballError
+from kimball_grpc.events import check_name, check_value
 from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
 from kimball_grpc.records import EventRecord, GoalRecord, Record
 
 FORMAT_VERSION = 1
+# A slice's positions per key: the optimum for p = 1e-300 is 997.
+MAX_HASHES = 1024
 _FILTERS: dict[str, type[FixedBloomFilter] | type[ScalableBloomFilter]] = {
     FixedBloomFilter.kind: FixedBloomFilter,
     ScalableBloomFilter.kind: ScalableBloomFilter,
@@ -65,19 +69,43 @@ def decode_state(data: bytes, counter_config: CounterConfig | None = None) -> En
             f"this Kimball reads {FORMAT_VERSION}"
         )
     engine = Engine(counter_config)
+    seen: set[str] = set()
     for ns_state in message.namespaces:
-        ns = Namespace(ns_state.name, _counter_from_proto(ns_state.global_counter))
-        ns.goals.update(ns_state.goals)
+        name = _stored_name("namespace", ns_state.name)
+        if name in seen:
+            raise InvalidStoredData(f"namespace {name!r} is stored twice")
+        seen.add(name)
+        global_counter = _counter_from_proto(ns_state.global_counter)
+        if global_counter.kind is not CounterKind.INTERNAL:
+            raise InvalidStoredData(f"namespace {name!r}: its global counter is not internal")
+        ns = Namespace(name, global_counter)
+        ns.goals.update(_stored_name("goal", g) for g in ns_state.goals)
         for counter_state in ns_state.counters:
             counter = _counter_from_proto(counter_state)
             if counter.kind is CounterKind.WEEKLY:
-                ns.weekly[(counter.name, counter.iso_year, counter.iso_week)] = counter
+                key = (counter.name, counter.iso_year, counter.iso_week)
+                place: dict = ns.weekly
             elif counter.kind is CounterKind.NAMED:
-                ns.named[counter.name] = counter
+                key, place = counter.name, ns.named
             else:
-                raise InvalidStoredData(f"namespace {ns.name!r}: a second internal counter")
+                raise InvalidStoredData(f"namespace {name!r}: a second internal counter")
+            if key in place:
+                raise InvalidStoredData(f"namespace {name!r}: counter {key!r} is stored twice")
+            place[key] = counter
         engine.restore_namespace(ns)
     return engine
+
+
+def _stored_name(field: str, value: str) -> str:
+    try:
+        return check_name(field, value)
+    except InvalidArgument as exc:
+        raise InvalidStoredData(f"stored {exc.message}: {value[:64]!r}") from None
+
+
+def _stored_week(year: int, week: int) -> None:
+    if not (1 <= year <= 9999 and 1 <= week <= 53):
+        raise InvalidStoredData(f"stored ISO week {year}-W{week} does not exist")
 
 
 def _counter_to_proto(counter: Counter) -> spb.CounterState:
@@ -98,14 +126,25 @@ def _counter_to_proto(counter: Counter) -> spb.CounterState:
 
 
 def _counter_from_proto(state: spb.CounterState) -> Counter:
+    name = state.name
     try:
         kind = CounterKind(state.kind)
     except ValueError:
-        raise InvalidStoredData(f"counter {state.name!r}: unknown kind {state.kind!r}") from None
+        raise InvalidStoredData(f"counter {name!r}: unknown kind {state.kind!r}") from None
+    _stored_name("counter", name)
+    if kind is CounterKind.WEEKLY:
+        _stored_week(state.iso_year, state.iso_week)
+    bloom = _filter_from_proto(name, state.filter)
+    if state.count != bloom.items:
+        raise InvalidStoredData(
+            f"counter {name!r}: count {state.count} disagrees with its filter ({bloom.items})"
+        )
+    if not math.isfinite(state.value_sum):
+        raise InvalidStoredData(f"counter {name!r}: value sum is not finite")
     return Counter(
-        name=state.name,
+        name=name,
         kind=kind,
-        filter=_filter_from_proto(state.name, state.filter),
+        filter=bloom,
         iso_year=state.iso_year,
         iso_week=state.iso_week,
         count=state.count,
@@ -147,7 +186,7 @@ def _filter_from_proto(counter: str, state: spb.FilterState) -> BloomFilter:
         raise InvalidStoredData(f"counter {counter!r}: unknown filter type {state.type!r}")
     slices = []
     for s in state.slices:
-        if s.hashes < 1 or s.bits < 1 or len(s.data) != (s.bits + 7) // 8:
+        if not 1 <= s.hashes <= MAX_HASHES or s.bits < 1 or len(s.data) != (s.bits + 7) // 8:
             raise InvalidStoredData(f"counter {counter!r}: a filter slice is damaged")
         slices.append(
             SliceState(s.capacity, s.error_probability, s.bits, s.hashes, s.items, s.data)
@@ -189,15 +228,25 @@ def decode_record(data: bytes) -> Record:
     change = message.WhichOneof("change")
     if change == "event":
         e = message.event
+        _stored_week(e.iso_year, e.iso_week)
+        value = e.value if e.HasField("value") else None
+        if value is not None:
+            try:
+                check_value(value)
+            except InvalidArgument as exc:
+                raise InvalidStoredData(f"stored {exc.message}") from None
         return EventRecord(
-            namespace=e.namespace,
-            event_name=e.event_name,
+            namespace=_stored_name("namespace", e.namespace),
+            event_name=_stored_name("event_name", e.event_name),
             user_hash=KeyHash.from_halves(e.user_hash_low, e.user_hash_high),
             iso_year=e.iso_year,
             iso_week=e.iso_week,
-            value=e.value if e.HasField("value") else None,
+            value=value,
             ensure_goal=e.ensure_goal,
         )
     if change == "goal":
-        return GoalRecord(namespace=message.goal.namespace, goal_name=message.goal.goal_name)
+        return GoalRecord(
+            namespace=_stored_name("namespace", message.goal.namespace),
+            goal_name=_stored_name("goal_name", message.goal.goal_name),
+        )
     raise InvalidStoredData("record holds no change")

@@ -6,6 +6,7 @@ kimball_grpc/generated/ is never edited by hand and never committed.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,13 @@ def generate() -> None:
         "--grpc_python_out=.",
         *[f"{PACKAGE}/{Path(s).relative_to('protos')}" for s in sources],
     ]
-    code = protoc.main(args)
+    # Paths above are relative to the repository root, wherever the build runs from.
+    previous = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        code = protoc.main(args)
+    finally:
+        os.chdir(previous)
     if code != 0:
         raise SystemExit(f"protoc failed with exit code {code}")
     for directory in [out, *[p for p in out.rglob("*") if p.is_dir()]]:
@@ -42,8 +49,5 @@ def generate() -> None:
 
 
 if __name__ == "__main__":
-    import os
-
-    os.chdir(ROOT)
     generate()
     sys.exit(0)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import grpc
+import pytest
 
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -113,3 +114,13 @@ def test_health_command_reports_serving_and_unreachable(tmp_path: Path) -> None:
         timeout=60,
     )
     assert down.returncode == 1 and "not healthy" in down.stderr
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--api-port"])
+@pytest.mark.parametrize("value", ["70000", "-1", "http"])
+def test_serve_refuses_a_bad_port_flag(flag: str, value: str) -> None:
+    result = subprocess.run(
+        [*KIMBALL, "serve", f"{flag}={value}"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert flag in result.stderr and value in result.stderr

@@ -108,7 +108,16 @@ def test_prediction_event_list_limits(events: list[str]) -> None:
     engine = Engine()
     track(engine, "x", "u1")
     with pytest.raises(InvalidArgument):
-        engine.predict_for_events("", events)
+        engine.predict("", events, "")
+
+
+def test_prediction_for_a_user_with_more_events_than_a_request_may_name() -> None:
+    engine = Engine()
+    for i in range(1001):
+        track(engine, f"e{i}", "busy")
+    track(engine, "g", "other", ensure_goal=True)
+    track(engine, "e0", "other")
+    assert set(engine.predict("", [], "busy")) == {"g"}
 
 
 def test_repeated_events_in_a_prediction_count_once() -> None:
@@ -254,3 +263,68 @@ def test_weekly_goal_in_a_later_week_still_records_prior_events() -> None:
     assert dict(weekly[2].event_counts) == {("view",): 1}
     named = {c.name: c for c in engine.counters("") if not c.iso_week}["buy"]
     assert (named.count, dict(named.event_counts)) == (1, {("view",): 1})
+
+
+def _damaged_states() -> list[tuple[str, object]]:
+    from kimball_grpc.generated.kimball.storage.v1 import state_pb2
+
+    def base() -> state_pb2.EngineState:
+        return state_pb2.EngineState.FromString(encode_state(populated_engine()))
+
+    cases = []
+    m = base()
+    m.namespaces.append(m.namespaces[0])
+    cases.append(("stored twice", m))
+    m = base()
+    m.namespaces[0].global_counter.kind = "named"
+    cases.append(("not internal", m))
+    m = base()
+    m.namespaces[0].counters[0].count += 1
+    cases.append(("disagrees with its filter", m))
+    m = base()
+    m.namespaces[0].counters[0].value_sum = math.inf
+    cases.append(("not finite", m))
+    m = base()
+    m.namespaces[0].counters[0].filter.slices[0].hashes = 1 << 20
+    cases.append(("damaged", m))
+    m = base()
+    weekly = next(c for c in m.namespaces[0].counters if c.kind == "weekly")
+    weekly.iso_week = 99
+    cases.append(("does not exist", m))
+    m = base()
+    m.namespaces[0].name = ""
+    cases.append(("namespace", m))
+    m = base()
+    m.namespaces[0].counters.append(m.namespaces[0].counters[0])
+    cases.append(("stored twice", m))
+    return cases
+
+
+@pytest.mark.parametrize(("problem", "message"), _damaged_states())
+def test_semantically_damaged_state_is_refused(problem: str, message) -> None:
+    with pytest.raises(InvalidStoredData, match=problem):
+        decode_state(message.SerializeToString(), WEEKLY)
+
+
+def _damaged_records() -> list[tuple[str, bytes]]:
+    from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
+
+    def event(**fields: object) -> bytes:
+        good = {"namespace": "default", "event_name": "e", "iso_year": 2024, "iso_week": 1}
+        return spb.Record(event=spb.EventRecord(**{**good, **fields})).SerializeToString()
+
+    return [
+        ("namespace", event(namespace="")),
+        ("event_name", event(event_name="")),
+        ("does not exist", event(iso_week=99)),
+        ("does not exist", event(iso_year=0)),
+        ("value", event(value=math.nan)),
+        ("value", event(value=1e308)),
+        ("goal_name", spb.Record(goal=spb.GoalRecord(namespace="d")).SerializeToString()),
+    ]
+
+
+@pytest.mark.parametrize(("problem", "data"), _damaged_records())
+def test_semantically_damaged_record_is_refused(problem: str, data: bytes) -> None:
+    with pytest.raises(InvalidStoredData, match=problem):
+        decode_record(data)

@@ -135,6 +135,8 @@ async def test_track_event_counts_unique_users(stub) -> None:
         (pb.Event(namespace="n" * (MAX_NAME_LENGTH + 1), event_name="e", user_id="u"), "namespace"),
         (ev("signup", "u1", value=math.nan), "value"),
         (ev("signup", "u1", value=math.inf), "value"),
+        (ev("signup", "u1", value=1e308), "value"),
+        (ev("signup", "u1", value=-1.5e15), "value"),
         (ev("signup", "u1", datetime=Timestamp(seconds=0, nanos=2_000_000_000)), "datetime"),
         (ev("signup", "u1", datetime=Timestamp(seconds=-(10**12))), "datetime"),
     ],
@@ -313,9 +315,19 @@ async def _wait_for_subscribers(hub, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_subscription_with_bad_filter_is_invalid(stub) -> None:
-    stream = stub.Subscribe(pb.SubscribeRequest(event_names=[""]))
-    await expect(stream.read(), INVALID)
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"event_names": [""]}, "key"),
+        ({"event_names": [f"e{i}" for i in range(1001)]}, "key"),
+        ({"event_name_prefix": "p" * (MAX_NAME_LENGTH + 1)}, "event_name_prefix"),
+        ({"event_name_prefix": "a\x00"}, "event_name_prefix"),
+    ],
+)
+async def test_subscription_with_bad_filter_is_invalid(stub, request_fields, field) -> None:
+    stream = stub.Subscribe(pb.SubscribeRequest(**request_fields))
+    error = await expect(stream.read(), INVALID)
+    assert field in error_metadata(error)
 
 
 async def test_deadline_ends_a_subscription(stub) -> None:
