@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
 INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
@@ -57,8 +59,14 @@ async def start_server(settings: Settings) -> RunningServer:
     engine = Engine(settings.counter_config)
     hub = SubscriptionHub()
     ingestor = Ingestor(engine, hub)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.api_auth:
+        interceptors.append(AuthInterceptor(TokenChecker(_tokens(settings)), {HEALTH_SERVICE}))
+    else:
+        log.warning("API authentication is off (api_auth disable): every caller is trusted")
+    interceptors.append(StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE}))
     server = grpc.aio.server(
-        interceptors=[StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE})],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -73,7 +81,7 @@ async def start_server(settings: Settings) -> RunningServer:
     service_names = (
         API_SERVICE,
         INTEGRATION_SERVICE,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        HEALTH_SERVICE,
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(service_names, server)
@@ -86,6 +94,26 @@ async def start_server(settings: Settings) -> RunningServer:
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, health, engine, ingestor, hub, port)
+
+
+def _tokens(settings: Settings) -> tuple[str, ...]:
+    """The accepted tokens; with none configured, one generated into the data directory."""
+    try:
+        tokens, generated = run_tokens(settings.api_auth_tokens, settings.data_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"API authentication is on and no api_auth_tokens are configured, and a token "
+            f"cannot be kept in {settings.data_dir}: {exc}"
+        ) from None
+    if generated:
+        log.warning(
+            "API authentication is on and no api_auth_tokens are configured: "
+            "use the token kept in %s (Authorization: Bearer <token>)",
+            generated,
+        )
+    else:
+        log.info("API authentication is on: %d token(s) configured", len(tokens))
+    return tokens
 
 
 async def serve(settings: Settings) -> None:

@@ -15,8 +15,8 @@ from kimball_grpc.settings import Settings
 
 @pytest.fixture
 def settings() -> Settings:
-    """Override in a test module to start the server differently."""
-    return Settings(grpc_host="127.0.0.1", grpc_port=0)
+    """Override in a test module to start the server differently (auth: see test_auth.py)."""
+    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False)
 
 
 @pytest.fixture

@@ -31,32 +31,52 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
 
 
 def wait_for_port(process: subprocess.Popen[str], deadline: float = 30) -> int:
+    return read_until_listening(process, deadline)[0]
+
+
+def read_until_listening(
+    process: subprocess.Popen[str], deadline: float = 30
+) -> tuple[int, list[str]]:
+    """The port from the server's listening line, and the lines logged up to it."""
     assert process.stdout is not None
     end = time.monotonic() + deadline
+    lines = []
     for line in process.stdout:
+        lines.append(line)
         match = re.search(r"gRPC on \S+:(\d+)", line)
         if match:
-            return int(match.group(1))
+            return int(match.group(1)), lines
         assert time.monotonic() < end, "no listening line in time"
     raise AssertionError(f"server exited with {process.wait()} before listening")
+
+
+def bearer(data_dir: Path) -> tuple[tuple[str, str]]:
+    """Call metadata with the token a server generated into ``data_dir``."""
+    token = (data_dir / "api-token").read_text().strip()
+    return (("authorization", f"Bearer {token}"),)
 
 
 def test_serve_logs_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     process = start("--grpc-port", "0", "--data-dir", str(tmp_path))
     try:
-        port = wait_for_port(process)
+        port, logged = read_until_listening(process)
+        # Auth is on by default: with no token configured, one is kept in the data
+        # directory and its path, never the token, is logged.
+        metadata = bearer(tmp_path)
+        assert any(str(tmp_path / "api-token") in line for line in logged)
+        assert not any(metadata[0][1].split()[1] in line for line in logged)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.KimballServiceStub(channel)
             # A live subscription must not hold up shutdown. It registers asynchronously:
             # track events until it has delivered one, so it is surely live.
-            subscription = stub.Subscribe(pb.SubscribeRequest())
+            subscription = stub.Subscribe(pb.SubscribeRequest(), metadata=metadata)
             track = pb.TrackEventRequest(event=pb.Event(event_name="a", user_id="u"))
             with ThreadPoolExecutor(1) as pool:
                 first = pool.submit(next, subscription)
                 deadline = time.monotonic() + 20
                 while not first.done():
                     assert time.monotonic() < deadline, "subscription delivered nothing"
-                    stub.TrackEvent(track)
+                    stub.TrackEvent(track, metadata=metadata)
                     wait([first], timeout=0.05)
                 assert first.result().event.event_name == "a"
             process.send_signal(signal.SIGTERM)
@@ -66,6 +86,20 @@ def test_serve_logs_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> Non
     finally:
         process.kill()
         process.wait()
+
+
+def test_generated_token_is_kept_across_restarts_and_private(tmp_path: Path) -> None:
+    tokens = []
+    for _ in range(2):
+        process = start("--grpc-port", "0", "--data-dir", str(tmp_path))
+        try:
+            wait_for_port(process)
+            tokens.append(bearer(tmp_path))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+    assert tokens[0] == tokens[1]
+    assert (tmp_path / "api-token").stat().st_mode & 0o077 == 0
 
 
 def test_serve_refuses_a_bad_config_file(tmp_path: Path) -> None:

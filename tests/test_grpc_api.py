@@ -348,7 +348,10 @@ class TestWeekly:
             }
         ]
         return Settings(
-            grpc_host="127.0.0.1", grpc_port=0, counter_config=CounterConfig.from_mappings(rules)
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            api_auth=False,
+            counter_config=CounterConfig.from_mappings(rules),
         )
 
     async def test_weekly_counters_by_iso_week_in_utc(self, stub) -> None:

@@ -1,0 +1,117 @@
+"""Authentication (SPEC section 5) on gRPC: every method needs a token, health does not."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kimball_grpc.auth import TokenChecker, run_tokens
+from kimball_grpc.generated import features_proto_pb2 as ipb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.settings import Settings
+
+TOKENS = ("first-secret", "second-secret")
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth_tokens=TOKENS, data_dir=tmp_path)
+
+
+def methods() -> list[tuple[str, str]]:
+    """(path, shape) of every method of both services, and of reflection."""
+    out = []
+    for service in (
+        pb.DESCRIPTOR.services_by_name["KimballService"],
+        ipb.DESCRIPTOR.services_by_name["KimballIntegration"],
+    ):
+        for m in service.methods:
+            shape = (
+                ("stream" if m.client_streaming else "unary")
+                + "_"
+                + ("stream" if m.server_streaming else "unary")
+            )
+            out.append((f"/{service.full_name}/{m.name}", shape))
+    out.append(("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "stream_stream"))
+    return out
+
+
+async def call(channel, path: str, shape: str, metadata) -> grpc.StatusCode:
+    """Call ``path`` with an empty request; the status code it ends with."""
+
+    async def one_empty():
+        yield b""
+
+    try:
+        if shape == "unary_unary":
+            await channel.unary_unary(path)(b"", metadata=metadata, timeout=5)
+        elif shape == "unary_stream":
+            async for _ in channel.unary_stream(path)(b"", metadata=metadata, timeout=0.5):
+                pass
+        elif shape == "stream_unary":
+            await channel.stream_unary(path)(one_empty(), metadata=metadata, timeout=5)
+        else:
+            async for _ in channel.stream_stream(path)(one_empty(), metadata=metadata, timeout=5):
+                pass
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(("path", "shape"), methods())
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer wrong-secret"),),
+        (("authorization", "Basic first-secret"),),
+        (("authorization", "Bearer"),),
+        (("authorization", "first-secret"),),
+    ],
+    ids=["no-header", "wrong-token", "wrong-scheme", "no-token", "no-scheme"],
+)
+async def test_every_method_refuses_a_missing_or_wrong_token(channel, path, shape, metadata):
+    assert await call(channel, path, shape, metadata) == UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(("path", "shape"), methods())
+@pytest.mark.parametrize(
+    "authorization", ["Bearer first-secret", "bearer second-secret", "BEARER  first-secret "]
+)
+async def test_every_method_accepts_a_right_token(channel, path, shape, authorization):
+    code = await call(channel, path, shape, (("authorization", authorization),))
+    assert code != UNAUTHENTICATED
+
+
+async def test_refused_call_changes_nothing(stub) -> None:
+    request = pb.TrackEventRequest(event=pb.Event(event_name="a", user_id="u"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.TrackEvent(request)
+    assert info.value.code() == UNAUTHENTICATED
+    assert info.value.details() == "Missing or invalid authorization header"
+    ok = (("authorization", "Bearer first-secret"),)
+    analytics = await stub.GetAnalytics(pb.GetAnalyticsRequest(), metadata=ok)
+    assert list(analytics.counts) == []
+
+
+async def test_health_is_open(channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    response = await health.Check(health_pb2.HealthCheckRequest())
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_token_checker_needs_a_token() -> None:
+    with pytest.raises(ValueError):
+        TokenChecker([])
+    assert not TokenChecker(["t"]).allows(None)
+    assert TokenChecker(["t", "u"]).allows("Bearer u")
+
+
+def test_configured_tokens_win_over_a_generated_one(tmp_path) -> None:
+    assert run_tokens(["x"], tmp_path) == (("x",), None)
+    assert not (tmp_path / "api-token").exists()
+    tokens, path = run_tokens([], tmp_path)
+    assert path == tmp_path / "api-token" and len(tokens[0]) >= 32
+    assert run_tokens([], tmp_path) == (tokens, path)
