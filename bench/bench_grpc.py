@@ -167,10 +167,28 @@ class ServerProcess:
                 self.process.wait()
 
 
+# Kimball runs as deployed, authentication on; the no-op servers ignore the header.
+BENCH_TOKEN = "bench-token"
+AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+
+
 def kimball_argv(port: int, data_dir: str) -> list[str]:
     script = Path(sys.executable).with_name("kimball")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "kimball_grpc.cli"]
-    return [*head, "serve", "--host", "127.0.0.1", "--grpc-port", str(port), "--data-dir", data_dir]
+    config = Path(data_dir).with_name("app.config")
+    config.write_text(f'[{{features, [{{api_auth_tokens, [<<"{BENCH_TOKEN}">>]}}]}}].\n')
+    return [
+        *head,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(port),
+        "--data-dir",
+        data_dir,
+        "--config",
+        str(config),
+    ]
 
 
 def noop_argv(port: int, interceptor: bool) -> list[str]:
@@ -221,7 +239,7 @@ def run_stream(port: int, messages: list[bytes], expected_events: int) -> int:
                 request_serializer=None,  # already bytes
                 response_deserializer=pb.StreamEventsResponse.FromString,
             )
-            response = await call(iter(messages))
+            response = await call(iter(messages), metadata=AUTH)
             return response.messages
 
     received = asyncio.run(go())
@@ -245,7 +263,7 @@ def run_unary(port: int, requests: list[bytes], inflight: int, seconds: float) -
             async def worker() -> None:
                 nonlocal done
                 while time.perf_counter() < deadline:
-                    await call(next(source))
+                    await call(next(source), metadata=AUTH)
                     done += 1
 
             await asyncio.gather(*(worker() for _ in range(inflight)))
