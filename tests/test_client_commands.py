@@ -1,0 +1,199 @@
+"""The client commands of ``kimball`` as real processes, against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+KIMBALL = [sys.executable, "-m", "kimball_grpc.cli"]
+TOKEN = "client-commands-test-token"
+
+
+@dataclass(frozen=True)
+class Server:
+    target: str
+
+    def run(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``kimball ARGS``, reaching this server through KIMBALL_TARGET and KIMBALL_TOKEN."""
+        environ = {**os.environ, "KIMBALL_TARGET": self.target, "KIMBALL_TOKEN": TOKEN}
+        return subprocess.run(
+            [*KIMBALL, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**environ, **(env or {})},
+        )
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        """The stdout of ``kimball ARGS``, which must succeed."""
+        result = self.run(*args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    directory = tmp_path_factory.mktemp("server")
+    config = directory / "app.config"
+    config.write_text(f'[{{features, [{{api_auth_tokens, [<<"{TOKEN}">>]}}]}}].\n')
+    log = directory / "server.log"
+    serve = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--config", str(config)]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*KIMBALL, *serve, "--data-dir", str(directory / "data")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield Server(f"127.0.0.1:{_listening_port(process, log)}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _listening_port(process: subprocess.Popen[bytes], log: Path) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"gRPC on \S+:(\d+)", log.read_text())
+        if match:
+            return int(match.group(1))
+        assert process.poll() is None, f"server exited: {log.read_text()}"
+        time.sleep(0.05)
+    raise AssertionError(f"no listening line in time: {log.read_text()}")
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """A table's rows by their first cell (split on whitespace), without the header."""
+    return {cells[0]: cells[1:] for cells in (line.split() for line in table.splitlines()[1:])}
+
+
+def test_track_then_analytics_shows_the_counts(server: Server) -> None:
+    ns = ["--namespace", "track"]
+    assert server.ok("track", "signup", "u1", *ns) == "tracked signup for u1\n"
+    server.ok("track", "signup", "u2", *ns)
+    server.ok("track", "purchase", "u1", "--goal", "--value", "9.5", *ns)
+    server.ok("track", "purchase", "u1", "--datetime", "2024-01-07T23:30:00-02:00", *ns)
+    table = server.ok("analytics", *ns)
+    assert table.splitlines()[0].split() == ["COUNTER", "TYPE", "WEEK", "USERS", "SUM", "GOAL"]
+    assert rows(table) == {
+        "global_counter": ["internal", "2", "0"],
+        "purchase": ["named", "1", "9.5", "yes"],
+        "signup": ["named", "2", "0"],
+    }
+    as_json = json.loads(server.ok("analytics", "--json", *ns))
+    assert [c["name"] for c in as_json["counts"]] == ["global_counter", "purchase", "signup"]
+
+
+def test_load_csv_from_stdin_skips_the_header(server: Server) -> None:
+    csv = "user_id,event_name\nu1,signup\n\nu2, signup\nu1,feature_1\n"
+    assert server.ok("load", "--namespace", "csv", stdin=csv) == "loaded 3 events\n"
+    assert rows(server.ok("analytics", "--namespace", "csv"))["signup"] == ["named", "2", "0"]
+
+
+def test_load_json_lines_from_a_file_with_goal_and_prefix(server: Server, tmp_path: Path) -> None:
+    lines = [
+        {"user_id": "u1", "event_name": "checkout", "value": 3},
+        {"user_id": "u2", "event_name": "refund", "namespace": "jsonl-other"},
+        {"user_id": "u2", "event_name": "checkout", "datetime": "2024-03-01T10:00:00Z"},
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = ["--namespace", "jsonl", "--goal", "--prefix", "web_"]
+    assert server.ok("load", str(path), *args) == "loaded 3 events\n"
+    assert server.ok("goals", "--namespace", "jsonl").split() == ["GOAL", "web_checkout"]
+    checkout = rows(server.ok("analytics", "--namespace", "jsonl"))["web_checkout"]
+    assert checkout == ["named", "2", "3", "yes"]
+    assert server.ok("goals", "--namespace", "jsonl-other").split() == ["GOAL", "web_refund"]
+
+
+@pytest.mark.parametrize(
+    ("form", "bad", "problem"),
+    [
+        ("csv", "u3,signup,extra", "expected 2 fields"),
+        ("csv", ",signup", "user_id is required"),
+        ("jsonl", '{"user_id": "u3"}', "event_name is required"),
+        ("jsonl", '{"user_id": "u3", "event_name": "e", "when": 1}', "unknown key 'when'"),
+    ],
+)
+def test_a_bad_line_stops_the_load_naming_its_number(
+    server: Server, form: str, bad: str, problem: str
+) -> None:
+    ns = ["--namespace", f"bad-{form}-{problem}"]
+    good = "u1,signup\n" if form == "csv" else '{"user_id": "u1", "event_name": "signup"}\n'
+    result = server.run("load", *ns, "--batch", "1", stdin=f"{good}\n{bad}\n{good}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"kimball: line 3: {problem}")
+    assert "stopped there, after loading 1 event\n" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert rows(server.ok("analytics", *ns))["signup"] == ["named", "1", "0"]
+
+
+def test_predictions_for_events_and_for_a_user(server: Server) -> None:
+    ns = ["--namespace", "predictions"]
+    server.ok("track", "goal", "u0", "--goal", *ns)
+    server.ok("load", *ns, stdin="u1,feature\nu1,goal\nu2,feature\nu3,other\nu3,goal\n")
+    assert [line.split() for line in server.ok("predictions", *ns).splitlines()] == [
+        ["GOAL", "EVENT", "P(GOAL|EVENT)"],
+        ["goal", "other", "1.0000"],
+        ["goal", "feature", "0.5000"],
+    ]
+    for about in (["--event", "feature"], ["--user", "u2"]):
+        table = server.ok("predictions", *about, *ns)
+        headers = table.splitlines()[0].split()
+        assert headers == ["GOAL", "PROBABILITY", "LIKELIHOOD", "YES", "NO", "NOTE"]
+        assert list(rows(table)) == ["goal"]
+        answer = json.loads(server.ok("predictions", *about, "--json", *ns))
+        assert set(answer["goals"]["goal"]) >= {"yes", "no", "likelihood", "probability"}
+    nudges = server.ok("nudges", "--goal", "goal", "--user", "u2", *ns)
+    assert rows(nudges) == {"other": ["1.0000"]}
+
+
+def test_goals_lists_the_goals_of_a_namespace(server: Server) -> None:
+    ns = ["--namespace", "goals"]
+    assert server.ok("goals", *ns) == "no goals\n"
+    server.ok("track", "signup", "u1", "--goal", *ns)
+    server.ok("track", "purchase", "u1", "--goal", *ns)
+    assert server.ok("goals", *ns) == "GOAL\npurchase\nsignup\n"
+    assert json.loads(server.ok("goals", "--json", *ns)) == {"goals": ["purchase", "signup"]}
+
+
+def test_an_unreachable_server_is_one_clear_line(server: Server) -> None:
+    result = server.run("analytics", "--target", "127.0.0.1:1")
+    assert result.returncode == 1
+    assert result.stderr == "kimball: cannot reach Kimball at 127.0.0.1:1 (UNAVAILABLE)\n"
+
+
+def test_a_refused_request_names_the_status_and_the_reason(server: Server) -> None:
+    server.ok("track", "signup", "u1", "--namespace", "refused")
+    result = server.run("predictions", "--event", "nope", "--namespace", "refused")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "kimball: INVALID_ARGUMENT: Event is not known in this namespace (event: nope)\n"
+    )
+
+
+def test_the_token_flag_is_sent_as_a_bearer_token(server: Server) -> None:
+    without_env = {"KIMBALL_TOKEN": ""}
+    ok = server.run("goals", "--token", TOKEN, "--namespace", "token", env=without_env)
+    assert (ok.returncode, ok.stdout) == (0, "no goals\n")
+    refused = server.run("goals", "--token", "wrong", "--namespace", "token", env=without_env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("kimball: UNAUTHENTICATED: ")
+    assert refused.stderr.endswith("; check --token or KIMBALL_TOKEN\n")
