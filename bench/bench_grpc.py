@@ -58,6 +58,7 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.ingest import Ingestor
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.metrics import Metrics
 from kimball_grpc.status_mapping import StatusInterceptor
 from kimball_grpc.subscriptions import SubscriptionHub
 
@@ -89,7 +90,8 @@ class NoopService(pb_grpc.KimballServiceServicer):
 
 async def serve_noop(port: int, interceptor: bool) -> None:
     """A grpc.aio server built like Kimball's (same options), with the no-op servicer."""
-    interceptors = [StatusInterceptor({SERVICE.strip("/")})] if interceptor else []
+    observe = Metrics(Engine()).observe_request  # as in Kimball: metrics are recorded
+    interceptors = [StatusInterceptor({SERVICE.strip("/")}, observe)] if interceptor else []
     server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
     pb_grpc.add_KimballServiceServicer_to_server(NoopService(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")

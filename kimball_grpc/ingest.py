@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -26,10 +27,12 @@ class Ingestor:
         engine: Engine,
         hub: SubscriptionHub,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observe_events: Callable[[int, float], None] = lambda count, seconds: None,
     ) -> None:
         self.engine = engine
         self.hub = hub
         self._clock = clock
+        self._observe_events = observe_events
         self._sequence = 0
 
     async def accept(self, events: Sequence[Event]) -> int:
@@ -50,7 +53,9 @@ class Ingestor:
                 raise InvalidArgument(
                     f"event {index}: {exc.message}", index=str(index), **exc.details
                 ) from None
+        start = time.perf_counter()
         self._commit(records)
+        self._observe_events(len(records), time.perf_counter() - start)
         if self.hub.subscriber_count:
             accepted = []
             for event, record in zip(events, records, strict=True):

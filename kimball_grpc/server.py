@@ -21,6 +21,7 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.ingest import Ingestor
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.metrics import Metrics
 from kimball_grpc.servicers import KimballIntegration, KimballService
 from kimball_grpc.settings import Mode, Settings
 from kimball_grpc.status_mapping import StatusInterceptor
@@ -43,6 +44,7 @@ class RunningServer:
     engine: Engine
     ingestor: Ingestor
     hub: SubscriptionHub
+    metrics: Metrics
     grpc_port: int
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
@@ -57,14 +59,17 @@ async def start_server(settings: Settings) -> RunningServer:
     if settings.mode is Mode.SIDECAR:
         raise ConfigError("FEATURES_MODE=sidecar is not available yet in this version")
     engine = Engine(settings.counter_config)
+    metrics = Metrics(engine, settings.kubernetes_memory_limit)
     hub = SubscriptionHub()
-    ingestor = Ingestor(engine, hub)
+    ingestor = Ingestor(engine, hub, observe_events=metrics.observe_events)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.api_auth:
         interceptors.append(AuthInterceptor(TokenChecker(_tokens(settings)), {HEALTH_SERVICE}))
     else:
         log.warning("API authentication is off (api_auth disable): every caller is trusted")
-    interceptors.append(StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE}))
+    interceptors.append(
+        StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE}, metrics.observe_request)
+    )
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -93,7 +98,7 @@ async def start_server(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health, engine, ingestor, hub, port)
+    return RunningServer(server, health, engine, ingestor, hub, metrics, port)
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:

@@ -4,12 +4,17 @@ An interceptor wraps every handler of Kimball's own services: it parses the
 request bytes itself (a malformed message is INVALID_ARGUMENT, not INTERNAL)
 and turns a ``KimballError`` into its declared status code, with the message
 and a ``google.rpc.ErrorInfo`` whose metadata names the offending parameter.
+Knowing how each call ended, it also reports the method, code and duration
+(request metrics).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -22,6 +27,7 @@ from kimball_grpc.errors import InvalidArgument, KimballError
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "kimball"
+Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -52,8 +58,9 @@ def _decode(deserializer: Callable[[bytes], Any], data: bytes) -> Any:
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Decodes requests and maps domain errors for the services named in ``services``."""
 
-    def __init__(self, services: set[str]) -> None:
+    def __init__(self, services: set[str], observe: Observer) -> None:
         self._services = services
+        self._observe = observe
 
     async def intercept_service(
         self,
@@ -66,51 +73,83 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             return handler
         decode = handler.request_deserializer
         serialize = handler.response_serializer
+        timed = _Timed(self._observe, handler_call_details.method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary_unary(handler.unary_unary, decode), None, serialize
+                _unary_unary(handler.unary_unary, decode, timed), None, serialize
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _unary_stream(handler.unary_stream, decode), None, serialize
+                _unary_stream(handler.unary_stream, decode, timed), None, serialize
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _stream_unary(handler.stream_unary, decode), None, serialize
+                _stream_unary(handler.stream_unary, decode, timed), None, serialize
             )
         return handler
 
 
-def _unary_unary(behavior: Callable, decode: Callable) -> Callable:
+class _Timed:
+    """Reports one call's method, final status code and duration when it ends."""
+
+    def __init__(self, observe: Observer, method: str) -> None:
+        self._observe = observe
+        self._method = method
+
+    @contextmanager
+    def call(self) -> Iterator[list[str]]:
+        """Yields a one-item list holding the code; a handler sets it on a domain error."""
+        code = ["OK"]
+        start = time.perf_counter()
+        try:
+            yield code
+        except asyncio.CancelledError:
+            code[0] = "CANCELLED"
+            raise
+        except BaseException:
+            if code[0] == "OK":
+                code[0] = "INTERNAL"
+            raise
+        finally:
+            self._observe(self._method, code[0], time.perf_counter() - start)
+
+
+def _unary_unary(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await behavior(_decode(decode, data), context)
-        except KimballError as error:
-            await _abort(context, error)
+        with timed.call() as code:
+            try:
+                return await behavior(_decode(decode, data), context)
+            except KimballError as error:
+                code[0] = error.grpc_code
+                await _abort(context, error)
 
     return handle
 
 
-def _unary_stream(behavior: Callable, decode: Callable) -> Callable:
+def _unary_stream(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for response in behavior(_decode(decode, data), context):
-                yield response
-        except KimballError as error:
-            await _abort(context, error)
+        with timed.call() as code:
+            try:
+                async for response in behavior(_decode(decode, data), context):
+                    yield response
+            except KimballError as error:
+                code[0] = error.grpc_code
+                await _abort(context, error)
 
     return handle
 
 
-def _stream_unary(behavior: Callable, decode: Callable) -> Callable:
+def _stream_unary(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
     async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         async def decoded() -> AsyncIterator[Any]:
             async for data in requests:
                 yield _decode(decode, data)
 
-        try:
-            return await behavior(decoded(), context)
-        except KimballError as error:
-            await _abort(context, error)
+        with timed.call() as code:
+            try:
+                return await behavior(decoded(), context)
+            except KimballError as error:
+                code[0] = error.grpc_code
+                await _abort(context, error)
 
     return handle

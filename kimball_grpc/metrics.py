@@ -1,0 +1,153 @@
+"""Prometheus metrics (SPEC section 7), in registries owned by one app instance.
+
+``Metrics.registry`` is ``/metrics``: process metrics, request counts and
+latencies per gRPC method, and Kimball's own series. ``counters_registry``
+(``/metrics/counters``) and ``predictions_registry`` (``/metrics/predictions``)
+are read from the engine when scraped. A fresh ``Metrics`` per server (and per
+test) shares nothing with any other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from kimball_grpc.counters import CounterKind
+from kimball_grpc.engine import Engine
+
+
+class Metrics:
+    """Every metric of one Kimball instance."""
+
+    def __init__(self, engine: Engine, memory_limit_bytes: int | None = None) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.requests = Counter(
+            "kimball_grpc_requests",
+            "gRPC calls handled, by method and final status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "kimball_grpc_request_duration_seconds",
+            "Time to handle a gRPC call, by method.",
+            ["method"],
+            registry=self.registry,
+        )
+        self.event_add = Summary(
+            "kimball_event_add_duration_microseconds",
+            "Time to apply an event to its counters, in microseconds (averaged per batch).",
+            registry=self.registry,
+        )
+        self.persist_counters_managed = Gauge(
+            "kimball_persist_counters_managed",
+            "Counters written in the last persist run (0 until storage runs).",
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engine, memory_limit_bytes))
+        self.counters_registry = CollectorRegistry()
+        self.counters_registry.register(_CounterCollector(engine))
+        self.predictions_registry = CollectorRegistry()
+        self.predictions_registry.register(_PredictionCollector(engine))
+
+    def observe_request(self, method: str, code: str, seconds: float) -> None:
+        """One gRPC call finished with status ``code`` after ``seconds``."""
+        self.requests.labels(method, code).inc()
+        self.request_seconds.labels(method).observe(seconds)
+
+    def observe_events(self, count: int, seconds: float) -> None:
+        """``count`` events were applied in ``seconds``."""
+        if count:
+            self.event_add.observe(seconds * 1e6 / count)
+
+
+class _EngineCollector(Collector):
+    """``kimball_counters`` and ``memory_remaining_bytes``, computed when scraped."""
+
+    def __init__(self, engine: Engine, memory_limit_bytes: int | None) -> None:
+        self._engine = engine
+        self._limit = memory_limit_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        total = sum(len(self._engine.counters(ns)) for ns in self._engine.namespaces())
+        yield GaugeMetricFamily(
+            "kimball_counters", "Counters registered (global, named and weekly).", value=total
+        )
+        if self._limit is not None:
+            yield GaugeMetricFamily(
+                "memory_remaining_bytes",
+                "KUBERNETES_MEMORY_LIMIT minus this process's resident memory.",
+                value=self._limit - resident_bytes(),
+            )
+
+
+class _CounterCollector(Collector):
+    """``kimball_counter`` and ``kimball_counter_weekly``: unique users per counter."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        named = GaugeMetricFamily(
+            "kimball_counter", "Unique users of an event.", labels=["kimball_namespace", "name"]
+        )
+        weekly = GaugeMetricFamily(
+            "kimball_counter_weekly",
+            "Unique users of an event in one ISO week.",
+            labels=["kimball_namespace", "name", "year", "week"],
+        )
+        for namespace in self._engine.namespaces():
+            for counter in self._engine.counters(namespace):
+                if counter.kind is CounterKind.WEEKLY:
+                    labels = [namespace, counter.name, str(counter.iso_year), str(counter.iso_week)]
+                    weekly.add_metric(labels, counter.count)
+                else:
+                    named.add_metric([namespace, counter.name], counter.count)
+        yield named
+        yield weekly
+
+
+class _PredictionCollector(Collector):
+    """``kimball_bayes_prediction``: P(goal | event) per goal and prior event."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "kimball_bayes_prediction",
+            "Probability that users who did the event reach the goal.",
+            labels=["kimball_namespace", "goal", "event"],
+        )
+        for namespace in self._engine.namespaces():
+            for goal, per_event in self._engine.event_predictions(namespace).items():
+                for event, bayes in per_event.items():
+                    family.add_metric([namespace, goal, event], bayes)
+        yield family
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
