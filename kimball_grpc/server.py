@@ -8,8 +8,8 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
@@ -40,7 +40,7 @@ class RunningServer:
     """A started server and the parts behind it."""
 
     server: grpc.aio.Server
-    health: HealthServicer
+    health: grpc_health.aio.HealthServicer
     engine: Engine
     ingestor: Ingestor
     hub: SubscriptionHub
@@ -81,8 +81,8 @@ async def start_server(settings: Settings) -> RunningServer:
     integration_grpc.add_KimballIntegrationServicer_to_server(
         KimballIntegration(engine, ingestor), server
     )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_servicer = grpc_health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (
         API_SERVICE,
         INTEGRATION_SERVICE,
@@ -97,8 +97,8 @@ async def start_server(settings: Settings) -> RunningServer:
         raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
     await server.start()
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health, engine, ingestor, hub, metrics, port)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health_servicer, engine, ingestor, hub, metrics, port)
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:
