@@ -225,6 +225,7 @@ class _Parser:
         self.tokens = _Lexer(text, path).tokens()
         self.tok = next(self.tokens)
         self.depth = 0
+        self.lines: dict[int, int] = {}  # id of each tuple, list and map -> its first line
 
     def advance(self) -> _Token:
         """Consume and return the current token."""
@@ -266,11 +267,15 @@ class _Parser:
             return -self.advance().value  # type: ignore[operator]
         if kind == "string":
             return self.string()
-        if kind in ("[", "{"):
-            items = self.sequence("]" if kind == "[" else "}", self.term)
-            return items if kind == "[" else tuple(items)
-        if kind == "#":
-            return self.map()
+        if kind in ("[", "{", "#"):
+            line = self.tok.line
+            if kind == "#":
+                container: object = self.map()
+            else:
+                items = self.sequence("]" if kind == "[" else "}", self.term)
+                container = items if kind == "[" else tuple(items)
+            self.lines[id(container)] = line
+            return container
         if kind == "<<":
             return b"".join(self.sequence(">>", self.segment))
         raise self.fail("a term")
@@ -335,11 +340,20 @@ class _Parser:
 
 def parse_terms(text: str, path: str | None = None) -> list[object]:
     """Parse every ``.``-terminated term in ``text``; ``path`` only labels errors."""
+    return parse_terms_with_lines(text, path)[0]
+
+
+def parse_terms_with_lines(
+    text: str, path: str | None = None
+) -> tuple[list[object], Callable[[object], int | None]]:
+    """As ``parse_terms``, plus a function giving the line where a tuple, list or map
+    of the result starts (for messages about what a valid term means)."""
     parser = _Parser(text, path)
     terms: list[object] = []
     while parser.tok.kind != "eof":
         terms.append(parser.form())
-    return terms
+    lines = parser.lines
+    return terms, lambda container: lines.get(id(container))
 
 
 def parse_term(text: str, path: str | None = None) -> object:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 from kimball_grpc.counter_config import CounterConfig
-from kimball_grpc.erlang_terms import Atom, ErlangTermError, parse_terms
+from kimball_grpc.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
 from kimball_grpc.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/kimball/app.config")
@@ -142,7 +142,7 @@ def read_config_file(path: Path) -> dict[str, object]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
-        terms = parse_terms(text, str(path))
+        terms, line_of = parse_terms_with_lines(text, str(path))
     except ErlangTermError as exc:
         raise ConfigError(str(exc)) from None
     features: list[object] = []
@@ -154,7 +154,7 @@ def read_config_file(path: Path) -> dict[str, object]:
                 if not isinstance(app[1], list):
                     raise ConfigError(f"{path}: {{features, ...}} must hold a list")
                 features.extend(app[1])
-    return _features(path, features)
+    return _features(path, features, line_of)
 
 
 def _text(value: object) -> str | None:
@@ -178,16 +178,19 @@ def _plain(value: object) -> object:
     return value
 
 
-def _features(path: Path, entries: list[object]) -> dict[str, object]:
+def _features(
+    path: Path, entries: list[object], line_of: Callable[[object], int | None]
+) -> dict[str, object]:
     out: dict[str, object] = {}
     for entry in entries:
+        where = f"{path}:{line_of(entry)}" if line_of(entry) else str(path)
         if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Atom)):
-            raise ConfigError(f"{path}: each setting must be {{key, value}}, got {entry!r}")
+            raise ConfigError(f"{where}: each setting must be {{key, value}}, got {entry!r}")
         key, raw = entry[0].name, entry[1]
         value = _plain(raw)
 
-        def fail(problem: str, key: str = key) -> ConfigError:
-            return ConfigError(f"{path}: setting {key}: {problem}")
+        def fail(problem: str, key: str = key, where: str = where) -> ConfigError:
+            return ConfigError(f"{where}: setting {key}: {problem}")
 
         if key in ("site", "cluster"):
             if not isinstance(value, str):
@@ -199,7 +202,11 @@ def _features(path: Path, entries: list[object]) -> dict[str, object]:
             try:
                 out["counter_config"] = CounterConfig.from_mappings(value.get("init", []))
             except ConfigError as exc:
-                raise fail(exc.message) from None
+                # Point at the rule itself: its map in the file, by its 1-based number.
+                rules = raw.get(Atom("init"), []) if isinstance(raw, dict) else []
+                number = int(exc.details.get("rule", "0"))
+                line = line_of(rules[number - 1]) if 0 < number <= len(rules) else None
+                raise fail(exc.message, where=f"{path}:{line}" if line else where) from None
         elif key == "counter_startup_delay":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise fail("must be a whole number of milliseconds >= 0")

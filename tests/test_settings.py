@@ -16,7 +16,13 @@ from kimball_grpc.counter_config import (
     FilterType,
 )
 from kimball_grpc.errors import ConfigError
-from kimball_grpc.settings import Mode, PredictionTarget, Settings, load_settings
+from kimball_grpc.settings import (
+    Mode,
+    PredictionTarget,
+    Settings,
+    load_settings,
+    read_config_file,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -338,7 +344,7 @@ def test_bad_setting_in_file_is_refused_naming_file_and_setting(tmp_path, featur
     with pytest.raises(ConfigError) as info:
         load_settings({}, path)
     message = str(info.value)
-    assert message.startswith(f"{path}: "), message
+    assert message.startswith(f"{path}:"), message  # "path:line: ..." where known
     for fragment in fragments:
         assert fragment in message, message
 
@@ -402,3 +408,25 @@ def test_directory_and_non_utf8_files_are_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings({}, path)
     assert str(path) in str(info.value)
+
+
+def test_config_errors_name_the_line_of_the_setting_or_rule(tmp_path):
+    path = tmp_path / "app.config"
+    path.write_text(
+        "[{features, [\n"
+        '    {site, "x"},\n'
+        "    {counters, #{init => [\n"
+        '        #{pattern => ".*", type => bloom_scalable, size => 10,\n'
+        "          error_probability => 0.01},\n"
+        '        #{pattern => ".*", type => bloom_scalable, size => 10,\n'
+        "          error_probability => 2}\n"
+        "    ]}}\n"
+        "]}].\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        read_config_file(path)
+    assert str(info.value).startswith(f"{path}:6: setting counters: counter rule 2:")
+    path.write_text('[{features, [\n  {site, "x"},\n  {api_auth, maybe}\n]}].\n')
+    with pytest.raises(ConfigError) as info:
+        read_config_file(path)
+    assert str(info.value).startswith(f"{path}:3: setting api_auth:")
