@@ -6,6 +6,7 @@ kimball_grpc/generated/ is never edited by hand and never committed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -24,12 +25,18 @@ def generate() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted(str(p.relative_to(ROOT)) for p in PROTOS.rglob("*.proto"))
     include = str(Path(grpc_tools.__file__).parent / "_proto")
+    # google/api/annotations.proto and http.proto ship with googleapis-common-protos.
+    annotations = importlib.util.find_spec("google.api.annotations_pb2")
+    if annotations is None or annotations.origin is None:
+        raise SystemExit("googleapis-common-protos is needed to compile protos/")
+    googleapis = str(Path(annotations.origin).parents[2])
     args = [
         "protoc",
         # Map protos/ onto the package path so generated imports are absolute
         # (kimball_grpc.generated.kimball.v1...), not top-level modules.
         f"-I{PACKAGE}=protos",
         f"-I{include}",
+        f"-I{googleapis}",
         "--python_out=.",
         "--pyi_out=.",
         "--grpc_python_out=.",
