@@ -186,6 +186,8 @@ def kimball_argv(port: int, data_dir: str) -> list[str]:
         "127.0.0.1",
         "--grpc-port",
         str(port),
+        "--api-port",
+        "0",
         "--data-dir",
         data_dir,
         "--config",

@@ -12,6 +12,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.server import start_gateway
 from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import ConfigError
@@ -45,6 +46,7 @@ class RunningServer:
     ingestor: Ingestor
     hub: SubscriptionHub
     metrics: Metrics
+    checker: TokenChecker | None  # None when authentication is off
     grpc_port: int
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
@@ -63,8 +65,9 @@ async def start_server(settings: Settings) -> RunningServer:
     hub = SubscriptionHub()
     ingestor = Ingestor(engine, hub, observe_events=metrics.observe_events)
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if settings.api_auth:
-        interceptors.append(AuthInterceptor(TokenChecker(_tokens(settings)), {HEALTH_SERVICE}))
+    checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
+    if checker is not None:
+        interceptors.append(AuthInterceptor(checker, {HEALTH_SERVICE}))
     else:
         log.warning("API authentication is off (api_auth disable): every caller is trusted")
     interceptors.append(
@@ -98,7 +101,7 @@ async def start_server(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, engine, ingestor, hub, metrics, port)
+    return RunningServer(server, health_servicer, engine, ingestor, hub, metrics, checker, port)
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:
@@ -124,10 +127,24 @@ def _tokens(settings: Settings) -> tuple[str, ...]:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     running = await start_server(settings)
+    rest_host = settings.grpc_host.strip("[]")
+    try:
+        gateway = await start_gateway(
+            rest_host,
+            settings.api_port,
+            f"127.0.0.1:{running.grpc_port}",
+            running.metrics,
+            running.checker,
+        )
+    except ConfigError:
+        await running.stop(grace=None)
+        raise
     log.info(
-        "Kimball listening: gRPC on %s:%d (health, reflection on)",
+        "Kimball listening: gRPC on %s:%d (health, reflection on), REST on %s:%d",
         settings.grpc_host,
         running.grpc_port,
+        settings.grpc_host,
+        gateway.port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,5 +152,6 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("Shutting down: finishing in-flight calls")
+    await gateway.stop()
     await running.stop()
     log.info("Stopped")

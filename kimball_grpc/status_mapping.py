@@ -22,13 +22,13 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from kimball_grpc.error_details import STATUS_DETAILS_KEY
 from kimball_grpc.errors import InvalidArgument, KimballError
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "kimball"
 Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def status_for(error: KimballError) -> tuple[grpc.StatusCode, str, bytes]:

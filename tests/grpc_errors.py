@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+from kimball_grpc import error_details
 
 
 def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The ErrorInfo metadata naming the offending parameter."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return dict(info.metadata)
-    return {}
+    return error_details.error_metadata(error.trailing_metadata())

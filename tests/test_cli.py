@@ -22,7 +22,7 @@ KIMBALL = [sys.executable, "-m", "kimball_grpc.cli"]
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*KIMBALL, "serve", "--host", "127.0.0.1", *args],
+        [*KIMBALL, "serve", "--host", "127.0.0.1", "--api-port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -50,7 +50,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     config = directory / "app.config"
     config.write_text(f'[{{features, [{{api_auth_tokens, [<<"{TOKEN}">>]}}]}}].\n')
     log = directory / "server.log"
-    serve = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--config", str(config)]
+    serve = [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--api-port",
+        "0",
+        "--config",
+        str(config),
+    ]
     with log.open("w") as out:
         process = subprocess.Popen(
             [*KIMBALL, *serve, "--data-dir", str(directory / "data")],

@@ -1,0 +1,193 @@
+"""The REST gateway application: each route of ``routes`` translated onto its gRPC method.
+
+Requests are turned into protobuf messages (query parameters or the JSON body),
+the call goes to Kimball's gRPC server with the caller's ``Authorization``
+header as metadata (so one token check serves both APIs), and the answer is
+rendered in the original API's JSON shape. gRPC statuses become HTTP statuses
+through one table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.http_status import http_status
+from gateway.routes import Route, routes_of
+from gateway.shapes import BODY_SHAPES, RESPONSE_SHAPES, BadBody
+from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
+from kimball_grpc.error_details import error_metadata
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.metrics import Metrics
+
+MAX_BODY_BYTES = MAX_MESSAGE_BYTES
+CALL_TIMEOUT_SECONDS = 30.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ClientError(Exception):
+    """A request the gateway refuses before calling gRPC (always a 4xx)."""
+
+    def __init__(self, status: int, what: str, **details: object) -> None:
+        super().__init__(what)
+        self.status = status
+        self.what = what
+        self.details = details
+
+
+def error_response(status: int, what: str, **details: object) -> web.Response:
+    """The original API's error body: ``{"error": {"what": ..., details}}``."""
+    return web.json_response({"error": {"what": what, **details}}, status=status)
+
+
+def unauthorized() -> web.Response:
+    return web.json_response({"error": UNAUTHORIZED_MESSAGE}, status=401)
+
+
+def build_app(
+    channel: grpc.aio.Channel, metrics: Metrics, checker: TokenChecker | None
+) -> web.Application:
+    """The gateway for a Kimball gRPC server reachable over ``channel``."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    service = pb.DESCRIPTOR.services_by_name["KimballService"]
+    for route in routes_of(service):
+        app.router.add_route(route.http_method, route.path, _route_handler(route, channel, checker))
+    app.router.add_get("/alive", _alive)
+    app.router.add_get("/ready", _ready_handler(channel))
+    for path, registry in (
+        ("/metrics", metrics.registry),
+        ("/metrics/counters", metrics.counters_registry),
+        ("/metrics/predictions", metrics.predictions_registry),
+    ):
+        app.router.add_get(path, _metrics_handler(registry, checker))
+    return app
+
+
+def _route_handler(
+    route: Route, channel: grpc.aio.Channel, checker: TokenChecker | None
+) -> Handler:
+    call = channel.unary_unary(
+        route.grpc_method,
+        request_serializer=route.request_type.SerializeToString,
+        response_deserializer=route.response_type.FromString,
+    )
+    shape = RESPONSE_SHAPES.get(route.name)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        # Checked before the body is read: a caller without a token learns nothing more.
+        # The gRPC server checks the forwarded header again (same TokenChecker).
+        authorization = request.headers.get("Authorization")
+        if checker is not None and not checker.allows(authorization):
+            return unauthorized()
+        try:
+            message = await _request_message(route, request)
+        except ClientError as error:
+            return error_response(error.status, error.what, **error.details)
+        metadata = (("authorization", authorization),) if authorization else ()
+        try:
+            response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+                return unauthorized()
+            details = error_metadata(error.trailing_metadata())
+            return error_response(http_status(error.code()), error.details() or "", **details)
+        if shape is None:
+            return web.Response(status=204)
+        return web.json_response(shape(response))
+
+    return handle
+
+
+async def _request_message(route: Route, request: web.Request) -> Message:
+    if route.body:
+        data = await _json_body(request)
+        adapt = BODY_SHAPES.get(route.name)
+        if adapt is not None:
+            try:
+                data = adapt(data)
+            except BadBody as exc:
+                raise ClientError(400, str(exc)) from None
+    else:
+        data = _query(route, request)
+    try:
+        return json_format.ParseDict(data, route.request_type())
+    except json_format.ParseError as exc:
+        raise ClientError(400, f"The request does not match the API: {exc}") from None
+
+
+async def _json_body(request: web.Request) -> object:
+    if request.content_type != "application/json":
+        raise ClientError(
+            415,
+            "The content-type is invalid",
+            type=request.content_type,
+            expected_types=["application/json"],
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ClientError(
+            413, f"The body is larger than {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES
+        ) from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClientError(400, "The object is not valid JSON", why=str(exc)) from None
+
+
+def _query(route: Route, request: web.Request) -> dict[str, object]:
+    """Query parameters as a request dict; unknown or repeated scalars are refused."""
+    descriptor = route.request_type.DESCRIPTOR
+    fields = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
+    data: dict[str, object] = {}
+    for key in dict.fromkeys(request.query.keys()):
+        field = fields.get(key)
+        if field is None:
+            known = sorted({f.json_name for f in descriptor.fields})
+            raise ClientError(400, "Unknown parameter", parameter=key, known=known)
+        values = request.query.getall(key)
+        if field.is_repeated:
+            data[field.name] = values
+        elif len(values) > 1:
+            raise ClientError(400, "Parameter given more than once", parameter=key)
+        else:
+            data[field.name] = values[0]
+    return data
+
+
+async def _alive(request: web.Request) -> web.Response:
+    return web.Response(text="ok!")
+
+
+def _ready_handler(channel: grpc.aio.Channel) -> Handler:
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def ready(request: web.Request) -> web.Response:
+        try:
+            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.aio.AioRpcError:
+            return web.Response(status=503, text="not ready")
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            return web.Response(status=503, text="not ready")
+        return web.Response(text="ok!")
+
+    return ready
+
+
+def _metrics_handler(registry: CollectorRegistry, checker: TokenChecker | None) -> Handler:
+    async def metrics(request: web.Request) -> web.Response:
+        if checker is not None and not checker.allows(request.headers.get("Authorization")):
+            return unauthorized()
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    return metrics

@@ -1,0 +1,268 @@
+"""The original REST API (SPEC section 4) through the gateway, on real loopback servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from gateway.server import RunningGateway, start_gateway
+from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.server import RunningServer
+from kimball_grpc.settings import Settings
+
+
+@pytest.fixture
+async def rest(server: RunningServer) -> AsyncIterator[RunningGateway]:
+    gateway = await start_gateway(
+        "127.0.0.1", 0, f"127.0.0.1:{server.grpc_port}", server.metrics, server.checker
+    )
+    yield gateway
+    await gateway.stop()
+
+
+@pytest.fixture
+async def http(rest: RunningGateway) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{rest.port}") as session:
+        yield session
+
+
+SPEC_EXAMPLE = (
+    [{"event_name": "feature_1", "user_id": u} for u in ("u1", "u2")]
+    + [
+        {"event_name": "goal_1", "user_id": u, "ensure_goal": True}
+        for u in ("u1", "u3", "u4", "u5")
+    ]
+    + [{"event_name": "other", "user_id": "u6", "value": 2.5}]
+)
+
+
+async def post(http, path: str, body: object) -> tuple[int, bytes]:
+    async with http.post(path, json=body) as response:
+        return response.status, await response.read()
+
+
+async def get(http, path: str, **params: object) -> tuple[int, object]:
+    async with http.get(path, params=params or None) as response:
+        return response.status, await response.json()
+
+
+async def test_batch_post_and_analytics_in_the_original_shapes(http) -> None:
+    assert await post(http, "/v0/analytics", {"events": SPEC_EXAMPLE}) == (204, b"")
+    status, body = await get(http, "/v0/analytics")
+    assert status == 200
+    counts = {c["name"]: c for c in body["counts"]}
+    assert counts["global_counter"]["type"] == "internal"
+    assert counts["global_counter"]["count"] == 6
+    assert counts["feature_1"] == {
+        "name": "feature_1",
+        "type": "named",
+        "count": 2,
+        "event_counts": [],
+        "single_event_counts": [],
+        "value": {"sum": 0.0},
+    }
+    assert counts["goal_1"]["single_event_counts"] == [{"name": "feature_1", "count": 1}]
+    assert counts["goal_1"]["event_counts"] == [
+        {"events": [], "count": 3},
+        {"events": ["feature_1"], "count": 1},
+    ]
+    assert counts["other"]["value"] == {"sum": 2.5}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"event_name": "one", "user_id": "u1", "namespace": "shop"},
+        [{"event_name": "one", "user_id": "u1", "namespace": "shop"}],
+        {"events": [{"event_name": "one", "user_id": "u1", "namespace": "shop"}]},
+    ],
+    ids=["one-event", "bare-array", "events"],
+)
+async def test_every_original_body_form_is_taken(http, body) -> None:
+    assert (await post(http, "/v0/analytics", body))[0] == 204
+    _, analytics = await get(http, "/v0/analytics", namespace="shop")
+    assert [(c["name"], c["count"]) for c in analytics["counts"]] == [
+        ("global_counter", 1),
+        ("one", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        ({"event_name": "a", "user_id": "u", "events": []}, "not both"),
+        ({"event_name": "a"}, "user_id"),
+        ({"event_name": "a", "user_id": "u", "value": "lots"}, "does not match"),
+        ({"event_name": "a", "user_id": "u", "datetime": "yesterday"}, "does not match"),
+        ({"event_name": "a", "user_id": "u", "colour": "red"}, "does not match"),
+        ("just a string", "the body must be"),
+        (
+            {"events": [{"event_name": "a", "user_id": "u"}, {"event_name": "", "user_id": "u"}]},
+            "event 1",
+        ),
+    ],
+)
+async def test_bad_bodies_are_400_and_change_nothing(http, body, what) -> None:
+    async with http.post("/v0/analytics", json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert what in error["what"]
+    assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
+
+
+async def test_content_type_json_syntax_and_size(http) -> None:
+    async with http.post("/v0/analytics", data=b"{}", headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 415
+        assert (await r.json())["error"]["expected_types"] == ["application/json"]
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    async with http.post("/v0/analytics", data=b"{nope", headers=headers) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["what"] == "The object is not valid JSON"
+    big = b'{"events": [' + b'{"event_name": "a", "user_id": "u"},' * (MAX_MESSAGE_BYTES // 30)
+    async with http.post("/v0/analytics", data=big + b"{}]}", headers=headers) as r:
+        assert r.status == 413
+    good = b'{"event_name": "a", "user_id": "u"}'
+    async with http.post("/v0/analytics", data=good, headers=headers) as r:
+        assert r.status == 204
+
+
+async def test_goals_and_namespaces(http) -> None:
+    assert await post(http, "/v0/goals", {"goal_name": "purchase"}) == (204, b"")
+    assert await post(http, "/v0/goals", {"goal_name": "x", "namespace": "shop"}) == (204, b"")
+    assert await get(http, "/v0/goals") == (200, {"goals": ["purchase"]})
+    assert await get(http, "/v0/goals", namespace="shop") == (200, {"goals": ["x"]})
+    assert await get(http, "/v0/namespaces") == (200, {"namespaces": ["default", "shop"]})
+    status, body = await get(http, "/v0/goals", namespace="n" * 300)
+    assert status == 400 and "namespace" in body["error"]
+
+
+async def test_predictions_in_every_mode(http) -> None:
+    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    assert await get(http, "/v0/predictions") == (
+        200,
+        {"goals": {"goal_1": {"events": {"feature_1": {"bayes": 0.5}}}}},
+    )
+    _, body = await get(http, "/v0/predictions", event="feature_1")
+    goal = body["goals"]["goal_1"]
+    assert (goal["yes"], goal["no"], goal["likelihood"]) == (0.25, 0.25, 1.0)
+    assert 0 < goal["probability"] < 1
+    assert await get(http, "/v0/predictions", event="goal_1") == (
+        200,
+        {"goals": {"goal_1": {"note": "Submitted events included this goal, no prediction made"}}},
+    )
+    by_user = await get(http, "/v0/predictions", user_id="u2")
+    assert by_user == (200, body)
+    assert await get(http, "/v0/predictions", namespace="empty") == (200, {"goals": {}})
+
+
+async def test_two_events_as_repeated_parameters(http) -> None:
+    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    async with http.get("/v0/predictions?event=feature_1&event=other") as response:
+        goal = (await response.json())["goals"]["goal_1"]
+    assert goal["yes"] == 0.25 * 0.0 and goal["no"] == 0.25 * 0.25
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "error"),
+    [
+        ({"event": "nope"}, 400, {"what": "Event is not known in this namespace", "event": "nope"}),
+        (
+            {"user_id": "u2", "event": "feature_1"},
+            400,
+            {"what": "user_id and event cannot both be specified", "user": "u2"},
+        ),
+        ({"user_id": "stranger"}, 404, {"what": "No events found for user", "user": "stranger"}),
+    ],
+)
+async def test_prediction_errors(http, params, status, error) -> None:
+    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    assert await get(http, "/v0/predictions", **params) == (status, {"error": error})
+
+
+async def test_unknown_or_repeated_parameters_are_400(http) -> None:
+    status, body = await get(http, "/v0/analytics", namespaces="x")
+    assert status == 400 and body["error"]["parameter"] == "namespaces"
+    async with http.get("/v0/goals?namespace=a&namespace=b") as response:
+        assert response.status == 400
+
+
+async def test_nudges(http) -> None:
+    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    assert await get(http, "/v0/nudges", goal="goal_1", user_id="u6") == (
+        200,
+        {
+            "nudges": [{"event_name": "feature_1", "prediction": 0.5}],
+            "goal": "goal_1",
+            "user_id": "u6",
+        },
+    )
+    status, body = await get(http, "/v0/nudges", user_id="u6")
+    assert status == 400 and body["error"]["key"] == "goal"
+
+
+async def test_alive_ready_and_metrics(http) -> None:
+    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    for path in ("/alive", "/ready"):
+        async with http.get(path) as response:
+            assert (response.status, await response.text()) == (200, "ok!")
+    async with http.get("/metrics") as response:
+        assert response.status == 200
+        assert "kimball_counters 4.0" in await response.text()
+    async with http.get("/metrics/counters") as response:
+        assert 'kimball_counter{kimball_namespace="default",name="goal_1"} 4.0' in (
+            await response.text()
+        )
+    async with http.get("/metrics/predictions") as response:
+        text = await response.text()
+    assert (
+        'kimball_bayes_prediction{event="feature_1",goal="goal_1",kimball_namespace="default"} 0.5'
+        in text
+    )
+
+
+class TestAuthentication:
+    @pytest.fixture
+    def settings(self, tmp_path) -> Settings:
+        return Settings(
+            grpc_host="127.0.0.1", grpc_port=0, api_auth_tokens=("s3cret",), data_dir=tmp_path
+        )
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("GET", "/v0/analytics"),
+            ("POST", "/v0/analytics"),
+            ("GET", "/v0/goals"),
+            ("POST", "/v0/goals"),
+            ("GET", "/v0/namespaces"),
+            ("GET", "/v0/predictions"),
+            ("GET", "/v0/nudges"),
+            ("GET", "/metrics"),
+            ("GET", "/metrics/counters"),
+            ("GET", "/metrics/predictions"),
+        ],
+    )
+    @pytest.mark.parametrize(
+        "header",
+        [None, "Basic s3cret", "Bearer wrong", "Bearer"],
+        ids=["none", "wrong-scheme", "wrong-token", "no-token"],
+    )
+    async def test_every_route_needs_the_token(self, http, method, path, header) -> None:
+        headers = {"Authorization": header} if header else {}
+        async with http.request(method, path, json={"goal_name": "g"}, headers=headers) as r:
+            assert r.status == 401
+            assert await r.json() == {"error": "Missing or invalid authorization header"}
+
+    async def test_right_token_in_any_case_and_open_health(self, http) -> None:
+        headers = {"Authorization": "bearer s3cret"}
+        async with http.post("/v0/goals", json={"goal_name": "g"}, headers=headers) as r:
+            assert r.status == 204
+        async with http.get("/v0/goals", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert await r.json() == {"goals": ["g"]}
+        async with http.get("/metrics", headers=headers) as r:
+            assert r.status == 200
+        for path in ("/alive", "/ready"):
+            async with http.get(path) as r:
+                assert r.status == 200
