@@ -13,14 +13,17 @@ import json
 from collections.abc import Awaitable, Callable
 
 import grpc
+import swagger_ui_bundle
 from aiohttp import web
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.http_status import http_status
-from gateway.routes import Route, routes_of
+from gateway.openapi import openapi_document
+from gateway.routes import Route, parameter_name, routes_of
 from gateway.shapes import BODY_SHAPES, RESPONSE_SHAPES, BadBody
 from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.error_details import error_metadata
@@ -60,6 +63,11 @@ def build_app(
     service = pb.DESCRIPTOR.services_by_name["KimballService"]
     for route in routes_of(service):
         app.router.add_route(route.http_method, route.path, _route_handler(route, channel, checker))
+    document = openapi_document(routes_of(service))
+    app.router.add_get("/api-docs", _json_document(document))
+    app.router.add_get("/api-docs/openapi.json", _json_document(document))
+    app.router.add_get("/api-docs/index.html", _docs_page)
+    app.router.add_static("/api-docs/static/", swagger_ui_bundle.swagger_ui_path)
     app.router.add_get("/alive", _alive)
     app.router.add_get("/ready", _ready_handler(channel))
     for path, registry in (
@@ -115,12 +123,39 @@ async def _request_message(route: Route, request: web.Request) -> Message:
                 data = adapt(data)
             except BadBody as exc:
                 raise ClientError(400, str(exc)) from None
+        if not isinstance(data, dict):
+            raise ClientError(400, "The body must be a JSON object")
+        _refuse_booleans_as_numbers(data, route.request_type.DESCRIPTOR)
     else:
         data = _query(route, request)
     try:
         return json_format.ParseDict(data, route.request_type())
     except json_format.ParseError as exc:
         raise ClientError(400, f"The request does not match the API: {exc}") from None
+
+
+_NUMBERS = {
+    FieldDescriptor.TYPE_DOUBLE,
+    FieldDescriptor.TYPE_FLOAT,
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+}
+
+
+def _refuse_booleans_as_numbers(data: dict, descriptor: Descriptor) -> None:
+    """protobuf's JSON parser reads true as 1.0; a JSON number field must get a number."""
+    for name, value in data.items():
+        field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
+        if field is None:
+            continue  # ParseDict reports unknown fields
+        items = value if field.is_repeated and isinstance(value, list) else [value]
+        for item in items:
+            if field.type in _NUMBERS and isinstance(item, bool):
+                raise ClientError(400, f"{name} must be a number", **{name: item})
+            if field.message_type is not None and isinstance(item, dict):
+                _refuse_booleans_as_numbers(item, field.message_type)
 
 
 async def _json_body(request: web.Request) -> object:
@@ -145,14 +180,12 @@ async def _json_body(request: web.Request) -> object:
 
 def _query(route: Route, request: web.Request) -> dict[str, object]:
     """Query parameters as a request dict; unknown or repeated scalars are refused."""
-    descriptor = route.request_type.DESCRIPTOR
-    fields = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
+    fields = {parameter_name(f): f for f in route.request_type.DESCRIPTOR.fields}
     data: dict[str, object] = {}
     for key in dict.fromkeys(request.query.keys()):
         field = fields.get(key)
         if field is None:
-            known = sorted({f.json_name for f in descriptor.fields})
-            raise ClientError(400, "Unknown parameter", parameter=key, known=known)
+            raise ClientError(400, "Unknown parameter", parameter=key, known=sorted(fields))
         values = request.query.getall(key)
         if field.is_repeated:
             data[field.name] = values
@@ -161,6 +194,35 @@ def _query(route: Route, request: web.Request) -> dict[str, object]:
         else:
             data[field.name] = values[0]
     return data
+
+
+def _json_document(document: dict) -> Handler:
+    body = json.dumps(document, indent=2).encode()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return serve
+
+
+# Swagger UI from the installed swagger-ui-bundle package: no CDN. Open, like the
+# health routes: it holds no data; its "Authorize" button takes the token for the calls.
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Kimball API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/api-docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/api-docs/static/swagger-ui-bundle.js"></script>
+<script src="/api-docs/static/swagger-ui-standalone-preset.js"></script>
+<script>
+window.ui = SwaggerUIBundle({url: "/api-docs/openapi.json", dom_id: "#swagger-ui",
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset], layout: "BaseLayout"});
+</script></body></html>
+"""
+
+
+async def _docs_page(request: web.Request) -> web.Response:
+    return web.Response(text=DOCS_PAGE, content_type="text/html")
 
 
 async def _alive(request: web.Request) -> web.Response:

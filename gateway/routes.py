@@ -5,9 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.api import annotations_pb2
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
+
+
+def parameter_name(field: FieldDescriptor) -> str:
+    """A field's query parameter name: its proto name, or a json_name set in the proto
+    (``repeated string events = 2 [json_name = "event"]`` takes ``?event=``)."""
+    default_json = "".join(
+        part if i == 0 else part[:1].upper() + part[1:]
+        for i, part in enumerate(field.name.split("_"))
+    )
+    return field.json_name if field.json_name != default_json else field.name
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -36,10 +37,11 @@ def check_name(field: str, value: str, *, required: bool = True) -> str:
         raise InvalidArgument(
             f"{field} is longer than {MAX_NAME_LENGTH} characters", **{field: value[:64] + "..."}
         )
-    if not value.isprintable():
+    # Format characters (emoji joiners), separators and unassigned code points are fine
+    # in a name; control characters (C0, DEL, C1) and unpaired surrogates are not.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
         raise InvalidArgument(
-            f"{field} contains characters that do not print (control, format or separator "
-            "characters other than the space)",
+            f"{field} contains control characters or unpaired surrogates",
             **{field: repr(value)},
         )
     return value

@@ -1,12 +1,14 @@
-"""Shared fixtures: a real Kimball gRPC server on a free loopback port."""
+"""Shared fixtures: a real Kimball gRPC server and REST gateway on free loopback ports."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import grpc
 import pytest
 
+from gateway.server import RunningGateway, start_gateway
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.server import RunningServer, start_server
@@ -40,3 +42,18 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.KimballServiceStub:
 @pytest.fixture
 def integration(channel: grpc.aio.Channel) -> integration_grpc.KimballIntegrationStub:
     return integration_grpc.KimballIntegrationStub(channel)
+
+
+@pytest.fixture
+async def rest(server: RunningServer) -> AsyncIterator[RunningGateway]:
+    gateway = await start_gateway(
+        "127.0.0.1", 0, f"127.0.0.1:{server.grpc_port}", server.metrics, server.checker
+    )
+    yield gateway
+    await gateway.stop()
+
+
+@pytest.fixture
+async def http(rest: RunningGateway) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{rest.port}") as session:
+        yield session

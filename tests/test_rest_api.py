@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import aiohttp
 import pytest
 
-from gateway.server import RunningGateway, start_gateway
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
-from kimball_grpc.server import RunningServer
 from kimball_grpc.settings import Settings
-
-
-@pytest.fixture
-async def rest(server: RunningServer) -> AsyncIterator[RunningGateway]:
-    gateway = await start_gateway(
-        "127.0.0.1", 0, f"127.0.0.1:{server.grpc_port}", server.metrics, server.checker
-    )
-    yield gateway
-    await gateway.stop()
-
-
-@pytest.fixture
-async def http(rest: RunningGateway) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{rest.port}") as session:
-        yield session
-
 
 SPEC_EXAMPLE = (
     [{"event_name": "feature_1", "user_id": u} for u in ("u1", "u2")]
