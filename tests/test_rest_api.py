@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
@@ -76,6 +78,9 @@ async def test_every_original_body_form_is_taken(http, body) -> None:
         ({"event_name": "a", "user_id": "u", "value": "lots"}, "does not match"),
         ({"event_name": "a", "user_id": "u", "datetime": "yesterday"}, "does not match"),
         ({"event_name": "a", "user_id": "u", "colour": "red"}, "does not match"),
+        ({"event_name": "a", "user_id": "u", "value": True}, "must be a number"),
+        ({"events": [{"event_name": "a", "user_id": "u", "value": False}]}, "must be a number"),
+        ({"event_name": "sign\nup", "user_id": "u"}, "control characters"),
         ("just a string", "the body must be"),
         (
             {"events": [{"event_name": "a", "user_id": "u"}, {"event_name": "", "user_id": "u"}]},
@@ -105,6 +110,22 @@ async def test_content_type_json_syntax_and_size(http) -> None:
     good = b'{"event_name": "a", "user_id": "u"}'
     async with http.post("/v0/analytics", data=good, headers=headers) as r:
         assert r.status == 204
+
+
+@pytest.mark.parametrize("body", [None, [], "goal", 3])
+async def test_goal_body_must_be_an_object(http, body) -> None:
+    raw = json.dumps(body).encode()  # json=None would send no body at all
+    headers = {"Content-Type": "application/json"}
+    async with http.post("/v0/goals", data=raw, headers=headers) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["what"] == "The body must be a JSON object"
+
+
+async def test_names_may_hold_emoji_with_joiners(http) -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert (await post(http, "/v0/analytics", {"event_name": family, "user_id": "u"}))[0] == 204
+    _, analytics = await get(http, "/v0/analytics")
+    assert family in {c["name"] for c in analytics["counts"]}
 
 
 async def test_goals_and_namespaces(http) -> None:
