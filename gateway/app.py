@@ -56,7 +56,7 @@ def unauthorized() -> web.Response:
 
 
 def build_app(
-    channel: grpc.aio.Channel, metrics: Metrics, checker: TokenChecker | None
+    channel: grpc.aio.Channel, metrics: Metrics | None, checker: TokenChecker | None
 ) -> web.Application:
     """The gateway for a Kimball gRPC server reachable over ``channel``."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -70,12 +70,13 @@ def build_app(
     app.router.add_static("/api-docs/static/", swagger_ui_bundle.swagger_ui_path)
     app.router.add_get("/alive", _alive)
     app.router.add_get("/ready", _ready_handler(channel))
-    for path, registry in (
-        ("/metrics", metrics.registry),
-        ("/metrics/counters", metrics.counters_registry),
-        ("/metrics/predictions", metrics.predictions_registry),
-    ):
-        app.router.add_get(path, _metrics_handler(registry, checker))
+    if metrics is not None:  # a standalone gateway has none: the server's are elsewhere
+        for path, registry in (
+            ("/metrics", metrics.registry),
+            ("/metrics/counters", metrics.counters_registry),
+            ("/metrics/predictions", metrics.predictions_registry),
+        ):
+            app.router.add_get(path, _metrics_handler(registry, checker))
     return app
 
 

@@ -28,9 +28,14 @@ class RunningGateway:
 
 
 async def start_gateway(
-    host: str, port: int, grpc_target: str, metrics: Metrics, checker: TokenChecker | None
+    host: str,
+    port: int,
+    grpc_target: str,
+    metrics: Metrics | None,
+    checker: TokenChecker | None,
 ) -> RunningGateway:
-    """Serve the REST API on ``host:port`` in front of the gRPC server at ``grpc_target``."""
+    """Serve the REST API on ``host:port`` in front of the gRPC server at ``grpc_target``
+    (with ``/metrics`` when the server's ``metrics`` are in this process)."""
     channel = grpc.aio.insecure_channel(
         grpc_target,
         options=[

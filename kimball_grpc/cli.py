@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kimball_grpc import client_commands as client
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.limits import MAX_BATCH_EVENTS
-from kimball_grpc.server import serve
+from kimball_grpc.server import serve, serve_gateway
 from kimball_grpc.settings import environment, load_settings, parse_port
 
 
@@ -65,6 +65,15 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     run.add_argument(
         "--config", type=Path, help="app.config file (env KIMBALL_CONFIG; /kimball/app.config)"
     )
+    gateway = commands.add_parser(
+        "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
+    )
+    gateway.add_argument("--grpc-target", required=True, help="HOST:PORT of Kimball's gRPC")
+    gateway.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
+    gateway.add_argument(
+        "--api-port", type=_port_flag("--api-port"), help="REST port (default 8080)"
+    )
+    gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the gRPC server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
@@ -186,23 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(environ).parse_args(argv)
     if args.command == "health":
         return check_health(args.target, args.timeout)
-    if args.command != "serve":
+    if args.command not in ("serve", "gateway"):
         return _run_client_command(args)
+    overrides = {"grpc_host": args.grpc_host, "api_port": args.api_port}
+    if args.command == "serve":
+        overrides |= {"grpc_port": args.grpc_port, "data_dir": args.data_dir}
     try:
-        settings = load_settings(
-            environ,
-            config_path=args.config,
-            overrides={
-                "grpc_host": args.grpc_host,
-                "grpc_port": args.grpc_port,
-                "api_port": args.api_port,
-                "data_dir": args.data_dir,
-            },
-        )
+        settings = load_settings(environ, config_path=args.config, overrides=overrides)
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        asyncio.run(serve(settings))
+        if args.command == "serve":
+            asyncio.run(serve(settings))
+        else:
+            asyncio.run(serve_gateway(settings, args.grpc_target))
     except ConfigError as exc:
         print(f"kimball: {exc.message}", file=sys.stderr)
         return 2

@@ -146,12 +146,40 @@ async def serve(settings: Settings) -> None:
         settings.grpc_host,
         gateway.port,
     )
+    await until_stopped()
+    log.info("Shutting down: finishing in-flight calls")
+    await gateway.stop()
+    await running.stop()
+    log.info("Stopped")
+
+
+async def until_stopped() -> None:
+    """Wait for SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("Shutting down: finishing in-flight calls")
+
+
+async def serve_gateway(settings: Settings, grpc_target: str) -> None:
+    """Run the REST gateway alone, in front of a Kimball gRPC server elsewhere.
+
+    The caller's token goes on to that server, which checks it; configured
+    ``api_auth_tokens`` are also checked here first. Metrics live with the server:
+    scrape its own ``/metrics``.
+    """
+    configured = settings.api_auth_tokens if settings.api_auth else ()
+    checker = TokenChecker(configured) if configured else None
+    rest_host = settings.grpc_host.strip("[]")
+    gateway = await start_gateway(rest_host, settings.api_port, grpc_target, None, checker)
+    log.info(
+        "Kimball gateway listening: REST on %s:%d for gRPC at %s",
+        settings.grpc_host,
+        gateway.port,
+        grpc_target,
+    )
+    await until_stopped()
+    log.info("Shutting down")
     await gateway.stop()
-    await running.stop()
     log.info("Stopped")

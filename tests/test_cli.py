@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -158,3 +161,61 @@ def test_serve_refuses_a_bad_port_flag(flag: str, value: str) -> None:
     )
     assert result.returncode == 2
     assert flag in result.stderr and value in result.stderr
+
+
+def test_standalone_gateway_in_front_of_a_remote_server(tmp_path: Path) -> None:
+    config = tmp_path / "app.config"
+    config.write_text('[{features, [{api_auth_tokens, [<<"tok">>]}]}].\n')
+    server = start("--grpc-port", "0", "--data-dir", str(tmp_path), "--config", str(config))
+    gateway = None
+    try:
+        grpc_port = wait_for_port(server)
+        gateway = subprocess.Popen(
+            [
+                *KIMBALL,
+                "gateway",
+                "--grpc-target",
+                f"127.0.0.1:{grpc_port}",
+                "--host",
+                "127.0.0.1",
+                "--api-port",
+                "0",
+                "--config",
+                str(config),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert gateway.stdout is not None
+        rest_port = None
+        for line in gateway.stdout:
+            match = re.search(r"REST on \S+:(\d+)", line)
+            if match:
+                rest_port = int(match.group(1))
+                break
+        assert rest_port, "the gateway did not say where it listens"
+        base = f"http://127.0.0.1:{rest_port}"
+        auth = {"Authorization": "Bearer tok", "Content-Type": "application/json"}
+        body = json.dumps({"event_name": "signup", "user_id": "u1"}).encode()
+        request = urllib.request.Request(f"{base}/v0/analytics", body, auth, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 204
+        request = urllib.request.Request(f"{base}/v0/analytics", headers=auth)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            counts = {c["name"]: c["count"] for c in json.load(response)["counts"]}
+        assert counts == {"global_counter": 1, "signup": 1}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/v0/goals", timeout=10)
+        assert refused.value.code == 401
+        # Metrics live with the server, not with a gateway elsewhere.
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/metrics", headers=auth))
+        assert missing.value.code == 404
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=20) == 0
+    finally:
+        for process in (gateway, server):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=20)
