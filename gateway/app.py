@@ -10,6 +10,7 @@ through one table.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -59,7 +60,8 @@ def build_app(
     channel: grpc.aio.Channel, metrics: Metrics | None, checker: TokenChecker | None
 ) -> web.Application:
     """The gateway for a Kimball gRPC server reachable over ``channel``."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    middlewares = [_request_metrics(metrics)] if metrics is not None else []
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     service = pb.DESCRIPTOR.services_by_name["KimballService"]
     for route in routes_of(service):
         app.router.add_route(route.http_method, route.path, _route_handler(route, channel, checker))
@@ -78,6 +80,28 @@ def build_app(
         ):
             app.router.add_get(path, _metrics_handler(registry, checker))
     return app
+
+
+def _request_metrics(metrics: Metrics) -> Callable:
+    """Counts and times every request by its declared route (unknown paths: "other")."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.observe_http(route, request.method, status, time.perf_counter() - start)
+
+    return observe
 
 
 def _route_handler(

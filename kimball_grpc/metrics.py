@@ -49,6 +49,18 @@ class Metrics:
             ["method"],
             registry=self.registry,
         )
+        self.http_requests = Counter(
+            "kimball_http_requests",
+            "REST requests handled, by route, HTTP method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_request_seconds = Histogram(
+            "kimball_http_request_duration_seconds",
+            "Time to handle a REST request, by route.",
+            ["route"],
+            registry=self.registry,
+        )
         self.event_add = Summary(
             "kimball_event_add_duration_microseconds",
             "Time to apply an event to its counters, in microseconds (averaged per batch).",
@@ -69,6 +81,11 @@ class Metrics:
         """One gRPC call finished with status ``code`` after ``seconds``."""
         self.requests.labels(method, code).inc()
         self.request_seconds.labels(method).observe(seconds)
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One REST request to ``route`` (its declared path) answered ``status``."""
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_request_seconds.labels(route).observe(seconds)
 
     def observe_events(self, count: int, seconds: float) -> None:
         """``count`` events were applied in ``seconds``."""

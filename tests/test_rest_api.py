@@ -128,6 +128,24 @@ async def test_names_may_hold_emoji_with_joiners(http) -> None:
     assert family in {c["name"] for c in analytics["counts"]}
 
 
+async def test_original_client_batches_of_100(http) -> None:
+    batch = [
+        {
+            "namespace": "app",
+            "user_id": f"u{i % 40}",
+            "event_name": f"e{i % 7}",
+            "ensure_goal": i % 7 == 6,
+        }
+        for i in range(100)
+    ]
+    assert await post(http, "/v0/analytics", {"events": batch}) == (204, b"")
+    _, analytics = await get(http, "/v0/analytics", namespace="app")
+    counts = {c["name"]: c["count"] for c in analytics["counts"]}
+    assert counts["global_counter"] == 40
+    assert sum(counts[f"e{k}"] for k in range(7)) == 100  # each (user, event) pair once
+    assert await get(http, "/v0/goals", namespace="app") == (200, {"goals": ["e6"]})
+
+
 async def test_goals_and_namespaces(http) -> None:
     assert await post(http, "/v0/goals", {"goal_name": "purchase"}) == (204, b"")
     assert await post(http, "/v0/goals", {"goal_name": "x", "namespace": "shop"}) == (204, b"")
@@ -209,7 +227,14 @@ async def test_alive_ready_and_metrics(http) -> None:
             assert (response.status, await response.text()) == (200, "ok!")
     async with http.get("/metrics") as response:
         assert response.status == 200
-        assert "kimball_counters 4.0" in await response.text()
+        text = await response.text()
+    assert "kimball_counters 4.0" in text
+    # Per REST route (declared path, not the raw URL) and per gRPC method.
+    assert (
+        'kimball_http_requests_total{method="POST",route="/v0/analytics",status="204"} 1.0' in text
+    )
+    assert 'kimball_http_request_duration_seconds_count{route="/alive"} 1.0' in text
+    assert 'method="/kimball.v1.KimballService/TrackEvents"' in text
     async with http.get("/metrics/counters") as response:
         assert 'kimball_counter{kimball_namespace="default",name="goal_1"} 4.0' in (
             await response.text()
