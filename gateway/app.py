@@ -62,10 +62,10 @@ def build_app(
     """The gateway for a Kimball gRPC server reachable over ``channel``."""
     middlewares = [_request_metrics(metrics)] if metrics is not None else []
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
-    service = pb.DESCRIPTOR.services_by_name["KimballService"]
-    for route in routes_of(service):
+    routes = routes_of(pb.DESCRIPTOR.services_by_name["KimballService"])
+    for route in routes:
         app.router.add_route(route.http_method, route.path, _route_handler(route, channel, checker))
-    document = openapi_document(routes_of(service))
+    document = openapi_document(routes)
     app.router.add_get("/api-docs", _json_document(document))
     app.router.add_get("/api-docs/openapi.json", _json_document(document))
     app.router.add_get("/api-docs/index.html", _docs_page)
