@@ -39,6 +39,7 @@ protos: $(STAMP)
 bench: $(GENERATED)
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_grpc.py
+	$(BIN)/python bench/bench_rest.py
 
 clean:
 	rm -rf $(VENV) kimball_grpc/generated build *.egg-info
