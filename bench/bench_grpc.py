@@ -174,6 +174,22 @@ BENCH_TOKEN = "bench-token"
 AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 
+def start_run(title: str, code: str, args: argparse.Namespace) -> int | None:
+    """Print the run's header and pin the load generator; the CPU for servers (or None)."""
+    print(f"# {title}")
+    pin = not args.no_pin and can_pin({args.server_cpu, args.client_cpu})
+    if pin:
+        os.sched_setaffinity(0, {args.client_cpu})
+    print(f"code: {code}")
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print(
+        f"servers pinned to CPU {args.server_cpu}, load generator to CPU {args.client_cpu}"
+        if pin
+        else "not pinned (need two usable CPUs)"
+    )
+    return args.server_cpu if pin else None
+
+
 def kimball_argv(port: int, data_dir: str) -> list[str]:
     script = Path(sys.executable).with_name("kimball")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "kimball_grpc.cli"]
@@ -349,19 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.stream_events, args.users, args.unary_seconds, args.rounds = 20_000, 5_000, 1.0, 2
 
-    print(f"# bench_grpc  ({machine_note()})")
-    pin = not args.no_pin and can_pin({args.server_cpu, args.client_cpu})
-    server_cpu = args.server_cpu if pin else None
-    if pin:
-        os.sched_setaffinity(0, {args.client_cpu})
+    server_cpu = start_run(f"bench_grpc  ({machine_note()})", code_note(), args)
     started = time.perf_counter()
-    print(f"code: {code_note()}")
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(
-        f"servers pinned to CPU {args.server_cpu}, load generator to CPU {args.client_cpu}"
-        if pin
-        else "not pinned (need two usable CPUs)"
-    )
 
     # Workload, serialized before any clock starts; one namespace per round.
     w = make_plain_workload(args.stream_events, args.users, args.names, args.seed)

@@ -69,12 +69,12 @@ from bench_grpc import (
     Sample,
     ServerProcess,
     _counted,
-    can_pin,
     free_port,
     kimball_argv,
     measure,
     pinned,
     row,
+    start_run,
     table_head,
 )
 from google.protobuf import json_format
@@ -550,19 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.events, args.users, args.rounds, args.max_seconds = 10_000, 2_500, 2, 3.0
 
-    print(f"# bench_rest  ({machine_note()}, aiohttp {aiohttp.__version__})")
-    pin = not args.no_pin and can_pin({args.server_cpu, args.client_cpu})
-    server_cpu = args.server_cpu if pin else None
-    if pin:
-        os.sched_setaffinity(0, {args.client_cpu})
+    title = f"bench_rest  ({machine_note()}, aiohttp {aiohttp.__version__})"
+    server_cpu = start_run(title, f"{code_note()}{gateway_note()}", args)
     started = time.perf_counter()
-    print(f"code: {code_note()}{gateway_note()}")
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(
-        f"servers pinned to CPU {args.server_cpu}, load generator to CPU {args.client_cpu}"
-        if pin
-        else "not pinned (need two usable CPUs)"
-    )
 
     # Workload, serialized before any clock starts; one namespace per round and path.
     w = make_plain_workload(args.events, args.users, args.names, args.seed)
