@@ -75,7 +75,11 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
-    health.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the gRPC server")
+    health.add_argument(
+        "--target",
+        default=environ.get("KIMBALL_TARGET") or client.DEFAULT_TARGET,
+        help=f"HOST:PORT of the gRPC server (env KIMBALL_TARGET; default {client.DEFAULT_TARGET})",
+    )
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     _add_client_commands(commands, environ)
     return parser
