@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,41 +14,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+from kimball_process import (
+    KIMBALL,
+    read_until_listening,
+    start,
+    start_command,
+    stop,
+    token_config,
+    wait_for_port,
+)
 
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-
-KIMBALL = [sys.executable, "-m", "kimball_grpc.cli"]
-
-
-def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*KIMBALL, "serve", "--host", "127.0.0.1", "--api-port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def wait_for_port(process: subprocess.Popen[str], deadline: float = 30) -> int:
-    return read_until_listening(process, deadline)[0]
-
-
-def read_until_listening(
-    process: subprocess.Popen[str], deadline: float = 30
-) -> tuple[int, list[str]]:
-    """The port from the server's listening line, and the lines logged up to it."""
-    assert process.stdout is not None
-    end = time.monotonic() + deadline
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        match = re.search(r"gRPC on \S+:(\d+)", line)
-        if match:
-            return int(match.group(1)), lines
-        assert time.monotonic() < end, "no listening line in time"
-    raise AssertionError(f"server exited with {process.wait()} before listening")
 
 
 def bearer(data_dir: Path) -> tuple[tuple[str, str]]:
@@ -62,7 +37,8 @@ def bearer(data_dir: Path) -> tuple[tuple[str, str]]:
 def test_serve_logs_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     process = start("--grpc-port", "0", "--data-dir", str(tmp_path))
     try:
-        port, logged = read_until_listening(process)
+        listening = read_until_listening(process)
+        port, logged = listening.grpc_port, listening.lines
         # Auth is on by default: with no token configured, one is kept in the data
         # directory and its path, never the token, is logged.
         metadata = bearer(tmp_path)
@@ -164,37 +140,23 @@ def test_serve_refuses_a_bad_port_flag(flag: str, value: str) -> None:
 
 
 def test_standalone_gateway_in_front_of_a_remote_server(tmp_path: Path) -> None:
-    config = tmp_path / "app.config"
-    config.write_text('[{features, [{api_auth_tokens, [<<"tok">>]}]}].\n')
+    config = token_config(tmp_path, "tok")
     server = start("--grpc-port", "0", "--data-dir", str(tmp_path), "--config", str(config))
     gateway = None
     try:
         grpc_port = wait_for_port(server)
-        gateway = subprocess.Popen(
-            [
-                *KIMBALL,
-                "gateway",
-                "--grpc-target",
-                f"127.0.0.1:{grpc_port}",
-                "--host",
-                "127.0.0.1",
-                "--api-port",
-                "0",
-                "--config",
-                str(config),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        gateway = start_command(
+            "gateway",
+            "--grpc-target",
+            f"127.0.0.1:{grpc_port}",
+            "--host",
+            "127.0.0.1",
+            "--api-port",
+            "0",
+            "--config",
+            str(config),
         )
-        assert gateway.stdout is not None
-        rest_port = None
-        for line in gateway.stdout:
-            match = re.search(r"REST on \S+:(\d+)", line)
-            if match:
-                rest_port = int(match.group(1))
-                break
-        assert rest_port, "the gateway did not say where it listens"
+        rest_port = read_until_listening(gateway).rest_port
         base = f"http://127.0.0.1:{rest_port}"
         auth = {"Authorization": "Bearer tok", "Content-Type": "application/json"}
         body = json.dumps({"event_name": "signup", "user_id": "u1"}).encode()
@@ -212,10 +174,7 @@ def test_standalone_gateway_in_front_of_a_remote_server(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(urllib.request.Request(f"{base}/metrics", headers=auth))
         assert missing.value.code == 404
-        gateway.send_signal(signal.SIGTERM)
-        assert gateway.wait(timeout=20) == 0
+        assert stop(gateway) == 0
     finally:
-        for process in (gateway, server):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=20)
+        stop(gateway)
+        stop(server)

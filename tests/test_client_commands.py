@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kimball_process import KIMBALL, start, stop, token_config, wait_for_port
 
-KIMBALL = [sys.executable, "-m", "kimball_grpc.cli"]
 TOKEN = "client-commands-test-token"
 
 
@@ -47,46 +43,12 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("server")
-    config = directory / "app.config"
-    config.write_text(f'[{{features, [{{api_auth_tokens, [<<"{TOKEN}">>]}}]}}].\n')
-    log = directory / "server.log"
-    serve = [
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--api-port",
-        "0",
-        "--config",
-        str(config),
-    ]
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [*KIMBALL, *serve, "--data-dir", str(directory / "data")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    config = token_config(directory, TOKEN)
+    process = start("--grpc-port", "0", "--config", str(config), "--data-dir", str(directory))
     try:
-        yield Server(f"127.0.0.1:{_listening_port(process, log)}")
+        yield Server(f"127.0.0.1:{wait_for_port(process)}")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _listening_port(process: subprocess.Popen[bytes], log: Path) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(r"gRPC on \S+:(\d+)", log.read_text())
-        if match:
-            return int(match.group(1))
-        assert process.poll() is None, f"server exited: {log.read_text()}"
-        time.sleep(0.05)
-    raise AssertionError(f"no listening line in time: {log.read_text()}")
+        stop(process)
 
 
 def rows(table: str) -> dict[str, list[str]]:

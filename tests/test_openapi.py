@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kimball_process import read_until_listening, start, stop, token_config
 
 ROUTES = {
     ("post", "/v0/analytics"),
@@ -56,38 +56,12 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(tmp_p
     """Bounded: about 750 generated requests over every operation, well under 3 minutes."""
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert schemathesis, "schemathesis is installed with the test extras"
-    config = tmp_path / "app.config"
-    config.write_text('[{features, [{api_auth_tokens, [<<"schemathesis">>]}]}].\n')
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kimball_grpc.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--api-port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    config = token_config(tmp_path, "schemathesis")
+    server = start(
+        "--grpc-port", "0", "--data-dir", str(tmp_path / "data"), "--config", str(config)
     )
     try:
-        assert server.stdout is not None
-        port = None
-        for line in server.stdout:
-            match = re.search(r"REST on \S+:(\d+)", line)
-            if match:
-                port = int(match.group(1))
-                break
-        assert port, "the server did not say where REST listens"
+        port = read_until_listening(server).rest_port
         result = subprocess.run(
             [
                 schemathesis,
@@ -109,5 +83,4 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(tmp_p
         )
         assert result.returncode == 0, result.stdout[-4000:]
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=20)
+        stop(server)

@@ -1,0 +1,81 @@
+"""Kimball as a real process in tests: start it, learn its ports from its log line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KIMBALL = [sys.executable, "-m", "kimball_grpc.cli"]
+
+
+@dataclass(frozen=True)
+class Listening:
+    """What a started process said: its ports (0 if it has none) and its lines so far."""
+
+    grpc_port: int
+    rest_port: int
+    lines: list[str]
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``kimball serve`` on loopback, free REST port unless ``args`` say otherwise."""
+    return start_command("serve", "--host", "127.0.0.1", "--api-port", "0", *args, env=env)
+
+
+def start_command(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``kimball ARGS`` with its log on a pipe (read it with ``read_until_listening``)."""
+    return subprocess.Popen(
+        [*KIMBALL, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def read_until_listening(process: subprocess.Popen[str], deadline: float = 30) -> Listening:
+    """Read the log up to the line saying where the process listens."""
+    assert process.stdout is not None
+    end = time.monotonic() + deadline
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if " listening: " in line:
+            grpc_port = re.search(r"gRPC on \S+:(\d+)", line)
+            rest_port = re.search(r"REST on \S+:(\d+)", line)
+            return Listening(
+                int(grpc_port.group(1)) if grpc_port else 0,
+                int(rest_port.group(1)) if rest_port else 0,
+                lines,
+            )
+        assert time.monotonic() < end, "no listening line in time"
+    raise AssertionError(f"exited with {process.wait()} before listening: {''.join(lines)}")
+
+
+def wait_for_port(process: subprocess.Popen[str], deadline: float = 30) -> int:
+    """The gRPC port of a started ``kimball serve``."""
+    return read_until_listening(process, deadline).grpc_port
+
+
+def token_config(directory: Path, token: str) -> Path:
+    """An app.config accepting ``token``."""
+    path = directory / "app.config"
+    path.write_text(f'[{{features, [{{api_auth_tokens, [<<"{token}">>]}}]}}].\n')
+    return path
+
+
+def stop(process: subprocess.Popen[str] | None) -> int | None:
+    """SIGTERM, then the exit code (killed after 20 s)."""
+    if process is None:
+        return None
+    process.terminate()
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
