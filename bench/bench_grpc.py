@@ -174,6 +174,18 @@ BENCH_TOKEN = "bench-token"
 AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options every server benchmark takes: workload, rounds, CPUs, seed."""
+    parser.add_argument("--users", type=int, default=25_000, help="users in the workload")
+    parser.add_argument("--names", type=int, default=20, help="event names in the workload")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--server-cpu", type=int, default=1)
+    parser.add_argument("--client-cpu", type=int, default=0)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
+    parser.add_argument("--seed", type=int, default=20240515)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds")
+
+
 def start_run(title: str, code: str, args: argparse.Namespace) -> int | None:
     """Print the run's header and pin the load generator; the CPU for servers (or None)."""
     print(f"# {title}")
@@ -344,18 +356,11 @@ def table_head() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_options(parser)
     parser.add_argument("--stream-events", type=int, default=100_000, help="events per stream")
-    parser.add_argument("--users", type=int, default=25_000, help="users in the workload")
-    parser.add_argument("--names", type=int, default=20, help="event names in the workload")
     parser.add_argument("--batch", type=int, default=BATCH, help="events per stream message")
     parser.add_argument("--inflight", type=int, default=64, help="unary calls in flight")
     parser.add_argument("--unary-seconds", type=float, default=3.0, help="per unary measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--server-cpu", type=int, default=1)
-    parser.add_argument("--client-cpu", type=int, default=0)
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
-    parser.add_argument("--seed", type=int, default=20240515)
-    parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds")
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--interceptor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

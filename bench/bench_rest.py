@@ -69,6 +69,7 @@ from bench_grpc import (
     Sample,
     ServerProcess,
     _counted,
+    add_run_options,
     free_port,
     kimball_argv,
     measure,
@@ -525,19 +526,12 @@ def main(argv: list[str] | None = None) -> int:
         return serve_kimball_fast(argv[1:])
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_options(parser)
     parser.add_argument("--events", type=int, default=100_000, help="events per round")
-    parser.add_argument("--users", type=int, default=25_000, help="users in the workload")
-    parser.add_argument("--names", type=int, default=20, help="event names in the workload")
     parser.add_argument("--batch", type=int, default=BATCH, help="events per POST")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="cap per measurement")
     parser.add_argument("--noop-repeat", type=int, default=3, help="bodies sent N times to no-op")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--server-cpu", type=int, default=1)
-    parser.add_argument("--client-cpu", type=int, default=0)
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
-    parser.add_argument("--seed", type=int, default=20240515)
-    parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds")
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-direct", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
