@@ -18,15 +18,12 @@ What it measures, in one run, in interleaved rounds (medians reported):
 - The same POSTs into a no-op aiohttp server (a subprocess of this script) whose handler
   reads the body, ``json.loads`` it and answers 204: same framework, same client. The ratio
   is printed for information.
-- For the reading (all printed for information):
-  the gateway's and servicer's steps in-process (json.loads, the booleans check,
-  ``json_format.ParseDict``, serialize, decode, ``event_from_proto``, accept); the same with
-  ``pb.Event(**event)`` instead of ``ParseDict``; and with core events built straight from
-  the parsed dicts (no protobuf);
-  ``kimball serve`` with ``ParseDict`` swapped for the ``pb.Event(**event)`` build (a patch
-  this script applies inside its own server subprocess; the gateway code is not changed);
-  a sketch server with no loopback gRPC hop (aiohttp, the same token check, events from the
-  dicts, ``Ingestor.accept`` in the same process); ``TrackEvents`` over gRPC straight into
+- For the reading (all printed for information): the gateway's and servicer's steps
+  in-process (json.loads, ``message_from_json``, serialize, decode, ``event_from_proto``,
+  accept), and the same with ``json_format.ParseDict`` for every body (the build before the
+  direct one); ``kimball serve`` with its gateway calling over loopback gRPC instead of the
+  in-process channel (a patch this script applies inside its own server subprocess, the way
+  ``kimball gateway`` reaches a server); ``TrackEvents`` over gRPC straight into
   ``kimball serve`` (no gateway); a table of each step alone; and the server CPU per event
   taken apart from the differences between those rows.
 
@@ -40,8 +37,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
-import math
 import os
 import signal
 import subprocess
@@ -80,17 +77,15 @@ from bench_grpc import (
 )
 from google.protobuf import json_format
 
-import gateway.app as gateway_app
+from gateway.request_json import message_from_json
+from gateway.server import network_channel
 from gateway.shapes import track_events_body
 from kimball_grpc import proto_mapping
-from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.engine import Engine
-from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.ingest import Ingestor
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
-from kimball_grpc.metrics import Metrics
 from kimball_grpc.subscriptions import SubscriptionHub
 
 TARGET_RATIO = 0.65
@@ -103,106 +98,30 @@ Body = tuple[bytes, int]  # serialized JSON body, events in it
 EV = ("ev", "event")  # rate unit, server CPU per
 ROWS = [  # (results key, label) after the core row
     ("steps", "in-process: gateway + servicer steps + accept"),
-    ("fast-steps", "in-process: same, pb.Event(**event) for ParseDict"),
-    ("direct", "in-process: json.loads -> Event -> accept (no protobuf)"),
+    ("parse-dict-steps", "in-process: same, json_format.ParseDict for every body"),
     ("rest", "REST POST -> kimball serve"),
-    ("rest-fast", "REST POST -> kimball serve, faster build patched in"),
-    ("rest-direct", "REST POST -> sketch: aiohttp + Ingestor.accept, no gRPC hop"),
+    ("rest-loopback", "REST POST -> kimball serve, gateway over loopback gRPC"),
     ("grpc", "gRPC TrackEvents x100 -> kimball serve (no gateway)"),
     ("noop", "REST POST -> no-op aiohttp handler (json.loads, 204)"),
 ]
 
 
-# -- faster request builds (measured here; the gateway does not use them) ---------------
-
-# The plain fields of pb.Event and the JSON types ParseDict takes for them without conversion.
-_FAST_TYPES: dict[str, tuple[type, ...]] = {
-    "namespace": (str,),
-    "event_name": (str,),
-    "user_id": (str,),
-    "ensure_goal": (bool,),
-    "value": (int, float),
-}
+# -- kimball serve with its gateway over loopback gRPC ---------------------------------
 
 
-def plain_events(data: object) -> list[dict] | None:
-    """The event dicts of ``{"events": [...]}`` if each holds only plain fields of plain types.
-
-    Anything else (camelCase names, ``datetime`` strings, quoted numbers, nulls, unknown keys,
-    non-finite values) gives None: the caller falls back to ``ParseDict``, which then accepts
-    or refuses exactly as today.
-    """
-    if data.__class__ is not dict or len(data) != 1:
-        return None
-    events = data.get("events")
-    if events.__class__ is not list:
-        return None
-    types = _FAST_TYPES
-    for event in events:
-        if event.__class__ is not dict:
-            return None
-        for key, value in event.items():
-            allowed = types.get(key)
-            if allowed is None or value.__class__ not in allowed:
-                return None
-        value = event.get("value")
-        if value is not None and not (math.isfinite(value) and abs(value) < 2**53):
-            return None
-    return events
-
-
-def fast_track_events(data: object) -> pb.TrackEventsRequest | None:
-    """``TrackEventsRequest`` built with ``pb.Event(**event)``; None means use ``ParseDict``."""
-    events = plain_events(data)
-    if events is None:
-        return None
-    try:
-        return pb.TrackEventsRequest(events=[pb.Event(**e) for e in events])
-    except (TypeError, ValueError):
-        return None
-
-
-def events_from_json(data: object) -> list[Event]:
-    """Core events straight from the parsed body, no protobuf (``ParseDict`` as the fallback)."""
-    events = plain_events(data)
-    if events is None:
-        message = json_format.ParseDict(data, pb.TrackEventsRequest())
-        return [proto_mapping.event_from_proto(e) for e in message.events]
-    out = []
-    for e in events:
-        value = e.get("value")
-        out.append(
-            Event(
-                e.get("event_name", ""),
-                e.get("user_id", ""),
-                e.get("namespace", ""),
-                None if value is None else float(value),
-                None,
-                e.get("ensure_goal", False),
-            )
-        )
-    return out
-
-
-class FastJsonFormat:
-    """Stands in for ``json_format`` in gateway.app inside the patched server only."""
-
-    ParseError = json_format.ParseError
-
-    @staticmethod
-    def ParseDict(data, message, *args, **kwargs):
-        if message.__class__ is pb.TrackEventsRequest and not args and not kwargs:
-            fast = fast_track_events(data)
-            if fast is not None:
-                return fast
-        return json_format.ParseDict(data, message, *args, **kwargs)
-
-
-def serve_kimball_fast(argv: list[str]) -> int:
-    """``kimball serve`` with the faster request build swapped into the gateway module."""
+def serve_kimball_loopback(argv: list[str]) -> int:
+    """``kimball serve`` with the gateway calling the gRPC port, as ``kimball gateway`` would."""
     from kimball_grpc import cli
+    from kimball_grpc import server as kimball_server
 
-    gateway_app.json_format = FastJsonFormat  # this process only; no file changes
+    start_server = kimball_server.start_server
+
+    async def start_with_loopback(settings):  # this process only; no file changes
+        running = await start_server(settings)
+        channel = network_channel(f"127.0.0.1:{running.grpc_port}")
+        return dataclasses.replace(running, local_channel=channel)
+
+    kimball_server.start_server = start_with_loopback
     return cli.main(argv)
 
 
@@ -240,31 +159,6 @@ async def run_app(posts: list[tuple[str, Callable]], port: int) -> None:
     await runner.cleanup()
 
 
-async def serve_direct(port: int) -> None:
-    """A sketch of the ingest route with no loopback gRPC hop: aiohttp straight into the core.
-
-    Same token check, body checks and ``Ingestor`` (with metrics) as ``kimball serve``; events
-    built by ``events_from_json``. Only ``POST /v0/analytics``; not the gateway.
-    """
-    engine = Engine()
-    ingestor = Ingestor(engine, SubscriptionHub(), observe_events=Metrics(engine).observe_events)
-    checker = TokenChecker([BENCH_TOKEN])
-
-    async def track(request: web.Request) -> web.Response:
-        if not checker.allows(request.headers.get("Authorization")):
-            return web.json_response({"error": UNAUTHORIZED_MESSAGE}, status=401)
-        if request.content_type != "application/json":
-            return web.json_response({"error": {"what": "The content-type is invalid"}}, status=415)
-        try:
-            events = events_from_json(track_events_body(json.loads(await request.read())))
-            await ingestor.accept(events)
-        except (ValueError, json_format.ParseError, InvalidArgument) as exc:
-            return web.json_response({"error": {"what": str(exc)}}, status=400)
-        return web.Response(status=204)
-
-    await run_app([(PATH, track)], port)
-
-
 # -- server processes ---------------------------------------------------------------
 
 
@@ -292,13 +186,13 @@ class HttpServer(ServerProcess):
             time.sleep(0.1)
 
 
-def kimball_rest_argv(server: HttpServer, data_dir: str, fast: bool) -> list[str]:
+def kimball_rest_argv(server: HttpServer, data_dir: str, loopback: bool) -> list[str]:
     """``kimball serve`` as bench_grpc starts it (token config), with our REST port."""
     argv = kimball_argv(server.port, data_dir)
     argv[argv.index("--api-port") + 1] = str(server.http_port)
-    if fast:
+    if loopback:
         rest = argv[argv.index("serve") :]
-        argv = [sys.executable, os.path.abspath(__file__), "--serve-kimball-fast", *rest]
+        argv = [sys.executable, os.path.abspath(__file__), "--serve-kimball-loopback", *rest]
     return argv
 
 
@@ -369,36 +263,19 @@ def run_track_events(port: int, messages: list[Body], inflight: int, seconds: fl
 # -- in-process paths --------------------------------------------------------------------
 
 
-# The gateway's check for booleans sent as numbers, run before ParseDict (if it has one).
-_GUARD = getattr(gateway_app, "_refuse_booleans_as_numbers", None)
-
-
-def guard(data: dict) -> None:
-    if _GUARD is not None:
-        _GUARD(data, pb.TrackEventsRequest.DESCRIPTOR)
-
-
 def gateway_steps(body: bytes) -> list[Event]:
     """What a POST costs Kimball minus the transports: the gateway's and the servicer's steps."""
+    message = message_from_json(track_events_body(json.loads(body)), pb.TrackEventsRequest)
+    request = pb.TrackEventsRequest.FromString(message.SerializeToString())
+    return [proto_mapping.event_from_proto(e) for e in request.events]
+
+
+def parse_dict_steps(body: bytes) -> list[Event]:
+    """The same with ``json_format.ParseDict`` for every body (no direct build)."""
     data = track_events_body(json.loads(body))
-    guard(data)
     message = json_format.ParseDict(data, pb.TrackEventsRequest())
     request = pb.TrackEventsRequest.FromString(message.SerializeToString())
     return [proto_mapping.event_from_proto(e) for e in request.events]
-
-
-def fast_steps(body: bytes) -> list[Event]:
-    """The same with ``pb.Event(**event)`` instead of ``ParseDict`` (its fallback unused here)."""
-    data = track_events_body(json.loads(body))
-    guard(data)
-    message = fast_track_events(data) or json_format.ParseDict(data, pb.TrackEventsRequest())
-    request = pb.TrackEventsRequest.FromString(message.SerializeToString())
-    return [proto_mapping.event_from_proto(e) for e in request.events]
-
-
-def direct_steps(body: bytes) -> list[Event]:
-    """No protobuf and no hop: the parsed body straight into core events."""
-    return events_from_json(track_events_body(json.loads(body)))
 
 
 def in_process(bodies: list[Body], steps: Callable[[bytes], list[Event]]) -> Callable[[], int]:
@@ -426,18 +303,13 @@ def step_costs(bodies: list[Body], repeats: int) -> list[tuple[str, float]]:
     from_proto = proto_mapping.event_from_proto
     steps: list[tuple[str, Callable[[], object]]] = [
         ("`json.loads` of the body", lambda: [json.loads(b) for b in raw]),
-        ("gateway's booleans-as-numbers check", lambda: [guard(d) for d in dicts]),
         (
-            "`json_format.ParseDict` into `TrackEventsRequest`",
+            "`message_from_json` into `TrackEventsRequest` (gateway)",
+            lambda: [message_from_json(d, pb.TrackEventsRequest) for d in dicts],
+        ),
+        (
+            "`json_format.ParseDict` into `TrackEventsRequest` (for comparison)",
             lambda: [json_format.ParseDict(d, pb.TrackEventsRequest()) for d in dicts],
-        ),
-        (
-            "faster build: type check + `pb.Event(**event)`",
-            lambda: [fast_track_events(d) for d in dicts],
-        ),
-        (
-            "no protobuf: type check + core `Event` (`events_from_json`)",
-            lambda: [events_from_json(d) for d in dicts],
         ),
         (
             "`SerializeToString` (gateway, gRPC client)",
@@ -522,8 +394,8 @@ def server_us(samples: list[Sample]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--serve-kimball-fast"]:
-        return serve_kimball_fast(argv[1:])
+    if argv[:1] == ["--serve-kimball-loopback"]:
+        return serve_kimball_loopback(argv[1:])
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_options(parser)
@@ -533,13 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=10.0, help="cap per measurement")
     parser.add_argument("--noop-repeat", type=int, default=3, help="bodies sent N times to no-op")
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-direct", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_noop is not None:
         asyncio.run(serve_noop(args.serve_noop))
-        return 0
-    if args.serve_direct is not None:
-        asyncio.run(serve_direct(args.serve_direct))
         return 0
     if args.quick:
         args.events, args.users, args.rounds, args.max_seconds = 10_000, 2_500, 2, 3.0
@@ -568,17 +436,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
         kimball = HttpServer("kimball serve", [], server_cpu, tmp, ready_path="/ready")
-        kimball.argv = kimball_rest_argv(kimball, os.path.join(tmp, "data"), fast=False)
-        fast = HttpServer("kimball serve (faster build)", [], server_cpu, tmp, ready_path="/ready")
-        fast.argv = kimball_rest_argv(fast, os.path.join(tmp, "data-fast"), fast=True)
+        kimball.argv = kimball_rest_argv(kimball, os.path.join(tmp, "data"), loopback=False)
+        loopback = HttpServer("kimball serve (loopback)", [], server_cpu, tmp, ready_path="/ready")
+        loopback.argv = kimball_rest_argv(loopback, os.path.join(tmp, "data-lo"), loopback=True)
         noop = HttpServer("no-op aiohttp server", [], server_cpu, tmp)
         noop.argv = [sys.executable, os.path.abspath(__file__), "--serve-noop", str(noop.http_port)]
-        direct = HttpServer("sketch: no gRPC hop", [], server_cpu, tmp)
-        direct.argv = [
-            *[sys.executable, os.path.abspath(__file__)],
-            *["--serve-direct", str(direct.http_port)],
-        ]
-        servers = [kimball, fast, direct, noop]
+        servers = [kimball, loopback, noop]
         results: dict[str, list[Sample]] = {}
 
         def add(name: str, sample: Sample) -> None:
@@ -599,17 +462,15 @@ def main(argv: list[str] | None = None) -> int:
                     core_pass = ours_accept(Engine, data["events"])()
                     add("core", measure(None, _counted(core_pass, n_events)))
                     add("steps", measure(None, in_process(bodies, gateway_steps)))
-                    add("fast-steps", measure(None, in_process(bodies, fast_steps)))
-                    add("direct", measure(None, in_process(bodies, direct_steps)))
+                    add("parse-dict-steps", measure(None, in_process(bodies, parse_dict_steps)))
                 conns, cap = args.connections, args.max_seconds
                 noop_bodies = bodies * args.noop_repeat
                 wire: list[tuple[str, ServerProcess, Callable[[], int]]] = [
                     ("rest", kimball, partial(run_posts, kimball.http_port, bodies, conns, cap)),
-                    ("rest-fast", fast, partial(run_posts, fast.http_port, bodies, conns, cap)),
                     (
-                        "rest-direct",
-                        direct,
-                        partial(run_posts, direct.http_port, bodies, conns, cap),
+                        "rest-loopback",
+                        loopback,
+                        partial(run_posts, loopback.http_port, bodies, conns, cap),
                     ),
                     ("noop", noop, partial(run_posts, noop.http_port, noop_bodies, conns, cap)),
                     (
@@ -646,8 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{mark}  REST gateway vs in-process core: {ratio:.0%} (target >= {TARGET_RATIO:.0%})")
     for label, value in (
         ("REST gateway vs no-op aiohttp server", rates["rest"] / rates["noop"]),
-        ("REST, faster build patched in, vs in-process core", rates["rest-fast"] / core),
-        ("REST, sketch with no gRPC hop, vs in-process core", rates["rest-direct"] / core),
+        ("REST, gateway over loopback gRPC, vs in-process core", rates["rest-loopback"] / core),
         ("gRPC TrackEvents (no gateway) vs in-process core", rates["grpc"] / core),
     ):
         print(f"info  {label}: {value:.0%}")
@@ -659,25 +519,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| `Ingestor.accept` (the core) | {1e6 / core:.2f} |")
 
     core_us = 1e6 / core
-    us = {key: server_us(results[key]) for key in ("rest", "rest-fast", "rest-direct", "grpc")}
+    us = {key: server_us(results[key]) for key in ("rest", "rest-loopback", "grpc")}
     noop_us = server_us(results["noop"])
-    rest_us, fast_us, direct_us = us["rest"], us["rest-fast"], us["rest-direct"]
+    rest_us = us["rest"]
     parts = [
         ("REST POST -> kimball serve, whole server", rest_us),
-        ("saved by the faster build instead of `ParseDict` (REST - faster row)", rest_us - fast_us),
         (
-            "saved by also dropping the loopback gRPC hop (faster row - sketch row)",
-            fast_us - direct_us,
+            "saved by the in-process channel (loopback row - REST row)",
+            us["rest-loopback"] - rest_us,
         ),
         (
-            "the hop's gRPC server side: call, decode, `event_from_proto` (gRPC - core)",
+            "gRPC server side of a call: call, decode, `event_from_proto` (gRPC row - core)",
             us["grpc"] - core_us,
         ),
-        ("left in the sketch: the core (in-process `Ingestor.accept`)", core_us),
-        ("left in the sketch: aiohttp + `json.loads` (no-op server)", noop_us),
+        ("in REST: the core (in-process `Ingestor.accept`)", core_us),
+        ("in REST: aiohttp + `json.loads` (no-op server)", noop_us),
         (
-            "left in the sketch: the rest (token, events from dicts, metrics; noise)",
-            direct_us - core_us - noop_us,
+            "in REST: the rest (token, build, serialize, decode, interceptors, metrics; noise)",
+            rest_us - core_us - noop_us,
         ),
     ]
     print("\n## server CPU per event, where it goes (medians; differences of the rows above)\n")

@@ -1,9 +1,9 @@
 """The REST gateway application: each route of ``routes`` translated onto its gRPC method.
 
-Requests are turned into protobuf messages (query parameters or the JSON body),
-the call goes to Kimball's gRPC server with the caller's ``Authorization``
-header as metadata (so one token check serves both APIs), and the answer is
-rendered in the original API's JSON shape. gRPC statuses become HTTP statuses
+Requests are turned into protobuf messages (query parameters or the JSON body,
+by ``request_json``), the call goes to Kimball's gRPC server with the caller's
+``Authorization`` header as metadata (so one token check serves both APIs), and
+the answer is rendered in the original API's JSON shape. gRPC statuses become HTTP statuses
 through one table.
 """
 
@@ -16,24 +16,25 @@ from collections.abc import Awaitable, Callable
 import grpc
 import swagger_ui_bundle
 from aiohttp import web
-from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.http_status import http_status
 from gateway.openapi import openapi_document
+from gateway.request_json import RequestJsonError, message_from_json
 from gateway.routes import Route, parameter_name, routes_of
 from gateway.shapes import BODY_SHAPES, RESPONSE_SHAPES, BadBody
 from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.error_details import error_metadata
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.local_channel import LocalChannel
 from kimball_grpc.metrics import Metrics
 
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES
 CALL_TIMEOUT_SECONDS = 30.0
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -57,9 +58,9 @@ def unauthorized() -> web.Response:
 
 
 def build_app(
-    channel: grpc.aio.Channel, metrics: Metrics | None, checker: TokenChecker | None
+    channel: grpc.aio.Channel | LocalChannel, metrics: Metrics | None, checker: TokenChecker | None
 ) -> web.Application:
-    """The gateway for a Kimball gRPC server reachable over ``channel``."""
+    """The gateway for a Kimball gRPC server reachable over ``channel`` (network or local)."""
     middlewares = [_request_metrics(metrics)] if metrics is not None else []
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     routes = routes_of(pb.DESCRIPTOR.services_by_name["KimballService"])
@@ -105,7 +106,7 @@ def _request_metrics(metrics: Metrics) -> Callable:
 
 
 def _route_handler(
-    route: Route, channel: grpc.aio.Channel, checker: TokenChecker | None
+    route: Route, channel: grpc.aio.Channel | LocalChannel, checker: TokenChecker | None
 ) -> Handler:
     call = channel.unary_unary(
         route.grpc_method,
@@ -150,37 +151,12 @@ async def _request_message(route: Route, request: web.Request) -> Message:
                 raise ClientError(400, str(exc)) from None
         if not isinstance(data, dict):
             raise ClientError(400, "The body must be a JSON object")
-        _refuse_booleans_as_numbers(data, route.request_type.DESCRIPTOR)
     else:
         data = _query(route, request)
     try:
-        return json_format.ParseDict(data, route.request_type())
-    except json_format.ParseError as exc:
-        raise ClientError(400, f"The request does not match the API: {exc}") from None
-
-
-_NUMBERS = {
-    FieldDescriptor.TYPE_DOUBLE,
-    FieldDescriptor.TYPE_FLOAT,
-    FieldDescriptor.TYPE_INT32,
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT32,
-    FieldDescriptor.TYPE_UINT64,
-}
-
-
-def _refuse_booleans_as_numbers(data: dict, descriptor: Descriptor) -> None:
-    """protobuf's JSON parser reads true as 1.0; a JSON number field must get a number."""
-    for name, value in data.items():
-        field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
-        if field is None:
-            continue  # ParseDict reports unknown fields
-        items = value if field.is_repeated and isinstance(value, list) else [value]
-        for item in items:
-            if field.type in _NUMBERS and isinstance(item, bool):
-                raise ClientError(400, f"{name} must be a number", **{name: item})
-            if field.message_type is not None and isinstance(item, dict):
-                _refuse_booleans_as_numbers(item, field.message_type)
+        return message_from_json(data, route.request_type)
+    except RequestJsonError as exc:
+        raise ClientError(400, exc.what, **exc.details) from None
 
 
 async def _json_body(request: web.Request) -> object:
@@ -254,12 +230,16 @@ async def _alive(request: web.Request) -> web.Response:
     return web.Response(text="ok!")
 
 
-def _ready_handler(channel: grpc.aio.Channel) -> Handler:
-    health = health_pb2_grpc.HealthStub(channel)
+def _ready_handler(channel: grpc.aio.Channel | LocalChannel) -> Handler:
+    check = channel.unary_unary(  # the one health method needed: not the whole stub
+        HEALTH_CHECK_METHOD,
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
 
     async def ready(request: web.Request) -> web.Response:
         try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            answer = await check(health_pb2.HealthCheckRequest(), timeout=2)
         except grpc.aio.AioRpcError:
             return web.Response(status=503, text="not ready")
         if answer.status != health_pb2.HealthCheckResponse.SERVING:

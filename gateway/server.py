@@ -11,6 +11,7 @@ from gateway.app import build_app
 from kimball_grpc.auth import TokenChecker
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.local_channel import LocalChannel
 from kimball_grpc.metrics import Metrics
 
 
@@ -19,7 +20,7 @@ class RunningGateway:
     """A started gateway."""
 
     runner: web.AppRunner
-    channel: grpc.aio.Channel
+    channel: grpc.aio.Channel | LocalChannel
     port: int
 
     async def stop(self) -> None:
@@ -27,22 +28,26 @@ class RunningGateway:
         await self.channel.close()
 
 
-async def start_gateway(
-    host: str,
-    port: int,
-    grpc_target: str,
-    metrics: Metrics | None,
-    checker: TokenChecker | None,
-) -> RunningGateway:
-    """Serve the REST API on ``host:port`` in front of the gRPC server at ``grpc_target``
-    (with ``/metrics`` when the server's ``metrics`` are in this process)."""
-    channel = grpc.aio.insecure_channel(
+def network_channel(grpc_target: str) -> grpc.aio.Channel:
+    """A channel to a Kimball gRPC server elsewhere, with the server's message limit."""
+    return grpc.aio.insecure_channel(
         grpc_target,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
+
+
+async def start_gateway(
+    host: str,
+    port: int,
+    channel: grpc.aio.Channel | LocalChannel,
+    metrics: Metrics | None,
+    checker: TokenChecker | None,
+) -> RunningGateway:
+    """Serve the REST API on ``host:port`` onto the gRPC methods reached over ``channel``
+    (with ``/metrics`` when the server's ``metrics`` are in this process)."""
     runner = web.AppRunner(build_app(channel, metrics, checker), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -12,7 +12,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.server import start_gateway
+from gateway.server import network_channel, start_gateway
 from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import ConfigError
@@ -22,6 +22,7 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.ingest import Ingestor
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.local_channel import HandlerRecorder, LocalChannel
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.servicers import KimballIntegration, KimballService
 from kimball_grpc.settings import Mode, Settings
@@ -48,6 +49,7 @@ class RunningServer:
     metrics: Metrics
     checker: TokenChecker | None  # None when authentication is off
     grpc_port: int
+    local_channel: LocalChannel  # the same methods, in-process: for the REST gateway here
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds)."""
@@ -80,12 +82,13 @@ async def start_server(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    pb_grpc.add_KimballServiceServicer_to_server(KimballService(engine, ingestor, hub), server)
+    handlers = HandlerRecorder(server)
+    pb_grpc.add_KimballServiceServicer_to_server(KimballService(engine, ingestor, hub), handlers)
     integration_grpc.add_KimballIntegrationServicer_to_server(
-        KimballIntegration(engine, ingestor), server
+        KimballIntegration(engine, ingestor), handlers
     )
     health_servicer = grpc_health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
     service_names = (
         API_SERVICE,
         INTEGRATION_SERVICE,
@@ -101,7 +104,10 @@ async def start_server(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, engine, ingestor, hub, metrics, checker, port)
+    local = LocalChannel(handlers.generic_handlers, interceptors)
+    return RunningServer(
+        server, health_servicer, engine, ingestor, hub, metrics, checker, port, local
+    )
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:
@@ -132,7 +138,7 @@ async def serve(settings: Settings) -> None:
         gateway = await start_gateway(
             rest_host,
             settings.api_port,
-            f"127.0.0.1:{running.grpc_port}",
+            running.local_channel,
             running.metrics,
             running.checker,
         )
@@ -172,7 +178,8 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     configured = settings.api_auth_tokens if settings.api_auth else ()
     checker = TokenChecker(configured) if configured else None
     rest_host = settings.grpc_host.strip("[]")
-    gateway = await start_gateway(rest_host, settings.api_port, grpc_target, None, checker)
+    channel = network_channel(grpc_target)
+    gateway = await start_gateway(rest_host, settings.api_port, channel, None, checker)
     log.info(
         "Kimball gateway listening: REST on %s:%d for gRPC at %s",
         settings.grpc_host,

@@ -8,7 +8,7 @@ import aiohttp
 import grpc
 import pytest
 
-from gateway.server import RunningGateway, start_gateway
+from gateway.server import RunningGateway, network_channel, start_gateway
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.server import RunningServer, start_server
@@ -44,11 +44,16 @@ def integration(channel: grpc.aio.Channel) -> integration_grpc.KimballIntegratio
     return integration_grpc.KimballIntegrationStub(channel)
 
 
-@pytest.fixture
-async def rest(server: RunningServer) -> AsyncIterator[RunningGateway]:
-    gateway = await start_gateway(
-        "127.0.0.1", 0, f"127.0.0.1:{server.grpc_port}", server.metrics, server.checker
+@pytest.fixture(params=["local", "network"])
+async def rest(server: RunningServer, request) -> AsyncIterator[RunningGateway]:
+    """The gateway as ``kimball serve`` runs it (local channel) and as ``kimball gateway``
+    does (a gRPC channel over loopback): every REST test runs over both."""
+    channel = (
+        server.local_channel
+        if request.param == "local"
+        else network_channel(f"127.0.0.1:{server.grpc_port}")
     )
+    gateway = await start_gateway("127.0.0.1", 0, channel, server.metrics, server.checker)
     yield gateway
     await gateway.stop()
 

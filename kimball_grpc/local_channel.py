@@ -1,0 +1,175 @@
+"""A channel to this process's own gRPC server: the same handlers and interceptors, no network.
+
+``kimball serve`` runs the REST gateway in the gRPC server's event loop. Over
+loopback, every REST request would pay for a gRPC client call and a server call
+(about 0.4 ms of CPU each, more than the engine spends on 30 events) to reach a
+handler in the same process. Like grpc-gateway's ``RegisterXHandlerServer``,
+``LocalChannel`` calls the registered method handlers directly, through the
+server's interceptors (authentication, status mapping, request metrics), with
+the request and response serialized as on the wire. Failures surface as
+``grpc.aio.AioRpcError``, as they would from a network channel, so the gateway
+cannot tell the difference. Unary-unary methods only: the gateway needs no other
+(streaming calls fail with UNIMPLEMENTED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class HandlerRecorder:
+    """Stands in for a server in ``add_*Servicer_to_server``: registers there and keeps a copy."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.generic_handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.generic_handlers.extend(handlers)
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self._server.add_registered_method_handlers(service, handlers)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.HandlerCallDetails):
+    method: str
+    invocation_metadata: Metadata
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: Metadata) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = trailing
+
+
+@dataclass
+class _LocalContext:
+    """The parts of ``grpc.aio.ServicerContext`` that unary handlers here use."""
+
+    metadata: Metadata
+    deadline: float | None  # event loop time
+    trailing: Metadata = ()
+    code: grpc.StatusCode | None = None
+    details: str = ""
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+
+    def invocation_metadata(self) -> Metadata:
+        return self.metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - self._loop.time())
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
+    ) -> None:
+        raise _Aborted(code, details, tuple(trailing_metadata))
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, trailing_metadata: Metadata) -> None:
+        self.trailing = tuple(trailing_metadata)
+
+
+class LocalChannel:
+    """The unary-unary part of ``grpc.aio.Channel``, served by handlers in this process."""
+
+    def __init__(
+        self,
+        generic_handlers: Sequence[grpc.GenericRpcHandler],
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+    ) -> None:
+        self._handlers = tuple(generic_handlers)
+        self._interceptors = tuple(interceptors)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool = False,
+    ) -> Callable[..., Awaitable[Any]]:
+        """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``."""
+
+        async def call(
+            request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
+        ) -> Any:
+            details = _CallDetails(method, tuple(metadata or ()))
+            handler = await self._intercepted(iter(self._interceptors), details)
+            if handler is None or handler.unary_unary is None:
+                raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            data = request_serializer(request) if request_serializer else request
+            if handler.request_deserializer:
+                data = handler.request_deserializer(data)
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            context = _LocalContext(details.invocation_metadata, deadline)
+            try:
+                async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
+                    response = await handler.unary_unary(data, context)
+            except _Aborted as aborted:
+                raise _error(aborted.code, aborted.details, aborted.trailing) from None
+            except TimeoutError:
+                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            except Exception as exc:
+                # As grpc.aio's server does: the caller gets UNKNOWN, the log gets the trace.
+                log.exception("Unexpected error in %s", method)
+                raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
+            if context.code not in (None, grpc.StatusCode.OK):
+                raise _error(context.code, context.details, context.trailing)
+            if handler.response_serializer:
+                response = handler.response_serializer(response)
+            return response_deserializer(response) if response_deserializer else response
+
+        return call
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        """Streaming calls are refused: generated stubs can still be built on this channel."""
+        return _streaming_refused
+
+    stream_unary = stream_stream = unary_stream
+
+    async def _intercepted(
+        self, interceptors: Any, details: _CallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        """The handler for ``details`` as the server finds it: interceptors in order."""
+        interceptor = next(interceptors, None)
+        if interceptor is None:
+            for generic in self._handlers:
+                handler = generic.service(details)
+                if handler is not None:
+                    return handler
+            return None
+        return await interceptor.intercept_service(
+            lambda d: self._intercepted(interceptors, d), details
+        )
+
+    async def close(self) -> None:
+        """Nothing to release: there is no connection."""
+
+
+def _streaming_refused(*args: Any, **kwargs: Any) -> Any:
+    raise _error(grpc.StatusCode.UNIMPLEMENTED, "the local channel carries unary calls only")
+
+
+def _error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
+    )
