@@ -5,6 +5,8 @@ WORKDIR /app
 COPY pyproject.toml setup.py README.md ./
 COPY protos ./protos
 COPY kimball_grpc ./kimball_grpc
+COPY gateway ./gateway
+COPY storage ./storage
 # The build compiles protos/ into kimball_grpc/generated (grpcio-tools is a build requirement).
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /var/lib/kimball --create-home kimball
@@ -13,6 +15,8 @@ USER kimball
 WORKDIR /var/lib/kimball
 ENV GRPC_PORT=50051 API_PORT=8080 KIMBALL_DATA_DIR=/var/lib/kimball/data
 EXPOSE 50051 8080
+# The write-ahead log, local snapshots and a generated token: keep them on a volume.
+VOLUME /var/lib/kimball/data
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD kimball health --target "127.0.0.1:${GRPC_PORT}"

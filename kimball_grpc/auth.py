@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 
+from kimball_grpc.refusal import refusing_handler
+
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED_MESSAGE = "Missing or invalid authorization header"
@@ -85,19 +87,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if self._checker.allows(metadata.get("authorization")):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
-        return _refusing(handler)
-
-
-def _refusing(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that ends the call with UNAUTHENTICATED."""
-
-    async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED_MESSAGE)
-
-    if handler is None or handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.stream_stream_rpc_method_handler(refuse)
+        return refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED_MESSAGE)

@@ -16,7 +16,14 @@ from kimball_grpc import client_commands as client
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.limits import MAX_BATCH_EVENTS
 from kimball_grpc.server import serve, serve_gateway
-from kimball_grpc.settings import environment, load_settings, parse_port
+from kimball_grpc.settings import (
+    environment,
+    load_settings,
+    parse_fsync_policy,
+    parse_port,
+    parse_seconds,
+)
+from storage.wal import FsyncPolicy
 
 
 def _port_flag(flag: str) -> Callable[[str], int]:
@@ -31,12 +38,18 @@ def _port_flag(flag: str) -> Callable[[str], int]:
 
 def _seconds(value: str) -> float:
     try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value!r}")
-    return seconds
+        return parse_seconds("the value", value)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {value!r}"
+        ) from None
+
+
+def _fsync_policy(value: str) -> FsyncPolicy:
+    try:
+        return parse_fsync_policy("--wal-fsync", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _batch_size(value: str) -> int:
@@ -64,6 +77,17 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="local data directory (default kimball-data)")
     run.add_argument(
         "--config", type=Path, help="app.config file (env KIMBALL_CONFIG; /kimball/app.config)"
+    )
+    run.add_argument(
+        "--storage",
+        dest="storage_uri",
+        help="where snapshots go: file:///path, s3://bucket/prefix or gs://bucket/prefix "
+        "(env KIMBALL_STORAGE; default <data-dir>/objects)",
+    )
+    run.add_argument(
+        "--wal-fsync",
+        type=_fsync_policy,
+        help="write-ahead log fsync: always (default), interval or never (env KIMBALL_WAL_FSYNC)",
     )
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
@@ -203,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         return _run_client_command(args)
     overrides = {"grpc_host": args.grpc_host, "api_port": args.api_port}
     if args.command == "serve":
-        overrides |= {"grpc_port": args.grpc_port, "data_dir": args.data_dir}
+        overrides |= {
+            "grpc_port": args.grpc_port,
+            "data_dir": args.data_dir,
+            "storage_uri": args.storage_uri,
+            "wal_fsync": args.wal_fsync,
+        }
     try:
         settings = load_settings(environ, config_path=args.config, overrides=overrides)
         logging.basicConfig(

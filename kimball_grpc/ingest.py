@@ -1,25 +1,30 @@
-"""The ingestion path: the one place where events are validated, applied and handed on."""
+"""The ingestion path: the one place where events are validated, logged, applied and handed on."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.limits import MAX_BATCH_EVENTS
 from kimball_grpc.records import Record
+from kimball_grpc.state_codec import encode_records
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
+from storage.wal import WriteAheadLog
 
 
 class Ingestor:
     """Accepts events and goals into the engine.
 
-    A batch is validated whole before any of it is applied. Every state change,
-    event or goal, is applied in ``_commit``; accepted events are then handed on
-    to live subscribers (forwarding hooks in there too).
+    A batch is validated whole before any of it is applied. With a write-ahead
+    log, the batch is in the log before it changes the engine, and the caller is
+    answered after both. Every state change, event or goal, is applied in
+    ``_apply``, in log order; accepted events are then handed on to live
+    subscribers (forwarding hooks in there too), numbered by their log sequence.
     """
 
     def __init__(
@@ -28,15 +33,20 @@ class Ingestor:
         hub: SubscriptionHub,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         observe_events: Callable[[int, float], None] = lambda count, seconds: None,
+        log: WriteAheadLog | None = None,
     ) -> None:
         self.engine = engine
         self.hub = hub
         self._clock = clock
         self._observe_events = observe_events
-        self._sequence = 0
+        self._log = log  # None: nothing is durable (benchmarks, engine tests)
+        self._sequence = log.last_sequence if log else 0
 
     async def accept(self, events: Sequence[Event]) -> int:
-        """Validate then apply ``events``, all or nothing; returns how many were accepted."""
+        """Validate then apply ``events``, all or nothing; returns how many were accepted.
+
+        ``InvalidArgument`` for a bad event (nothing applied), ``StorageError`` when the
+        log cannot take the batch (nothing applied)."""
         if len(events) > MAX_BATCH_EVENTS:
             raise InvalidArgument(
                 f"a batch holds at most {MAX_BATCH_EVENTS} events, got {len(events)}",
@@ -53,26 +63,37 @@ class Ingestor:
                 raise InvalidArgument(
                     f"event {index}: {exc.message}", index=str(index), **exc.details
                 ) from None
-        start = time.perf_counter()
-        self._commit(records)
-        self._observe_events(len(records), time.perf_counter() - start)
-        if self.hub.subscriber_count:
-            accepted = []
-            for event, record in zip(events, records, strict=True):
-                self._sequence += 1
-                resolved = event._replace(namespace=record.namespace)
-                accepted.append(AcceptedEvent(self._sequence, resolved))
-            self.hub.publish(accepted)
-        else:
-            self._sequence += len(records)
+        if records:
+            await self._commit(records, events)
         return len(records)
 
     async def create_goal(self, namespace: str, goal_name: str) -> None:
         """Mark ``goal_name`` as a goal of ``namespace``."""
-        self._commit([prepare_goal(namespace, goal_name)])
+        await self._commit([prepare_goal(namespace, goal_name)], ())
 
-    def _commit(self, records: Sequence[Record]) -> None:
-        """The one place validated records change the state (the durable log goes here)."""
+    async def _commit(self, records: Sequence[Record], events: Sequence[Event]) -> None:
+        if self._log is None:
+            self._apply(records, events, self._sequence + 1)
+            return
+        apply = partial(self._apply, records, events)
+        await self._log.append(encode_records(records), len(records), apply)
+
+    def _apply(self, records: Sequence[Record], events: Sequence[Event], first: int) -> None:
+        """The one place validated records change the state: ``first`` is the sequence
+        number of the first record (the log's, when there is one)."""
+        start = time.perf_counter()
         apply = self.engine.apply
         for record in records:
             apply(record)
+        self._sequence = first + len(records) - 1
+        if events:
+            self._observe_events(len(records), time.perf_counter() - start)
+            if self.hub.subscriber_count:
+                self.hub.publish(
+                    [
+                        AcceptedEvent(sequence, event._replace(namespace=record.namespace))
+                        for sequence, event, record in zip(
+                            range(first, first + len(records)), events, records, strict=True
+                        )
+                    ]
+                )

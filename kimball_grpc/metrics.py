@@ -19,7 +19,7 @@ from prometheus_client import (
     Histogram,
     Summary,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from kimball_grpc.counters import CounterKind
 from kimball_grpc.engine import Engine
+from storage.wal import WriteAheadLog
 
 
 class Metrics:
@@ -71,11 +72,37 @@ class Metrics:
             "Counters written in the last persist run (0 until storage runs).",
             registry=self.registry,
         )
+        self.snapshots = Counter(
+            "kimball_snapshots",
+            "Snapshots attempted, by result (ok, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.snapshot_sequence = Gauge(
+            "kimball_snapshot_last_sequence",
+            "Log sequence number the newest stored snapshot is complete up to.",
+            registry=self.registry,
+        )
+        self.snapshot_seconds = Histogram(
+            "kimball_snapshot_duration_seconds",
+            "Time to take and store a snapshot.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.storage_up = Gauge(
+            "kimball_snapshot_storage_up",
+            "1 if the last call to the snapshot storage worked, 0 if it failed.",
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(engine, memory_limit_bytes))
         self.counters_registry = CollectorRegistry()
         self.counters_registry.register(_CounterCollector(engine))
         self.predictions_registry = CollectorRegistry()
         self.predictions_registry.register(_PredictionCollector(engine))
+
+    def watch_log(self, wal: WriteAheadLog) -> None:
+        """Expose the write-ahead log's figures (read when scraped)."""
+        self.registry.register(_WalCollector(wal))
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         """One gRPC call finished with status ``code`` after ``seconds``."""
@@ -111,6 +138,34 @@ class _EngineCollector(Collector):
                 "KUBERNETES_MEMORY_LIMIT minus this process's resident memory.",
                 value=self._limit - resident_bytes(),
             )
+
+
+class _WalCollector(Collector):
+    """The write-ahead log: last record, segments on disk, fsyncs, refused appends."""
+
+    def __init__(self, wal: WriteAheadLog) -> None:
+        self._wal = wal
+
+    def collect(self) -> Iterator[Metric]:
+        wal = self._wal
+        yield GaugeMetricFamily(
+            "kimball_wal_last_sequence",
+            "Sequence number of the last logged record.",
+            value=wal.last_sequence,
+        )
+        yield GaugeMetricFamily(
+            "kimball_wal_segments",
+            "Write-ahead log segment files on disk.",
+            value=wal.segment_count(),
+        )
+        yield CounterMetricFamily(
+            "kimball_wal_fsyncs", "fsyncs of the write-ahead log.", value=wal.syncs
+        )
+        yield CounterMetricFamily(
+            "kimball_wal_refused_appends",
+            "Batches refused because the write-ahead log could not be written (disk error).",
+            value=wal.refused,
+        )
 
 
 class _CounterCollector(Collector):

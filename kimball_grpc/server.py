@@ -24,10 +24,16 @@ from kimball_grpc.ingest import Ingestor
 from kimball_grpc.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.local_channel import HandlerRecorder, LocalChannel
 from kimball_grpc.metrics import Metrics
+from kimball_grpc.persistence import Persistence
+from kimball_grpc.readiness import StartupGate
 from kimball_grpc.servicers import KimballIntegration, KimballService
-from kimball_grpc.settings import Mode, Settings
+from kimball_grpc.settings import Mode, Settings, storage_config
 from kimball_grpc.status_mapping import StatusInterceptor
 from kimball_grpc.subscriptions import SubscriptionHub
+from storage.blob_store import StorageError
+from storage.location import open_blob_store
+from storage.snapshots import SnapshotStore
+from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +56,58 @@ class RunningServer:
     checker: TokenChecker | None  # None when authentication is off
     grpc_port: int
     local_channel: LocalChannel  # the same methods, in-process: for the REST gateway here
+    persistence: Persistence
+    ready: asyncio.Task[None]  # done once the state is restored and calls are taken
+
+    async def wait_ready(self) -> None:
+        """Return once the state is restored (raises what stopped the restore, if anything)."""
+        await asyncio.shield(self.ready)
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds)."""
+        """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), then
+        take a last snapshot and close the write-ahead log."""
         await self.health.enter_graceful_shutdown()
         self.hub.close_all()  # live subscriptions end so they do not hold the grace period
         await self.server.stop(grace)
+        if not self.ready.done():
+            self.ready.cancel()  # still restoring: nothing new to keep
+        elif not self.ready.cancelled() and self.ready.exception() is None:
+            await self.persistence.close()
 
 
 async def start_server(settings: Settings) -> RunningServer:
-    """Build and start the gRPC server; health says SERVING once it is ready."""
+    """Build and start the gRPC server. It answers at once; health says NOT_SERVING and the
+    API answers UNAVAILABLE until the state is restored (``RunningServer.ready``)."""
     if settings.mode is Mode.SIDECAR:
         raise ConfigError("FEATURES_MODE=sidecar is not available yet in this version")
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
+    wal = WriteAheadLog(
+        settings.wal_dir, settings.wal_fsync, fsync_interval=settings.wal_fsync_interval_ms / 1000
+    )
+    metrics.watch_log(wal)
+    try:
+        blobs = open_blob_store(settings.storage or storage_config(settings))
+    except (ValueError, StorageError) as exc:
+        raise ConfigError(f"storage: {exc}") from None
+    persistence = Persistence(
+        engine,
+        wal,
+        SnapshotStore(blobs),
+        metrics,
+        interval=settings.snapshot_interval_s,
+        counter_startup_delay=settings.counter_startup_delay_ms / 1000,
+    )
     hub = SubscriptionHub()
-    ingestor = Ingestor(engine, hub, observe_events=metrics.observe_events)
+    ingestor = Ingestor(engine, hub, observe_events=metrics.observe_events, log=wal)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
     if checker is not None:
         interceptors.append(AuthInterceptor(checker, {HEALTH_SERVICE}))
     else:
         log.warning("API authentication is off (api_auth disable): every caller is trusted")
+    gate = StartupGate({API_SERVICE, INTEGRATION_SERVICE})
+    interceptors.append(gate)
     interceptors.append(
         StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE}, metrics.observe_request)
     )
@@ -103,11 +139,39 @@ async def start_server(settings: Settings) -> RunningServer:
         raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
     await server.start()
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     local = LocalChannel(handlers.generic_handlers, interceptors)
-    return RunningServer(
-        server, health_servicer, engine, ingestor, hub, metrics, checker, port, local
+    ready = asyncio.get_running_loop().create_task(
+        _become_ready(persistence, gate, health_servicer)
     )
+    return RunningServer(
+        server,
+        health_servicer,
+        engine,
+        ingestor,
+        hub,
+        metrics,
+        checker,
+        port,
+        local,
+        persistence,
+        ready,
+    )
+
+
+async def _become_ready(
+    persistence: Persistence, gate: StartupGate, health: grpc_health.aio.HealthServicer
+) -> None:
+    """Restore the state, then take calls and start the periodic snapshots."""
+    try:
+        await persistence.restore()
+    except StorageError as exc:  # the log's own directory is unusable: nothing to serve
+        log.error("cannot start: %s", exc.message)
+        raise
+    gate.open()
+    for name in ("", API_SERVICE, INTEGRATION_SERVICE):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    persistence.start_snapshots()
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:
@@ -146,13 +210,25 @@ async def serve(settings: Settings) -> None:
         await running.stop(grace=None)
         raise
     log.info(
-        "Kimball listening: gRPC on %s:%d (health, reflection on), REST on %s:%d",
+        "Kimball listening: gRPC on %s:%d (health, reflection on), REST on %s:%d; "
+        "restoring the state from %s and %s",
         settings.grpc_host,
         running.grpc_port,
         settings.grpc_host,
         gateway.port,
+        running.persistence.snapshots.blobs.uri,
+        settings.wal_dir,
     )
-    await until_stopped()
+    stopped = asyncio.ensure_future(until_stopped())
+    await asyncio.wait([stopped, running.ready], return_when=asyncio.FIRST_COMPLETED)
+    if running.ready.done():
+        if running.ready.exception() is not None:
+            stopped.cancel()
+            await gateway.stop()
+            await running.stop(grace=None)
+            raise ConfigError(f"cannot start: {running.ready.exception()}")
+        log.info("Kimball ready: taking calls")
+    await stopped
     log.info("Shutting down: finishing in-flight calls")
     await gateway.stop()
     await running.stop()

@@ -17,6 +17,8 @@ from pathlib import Path
 from kimball_grpc.counter_config import CounterConfig
 from kimball_grpc.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
 from kimball_grpc.errors import ConfigError
+from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
+from storage.wal import FsyncPolicy
 
 DEFAULT_CONFIG_PATH = Path("/kimball/app.config")
 
@@ -57,6 +59,26 @@ class Settings:
     api_auth_tokens: tuple[str, ...] = ()
     external_grpc_event_targets: tuple[tuple[str, int], ...] = ()
     external_grpc_prediction_targets: tuple[PredictionTarget, ...] = ()
+    # Durability: where snapshots go (a URI, or the original's bucket variables), the
+    # write-ahead log's fsync policy, how often a snapshot is taken.
+    storage_uri: str = ""
+    s3_bucket: str = ""
+    s3_host: str = ""
+    gcs_bucket: str = ""
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_region: str | None = None
+    gcs_credentials_file: Path | None = None
+    gcs_endpoint: str | None = None
+    wal_fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    wal_fsync_interval_ms: int = 200
+    snapshot_interval_s: float = 60.0
+    storage: StorageConfig | None = None  # derived from the fields above by load_settings
+
+    @property
+    def wal_dir(self) -> Path:
+        """The write-ahead log's directory: always on local disk."""
+        return self.data_dir / "wal"
 
 
 def load_settings(
@@ -72,7 +94,51 @@ def load_settings(
     if path is not None:
         settings = replace(settings, config_path=path, **read_config_file(path))
     settings = replace(settings, **_from_environment(environ))
-    return replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    return replace(settings, storage=storage_config(settings))
+
+
+def storage_config(settings: Settings) -> StorageConfig:
+    """Where snapshots go: ``storage_uri``, else the bucket set, else ``<data-dir>/objects``.
+
+    Objects go under ``storage_path_prefix`` (default: the namespace) in a bucket.
+    """
+    chosen = [
+        name
+        for name, value in (
+            ("KIMBALL_STORAGE (--storage)", settings.storage_uri),
+            ("S3_BUCKET", settings.s3_bucket),
+            ("GCS_BUCKET", settings.gcs_bucket),
+        )
+        if value
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"storage: set only one of {' and '.join(chosen)}")
+    prefix = (settings.storage_path_prefix or settings.namespace).strip("/")
+    if settings.storage_uri:
+        uri = settings.storage_uri
+    elif settings.s3_bucket:
+        uri = f"s3://{settings.s3_bucket}/{prefix}"
+    elif settings.gcs_bucket:
+        uri = f"gs://{settings.gcs_bucket}/{prefix}"
+    else:
+        uri = (settings.data_dir / "objects").resolve().as_uri()
+    config = StorageConfig(
+        uri=uri,
+        s3_endpoint=settings.s3_host or None,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        aws_region=settings.aws_region,
+        gcs_endpoint=settings.gcs_endpoint,
+        gcs_credentials_file=settings.gcs_credentials_file,
+    )
+    try:
+        parse_storage_uri(config.uri)
+        if config.s3_endpoint:
+            s3_endpoint_url(config.s3_endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"storage: {exc}") from None
+    return config
 
 
 def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
@@ -132,7 +198,66 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         out["kubernetes_memory_limit"] = limit
     if environ.get("KIMBALL_DATA_DIR"):
         out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])
+    out |= _storage_from_environment(environ)
     return out
+
+
+_STORAGE_TEXT = {  # variable: setting, taken as given
+    "KIMBALL_STORAGE": "storage_uri",
+    "S3_BUCKET": "s3_bucket",
+    "S3_HOST": "s3_host",
+    "GCS_BUCKET": "gcs_bucket",
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "STORAGE_EMULATOR_HOST": "gcs_endpoint",
+}
+
+
+def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {
+        setting: environ[name] for name, setting in _STORAGE_TEXT.items() if environ.get(name)
+    }
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        out["aws_region"] = region
+    if environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        out["gcs_credentials_file"] = Path(environ["GOOGLE_APPLICATION_CREDENTIALS"])
+    if environ.get("KIMBALL_WAL_FSYNC"):
+        out["wal_fsync"] = parse_fsync_policy("KIMBALL_WAL_FSYNC", environ["KIMBALL_WAL_FSYNC"])
+    if environ.get("KIMBALL_WAL_FSYNC_INTERVAL_MS"):
+        interval = _whole_number(
+            "KIMBALL_WAL_FSYNC_INTERVAL_MS",
+            environ["KIMBALL_WAL_FSYNC_INTERVAL_MS"],
+            "a whole number of milliseconds",
+        )
+        if interval < 1:
+            raise ConfigError("KIMBALL_WAL_FSYNC_INTERVAL_MS must be at least 1")
+        out["wal_fsync_interval_ms"] = interval
+    if environ.get("KIMBALL_SNAPSHOT_INTERVAL"):
+        out["snapshot_interval_s"] = parse_seconds(
+            "KIMBALL_SNAPSHOT_INTERVAL", environ["KIMBALL_SNAPSHOT_INTERVAL"]
+        )
+    return out
+
+
+def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
+    """A write-ahead log fsync policy from text, or ``ConfigError``."""
+    try:
+        return FsyncPolicy(value)
+    except ValueError:
+        choices = ", ".join(p.value for p in FsyncPolicy)
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+def parse_seconds(name: str, value: str) -> float:
+    """A positive, finite number of seconds from text, or ``ConfigError``."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def read_config_file(path: Path) -> dict[str, object]:

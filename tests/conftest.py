@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -16,14 +17,15 @@ from kimball_grpc.settings import Settings
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(tmp_path: Path) -> Settings:
     """Override in a test module to start the server differently (auth: see test_auth.py)."""
-    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False)
+    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
 
 
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[RunningServer]:
     running = await start_server(settings)
+    await running.wait_ready()
     yield running
     await running.stop(grace=None)
 

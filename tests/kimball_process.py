@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,15 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
 
 
 def start_command(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``kimball ARGS`` with its log on a pipe (read it with ``read_until_listening``)."""
+    """``kimball ARGS`` with its log on a pipe (read it with ``read_until_listening``).
+
+    ``serve`` without ``--data-dir`` gets a fresh temporary one (removed at exit), so no
+    test writes into the working directory or sees another's state.
+    """
+    if args[:1] == ("serve",) and "--data-dir" not in args:
+        data_dir = tempfile.mkdtemp(prefix="kimball-test-")
+        atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+        args = (*args, "--data-dir", data_dir)
     return subprocess.Popen(
         [*KIMBALL, *args],
         stdout=subprocess.PIPE,
@@ -38,23 +49,31 @@ def start_command(*args: str, env: dict[str, str] | None = None) -> subprocess.P
     )
 
 
-def read_until_listening(process: subprocess.Popen[str], deadline: float = 30) -> Listening:
-    """Read the log up to the line saying where the process listens."""
+def read_until_listening(
+    process: subprocess.Popen[str], deadline: float = 30, ready: bool = True
+) -> Listening:
+    """Read the log up to the line saying where the process listens, and for a server
+    (unless ``ready`` is false) on to the line saying its state is restored."""
     assert process.stdout is not None
     end = time.monotonic() + deadline
     lines = []
+    listening = None
     for line in process.stdout:
         lines.append(line)
         if " listening: " in line:
             grpc_port = re.search(r"gRPC on \S+:(\d+)", line)
             rest_port = re.search(r"REST on \S+:(\d+)", line)
-            return Listening(
+            listening = Listening(
                 int(grpc_port.group(1)) if grpc_port else 0,
                 int(rest_port.group(1)) if rest_port else 0,
                 lines,
             )
-        assert time.monotonic() < end, "no listening line in time"
-    raise AssertionError(f"exited with {process.wait()} before listening: {''.join(lines)}")
+            if not ready or "gateway listening" in line:
+                return listening
+        if listening is not None and "Kimball ready" in line:
+            return listening
+        assert time.monotonic() < end, "no listening or ready line in time"
+    raise AssertionError(f"exited with {process.wait()} before ready: {''.join(lines)}")
 
 
 def wait_for_port(process: subprocess.Popen[str], deadline: float = 30) -> int:

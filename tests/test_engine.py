@@ -16,9 +16,9 @@ from kimball_grpc.predictions import EventEvidence, naive_bayes
 from kimball_grpc.records import EventRecord
 from kimball_grpc.state_codec import (
     InvalidStoredData,
-    decode_record,
+    decode_records,
     decode_state,
-    encode_record,
+    encode_records,
     encode_state,
 )
 
@@ -215,20 +215,42 @@ def test_state_round_trips_exactly() -> None:
 def test_replaying_records_rebuilds_the_same_state() -> None:
     rng = random.Random(3)
     engine = Engine(WEEKLY)
-    log = [encode_record(prepare_goal("", "g"))]
-    engine.apply(decode_record(log[0]))
+    goal = prepare_goal("", "g")
+    engine.apply(goal)
+    log = [encode_records([goal])]
+    batch = []
     for i in range(2000):
         fields = {"value": rng.random()} if i % 3 else {}
+        if i % 7 == 0:
+            fields["ensure_goal"] = True
+        if i % 5 == 0:
+            fields["namespace"] = "other"
         record = prepare_event(
             Event(event_name=rng.choice("abcg"), user_id=f"u{rng.randint(0, 300)}", **fields),
             NOW,
         )
         engine.apply(record)
-        log.append(encode_record(record))
+        batch.append(record)
+        if len(batch) == 37:
+            log.append(encode_records(batch))
+            batch = []
+    log.append(encode_records(batch))
     replayed = Engine(WEEKLY)
     for data in log:
-        replayed.apply(decode_record(data))
+        for record in decode_records(data):
+            replayed.apply(record)
     assert encode_state(replayed) == encode_state(engine)
+
+
+def test_a_record_batch_holds_events_or_goals_not_both() -> None:
+    event = prepare_event(Event(event_name="a", user_id="u"), NOW)
+    goal = prepare_goal("", "g")
+    assert decode_records(encode_records([goal, goal])) == [goal, goal]
+    assert decode_records(encode_records([event])) == [event]
+    with pytest.raises(ValueError, match="events or goals"):
+        encode_records([event, goal])
+    with pytest.raises(ValueError, match="events or goals"):
+        encode_records([goal, event])
 
 
 @pytest.mark.parametrize("data", [b"\xff\xff", b"\x08\x63"])
@@ -246,10 +268,37 @@ def test_damaged_filter_is_refused() -> None:
         decode_state(message.SerializeToString())
 
 
-@pytest.mark.parametrize("data", [b"\xff", b""])
-def test_unreadable_record_is_refused(data: bytes) -> None:
-    with pytest.raises(InvalidStoredData):
-        decode_record(data)
+def _damaged_batches() -> list[tuple[str, bytes]]:
+    from kimball_grpc.generated.kimball.storage.v1 import state_pb2
+
+    events = [
+        prepare_event(Event(event_name="a", user_id="u", value=1.0, ensure_goal=True), NOW),
+        prepare_event(Event(event_name="b", user_id="v"), NOW),
+    ]
+
+    def damaged(change) -> bytes:
+        batch = state_pb2.RecordBatch.FromString(encode_records(events))
+        change(batch)
+        return batch.SerializeToString()
+
+    return [
+        ("not readable", b"\xff"),
+        ("differ in length", damaged(lambda b: b.iso_week.append(3))),
+        ("differ in length", damaged(lambda b: setattr(b, "user_hashes", b"short"))),
+        ("do not match", damaged(lambda b: b.values.append(2.0))),
+        ("value must be", damaged(lambda b: b.values.__setitem__(0, float("nan")))),
+        ("does not hold", damaged(lambda b: b.ensure_goal.append(9))),
+        ("name it does not hold", damaged(lambda b: b.event_name.__setitem__(1, 40))),
+        ("ISO week", damaged(lambda b: b.iso_week.__setitem__(0, 60))),
+        ("both events and goals", damaged(lambda b: b.goals.add(namespace="n", goal_name="g"))),
+        ("name", damaged(lambda b: b.strings.__setitem__(0, "bad\x00name"))),
+    ]
+
+
+@pytest.mark.parametrize(("problem", "data"), _damaged_batches())
+def test_a_damaged_record_batch_is_refused_saying_what_is_wrong(problem: str, data: bytes) -> None:
+    with pytest.raises(InvalidStoredData, match=problem):
+        decode_records(data)
 
 
 def test_weekly_goal_in_a_later_week_still_records_prior_events() -> None:
@@ -306,25 +355,31 @@ def test_semantically_damaged_state_is_refused(problem: str, message) -> None:
         decode_state(message.SerializeToString(), WEEKLY)
 
 
-def _damaged_records() -> list[tuple[str, bytes]]:
+def _damaged_single_records() -> list[tuple[str, bytes]]:
     from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
 
     def event(**fields: object) -> bytes:
-        good = {"namespace": "default", "event_name": "e", "iso_year": 2024, "iso_week": 1}
-        return spb.Record(event=spb.EventRecord(**{**good, **fields})).SerializeToString()
+        good = {
+            "strings": ["default", "e"],
+            "namespace": [0],
+            "event_name": [1],
+            "user_hashes": bytes(16),
+            "iso_year": [2024],
+            "iso_week": [1],
+        }
+        return spb.RecordBatch(**{**good, **fields}).SerializeToString()
 
     return [
-        ("namespace", event(namespace="")),
-        ("event_name", event(event_name="")),
-        ("does not exist", event(iso_week=99)),
-        ("does not exist", event(iso_year=0)),
-        ("value", event(value=math.nan)),
-        ("value", event(value=1e308)),
-        ("goal_name", spb.Record(goal=spb.GoalRecord(namespace="d")).SerializeToString()),
+        ("name", event(strings=["", "e"])),
+        ("does not exist", event(iso_week=[99])),
+        ("does not exist", event(iso_year=[0])),
+        ("value", event(valued=[0], values=[math.nan])),
+        ("value", event(valued=[0], values=[1e308])),
+        ("goal_name", spb.RecordBatch(goals=[spb.GoalRecord(namespace="d")]).SerializeToString()),
     ]
 
 
-@pytest.mark.parametrize(("problem", "data"), _damaged_records())
+@pytest.mark.parametrize(("problem", "data"), _damaged_single_records())
 def test_semantically_damaged_record_is_refused(problem: str, data: bytes) -> None:
     with pytest.raises(InvalidStoredData, match=problem):
-        decode_record(data)
+        decode_records(data)

@@ -337,7 +337,7 @@ async def test_deadline_ends_a_subscription(stub) -> None:
 
 class TestWeekly:
     @pytest.fixture
-    def settings(self) -> Settings:
+    def settings(self, tmp_path) -> Settings:
         rules = [
             {
                 "pattern": "^w_",
@@ -352,6 +352,7 @@ class TestWeekly:
             grpc_port=0,
             api_auth=False,
             counter_config=CounterConfig.from_mappings(rules),
+            data_dir=tmp_path,
         )
 
     async def test_weekly_counters_by_iso_week_in_utc(self, stub) -> None:

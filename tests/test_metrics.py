@@ -28,7 +28,7 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(tmp_path) -> Settings:
     weekly = [
         {
             "pattern": "^w_",
@@ -44,6 +44,7 @@ def settings() -> Settings:
         api_auth=False,
         kubernetes_memory_limit=8 * 1024**3,
         counter_config=CounterConfig.from_mappings(weekly),
+        data_dir=tmp_path,
     )
 
 
@@ -110,11 +111,14 @@ async def test_predictions_registry(server, stub) -> None:
     assert got == {("kimball_bayes_prediction", labels): 0.5}
 
 
-async def test_each_server_has_its_own_registries(server, stub) -> None:
+async def test_each_server_has_its_own_registries(server, stub, tmp_path) -> None:
     from kimball_grpc.server import start_server
 
-    other = await start_server(Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False))
+    other = await start_server(
+        Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path / "other")
+    )
     try:
+        await other.wait_ready()
         await spec_example(stub)
         assert samples(other.metrics.registry)[("kimball_counters", ())] == 0
         # No memory limit configured: nothing to subtract from, no series.

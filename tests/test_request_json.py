@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.api import http_pb2
 from google.protobuf import json_format
 
 from gateway import request_json
 from gateway.request_json import RequestJsonError, message_from_json
-from kimball_grpc.generated.kimball.storage.v1 import state_pb2
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 EVENT = {"namespace": "shop", "event_name": "view", "user_id": "u1"}
@@ -32,7 +32,7 @@ ACCEPTED = [
     (pb.Counter, {"name": "x", "type": "COUNTER_TYPE_NAMED", "year": 2024, "week": 3}),
     (pb.Counter, {"name": "x", "count": "12", "value": {"sum": 1.5}}),
     (pb.GoalPrediction, {"events": {"view": {"bayes": 0.5}}}),
-    (state_pb2.Record, {"goal": {"namespace": "n", "goal_name": "g"}}),
+    (http_pb2.HttpRule, {"selector": "a.B", "get": "/v0/x"}),  # one member of a oneof
 ]
 
 # Refused by ParseDict (or by the booleans check before it): a RequestJsonError naming it.
@@ -45,11 +45,7 @@ REFUSED = [
     (pb.TrackEventsRequest, {"events": [["view"]]}, "events"),
     (pb.Counter, {"year": 2**40}, "year"),
     (pb.Counter, {"year": -1}, "year"),
-    (
-        state_pb2.Record,
-        {"goal": {"namespace": "n"}, "event": {"namespace": "n"}},
-        "oneof",
-    ),
+    (http_pb2.HttpRule, {"get": "/v0/x", "post": "/v0/x"}, "oneof"),
 ]
 
 

@@ -23,6 +23,7 @@ from kimball_grpc.settings import (
     load_settings,
     read_config_file,
 )
+from storage.wal import FsyncPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +44,8 @@ def write(tmp_path: Path, text: str, name: str = "app.config") -> Path:
 def same_settings(a: Settings, b: Settings) -> bool:
     """Equal apart from counter_config (CounterConfig has no __eq__): its rules instead."""
     return (
-        replace(a, counter_config=None) == replace(b, counter_config=None)
+        replace(a, counter_config=None, storage=None)
+        == replace(b, counter_config=None, storage=None)
         and a.counter_config.rules == b.counter_config.rules
     )
 
@@ -258,6 +260,57 @@ def test_file_with_comments_and_other_applications(tmp_path):
     assert (s.site, s.cluster) == ("s", "c")
 
 
+# --- storage ----------------------------------------------------------------------------
+
+
+def test_storage_defaults_to_a_directory_in_the_data_dir(tmp_path):
+    s = load_settings({"KIMBALL_DATA_DIR": str(tmp_path)})
+    assert s.storage.uri == (tmp_path / "objects").resolve().as_uri()
+    assert s.wal_dir == tmp_path / "wal"
+    assert (s.wal_fsync, s.wal_fsync_interval_ms, s.snapshot_interval_s) == (
+        FsyncPolicy.ALWAYS,
+        200,
+        60.0,
+    )
+
+
+def test_original_s3_variables_make_the_storage_uri_under_the_prefix():
+    env = {
+        "S3_BUCKET": "analytics",
+        "S3_HOST": "minio:9000",
+        "NAMESPACE": "prod",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "AWS_SECRET_ACCESS_KEY": "hidden",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
+    s = load_settings(env)
+    assert s.storage.uri == "s3://analytics/prod"  # STORAGE_PATH_PREFIX defaults to NAMESPACE
+    assert (s.storage.s3_endpoint, s.storage.aws_region) == ("minio:9000", "eu-west-1")
+    assert s.storage.aws_access_key_id == "AKIA"
+    assert "hidden" not in repr(s) and "hidden" not in repr(s.storage)
+
+
+def test_gcs_variables_and_an_explicit_prefix(tmp_path):
+    env = {
+        "GCS_BUCKET": "kimball-gcs",
+        "STORAGE_PATH_PREFIX": "team/a",
+        "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9023",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "key.json"),
+    }
+    s = load_settings(env)
+    assert s.storage.uri == "gs://kimball-gcs/team/a"
+    assert s.storage.gcs_endpoint == "http://127.0.0.1:9023"
+    assert s.storage.gcs_credentials_file == tmp_path / "key.json"
+
+
+def test_storage_uri_and_wal_policy_from_environment_and_flags():
+    env = {"KIMBALL_STORAGE": "s3://bkt/x", "KIMBALL_WAL_FSYNC": "interval"}
+    s = load_settings(env, overrides={"storage_uri": "gs://other/y"})
+    assert (s.storage.uri, s.wal_fsync) == ("gs://other/y", FsyncPolicy.INTERVAL)
+    s = load_settings({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "50", "KIMBALL_SNAPSHOT_INTERVAL": "2.5"})
+    assert (s.wal_fsync_interval_ms, s.snapshot_interval_s) == (50, 2.5)
+
+
 # --- bad environment values ---------------------------------------------------------
 
 
@@ -279,6 +332,17 @@ def test_file_with_comments_and_other_applications(tmp_path):
         ({"KUBERNETES_MEMORY_LIMIT": "-5"}, ["KUBERNETES_MEMORY_LIMIT", "'-5'"]),
         ({"GRPC_PORT": "1_000"}, ["GRPC_PORT", "'1_000'"]),
         ({"GRPC_PORT": " 80"}, ["GRPC_PORT", "' 80'"]),
+        ({"S3_BUCKET": "abc", "GCS_BUCKET": "def"}, ["S3_BUCKET and GCS_BUCKET"]),
+        ({"KIMBALL_STORAGE": "s3://bkt/p", "S3_BUCKET": "abc"}, ["KIMBALL_STORAGE", "S3_BUCKET"]),
+        ({"KIMBALL_STORAGE": "ftp://host/x"}, ["storage", "'ftp'", "s3://bucket"]),
+        ({"KIMBALL_STORAGE": "file:relative/dir"}, ["storage", "absolute path"]),
+        ({"KIMBALL_STORAGE": "s3:///prefix"}, ["storage", "no bucket"]),
+        ({"S3_BUCKET": "bkt", "S3_HOST": "ftp://h"}, ["storage", "S3 endpoint"]),
+        ({"KIMBALL_WAL_FSYNC": "sometimes"}, ["KIMBALL_WAL_FSYNC", "always, interval, never"]),
+        ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "0"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS"]),
+        ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "1.5"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS", "'1.5'"]),
+        ({"KIMBALL_SNAPSHOT_INTERVAL": "0"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'0'"]),
+        ({"KIMBALL_SNAPSHOT_INTERVAL": "soon"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'soon'"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )

@@ -1,0 +1,231 @@
+"""Keeping the engine durable: restore at start-up, snapshots while running and at shutdown.
+
+Every state change is in the write-ahead log before it is applied (``Ingestor``).
+A snapshot is the engine state as of a log sequence number, in the blob store;
+the log segments that all kept snapshots cover are removed, so the log
+still holds what falling back to the oldest kept snapshot needs. Start-up loads the
+newest usable snapshot and replays the log after it.
+
+A snapshot does not stop ingestion: each namespace is copied at once (between
+two requests) and the copies are encoded and stored in a worker thread. Its
+sequence number is the log's when the copying starts, so namespaces copied
+later may already hold some records after it; replaying those changes nothing
+(a user already in a counter is not counted again), so the restored state is
+exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.engine import Engine
+from kimball_grpc.metrics import Metrics
+from kimball_grpc.state_codec import (
+    InvalidStoredData,
+    capture_namespace,
+    decode_records,
+    decode_state,
+    encode_captures,
+)
+from storage.blob_store import StorageError
+from storage.snapshots import SnapshotStore
+from storage.wal import WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+SHUTDOWN_SNAPSHOT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What start-up found: the snapshot's sequence (0: none) and what the log added."""
+
+    snapshot_sequence: int
+    replayed_records: int
+    last_sequence: int
+
+
+class Persistence:
+    """The write-ahead log and the snapshots of one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        wal: WriteAheadLog,
+        snapshots: SnapshotStore,
+        metrics: Metrics,
+        *,
+        interval: float = 60.0,
+        counter_startup_delay: float = 0.0,
+    ) -> None:
+        self.engine = engine
+        self.wal = wal
+        self.snapshots = snapshots
+        self.metrics = metrics
+        self.interval = interval
+        self.counter_startup_delay = counter_startup_delay
+        self.snapshot_sequence = 0
+        self._backend_down = False
+        self._periodic: asyncio.Task[None] | None = None
+
+    # -- start-up ------------------------------------------------------------
+
+    async def restore(self) -> Restored:
+        """The newest usable snapshot, then the log after it, into the engine.
+
+        While the blob store is unreachable this waits and retries (with backoff,
+        one log line per try): starting without the snapshot would lose data.
+        """
+        self.wal.open()
+        config = self.engine.counter_config
+        restored, found = await self._retrying(
+            "load the newest snapshot", lambda: asyncio.to_thread(self._load, config)
+        )
+        for ns in restored.namespace_objects():
+            self.engine.restore_namespace(ns)
+        self.snapshot_sequence = found.snapshot_sequence
+        self.wal.continue_after(found.snapshot_sequence)
+        log.info(
+            "state restored: snapshot up to record %d, %d records replayed from the "
+            "write-ahead log, next record %d",
+            found.snapshot_sequence,
+            found.replayed_records,
+            self.wal.last_sequence + 1,
+        )
+        return found
+
+    def _load(self, config: CounterConfig) -> tuple[Engine, Restored]:
+        """Snapshot plus log into a new engine (a worker thread: nothing else runs yet)."""
+        pause = self._pause_between_counters()
+        loaded = self.snapshots.load_newest(lambda data: decode_state(data, config, pause))
+        if loaded is None:
+            sequence, engine = 0, Engine(config)
+        else:
+            sequence, engine = loaded[0].sequence, loaded[1]
+        replayed, last = 0, sequence
+        for entry in self.wal.entries(after=sequence):
+            if entry.sequence > last + 1:
+                log.error(
+                    "write-ahead log: records %d to %d are missing (lost with damaged "
+                    "segments); going on with record %d",
+                    last + 1,
+                    entry.sequence - 1,
+                    entry.sequence,
+                )
+            try:
+                records = decode_records(entry.payload)
+            except InvalidStoredData as exc:
+                log.error(
+                    "write-ahead log: records %d to %d cannot be read (%s); skipped",
+                    entry.sequence,
+                    entry.last,
+                    exc.message,
+                )
+                last = entry.last
+                continue
+            for number, record in enumerate(records, start=entry.sequence):
+                if number > sequence:
+                    engine.apply(record)
+                    replayed += 1
+            last = entry.last
+        return engine, Restored(sequence, replayed, last)
+
+    def _pause_between_counters(self) -> Callable[[], None] | None:
+        """``counter_startup_delay``: a pause after each counter restored (worker thread)."""
+        delay = self.counter_startup_delay
+        return (lambda: time.sleep(delay)) if delay > 0 else None
+
+    # -- snapshots -------------------------------------------------------------
+
+    def start_snapshots(self) -> None:
+        """Take snapshots every ``interval`` from now on (until ``close``)."""
+        self._periodic = asyncio.get_running_loop().create_task(self._snapshot_periodically())
+
+    async def _snapshot_periodically(self) -> None:
+        """Every ``interval``, a snapshot if records came in since the last one."""
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.wal.last_sequence > self.snapshot_sequence:
+                await self._retrying(
+                    "store a snapshot (ingestion goes on into the write-ahead log)",
+                    self.snapshot,
+                )
+
+    async def snapshot(self) -> None:
+        """Store a snapshot of the engine now, then drop the log segments that every kept
+        snapshot covers."""
+        started = time.perf_counter()
+        sequence = self.wal.last_sequence  # every record up to here is applied
+        captures = []
+        for ns in self.engine.namespace_objects():
+            captures.append(capture_namespace(ns))
+            await asyncio.sleep(0)  # requests go on between namespaces
+        try:
+            state = await asyncio.to_thread(encode_captures, captures)
+            kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
+        except StorageError:
+            self.metrics.snapshots.labels("failed").inc()
+            raise
+        self.snapshot_sequence = sequence
+        # Only what every kept snapshot holds: falling back to the oldest needs the rest.
+        removed = self.wal.remove_through(kept[0].sequence)
+        seconds = time.perf_counter() - started
+        self.metrics.snapshots.labels("ok").inc()
+        self.metrics.snapshot_sequence.set(sequence)
+        self.metrics.snapshot_seconds.observe(seconds)
+        self.metrics.persist_counters_managed.set(sum(len(c.counters) for c in captures))
+        log.info(
+            "snapshot up to record %d stored in %s (%d bytes, %.2f s); "
+            "%d write-ahead log segments removed",
+            sequence,
+            self.snapshots.blobs.uri,
+            len(state),
+            seconds,
+            removed,
+        )
+
+    async def close(self) -> None:
+        """At shutdown, after the last request: a final snapshot (one try), then close the
+        log. A snapshot that cannot be stored now loses nothing: the log has it all."""
+        if self._periodic is not None:
+            self._periodic.cancel()
+        try:
+            if self.wal.last_sequence > self.snapshot_sequence:
+                await asyncio.wait_for(self.snapshot(), SHUTDOWN_SNAPSHOT_SECONDS)
+        except (StorageError, TimeoutError) as exc:
+            log.warning("no snapshot at shutdown (%s); the write-ahead log keeps everything", exc)
+        finally:
+            await self.wal.close()
+
+    # -- the blob store going away -----------------------------------------------
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` until it does not raise ``StorageError``; exponential backoff with
+        jitter between tries; the backend's state in a metric and one log line per try."""
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                result = await attempt()
+            except StorageError as exc:
+                self._backend_down = True
+                self.metrics.storage_up.set(0)
+                wait = delay * random.uniform(0.5, 1.0)
+                log.warning("cannot %s (%s); retrying in %.1f s", what, exc.message, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                continue
+            if self._backend_down:
+                log.info("snapshot storage %s is reachable again", self.snapshots.blobs.uri)
+                self._backend_down = False
+            self.metrics.storage_up.set(1)
+            return result

@@ -1,0 +1,76 @@
+"""The local directory backend (the embedded default): one file per object."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from storage.blob_store import BlobNotFound, BlobStore, StorageError, check_key
+
+# Written next to the object, then renamed over it; never listed.
+_TEMPORARY_SUFFIX = ".partial"
+
+
+class LocalBlobStore(BlobStore):
+    """Objects as files under ``root`` (created when first written)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = root.resolve().as_uri()
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        temporary = path.with_name(path.name + _TEMPORARY_SUFFIX)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)  # atomic on POSIX
+            _fsync_directory(path.parent)  # the rename itself survives a crash
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {self.uri}/{key}: {exc.strerror or exc}") from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"no object {self.uri}/{key}", key=key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri}/{key}: {exc.strerror or exc}") from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        try:
+            keys = [
+                path.relative_to(self.root).as_posix()
+                for path in self.root.rglob("*")
+                if path.is_file() and not path.name.endswith(_TEMPORARY_SUFFIX)
+            ]
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.uri}: {exc.strerror or exc}") from None
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self.uri}/{key}: {exc.strerror or exc}") from None
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # some filesystems cannot sync a directory
+            raise
+    finally:
+        os.close(descriptor)

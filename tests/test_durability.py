@@ -1,0 +1,280 @@
+"""Durability of a real server on a real disk: restarts, damage, start-up, a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from small_filesystem import fill, small_filesystem
+
+from gateway.server import start_gateway
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.readiness import STARTING_MESSAGE
+from kimball_grpc.server import RunningServer, start_server
+from kimball_grpc.settings import Settings
+
+Counts = dict[tuple[str, int, int, int], int]
+
+
+def settings_for(data_dir: Path, **fields: object) -> Settings:
+    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=data_dir, **fields)
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, ready: bool = True) -> AsyncIterator[RunningServer]:
+    server = await start_server(settings)
+    try:
+        if ready:
+            await server.wait_ready()
+        yield server
+    finally:
+        await server.stop(grace=None)
+
+
+@asynccontextmanager
+async def stub_of(server: RunningServer) -> AsyncIterator[pb_grpc.KimballServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield pb_grpc.KimballServiceStub(channel)
+
+
+def event(name: str, user: str, namespace: str = "shop", **fields: object) -> pb.Event:
+    return pb.Event(namespace=namespace, event_name=name, user_id=user, **fields)
+
+
+async def feed(stub: pb_grpc.KimballServiceStub, users: range, namespace: str = "shop") -> None:
+    events = []
+    for u in users:
+        events.append(event("view", f"user-{u}", namespace, value=1.5))
+        if u % 3 == 0:
+            events.append(event("buy", f"user-{u}", namespace, ensure_goal=True))
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events))
+
+
+async def state_of(stub: pb_grpc.KimballServiceStub) -> dict[str, object]:
+    """Everything a user can read back: counters with their tallies, goals, namespaces."""
+    namespaces = list((await stub.ListNamespaces(pb.ListNamespacesRequest())).namespaces)
+    out: dict[str, object] = {"namespaces": namespaces}
+    for ns in namespaces:
+        counts = await stub.GetAnalytics(pb.GetAnalyticsRequest(namespace=ns))
+        goals = await stub.ListGoals(pb.ListGoalsRequest(namespace=ns))
+        out[ns] = (sorted(c.SerializeToString(deterministic=True) for c in counts.counts), goals)
+    return out
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    return [p for p in data_dir.rglob("*") if p.is_file()]
+
+
+async def test_everything_acknowledged_survives_a_clean_restart(tmp_path: Path):
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(200))
+        await feed(stub, range(100, 150), namespace="blog")
+        await stub.CreateGoal(pb.CreateGoalRequest(namespace="blog", goal_name="view"))
+        before = await state_of(stub)
+
+    assert list((tmp_path / "objects" / "snapshots").glob("*.snapshot"))  # one at shutdown
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        assert await state_of(stub) == before
+        assert before["namespaces"] == ["blog", "shop"]
+
+
+async def test_a_crash_before_any_snapshot_loses_nothing_acknowledged(tmp_path: Path):
+    crashed = await start_server(settings_for(tmp_path))
+    await crashed.wait_ready()
+    async with stub_of(crashed) as stub:
+        await feed(stub, range(300))
+        before = await state_of(stub)
+    await crashed.server.stop(None)  # gone without a snapshot or closing its log
+
+    assert not list(tmp_path.rglob("*.snapshot"))
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        assert await state_of(stub) == before
+
+
+async def test_no_raw_user_id_is_stored_anywhere(tmp_path: Path):
+    users = [f"secret-user-{i}@example.org" for i in range(20)]
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await stub.TrackEvents(pb.TrackEventsRequest(events=[event("view", u) for u in users[:10]]))
+        gateway = await start_gateway("127.0.0.1", 0, server.local_channel, server.metrics, None)
+        try:
+            async with aiohttp.ClientSession() as http:
+                body = [{"event_name": "buy", "user_id": u, "ensure_goal": True} for u in users]
+                url = f"http://127.0.0.1:{gateway.port}/v0/analytics"
+                async with http.post(url, json=body) as answer:
+                    assert answer.status == 204
+        finally:
+            await gateway.stop()
+        await server.persistence.snapshot()
+
+    files = stored_files(tmp_path)
+    assert any(p.suffix == ".wal" for p in files) and any(p.suffix == ".snapshot" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for user in users:
+            assert user.encode() not in data, f"{user} stored in {path}"
+
+
+async def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path: Path, caplog):
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        for start in (0, 100, 200):
+            await feed(stub, range(start, start + 100))
+            await server.persistence.snapshot()
+        await feed(stub, range(300, 310))
+        before = await state_of(stub)
+        server.persistence.snapshot_sequence = server.persistence.wal.last_sequence  # no more
+
+    snapshots = sorted((tmp_path / "objects" / "snapshots").glob("*.snapshot"))
+    assert len(snapshots) == 3
+    newest = snapshots[-1].read_bytes()
+    flipped = bytes(b ^ 0x55 for b in newest[100:200])
+    snapshots[-1].write_bytes(newest[:100] + flipped + newest[200:])
+
+    with caplog.at_level(logging.ERROR):
+        async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+            assert await state_of(stub) == before
+    assert "cannot be used (checksum mismatch): falling back" in caplog.text
+
+
+async def test_no_usable_snapshot_still_starts_with_what_the_log_holds(tmp_path: Path, caplog):
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(50))
+        before = await state_of(stub)
+    for snapshot in tmp_path.rglob("*.snapshot"):
+        snapshot.write_bytes(b"this is not a Kimball snapshot at all: " * 2)
+
+    with caplog.at_level(logging.ERROR):
+        async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+            assert await state_of(stub) == before
+    assert "wrong magic bytes" in caplog.text
+
+
+async def test_a_torn_log_tail_is_cut_and_the_server_starts(tmp_path: Path, caplog):
+    crashed = await start_server(settings_for(tmp_path))
+    await crashed.wait_ready()
+    async with stub_of(crashed) as stub:
+        await feed(stub, range(40))
+        before = await state_of(stub)
+    await crashed.server.stop(None)
+    segment = sorted((tmp_path / "wal").glob("*.wal"))[-1]
+    with open(segment, "ab") as file:  # a write cut short by the crash
+        file.write(b"\x40\x00\x00\x00\x12\x34")
+
+    with caplog.at_level(logging.WARNING):
+        async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+            assert await state_of(stub) == before
+            await feed(stub, range(40, 45))  # and appends go on after the good part
+    assert "cut a damaged or torn tail of 6 bytes" in caplog.text
+
+
+async def test_until_restored_health_is_not_serving_and_calls_are_unavailable(tmp_path: Path):
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(30))  # global, view and buy counters: three pauses
+        before = await state_of(stub)
+
+    slow = settings_for(tmp_path, counter_startup_delay_ms=300)
+    started = time.monotonic()
+    async with (
+        running(slow, ready=False) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest())
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = pb_grpc.KimballServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.TrackEvent(pb.TrackEventRequest(event=event("view", "late")))
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert refused.value.details() == STARTING_MESSAGE
+
+        gateway = await start_gateway("127.0.0.1", 0, server.local_channel, server.metrics, None)
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
+                async with http.get("/alive") as alive, http.get("/ready") as ready:
+                    assert (alive.status, ready.status) == (200, 503)
+                async with http.post("/v0/analytics", json={"event_name": "a"}) as post:
+                    assert post.status == 503
+                    assert (await post.json())["error"]["what"] == STARTING_MESSAGE
+        finally:
+            await gateway.stop()
+
+        await server.wait_ready()
+        assert time.monotonic() - started >= 3 * 0.3  # counter_startup_delay per counter
+        answer = await health.Check(health_pb2.HealthCheckRequest())
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert await state_of(stub) == before
+
+
+async def test_a_full_disk_refuses_events_changes_nothing_and_recovers(tmp_path: Path):
+    with small_filesystem(tmp_path / "disk", size="4m") as disk:
+        async with running(settings_for(disk)) as server, stub_of(server) as stub:
+            await feed(stub, range(20))
+            before = await state_of(stub)
+            filler = fill(disk)
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # more than a page
+                await feed(stub, range(20, 1000))
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "write-ahead log: cannot write" in refused.value.details()
+            gateway = await start_gateway(
+                "127.0.0.1", 0, server.local_channel, server.metrics, None
+            )
+            try:
+                async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
+                    body = [
+                        {"event_name": "view", "user_id": f"u{i}", "namespace": "shop"}
+                        for i in range(500)
+                    ]
+                    async with http.post("/v0/analytics", json=body) as post:
+                        assert post.status == 503
+                        assert "cannot write" in (await post.json())["error"]["what"]
+            finally:
+                await gateway.stop()
+            assert await state_of(stub) == before  # nothing half-applied
+
+            filler.unlink()  # space is back
+            await feed(stub, range(20, 1000))
+            after = await state_of(stub)
+            assert after != before
+
+        async with running(settings_for(disk)) as server, stub_of(server) as stub:
+            assert await state_of(stub) == after
+
+
+async def test_snapshots_are_taken_periodically_and_old_ones_pruned(tmp_path: Path):
+    async with running(settings_for(tmp_path, snapshot_interval_s=0.05)) as server:
+        async with stub_of(server) as stub:
+            for round_ in range(5):
+                await feed(stub, range(round_ * 10, round_ * 10 + 10))
+                target = server.persistence.wal.last_sequence
+                deadline = time.monotonic() + 10
+                while server.persistence.snapshot_sequence < target:
+                    assert time.monotonic() < deadline, "no periodic snapshot"
+                    await asyncio.sleep(0.02)
+        assert len(list((tmp_path / "objects" / "snapshots").glob("*.snapshot"))) == 3
+
+
+async def test_the_log_and_snapshots_show_in_the_metrics(tmp_path: Path):
+    from test_metrics import samples
+
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(30))  # 40 events in one batch
+        await stub.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="view"))
+        await server.persistence.snapshot()
+        got = samples(server.metrics.registry)
+
+    assert got[("kimball_wal_last_sequence", ())] == 41
+    assert got[("kimball_wal_segments", ())] == 1
+    assert got[("kimball_wal_fsyncs_total", ())] == 2
+    assert got[("kimball_wal_refused_appends_total", ())] == 0
+    assert got[("kimball_snapshots_total", (("result", "ok"),))] == 1
+    assert got[("kimball_snapshot_last_sequence", ())] == 41
+    assert got[("kimball_persist_counters_managed", ())] == 3  # global, view, buy

@@ -1,0 +1,223 @@
+"""A real server snapshotting into real S3 (moto server) and GCS (gcp-storage-emulator):
+restarts, the privacy rule in the bucket, and the backend going away and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
+from object_servers import (
+    S3_ACCESS_KEY_ID,
+    S3_REGION,
+    S3_SECRET_ACCESS_KEY,
+    ObjectServer,
+    gcs_emulator,
+    moto_server,
+)
+from test_durability import event, feed, running, settings_for, state_of, stub_of
+from test_metrics import samples
+
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.settings import Settings
+
+
+@dataclass
+class Bucket:
+    """A fresh bucket on a running backend, and how to reach it."""
+
+    server: ObjectServer
+    name: str
+    create: Callable[[], object]
+    objects: Callable[[], dict[str, bytes]]  # every object in the bucket, by key
+    put: Callable[[str, bytes], object]  # an object by its whole key
+    settings: Callable[[Path], Settings]
+
+
+def _s3(server: ObjectServer) -> Bucket:
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=server.url,
+        aws_access_key_id=S3_ACCESS_KEY_ID,
+        aws_secret_access_key=S3_SECRET_ACCESS_KEY,
+        region_name=S3_REGION,
+    )
+    name = f"kimball-{uuid.uuid4().hex[:12]}"
+
+    def objects() -> dict[str, bytes]:
+        listed = client.list_objects_v2(Bucket=name).get("Contents", [])
+        return {
+            o["Key"]: client.get_object(Bucket=name, Key=o["Key"])["Body"].read() for o in listed
+        }
+
+    def settings(data_dir: Path) -> Settings:
+        return settings_for(
+            data_dir,
+            s3_bucket=name,
+            storage_path_prefix="prod/eu",
+            s3_host=server.url,
+            aws_access_key_id=S3_ACCESS_KEY_ID,
+            aws_secret_access_key=S3_SECRET_ACCESS_KEY,
+            aws_region=S3_REGION,
+        )
+
+    bucket = Bucket(
+        server,
+        name,
+        lambda: client.create_bucket(Bucket=name),
+        objects,
+        lambda key, data: client.put_object(Bucket=name, Key=key, Body=data),
+        settings,
+    )
+    bucket.create()
+    return bucket
+
+
+def _gcs(server: ObjectServer) -> Bucket:
+    client = gcs.Client(
+        project="kimball",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": server.url},
+    )
+    name = f"kimball-{uuid.uuid4().hex[:12]}"
+
+    def objects() -> dict[str, bytes]:
+        return {b.name: b.download_as_bytes() for b in client.list_blobs(name)}
+
+    def settings(data_dir: Path) -> Settings:
+        return settings_for(
+            data_dir, gcs_bucket=name, storage_path_prefix="prod/eu", gcs_endpoint=server.url
+        )
+
+    bucket = Bucket(
+        server,
+        name,
+        lambda: client.create_bucket(name),
+        objects,
+        lambda key, data: client.bucket(name).blob(key).upload_from_string(data),
+        settings,
+    )
+    bucket.create()
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[ObjectServer]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gcs_server() -> Iterator[ObjectServer]:
+    with gcs_emulator() as server:
+        yield server
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(request: pytest.FixtureRequest) -> Bucket:
+    if request.param == "s3":
+        return _s3(request.getfixturevalue("s3_server"))
+    return _gcs(request.getfixturevalue("gcs_server"))
+
+
+async def test_snapshots_go_to_the_bucket_under_the_prefix_and_restore(
+    bucket: Bucket, tmp_path: Path
+):
+    users = [f"private-{i}@example.org" for i in range(30)]
+    async with running(bucket.settings(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(100))
+        await stub.TrackEvents(pb.TrackEventsRequest(events=[event("view", u) for u in users]))
+        before = await state_of(stub)
+
+    stored = bucket.objects()
+    assert [k for k in stored if k.endswith(".snapshot")]
+    assert all(key.startswith("prod/eu/snapshots/") for key in stored)
+    for key, data in stored.items():
+        for user in users:
+            assert user.encode() not in data, f"{user} stored in {key}"
+    assert not (tmp_path / "objects").exists()  # nothing went to the local default
+
+    async with running(bucket.settings(tmp_path)) as server, stub_of(server) as stub:
+        assert await state_of(stub) == before
+
+
+async def test_when_the_backend_is_down_ingestion_goes_on_and_a_snapshot_lands_later(
+    bucket: Bucket, tmp_path: Path, caplog
+):
+    fast = replace(bucket.settings(tmp_path), snapshot_interval_s=0.1)
+    async with running(fast) as server, stub_of(server) as stub:
+        await feed(stub, range(20))
+        bucket.server.stop()
+        try:
+            with caplog.at_level(logging.WARNING):
+                await feed(stub, range(20, 60))  # acknowledged: the log holds it
+                await wait_for(lambda: failed_snapshots(server) >= 2, "no failed snapshot")
+            assert storage_up(server) == 0
+            assert "cannot store a snapshot" in caplog.text
+            assert "retrying in" in caplog.text
+        finally:
+            bucket.server.restart()
+        bucket.create()  # the test servers keep nothing across a restart; a real bucket would
+        target = server.persistence.wal.last_sequence
+        await wait_for(lambda: server.persistence.snapshot_sequence >= target, "no snapshot")
+        assert storage_up(server) == 1
+        before = await state_of(stub)
+
+    assert [k for k in bucket.objects() if k.endswith(".snapshot")]
+    (tmp_path / "wal").rename(tmp_path / "wal-gone")  # only the snapshot holds it all now
+    async with running(bucket.settings(tmp_path)) as server, stub_of(server) as stub:
+        assert await state_of(stub) == before
+
+
+async def test_start_up_waits_for_the_backend_instead_of_starting_empty(
+    bucket: Bucket, tmp_path: Path, caplog
+):
+    caplog.set_level(logging.WARNING)
+    async with running(bucket.settings(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(30))
+        before = await state_of(stub)
+    snapshots = bucket.objects()
+
+    bucket.server.stop()
+    down = True
+    try:
+        async with running(bucket.settings(tmp_path), ready=False) as server:
+            tried = "cannot load the newest snapshot"
+            await wait_for(lambda: tried in caplog.text, "the restore did not try")
+            assert not server.ready.done()  # waiting, not started empty
+            bucket.server.start()
+            down = False
+            bucket.create()
+            for key, data in snapshots.items():  # the test server lost them; put them back
+                bucket.put(key, data)
+            await asyncio.wait_for(server.wait_ready(), 30)
+            async with stub_of(server) as stub:
+                assert await state_of(stub) == before
+    finally:
+        if down:
+            bucket.server.start()
+
+
+def storage_up(server: Any) -> float | None:
+    return samples(server.metrics.registry).get(("kimball_snapshot_storage_up", ()))
+
+
+def failed_snapshots(server: Any) -> float:
+    got = samples(server.metrics.registry)
+    return got.get(("kimball_snapshots_total", (("result", "failed"),)), 0)
+
+
+async def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
