@@ -278,3 +278,23 @@ async def test_the_log_and_snapshots_show_in_the_metrics(tmp_path: Path):
     assert got[("kimball_snapshots_total", (("result", "ok"),))] == 1
     assert got[("kimball_snapshot_last_sequence", ())] == 41
     assert got[("kimball_persist_counters_managed", ())] == 3  # global, view, buy
+
+
+async def test_subscribers_see_log_sequence_numbers_that_go_on_across_restarts(tmp_path: Path):
+    async def first_sequence_after_tracking(server: RunningServer) -> int:
+        async with stub_of(server) as stub:
+            subscription = stub.Subscribe(pb.SubscribeRequest(namespace="shop"))
+            got = asyncio.ensure_future(subscription.read())
+            while not got.done():  # the subscription registers asynchronously
+                await feed(stub, range(3))
+                await asyncio.wait([got], timeout=0.05)
+            subscription.cancel()
+            return got.result().sequence
+
+    async with running(settings_for(tmp_path)) as server:
+        before = await first_sequence_after_tracking(server)
+        last = server.persistence.wal.last_sequence
+    async with running(settings_for(tmp_path)) as server:
+        after = await first_sequence_after_tracking(server)
+
+    assert before >= 1 and after > last >= before
