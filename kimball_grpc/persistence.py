@@ -7,7 +7,8 @@ still holds what falling back to the oldest kept snapshot needs. Start-up loads 
 newest usable snapshot and replays the log after it.
 
 A snapshot does not stop ingestion: each namespace is copied at once (between
-two requests) and the copies are encoded and stored in a worker thread. Its
+two requests), the copies are encoded in small steps between requests, and the
+object is stored from a worker thread. Its
 sequence number is the log's when the copying starts, so namespaces copied
 later may already hold some records after it; replaying those changes nothing
 (a user already in a counter is not counted again), so the restored state is
@@ -32,7 +33,7 @@ from kimball_grpc.state_codec import (
     capture_namespace,
     decode_records,
     decode_state,
-    encode_captures,
+    encoding_steps,
 )
 from storage.blob_store import StorageError
 from storage.snapshots import SnapshotStore
@@ -170,8 +171,15 @@ class Persistence:
         for ns in self.engine.namespace_objects():
             captures.append(capture_namespace(ns))
             await asyncio.sleep(0)  # requests go on between namespaces
+        steps = encoding_steps(captures)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                state: bytes = done.value
+                break
+            await asyncio.sleep(0)  # requests go on between steps
         try:
-            state = await asyncio.to_thread(encode_captures, captures)
             kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
         except StorageError:
             self.metrics.snapshots.labels("failed").inc()

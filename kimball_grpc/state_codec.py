@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter as Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -102,16 +102,31 @@ def _capture(counter: Counter) -> CounterCapture:
 
 def encode_captures(captures: Sequence[NamespaceCapture]) -> bytes:
     """The engine state made of these namespace captures."""
+    steps = encoding_steps(captures)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def encoding_steps(
+    captures: Sequence[NamespaceCapture], counters_per_step: int = 128
+) -> Generator[None, None, bytes]:
+    """``encode_captures`` in steps: yields after every ``counters_per_step`` counters and
+    returns the bytes. The captures are copies, so the steps may interleave with changes
+    to the engine (a snapshot encodes in the event loop between requests: a worker thread
+    would hold the GIL against the loop and slow ingestion far more)."""
     message = spb.EngineState(format_version=FORMAT_VERSION)
+    done = 0
     for ns in captures:
-        message.namespaces.append(
-            spb.NamespaceState(
-                name=ns.name,
-                goals=ns.goals,
-                global_counter=_counter_to_proto(ns.counters[0]),
-                counters=[_counter_to_proto(c) for c in ns.counters[1:]],
-            )
-        )
+        state = message.namespaces.add(name=ns.name, goals=ns.goals)
+        state.global_counter.CopyFrom(_counter_to_proto(ns.counters[0]))
+        for counter in ns.counters[1:]:
+            state.counters.append(_counter_to_proto(counter))
+            done += 1
+            if done % counters_per_step == 0:
+                yield
     return message.SerializeToString(deterministic=True)
 
 
