@@ -134,7 +134,18 @@ ANSWERS: dict[str, Json] = {
     "GetPredictions": {
         "type": "object",
         "required": ["goals"],
-        "properties": {"goals": {"type": "object", "additionalProperties": _ref("GoalPrediction")}},
+        "properties": {
+            "goals": {"type": "object", "additionalProperties": _ref("GoalPrediction")},
+            # Only when an external prediction target was skipped or had answers dropped.
+            "external_problems": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["target", "reason"],
+                    "properties": {"target": {"type": "string"}, "reason": {"type": "string"}},
+                },
+            },
+        },
     },
     "GetNudges": {
         "type": "object",

@@ -63,9 +63,9 @@ def _analytics(response: pb.GetAnalyticsResponse) -> Json:
 
 
 def _goal_prediction(goal: pb.GoalPrediction) -> Json:
-    if goal.note:
-        return {"note": goal.note}
     out: dict[str, Json] = {}
+    if goal.note:
+        out["note"] = goal.note
     if goal.events:
         out["events"] = {name: {"bayes": e.bayes} for name, e in sorted(goal.events.items())}
     for field in ("yes", "no", "likelihood", "probability"):
@@ -78,7 +78,14 @@ def _goal_prediction(goal: pb.GoalPrediction) -> Json:
 
 
 def _predictions(response: pb.GetPredictionsResponse) -> Json:
-    return {"goals": {name: _goal_prediction(g) for name, g in sorted(response.goals.items())}}
+    out: dict[str, Json] = {
+        "goals": {name: _goal_prediction(g) for name, g in sorted(response.goals.items())}
+    }
+    if response.external_problems:  # absent when every target answered: the original shape
+        out["external_problems"] = [
+            {"target": p.target, "reason": p.reason} for p in response.external_problems
+        ]
+    return out
 
 
 def _nudges(response: pb.GetNudgesResponse) -> Json:

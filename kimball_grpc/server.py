@@ -16,6 +16,7 @@ from gateway.server import network_channel, start_gateway
 from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import ConfigError
+from kimball_grpc.external_predictions import ExternalPredictions
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -58,6 +59,7 @@ class RunningServer:
     local_channel: LocalChannel  # the same methods, in-process: for the REST gateway here
     persistence: Persistence
     ready: asyncio.Task[None]  # done once the state is restored and calls are taken
+    external: ExternalPredictions
 
     async def wait_ready(self) -> None:
         """Return once the state is restored (raises what stopped the restore, if anything)."""
@@ -69,6 +71,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.hub.close_all()  # live subscriptions end so they do not hold the grace period
         await self.server.stop(grace)
+        await self.external.close()
         if not self.ready.done():
             self.ready.cancel()  # still restoring: nothing new to keep
         elif not self.ready.cancelled() and self.ready.exception() is None:
@@ -119,7 +122,13 @@ async def start_server(settings: Settings) -> RunningServer:
         ],
     )
     handlers = HandlerRecorder(server)
-    pb_grpc.add_KimballServiceServicer_to_server(KimballService(engine, ingestor, hub), handlers)
+    external = ExternalPredictions(
+        settings.external_grpc_prediction_targets,
+        metrics.registry,
+        deadline=settings.external_prediction_deadline_ms / 1000,
+    )
+    service = KimballService(engine, ingestor, hub, external)
+    pb_grpc.add_KimballServiceServicer_to_server(service, handlers)
     integration_grpc.add_KimballIntegrationServicer_to_server(
         KimballIntegration(engine, ingestor), handlers
     )
@@ -156,6 +165,7 @@ async def start_server(settings: Settings) -> RunningServer:
         local,
         persistence,
         ready,
+        external,
     )
 
 

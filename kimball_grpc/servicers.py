@@ -14,6 +14,7 @@ from kimball_grpc import proto_mapping
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event, check_name, check_namespace
+from kimball_grpc.external_predictions import ExternalPredictions
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -28,10 +29,17 @@ Context = grpc.aio.ServicerContext
 class KimballService(pb_grpc.KimballServiceServicer):
     """The versioned API, ``kimball.v1.KimballService``."""
 
-    def __init__(self, engine: Engine, ingestor: Ingestor, hub: SubscriptionHub) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        ingestor: Ingestor,
+        hub: SubscriptionHub,
+        external: ExternalPredictions,
+    ) -> None:
         self.engine = engine
         self.ingestor = ingestor
         self.hub = hub
+        self.external = external
 
     async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
         await self.ingestor.accept([proto_mapping.event_from_proto(request.event)])
@@ -80,10 +88,17 @@ class KimballService(pb_grpc.KimballServiceServicer):
     async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
         if request.user_id or request.events:
             answers = self.engine.predict(request.namespace, list(request.events), request.user_id)
-            return proto_mapping.naive_bayes_to_proto(answers)
-        return proto_mapping.event_predictions_to_proto(
-            self.engine.event_predictions(request.namespace)
+            response = proto_mapping.naive_bayes_to_proto(answers)
+        else:
+            response = proto_mapping.event_predictions_to_proto(
+                self.engine.event_predictions(request.namespace)
+            )
+        # After Kimball's own answer: a request it refuses costs no call to any target.
+        external = await self.external.ask(
+            check_namespace(request.namespace), request.user_id, list(request.events)
         )
+        external.merge_into(response)
+        return response
 
     async def GetNudges(self, request: pb.GetNudgesRequest, context: Context):
         nudges = self.engine.nudges(request.namespace, request.goal, request.user_id)

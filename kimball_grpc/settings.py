@@ -59,6 +59,7 @@ class Settings:
     api_auth_tokens: tuple[str, ...] = ()
     external_grpc_event_targets: tuple[tuple[str, int], ...] = ()
     external_grpc_prediction_targets: tuple[PredictionTarget, ...] = ()
+    external_prediction_deadline_ms: int = 200
     # Durability: where snapshots go (a URI, or the original's bucket variables), the
     # write-ahead log's fsync policy, how often a snapshot is taken.
     storage_uri: str = ""
@@ -196,6 +197,15 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         if limit < 1:
             raise ConfigError(f"KUBERNETES_MEMORY_LIMIT must be at least 1 byte, got '{limit}'")
         out["kubernetes_memory_limit"] = limit
+    if environ.get("KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"):
+        deadline = _whole_number(
+            "KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS",
+            environ["KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"],
+            "a whole number of milliseconds",
+        )
+        if deadline < 1:
+            raise ConfigError("KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS must be at least 1")
+        out["external_prediction_deadline_ms"] = deadline
     if environ.get("KIMBALL_DATA_DIR"):
         out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])
     out |= _storage_from_environment(environ)
