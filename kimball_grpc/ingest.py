@@ -9,6 +9,7 @@ from functools import partial
 
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.event_forwarding import EventForwarding
 from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.limits import MAX_BATCH_EVENTS
 from kimball_grpc.records import Record
@@ -23,8 +24,8 @@ class Ingestor:
     A batch is validated whole before any of it is applied. With a write-ahead
     log, the batch is in the log before it changes the engine, and the caller is
     answered after both. Every state change, event or goal, is applied in
-    ``_apply``, in log order; accepted events are then handed on to live
-    subscribers (forwarding hooks in there too), numbered by their log sequence.
+    ``_apply``, in log order; accepted events are then handed on to the external
+    event targets and to live subscribers, numbered by their log sequence.
     """
 
     def __init__(
@@ -34,9 +35,11 @@ class Ingestor:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         observe_events: Callable[[int, float], None] = lambda count, seconds: None,
         log: WriteAheadLog | None = None,
+        forwarding: EventForwarding | None = None,
     ) -> None:
         self.engine = engine
         self.hub = hub
+        self._forwarding = forwarding  # external_grpc_event_targets (None: none)
         self._clock = clock
         self._observe_events = observe_events
         self._log = log  # None: nothing is durable (benchmarks, engine tests)
@@ -88,6 +91,8 @@ class Ingestor:
         self._sequence = first + len(records) - 1
         if events:
             self._observe_events(len(records), time.perf_counter() - start)
+            if self._forwarding:
+                self._forwarding.offer_records(records, events)
             if self.hub.subscriber_count:
                 self.hub.publish(
                     [

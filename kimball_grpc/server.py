@@ -16,6 +16,7 @@ from gateway.server import network_channel, start_gateway
 from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import ConfigError
+from kimball_grpc.event_forwarding import EventForwarding
 from kimball_grpc.external_predictions import ExternalPredictions
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -42,6 +43,7 @@ API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
 INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SHUTDOWN_GRACE_SECONDS = 10.0
+FORWARD_DRAIN_SECONDS = 2.0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RunningServer:
     persistence: Persistence
     ready: asyncio.Task[None]  # done once the state is restored and calls are taken
     external: ExternalPredictions
+    forwarding: EventForwarding
 
     async def wait_ready(self) -> None:
         """Return once the state is restored (raises what stopped the restore, if anything)."""
@@ -71,6 +74,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.hub.close_all()  # live subscriptions end so they do not hold the grace period
         await self.server.stop(grace)
+        # After the last call: what it accepted is queued; a little time to deliver it.
+        await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
         if not self.ready.done():
             self.ready.cancel()  # still restoring: nothing new to keep
@@ -102,7 +107,10 @@ async def start_server(settings: Settings) -> RunningServer:
         counter_startup_delay=settings.counter_startup_delay_ms / 1000,
     )
     hub = SubscriptionHub()
-    ingestor = Ingestor(engine, hub, observe_events=metrics.observe_events, log=wal)
+    forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
+    ingestor = Ingestor(
+        engine, hub, observe_events=metrics.observe_events, log=wal, forwarding=forwarding
+    )
     interceptors: list[grpc.aio.ServerInterceptor] = []
     checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
     if checker is not None:
@@ -147,6 +155,7 @@ async def start_server(settings: Settings) -> RunningServer:
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
     await server.start()
+    forwarding.start()
     for name in ("", API_SERVICE, INTEGRATION_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     local = LocalChannel(handlers.generic_handlers, interceptors)
@@ -166,6 +175,7 @@ async def start_server(settings: Settings) -> RunningServer:
         persistence,
         ready,
         external,
+        forwarding,
     )
 
 
