@@ -59,3 +59,11 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"not a relative object key: {key!r}")
     return key
+
+
+def bucket_location(scheme: str, bucket: str, prefix: str) -> tuple[str, str]:
+    """(the checked prefix without slashes at its ends, the store's URI) for a bucket store."""
+    prefix = prefix.strip("/")
+    if prefix:
+        check_key(prefix)
+    return prefix, f"{scheme}://{bucket}/{prefix}" if prefix else f"{scheme}://{bucket}"

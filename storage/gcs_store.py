@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from storage.blob_store import BlobNotFound, BlobStore, StorageError, check_key
+from storage.blob_store import BlobNotFound, BlobStore, StorageError, bucket_location, check_key
 
 # Per request: (connect, read) seconds. Every call also retries transient failures
 # (connection refused, 429, 5xx) for at most RETRY_DEADLINE_S in all, so a backend that is
@@ -71,10 +71,7 @@ class GcsBlobStore(BlobStore):
         project: str | None = None,
     ) -> None:
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        if self.prefix:
-            check_key(self.prefix)
-        self.uri = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
+        self.prefix, self.uri = bucket_location("gs", bucket, prefix)
         self._endpoint = endpoint or "Google Cloud Storage"
         try:
             if client is None:

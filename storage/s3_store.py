@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from storage.blob_store import BlobNotFound, BlobStore, StorageError, check_key
+from storage.blob_store import BlobNotFound, BlobStore, StorageError, bucket_location, check_key
 
 # Short timeouts and few attempts: a backend that is down must fail a call within seconds
 # (the caller reports UNAVAILABLE and tries later) instead of holding a worker thread.
@@ -61,10 +61,7 @@ class S3BlobStore(BlobStore):
         region: str | None = None,
     ) -> None:
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        if self.prefix:
-            check_key(self.prefix)
-        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.prefix, self.uri = bucket_location("s3", bucket, prefix)
         self._endpoint = endpoint_url or "AWS S3"
         if client is None:
             try:

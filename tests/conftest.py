@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
+from object_servers import ObjectServer, gcs_emulator, moto_server
 
 from gateway.server import RunningGateway, network_channel, start_gateway
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -64,3 +65,17 @@ async def rest(server: RunningServer, request) -> AsyncIterator[RunningGateway]:
 async def http(rest: RunningGateway) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(f"http://127.0.0.1:{rest.port}") as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[ObjectServer]:
+    """A real S3-compatible server (moto) on loopback, one per test module."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gcs_server() -> Iterator[ObjectServer]:
+    """A real GCS emulator on loopback, one per test module."""
+    with gcs_emulator() as server:
+        yield server

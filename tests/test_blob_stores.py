@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,6 @@ from object_servers import (
     S3_REGION,
     S3_SECRET_ACCESS_KEY,
     ObjectServer,
-    gcs_emulator,
-    moto_server,
 )
 
 from storage.blob_store import BlobNotFound, BlobStore, StorageError
@@ -32,18 +30,6 @@ from storage.s3_store import S3BlobStore
 
 # A store of the backend under test, by prefix; stores from one Opener share one bucket.
 Opener = Callable[[str], BlobStore]
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[ObjectServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gcs_server() -> Iterator[ObjectServer]:
-    with gcs_emulator() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,6 @@ from object_servers import (
     S3_REGION,
     S3_SECRET_ACCESS_KEY,
     ObjectServer,
-    gcs_emulator,
-    moto_server,
 )
 from test_durability import event, feed, running, settings_for, state_of, stub_of
 from test_metrics import samples
@@ -108,18 +106,6 @@ def _gcs(server: ObjectServer) -> Bucket:
     )
     bucket.create()
     return bucket
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[ObjectServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gcs_server() -> Iterator[ObjectServer]:
-    with gcs_emulator() as server:
-        yield server
 
 
 @pytest.fixture(params=["s3", "gcs"])

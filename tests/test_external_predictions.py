@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
+from test_metrics import samples
 
 from gateway.shapes import RESPONSE_SHAPES
 from kimball_grpc.errors import ConfigError
@@ -135,15 +135,6 @@ async def make(registry: CollectorRegistry) -> AsyncIterator[Make]:
     yield build
     for external in made:
         await external.close()
-
-
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def requests(registry: CollectorRegistry, target: str, result: str) -> float:
