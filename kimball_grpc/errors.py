@@ -38,3 +38,15 @@ class ConfigError(KimballError):
     """The configuration cannot be used; the server must not start."""
 
     grpc_code = "FAILED_PRECONDITION"
+
+
+class OutOfRange(KimballError):
+    """Asked for something past what is kept (e.g. a log position already removed)."""
+
+    grpc_code = "OUT_OF_RANGE"
+
+
+class FailedPrecondition(KimballError):
+    """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
+
+    grpc_code = "FAILED_PRECONDITION"

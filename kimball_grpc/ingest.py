@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
 from kimball_grpc.engine import Engine
-from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from kimball_grpc.event_forwarding import EventForwarding
 from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.limits import MAX_BATCH_EVENTS
-from kimball_grpc.records import Record
-from kimball_grpc.state_codec import encode_records
+from kimball_grpc.records import EventRecord, Record
+from kimball_grpc.state_codec import decode_records, encode_records
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
 from storage.wal import WriteAheadLog
 
@@ -43,7 +44,7 @@ class Ingestor:
         self._clock = clock
         self._observe_events = observe_events
         self._log = log  # None: nothing is durable (benchmarks, engine tests)
-        self._sequence = log.last_sequence if log else 0
+        self._sequence = 0  # without a log: records applied so far
 
     async def accept(self, events: Sequence[Event]) -> int:
         """Validate then apply ``events``, all or nothing; returns how many were accepted.
@@ -69,6 +70,45 @@ class Ingestor:
         if records:
             await self._commit(records, events)
         return len(records)
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the last record applied (the log's, when there is one:
+        it goes on from what start-up restored)."""
+        return self._log.last_sequence if self._log else self._sequence
+
+    async def replay(self, after: int, through: int) -> AsyncIterator[AcceptedEvent]:
+        """The events with sequence numbers ``after`` < n <= ``through``, read back from the
+        log, in order (read in a worker thread). The log keeps hashes, not user ids: the
+        events have no ``user_id`` and no ``datetime``. ``OutOfRange`` if the log no
+        longer holds record ``after + 1``; ``FailedPrecondition`` without a log."""
+        if self._log is None:
+            raise FailedPrecondition("this server keeps no write-ahead log to replay from")
+        entries = self._log.entries(after)
+        expected = after + 1
+        while expected <= through:
+            try:
+                entry = await asyncio.to_thread(next, entries, None)
+            except OSError as exc:  # a segment removed while being read
+                raise OutOfRange(f"the write-ahead log changed while read: {exc}") from None
+            if entry is None or entry.sequence > expected:
+                raise OutOfRange(
+                    f"the write-ahead log no longer holds record {expected}: resume from a "
+                    f"later sequence or subscribe live",
+                    after_sequence=str(after),
+                )
+            for sequence, record in enumerate(decode_records(entry.payload), entry.sequence):
+                if expected <= sequence <= through and isinstance(record, EventRecord):
+                    event = Event(
+                        record.event_name,
+                        "",
+                        record.namespace,
+                        record.value,
+                        None,
+                        record.ensure_goal,
+                    )
+                    yield AcceptedEvent(sequence, event, record.user_hash.digest)
+            expected = entry.last + 1
 
     async def create_goal(self, namespace: str, goal_name: str) -> None:
         """Mark ``goal_name`` as a goal of ``namespace``."""
@@ -96,7 +136,11 @@ class Ingestor:
             if self.hub.subscriber_count:
                 self.hub.publish(
                     [
-                        AcceptedEvent(sequence, event._replace(namespace=record.namespace))
+                        AcceptedEvent(
+                            sequence,
+                            event._replace(namespace=record.namespace),
+                            record.user_hash.digest,
+                        )
                         for sequence, event, record in zip(
                             range(first, first + len(records)), events, records, strict=True
                         )

@@ -12,6 +12,7 @@ from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.predictions import NaiveBayes
+from kimball_grpc.subscriptions import AcceptedEvent
 
 _COUNTER_TYPES = {
     CounterKind.INTERNAL: pb.COUNTER_TYPE_INTERNAL,
@@ -54,6 +55,18 @@ def event_to_proto(event: Event) -> pb.Event:
     if event.datetime is not None:
         message.datetime.FromDatetime(event.datetime)
     return message
+
+
+def accepted_to_proto(
+    accepted: AcceptedEvent, dropped: int, replayed: bool = False
+) -> pb.SubscribeResponse:
+    return pb.SubscribeResponse(
+        event=event_to_proto(accepted.event),
+        sequence=accepted.sequence,
+        dropped=dropped,
+        user_hash=accepted.user_hash.hex(),
+        replayed=replayed,
+    )
 
 
 def counter_to_proto(counter: Counter, goals: set[str]) -> pb.Counter:

@@ -117,13 +117,16 @@ class KimballService(pb_grpc.KimballServiceServicer):
             ),
         )
         subscription = self.hub.subscribe(event_filter)
+        # From here on every accepted event reaches the queue; the log holds the earlier ones.
+        live_from = self.ingestor.last_sequence
         try:
+            if request.HasField("after_sequence") and request.after_sequence < live_from:
+                async for accepted in self.ingestor.replay(request.after_sequence, live_from):
+                    if event_filter.matches(accepted.event):
+                        yield proto_mapping.accepted_to_proto(accepted, 0, replayed=True)
             while (accepted := await subscription.next()) is not None:
-                yield pb.SubscribeResponse(
-                    event=proto_mapping.event_to_proto(accepted.event),
-                    sequence=accepted.sequence,
-                    dropped=subscription.dropped,
-                )
+                if accepted.sequence > request.after_sequence:
+                    yield proto_mapping.accepted_to_proto(accepted, subscription.dropped)
         finally:
             self.hub.unsubscribe(subscription)
 

@@ -23,6 +23,7 @@ class AcceptedEvent:
 
     sequence: int
     event: Event  # namespace resolved
+    user_hash: bytes = b""  # the user id's 128-bit hash (what the log keeps)
 
 
 @dataclass(frozen=True)

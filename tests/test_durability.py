@@ -298,3 +298,53 @@ async def test_subscribers_see_log_sequence_numbers_that_go_on_across_restarts(t
         after = await first_sequence_after_tracking(server)
 
     assert before >= 1 and after > last >= before
+
+
+async def read_replay(stub, request: pb.SubscribeRequest, count: int) -> list[pb.SubscribeResponse]:
+    """The first ``count`` answers of a subscription, then cancel it."""
+    call = stub.Subscribe(request)
+    got = [await asyncio.wait_for(call.read(), 10) for _ in range(count)]
+    call.cancel()
+    return got
+
+
+async def test_a_subscriber_resumes_from_the_log_then_goes_on_live(tmp_path: Path):
+    from kimball_grpc.bloom import hash_key
+
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        for user in ("a", "b", "c", "d"):
+            await stub.TrackEvent(pb.TrackEventRequest(event=event("view", user)))
+        await stub.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="view"))
+        await stub.TrackEvent(pb.TrackEventRequest(event=event("view", "other", "blog")))
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        call = stub.Subscribe(pb.SubscribeRequest(namespace="shop", after_sequence=2))
+        replayed = [await asyncio.wait_for(call.read(), 10) for _ in range(2)]
+        await stub.TrackEvent(pb.TrackEventRequest(event=event("buy", "e", value=3.0)))
+        live = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+
+    # Records 3 and 4 from the log (the goal is 5, the blog event 6: not events of "shop").
+    assert [(r.sequence, r.replayed, r.event.event_name) for r in replayed] == [
+        (3, True, "view"),
+        (4, True, "view"),
+    ]
+    assert [r.event.user_id for r in replayed] == ["", ""]  # the log keeps no user id
+    assert [r.user_hash for r in replayed] == [hash_key(u).digest.hex() for u in ("c", "d")]
+    assert (live.sequence, live.replayed, live.event.user_id) == (7, False, "e")
+    assert live.user_hash == hash_key("e").digest.hex()
+
+
+async def test_resuming_from_a_position_the_log_no_longer_holds_is_out_of_range(tmp_path):
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(10))
+    (tmp_path / "wal").rename(tmp_path / "wal-gone")  # the snapshot holds it all, the log not
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(10, 12))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read_replay(stub, pb.SubscribeRequest(after_sequence=1), 1)
+        assert refused.value.code() is grpc.StatusCode.OUT_OF_RANGE
+        assert "no longer holds record 2" in refused.value.details()
+        # From where the log starts, it works.
+        first = server.persistence.snapshot_sequence
+        got = await read_replay(stub, pb.SubscribeRequest(after_sequence=first), 1)
+        assert got[0].sequence == first + 1 and got[0].replayed
