@@ -175,7 +175,7 @@ async def _json_body(request: web.Request) -> object:
         ) from None
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ClientError(400, "The object is not valid JSON", why=str(exc)) from None
 
 

@@ -69,7 +69,8 @@ def message_from_json(data: dict, message_type: type[Message]) -> Message:
     _refuse_booleans_as_numbers(data, message_type.DESCRIPTOR)
     try:
         return json_format.ParseDict(data, message_type())
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, OverflowError, RecursionError) as exc:
+        # OverflowError: a number too large for its field (e.g. 400 digits for a double).
         raise RequestJsonError(f"The request does not match the API: {exc}") from None
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ T = TypeVar("T")
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 SHUTDOWN_SNAPSHOT_SECONDS = 20.0
+
+
+class RestoreAbandoned(Exception):
+    """The restore was stopped because the server is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Persistence:
         self.snapshot_sequence = 0
         self._backend_down = False
         self._periodic: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
 
     # -- start-up ------------------------------------------------------------
 
@@ -142,9 +148,20 @@ class Persistence:
         return engine, Restored(sequence, replayed, last)
 
     def _pause_between_counters(self) -> Callable[[], None] | None:
-        """``counter_startup_delay``: a pause after each counter restored (worker thread)."""
+        """``counter_startup_delay``: a pause after each counter restored (worker thread);
+        ends the restore early once ``abandon_restore`` was called (shutdown)."""
         delay = self.counter_startup_delay
-        return (lambda: time.sleep(delay)) if delay > 0 else None
+        stopping = self._stopping
+
+        def pause() -> None:
+            if stopping.wait(delay):
+                raise RestoreAbandoned("shutting down during the restore")
+
+        return pause if delay > 0 else None
+
+    def abandon_restore(self) -> None:
+        """Make a restore in progress stop at its next counter (the process is stopping)."""
+        self._stopping.set()
 
     # -- snapshots -------------------------------------------------------------
 
@@ -157,10 +174,14 @@ class Persistence:
         while True:
             await asyncio.sleep(self.interval)
             if self.wal.last_sequence > self.snapshot_sequence:
-                await self._retrying(
-                    "store a snapshot (ingestion goes on into the write-ahead log)",
-                    self.snapshot,
-                )
+                try:
+                    await self._retrying(
+                        "store a snapshot (ingestion goes on into the write-ahead log)",
+                        self.snapshot,
+                    )
+                except Exception:  # a bug, not the backend: the next interval tries again
+                    self.metrics.snapshots.labels("failed").inc()
+                    log.exception("snapshot failed unexpectedly; trying again next interval")
 
     async def snapshot(self) -> None:
         """Store a snapshot of the engine now, then drop the log segments that every kept

@@ -78,6 +78,7 @@ class RunningServer:
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
         if not self.ready.done():
+            self.persistence.abandon_restore()  # the worker thread stops at its next counter
             self.ready.cancel()  # still restoring: nothing new to keep
         elif not self.ready.cancelled() and self.ready.exception() is None:
             await self.persistence.close()

@@ -173,6 +173,8 @@ class WriteAheadLog:
             for entry, _ in _entries(path.read_bytes()):
                 if entry.sequence != expected:
                     break
+                if following is not None and entry.sequence >= following:
+                    break  # left behind by a failed write: the next segment has these numbers
                 expected = entry.last + 1
                 if entry.last > after:
                     yield entry
@@ -227,15 +229,15 @@ class WriteAheadLog:
         try:
             if self._fd is None or self._size >= self.segment_bytes:  # a new segment
                 self._start_segment(self.last_sequence + 1)
+            assert self._fd is not None
             _write_all(self._fd, data)
-            self._size += len(data)
             if self.policy is FsyncPolicy.ALWAYS:
                 await asyncio.to_thread(os.fsync, self._fd)
                 self.syncs += 1
             else:
                 self._unsynced = True
         except OSError as exc:
-            self._undo_partial_write()
+            self._abandon_segment()
             error = StorageError(f"write-ahead log: cannot write to {self.directory}: {exc}")
             log.error("%s; the requests in this group are refused", error.message)
             self.refused += len(group)
@@ -243,6 +245,7 @@ class WriteAheadLog:
                 if not item.answer.done():
                     item.answer.set_exception(error)
             return
+        self._size += len(data)
         first = self.last_sequence + 1
         for item in group:
             # State changes happen here, in log order, whether or not the appender still waits.
@@ -258,26 +261,38 @@ class WriteAheadLog:
             first += item.count
             self.last_sequence = first - 1
 
-    def _undo_partial_write(self) -> None:
-        """Cut what a failed write left after the last whole entry, so the log stays readable."""
+    def _abandon_segment(self) -> None:
+        """After a failed write or fsync: cut the segment back to its last whole entry, and
+        go on in a new segment. What the kernel holds for a file whose fsync failed cannot
+        be trusted, and a cut that failed leaves refused entries behind: the new segment
+        takes over their sequence numbers, and reading skips what a later segment covers."""
         if self._fd is None:
             return
+        fd, self._fd = self._fd, None
         try:
-            os.ftruncate(self._fd, self._size)
-            os.lseek(self._fd, self._size, os.SEEK_SET)
+            os.ftruncate(fd, self._size)
         except OSError as exc:
-            # Start-up cuts a torn tail anyway; appends go on from the last whole entry.
-            log.error("write-ahead log: cannot cut a partial write: %s", exc)
+            log.error("write-ahead log: cannot cut a failed write: %s", exc)
+        finally:
+            os.close(fd)
 
     def _start_segment(self, first: int) -> None:
+        if self._fd is not None:
+            old, self._fd = self._fd, None
+            try:
+                os.fsync(old)  # under ``interval`` and ``never`` it may hold unsynced entries
+            finally:
+                os.close(old)
         path = self.directory / f"{first:020d}{SEGMENT_SUFFIX}"
         fd = self._open_segment(path, truncate_to=0)
-        _fsync_directory(self.directory)
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
+        try:
+            _fsync_directory(self.directory)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd, self._size = fd, 0
-        self._segments.append((first, path))
+        if not self._segments or self._segments[-1][1] != path:
+            self._segments.append((first, path))
 
     @staticmethod
     def _open_segment(path: Path, truncate_to: int) -> int:

@@ -348,3 +348,24 @@ async def test_resuming_from_a_position_the_log_no_longer_holds_is_out_of_range(
         first = server.persistence.snapshot_sequence
         got = await read_replay(stub, pb.SubscribeRequest(after_sequence=first), 1)
         assert got[0].sequence == first + 1 and got[0].replayed
+
+
+async def test_sigterm_during_a_slow_restore_stops_the_process_promptly(tmp_path: Path):
+    from kimball_process import read_until_listening, start
+
+    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        await feed(stub, range(30))  # a snapshot of three counters at shutdown
+    config = tmp_path / "app.config"
+    config.write_text("[{features, [{api_auth, disable}, {counter_startup_delay, 5000}]}].\n")
+
+    process = start("--grpc-port", "0", "--data-dir", str(tmp_path), "--config", str(config))
+    try:
+        read_until_listening(process, ready=False)  # restoring: 5 s per counter from here
+        started = time.monotonic()
+        process.terminate()
+        code = await asyncio.to_thread(process.wait, 30)
+        assert code == 0
+        assert time.monotonic() - started < 4.5  # less than one pause: not the whole restore
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -81,6 +81,7 @@ async def test_every_original_body_form_is_taken(http, body) -> None:
         ({"event_name": "a", "user_id": "u", "value": True}, "must be a number"),
         ({"events": [{"event_name": "a", "user_id": "u", "value": False}]}, "must be a number"),
         ({"event_name": "sign\nup", "user_id": "u"}, "control characters"),
+        ({"event_name": "a", "user_id": "u", "value": 10**400}, "does not match"),
         ("just a string", "the body must be"),
         (
             {"events": [{"event_name": "a", "user_id": "u"}, {"event_name": "", "user_id": "u"}]},
@@ -94,6 +95,14 @@ async def test_bad_bodies_are_400_and_change_nothing(http, body, what) -> None:
         error = (await response.json())["error"]
     assert what in error["what"]
     assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
+
+
+async def test_json_nested_too_deep_is_400(http) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    headers = {"Content-Type": "application/json"}
+    async with http.post("/v0/analytics", data=body, headers=headers) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["what"] == "The object is not valid JSON"
 
 
 async def test_content_type_json_syntax_and_size(http) -> None:

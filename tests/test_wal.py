@@ -184,3 +184,62 @@ async def test_appending_after_close_is_refused(tmp_path: Path):
 
     with pytest.raises(StorageError, match="closed"):
         await wal.append(b"late", 1, lambda s: None)
+
+
+async def test_a_failed_fsync_refuses_the_group_and_loses_nothing_answered_after_it(
+    tmp_path: Path, monkeypatch
+):
+    """EIO from fsync (a failing disk; tmpfs never fails one, so os.fsync is made to fail
+    once here): the refused entry must not come back, and what follows must survive."""
+    import errno
+    import os
+
+    wal = await opened(tmp_path)
+    applied: list[int] = []
+    await wal.append(b"A", 1, applied.append)
+    real_fsync = os.fsync
+    failures = [OSError(errno.EIO, "I/O error")]
+
+    def failing_fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr("storage.wal.os.fsync", failing_fsync)
+    with pytest.raises(StorageError, match="I/O error"):
+        await wal.append(b"B", 1, applied.append)
+    assert await wal.append(b"C", 1, applied.append) == 2
+    await wal.close()
+
+    assert applied == [1, 2]
+    assert read_back(tmp_path) == [(1, b"A"), (2, b"C")]
+
+
+async def test_entries_left_behind_by_a_failed_cut_are_skipped(tmp_path: Path, monkeypatch):
+    """If cutting a failed write fails too, the refused entry stays in its segment; the
+    next segment takes over its number and reading skips the leftover."""
+    import os
+
+    wal = await opened(tmp_path)
+    await wal.append(b"A", 1, lambda s: None)
+    real_fsync, real_truncate = os.fsync, os.ftruncate
+    fail = {"fsync": True, "ftruncate": True}
+
+    def failing_fsync(fd: int) -> None:
+        if fail.pop("fsync", False):
+            raise OSError(5, "I/O error")
+        real_fsync(fd)
+
+    def failing_truncate(fd: int, size: int) -> None:
+        if fail.pop("ftruncate", False):
+            raise OSError(5, "I/O error")
+        real_truncate(fd, size)
+
+    monkeypatch.setattr("storage.wal.os.fsync", failing_fsync)
+    monkeypatch.setattr("storage.wal.os.ftruncate", failing_truncate)
+    with pytest.raises(StorageError):
+        await wal.append(b"refused", 1, lambda s: None)
+    assert await wal.append(b"C", 1, lambda s: None) == 2
+    await wal.close()
+
+    assert read_back(tmp_path) == [(1, b"A"), (2, b"C")]
