@@ -129,6 +129,14 @@ ANSWERS: dict[str, Json] = {
         "required": ["counts"],
         "properties": {"counts": {"type": "array", "items": _ref("Counter")}},
     },
+    "StreamEvents": {
+        "type": "object",
+        "required": ["accepted", "messages"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0},
+            "messages": {"type": "integer", "minimum": 0},
+        },
+    },
     "ListGoals": _strings("goals"),
     "ListNamespaces": _strings("namespaces"),
     "GetPredictions": {
@@ -191,6 +199,7 @@ BODIES: dict[str, Json] = {
 }
 SUMMARIES = {
     "TrackEvents": 'Track events: one, {"events": [...]} or an array; all or nothing',
+    "StreamEvents": "Track events as a stream of newline-delimited JSON batches",
     "GetAnalytics": "The counters of a namespace",
     "CreateGoal": "Mark an event name as a goal",
     "ListGoals": "The goals of a namespace",
@@ -251,7 +260,19 @@ def _operation(route: Route) -> Json:
         "summary": SUMMARIES.get(route.name, route.name),
         "responses": responses,
     }
-    if route.body:
+    if route.client_streaming:
+        operation["requestBody"] = {
+            "required": True,
+            "description": "Newline-delimited JSON: per line, one batch, one event or an "
+            "array of events, applied as it is read. A bad line ends the request with a 400 "
+            "naming it (`message`, from 0) and saying what was accepted before it.",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        }
+        responses["415"] = _error("The body is not application/x-ndjson (or text/plain)")
+    elif route.body:
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": BODIES[route.name]}},

@@ -31,6 +31,7 @@ class Route:
     request_type: type[Message]
     response_type: type[Message]
     body: str  # "*" for the whole request from the body, "" for query parameters
+    client_streaming: bool = False  # the body is newline-delimited JSON, a message a line
 
 
 def routes_of(service: ServiceDescriptor) -> list[Route]:
@@ -51,6 +52,7 @@ def routes_of(service: ServiceDescriptor) -> list[Route]:
                 request_type=GetMessageClass(method.input_type),
                 response_type=GetMessageClass(method.output_type),
                 body=rule.body,
+                client_streaming=method.client_streaming,
             )
         )
     return found

@@ -33,7 +33,10 @@ def track_events_body(body: Json) -> Json:
     return {"events": [body]}
 
 
-BODY_SHAPES: dict[str, Callable[[Json], Json]] = {"TrackEvents": track_events_body}
+BODY_SHAPES: dict[str, Callable[[Json], Json]] = {
+    "TrackEvents": track_events_body,
+    "StreamEvents": track_events_body,  # per line
+}
 
 _COUNTER_TYPES = {
     pb.COUNTER_TYPE_INTERNAL: "internal",
@@ -104,5 +107,6 @@ RESPONSE_SHAPES: dict[str, Callable[[Message], Json]] = {
     "ListGoals": lambda r: {"goals": list(r.goals)},
     "ListNamespaces": lambda r: {"namespaces": list(r.namespaces)},
     "GetPredictions": _predictions,
+    "StreamEvents": lambda r: {"accepted": r.accepted, "messages": r.messages},
     "GetNudges": _nudges,
 }

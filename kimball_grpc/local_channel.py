@@ -8,15 +8,15 @@ handler in the same process. Like grpc-gateway's ``RegisterXHandlerServer``,
 server's interceptors (authentication, status mapping, request metrics), with
 the request and response serialized as on the wire. Failures surface as
 ``grpc.aio.AioRpcError``, as they would from a network channel, so the gateway
-cannot tell the difference. Unary-unary methods only: the gateway needs no other
-(streaming calls fail with UNIMPLEMENTED).
+cannot tell the difference. Unary and client-streaming methods: the gateway needs
+no other (server-streaming calls fail with UNIMPLEMENTED).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,40 +111,90 @@ class LocalChannel:
         async def call(
             request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
         ) -> Any:
-            details = _CallDetails(method, tuple(metadata or ()))
-            handler = await self._intercepted(iter(self._interceptors), details)
-            if handler is None or handler.unary_unary is None:
-                raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-            data = request_serializer(request) if request_serializer else request
-            if handler.request_deserializer:
-                data = handler.request_deserializer(data)
-            loop = asyncio.get_running_loop()
-            deadline = None if timeout is None else loop.time() + timeout
-            context = _LocalContext(details.invocation_metadata, deadline)
-            try:
-                async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
-                    response = await handler.unary_unary(data, context)
-            except _Aborted as aborted:
-                raise _error(aborted.code, aborted.details, aborted.trailing) from None
-            except TimeoutError:
-                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-            except Exception as exc:
-                # As grpc.aio's server does: the caller gets UNKNOWN, the log gets the trace.
-                log.exception("Unexpected error in %s", method)
-                raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
-            if context.code not in (None, grpc.StatusCode.OK):
-                raise _error(context.code, context.details, context.trailing)
-            if handler.response_serializer:
-                response = handler.response_serializer(response)
-            return response_deserializer(response) if response_deserializer else response
+            def behaviour(handler: grpc.RpcMethodHandler) -> Callable[[Any], Awaitable[Any]]:
+                data = request_serializer(request) if request_serializer else request
+                if handler.request_deserializer:
+                    data = handler.request_deserializer(data)
+                return lambda context: handler.unary_unary(data, context)
+
+            return await self._call(
+                method, "unary_unary", behaviour, response_deserializer, timeout, metadata
+            )
+
+        return call
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool = False,
+    ) -> Callable[..., Awaitable[Any]]:
+        """A client-streaming callable: ``await call(async_iterator_of_requests, ...)``."""
+
+        async def call(
+            requests: AsyncIterator[Any],
+            *,
+            timeout: float | None = None,
+            metadata: Metadata | None = None,
+        ) -> Any:
+            def behaviour(handler: grpc.RpcMethodHandler) -> Callable[[Any], Awaitable[Any]]:
+                async def serialized() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        data = request_serializer(request) if request_serializer else request
+                        if handler.request_deserializer:
+                            data = handler.request_deserializer(data)
+                        yield data
+
+                return lambda context: handler.stream_unary(serialized(), context)
+
+            return await self._call(
+                method, "stream_unary", behaviour, response_deserializer, timeout, metadata
+            )
 
         return call
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        """Streaming calls are refused: generated stubs can still be built on this channel."""
+        """Server-streaming calls are refused: generated stubs can still be built on this
+        channel."""
         return _streaming_refused
 
-    stream_unary = stream_stream = unary_stream
+    stream_stream = unary_stream
+
+    async def _call(
+        self,
+        method: str,
+        kind: str,
+        behaviour: Callable[[grpc.RpcMethodHandler], Callable[[Any], Awaitable[Any]]],
+        response_deserializer: Callable[[bytes], Any] | None,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> Any:
+        """One call of ``method``'s ``kind`` handler, as the server would make it."""
+        details = _CallDetails(method, tuple(metadata or ()))
+        handler = await self._intercepted(iter(self._interceptors), details)
+        if handler is None or getattr(handler, kind) is None:
+            raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        run = behaviour(handler)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        context = _LocalContext(details.invocation_metadata, deadline)
+        try:
+            async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
+                response = await run(context)
+        except _Aborted as aborted:
+            raise _error(aborted.code, aborted.details, aborted.trailing) from None
+        except TimeoutError:
+            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except Exception as exc:
+            # As grpc.aio's server does: the caller gets UNKNOWN, the log gets the trace.
+            log.exception("Unexpected error in %s", method)
+            raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
+        if context.code not in (None, grpc.StatusCode.OK):
+            raise _error(context.code, context.details, context.trailing)
+        if handler.response_serializer:
+            response = handler.response_serializer(response)
+        return response_deserializer(response) if response_deserializer else response
 
     async def _intercepted(
         self, interceptors: Any, details: _CallDetails
@@ -166,7 +216,9 @@ class LocalChannel:
 
 
 def _streaming_refused(*args: Any, **kwargs: Any) -> Any:
-    raise _error(grpc.StatusCode.UNIMPLEMENTED, "the local channel carries unary calls only")
+    raise _error(
+        grpc.StatusCode.UNIMPLEMENTED, "the local channel carries no server-streaming calls"
+    )
 
 
 def _error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:

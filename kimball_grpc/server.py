@@ -217,6 +217,7 @@ def _tokens(settings: Settings) -> tuple[str, ...]:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    stop = stop_signals()  # from the start: a signal during start-up stops it too
     running = await start_server(settings)
     rest_host = settings.grpc_host.strip("[]")
     try:
@@ -240,7 +241,7 @@ async def serve(settings: Settings) -> None:
         running.persistence.snapshots.blobs.uri,
         settings.wal_dir,
     )
-    stopped = asyncio.ensure_future(until_stopped())
+    stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopped, running.ready], return_when=asyncio.FIRST_COMPLETED)
     if running.ready.done():
         if running.ready.exception() is not None:
@@ -256,13 +257,13 @@ async def serve(settings: Settings) -> None:
     log.info("Stopped")
 
 
-async def until_stopped() -> None:
-    """Wait for SIGTERM or SIGINT."""
+def stop_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets (the handlers are installed now)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def serve_gateway(settings: Settings, grpc_target: str) -> None:
@@ -276,6 +277,7 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     checker = TokenChecker(configured) if configured else None
     rest_host = settings.grpc_host.strip("[]")
     channel = network_channel(grpc_target)
+    stop = stop_signals()
     gateway = await start_gateway(rest_host, settings.api_port, channel, None, checker)
     log.info(
         "Kimball gateway listening: REST on %s:%d for gRPC at %s",
@@ -283,7 +285,7 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
         gateway.port,
         grpc_target,
     )
-    await until_stopped()
+    await stop.wait()
     log.info("Shutting down")
     await gateway.stop()
     log.info("Stopped")

@@ -13,6 +13,7 @@ from kimball_process import read_until_listening, start, stop, token_config
 
 ROUTES = {
     ("post", "/v0/analytics"),
+    ("post", "/v0/analytics:stream"),
     ("get", "/v0/analytics"),
     ("post", "/v0/goals"),
     ("get", "/v0/goals"),

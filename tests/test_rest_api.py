@@ -268,6 +268,7 @@ class TestAuthentication:
         [
             ("GET", "/v0/analytics"),
             ("POST", "/v0/analytics"),
+            ("POST", "/v0/analytics:stream"),
             ("GET", "/v0/goals"),
             ("POST", "/v0/goals"),
             ("GET", "/v0/namespaces"),
@@ -297,6 +298,64 @@ class TestAuthentication:
             assert await r.json() == {"goals": ["g"]}
         async with http.get("/metrics", headers=headers) as r:
             assert r.status == 200
+        stream = {**headers, "Content-Type": "application/x-ndjson"}
+        line = b'{"event_name": "e", "user_id": "u"}\n'
+        async with http.post("/v0/analytics:stream", data=line, headers=stream) as r:
+            assert (r.status, await r.json()) == (200, {"accepted": 1, "messages": 1})
         for path in ("/alive", "/ready"):
             async with http.get(path) as r:
                 assert r.status == 200
+
+
+STREAM = {"Content-Type": "application/x-ndjson"}
+
+
+async def test_a_stream_of_json_lines_is_applied_line_by_line(http) -> None:
+    lines = [
+        {"events": [{"event_name": "view", "user_id": u} for u in ("u1", "u2")]},
+        {"event_name": "buy", "user_id": "u1", "ensure_goal": True},  # one event
+        [{"event_name": "view", "user_id": "u3"}],  # an array of events
+    ]
+    body = "\n".join(json.dumps(line) for line in lines) + "\n\n"  # blank lines are skipped
+
+    async with http.post("/v0/analytics:stream", data=body, headers=STREAM) as response:
+        assert response.status == 200
+        assert await response.json() == {"accepted": 4, "messages": 3}
+    counts = {c["name"]: c["count"] for c in (await get(http, "/v0/analytics"))[1]["counts"]}
+    assert (counts["view"], counts["buy"]) == (3, 1)
+
+
+async def test_a_bad_line_ends_the_stream_naming_it_and_keeps_what_came_before(http) -> None:
+    body = "\n".join(
+        [
+            json.dumps({"event_name": "view", "user_id": "u1"}),
+            json.dumps({"event_name": "view", "user_id": "u2"}),
+            "{not json",
+            json.dumps({"event_name": "view", "user_id": "u3"}),
+        ]
+    )
+    async with http.post("/v0/analytics:stream", data=body, headers=STREAM) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["what"].startswith("message 2: ")
+    assert (error["message"], error["accepted"], error["messages"]) == (2, 2, 2)
+    counts = {c["name"]: c["count"] for c in (await get(http, "/v0/analytics"))[1]["counts"]}
+    assert counts["view"] == 2  # the lines before it stay applied, nothing after it
+
+
+async def test_a_line_the_server_refuses_is_named_too(http) -> None:
+    body = (
+        json.dumps({"event_name": "ok", "user_id": "u"})
+        + "\n"
+        + json.dumps({"event_name": "", "user_id": "u"})
+    )
+    async with http.post("/v0/analytics:stream", data=body, headers=STREAM) as response:
+        assert response.status == 400
+        assert "message 1" in (await response.json())["error"]["what"]
+
+
+async def test_a_stream_needs_a_json_lines_content_type(http) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with http.post("/v0/analytics:stream", data="{}", headers=headers) as response:
+        assert response.status == 415
+        assert "application/x-ndjson" in (await response.json())["error"]["expected_types"]

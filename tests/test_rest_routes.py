@@ -26,6 +26,7 @@ def routes() -> dict[tuple[str, str], str]:
 def test_every_v0_route_maps_onto_exactly_one_method() -> None:
     assert routes() == {
         ("POST", "/v0/analytics"): "TrackEvents",
+        ("POST", "/v0/analytics:stream"): "StreamEvents",
         ("GET", "/v0/analytics"): "GetAnalytics",
         ("POST", "/v0/goals"): "CreateGoal",
         ("GET", "/v0/goals"): "ListGoals",
