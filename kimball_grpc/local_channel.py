@@ -112,9 +112,7 @@ class LocalChannel:
             request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
         ) -> Any:
             def behaviour(handler: grpc.RpcMethodHandler) -> Callable[[Any], Awaitable[Any]]:
-                data = request_serializer(request) if request_serializer else request
-                if handler.request_deserializer:
-                    data = handler.request_deserializer(data)
+                data = _as_received(handler, request_serializer, request)
                 return lambda context: handler.unary_unary(data, context)
 
             return await self._call(
@@ -141,10 +139,7 @@ class LocalChannel:
             def behaviour(handler: grpc.RpcMethodHandler) -> Callable[[Any], Awaitable[Any]]:
                 async def serialized() -> AsyncIterator[Any]:
                     async for request in requests:
-                        data = request_serializer(request) if request_serializer else request
-                        if handler.request_deserializer:
-                            data = handler.request_deserializer(data)
-                        yield data
+                        yield _as_received(handler, request_serializer, request)
 
                 return lambda context: handler.stream_unary(serialized(), context)
 
@@ -213,6 +208,15 @@ class LocalChannel:
 
     async def close(self) -> None:
         """Nothing to release: there is no connection."""
+
+
+def _as_received(
+    handler: grpc.RpcMethodHandler, serializer: Callable[[Any], bytes] | None, request: Any
+) -> Any:
+    """A request as the handler gets it from the wire: serialized, then decoded by the
+    handler's own deserializer if it has one (Kimball's interceptor decodes it itself)."""
+    data = serializer(request) if serializer else request
+    return handler.request_deserializer(data) if handler.request_deserializer else data
 
 
 def _streaming_refused(*args: Any, **kwargs: Any) -> Any:
