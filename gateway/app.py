@@ -9,7 +9,6 @@ through one table.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -143,6 +142,7 @@ def _route_handler(
 
 
 STREAM_TYPES = ("application/x-ndjson", "text/plain")  # text/plain: what tools send plain
+STREAM_CHUNK_BYTES = 64 * 1024
 
 
 def _stream_route_handler(
@@ -175,10 +175,11 @@ def _stream_route_handler(
             if not request.body_exists:  # no body: a stream of no messages
                 return
             index = 0
+            lines = _lines(request)
             while True:
                 try:
-                    line = await _next_line(request)
-                    if not line:
+                    line = await anext(lines, None)
+                    if line is None:
                         return
                     if not line.strip():
                         continue
@@ -209,15 +210,21 @@ def _stream_route_handler(
     return handle
 
 
-async def _next_line(request: web.Request) -> bytes:
-    """The next line of the body (b"" at its end); ``ValueError`` for a line longer than
-    the reader buffers (aiohttp: 128 KiB, about 1,300 events)."""
-    try:
-        return await request.content.readuntil(b"\n")
-    except asyncio.IncompleteReadError as end:  # the last line, without a newline
-        return end.partial
-    except ValueError:
-        raise ValueError("a line is longer than 128 KiB: split it") from None
+async def _lines(request: web.Request) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive; ``ValueError`` for a line over ``MAX_BODY_BYTES``
+    (one message's limit), found without holding more than that in memory."""
+    too_long = f"a line is longer than {MAX_BODY_BYTES} bytes: split it"
+    pending = b""
+    async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            if len(line) > MAX_BODY_BYTES:
+                raise ValueError(too_long)
+            yield line
+        if len(pending) > MAX_BODY_BYTES:
+            raise ValueError(too_long)
+    if pending:
+        yield pending
 
 
 async def _request_message(route: Route, request: web.Request) -> Message:

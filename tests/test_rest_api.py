@@ -359,3 +359,17 @@ async def test_a_stream_needs_a_json_lines_content_type(http) -> None:
     async with http.post("/v0/analytics:stream", data="{}", headers=headers) as response:
         assert response.status == 415
         assert "application/x-ndjson" in (await response.json())["error"]["expected_types"]
+
+
+async def test_a_stream_line_over_the_message_limit_is_refused_naming_it(http) -> None:
+    from gateway.app import MAX_BODY_BYTES
+
+    many = [{"event_name": "view", "user_id": f"user-{i:06d}"} for i in range(90_000)]
+    big = json.dumps(many)
+    assert len(big) > MAX_BODY_BYTES
+    body = json.dumps({"event_name": "ok", "user_id": "u"}) + "\n" + big + "\n"
+    async with http.post("/v0/analytics:stream", data=body, headers=STREAM) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["what"] == f"message 1: a line is longer than {MAX_BODY_BYTES} bytes: split it"
+    assert error["accepted"] == 1
