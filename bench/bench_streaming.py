@@ -1,0 +1,494 @@
+"""Streaming benchmark: Subscribe fan-out and event forwarding, ``kimball serve`` in a subprocess.
+
+Run from the repository root:
+
+    .venv/bin/python bench/bench_streaming.py            # defaults, about 2 minutes
+    .venv/bin/python bench/bench_streaming.py --quick    # a smoke run
+
+What it measures, in interleaved rounds (medians reported, min/max spread):
+
+(1) Fan-out. One producer (this process) streams ``--events`` events with ``StreamEvents``
+    (``--batch`` events per message) into ``kimball serve`` while N subscribers (``--subs``,
+    default 1, 10, 100) read ``Subscribe`` streams filtered on the run's namespace (above 10
+    subscribers a run streams ``--events`` x 10 / N events: ingestion slows in proportion). The
+    subscribers are ONE client process (a subprocess of this script) running grpc.aio, one
+    channel per subscriber, pinned to the load generator's CPU with the producer. Reported:
+    ingestion events/s with N subscribers against the same with none (what subscribers cost
+    the server), events/s delivered per subscriber (events it received divided by the time
+    from the producer's start to its last event; the queues drain after ingestion ends, up to
+    ``--drain`` s) and in total, the largest ``dropped`` a subscriber saw (the server drops
+    the oldest when a subscriber's 10,000-event queue is full), and the CPU busy of the
+    subscriber process (the client side may be the bottleneck).
+(2) Forwarding. A ``KimballIntegration.EventStream`` target written here (a subprocess on the
+    load generator's CPU, counting the events it receives) and ``kimball serve`` configured
+    with ``{external_grpc_event_targets, [{"127.0.0.1", PORT}]}``; the same stream of events
+    goes in. Reported: ingestion events/s against a ``kimball serve`` without a target, events/s
+    the target received over the run (producer start to last event received), and
+    ``kimball_forward_events_sent_total`` / ``kimball_forward_events_dropped_total`` read from
+    the server's ``/metrics`` (bearer token) after each run.
+
+Both servers run with authentication on (as bench_grpc), pinned to ``--server-cpu``. Each run
+streams into its own namespace, so every run does the same Bloom work. Timing is only printed,
+never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+# bench_core and bench_grpc sit next to this script (the script's folder is on sys.path).
+from bench_core import BATCH, code_note, machine_note, make_plain_workload, median, spread
+from bench_grpc import (
+    AUTH,
+    BENCH_TOKEN,
+    CHANNEL_OPTIONS,
+    CLOCK_TICKS,
+    SERVICE,
+    Sample,
+    ServerProcess,
+    add_run_options,
+    free_port,
+    kimball_argv,
+    measure,
+    run_stream,
+    start_run,
+    stream_messages,
+)
+
+from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+
+WARMUP = "warmup"  # event name of the events that check every subscriber is live
+
+
+# -- child processes: subscribers and the forwarding target ------------------------------
+# Both talk to this script by lines: commands on stdin, JSON answers on stdout.
+
+
+async def _commands() -> asyncio.Queue[str]:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line.strip())
+        loop.call_soon_threadsafe(queue.put_nowait, "quit")
+
+    loop.run_in_executor(None, read)
+    return queue
+
+
+def _answer(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def run_subscribers(port: int, n: int, namespace: str) -> None:
+    """``n`` Subscribe streams on ``namespace``; answers 'ready' once each saw a warm-up event,
+    then on 'report' each stream's count, last receive time and largest ``dropped``."""
+    counts = [0] * n
+    last = [0.0] * n
+    dropped = [0] * n
+    live = [False] * n
+    all_live = asyncio.Event()
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) for _ in range(n)
+    ]
+
+    async def subscriber(i: int) -> None:
+        call = channels[i].unary_stream(
+            f"{SERVICE}/Subscribe",
+            request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=pb.SubscribeResponse.FromString,
+        )
+        clock = time.monotonic
+        try:
+            async for response in call(pb.SubscribeRequest(namespace=namespace), metadata=AUTH):
+                if response.event.event_name == WARMUP:
+                    if not live[i]:
+                        live[i] = True
+                        if all(live):
+                            all_live.set()
+                    continue
+                counts[i] += 1
+                last[i] = clock()
+                if response.dropped > dropped[i]:
+                    dropped[i] = response.dropped
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.CANCELLED:
+                raise
+
+    tasks = [asyncio.ensure_future(subscriber(i)) for i in range(n)]
+    commands = await _commands()
+    _answer({"started": True})
+    await all_live.wait()
+    _answer({"ready": True})
+    while (await commands.get()) != "quit":
+        _answer({"counts": counts, "last": last, "dropped": dropped})
+    for t in tasks:
+        t.cancel()
+    for c in channels:
+        await c.close()
+
+
+class Target(integration_grpc.KimballIntegrationServicer):
+    """A forwarding target that counts the events it receives."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = 0.0
+
+    async def EventStream(self, request_iterator, context):
+        n = 0
+        async for _ in request_iterator:
+            n += 1
+        self.count += n
+        self.last = time.monotonic()
+        return integration_pb.Response(code=0)
+
+
+async def run_target(port: int) -> None:
+    target = Target()
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    integration_grpc.add_KimballIntegrationServicer_to_server(target, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    commands = await _commands()
+    _answer({"started": True})
+    while (await commands.get()) != "quit":
+        _answer({"count": target.count, "last": target.last})
+    await server.stop(None)
+
+
+class Child:
+    """A child process of this script, pinned to ``cpu``, spoken to by lines."""
+
+    def __init__(self, argv: list[str], cpu: int | None) -> None:
+        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec,
+        )
+        self.read()  # "started"
+
+    def read(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"child {self.process.args[2:]} exited")
+        return json.loads(line)
+
+    def ask(self, command: str = "report") -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=10)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                self.process.kill()
+                self.process.wait()
+
+
+# -- the parent ---------------------------------------------------------------------------
+
+
+def kimball_with(port: int, http_port: int, data_dir: str, target: int | None) -> list[str]:
+    """``kimball serve`` as bench_grpc starts it, with a REST port and maybe an event target."""
+    argv = kimball_argv(port, data_dir)
+    argv[argv.index("--api-port") + 1] = str(http_port)
+    config = Path(data_dir).with_name("app.config")
+    targets = f', {{external_grpc_event_targets, [{{"127.0.0.1", {target}}}]}}' if target else ""
+    config.write_text(f'[{{features, [{{api_auth_tokens, [<<"{BENCH_TOKEN}">>]}}{targets}]}}].\n')
+    return argv
+
+
+def forward_metrics(http_port: int) -> dict[str, float]:
+    """``kimball_forward_events_*`` totals from the server's /metrics, by name and reason."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/metrics",
+        headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        text = answer.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kimball_forward_events_") and "_created" not in line:
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{")[0]
+            if "reason=" in name:
+                key += ":" + name.split('reason="')[1].split('"')[0]
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def wait_until_quiet(poll, expected: int, drain: float) -> dict:
+    """Poll a child until it has ``expected`` events or got nothing new for 0.5 s."""
+    deadline = time.monotonic() + drain
+    seen, since = -1, time.monotonic()
+    while True:
+        report = poll()
+        total = report["total"]
+        if total >= expected or time.monotonic() > deadline:
+            return report
+        if total != seen:
+            seen, since = total, time.monotonic()
+        elif time.monotonic() - since > 0.5:
+            return report
+        time.sleep(0.1)
+
+
+def events_for(w, namespace: str, batch: int) -> list[bytes]:
+    events = [
+        pb.Event(namespace=namespace, event_name=e.event_name, user_id=e.user_id) for e in w.events
+    ]
+    return stream_messages(events, batch)
+
+
+def warmup_message(namespace: str) -> list[bytes]:
+    event = pb.Event(namespace=namespace, event_name=WARMUP, user_id="warmup-user")
+    return [pb.TrackEventsRequest(events=[event]).SerializeToString()]
+
+
+def rate_row(name: str, rates: list[float], extra: list[str]) -> None:
+    cells = " | ".join(extra)
+    print(f"| {name} | {median(rates):,.0f} | {spread(rates)} | {cells} |")
+
+
+def cpu_busy(samples: list[Sample]) -> str:
+    return f"{median([s.server_cpu / s.seconds for s in samples]):.0%}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_options(parser)
+    parser.add_argument("--events", type=int, default=30_000, help="events per run")
+    parser.add_argument("--batch", type=int, default=BATCH, help="events per stream message")
+    parser.add_argument("--subs", default="1,10,100", help="subscriber counts, comma-separated")
+    parser.add_argument("--drain", type=float, default=6.0, help="s to wait for deliveries")
+    parser.add_argument("--subscribe", nargs=3, metavar=("PORT", "N", "NS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-target", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.subscribe:
+        asyncio.run(
+            run_subscribers(int(args.subscribe[0]), int(args.subscribe[1]), args.subscribe[2])
+        )
+        return 0
+    if args.serve_target is not None:
+        asyncio.run(run_target(args.serve_target))
+        return 0
+    if args.quick:
+        args.events, args.users, args.rounds, args.subs, args.drain = 10_000, 5_000, 2, "1,10", 4.0
+    subs = [int(s) for s in args.subs.split(",")]
+
+    server_cpu = start_run(f"bench_streaming  ({machine_note()})", code_note(), args)
+    client_cpu = args.client_cpu if server_cpu is not None else None
+    started = time.perf_counter()
+    w = make_plain_workload(args.events, args.users, args.names, args.seed)
+    n_events = len(w.events)
+    runs = 0
+
+    def namespace() -> str:
+        nonlocal runs
+        runs += 1
+        return f"run-{runs}"
+
+    fan: dict[int, list[Sample]] = {}
+    delivered: dict[int, list[tuple[float, float, int, float]]] = {}  # per-sub, total, drop, cpu
+    run_events: dict[int, int] = {}  # events per fan-out run, by subscriber count
+    fwd: dict[str, list[Sample]] = {}
+    fwd_out: list[tuple[float, int, dict[str, float], float]] = []  # rate, got, metrics, CPU
+
+    with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
+        target_port = free_port()
+        target = Child(["--serve-target", str(target_port)], client_cpu)
+        plain = ServerProcess("kimball serve", [], server_cpu, tmp)
+        plain_http = free_port()
+        os.makedirs(os.path.join(tmp, "a"))
+        plain.argv = kimball_with(plain.port, plain_http, os.path.join(tmp, "a", "data"), None)
+        forwarding = ServerProcess("kimball serve + target", [], server_cpu, tmp)
+        fwd_http = free_port()
+        os.makedirs(os.path.join(tmp, "b"))
+        forwarding.argv = kimball_with(
+            forwarding.port, fwd_http, os.path.join(tmp, "b", "data"), target_port
+        )
+        servers = [plain, forwarding]
+        try:
+            for s in servers:
+                s.start()
+            for s in servers:
+                s.wait_ready()
+            warm = events_for(w, "warm", args.batch)
+            for s in servers:  # warm-up: a connection and the whole workload once
+                run_stream(s.port, warm, 0)
+
+            def fan_run(n: int) -> None:
+                ns = namespace()
+                # Above 10 subscribers ingestion slows down in proportion: fewer events.
+                messages = events_for(w, ns, args.batch)[: fan_messages(n)]
+                count = sum(len(pb.TrackEventsRequest.FromString(m).events) for m in messages)
+                run_events[n] = count
+                if n == 0:
+                    fan.setdefault(0, []).append(
+                        measure(plain, lambda: run_stream(plain.port, messages, count))
+                    )
+                    return
+                child = Child(["--subscribe", str(plain.port), str(n), ns], client_cpu)
+                try:
+                    while True:  # until each subscriber saw a warm-up event
+                        run_stream(plain.port, warmup_message(ns), 0)
+                        ready, _, _ = select.select([child.process.stdout], [], [], 0.2)
+                        if ready:
+                            child.read()
+                            break
+                    cpu_before = child.cpu_seconds()
+                    t0 = time.monotonic()
+                    sample = measure(plain, lambda: run_stream(plain.port, messages, count))
+
+                    def poll() -> dict:
+                        r = child.ask()
+                        r["total"] = min(r["counts"])
+                        return r
+
+                    report = wait_until_quiet(poll, count, args.drain)
+                    cpu = child.cpu_seconds() - cpu_before
+                    spans = [max(t - t0, 1e-9) for t in report["last"]]
+                    per_sub = [c / s for c, s in zip(report["counts"], spans, strict=True)]
+                    total = sum(report["counts"]) / max(spans)
+                    fan.setdefault(n, []).append(sample)
+                    delivered.setdefault(n, []).append(
+                        (median(per_sub), total, max(report["dropped"]), cpu / max(spans))
+                    )
+                finally:
+                    child.stop()
+                    time.sleep(0.3)  # the server ends the streams before the next run
+
+            def fan_messages(n: int) -> int:
+                return -(-max(args.events * 10 // max(n, 10), args.batch * 10) // args.batch)
+
+            def fwd_run(with_target: bool) -> None:
+                ns = namespace()
+                messages = events_for(w, ns, args.batch)
+                if not with_target:
+                    fwd.setdefault("none", []).append(
+                        measure(plain, lambda: run_stream(plain.port, messages, n_events))
+                    )
+                    return
+                before_metrics = forward_metrics(fwd_http)
+                before = target.ask()["count"]
+                cpu_before = target.cpu_seconds()
+                t0 = time.monotonic()
+                sample = measure(
+                    forwarding, lambda: run_stream(forwarding.port, messages, n_events)
+                )
+
+                def poll() -> dict:
+                    r = target.ask()
+                    r["total"] = r["count"] - before
+                    return r
+
+                report = wait_until_quiet(poll, n_events, args.drain)
+                span = max(report["last"] - t0, 1e-9)
+                cpu = (target.cpu_seconds() - cpu_before) / span
+                after = forward_metrics(fwd_http)
+                diff = {k: v - before_metrics.get(k, 0.0) for k, v in after.items()}
+                fwd.setdefault("target", []).append(sample)
+                fwd_out.append((report["total"] / span, report["total"], diff, cpu))
+
+            for r in range(args.rounds):
+                order = [0, *subs]
+                for n in order if r % 2 == 0 else order[::-1]:
+                    fan_run(n)
+                for with_target in (False, True) if r % 2 == 0 else (True, False):
+                    fwd_run(with_target)
+        finally:
+            for s in servers:
+                s.stop()
+            target.stop()
+
+    print(
+        f"\nworkload: {n_events:,} events per run ({w.distinct_users:,} users, {args.names} "
+        f"names), StreamEvents with {args.batch} events per message from this process; "
+        f"{args.rounds} interleaved rounds; subscribers: one grpc.aio client process, one "
+        f"channel per subscriber, on the load generator's CPU\n"
+    )
+    print("## (1) Subscribe fan-out\n")
+    print(
+        "| subscribers | events per run | ingestion ev/s | spread | vs none | server CPU busy | "
+        "delivered ev/s per subscriber | delivered ev/s total | max dropped | subscriber CPU |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = median([s.rate for s in fan[0]])
+    for n in [0, *subs]:
+        rates = [s.rate for s in fan[n]]
+        if n == 0:
+            extra = ["100%", cpu_busy(fan[n]), "-", "-", "-", "-"]
+        else:
+            d = delivered[n]
+            extra = [
+                f"{median(rates) / base:.0%}",
+                cpu_busy(fan[n]),
+                f"{median([x[0] for x in d]):,.0f}",
+                f"{median([x[1] for x in d]):,.0f}",
+                f"{max(x[2] for x in d):,}",
+                f"{median([x[3] for x in d]):.0%}",
+            ]
+        rate_row(f"{n} | {run_events[n]:,}", rates, extra)
+
+    print("\n## (2) forwarding to one external_grpc_event_targets target\n")
+    print("| server | ingestion ev/s | spread | vs no target | server CPU busy |")
+    print("|---|---:|---:|---:|---:|")
+    base = median([s.rate for s in fwd["none"]])
+    for key, label in (("none", "no target"), ("target", "one target")):
+        rates = [s.rate for s in fwd[key]]
+        rate_row(label, rates, [f"{median(rates) / base:.0%}", cpu_busy(fwd[key])])
+    target_rates = [x[0] for x in fwd_out]
+    sent = [x[2].get("kimball_forward_events_sent_total", 0.0) for x in fwd_out]
+    dropped = {
+        k: sum(x[2].get(k, 0.0) for x in fwd_out)
+        for x in fwd_out
+        for k in x[2]
+        if k.startswith("kimball_forward_events_dropped_total")
+    }
+    print(
+        f"\ntarget received: {median(target_rates):,.0f} ev/s ({spread(target_rates)}), "
+        f"producer start to last event; {min(x[1] for x in fwd_out):,}-"
+        f"{max(x[1] for x in fwd_out):,} of {n_events:,} events per run; target process CPU "
+        f"busy {median([x[3] for x in fwd_out]):.0%}"
+    )
+    print(
+        f"kimball_forward_events_sent_total per run: {', '.join(f'{s:,.0f}' for s in sent)}; "
+        f"dropped over all runs: "
+        + ", ".join(f"{k.split(':')[-1]} {v:,.0f}" for k, v in dropped.items())
+    )
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
