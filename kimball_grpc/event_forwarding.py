@@ -59,7 +59,6 @@ events, or a slow target would see the same batch again and again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -78,6 +77,7 @@ from kimball_grpc.records import Record
 from kimball_grpc.subscriptions import AcceptedEvent
 
 log = logging.getLogger(__name__)
+STOP_SECONDS = 5.0  # the longest stop() waits for a sender to end
 
 DEFAULT_MAX_QUEUE = 100_000
 DEFAULT_BATCH = 500
@@ -229,8 +229,11 @@ class EventForwarder:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a sender stuck in gRPC (closing a channel to a hung target) must not
+            # hold up the server's shutdown.
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_SECONDS)
+            if not done:
+                log.warning("event target %s: sender did not stop in time", self.target)
         self.dropped_shutdown += self.queued
         self._queue.clear()
         self._inflight = []
