@@ -154,6 +154,14 @@ def _whole_number(name: str, value: str, meaning: str) -> int:
     return int(value)
 
 
+def _milliseconds(name: str, value: str) -> int:
+    """A whole number of milliseconds, at least 1, from a variable called ``name``."""
+    milliseconds = _whole_number(name, value, "a whole number of milliseconds")
+    if milliseconds < 1:
+        raise ConfigError(f"{name} must be at least 1")
+    return milliseconds
+
+
 def parse_port(name: str, value: str) -> int:
     """A port number from text (a flag or a variable called ``name``), or ``ConfigError``."""
     port = _whole_number(name, value, "a port number")
@@ -198,14 +206,10 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
             raise ConfigError(f"KUBERNETES_MEMORY_LIMIT must be at least 1 byte, got '{limit}'")
         out["kubernetes_memory_limit"] = limit
     if environ.get("KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"):
-        deadline = _whole_number(
+        out["external_prediction_deadline_ms"] = _milliseconds(
             "KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS",
             environ["KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"],
-            "a whole number of milliseconds",
         )
-        if deadline < 1:
-            raise ConfigError("KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS must be at least 1")
-        out["external_prediction_deadline_ms"] = deadline
     if environ.get("KIMBALL_DATA_DIR"):
         out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])
     out |= _storage_from_environment(environ)
@@ -235,14 +239,9 @@ def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     if environ.get("KIMBALL_WAL_FSYNC"):
         out["wal_fsync"] = parse_fsync_policy("KIMBALL_WAL_FSYNC", environ["KIMBALL_WAL_FSYNC"])
     if environ.get("KIMBALL_WAL_FSYNC_INTERVAL_MS"):
-        interval = _whole_number(
-            "KIMBALL_WAL_FSYNC_INTERVAL_MS",
-            environ["KIMBALL_WAL_FSYNC_INTERVAL_MS"],
-            "a whole number of milliseconds",
+        out["wal_fsync_interval_ms"] = _milliseconds(
+            "KIMBALL_WAL_FSYNC_INTERVAL_MS", environ["KIMBALL_WAL_FSYNC_INTERVAL_MS"]
         )
-        if interval < 1:
-            raise ConfigError("KIMBALL_WAL_FSYNC_INTERVAL_MS must be at least 1")
-        out["wal_fsync_interval_ms"] = interval
     if environ.get("KIMBALL_SNAPSHOT_INTERVAL"):
         out["snapshot_interval_s"] = parse_seconds(
             "KIMBALL_SNAPSHOT_INTERVAL", environ["KIMBALL_SNAPSHOT_INTERVAL"]

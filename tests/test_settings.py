@@ -309,6 +309,8 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
     assert (s.storage.uri, s.wal_fsync) == ("gs://other/y", FsyncPolicy.INTERVAL)
     s = load_settings({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "50", "KIMBALL_SNAPSHOT_INTERVAL": "2.5"})
     assert (s.wal_fsync_interval_ms, s.snapshot_interval_s) == (50, 2.5)
+    s = load_settings({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "75"})
+    assert s.external_prediction_deadline_ms == 75
 
 
 # --- bad environment values ---------------------------------------------------------
@@ -342,6 +344,8 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "0"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS"]),
         ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "1.5"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS", "'1.5'"]),
         ({"KIMBALL_SNAPSHOT_INTERVAL": "0"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'0'"]),
+        ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "0"}, ["DEADLINE_MS", "at least 1"]),
+        ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "fast"}, ["DEADLINE_MS", "'fast'"]),
         ({"KIMBALL_SNAPSHOT_INTERVAL": "soon"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'soon'"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
