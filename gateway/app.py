@@ -53,6 +53,15 @@ def error_response(status: int, what: str, **details: object) -> web.Response:
     return web.json_response({"error": {"what": what, **details}}, status=status)
 
 
+def failed_call_response(error: grpc.aio.AioRpcError) -> web.Response:
+    """A failed gRPC call as the original API's error: the status through one table, the
+    ErrorInfo's metadata (which parameter) beside the message."""
+    if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return unauthorized()
+    details = error_metadata(error.trailing_metadata())
+    return error_response(http_status(error.code()), error.details() or "", **details)
+
+
 def unauthorized() -> web.Response:
     return web.json_response({"error": UNAUTHORIZED_MESSAGE}, status=401)
 
@@ -130,10 +139,7 @@ def _route_handler(
         try:
             response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.UNAUTHENTICATED:
-                return unauthorized()
-            details = error_metadata(error.trailing_metadata())
-            return error_response(http_status(error.code()), error.details() or "", **details)
+            return failed_call_response(error)
         if shape is None:
             return web.Response(status=204)
         return web.json_response(shape(response))
@@ -198,10 +204,7 @@ def _stream_route_handler(
         try:
             response = await call(messages(), metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.UNAUTHENTICATED:
-                return unauthorized()
-            details = error_metadata(error.trailing_metadata())
-            return error_response(http_status(error.code()), error.details() or "", **details)
+            return failed_call_response(error)
         if refused:
             accepted = shape(response)
             return error_response(400, refused[0].what, **refused[0].details, **accepted)
