@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -73,6 +72,12 @@ from prometheus_client.registry import Collector
 from kimball_grpc.events import Event
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.outbound_channels import (
+    ConnectionLost,
+    backoff_seconds,
+    target_address,
+    wait_until_connected,
+)
 from kimball_grpc.records import Record
 from kimball_grpc.subscriptions import AcceptedEvent
 
@@ -104,21 +109,10 @@ ChannelFactory = Callable[[str], grpc.aio.Channel]
 _Item = AcceptedEvent | tuple[Record, Event]
 
 
-def target_address(host: str, port: int) -> str:
-    """``host:port`` as gRPC takes it (an IPv6 literal in brackets)."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
 def _insecure_channel(address: str) -> grpc.aio.Channel:
     # gRPC drops an unused connection after 30 min by default (client_idle_timeout_ms);
     # the idle watcher would take that for an outage, so a quiet target stays connected.
     return grpc.aio.insecure_channel(address, options=[("grpc.client_idle_timeout_ms", 2**31 - 1)])
-
-
-class _ConnectionLost(Exception):
-    """The channel left READY, or a call failed transiently: reconnect after a backoff."""
 
 
 class EventForwarder:
@@ -250,12 +244,12 @@ class EventForwarder:
             try:
                 channel = self._channel_factory(self.address)
                 self._delivered_since_connect = False
-                await self._connect(channel)
+                await wait_until_connected(channel, self.address, self.connect_timeout)
                 self.connected = True
                 up_since = loop.time()
                 log.info("event target %s connected", self.target)
                 await self._deliver(channel)
-            except _ConnectionLost as exc:
+            except ConnectionLost as exc:
                 self.failures += 1
                 if self.connected:
                     log.warning(
@@ -283,38 +277,11 @@ class EventForwarder:
                 attempt = 0
             if self._delivered_since_connect:
                 attempt = 0
-            ceiling = min(self.max_backoff, self.first_backoff * 2 ** min(attempt, 62))
+            await asyncio.sleep(backoff_seconds(attempt, self.first_backoff, self.max_backoff))
             attempt += 1
-            await asyncio.sleep(random.uniform(0, ceiling))  # full jitter
-
-    async def _connect(self, channel: grpc.aio.Channel) -> None:
-        """Return once ``channel`` is READY; ``_ConnectionLost`` on failure or timeout.
-
-        Not ``channel_ready()``: it waits through TRANSIENT_FAILURE on gRPC's own
-        reconnect backoff (1 s, growing to 2 min), so a refused port would hang it
-        until the timeout. Failing fast lets our backoff decide the pace."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
-        state = channel.get_state(try_to_connect=True)
-        while state is not grpc.ChannelConnectivity.READY:
-            if state in (
-                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                grpc.ChannelConnectivity.SHUTDOWN,
-            ):
-                raise _ConnectionLost(f"cannot connect to {self.address}")
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise _ConnectionLost(
-                    f"no connection to {self.address} within {self.connect_timeout:g} s"
-                )
-            try:
-                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
-            except TimeoutError:
-                continue  # the loop reports the timeout
-            state = channel.get_state(try_to_connect=True)
 
     async def _deliver(self, channel: grpc.aio.Channel) -> None:
-        """Send batches while the channel stays READY; raise ``_ConnectionLost`` when not."""
+        """Send batches while the channel stays READY; raise ``ConnectionLost`` when not."""
         stub = integration_grpc.KimballIntegrationStub(channel)
         # Watches the connection while there is nothing to send, so the connected metric
         # drops (and reconnection starts) when an idle target goes away.
@@ -343,7 +310,7 @@ class EventForwarder:
             finally:
                 waiter.cancel()
             if watcher.done():
-                raise _ConnectionLost(f"connection to {self.address} lost")
+                raise ConnectionLost(f"connection to {self.address} lost")
 
     def _take_batch(self) -> None:
         queue = self._queue
@@ -366,7 +333,7 @@ class EventForwarder:
             code = exc.code()
             if code in TRANSIENT_CODES:
                 self._requeue()
-                raise _ConnectionLost(f"{code.name}: {exc.details()}") from None
+                raise ConnectionLost(f"{code.name}: {exc.details()}") from None
             self._reject(f"the target refused the call ({code.name}: {exc.details()})")
             return
         self.sent += len(self._inflight)

@@ -27,6 +27,7 @@ from kimball_grpc.events import check_name
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.outbound_channels import target_address
 from kimball_grpc.settings import PredictionTarget
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class ExternalPredictions:
         if stub is None:
             if self._closed:  # closed while this call was being scheduled: open nothing new
                 raise RuntimeError("closed: shutting down")
-            channel = self._channel_factory(_address(target.host, target.port))
+            channel = self._channel_factory(target_address(target.host, target.port))
             self._channels[target.name] = channel
             stub = self._stubs[target.name] = integration_grpc.KimballIntegrationStub(channel)
         return stub
@@ -292,7 +293,7 @@ class ExternalPredictions:
             log.warning(
                 "external prediction target %s (%s) skipped: %s",
                 target.name,
-                _address(target.host, target.port),
+                target_address(target.host, target.port),
                 reason,
             )
         return TargetIssue(target.name, reason)
@@ -341,13 +342,6 @@ def _shorten(reason: str) -> str:
     if len(reason) <= _MAX_REASON_CHARS:
         return reason
     return reason[: _MAX_REASON_CHARS - 3] + "..."
-
-
-def _address(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 literal in brackets."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def _insecure_channel(address: str) -> grpc.aio.Channel:
