@@ -2,7 +2,8 @@
 
 Every accepted event is streamed to each configured ``(host, port)`` through the
 original contract's ``KimballIntegration.EventStream`` as ``KimballEvent{namespace,
-name, key}`` (``key`` is the user id: targets are model services the operator trusts).
+name, key}`` (``key`` is the user id: targets are model services the operator trusts; for
+events relayed by a sidecar, which keeps no raw ids, it is the user's hash in hex).
 
 Ingestion never waits on a target. ``offer`` (accepted events, as live
 subscriptions get them) and ``offer_records`` (the records and events the ingestor
@@ -366,6 +367,8 @@ def _messages(items: list[_Item]) -> list[integration_pb.KimballEvent]:
         else:
             record, event = item
             namespace = record.namespace  # resolved ("default" for an empty one)
+            if not event.user_id:  # relayed by a sidecar: only the user's hash is known
+                event = event._replace(user_id=record.user_hash.digest.hex())
         messages.append(KimballEvent(namespace=namespace, name=event.event_name, key=event.user_id))
     return messages
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from kimball_grpc.bloom import hash_key
 from kimball_grpc.errors import InvalidArgument
-from kimball_grpc.limits import DEFAULT_NAMESPACE, MAX_ABS_VALUE, MAX_NAME_LENGTH
+from kimball_grpc.limits import (
+    DEFAULT_NAMESPACE,
+    MAX_ABS_VALUE,
+    MAX_BATCH_EVENTS,
+    MAX_NAME_LENGTH,
+)
 from kimball_grpc.records import EventRecord, GoalRecord
 
 
@@ -86,6 +92,27 @@ def prepare_event(event: Event, current_week: tuple[int, int]) -> EventRecord:
         check_value(value)
     year, week = current_week if when is None else iso_week(when)
     return EventRecord(namespace, name, hash_key(user), year, week, value, ensure_goal)
+
+
+def prepare_events(events: Sequence[Event], current_week: tuple[int, int]) -> list[EventRecord]:
+    """Validate a batch into records, all or nothing: ``InvalidArgument`` names the first
+    bad event by its index (a batch of one: as ``prepare_event``)."""
+    if len(events) > MAX_BATCH_EVENTS:
+        raise InvalidArgument(
+            f"a batch holds at most {MAX_BATCH_EVENTS} events, got {len(events)}",
+            key="events",
+        )
+    records = []
+    for index, event in enumerate(events):
+        try:
+            records.append(prepare_event(event, current_week))
+        except InvalidArgument as exc:
+            if len(events) == 1:
+                raise
+            raise InvalidArgument(
+                f"event {index}: {exc.message}", index=str(index), **exc.details
+            ) from None
+    return records
 
 
 def prepare_goal(namespace: str, goal_name: str) -> GoalRecord:

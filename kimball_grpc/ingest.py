@@ -11,10 +11,10 @@ from functools import partial
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from kimball_grpc.event_forwarding import EventForwarding
-from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
-from kimball_grpc.limits import MAX_BATCH_EVENTS
+from kimball_grpc.events import Event, iso_week, prepare_events, prepare_goal
+from kimball_grpc.limits import MAX_RELAYED_EVENTS
 from kimball_grpc.records import EventRecord, Record
-from kimball_grpc.state_codec import decode_records, encode_records
+from kimball_grpc.state_codec import InvalidStoredData, decode_records, encode_records
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
 from storage.wal import WriteAheadLog
 
@@ -51,22 +51,7 @@ class Ingestor:
 
         ``InvalidArgument`` for a bad event (nothing applied), ``StorageError`` when the
         log cannot take the batch (nothing applied)."""
-        if len(events) > MAX_BATCH_EVENTS:
-            raise InvalidArgument(
-                f"a batch holds at most {MAX_BATCH_EVENTS} events, got {len(events)}",
-                key="events",
-            )
-        current_week = iso_week(self._clock())
-        records = []
-        for index, event in enumerate(events):
-            try:
-                records.append(prepare_event(event, current_week))
-            except InvalidArgument as exc:
-                if len(events) == 1:
-                    raise
-                raise InvalidArgument(
-                    f"event {index}: {exc.message}", index=str(index), **exc.details
-                ) from None
+        records = prepare_events(events, iso_week(self._clock()))
         if records:
             await self._commit(records, events)
         return len(records)
@@ -99,16 +84,37 @@ class Ingestor:
                 )
             for sequence, record in enumerate(decode_records(entry.payload), entry.sequence):
                 if expected <= sequence <= through and isinstance(record, EventRecord):
-                    event = Event(
-                        record.event_name,
-                        "",
-                        record.namespace,
-                        record.value,
-                        None,
-                        record.ensure_goal,
-                    )
-                    yield AcceptedEvent(sequence, event, record.user_hash.digest)
+                    yield AcceptedEvent(sequence, _stored_event(record), record.user_hash.digest)
             expected = entry.last + 1
+
+    async def accept_relayed(self, batches: Sequence[bytes]) -> int:
+        """Apply the events a sidecar spooled: ``RecordBatch`` bytes, user ids already hashed
+        and weeks fixed when the sidecar accepted them; returns how many events. They are
+        logged and applied as one batch. ``InvalidArgument`` if a batch cannot be read or
+        holds anything but events (nothing applied). The events passed on to subscribers
+        and event targets have no ``user_id`` and no ``datetime``, as replayed ones."""
+        records: list[EventRecord] = []
+        for index, payload in enumerate(batches):
+            try:
+                decoded = decode_records(payload)
+            except InvalidStoredData as exc:
+                raise InvalidArgument(
+                    f"relayed batch {index}: {exc.message}", index=str(index)
+                ) from None
+            if not all(r.__class__ is EventRecord for r in decoded):
+                raise InvalidArgument(
+                    f"relayed batch {index} holds goals: a relay sends events only",
+                    index=str(index),
+                )
+            records.extend(decoded)  # type: ignore[arg-type]
+        if len(records) > MAX_RELAYED_EVENTS:
+            raise InvalidArgument(
+                f"a relay message holds at most {MAX_RELAYED_EVENTS} events, got {len(records)}",
+                key="batches",
+            )
+        if records:
+            await self._commit(records, [_stored_event(r) for r in records])
+        return len(records)
 
     async def create_goal(self, namespace: str, goal_name: str) -> None:
         """Mark ``goal_name`` as a goal of ``namespace``."""
@@ -146,3 +152,8 @@ class Ingestor:
                         )
                     ]
                 )
+
+
+def _stored_event(record: EventRecord) -> Event:
+    """The event a stored record stands for, as far as it is kept: no user id, no datetime."""
+    return Event(record.event_name, "", record.namespace, record.value, None, record.ensure_goal)

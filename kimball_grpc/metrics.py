@@ -33,7 +33,8 @@ from storage.wal import WriteAheadLog
 class Metrics:
     """Every metric of one Kimball instance."""
 
-    def __init__(self, engine: Engine, memory_limit_bytes: int | None = None) -> None:
+    def __init__(self, engine: Engine | None, memory_limit_bytes: int | None = None) -> None:
+        """``engine``: None on a sidecar, which keeps no counters."""
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -96,9 +97,10 @@ class Metrics:
         )
         self.registry.register(_EngineCollector(engine, memory_limit_bytes))
         self.counters_registry = CollectorRegistry()
-        self.counters_registry.register(_CounterCollector(engine))
         self.predictions_registry = CollectorRegistry()
-        self.predictions_registry.register(_PredictionCollector(engine))
+        if engine is not None:
+            self.counters_registry.register(_CounterCollector(engine))
+            self.predictions_registry.register(_PredictionCollector(engine))
 
     def watch_log(self, wal: WriteAheadLog) -> None:
         """Expose the write-ahead log's figures (read when scraped)."""
@@ -123,15 +125,17 @@ class Metrics:
 class _EngineCollector(Collector):
     """``kimball_counters`` and ``memory_remaining_bytes``, computed when scraped."""
 
-    def __init__(self, engine: Engine, memory_limit_bytes: int | None) -> None:
+    def __init__(self, engine: Engine | None, memory_limit_bytes: int | None) -> None:
         self._engine = engine
         self._limit = memory_limit_bytes
 
     def collect(self) -> Iterator[Metric]:
-        total = sum(len(self._engine.counters(ns)) for ns in self._engine.namespaces())
-        yield GaugeMetricFamily(
-            "kimball_counters", "Counters registered (global, named and weekly).", value=total
-        )
+        if self._engine is not None:
+            engine = self._engine
+            total = sum(len(engine.counters(ns)) for ns in engine.namespaces())
+            yield GaugeMetricFamily(
+                "kimball_counters", "Counters registered (global, named and weekly).", value=total
+            )
         if self._limit is not None:
             yield GaugeMetricFamily(
                 "memory_remaining_bytes",

@@ -1,4 +1,5 @@
-"""Server start-up and shutdown: the engine behind gRPC, with health and reflection."""
+"""Server start-up and shutdown: the engine behind gRPC (api mode), or a sidecar; and ``serve``,
+which runs either with the REST gateway until a signal."""
 
 from __future__ import annotations
 
@@ -7,30 +8,23 @@ import logging
 import signal
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health as grpc_health
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from gateway.server import network_channel, start_gateway
-from kimball_grpc.auth import AuthInterceptor, TokenChecker, run_tokens
+from kimball_grpc.auth import TokenChecker
 from kimball_grpc.engine import Engine
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.event_forwarding import EventForwarding
 from kimball_grpc.external_predictions import ExternalPredictions
-from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
-from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
+from kimball_grpc.grpc_front import API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE, GrpcFront
 from kimball_grpc.ingest import Ingestor
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
-from kimball_grpc.local_channel import HandlerRecorder, LocalChannel
+from kimball_grpc.local_channel import LocalChannel
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.persistence import Persistence
-from kimball_grpc.readiness import StartupGate
-from kimball_grpc.servicers import KimballIntegration, KimballService
+from kimball_grpc.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.settings import Mode, Settings, storage_config
-from kimball_grpc.status_mapping import StatusInterceptor
+from kimball_grpc.sidecar import RunningSidecar, start_sidecar
 from kimball_grpc.subscriptions import SubscriptionHub
 from storage.blob_store import StorageError
 from storage.location import open_blob_store
@@ -39,30 +33,45 @@ from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
-API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
-INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SHUTDOWN_GRACE_SECONDS = 10.0
 FORWARD_DRAIN_SECONDS = 2.0
 
 
 @dataclass
 class RunningServer:
-    """A started server and the parts behind it."""
+    """A started api-mode server and the parts behind it."""
 
-    server: grpc.aio.Server
-    health: grpc_health.aio.HealthServicer
+    front: GrpcFront
     engine: Engine
     ingestor: Ingestor
     hub: SubscriptionHub
     metrics: Metrics
-    checker: TokenChecker | None  # None when authentication is off
-    grpc_port: int
-    local_channel: LocalChannel  # the same methods, in-process: for the REST gateway here
     persistence: Persistence
     ready: asyncio.Task[None]  # done once the state is restored and calls are taken
     external: ExternalPredictions
     forwarding: EventForwarding
+
+    @property
+    def grpc_port(self) -> int:
+        return self.front.port
+
+    @property
+    def checker(self) -> TokenChecker | None:
+        """The token check (None when authentication is off)."""
+        return self.front.checker
+
+    @property
+    def local_channel(self) -> LocalChannel:
+        """The same methods, in-process: for the REST gateway here."""
+        return self.front.local_channel
+
+    @property
+    def state_location(self) -> str:
+        """Where the state lives, for the start-up log line."""
+        return (
+            f"restoring the state from {self.persistence.snapshots.blobs.uri} "
+            f"and {self.persistence.wal.directory}"
+        )
 
     async def wait_ready(self) -> None:
         """Return once the state is restored (raises what stopped the restore, if anything)."""
@@ -71,9 +80,8 @@ class RunningServer:
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), then
         take a last snapshot and close the write-ahead log."""
-        await self.health.enter_graceful_shutdown()
         self.hub.close_all()  # live subscriptions end so they do not hold the grace period
-        await self.server.stop(grace)
+        await self.front.stop(grace)
         # After the last call: what it accepted is queued; a little time to deliver it.
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
@@ -87,8 +95,6 @@ class RunningServer:
 async def start_server(settings: Settings) -> RunningServer:
     """Build and start the gRPC server. It answers at once; health says NOT_SERVING and the
     API answers UNAVAILABLE until the state is restored (``RunningServer.ready``)."""
-    if settings.mode is Mode.SIDECAR:
-        raise ConfigError("FEATURES_MODE=sidecar is not available yet in this version")
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
     wal = WriteAheadLog(
@@ -112,67 +118,28 @@ async def start_server(settings: Settings) -> RunningServer:
     ingestor = Ingestor(
         engine, hub, observe_events=metrics.observe_events, log=wal, forwarding=forwarding
     )
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
-    if checker is not None:
-        interceptors.append(AuthInterceptor(checker, {HEALTH_SERVICE}))
-    else:
-        log.warning("API authentication is off (api_auth disable): every caller is trusted")
-    gate = StartupGate({API_SERVICE, INTEGRATION_SERVICE})
-    interceptors.append(gate)
-    interceptors.append(
-        StatusInterceptor({API_SERVICE, INTEGRATION_SERVICE}, metrics.observe_request)
-    )
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
-    handlers = HandlerRecorder(server)
+    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
     external = ExternalPredictions(
         settings.external_grpc_prediction_targets,
         metrics.registry,
         deadline=settings.external_prediction_deadline_ms / 1000,
     )
-    service = KimballService(engine, ingestor, hub, external)
-    pb_grpc.add_KimballServiceServicer_to_server(service, handlers)
+    pb_grpc.add_KimballServiceServicer_to_server(
+        KimballService(engine, ingestor, hub, external), front.handlers
+    )
     integration_grpc.add_KimballIntegrationServicer_to_server(
-        KimballIntegration(engine, ingestor), handlers
+        KimballIntegration(engine, ingestor), front.handlers
     )
-    health_servicer = grpc_health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
-    service_names = (
-        API_SERVICE,
-        INTEGRATION_SERVICE,
-        HEALTH_SERVICE,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(service_names, server)
-    address = f"{settings.grpc_host}:{settings.grpc_port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
-    await server.start()
+    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
+    await front.start()
     forwarding.start()
-    for name in ("", API_SERVICE, INTEGRATION_SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    local = LocalChannel(handlers.generic_handlers, interceptors)
-    ready = asyncio.get_running_loop().create_task(
-        _become_ready(persistence, gate, health_servicer)
-    )
+    ready = asyncio.get_running_loop().create_task(_become_ready(persistence, front))
     return RunningServer(
-        server,
-        health_servicer,
+        front,
         engine,
         ingestor,
         hub,
         metrics,
-        checker,
-        port,
-        local,
         persistence,
         ready,
         external,
@@ -180,45 +147,25 @@ async def start_server(settings: Settings) -> RunningServer:
     )
 
 
-async def _become_ready(
-    persistence: Persistence, gate: StartupGate, health: grpc_health.aio.HealthServicer
-) -> None:
+async def _become_ready(persistence: Persistence, front: GrpcFront) -> None:
     """Restore the state, then take calls and start the periodic snapshots."""
     try:
         await persistence.restore()
     except StorageError as exc:  # the log's own directory is unusable: nothing to serve
         log.error("cannot start: %s", exc.message)
         raise
-    gate.open()
-    for name in ("", API_SERVICE, INTEGRATION_SERVICE):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await front.open()
     persistence.start_snapshots()
-
-
-def _tokens(settings: Settings) -> tuple[str, ...]:
-    """The accepted tokens; with none configured, one generated into the data directory."""
-    try:
-        tokens, generated = run_tokens(settings.api_auth_tokens, settings.data_dir)
-    except OSError as exc:
-        raise ConfigError(
-            f"API authentication is on and no api_auth_tokens are configured, and a token "
-            f"cannot be kept in {settings.data_dir}: {exc}"
-        ) from None
-    if generated:
-        log.warning(
-            "API authentication is on and no api_auth_tokens are configured: "
-            "use the token kept in %s (Authorization: Bearer <token>)",
-            generated,
-        )
-    else:
-        log.info("API authentication is on: %d token(s) configured", len(tokens))
-    return tokens
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     stop = stop_signals()  # from the start: a signal during start-up stops it too
-    running = await start_server(settings)
+    running: RunningServer | RunningSidecar
+    if settings.mode is Mode.SIDECAR:
+        running = await start_sidecar(settings)
+    else:
+        running = await start_server(settings)
     rest_host = settings.grpc_host.strip("[]")
     try:
         gateway = await start_gateway(
@@ -232,14 +179,12 @@ async def serve(settings: Settings) -> None:
         await running.stop(grace=None)
         raise
     log.info(
-        "Kimball listening: gRPC on %s:%d (health, reflection on), REST on %s:%d; "
-        "restoring the state from %s and %s",
+        "Kimball listening: gRPC on %s:%d (health, reflection on), REST on %s:%d; %s",
         settings.grpc_host,
         running.grpc_port,
         settings.grpc_host,
         gateway.port,
-        running.persistence.snapshots.blobs.uri,
-        settings.wal_dir,
+        running.state_location,
     )
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopped, running.ready], return_when=asyncio.FIRST_COMPLETED)

@@ -6,7 +6,7 @@ server's interceptor (``status_mapping``), so no handler catches anything.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
@@ -19,11 +19,53 @@ from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
+from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
 from kimball_grpc.ingest import Ingestor
 from kimball_grpc.limits import MAX_SUBSCRIPTION_EVENT_NAMES
 from kimball_grpc.subscriptions import EventFilter, SubscriptionHub
 
 Context = grpc.aio.ServicerContext
+
+
+Accept = Callable[[Sequence[Event]], Awaitable[int]]
+
+
+async def accept_stream(
+    requests: AsyncIterator[pb.TrackEventsRequest], accept: Accept
+) -> pb.StreamEventsResponse:
+    """``StreamEvents``: each message's events accepted as it arrives; a bad message ends
+    the call naming its index, and nothing after it is accepted."""
+    accepted = 0
+    messages = 0
+    async for request in requests:
+        try:
+            events = [proto_mapping.event_from_proto(e) for e in request.events]
+            accepted += await accept(events)
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"message {messages}: {exc.message} ({accepted} events accepted before it)",
+                message=str(messages),
+                **exc.details,
+            ) from None
+        messages += 1
+    return pb.StreamEventsResponse(accepted=accepted, messages=messages)
+
+
+async def accept_integration_stream(
+    messages: AsyncIterator[integration_pb.KimballEvent], accept: Accept
+) -> integration_pb.Response:
+    """The original contract's ``EventStream``: one event per message, accepted as it comes."""
+    accepted = 0
+    async for message in messages:
+        event = Event(event_name=message.name, user_id=message.key, namespace=message.namespace)
+        try:
+            accepted += await accept([event])
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"event {accepted}: {exc.message}", index=str(accepted), **exc.details
+            ) from None
+    return integration_pb.Response(code=0)
 
 
 class KimballService(pb_grpc.KimballServiceServicer):
@@ -53,20 +95,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
     async def StreamEvents(
         self, request_iterator: AsyncIterator[pb.TrackEventsRequest], context: Context
     ):
-        accepted = 0
-        messages = 0
-        async for request in request_iterator:
-            try:
-                events = [proto_mapping.event_from_proto(e) for e in request.events]
-                accepted += await self.ingestor.accept(events)
-            except InvalidArgument as exc:
-                raise InvalidArgument(
-                    f"message {messages}: {exc.message} ({accepted} events accepted before it)",
-                    message=str(messages),
-                    **exc.details,
-                ) from None
-            messages += 1
-        return pb.StreamEventsResponse(accepted=accepted, messages=messages)
+        return await accept_stream(request_iterator, self.ingestor.accept)
 
     async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
         goals = set(self.engine.goals(request.namespace))
@@ -141,16 +170,7 @@ class KimballIntegration(integration_grpc.KimballIntegrationServicer):
     async def EventStream(
         self, request_iterator: AsyncIterator[integration_pb.KimballEvent], context: Context
     ):
-        accepted = 0
-        async for message in request_iterator:
-            event = Event(event_name=message.name, user_id=message.key, namespace=message.namespace)
-            try:
-                accepted += await self.ingestor.accept([event])
-            except InvalidArgument as exc:
-                raise InvalidArgument(
-                    f"event {accepted}: {exc.message}", index=str(accepted), **exc.details
-                ) from None
-        return integration_pb.Response(code=0)
+        return await accept_integration_stream(request_iterator, self.ingestor.accept)
 
     async def Prediction(self, request: integration_pb.PredictionRequest, context: Context):
         answers = self.engine.predict(request.namespace, list(request.event_names), request.user_id)
@@ -161,3 +181,15 @@ class KimballIntegration(integration_grpc.KimballIntegrationServicer):
                 if not a.note
             ]
         )
+
+
+class KimballRelay(relay_grpc.KimballRelayServicer):
+    """Events from sidecars: each message acknowledged once applied and durable."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+
+    async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
+        async for request in request_iterator:
+            await self.ingestor.accept_relayed(request.batches)
+            yield relay_pb.RelayResponse(acknowledged_through=request.last_sequence)

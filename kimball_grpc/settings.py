@@ -21,6 +21,7 @@ from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
 from storage.wal import FsyncPolicy
 
 DEFAULT_CONFIG_PATH = Path("/kimball/app.config")
+DEFAULT_GRPC_PORT = 50051
 
 
 class Mode(StrEnum):
@@ -40,12 +41,15 @@ class Settings:
     """Everything the server needs to start."""
 
     grpc_host: str = "[::]"
-    grpc_port: int = 50051
+    grpc_port: int = DEFAULT_GRPC_PORT
     api_port: int = 8080
     data_dir: Path = Path("kimball-data")
     config_path: Path | None = None
     mode: Mode = Mode.API
-    analytics_host: str = ""
+    analytics_host: str = ""  # sidecar: the api server's gRPC, host:port
+    # sidecar: the token it presents to the api server (default: its first api_auth_tokens)
+    analytics_token: str | None = field(default=None, repr=False)
+    spool_max_events: int = 10_000_000  # sidecar: undelivered events it keeps at most
     namespace: str = "default"
     additional_namespaces: tuple[str, ...] = ()
     storage_path_prefix: str = ""
@@ -80,6 +84,11 @@ class Settings:
     def wal_dir(self) -> Path:
         """The write-ahead log's directory: always on local disk."""
         return self.data_dir / "wal"
+
+    @property
+    def spool_dir(self) -> Path:
+        """A sidecar's spool of undelivered events: always on local disk."""
+        return self.data_dir / "spool"
 
 
 def load_settings(
@@ -170,6 +179,29 @@ def parse_port(name: str, value: str) -> int:
     return port
 
 
+def parse_analytics_host(name: str, value: str) -> str:
+    """The api server's gRPC address from text: ``host:port``, ``[v6]:port``, or a host
+    alone (port 50051), optionally as ``grpc://...``; ``ConfigError`` otherwise."""
+    text = value.strip().removeprefix("grpc://").rstrip("/")
+    if "://" in text or "/" in text:
+        raise ConfigError(
+            f"{name} must be the api server's gRPC address, host:port (e.g. kimball:50051), "
+            f"not a URL: the relay delivers over gRPC; got {value!r}"
+        )
+    if text.count(":") > 1 and not text.startswith("["):
+        text = f"[{text}]"  # a bare IPv6 address
+    if text.startswith("["):
+        host, bracket, rest = text.partition("]")
+        host += bracket
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else "?")
+    else:
+        host, _, port = text.partition(":")
+    port = port or str(DEFAULT_GRPC_PORT)
+    if host in ("", "[]") or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{name} must be host:port (e.g. kimball:50051), got {value!r}")
+    return f"{host}:{port}"
+
+
 def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out: dict[str, object] = {}
     api_port = environ.get("API_PORT") or environ.get("PORT")
@@ -185,7 +217,16 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
                 f"FEATURES_MODE must be api or sidecar, got {environ['FEATURES_MODE']!r}"
             ) from None
     if environ.get("ANALYTICS_HOST"):
-        out["analytics_host"] = environ["ANALYTICS_HOST"]
+        out["analytics_host"] = parse_analytics_host("ANALYTICS_HOST", environ["ANALYTICS_HOST"])
+    if environ.get("ANALYTICS_TOKEN"):
+        out["analytics_token"] = environ["ANALYTICS_TOKEN"].strip()
+    if environ.get("KIMBALL_SPOOL_MAX_EVENTS"):
+        limit = _whole_number(
+            "KIMBALL_SPOOL_MAX_EVENTS", environ["KIMBALL_SPOOL_MAX_EVENTS"], "a number of events"
+        )
+        if limit < 1:
+            raise ConfigError("KIMBALL_SPOOL_MAX_EVENTS must be at least 1")
+        out["spool_max_events"] = limit
     if environ.get("NAMESPACE"):
         out["namespace"] = environ["NAMESPACE"]
     if environ.get("ADDITIONAL_NAMESPACES"):

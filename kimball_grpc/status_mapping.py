@@ -86,7 +86,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(
                 _stream_unary(handler.stream_unary, decode, timed), None, serialize
             )
-        return handler
+        return grpc.stream_stream_rpc_method_handler(
+            _stream_stream(handler.stream_stream, decode, timed), None, serialize
+        )
 
 
 class _Timed:
@@ -139,15 +141,31 @@ def _unary_stream(behavior: Callable, decode: Callable, timed: _Timed) -> Callab
     return handle
 
 
+async def _decoded(decode: Callable, requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+    async for data in requests:
+        yield _decode(decode, data)
+
+
 def _stream_unary(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
     async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        async def decoded() -> AsyncIterator[Any]:
-            async for data in requests:
-                yield _decode(decode, data)
-
         with timed.call() as code:
             try:
-                return await behavior(decoded(), context)
+                return await behavior(_decoded(decode, requests), context)
+            except KimballError as error:
+                code[0] = error.grpc_code
+                await _abort(context, error)
+
+    return handle
+
+
+def _stream_stream(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
+    async def handle(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        with timed.call() as code:
+            try:
+                async for response in behavior(_decoded(decode, requests), context):
+                    yield response
             except KimballError as error:
                 code[0] = error.grpc_code
                 await _abort(context, error)

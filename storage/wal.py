@@ -164,9 +164,11 @@ class WriteAheadLog:
         return offset, last
 
     def entries(self, after: int = 0) -> Iterator[LogEntry]:
-        """The good entries holding records after ``after``, in order (reads the disk)."""
-        for index, (first, path) in enumerate(self._segments):
-            following = self._segments[index + 1][0] if index + 1 < len(self._segments) else None
+        """The good entries holding records after ``after``, in order (reads the disk; may
+        run in a worker thread while the log is appended to and pruned)."""
+        segments = list(self._segments)
+        for index, (first, path) in enumerate(segments):
+            following = segments[index + 1][0] if index + 1 < len(segments) else None
             if following is not None and following <= after + 1:
                 continue  # wholly at or before ``after``
             expected = first

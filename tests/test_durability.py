@@ -93,7 +93,7 @@ async def test_a_crash_before_any_snapshot_loses_nothing_acknowledged(tmp_path: 
     async with stub_of(crashed) as stub:
         await feed(stub, range(300))
         before = await state_of(stub)
-    await crashed.server.stop(None)  # gone without a snapshot or closing its log
+    await crashed.front.server.stop(None)  # gone without a snapshot or closing its log
 
     assert not list(tmp_path.rglob("*.snapshot"))
     async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
@@ -163,7 +163,7 @@ async def test_a_torn_log_tail_is_cut_and_the_server_starts(tmp_path: Path, capl
     async with stub_of(crashed) as stub:
         await feed(stub, range(40))
         before = await state_of(stub)
-    await crashed.server.stop(None)
+    await crashed.front.server.stop(None)
     segment = sorted((tmp_path / "wal").glob("*.wal"))[-1]
     with open(segment, "ab") as file:  # a write cut short by the crash
         file.write(b"\x40\x00\x00\x00\x12\x34")

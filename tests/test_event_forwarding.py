@@ -20,12 +20,14 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from kimball_grpc.bloom import hash_key
 from kimball_grpc.engine import Engine
 from kimball_grpc.event_forwarding import EventForwarder, EventForwarding
-from kimball_grpc.events import Event
+from kimball_grpc.events import Event, prepare_event
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.ingest import Ingestor
+from kimball_grpc.state_codec import encode_records
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
 from storage.wal import FsyncPolicy, WriteAheadLog
 
@@ -235,6 +237,17 @@ async def test_events_accepted_by_the_ingestor_reach_the_target(servers, forward
         ("shop", "buy", "u2"),
         ("shop", "buy", "u1"),
     ]
+
+
+async def test_relayed_events_reach_the_target_keyed_by_the_user_hash(servers, forwardings) -> None:
+    target = Target()
+    server = await servers(target)
+    forwarding = forwardings([("127.0.0.1", server.port)])
+    ingestor = Ingestor(Engine(), SubscriptionHub(), forwarding=forwarding.forwarding)
+    record = prepare_event(Event("signup", "ann", namespace="shop"), (2024, 10))
+    await ingestor.accept_relayed([encode_records([record])])  # as a sidecar delivers them
+    await until(lambda: len(target.received) == 1, "the relayed event")
+    assert target.received == [("shop", "signup", hash_key("ann").digest.hex())]
 
 
 async def ingestion_latency(

@@ -116,7 +116,9 @@ def test_environment_variables_are_read():
         "API_PORT": "8081",
         "GRPC_PORT": "0",
         "FEATURES_MODE": "sidecar",
-        "ANALYTICS_HOST": "http://kimball:8080",
+        "ANALYTICS_HOST": "kimball:50052",
+        "ANALYTICS_TOKEN": "relay-secret",
+        "KIMBALL_SPOOL_MAX_EVENTS": "5000",
         "NAMESPACE": "prod",
         "ADDITIONAL_NAMESPACES": "a, b,,c ",
         "STORAGE_PATH_PREFIX": "prefix/",
@@ -128,13 +130,31 @@ def test_environment_variables_are_read():
     assert s.api_port == 8081
     assert s.grpc_port == 0
     assert s.mode is Mode.SIDECAR
-    assert s.analytics_host == "http://kimball:8080"
+    assert s.analytics_host == "kimball:50052"
+    assert s.analytics_token == "relay-secret"
+    assert "relay-secret" not in repr(s)
+    assert s.spool_max_events == 5000
     assert s.namespace == "prod"
     assert s.additional_namespaces == ("a", "b", "c")
     assert s.storage_path_prefix == "prefix/"
     assert s.log_level == "WARNING"
     assert s.kubernetes_memory_limit == 536870912
     assert s.data_dir == Path("/var/kimball")
+
+
+@pytest.mark.parametrize(
+    ("given", "address"),
+    [
+        ("kimball:50051", "kimball:50051"),
+        ("kimball", "kimball:50051"),
+        ("grpc://kimball:7000", "kimball:7000"),
+        ("10.0.0.5:9000", "10.0.0.5:9000"),
+        ("[::1]:7000", "[::1]:7000"),
+        ("::1", "[::1]:50051"),
+    ],
+)
+def test_analytics_host_takes_the_api_servers_grpc_address(given, address):
+    assert load_settings({"ANALYTICS_HOST": given}).analytics_host == address
 
 
 def test_port_falls_back_to_api_port():
@@ -347,6 +367,12 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "0"}, ["DEADLINE_MS", "at least 1"]),
         ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "fast"}, ["DEADLINE_MS", "'fast'"]),
         ({"KIMBALL_SNAPSHOT_INTERVAL": "soon"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'soon'"]),
+        ({"ANALYTICS_HOST": "http://kimball:8080"}, ["ANALYTICS_HOST", "gRPC address", "URL"]),
+        ({"ANALYTICS_HOST": "kimball:0"}, ["ANALYTICS_HOST", "'kimball:0'"]),
+        ({"ANALYTICS_HOST": "kimball:grpc"}, ["ANALYTICS_HOST", "host:port"]),
+        ({"ANALYTICS_HOST": ":50051"}, ["ANALYTICS_HOST", "host:port"]),
+        ({"KIMBALL_SPOOL_MAX_EVENTS": "0"}, ["KIMBALL_SPOOL_MAX_EVENTS", "at least 1"]),
+        ({"KIMBALL_SPOOL_MAX_EVENTS": "1e6"}, ["KIMBALL_SPOOL_MAX_EVENTS", "'1e6'"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )

@@ -1,0 +1,82 @@
+"""The services of a sidecar (``FEATURES_MODE=sidecar``): the same API as the api server.
+
+Events go into the local spool and are acknowledged once there; the relay sender
+delivers them. Everything else (analytics, goals, predictions, nudges,
+subscriptions) is forwarded to the api server and answered with its response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from kimball_grpc import proto_mapping
+from kimball_grpc.api_server_client import ApiServerClient
+from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.relay_spool import Spool
+from kimball_grpc.servicers import accept_integration_stream, accept_stream
+
+Context = grpc.aio.ServicerContext
+
+
+class SidecarService(pb_grpc.KimballServiceServicer):
+    """``kimball.v1.KimballService`` on a sidecar."""
+
+    def __init__(self, spool: Spool, api: ApiServerClient) -> None:
+        self.spool = spool
+        self.api = api
+
+    async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
+        await self.spool.accept([proto_mapping.event_from_proto(request.event)])
+        return pb.TrackEventResponse()
+
+    async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
+        events = [proto_mapping.event_from_proto(e) for e in request.events]
+        return pb.TrackEventsResponse(accepted=await self.spool.accept(events))
+
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[pb.TrackEventsRequest], context: Context
+    ):
+        return await accept_stream(request_iterator, self.spool.accept)
+
+    async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
+        return await self.api.call(self.api.service.GetAnalytics, request, context)
+
+    async def CreateGoal(self, request: pb.CreateGoalRequest, context: Context):
+        return await self.api.call(self.api.service.CreateGoal, request, context)
+
+    async def ListGoals(self, request: pb.ListGoalsRequest, context: Context):
+        return await self.api.call(self.api.service.ListGoals, request, context)
+
+    async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Context):
+        return await self.api.call(self.api.service.ListNamespaces, request, context)
+
+    async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
+        return await self.api.call(self.api.service.GetPredictions, request, context)
+
+    async def GetNudges(self, request: pb.GetNudgesRequest, context: Context):
+        return await self.api.call(self.api.service.GetNudges, request, context)
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Context):
+        async for response in self.api.stream(self.api.service.Subscribe, request, context):
+            yield response
+
+
+class SidecarIntegration(integration_grpc.KimballIntegrationServicer):
+    """The original integration contract on a sidecar: events spooled, predictions forwarded."""
+
+    def __init__(self, spool: Spool, api: ApiServerClient) -> None:
+        self.spool = spool
+        self.api = api
+
+    async def EventStream(
+        self, request_iterator: AsyncIterator[integration_pb.KimballEvent], context: Context
+    ):
+        return await accept_integration_stream(request_iterator, self.spool.accept)
+
+    async def Prediction(self, request: integration_pb.PredictionRequest, context: Context):
+        return await self.api.call(self.api.integration.Prediction, request, context)

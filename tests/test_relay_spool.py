@@ -1,0 +1,114 @@
+"""The sidecar's spool: what is read back, what acknowledgements drop, what a restart keeps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.events import Event
+from kimball_grpc.records import EventRecord
+from kimball_grpc.relay_spool import Spool, SpoolFull
+from kimball_grpc.state_codec import decode_records
+
+FIXED = datetime(2024, 3, 6, 12, tzinfo=UTC)  # ISO week 2024-W10
+
+
+def spool_at(directory: Path, **options: object) -> Spool:
+    spool = Spool(directory, clock=lambda: FIXED, **options)  # type: ignore[arg-type]
+    spool.open()
+    return spool
+
+
+def batch(first_user: int, count: int = 10, name: str = "e") -> list[Event]:
+    return [Event(event_name=name, user_id=f"u{first_user + i}") for i in range(count)]
+
+
+def users_in(read_batches: list[bytes]) -> int:
+    return sum(len(decode_records(b)) for b in read_batches)
+
+
+async def test_reads_come_back_in_order_from_memory_and_from_disk(tmp_path):
+    # A tiny memory tail: most of the spool must be read back from disk.
+    spool = spool_at(tmp_path, memory_bytes=400, segment_bytes=1024)
+    for i in range(30):
+        assert await spool.accept(batch(10 * i)) == 10
+    assert spool.pending == 300
+    after, seen = 0, 0
+    while (read := await spool.read(after, max_events=45, max_bytes=1 << 20)) is not None:
+        assert read.first == after + 1
+        assert 45 <= read.last - after <= 55  # whole entries of 10, at least max_events
+        seen += users_in(read.batches)
+        after = read.last
+    assert (after, seen) == (300, 300)
+    await spool.close()
+
+
+async def test_records_carry_the_week_accepted_and_no_user_id(tmp_path):
+    spool = spool_at(tmp_path)
+    await spool.accept([Event(event_name="e", user_id="alice", value=2.5, ensure_goal=True)])
+    read = await spool.read(0, 100, 1 << 20)
+    assert read is not None
+    (record,) = decode_records(read.batches[0])
+    assert isinstance(record, EventRecord)
+    assert (record.namespace, record.iso_year, record.iso_week) == ("default", 2024, 10)
+    assert (record.value, record.ensure_goal) == (2.5, True)
+    assert b"alice" not in read.batches[0]
+    await spool.close()
+
+
+async def test_acknowledged_events_are_dropped_and_stay_dropped_after_a_restart(tmp_path):
+    spool = spool_at(tmp_path, segment_bytes=1024)
+    for i in range(40):
+        await spool.accept(batch(10 * i))
+    segments = spool.wal.segment_count()
+    spool.acknowledge(250)
+    assert spool.pending == 150
+    assert spool.wal.segment_count() < segments  # acknowledged segments are deleted
+    await spool.close()
+
+    again = spool_at(tmp_path, segment_bytes=1024)
+    assert (again.acknowledged, again.pending) == (250, 150)
+    read = await again.read(again.acknowledged, 1000, 1 << 20)
+    assert read is not None and (read.first, read.last) == (251, 400)
+    await again.accept(batch(9999))  # numbering goes on after a restart
+    assert again.last_sequence == 410
+    await again.close()
+
+
+async def test_a_lost_position_file_means_sending_again_not_losing(tmp_path):
+    spool = spool_at(tmp_path)
+    for i in range(3):
+        await spool.accept(batch(10 * i))
+    spool.acknowledge(10)
+    await spool.close()
+    (tmp_path / "acknowledged").write_text("garbage")
+    again = spool_at(tmp_path)
+    assert again.acknowledged == 0  # all of it is sent again: harmless, a repeat counts once
+    read = await again.read(0, 1000, 1 << 20)
+    assert read is not None and (read.first, read.last) == (1, 30)
+    await again.close()
+
+
+async def test_a_full_spool_refuses_and_a_bad_event_changes_nothing(tmp_path):
+    spool = spool_at(tmp_path, max_events=25)
+    await spool.accept(batch(0, 20))
+    with pytest.raises(SpoolFull):
+        await spool.accept(batch(100, 10))
+    with pytest.raises(InvalidArgument) as bad:
+        await spool.accept([*batch(200, 2), Event(event_name="", user_id="u")])
+    assert bad.value.details["index"] == "2"
+    assert spool.pending == 20
+    spool.acknowledge(20)
+    assert await spool.accept(batch(100, 10)) == 10  # room again once delivered
+    await spool.close()
+
+
+async def test_nothing_to_read_past_the_end(tmp_path):
+    spool = spool_at(tmp_path)
+    assert await spool.read(0, 10, 1 << 20) is None
+    await spool.accept(batch(0, 5))
+    assert await spool.read(5, 10, 1 << 20) is None
+    await spool.close()

@@ -1,0 +1,458 @@
+"""Sidecar mode in one process: a real api server and a real sidecar on loopback.
+
+Events sent to the sidecar (gRPC, REST, the integration contract) are spooled,
+acknowledged, and delivered to the api server; reads are forwarded; the api
+server going away and coming back loses nothing. Real processes killed with
+SIGKILL are in test_sidecar_processes.py. Waits poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_errors import error_metadata
+
+from gateway.server import RunningGateway, start_gateway
+from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.errors import ConfigError
+from kimball_grpc.events import Event, prepare_event
+from kimball_grpc.generated import features_proto_pb2 as ipb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.generated.kimball.v1 import relay_pb2 as rpb
+from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
+from kimball_grpc.records import GoalRecord
+from kimball_grpc.server import RunningServer, start_server
+from kimball_grpc.settings import Mode, Settings
+from kimball_grpc.sidecar import RunningSidecar, start_sidecar
+from kimball_grpc.state_codec import encode_records
+
+TOKEN = "api-secret"
+WEEKLY = CounterConfig.from_mappings(
+    [
+        {
+            "pattern": ".*",
+            "type": "bloom_scalable",
+            "size": 100,
+            "error_probability": 0.01,
+            "date_cohort": "weekly",
+        }
+    ]
+)
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Deployment:
+    """An api server on a fixed port (so it can be stopped and started again) and
+    sidecars pointing at it, each with its own data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.api_port = free_port()
+        self.api: RunningServer | None = None
+        self.sidecars: list[RunningSidecar] = []
+        self.channels: list[grpc.aio.Channel] = []
+        self.gateways: list[RunningGateway] = []
+
+    def api_settings(self) -> Settings:
+        return Settings(
+            grpc_host="127.0.0.1",
+            grpc_port=self.api_port,
+            api_auth_tokens=(TOKEN,),
+            data_dir=self.root / "api",
+            counter_config=WEEKLY,
+        )
+
+    async def start_api(self) -> RunningServer:
+        self.api = await start_server(self.api_settings())
+        await self.api.wait_ready()
+        return self.api
+
+    async def stop_api(self) -> None:
+        assert self.api is not None
+        await self.api.stop(grace=None)
+        self.api = None
+
+    async def start_sidecar(self, name: str = "sidecar", **overrides: object) -> RunningSidecar:
+        settings = Settings(
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            api_auth=False,
+            data_dir=self.root / name,
+            mode=Mode.SIDECAR,
+            analytics_host=f"127.0.0.1:{self.api_port}",
+            analytics_token=TOKEN,
+        )
+        sidecar = await start_sidecar(replace(settings, **overrides))
+        await sidecar.wait_ready()
+        self.sidecars.append(sidecar)
+        return sidecar
+
+    async def stop_sidecar(self, sidecar: RunningSidecar, grace: float | None = None) -> None:
+        self.sidecars.remove(sidecar)
+        await sidecar.stop(grace=grace)
+
+    def channel(self, port: int) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channels.append(channel)
+        return channel
+
+    def stub(self, port: int) -> pb_grpc.KimballServiceStub:
+        return pb_grpc.KimballServiceStub(self.channel(port))
+
+    async def gateway(self, sidecar: RunningSidecar) -> RunningGateway:
+        gateway = await start_gateway(
+            "127.0.0.1", 0, sidecar.local_channel, sidecar.metrics, sidecar.checker
+        )
+        self.gateways.append(gateway)
+        return gateway
+
+    async def counts(self, namespace: str = "default") -> dict[str, int]:
+        """Named counters on the api server: event name -> unique users."""
+        assert self.api is not None
+        return {
+            c.name: c.count for c in self.api.engine.counters(namespace) if c.kind.value == "named"
+        }
+
+    async def close(self) -> None:
+        for gateway in self.gateways:
+            await gateway.stop()
+        for channel in self.channels:
+            await channel.close()
+        for sidecar in list(self.sidecars):
+            await sidecar.stop(grace=None)
+        if self.api is not None:
+            await self.api.stop(grace=None)
+
+
+@pytest.fixture
+async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
+    deployment = Deployment(tmp_path)
+    yield deployment
+    await deployment.close()
+
+
+def events(name: str, users: range, namespace: str = "") -> list[pb.Event]:
+    return [pb.Event(namespace=namespace, event_name=name, user_id=f"user-{i}") for i in users]
+
+
+async def test_events_sent_to_a_sidecar_reach_the_api_server_with_every_field(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    when = Timestamp()
+    when.FromDatetime(datetime(2024, 3, 6, 12, tzinfo=UTC))  # ISO week 2024-W10
+    answer = await stub.TrackEvents(
+        pb.TrackEventsRequest(
+            events=[
+                pb.Event(event_name="signup", user_id="ann", value=5.0, datetime=when),
+                pb.Event(event_name="signup", user_id="bob", value=7.0, datetime=when),
+                pb.Event(event_name="paid", user_id="ann", ensure_goal=True),
+            ]
+        )
+    )
+    assert answer.accepted == 3
+    await until(lambda: _has(deployment, {"signup": 2, "paid": 1}), "delivery")
+    assert deployment.api is not None
+    engine = deployment.api.engine
+    signup = next(c for c in engine.counters("default") if c.name == "signup" and not c.iso_week)
+    assert signup.value_sum == 12.0
+    weeks = {(c.iso_year, c.iso_week) for c in engine.counters("default") if c.name == "signup"}
+    assert (2024, 10) in weeks
+    assert "paid" in engine.goals("default")
+    assert sidecar.spool.pending == 0
+
+
+async def _has(deployment: Deployment, expected: dict[str, int]) -> bool:
+    counts = await deployment.counts()
+    return all(counts.get(name) == n for name, n in expected.items())
+
+
+async def test_reads_are_forwarded_and_their_errors_passed_on(deployment):
+    api = await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    direct = deployment.stub(api.grpc_port)
+    via = deployment.stub(sidecar.grpc_port)
+    await via.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="paid"))
+    await via.TrackEvents(
+        pb.TrackEventsRequest(
+            events=events("view", range(4), "shop") + events("paid", range(2), "shop")
+        )
+    )
+    await until(lambda: _has_ns(deployment, "shop", {"view": 4, "paid": 2}), "delivery")
+    for method, request in [
+        ("GetAnalytics", pb.GetAnalyticsRequest(namespace="shop")),
+        ("ListGoals", pb.ListGoalsRequest(namespace="shop")),
+        ("ListNamespaces", pb.ListNamespacesRequest()),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace="shop")),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace="shop", user_id="user-1")),
+        ("GetNudges", pb.GetNudgesRequest(namespace="shop", goal="paid", user_id="user-3")),
+    ]:
+        expected = await getattr(direct, method)(request, metadata=AUTH)
+        assert await getattr(via, method)(request) == expected, method
+    integration = integration_grpc.KimballIntegrationStub(deployment.channel(sidecar.grpc_port))
+    prediction = ipb.PredictionRequest(namespace="shop", event_names=["view"])
+    expected_prediction = await integration_grpc.KimballIntegrationStub(
+        deployment.channel(api.grpc_port)
+    ).Prediction(prediction, metadata=AUTH)
+    assert await integration.Prediction(prediction) == expected_prediction
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await via.GetNudges(pb.GetNudgesRequest(namespace="shop", goal="", user_id="u"))
+    with pytest.raises(grpc.aio.AioRpcError) as direct_refused:
+        await direct.GetNudges(
+            pb.GetNudgesRequest(namespace="shop", goal="", user_id="u"), metadata=AUTH
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == direct_refused.value.details()
+    assert error_metadata(refused.value) == error_metadata(direct_refused.value)
+
+
+async def _has_ns(deployment: Deployment, namespace: str, expected: dict[str, int]) -> bool:
+    counts = await deployment.counts(namespace)
+    return all(counts.get(name) == n for name, n in expected.items())
+
+
+async def test_rest_on_a_sidecar_takes_events_and_forwards_reads(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    gateway = await deployment.gateway(sidecar)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
+        body = {"events": [{"event_name": "open", "user_id": f"u{i}"} for i in range(5)]}
+        async with http.post("/v0/analytics", json=body) as response:
+            assert response.status == 204, await response.text()
+        stream = "\n".join(
+            json.dumps({"event_name": "scroll", "user_id": f"u{i}"}) for i in range(3)
+        )
+        async with http.post(
+            "/v0/analytics:stream",
+            data=stream,
+            headers={"Content-Type": "application/x-ndjson"},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["accepted"] == 3
+        await until(lambda: _has(deployment, {"open": 5, "scroll": 3}), "delivery")
+        async with http.get("/v0/analytics") as response:
+            assert response.status == 200
+            shown = {c["name"]: c["count"] for c in (await response.json())["counts"]}
+        assert shown["open"] == 5 and shown["scroll"] == 3
+        async with http.get("/v0/nudges", params={"goal": "", "user_id": "u1"}) as response:
+            assert response.status == 400  # the api server's refusal, as REST
+        async with http.post("/v0/analytics", json={"events": [{"event_name": "x"}]}) as bad:
+            assert bad.status == 400
+            assert (await bad.json())["error"]["key"] == "user_id"
+
+
+async def test_integration_event_stream_on_a_sidecar_is_spooled(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    integration = integration_grpc.KimballIntegrationStub(deployment.channel(sidecar.grpc_port))
+    messages = [ipb.KimballEvent(namespace="", name="legacy", key=f"k{i}") for i in range(6)]
+    assert (await integration.EventStream(iter(messages))).code == 0
+    await until(lambda: _has(deployment, {"legacy": 6}), "delivery")
+
+
+async def test_events_wait_in_the_spool_while_the_api_server_is_down(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("before", range(3))))
+    await until(lambda: _has(deployment, {"before": 3}), "delivery")
+
+    await deployment.stop_api()
+    answer = await stub.TrackEvents(pb.TrackEventsRequest(events=events("during", range(50))))
+    assert answer.accepted == 50  # acknowledged by the relay while the api server is away
+    assert sidecar.spool.pending == 50
+    with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+        await stub.GetAnalytics(pb.GetAnalyticsRequest())
+    assert unavailable.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert f"127.0.0.1:{deployment.api_port}" in unavailable.value.details()
+
+    await deployment.start_api()  # same port, same data: back after a restart
+    await until(lambda: _has(deployment, {"before": 3, "during": 50}), "delivery after restart")
+    await until(_async(lambda: sidecar.spool.pending == 0), "the spool to empty")
+
+
+def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
+async def test_a_restarted_sidecar_delivers_what_it_spooled_before(deployment):
+    sidecar = await deployment.start_sidecar()  # no api server yet
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("early", range(20))))
+    await deployment.stop_sidecar(sidecar, grace=1.0)
+
+    again = await deployment.start_sidecar()  # same data directory
+    assert again.spool.pending == 20
+    await deployment.start_api()
+    await until(lambda: _has(deployment, {"early": 20}), "delivery from the kept spool")
+    await until(_async(lambda: again.spool.pending == 0), "the spool to empty")
+
+
+async def test_a_full_spool_refuses_events_and_keeps_what_it_has(deployment):
+    sidecar = await deployment.start_sidecar(spool_max_events=10)  # no api server
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("kept", range(8))))
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await stub.TrackEvents(pb.TrackEventsRequest(events=events("refused", range(3))))
+    assert full.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "spool" in full.value.details()
+    assert sidecar.spool.pending == 8
+    gateway = await deployment.gateway(sidecar)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
+        body = {"events": [{"event_name": "refused", "user_id": f"u{i}"} for i in range(3)]}
+        async with http.post("/v0/analytics", json=body) as response:
+            assert response.status == 429
+    await deployment.start_api()
+    await until(lambda: _has(deployment, {"kept": 8}), "delivery")
+    assert "refused" not in await deployment.counts()
+
+
+async def test_a_bad_event_is_refused_by_the_sidecar_and_nothing_is_spooled(deployment):
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    batch = [*events("fine", range(3)), pb.Event(event_name="", user_id="u")]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.TrackEvents(pb.TrackEventsRequest(events=batch))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_metadata(refused.value)["index"] == "3"
+    assert sidecar.spool.pending == 0
+
+
+async def test_the_spool_holds_no_raw_user_id(deployment):
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    secret = "alice@example.com"
+    await stub.TrackEvent(pb.TrackEventRequest(event=pb.Event(event_name="e", user_id=secret)))
+    await deployment.stop_sidecar(sidecar, grace=1.0)
+    files = [p for p in (deployment.root / "sidecar").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wal" for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+async def test_subscriptions_on_a_sidecar_see_the_api_servers_events(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    call = stub.Subscribe(pb.SubscribeRequest(event_names=["live"]))
+    await until(
+        _async(lambda: deployment.api is not None and deployment.api.hub.subscriber_count == 1),
+        "the subscription",
+    )
+    await stub.TrackEvent(pb.TrackEventRequest(event=pb.Event(event_name="live", user_id="ann")))
+    first = await asyncio.wait_for(call.read(), 10)
+    call.cancel()
+    assert first.event.event_name == "live"
+    # Relayed events are records: the user's hash, no raw id (as replayed events).
+    assert first.event.user_id == "" and len(first.user_hash) == 32
+
+
+async def test_stopping_a_sidecar_ends_forwarded_subscriptions_at_once(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    call = deployment.stub(sidecar.grpc_port).Subscribe(pb.SubscribeRequest())
+    await until(
+        _async(lambda: deployment.api is not None and deployment.api.hub.subscriber_count == 1),
+        "the subscription",
+    )
+    started = time.monotonic()
+    await deployment.stop_sidecar(sidecar, grace=10.0)
+    assert time.monotonic() - started < 5  # not the 10 s grace period
+    assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_a_wrong_relay_token_keeps_events_and_says_what_to_fix(deployment, caplog):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar(analytics_token="wrong")
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("held", range(4))))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ListNamespaces(pb.ListNamespacesRequest())
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "ANALYTICS_TOKEN" in refused.value.details()
+    await until(_async(lambda: sidecar.sender.failures > 0), "a refused relay stream")
+    assert sidecar.spool.pending == 4
+    assert "refused the relay stream" in caplog.text
+
+
+async def test_sidecar_metrics_show_the_spool_and_the_stream(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("m", range(7))))
+    await until(_async(lambda: sidecar.sender.delivered == 7), "delivery")
+    registry = sidecar.metrics.registry
+    assert registry.get_sample_value("kimball_relay_spooled_events_total") == 7
+    assert registry.get_sample_value("kimball_relay_delivered_events_total") == 7
+    assert registry.get_sample_value("kimball_relay_spool_events") == 0
+    assert registry.get_sample_value("kimball_relay_connected") == 1
+    assert registry.get_sample_value("kimball_counters") is None  # a sidecar keeps none
+
+
+async def test_a_sidecar_without_analytics_host_does_not_start(tmp_path):
+    settings = Settings(grpc_port=0, data_dir=tmp_path, mode=Mode.SIDECAR, api_auth=False)
+    with pytest.raises(ConfigError, match="ANALYTICS_HOST"):
+        await start_sidecar(settings)
+
+
+# --- the relay method on the api server -------------------------------------------
+
+
+async def test_the_relay_method_refuses_bad_batches_and_unknown_callers(deployment):
+    api = await deployment.start_api()
+    relay = relay_grpc.KimballRelayStub(deployment.channel(api.grpc_port))
+
+    async def send(request: rpb.RelayRequest, metadata=AUTH) -> list[rpb.RelayResponse]:
+        call = relay.Relay(metadata=metadata)
+        await call.write(request)
+        await call.done_writing()
+        return [response async for response in call]
+
+    with pytest.raises(grpc.aio.AioRpcError) as damaged:
+        await send(rpb.RelayRequest(first_sequence=1, last_sequence=1, batches=[b"\xff\x00"]))
+    assert damaged.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_metadata(damaged.value)["index"] == "0"
+    goals = encode_records([GoalRecord("default", "paid")])
+    with pytest.raises(grpc.aio.AioRpcError) as not_events:
+        await send(rpb.RelayRequest(first_sequence=1, last_sequence=1, batches=[goals]))
+    assert not_events.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "events only" in not_events.value.details()
+    good = encode_records([prepare_event(Event("e", "ann"), (2024, 10))])
+    answers = await send(rpb.RelayRequest(first_sequence=7, last_sequence=7, batches=[good]))
+    assert [a.acknowledged_through for a in answers] == [7]
+    assert await deployment.counts() == {"e": 1}
+    with pytest.raises(grpc.aio.AioRpcError) as stranger:
+        await send(rpb.RelayRequest(first_sequence=8, last_sequence=8, batches=[good]), ())
+    assert stranger.value.code() is grpc.StatusCode.UNAUTHENTICATED
