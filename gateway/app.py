@@ -24,7 +24,7 @@ from gateway.http_status import http_status
 from gateway.openapi import openapi_document
 from gateway.request_json import RequestJsonError, message_from_json
 from gateway.routes import Route, parameter_name, routes_of
-from gateway.shapes import BODY_SHAPES, RESPONSE_SHAPES, BadBody
+from gateway.shapes import BODY_SHAPES, QUERY_SHAPES, RESPONSE_SHAPES, BadBody, BadParameter
 from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.error_details import error_metadata
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -75,7 +75,9 @@ def build_app(
     routes = routes_of(pb.DESCRIPTOR.services_by_name["KimballService"])
     for route in routes:
         make = _stream_route_handler if route.client_streaming else _route_handler
-        app.router.add_route(route.http_method, route.path, make(route, channel, checker))
+        handler = make(route, channel, checker)
+        app.router.add_route(route.http_method, route.path, handler)
+        app.router.add_route(route.http_method, route.path + "/", handler)  # as the original
     document = openapi_document(routes)
     app.router.add_get("/api-docs", _json_document(document))
     app.router.add_get("/api-docs/openapi.json", _json_document(document))
@@ -241,8 +243,16 @@ async def _request_message(route: Route, request: web.Request) -> Message:
                 raise ClientError(400, str(exc)) from None
         if not isinstance(data, dict):
             raise ClientError(400, "The body must be a JSON object")
+        if route.body != "*":  # the body is one field of the request
+            data = {route.body: data}
+    elif route.name in QUERY_SHAPES:
+        try:
+            data = QUERY_SHAPES[route.name](request.query)
+        except BadParameter as exc:
+            raise ClientError(400, str(exc), parameter=exc.parameter) from None
     else:
         data = _query(route, request)
+    data.update(request.match_info)  # path parameters: /v0/featureSpecs/{name}
     try:
         return message_from_json(data, route.request_type)
     except RequestJsonError as exc:

@@ -71,6 +71,34 @@ SCHEMAS: Json = {
             "week": {"type": "integer", "minimum": 1, "maximum": 53},
         },
     },
+    "FeatureSpec": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": _NAME | {"minLength": 1},
+            "boolean": {"type": "boolean"},
+            "rollout_start": {"type": "string", "format": "date-time"},
+            "rollout_end": {"type": "string", "format": "date-time"},
+            "user": {
+                "type": "array",
+                "maxItems": 100,
+                "items": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["property", "comparator", "value"],
+                            "properties": {
+                                "property": _NAME | {"minLength": 1},
+                                "comparator": {"type": "string", "enum": ["=", "in"]},
+                                "value": {},
+                            },
+                        },
+                        {"type": "array", "minItems": 3, "maxItems": 3},
+                    ]
+                },
+            },
+        },
+    },
     "GoalPrediction": {
         "type": "object",
         "properties": {
@@ -171,6 +199,21 @@ ANSWERS: dict[str, Json] = {
             "user_id": {"type": "string"},
         },
     },
+    "PutFeatureSpec": _ref("FeatureSpec"),
+    "GetFeatureSpec": _ref("FeatureSpec"),
+    "ListFeatureSpecs": {
+        "type": "object",
+        "required": ["featureSpecs", "version"],
+        "properties": {
+            "featureSpecs": {"type": "array", "items": _ref("FeatureSpec")},
+            "version": {"type": "integer", "minimum": 0},
+        },
+    },
+    "EvaluateFeatures": {
+        "type": "object",
+        "required": ["features"],
+        "properties": {"features": {"type": "object", "additionalProperties": {"type": "boolean"}}},
+    },
 }
 BODIES: dict[str, Json] = {
     "TrackEvents": {
@@ -196,6 +239,7 @@ BODIES: dict[str, Json] = {
             "namespace": _NAME | {"nullable": True},
         },
     },
+    "PutFeatureSpec": _ref("FeatureSpec"),
 }
 SUMMARIES = {
     "TrackEvents": 'Track events: one, {"events": [...]} or an array; all or nothing',
@@ -206,6 +250,28 @@ SUMMARIES = {
     "ListNamespaces": "Every namespace that holds data",
     "GetPredictions": "Predictions: for every goal, for events, or for a user's events",
     "GetNudges": "The goal's events a user has not done, most predictive first",
+    "PutFeatureSpec": "Create or replace a feature flag spec",
+    "GetFeatureSpec": "One feature flag spec",
+    "ListFeatureSpecs": "Every feature flag spec, by name",
+    "DeleteFeatureSpec": "Delete a feature flag spec",
+    "EvaluateFeatures": "Every feature flag for a user (counts a feature's usage)",
+}
+_BASE64_JSON: Json = {"type": "string", "maxLength": 65_536}
+# Routes whose query is not their request's fields (gateway.shapes.QUERY_SHAPES).
+QUERY_PARAMETERS: dict[str, list[Json]] = {
+    "EvaluateFeatures": [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"base64 of a JSON object: {what}",
+            "schema": _BASE64_JSON,
+        }
+        for name, what in (
+            ("user_obj", 'the user (its "user_id" makes rollouts sticky)'),
+            ("context_obj", 'the context ("feature" counts a usage; "namespace")'),
+        )
+    ]
 }
 # Query parameters a route cannot do without (the rest are optional).
 REQUIRED_PARAMETERS = {"GetNudges": {"goal", "user_id"}}
@@ -216,10 +282,17 @@ def _error(description: str, schema: str = "Error") -> Json:
 
 
 def _parameters(route: Route) -> list[Json]:
+    if route.name in QUERY_PARAMETERS:
+        return QUERY_PARAMETERS[route.name]
     parameters = []
     required = REQUIRED_PARAMETERS.get(route.name, set())
     for field in route.request_type.DESCRIPTOR.fields:
         schema: Json = _NAME if field.type == FieldDescriptor.TYPE_STRING else {"type": "string"}
+        if f"{{{field.name}}}" in route.path:
+            parameters.append(
+                {"name": field.name, "in": "path", "required": True, "schema": schema}
+            )
+            continue
         if field.is_repeated:
             schema = {"type": "array", "items": schema, "maxItems": 1_000}
         parameters.append(
@@ -244,7 +317,7 @@ def _operation(route: Route) -> Json:
     responses: Json = {
         "400": wrong,
         "401": _error("Missing or invalid authorization header", "Unauthorized"),
-        "404": _error("Not found (a user with no events)"),
+        "404": _error("Not found (a user with no events, a feature spec)"),
         "503": _error("Kimball's gRPC server is unavailable"),
     }
     answer = ANSWERS.get(route.name)

@@ -6,12 +6,16 @@ to and from the protobuf messages. No decision about the data is made here.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
+from multidict import MultiMapping
 
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.proto_mapping import json_value
 
 Json = Any
 
@@ -33,9 +37,72 @@ def track_events_body(body: Json) -> Json:
     return {"events": [body]}
 
 
+def feature_spec_body(body: Json) -> Json:
+    """A spec as original clients send it: each user condition ``[property, comparator,
+    value]`` or ``{"property", "comparator", "value"}``; the message takes objects."""
+    if not isinstance(body, dict):
+        raise BadBody("the body must be a feature spec object")
+    conditions = body.get("user")
+    if not isinstance(conditions, list):
+        return body
+    objects = []
+    for index, condition in enumerate(conditions):
+        if isinstance(condition, list):
+            if len(condition) != 3:
+                raise BadBody(f"user condition {index} must be [property, comparator, value]")
+            condition = dict(zip(("property", "comparator", "value"), condition, strict=True))
+        objects.append(condition)
+    return {**body, "user": objects}
+
+
 BODY_SHAPES: dict[str, Callable[[Json], Json]] = {
     "TrackEvents": track_events_body,
     "StreamEvents": track_events_body,  # per line
+    "PutFeatureSpec": feature_spec_body,
+}
+
+
+class BadParameter(ValueError):
+    """A query parameter that cannot be used; ``parameter`` names it."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter} {problem}")
+        self.parameter = parameter
+
+
+def features_query(query: MultiMapping[str]) -> Json:
+    """``/v0/features?user_obj=&context_obj=``: each a base64-encoded JSON object."""
+    known = {"user_obj": "user", "context_obj": "context"}
+    out: dict[str, Json] = {}
+    for parameter in query:
+        if parameter not in known:
+            raise BadParameter(parameter, "is not a parameter (user_obj, context_obj)")
+        values = query.getall(parameter)
+        if len(values) > 1:
+            raise BadParameter(parameter, "is given more than once")
+        out[known[parameter]] = _base64_json_object(parameter, values[0])
+    return out
+
+
+def _base64_json_object(parameter: str, text: str) -> dict[str, Json]:
+    # Standard or URL-safe alphabet, padding optional; a '+' decoded as a space is restored.
+    raw = text.strip().replace(" ", "+")
+    altchars = b"-_" if "-" in raw or "_" in raw else None
+    try:
+        data = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=altchars, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise BadParameter(parameter, "is not valid base64") from None
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadParameter(parameter, "is not base64 of valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadParameter(parameter, "must be base64 of a JSON object")
+    return value
+
+
+QUERY_SHAPES: dict[str, Callable[[MultiMapping[str]], Json]] = {
+    "EvaluateFeatures": features_query,
 }
 
 _COUNTER_TYPES = {
@@ -101,6 +168,21 @@ def _nudges(response: pb.GetNudgesResponse) -> Json:
     }
 
 
+def _feature_spec(spec: pb.FeatureSpec) -> Json:
+    out: dict[str, Json] = {
+        "name": spec.name,
+        "boolean": spec.boolean,
+        "user": [
+            {"property": c.property, "comparator": c.comparator, "value": json_value(c.value)}
+            for c in spec.user
+        ],
+    }
+    if spec.HasField("rollout_start"):
+        out["rollout_start"] = spec.rollout_start.ToJsonString()
+        out["rollout_end"] = spec.rollout_end.ToJsonString()
+    return out
+
+
 # Methods whose success is 204 with no body are absent.
 RESPONSE_SHAPES: dict[str, Callable[[Message], Json]] = {
     "GetAnalytics": _analytics,
@@ -109,4 +191,11 @@ RESPONSE_SHAPES: dict[str, Callable[[Message], Json]] = {
     "GetPredictions": _predictions,
     "StreamEvents": lambda r: {"accepted": r.accepted, "messages": r.messages},
     "GetNudges": _nudges,
+    "PutFeatureSpec": _feature_spec,
+    "GetFeatureSpec": _feature_spec,
+    "ListFeatureSpecs": lambda r: {
+        "featureSpecs": [_feature_spec(s) for s in r.specs],
+        "version": r.version,
+    },
+    "EvaluateFeatures": lambda r: {"features": dict(sorted(r.features.items()))},
 }

@@ -48,6 +48,10 @@ def relay_channel(address: str) -> grpc.aio.Channel:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # A quiet relay keeps its connection (gRPC drops an idle one after 30 min).
             ("grpc.client_idle_timeout_ms", 2**31 - 1),
+            # Forwarded calls fail fast while the api server is down; once it is back they
+            # should work within seconds, not after gRPC's reconnect backoff (up to 2 min).
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
     )
 

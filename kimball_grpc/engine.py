@@ -13,6 +13,7 @@ from kimball_grpc.counter_config import GLOBAL_RULE, CounterConfig, CounterRule,
 from kimball_grpc.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
 from kimball_grpc.errors import InvalidArgument, NotFound
 from kimball_grpc.events import check_name, check_namespace
+from kimball_grpc.feature_flags import FeatureFlags
 from kimball_grpc.limits import MAX_EVENTS_PER_PREDICTION
 from kimball_grpc.predictions import (
     GOAL_AMONG_EVENTS_NOTE,
@@ -54,12 +55,13 @@ class Nudge:
 
 
 class Engine:
-    """Counters, goals, predictions and nudges for every namespace."""
+    """Counters, goals, predictions and nudges for every namespace, and the feature flags."""
 
     def __init__(self, counter_config: CounterConfig | None = None) -> None:
         self.counter_config = counter_config or CounterConfig()
         self._namespaces: dict[str, Namespace] = {}
         self._rules: dict[str, CounterRule] = {}  # per event name: regex search once
+        self.flags = FeatureFlags()
 
     # -- state changes -------------------------------------------------
 
@@ -67,8 +69,12 @@ class Engine:
         """Apply one validated record."""
         if isinstance(record, EventRecord):
             self.apply_event(record)
-        else:
+        elif isinstance(record, GoalRecord):
             self.apply_goal(record)
+        elif record.spec is None:
+            self.flags.delete(record.name)
+        else:
+            self.flags.put(record.spec)
 
     def apply_goal(self, record: GoalRecord) -> None:
         self._namespace(record.namespace).goals.add(record.goal_name)

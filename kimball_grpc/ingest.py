@@ -12,8 +12,10 @@ from kimball_grpc.engine import Engine
 from kimball_grpc.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from kimball_grpc.event_forwarding import EventForwarding
 from kimball_grpc.events import Event, iso_week, prepare_events, prepare_goal
+from kimball_grpc.feature_flags import FeatureSpec
+from kimball_grpc.feature_spec_sync import SpecChanges
 from kimball_grpc.limits import MAX_RELAYED_EVENTS
-from kimball_grpc.records import EventRecord, Record
+from kimball_grpc.records import EventRecord, FeatureSpecRecord, Record
 from kimball_grpc.state_codec import InvalidStoredData, decode_records, encode_records
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
 from storage.wal import WriteAheadLog
@@ -26,7 +28,8 @@ class Ingestor:
     log, the batch is in the log before it changes the engine, and the caller is
     answered after both. Every state change, event or goal, is applied in
     ``_apply``, in log order; accepted events are then handed on to the external
-    event targets and to live subscribers, numbered by their log sequence.
+    event targets and to live subscribers, numbered by their log sequence, and
+    feature spec changes wake the streams that watch them.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class Ingestor:
     ) -> None:
         self.engine = engine
         self.hub = hub
+        self.spec_changes = SpecChanges()  # feature spec changes, for WatchFeatureSpecs
         self._forwarding = forwarding  # external_grpc_event_targets (None: none)
         self._clock = clock
         self._observe_events = observe_events
@@ -120,6 +124,15 @@ class Ingestor:
         """Mark ``goal_name`` as a goal of ``namespace``."""
         await self._commit([prepare_goal(namespace, goal_name)], ())
 
+    async def put_feature_spec(self, spec: FeatureSpec) -> None:
+        """Create or replace a (checked) feature spec."""
+        await self._commit([FeatureSpecRecord(spec.name, spec)], ())
+
+    async def delete_feature_spec(self, name: str) -> None:
+        """Delete a feature spec; ``NotFound`` if there is none of that name."""
+        self.engine.flags.get(name)
+        await self._commit([FeatureSpecRecord(name, None)], ())
+
     async def _commit(self, records: Sequence[Record], events: Sequence[Event]) -> None:
         if self._log is None:
             self._apply(records, events, self._sequence + 1)
@@ -135,6 +148,8 @@ class Ingestor:
         for record in records:
             apply(record)
         self._sequence = first + len(records) - 1
+        if records[0].__class__ is FeatureSpecRecord:
+            self.spec_changes.notify()
         if events:
             self._observe_events(len(records), time.perf_counter() - start)
             if self._forwarding:

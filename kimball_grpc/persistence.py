@@ -31,6 +31,7 @@ from kimball_grpc.engine import Engine
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.state_codec import (
     InvalidStoredData,
+    capture_flags,
     capture_namespace,
     decode_records,
     decode_state,
@@ -100,6 +101,7 @@ class Persistence:
         )
         for ns in restored.namespace_objects():
             self.engine.restore_namespace(ns)
+        self.engine.flags.replace_all(restored.flags.listed(), restored.flags.version)
         self.snapshot_sequence = found.snapshot_sequence
         self.wal.continue_after(found.snapshot_sequence)
         log.info(
@@ -188,11 +190,13 @@ class Persistence:
         snapshot covers."""
         started = time.perf_counter()
         sequence = self.wal.last_sequence  # every record up to here is applied
+        # Taken with the sequence: replaying a spec change twice would count its version twice.
+        flags = capture_flags(self.engine.flags)
         captures = []
         for ns in self.engine.namespace_objects():
             captures.append(capture_namespace(ns))
             await asyncio.sleep(0)  # requests go on between namespaces
-        steps = encoding_steps(captures)
+        steps = encoding_steps(captures, flags)
         while True:
             try:
                 next(steps)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.counters import Counter, CounterKind
 from kimball_grpc.engine import Nudge
 from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event
+from kimball_grpc.feature_flags import FeatureSpec, Json, UserCondition, check_spec
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.predictions import NaiveBayes
 from kimball_grpc.subscriptions import AcceptedEvent
@@ -33,13 +35,13 @@ def event_from_proto(message: pb.Event) -> Event:
     )
 
 
-def _datetime_from_proto(stamp: Timestamp) -> datetime:
+def _datetime_from_proto(stamp: Timestamp, field: str = "datetime") -> datetime:
     try:
         return stamp.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         raise InvalidArgument(
-            "datetime is not a valid timestamp (years 0001 to 9999, nanos below 1e9)",
-            datetime=f"{stamp.seconds}s {stamp.nanos}ns",
+            f"{field} is not a valid timestamp (years 0001 to 9999, nanos below 1e9)",
+            **{field: f"{stamp.seconds}s {stamp.nanos}ns"},
         ) from None
 
 
@@ -118,3 +120,58 @@ def nudges_to_proto(nudges: list[Nudge], goal: str, user_id: str) -> pb.GetNudge
         goal=goal,
         user_id=user_id,
     )
+
+
+def spec_from_proto(message: pb.FeatureSpec) -> FeatureSpec:
+    """A checked spec (``InvalidArgument`` naming what is wrong)."""
+    has = message.HasField
+    return check_spec(
+        FeatureSpec(
+            message.name,
+            message.boolean,
+            _datetime_from_proto(message.rollout_start, "rollout_start")
+            if has("rollout_start")
+            else None,
+            _datetime_from_proto(message.rollout_end, "rollout_end")
+            if has("rollout_end")
+            else None,
+            tuple(
+                UserCondition(c.property, c.comparator, json_value(c.value)) for c in message.user
+            ),
+        )
+    )
+
+
+def spec_to_proto(spec: FeatureSpec) -> pb.FeatureSpec:
+    message = pb.FeatureSpec(name=spec.name, boolean=spec.boolean)
+    if spec.rollout_start is not None and spec.rollout_end is not None:
+        message.rollout_start.FromDatetime(spec.rollout_start)
+        message.rollout_end.FromDatetime(spec.rollout_end)
+    for condition in spec.user:
+        added = message.user.add(property=condition.property, comparator=condition.comparator)
+        json_format.ParseDict(condition.value, added.value)
+    return message
+
+
+def specs_to_proto(specs: list[FeatureSpec], version: int) -> pb.FeatureSpecs:
+    return pb.FeatureSpecs(specs=[spec_to_proto(s) for s in specs], version=version)
+
+
+def json_value(value: struct_pb2.Value) -> Json:
+    """A ``google.protobuf.Value`` as plain JSON (whole numbers as ints: they are doubles)."""
+    return _whole_numbers(json_format.MessageToDict(value))
+
+
+def json_object(struct: struct_pb2.Struct) -> dict[str, Json]:
+    """A ``google.protobuf.Struct`` as a plain dict."""
+    return _whole_numbers(json_format.MessageToDict(struct))
+
+
+def _whole_numbers(value: Json) -> Json:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    return value

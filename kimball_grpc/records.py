@@ -7,9 +7,12 @@ gives the same state whenever it happens.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from kimball_grpc.bloom import KeyHash
+
+if TYPE_CHECKING:  # feature_flags validates with events, which builds records
+    from kimball_grpc.feature_flags import FeatureSpec
 
 
 class EventRecord(NamedTuple):
@@ -31,4 +34,11 @@ class GoalRecord(NamedTuple):
     goal_name: str
 
 
-Record = EventRecord | GoalRecord
+class FeatureSpecRecord(NamedTuple):
+    """A feature spec created or replaced (``spec``), or deleted (``spec`` None)."""
+
+    name: str
+    spec: FeatureSpec | None
+
+
+Record = EventRecord | GoalRecord | FeatureSpecRecord

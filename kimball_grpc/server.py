@@ -80,7 +80,9 @@ class RunningServer:
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), then
         take a last snapshot and close the write-ahead log."""
-        self.hub.close_all()  # live subscriptions end so they do not hold the grace period
+        # Live streams end so they do not hold the grace period.
+        self.hub.close_all()
+        self.ingestor.spec_changes.close()
         await self.front.stop(grace)
         # After the last call: what it accepted is queued; a little time to deliver it.
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)

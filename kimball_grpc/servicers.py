@@ -6,7 +6,9 @@ server's interceptor (``status_mapping``), so no handler catches anything.
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import grpc
 
@@ -15,6 +17,7 @@ from kimball_grpc.engine import Engine
 from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event, check_name, check_namespace
 from kimball_grpc.external_predictions import ExternalPredictions
+from kimball_grpc.feature_flags import FeatureFlags, feature_usage
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -68,6 +71,22 @@ async def accept_integration_stream(
     return integration_pb.Response(code=0)
 
 
+async def evaluate_features(
+    request: pb.EvaluateFeaturesRequest,
+    flags: FeatureFlags,
+    accept: Accept,
+    now: datetime,
+    draw: Callable[[], float],
+) -> pb.EvaluateFeaturesResponse:
+    """``EvaluateFeatures`` against ``flags``; a usage to count goes to ``accept``."""
+    user = proto_mapping.json_object(request.user)
+    namespace, feature, user_id = feature_usage(user, proto_mapping.json_object(request.context))
+    features = flags.evaluate(user, now, draw)
+    if feature:
+        await accept([Event(feature, user_id, namespace)])
+    return pb.EvaluateFeaturesResponse(features=features)
+
+
 class KimballService(pb_grpc.KimballServiceServicer):
     """The versioned API, ``kimball.v1.KimballService``."""
 
@@ -77,11 +96,15 @@ class KimballService(pb_grpc.KimballServiceServicer):
         ingestor: Ingestor,
         hub: SubscriptionHub,
         external: ExternalPredictions,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.engine = engine
         self.ingestor = ingestor
         self.hub = hub
         self.external = external
+        self.clock = clock
+        self.draw = draw  # a user without user_id gets a random draw in a rollout
 
     async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
         await self.ingestor.accept([proto_mapping.event_from_proto(request.event)])
@@ -158,6 +181,38 @@ class KimballService(pb_grpc.KimballServiceServicer):
                     yield proto_mapping.accepted_to_proto(accepted, subscription.dropped)
         finally:
             self.hub.unsubscribe(subscription)
+
+    async def PutFeatureSpec(self, request: pb.PutFeatureSpecRequest, context: Context):
+        spec = proto_mapping.spec_from_proto(request.spec)
+        await self.ingestor.put_feature_spec(spec)
+        return proto_mapping.spec_to_proto(spec)
+
+    async def GetFeatureSpec(self, request: pb.GetFeatureSpecRequest, context: Context):
+        return proto_mapping.spec_to_proto(self.engine.flags.get(request.name))
+
+    async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
+        flags = self.engine.flags
+        return proto_mapping.specs_to_proto(flags.listed(), flags.version)
+
+    async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
+        await self.ingestor.delete_feature_spec(request.name)
+        return pb.DeleteFeatureSpecResponse()
+
+    async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
+        return await evaluate_features(
+            request, self.engine.flags, self.ingestor.accept, self.clock(), self.draw
+        )
+
+    async def WatchFeatureSpecs(self, request: pb.WatchFeatureSpecsRequest, context: Context):
+        changes = self.ingestor.spec_changes
+        held = request.after_version if request.HasField("after_version") else None
+        while not changes.closed:
+            flags = self.engine.flags
+            if flags.version == held:
+                await changes.wait()
+                continue
+            held = flags.version
+            yield proto_mapping.specs_to_proto(flags.listed(), held)
 
 
 class KimballIntegration(integration_grpc.KimballIntegrationServicer):

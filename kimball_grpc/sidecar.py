@@ -3,7 +3,9 @@
 It serves the same APIs as the api server. Events are validated, spooled on local
 disk and acknowledged; a background sender delivers the spool to the api server
 at ``ANALYTICS_HOST`` over a gRPC stream, through the api server's restarts and
-outages. Reads are forwarded to the api server. The relay keeps no counters.
+outages. Feature flags are evaluated from a local copy of the specs, kept in sync
+with the api server. Reads are forwarded to the api server. The relay keeps no
+counters.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from kimball_grpc.api_server_client import ApiServerClient
 from kimball_grpc.auth import TokenChecker
 from kimball_grpc.errors import ConfigError
+from kimball_grpc.feature_spec_sync import SpecCopy
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.grpc_front import API_SERVICE, INTEGRATION_SERVICE, GrpcFront
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 DELIVERY_DRAIN_SECONDS = 2.0  # at shutdown, time to deliver what is spooled (the rest waits)
+FEATURE_SPECS_FILE = "feature-specs.pb"  # the local copy, in the data directory
 
 
 @dataclass
@@ -40,6 +44,7 @@ class RunningSidecar:
     spool: Spool
     sender: RelaySender
     api: ApiServerClient
+    specs: SpecCopy
     metrics: Metrics
     ready: asyncio.Task[None]  # done once the spool is open and calls are taken
 
@@ -75,6 +80,7 @@ class RunningSidecar:
         self.api.end_streams()  # forwarded subscriptions end so they do not hold the grace
         await self.front.stop(grace)
         await self.sender.stop(drain_timeout=DELIVERY_DRAIN_SECONDS if grace else 0.0)
+        await self.specs.stop()
         await self.api.close()
         if not self.ready.done():
             self.ready.cancel()
@@ -101,8 +107,9 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
     api = ApiServerClient(settings.analytics_host, settings.analytics_token or configured)
     sender = RelaySender(spool, settings.analytics_host, api.metadata)
     watch_relay(metrics.registry, sender)
+    specs = SpecCopy(settings.data_dir / FEATURE_SPECS_FILE, api)
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE))
-    pb_grpc.add_KimballServiceServicer_to_server(SidecarService(spool, api), front.handlers)
+    pb_grpc.add_KimballServiceServicer_to_server(SidecarService(spool, api, specs), front.handlers)
     integration_grpc.add_KimballIntegrationServicer_to_server(
         SidecarIntegration(spool, api), front.handlers
     )
@@ -111,15 +118,19 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
     except ConfigError:
         await api.close()
         raise
-    ready = asyncio.get_running_loop().create_task(_become_ready(spool, sender, front))
-    return RunningSidecar(front, spool, sender, api, metrics, ready)
+    ready = asyncio.get_running_loop().create_task(_become_ready(spool, sender, specs, front))
+    return RunningSidecar(front, spool, sender, api, specs, metrics, ready)
 
 
-async def _become_ready(spool: Spool, sender: RelaySender, front: GrpcFront) -> None:
+async def _become_ready(
+    spool: Spool, sender: RelaySender, specs: SpecCopy, front: GrpcFront
+) -> None:
     try:
         spool.open()
     except StorageError as exc:
         log.error("cannot start: %s", exc.message)
         raise
+    specs.load()
+    specs.start()
     sender.start()
     await front.open()

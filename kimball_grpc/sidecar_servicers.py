@@ -1,24 +1,28 @@
 """The services of a sidecar (``FEATURES_MODE=sidecar``): the same API as the api server.
 
 Events go into the local spool and are acknowledged once there; the relay sender
-delivers them. Everything else (analytics, goals, predictions, nudges,
-subscriptions) is forwarded to the api server and answered with its response.
+delivers them. Feature flags are answered from the local copy of the specs.
+Everything else (analytics, goals, predictions, nudges, subscriptions, spec
+changes) is forwarded to the api server and answered with its response.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import grpc
 
 from kimball_grpc import proto_mapping
 from kimball_grpc.api_server_client import ApiServerClient
+from kimball_grpc.feature_spec_sync import SpecCopy
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.relay_spool import Spool
-from kimball_grpc.servicers import accept_integration_stream, accept_stream
+from kimball_grpc.servicers import accept_integration_stream, accept_stream, evaluate_features
 
 Context = grpc.aio.ServicerContext
 
@@ -26,9 +30,19 @@ Context = grpc.aio.ServicerContext
 class SidecarService(pb_grpc.KimballServiceServicer):
     """``kimball.v1.KimballService`` on a sidecar."""
 
-    def __init__(self, spool: Spool, api: ApiServerClient) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        api: ApiServerClient,
+        specs: SpecCopy,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        draw: Callable[[], float] = random.random,
+    ) -> None:
         self.spool = spool
         self.api = api
+        self.specs = specs
+        self.clock = clock
+        self.draw = draw
 
     async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
         await self.spool.accept([proto_mapping.event_from_proto(request.event)])
@@ -63,6 +77,31 @@ class SidecarService(pb_grpc.KimballServiceServicer):
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Context):
         async for response in self.api.stream(self.api.service.Subscribe, request, context):
+            yield response
+
+    # Feature flags: read and evaluated from the local copy (also while the api server is
+    # down); changes go to the api server, and come back through the copy's watch.
+
+    async def PutFeatureSpec(self, request: pb.PutFeatureSpecRequest, context: Context):
+        return await self.api.call(self.api.service.PutFeatureSpec, request, context)
+
+    async def GetFeatureSpec(self, request: pb.GetFeatureSpecRequest, context: Context):
+        return proto_mapping.spec_to_proto(self.specs.flags.get(request.name))
+
+    async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
+        flags = self.specs.flags
+        return proto_mapping.specs_to_proto(flags.listed(), flags.version)
+
+    async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
+        return await self.api.call(self.api.service.DeleteFeatureSpec, request, context)
+
+    async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
+        return await evaluate_features(
+            request, self.specs.flags, self.spool.accept, self.clock(), self.draw
+        )
+
+    async def WatchFeatureSpecs(self, request: pb.WatchFeatureSpecsRequest, context: Context):
+        async for response in self.api.stream(self.api.service.WatchFeatureSpecs, request, context):
             yield response
 
 

@@ -6,9 +6,11 @@ Decoding validates what it reads: stored data that cannot be used raises
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter as Tally
 from collections.abc import Callable, Generator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -25,8 +27,9 @@ from kimball_grpc.counters import NO_TALLY, Counter, CounterKind
 from kimball_grpc.engine import Engine, Namespace
 from kimball_grpc.errors import InvalidArgument, KimballError
 from kimball_grpc.events import check_name, check_value
+from kimball_grpc.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
 from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
-from kimball_grpc.records import EventRecord, GoalRecord, Record
+from kimball_grpc.records import EventRecord, FeatureSpecRecord, GoalRecord, Record
 
 FORMAT_VERSION = 1
 # A slice's positions per key: the optimum for p = 1e-300 is 997.
@@ -68,9 +71,25 @@ class NamespaceCapture(NamedTuple):
     counters: list[CounterCapture]
 
 
+class FlagsCapture(NamedTuple):
+    """The feature specs at one moment (specs are immutable: a list is a copy)."""
+
+    specs: list[FeatureSpec]
+    version: int
+
+
+NO_FLAGS = FlagsCapture([], 0)
+
+
+def capture_flags(flags: FeatureFlags) -> FlagsCapture:
+    return FlagsCapture(flags.listed(), flags.version)
+
+
 def encode_state(engine: Engine) -> bytes:
     """The whole engine state."""
-    return encode_captures([capture_namespace(ns) for ns in engine.namespace_objects()])
+    return encode_captures(
+        [capture_namespace(ns) for ns in engine.namespace_objects()], capture_flags(engine.flags)
+    )
 
 
 def capture_namespace(ns: Namespace) -> NamespaceCapture:
@@ -100,9 +119,9 @@ def _capture(counter: Counter) -> CounterCapture:
     )
 
 
-def encode_captures(captures: Sequence[NamespaceCapture]) -> bytes:
-    """The engine state made of these namespace captures."""
-    steps = encoding_steps(captures)
+def encode_captures(captures: Sequence[NamespaceCapture], flags: FlagsCapture = NO_FLAGS) -> bytes:
+    """The engine state made of these namespace captures and feature specs."""
+    steps = encoding_steps(captures, flags)
     while True:
         try:
             next(steps)
@@ -111,13 +130,19 @@ def encode_captures(captures: Sequence[NamespaceCapture]) -> bytes:
 
 
 def encoding_steps(
-    captures: Sequence[NamespaceCapture], counters_per_step: int = 128
+    captures: Sequence[NamespaceCapture],
+    flags: FlagsCapture = NO_FLAGS,
+    counters_per_step: int = 128,
 ) -> Generator[None, None, bytes]:
     """``encode_captures`` in steps: yields after every ``counters_per_step`` counters and
     returns the bytes. The captures are copies, so the steps may interleave with changes
     to the engine (a snapshot encodes in the event loop between requests: a worker thread
     would hold the GIL against the loop and slow ingestion far more)."""
-    message = spb.EngineState(format_version=FORMAT_VERSION)
+    message = spb.EngineState(
+        format_version=FORMAT_VERSION,
+        feature_specs=[spec_to_state(spec) for spec in flags.specs],
+        feature_specs_version=flags.version,
+    )
     done = 0
     for ns in captures:
         state = message.namespaces.add(name=ns.name, goals=ns.goals)
@@ -176,6 +201,9 @@ def decode_state(
             if pause is not None:
                 pause()
         engine.restore_namespace(ns)
+    engine.flags.replace_all(
+        [spec_from_state(state) for state in message.feature_specs], message.feature_specs_version
+    )
     return engine
 
 
@@ -278,8 +306,17 @@ def _filter_from_proto(counter: str, state: spb.FilterState) -> BloomFilter:
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
-    """A batch of state changes, all events or all goals (one write-ahead log entry)."""
+    """A batch of state changes, all events, all goals or all feature spec changes (one
+    write-ahead log entry)."""
     batch = spb.RecordBatch()
+    if records and isinstance(records[0], FeatureSpecRecord):
+        if not all(isinstance(r, FeatureSpecRecord) for r in records):
+            raise ValueError("a record batch holds one kind of record")
+        for r in records:
+            change = batch.spec_changes.add(name=r.name)  # type: ignore[union-attr]
+            if r.spec is not None:  # type: ignore[union-attr]
+                change.spec.CopyFrom(spec_to_state(r.spec))  # type: ignore[union-attr]
+        return batch.SerializeToString()
     if records and isinstance(records[0], GoalRecord):
         if not all(isinstance(r, GoalRecord) for r in records):
             raise ValueError("a record batch holds events or goals, not both")
@@ -330,6 +367,16 @@ def decode_records(data: bytes) -> list[Record]:
         batch.ParseFromString(data)
     except DecodeError as exc:
         raise InvalidStoredData(f"record batch is not readable: {exc}") from None
+    if batch.spec_changes:
+        if batch.namespace or batch.goals:
+            raise InvalidStoredData("record batch holds more than one kind of record")
+        return [
+            FeatureSpecRecord(
+                _stored_name("feature spec", change.name),
+                spec_from_state(change.spec) if change.HasField("spec") else None,
+            )
+            for change in batch.spec_changes
+        ]
     if batch.goals:
         if batch.namespace:
             raise InvalidStoredData("record batch holds both events and goals")
@@ -375,3 +422,53 @@ def decode_records(data: bytes) -> list[Record]:
     except IndexError:
         raise InvalidStoredData("record batch refers to a name it does not hold") from None
     return records
+
+
+def spec_to_state(spec: FeatureSpec) -> spb.FeatureSpecState:
+    state = spb.FeatureSpecState(
+        name=spec.name,
+        boolean=spec.boolean,
+        user=[
+            spb.UserConditionState(
+                property=c.property, comparator=c.comparator, value_json=json.dumps(c.value)
+            )
+            for c in spec.user
+        ],
+    )
+    if spec.rollout_start is not None and spec.rollout_end is not None:
+        state.rollout_start_us = _microseconds(spec.rollout_start)
+        state.rollout_end_us = _microseconds(spec.rollout_end)
+    return state
+
+
+def spec_from_state(state: spb.FeatureSpecState) -> FeatureSpec:
+    """A stored spec, checked as a new one is; ``InvalidStoredData`` if it cannot be used."""
+    try:
+        user = tuple(
+            UserCondition(c.property, c.comparator, json.loads(c.value_json)) for c in state.user
+        )
+        spec = FeatureSpec(
+            state.name,
+            state.boolean,
+            _from_microseconds(state.rollout_start_us)
+            if state.HasField("rollout_start_us")
+            else None,
+            _from_microseconds(state.rollout_end_us) if state.HasField("rollout_end_us") else None,
+            user,
+        )
+        return check_spec(spec)
+    except (ValueError, OverflowError) as exc:  # JSON, or a time out of range
+        raise InvalidStoredData(f"feature spec {state.name!r} is damaged: {exc}") from None
+    except InvalidArgument as exc:
+        raise InvalidStoredData(f"feature spec {state.name!r}: {exc.message}") from None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _microseconds(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_microseconds(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)

@@ -20,6 +20,11 @@ ROUTES = {
     ("get", "/v0/namespaces"),
     ("get", "/v0/predictions"),
     ("get", "/v0/nudges"),
+    ("post", "/v0/featureSpecs"),
+    ("get", "/v0/featureSpecs"),
+    ("get", "/v0/featureSpecs/{name}"),
+    ("delete", "/v0/featureSpecs/{name}"),
+    ("get", "/v0/features"),
     ("get", "/alive"),
     ("get", "/ready"),
 }
@@ -37,6 +42,10 @@ async def test_document_lists_every_route_with_the_original_parameter_names(http
     assert {p["name"] for p in predictions} == {"namespace", "event", "user_id"}
     nudges = document["paths"]["/v0/nudges"]["get"]["parameters"]
     assert {p["name"] for p in nudges if p["required"]} == {"goal", "user_id"}
+    features = document["paths"]["/v0/features"]["get"]["parameters"]
+    assert {p["name"] for p in features} == {"user_obj", "context_obj"}
+    spec = document["paths"]["/v0/featureSpecs/{name}"]["delete"]["parameters"]
+    assert [(p["name"], p["in"]) for p in spec] == [("name", "path")]
 
 
 async def test_page_is_served_from_the_installed_package(http) -> None:

@@ -33,6 +33,11 @@ def test_every_v0_route_maps_onto_exactly_one_method() -> None:
         ("GET", "/v0/namespaces"): "ListNamespaces",
         ("GET", "/v0/predictions"): "GetPredictions",
         ("GET", "/v0/nudges"): "GetNudges",
+        ("POST", "/v0/featureSpecs"): "PutFeatureSpec",
+        ("GET", "/v0/featureSpecs"): "ListFeatureSpecs",
+        ("GET", "/v0/featureSpecs/{name}"): "GetFeatureSpec",
+        ("DELETE", "/v0/featureSpecs/{name}"): "DeleteFeatureSpec",
+        ("GET", "/v0/features"): "EvaluateFeatures",
     }
 
 

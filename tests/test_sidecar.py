@@ -456,3 +456,55 @@ async def test_the_relay_method_refuses_bad_batches_and_unknown_callers(deployme
     with pytest.raises(grpc.aio.AioRpcError) as stranger:
         await send(rpb.RelayRequest(first_sequence=8, last_sequence=8, batches=[good]), ())
     assert stranger.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- feature flags on a sidecar ------------------------------------------------------
+
+
+async def test_a_sidecar_answers_flags_from_its_copy_also_while_the_api_server_is_down(
+    deployment,
+):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    via = deployment.stub(sidecar.grpc_port)
+    spec = pb.FeatureSpec(name="new_checkout")
+    spec.user.add(property="plan", comparator="=").value.string_value = "pro"
+    await via.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))  # forwarded to the api server
+    assert deployment.api is not None
+    assert deployment.api.engine.flags.get("new_checkout").user[0].value == "pro"
+    await until(_async(lambda: "new_checkout" in sidecar.specs.flags.specs), "the copy")
+
+    def ask(plan: str) -> pb.EvaluateFeaturesRequest:
+        request = pb.EvaluateFeaturesRequest()
+        request.user.update({"user_id": "ann", "plan": plan})
+        request.context.update({"feature": "new_checkout"})
+        return request
+
+    assert (await via.EvaluateFeatures(ask("pro"))).features["new_checkout"] is True
+    await deployment.stop_api()
+    assert (await via.EvaluateFeatures(ask("free"))).features["new_checkout"] is False
+    listed = await via.ListFeatureSpecs(pb.ListFeatureSpecsRequest())
+    assert [s.name for s in listed.specs] == ["new_checkout"]
+
+    await deployment.stop_sidecar(sidecar, grace=1.0)
+    again = await deployment.start_sidecar()  # the api server is still down
+    via_again = deployment.stub(again.grpc_port)
+    assert (await via_again.EvaluateFeatures(ask("pro"))).features["new_checkout"] is True
+    with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+        await via_again.DeleteFeatureSpec(pb.DeleteFeatureSpecRequest(name="new_checkout"))
+    assert unavailable.value.code() is grpc.StatusCode.UNAVAILABLE
+
+    await deployment.start_api()
+    # The usages counted at the sidecar (three evaluations of user ann) reach the api server.
+    await until(lambda: _has(deployment, {"new_checkout": 1}), "the usage events")
+
+    async def deleted() -> bool:  # as a client would: again while UNAVAILABLE
+        try:
+            await via_again.DeleteFeatureSpec(pb.DeleteFeatureSpecRequest(name="new_checkout"))
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
+            return False
+        return True
+
+    await until(deleted, "the api server to take calls through the sidecar again")
+    await until(_async(lambda: not again.specs.flags.specs), "the deletion in the copy")

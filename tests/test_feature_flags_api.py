@@ -1,0 +1,204 @@
+"""Feature flags through the APIs: the original REST routes and the gRPC methods, on a real
+server (REST over both the in-process and the network channel), and across a restart."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from grpc_errors import error_metadata
+
+from kimball_grpc.feature_flags import FeatureSpec, UserCondition, check_spec
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.server import start_server
+from kimball_grpc.settings import Settings
+
+
+def b64(value: object, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(json.dumps(value).encode()).decode()
+
+
+async def post_spec(http, body: object) -> tuple[int, object]:
+    async with http.post("/v0/featureSpecs", json=body) as response:
+        return response.status, await response.json()
+
+
+async def features(http, user: object, context: object | None = None) -> dict[str, bool]:
+    params = {"user_obj": b64(user)}
+    if context is not None:
+        params["context_obj"] = b64(context, urlsafe=True)
+    async with http.get("/v0/features", params=params) as response:
+        assert response.status == 200, await response.text()
+        return (await response.json())["features"]
+
+
+async def test_specs_are_created_listed_replaced_and_deleted(http):
+    status, created = await post_spec(
+        http,
+        {
+            "name": "beta",
+            "boolean": False,
+            "user": [
+                ["plan", "in", ["pro", "team"]],
+                {"property": "id", "comparator": "=", "value": 7},
+            ],
+        },
+    )
+    assert status == 200
+    assert created == {
+        "name": "beta",
+        "boolean": False,
+        "user": [
+            {"property": "plan", "comparator": "in", "value": ["pro", "team"]},
+            {"property": "id", "comparator": "=", "value": 7},
+        ],
+    }
+    async with http.get("/v0/featureSpecs/") as response:  # a trailing slash, as the original
+        listed = await response.json()
+    assert listed["featureSpecs"] == [created]
+    version = listed["version"]
+    assert (await post_spec(http, {"name": "beta", "boolean": True}))[0] == 200  # replaced
+    async with http.get("/v0/featureSpecs/beta") as response:
+        assert (await response.json())["boolean"] is True
+    async with http.delete("/v0/featureSpecs/beta") as response:
+        assert response.status == 204
+    async with http.get("/v0/featureSpecs") as response:
+        after = await response.json()
+    assert after == {"featureSpecs": [], "version": version + 2}
+    async with http.get("/v0/featureSpecs/beta") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["name"] == "beta"
+    async with http.delete("/v0/featureSpecs/beta") as response:
+        assert response.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"boolean": True}, "name"),
+        ({"name": "f", "rollout_start": "2026-01-02T00:00:00Z"}, "rollout_end"),
+        (
+            {
+                "name": "f",
+                "rollout_start": "2026-01-02T00:00:00Z",
+                "rollout_end": "2026-01-01T00:00:00Z",
+            },
+            "after rollout_start",
+        ),
+        (
+            {"name": "f", "rollout_start": "yesterday", "rollout_end": "2026-01-01T00:00:00Z"},
+            "rollout_start",
+        ),
+        ({"name": "f", "user": [["plan", "~", "pro"]]}, "unknown comparator"),
+        ({"name": "f", "user": [["plan", "in", "pro"]]}, '"in" needs a list'),
+        ({"name": "f", "user": [["plan", "="]]}, "[property, comparator, value]"),
+        ({"name": "f", "boolean": "yes"}, "boolean"),
+        (["name", "f"], "feature spec object"),
+    ],
+)
+async def test_a_bad_spec_is_a_400_naming_the_problem_and_changes_nothing(http, body, fragment):
+    status, answer = await post_spec(http, body)
+    assert status == 400, answer
+    assert fragment in answer["error"]["what"] + json.dumps(answer["error"]), answer
+    async with http.get("/v0/featureSpecs") as response:
+        assert (await response.json())["featureSpecs"] == []
+
+
+async def test_evaluation_follows_conditions_rollout_and_boolean(http):
+    now = datetime.now(UTC)
+    await post_spec(http, {"name": "on", "boolean": True})
+    await post_spec(http, {"name": "pro", "user": [["plan", "=", "pro"]]})
+    await post_spec(
+        http,
+        {
+            "name": "half",
+            "rollout_start": (now - timedelta(days=5)).isoformat(),
+            "rollout_end": (now + timedelta(days=5)).isoformat(),
+        },
+    )
+    first = await features(http, {"user_id": "u1", "plan": "pro"})
+    assert first["on"] is True and first["pro"] is True
+    assert await features(http, {"user_id": "u1", "plan": "free"}) == first | {"pro": False}
+    # Sticky: the same user gets the same rollout answer every time; about half are in.
+    answers = [(await features(http, {"user_id": f"user-{i}"}))["half"] for i in range(60)]
+    assert answers == [(await features(http, {"user_id": f"user-{i}"}))["half"] for i in range(60)]
+    assert 10 < sum(answers) < 50
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"user_obj": "not base64!"}, "user_obj"),
+        ({"user_obj": base64.b64encode(b"{not json").decode()}, "user_obj"),
+        ({"context_obj": b64([1, 2])}, "context_obj"),
+        ({"user_obj": b64({}), "other": "x"}, "other"),
+    ],
+)
+async def test_bad_base64_or_json_is_a_400_naming_the_parameter(http, params, parameter):
+    async with http.get("/v0/features", params=params) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["parameter"] == parameter
+
+
+async def test_a_context_feature_counts_the_users_usage_as_an_event(http):
+    await post_spec(http, {"name": "checkout_v2", "boolean": True})
+    await features(http, {"user_id": "ann"}, {"feature": "checkout_v2", "namespace": "shop"})
+    await features(http, {"user_id": "bob"}, {"feature": "checkout_v2", "namespace": "shop"})
+    await features(http, {"plan": "x"}, {"feature": "checkout_v2", "namespace": "shop"})  # no id
+    async with http.get("/v0/analytics", params={"namespace": "shop"}) as response:
+        counts = {c["name"]: c["count"] for c in (await response.json())["counts"]}
+    assert counts["checkout_v2"] == 2
+
+
+async def test_grpc_methods_and_the_watch_stream(stub):
+    watch = stub.WatchFeatureSpecs(pb.WatchFeatureSpecsRequest())
+    empty = await watch.read()
+    assert (list(empty.specs), empty.version) == ([], 0)
+    spec = pb.FeatureSpec(name="dark_mode", boolean=True)
+    spec.user.add(property="beta", comparator="=").value.bool_value = True
+    stored = await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))
+    assert stored == spec
+    changed = await watch.read()
+    assert [s.name for s in changed.specs] == ["dark_mode"] and changed.version == 1
+    watch.cancel()
+    request = pb.EvaluateFeaturesRequest()
+    request.user.update({"user_id": "u", "beta": False})
+    assert dict((await stub.EvaluateFeatures(request)).features) == {"dark_mode": True}
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=pb.FeatureSpec(name="")))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_metadata(refused.value) == {"key": "name"}
+
+
+async def test_specs_survive_a_restart_with_their_version(tmp_path):
+    settings = Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
+    server = await start_server(settings)
+    await server.wait_ready()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for name in ("a", "b", "c"):
+        await server.ingestor.put_feature_spec(_spec(name, start))
+    await server.persistence.snapshot()  # a snapshot holds a and b and c ...
+    await server.ingestor.delete_feature_spec("b")  # ... and the log this change
+    before = (server.engine.flags.listed(), server.engine.flags.version)
+    await server.stop(grace=None)
+
+    again = await start_server(settings)
+    await again.wait_ready()
+    assert (again.engine.flags.listed(), again.engine.flags.version) == before
+    await again.stop(grace=None)
+
+
+def _spec(name: str, start: datetime) -> FeatureSpec:
+    return check_spec(
+        FeatureSpec(
+            name,
+            True,
+            start,
+            start + timedelta(days=3),
+            (UserCondition("n", "in", [1, 2.5, "x", None, {"k": [True]}]),),
+        )
+    )
