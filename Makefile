@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint protos bench clean
+.PHONY: run test lint protos bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ lint: $(GENERATED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The web UI's browser tests use Debian's Chromium (never `playwright install`).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "make: /usr/bin/chromium missing (apt-get install -y chromium as root): web UI tests will skip"; fi; \
+	fi
+
 # pytest exits 5 when it ran no test; make treats any non-zero exit as failure.
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
 
 protos: $(STAMP)

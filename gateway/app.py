@@ -25,6 +25,7 @@ from gateway.openapi import openapi_document
 from gateway.request_json import RequestJsonError, message_from_json
 from gateway.routes import Route, parameter_name, routes_of
 from gateway.shapes import BODY_SHAPES, QUERY_SHAPES, RESPONSE_SHAPES, BadBody, BadParameter
+from gateway.web_ui import add_web_ui
 from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.error_details import error_metadata
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -92,6 +93,7 @@ def build_app(
             ("/metrics/predictions", metrics.predictions_registry),
         ):
             app.router.add_get(path, _metrics_handler(registry, checker))
+    add_web_ui(app)
     return app
 
 

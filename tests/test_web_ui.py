@@ -1,0 +1,686 @@
+"""The web UI at ``/`` (SPEC section 4) in a real browser, against a real Kimball server.
+
+Headless Chromium from Debian's packages (``/usr/bin/chromium``), driven by Playwright for
+Python (``pip install playwright``; never ``playwright install``: the system browser is
+used). When Chromium is missing, the tests install it with apt-get if running as root, else
+they are skipped with the reason; without Playwright they are skipped with how to install it.
+
+One Kimball server (authentication on) and one browser serve the whole module; each test
+gets a fresh browser context (empty localStorage), so it types the token as a user would.
+Screenshots (laptop 1280x800, phone 390x844) go to the test's tmp path and to
+``test-artifacts/screenshots/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.web_ui import add_web_ui
+from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.server import RunningServer, start_server
+from kimball_grpc.settings import Settings
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PLAYWRIGHT_MISSING = (
+    "WEB UI TESTS SKIPPED: Playwright for Python is not installed. Install it with "
+    "`.venv/bin/pip install playwright` (the tests use Debian's /usr/bin/chromium: "
+    "do not run `playwright install`)."
+)
+TOKEN = "web-ui-secret"
+TIMEOUT_MS = 10_000
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FLAG_ROUTES_PENDING = "flag routes not built yet"
+FLAG = "ui_test_flag"
+
+
+# ------------------------------------------------------------------ the browser
+
+
+def chromium_executable() -> str:
+    """Debian's Chromium; installed with apt-get when missing and running as root."""
+    if CHROMIUM.exists():
+        return str(CHROMIUM)
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        for commands in ([install], [["apt-get", "update", "-q"], install]):
+            for command in commands:
+                subprocess.run(command, env=environment, capture_output=True, timeout=900)
+            if CHROMIUM.exists():
+                return str(CHROMIUM)
+    pytest.skip(
+        f"WEB UI TESTS SKIPPED: no Chromium at {CHROMIUM}, and it could not be installed "
+        "here (needs root and apt-get). Install it with `apt-get install -y chromium`."
+    )
+
+
+@pytest.fixture(scope="module")
+def playwright_api() -> Any:
+    module = pytest.importorskip("playwright.async_api", reason=PLAYWRIGHT_MISSING)
+    module.expect.set_options(timeout=TIMEOUT_MS)
+    return module
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(playwright_api: Any) -> AsyncIterator[Browser]:
+    executable = chromium_executable()
+    async with playwright_api.async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@asynccontextmanager
+async def open_page(browser: Browser, base_url: str, viewport: dict) -> AsyncIterator[Page]:
+    """A fresh context (no localStorage) in a fixed locale and time zone; fails the test on
+    any uncaught script error."""
+    context = await browser.new_context(
+        base_url=base_url, viewport=viewport, locale="en-US", timezone_id="Europe/Paris"
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert not script_errors, script_errors
+
+
+# ------------------------------------------------------------------ the server
+
+
+def weekly_checkout() -> CounterConfig:
+    rule = {
+        "pattern": "^checkout$",
+        "type": "bloom_scalable",
+        "size": 16,
+        "error_probability": 0.001,
+        "date_cohort": "weekly",
+    }
+    return CounterConfig.from_mappings([rule])
+
+
+def seed_events() -> list[dict]:
+    """20 users in ``default``: all sign up, odd ones use feature_a, every third one
+    feature_b (value 2.5), the first five visit café_visit; u0-u7 and u_new (no other event)
+    reach the goal checkout over ISO weeks 1, 2 and 4 of 2024 (week 3: none)."""
+    events = []
+    checkout_days = {0: "02", 1: "02", 2: "09", 3: "09", 4: "09", 5: "23", 6: "23", 7: "23"}
+    for i in range(20):
+        user = f"u{i}"
+        events.append({"event_name": "signup", "user_id": user})
+        if i % 2:
+            events.append({"event_name": "feature_a", "user_id": user})
+        if i % 3 == 0:
+            events.append({"event_name": "feature_b", "user_id": user, "value": 2.5})
+        if i < 5:
+            events.append({"event_name": "café_visit", "user_id": user})
+        if i in checkout_days:
+            events.append(
+                {
+                    "event_name": "checkout",
+                    "user_id": user,
+                    "ensure_goal": True,
+                    "value": 10,
+                    "datetime": f"2024-01-{checkout_days[i]}T12:00:00Z",
+                }
+            )
+    events.append(
+        {
+            "event_name": "checkout",
+            "user_id": "u_new",
+            "ensure_goal": True,
+            "datetime": "2024-01-23T12:00:00Z",
+        }
+    )
+    for i in range(3):
+        events.append({"event_name": "app_open", "user_id": f"m{i}", "namespace": "mobile"})
+    return events
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def kimball(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
+    settings = Settings(
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        api_auth_tokens=(TOKEN,),
+        data_dir=tmp_path_factory.mktemp("kimball-web-ui"),
+        counter_config=weekly_checkout(),
+    )
+    running = await start_server(settings)
+    await running.wait_ready()
+    yield running
+    await running.stop(grace=None)
+
+
+def ui_app(server: RunningServer) -> web.Application:
+    """The gateway as ``kimball serve`` builds it, with the web UI (added here only while
+    ``build_app`` does not add it itself)."""
+    app = build_app(server.local_channel, server.metrics, server.checker)
+    if not any(resource.canonical == "/" for resource in app.router.resources()):
+        add_web_ui(app)
+    return app
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def base_url(kimball: RunningServer) -> AsyncIterator[str]:
+    async with serving(ui_app(kimball)) as url:
+        async with aiohttp.ClientSession(url, headers=AUTH) as http:
+            response = await http.post("/v0/analytics", json={"events": seed_events()})
+            assert response.status == 204, await response.text()
+        yield url
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def http(base_url: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """The REST API with the token: what the page's numbers are checked against."""
+    async with aiohttp.ClientSession(base_url, headers=AUTH) as session:
+        yield session
+
+
+async def get_json(http: aiohttp.ClientSession, path: str, **params: Any) -> Any:
+    async with http.get(path, params=params) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:
+    async with open_page(browser, base_url, LAPTOP) as opened:
+        yield opened
+
+
+async def enter_token(page: Page, expect: Any) -> None:
+    """Open the UI with no token: it says one is needed; type it as a user would."""
+    await page.goto("/")
+    await expect(page.locator("#token-panel")).to_be_visible()
+    await expect(page.locator("#token-message")).to_contain_text("token is needed")
+    await page.locator("#token").fill(TOKEN)
+    await page.get_by_role("button", name="Save token").click()
+    await expect(page.locator("#token-panel")).to_be_hidden()
+    await expect(page.locator("#token-toggle")).to_have_text("Token ✓")
+
+
+async def screenshot(page: Page, directory: Path, name: str) -> None:
+    """A full-page screenshot into ``directory`` and ``test-artifacts/screenshots/``."""
+    await page.evaluate("window.scrollTo(0, 0)")
+    path = directory / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, ARTIFACTS / path.name)
+
+
+async def assert_fits(page: Page, what: str) -> None:
+    """Nothing wider than the screen: wide tables scroll inside their own box."""
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"{what}: the page is {overflow}px wider than the screen"
+
+
+def percent(text: str) -> float:
+    return float(text.strip().rstrip("%")) / 100
+
+
+def counters(analytics: dict, kind: str) -> list[dict]:
+    return [c for c in analytics["counts"] if c["type"] == kind]
+
+
+# ------------------------------------------------------------------ serving
+
+
+async def test_the_page_is_open_and_the_data_is_not(base_url: str) -> None:
+    async with aiohttp.ClientSession(base_url) as anonymous:
+        async with anonymous.get("/") as response:
+            assert response.status == 200
+            assert response.content_type == "text/html"
+            assert "<title>Kimball</title>" in await response.text()
+            assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        for name, content_type in (
+            ("app.js", "text/javascript"),
+            ("style.css", "text/css"),
+            ("favicon.svg", "image/svg+xml"),
+        ):
+            async with anonymous.get(f"/ui/{name}") as response:
+                assert response.status == 200, name
+                assert response.content_type == content_type
+                etag = response.headers["ETag"]
+            async with anonymous.get(f"/ui/{name}", headers={"If-None-Match": etag}) as response:
+                assert response.status == 304
+        for path in ("/ui/nope.js", "/ui/..%2Fweb_ui.py", "/ui/../web_ui.py"):
+            async with anonymous.get(path) as response:
+                assert response.status == 404, path
+        async with anonymous.get("/v0/namespaces") as response:
+            assert response.status == 401
+
+
+# ------------------------------------------------------------------ the pages
+
+
+async def test_token_and_analytics_match_the_api(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+) -> None:
+    expect = playwright_api.expect
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.headers) if "/v0/" in r.url else None)
+
+    # No token: the page says one is needed. A wrong one is refused, and the page says so.
+    await page.goto("/")
+    await expect(page.locator("#token-message")).to_contain_text("token is needed")
+    await expect(page.locator("#view-analytics > .error")).to_contain_text("token is needed")
+    await page.locator("#token").fill("wrong-token")
+    await page.get_by_role("button", name="Save token").click()
+    await expect(page.locator("#token-message")).to_contain_text("refused")
+    await expect(page.locator("#view-analytics > .error")).to_contain_text("refused")
+    # The right one shows the data, and every data request from then on carries it.
+    sent.clear()
+    await page.locator("#token").fill(TOKEN)
+    await page.get_by_role("button", name="Save token").click()
+
+    analytics = await get_json(http, "/v0/analytics", namespace="default")
+    goals = (await get_json(http, "/v0/goals", namespace="default"))["goals"]
+    total = counters(analytics, "internal")[0]["count"]
+    assert total == 21
+    await expect(page.get_by_test_id("total-users")).to_have_text(str(total))
+    await expect(page.locator("#goal-total")).to_have_text(str(len(goals)))
+    named = counters(analytics, "named")
+    rows = page.locator("#counters-table tbody tr")
+    await expect(rows).to_have_count(len(named))
+    shown = await rows.evaluate_all(
+        """rows => rows.map(r => [r.dataset.name, Number(r.querySelector('.count').dataset.value),
+            Number(r.querySelector('.sum').dataset.value), r.querySelector('.count').textContent,
+            r.querySelector('.sum').textContent])"""
+    )
+    expected = sorted(
+        ((c["name"], c["count"], c["value"]["sum"]) for c in named), key=lambda c: (-c[1], c[0])
+    )
+    assert [tuple(row[:3]) for row in shown] == expected
+    for _, count, value_sum, count_text, sum_text in shown:
+        assert count_text == f"{count:,}"
+        assert float(sum_text.replace(",", "")) == value_sum
+    assert dict((row[0], row[2]) for row in shown)["feature_b"] == 17.5
+    assert sent
+    assert all(headers.get("authorization") == f"Bearer {TOKEN}" for headers in sent)
+
+    # Weekly counts: one point per ISO week from the first to the last (week 3 had none).
+    weekly = counters(analytics, "weekly")
+    assert {(c["year"], c["week"], c["count"]) for c in weekly} == {
+        (2024, 1, 2),
+        (2024, 2, 3),
+        (2024, 4, 4),
+    }
+    await expect(page.locator("#weekly-chart circle")).to_have_count(4)
+    weekly_rows = await page.locator("#weekly-table tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.week, Number(r.lastElementChild.dataset.value)])"
+    )
+    assert weekly_rows == [["2024-W01", 2], ["2024-W02", 3], ["2024-W04", 4]]
+
+    # Filtering the table.
+    await page.locator("#counter-filter").fill("feat")
+    await expect(rows).to_have_count(2)
+
+
+async def test_namespace_picker_is_remembered_and_weekly_has_an_empty_state(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+) -> None:
+    expect = playwright_api.expect
+    await enter_token(page, expect)
+    names = (await get_json(http, "/v0/namespaces"))["namespaces"]
+    options = page.locator("#namespace option")
+    await expect(options).to_have_count(len(names))
+    assert sorted(await options.all_text_contents()) == sorted(names)
+    await page.locator("#namespace").select_option("mobile")
+    await expect(page.get_by_test_id("total-users")).to_have_text("3")
+    await expect(page.locator("#weekly")).to_contain_text("No weekly counters")
+    await page.reload()
+    await expect(page.locator("#namespace")).to_have_value("mobile")
+    await expect(page.get_by_test_id("total-users")).to_have_text("3")
+
+
+async def test_goals_show_their_combinations_and_a_goal_can_be_created(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+) -> None:
+    expect = playwright_api.expect
+    await enter_token(page, expect)
+    await page.get_by_role("link", name="Goals").click()
+    analytics = await get_json(http, "/v0/analytics", namespace="default")
+    checkout = next(c for c in counters(analytics, "named") if c["name"] == "checkout")
+    card = page.locator('article.goal[data-goal="checkout"]')
+    await expect(card.locator(".goal-users")).to_have_text(str(checkout["count"]))
+    rows = card.locator("tr.combination")
+    await expect(rows).to_have_count(len(checkout["event_counts"]))
+    shown = await rows.evaluate_all(
+        """rows => rows.map(r => [JSON.parse(r.dataset.events),
+            Number(r.querySelector('.count').dataset.value)])"""
+    )
+    assert sorted((tuple(e), c) for e, c in shown) == sorted(
+        (tuple(combo["events"]), combo["count"]) for combo in checkout["event_counts"]
+    )
+    counts = [count for _, count in shown]
+    assert counts == sorted(counts, reverse=True)  # most common first
+    assert shown[0][1] == 2
+    assert ([], 1) in [(e, c) for e, c in shown]  # u_new: no prior event
+    await expect(card).to_contain_text("no prior event")
+
+    await page.locator("#goal-name").fill("upgrade")
+    await page.get_by_role("button", name="Create goal").click()
+    await expect(page.locator('article.goal[data-goal="upgrade"]')).to_contain_text(
+        "No user has reached this goal yet"
+    )
+    assert "upgrade" in (await get_json(http, "/v0/goals", namespace="default"))["goals"]
+
+
+async def test_predictions_ranking_and_what_if(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+) -> None:
+    expect = playwright_api.expect
+    await enter_token(page, expect)
+    await page.get_by_role("link", name="Predictions").click()
+    predictions = await get_json(http, "/v0/predictions", namespace="default")
+    events = predictions["goals"]["checkout"]["events"]
+    await expect(page.locator("#prediction-goal")).to_have_value("checkout")
+    rows = page.locator("#ranking-table tbody tr")
+    await expect(rows).to_have_count(len(events))
+    shown = await rows.evaluate_all(
+        """rows => rows.map(r => [r.dataset.name, Number(r.querySelector('.bayes').dataset.value),
+            r.querySelector('.bayes').textContent])"""
+    )
+    assert {name: bayes for name, bayes, _ in shown} == {e: a["bayes"] for e, a in events.items()}
+    ranking = [bayes for _, bayes, _ in shown]
+    assert ranking == sorted(ranking, reverse=True)
+    assert shown[0][0] == "café_visit"
+    for _, bayes, text in shown:
+        assert abs(percent(text) - bayes) <= 0.0005 + 1e-9
+    await expect(page.locator("#ranking-chart rect.bar")).to_have_count(len(events))
+
+    # What if: two events picked; the probability shown is the API's.
+    await page.locator('#whatif-events input[value="feature_a"]').check()
+    await page.locator('#whatif-events input[value="café_visit"]').check()
+    answer = await get_json(
+        http, "/v0/predictions", namespace="default", event=["café_visit", "feature_a"]
+    )
+    probability = answer["goals"]["checkout"]["probability"]
+    card = page.locator('#whatif-cards [data-goal="checkout"]')
+    await expect(card.locator(".probability")).to_have_text(f"{probability * 100:.1f}%")
+    assert float(await card.locator(".probability").get_attribute("data-value")) == probability
+    for key in ("yes", "no", "likelihood"):
+        value = await card.locator(f"dd.{key}").get_attribute("data-value")
+        assert float(value) == answer["goals"]["checkout"][key]
+
+    # A goal among the events gets the API's note; an unknown event, the API's error.
+    await page.locator('#whatif-events input[value="checkout"]').check()
+    await expect(card.locator(".note")).to_have_text(
+        (await get_json(http, "/v0/predictions", namespace="default", event="checkout"))["goals"][
+            "checkout"
+        ]["note"]
+    )
+    await page.locator("#whatif-extra").fill("nope")
+    await page.get_by_role("button", name="Add", exact=True).click()
+    async with http.get("/v0/predictions", params={"event": "nope"}) as response:
+        assert response.status == 400
+        what = (await response.json())["error"]["what"]
+    await expect(page.locator("#whatif-error")).to_contain_text(what)
+    await expect(page.locator("#whatif-error")).to_contain_text("nope")
+
+
+async def test_nudges_for_a_user(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+) -> None:
+    expect = playwright_api.expect
+    await enter_token(page, expect)
+    await page.get_by_role("link", name="Nudges").click()
+    await expect(page.locator('#nudge-goal option[value="checkout"]')).to_have_count(1)
+    await page.locator("#nudge-goal").select_option("checkout")
+    await page.locator("#nudge-user").fill("u7")
+    await page.get_by_role("button", name="Get nudges").click()
+    answer = await get_json(http, "/v0/nudges", namespace="default", goal="checkout", user_id="u7")
+    assert answer["nudges"]
+    rows = page.locator("#nudges-table tbody tr")
+    await expect(rows).to_have_count(len(answer["nudges"]))
+    shown = await rows.evaluate_all(
+        """rows => rows.map(r => [r.dataset.name,
+            Number(r.querySelector('.prediction').dataset.value)])"""
+    )
+    assert shown == [[n["event_name"], n["prediction"]] for n in answer["nudges"]]
+
+    # A request the server refuses is shown, not swallowed.
+    await page.locator("#nudge-user").fill("x" * 300)
+    await page.get_by_role("button", name="Get nudges").click()
+    await expect(page.locator("#view-nudges > .error")).to_contain_text("HTTP 400")
+
+
+async def test_works_with_auth_off(browser: Browser, playwright_api: Any, tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    settings = Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
+    running = await start_server(settings)
+    try:
+        await running.wait_ready()
+        async with serving(ui_app(running)) as url:
+            async with aiohttp.ClientSession(url) as http:
+                event = {"event_name": "signup", "user_id": "solo"}
+                async with http.post("/v0/analytics", json=event) as response:
+                    assert response.status == 204
+            async with open_page(browser, url, PHONE) as page:
+                await page.goto("/")
+                await expect(page.get_by_test_id("total-users")).to_have_text("1")
+                await expect(page.locator("#token-panel")).to_be_hidden()
+                await expect(page.locator("#counters-table tbody tr")).to_have_count(1)
+    finally:
+        await running.stop(grace=None)
+
+
+# ------------------------------------------------------------------ feature flags
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def flag_routes(http: aiohttp.ClientSession, request: pytest.FixtureRequest) -> bool:
+    """Whether the feature flag routes exist; while they do not, the flag tests are expected
+    to fail (xfail, not strict): they check the page shows the error, then stop."""
+    async with http.get("/v0/featureSpecs") as response:
+        present = response.status not in (404, 405)
+    if not present:
+        request.node.add_marker(pytest.mark.xfail(strict=False, reason=FLAG_ROUTES_PENDING))
+    return present
+
+
+async def flags_page_or_xfail(page: Page, expect: Any, present: bool) -> None:
+    await enter_token(page, expect)
+    await page.get_by_role("link", name="Flags").click()
+    if not present:
+        await expect(page.locator("#view-flags > .error")).to_contain_text("HTTP 40")
+        pytest.xfail(FLAG_ROUTES_PENDING)
+    await expect(page.locator("#view-flags")).to_have_attribute("aria-busy", "false")
+    await expect(page.locator("#view-flags > .error")).to_be_hidden()
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_flags_create_toggle_and_edit(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any, flag_routes: bool, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    await flags_page_or_xfail(page, expect, flag_routes)
+
+    # Create: off by default, a rollout (Paris time in the page, UTC on the wire), a condition.
+    await page.locator("#flag-name").fill(FLAG)
+    await page.locator("#flag-start").fill("2024-01-01T10:00")
+    await page.locator("#flag-end").fill("2024-07-01T10:00")
+    await page.get_by_role("button", name="Add condition").click()
+    await page.locator(".condition-property").fill("country")
+    await page.locator(".condition-comparator").select_option("in")
+    await page.locator(".condition-value").fill("fr, de")
+    await page.get_by_role("button", name="Save flag").click()
+    row = page.locator(f'#flags-table tr[data-flag="{FLAG}"]')
+    switch = row.get_by_role("switch")
+    await expect(switch).to_have_attribute("aria-checked", "false")
+    spec = await get_json(http, f"/v0/featureSpecs/{FLAG}")
+    assert spec["name"] == FLAG
+    assert spec["boolean"] is False
+    assert utc(spec["rollout_start"]) == utc("2024-01-01T09:00:00Z")
+    assert utc(spec["rollout_end"]) == utc("2024-07-01T08:00:00Z")
+    assert spec["user"] == [{"property": "country", "comparator": "in", "value": ["fr", "de"]}]
+    await expect(row.locator(".conditions-cell")).to_contain_text('country in ["fr","de"]')
+
+    # Toggle: the stored spec flips, nothing else changes.
+    await switch.click()
+    await expect(switch).to_have_attribute("aria-checked", "true")
+    toggled = await get_json(http, f"/v0/featureSpecs/{FLAG}")
+    assert toggled == {**spec, "boolean": True}
+    await switch.click()
+    await expect(switch).to_have_attribute("aria-checked", "false")
+    assert (await get_json(http, f"/v0/featureSpecs/{FLAG}"))["boolean"] is False
+
+    # Edit: the form holds the spec; drop the rollout, change the condition, turn it on.
+    await row.get_by_role("button", name="Edit").click()
+    await expect(page.locator("#flag-name")).to_have_value(FLAG)
+    await expect(page.locator("#flag-start")).to_have_value("2024-01-01T10:00")
+    await expect(page.locator(".condition-value")).to_have_value('["fr","de"]')
+    await page.locator("#flag-start").fill("")
+    await page.locator("#flag-end").fill("")
+    await page.locator(".condition-comparator").select_option("=")
+    await page.locator(".condition-value").fill("fr")
+    await page.locator("#flag-boolean").check()
+    await page.get_by_role("button", name="Save flag").click()
+    await expect(switch).to_have_attribute("aria-checked", "true")
+    edited = await get_json(http, f"/v0/featureSpecs/{FLAG}")
+    assert edited["boolean"] is True
+    assert "rollout_start" not in edited and "rollout_end" not in edited
+    assert edited["user"] == [{"property": "country", "comparator": "=", "value": "fr"}]
+    listed = (await get_json(http, "/v0/featureSpecs"))["featureSpecs"]
+    assert FLAG in [s["name"] for s in listed]
+
+    # A bad spec (half a rollout) is refused in the page, saying why.
+    await page.get_by_role("button", name="New flag").click()
+    await page.locator("#flag-name").fill("half_rollout")
+    await page.locator("#flag-start").fill("2024-01-01T10:00")
+    await page.get_by_role("button", name="Save flag").click()
+    await expect(page.locator("#flag-form-error")).to_contain_text("both a start and an end")
+    await screenshot(page, tmp_path, "laptop-flags-edited")
+
+
+async def test_flags_try_it_and_delete(
+    page: Page, http: aiohttp.ClientSession, playwright_api: Any, flag_routes: bool
+) -> None:
+    expect = playwright_api.expect
+    name = "ui_try_flag"
+    if flag_routes:
+        spec = {"name": name, "boolean": False, "user": [["plan", "=", "pro"]]}
+        async with http.post("/v0/featureSpecs", json=spec) as response:
+            assert response.status == 200, await response.text()
+    await flags_page_or_xfail(page, expect, flag_routes)
+
+    user = {"user_id": "u1", "plan": "pro"}
+    await page.locator("#try-user").fill(json.dumps(user))
+    await page.get_by_role("button", name="Evaluate").click()
+    params = {
+        "user_obj": base64.b64encode(json.dumps(user).encode()).decode(),
+        "context_obj": base64.b64encode(b"{}").decode(),
+    }
+    features = (await get_json(http, "/v0/features", **params))["features"]
+    assert features[name] is True
+    items = page.locator("#try-result li")
+    await expect(items).to_have_count(len(features))
+    shown = await items.evaluate_all("items => items.map(i => [i.dataset.flag, i.dataset.value])")
+    assert dict(shown) == {k: str(v).lower() for k, v in features.items()}
+
+    await page.locator("#try-user").fill("{not json")
+    await page.get_by_role("button", name="Evaluate").click()
+    await expect(page.locator("#try-error")).to_contain_text("not valid JSON")
+
+    row = page.locator(f'#flags-table tr[data-flag="{name}"]')
+    await row.get_by_role("button", name="Delete").click()
+    await row.get_by_role("button", name="Confirm delete").click()
+    await expect(row).to_have_count(0)
+    async with http.get(f"/v0/featureSpecs/{name}") as response:
+        assert response.status == 404
+
+
+# ------------------------------------------------------------------ screenshots
+
+
+async def test_screenshots_at_laptop_and_phone_sizes(
+    browser: Browser, base_url: str, playwright_api: Any, tmp_path: Path
+) -> None:
+    """Every page at both sizes, for people to look at; also checks nothing overflows the
+    phone's width (the tables scroll inside their own box)."""
+    expect = playwright_api.expect
+    for size, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
+        async with open_page(browser, base_url, viewport) as page:
+            await enter_token(page, expect)
+            await expect(page.get_by_test_id("total-users")).to_have_text("21")
+            await expect(page.locator("#weekly-chart circle")).to_have_count(4)
+            await screenshot(page, tmp_path, f"{size}-analytics")
+            await assert_fits(page, f"{size} analytics")
+            for view, ready in (
+                ("goals", 'article.goal[data-goal="checkout"] tr.combination'),
+                ("predictions", "#ranking-table tbody tr"),
+            ):
+                await page.goto(f"/#{view}")
+                await expect(page.locator(ready).first).to_be_visible()
+                if view == "predictions":
+                    await page.locator('#whatif-events input[value="feature_a"]').check()
+                    await expect(page.locator("#whatif-cards .probability").first).to_be_visible()
+                await screenshot(page, tmp_path, f"{size}-{view}")
+                await assert_fits(page, f"{size} {view}")
+            await page.goto("/#nudges")
+            await expect(page.locator('#nudge-goal option[value="checkout"]')).to_have_count(1)
+            await page.locator("#nudge-goal").select_option("checkout")
+            await page.locator("#nudge-user").fill("u6")
+            await page.get_by_role("button", name="Get nudges").click()
+            await expect(page.locator("#nudges-table tbody tr").first).to_be_visible()
+            await screenshot(page, tmp_path, f"{size}-nudges")
+            await assert_fits(page, f"{size} nudges")
+            await page.goto("/#flags")
+            await expect(page.locator("#view-flags")).to_have_attribute("aria-busy", "false")
+            await screenshot(page, tmp_path, f"{size}-flags")
+            await assert_fits(page, f"{size} flags")
+    assert len(list(tmp_path.glob("*.png"))) == 10
