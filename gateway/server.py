@@ -10,9 +10,9 @@ from aiohttp import web
 from gateway.app import build_app
 from kimball_grpc.auth import TokenChecker
 from kimball_grpc.errors import ConfigError
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.local_channel import LocalChannel
 from kimball_grpc.metrics import Metrics
+from kimball_grpc.outbound_channels import KIMBALL_MESSAGES, insecure_channel
 
 
 @dataclass
@@ -30,13 +30,7 @@ class RunningGateway:
 
 def network_channel(grpc_target: str) -> grpc.aio.Channel:
     """A channel to a Kimball gRPC server elsewhere, with the server's message limit."""
-    return grpc.aio.insecure_channel(
-        grpc_target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+    return insecure_channel(grpc_target, KIMBALL_MESSAGES)
 
 
 async def start_gateway(

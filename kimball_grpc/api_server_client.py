@@ -15,11 +15,17 @@ from typing import Any
 
 import grpc
 
-from kimball_grpc.error_details import error_metadata
+from kimball_grpc.error_details import error_info
 from kimball_grpc.errors import KimballError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.outbound_channels import (
+    KEEP_IDLE_CONNECTION,
+    KEEPALIVE,
+    KIMBALL_MESSAGES,
+    QUICK_RECONNECT,
+    insecure_channel,
+)
 
 FORWARD_TIMEOUT_SECONDS = 30.0  # for a call that came without a deadline
 
@@ -27,11 +33,18 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class ApiServerError(KimballError):
-    """A call forwarded to the api server failed; ``grpc_code`` is the status to answer."""
+    """A call forwarded to the api server failed: its status and ErrorInfo, passed on."""
 
-    def __init__(self, grpc_code: str, message: str, /, **details: str) -> None:
+    def __init__(
+        self, grpc_code: str, message: str, /, reason: str = "ApiServerError", **details: str
+    ) -> None:
         super().__init__(message, **details)
         self.grpc_code = grpc_code
+        self._reason = reason
+
+    @property
+    def reason(self) -> str:
+        return self._reason
 
 
 def bearer_metadata(token: str | None) -> Metadata:
@@ -40,19 +53,10 @@ def bearer_metadata(token: str | None) -> Metadata:
 
 
 def relay_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel to the api server that takes Kimball's largest messages."""
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # A quiet relay keeps its connection (gRPC drops an idle one after 30 min).
-            ("grpc.client_idle_timeout_ms", 2**31 - 1),
-            # Forwarded calls fail fast while the api server is down; once it is back they
-            # should work within seconds, not after gRPC's reconnect backoff (up to 2 min).
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
+    """A channel to the api server: Kimball's message sizes, kept while quiet, back within
+    seconds after a restart, and keepalive pings so the relay stream notices a lost peer."""
+    return insecure_channel(
+        address, KIMBALL_MESSAGES, KEEP_IDLE_CONNECTION, QUICK_RECONNECT, KEEPALIVE
     )
 
 
@@ -112,12 +116,13 @@ class ApiServerClient:
                 f"the api server at {self.address} refused this relay's token: set "
                 f"ANALYTICS_TOKEN to one of its api_auth_tokens",
             )
-        details = error_metadata(exc.trailing_metadata())
-        if code is grpc.StatusCode.UNAVAILABLE and not details:
+        info = error_info(exc.trailing_metadata())
+        if code is grpc.StatusCode.UNAVAILABLE and not info.reason:
             return ApiServerError(
                 "UNAVAILABLE", f"the api server at {self.address} is unavailable: {exc.details()}"
             )
-        return ApiServerError(code.name, exc.details() or code.name, **details)
+        reason = info.reason or "ApiServerError"
+        return ApiServerError(code.name, exc.details() or code.name, reason, **info.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

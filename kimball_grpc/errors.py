@@ -21,6 +21,11 @@ class KimballError(Exception):
         self.message = message
         self.details = details
 
+    @property
+    def reason(self) -> str:
+        """The ``google.rpc.ErrorInfo`` reason: the error's kind."""
+        return type(self).__name__
+
 
 class InvalidArgument(KimballError):
     """The request is wrong; nothing was changed."""

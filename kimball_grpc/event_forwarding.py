@@ -74,8 +74,10 @@ from kimball_grpc.events import Event
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.outbound_channels import (
+    KEEP_IDLE_CONNECTION,
     ConnectionLost,
     backoff_seconds,
+    insecure_channel,
     target_address,
     wait_until_connected,
 )
@@ -110,10 +112,9 @@ ChannelFactory = Callable[[str], grpc.aio.Channel]
 _Item = AcceptedEvent | tuple[Record, Event]
 
 
-def _insecure_channel(address: str) -> grpc.aio.Channel:
-    # gRPC drops an unused connection after 30 min by default (client_idle_timeout_ms);
-    # the idle watcher would take that for an outage, so a quiet target stays connected.
-    return grpc.aio.insecure_channel(address, options=[("grpc.client_idle_timeout_ms", 2**31 - 1)])
+def _target_channel(address: str) -> grpc.aio.Channel:
+    # The idle watcher would take gRPC's idle disconnect for an outage.
+    return insecure_channel(address, KEEP_IDLE_CONNECTION)
 
 
 class EventForwarder:
@@ -156,7 +157,7 @@ class EventForwarder:
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
         self.linger = linger
-        self._channel_factory = channel_factory or _insecure_channel
+        self._channel_factory = channel_factory or _target_channel
         # Figures read by the metrics collector when scraped, so offer updates plain ints.
         self.sent = 0
         self.dropped_full = 0

@@ -27,7 +27,7 @@ from kimball_grpc.events import check_name
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.outbound_channels import target_address
+from kimball_grpc.outbound_channels import QUICK_RECONNECT, insecure_channel, target_address
 from kimball_grpc.settings import PredictionTarget
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ _MAX_REASON_CHARS = 200
 # every call fails at once: a target that restarted would stay skipped for up to two
 # minutes. Capping the backoff at 5 s brings it back within seconds; a dead target then
 # costs one connection attempt per 5 s, nothing per request.
-_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-)
 
 # Latencies around the deadline matter most: buckets from 5 ms to a few seconds.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5)
@@ -153,7 +149,7 @@ class ExternalPredictions:
             )
         self._deadline = deadline
         self._deadline_text = f"{round(deadline * 1000, 3):g} ms"
-        self._channel_factory = channel_factory or _insecure_channel
+        self._channel_factory = channel_factory or _target_channel
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, integration_grpc.KimballIntegrationStub] = {}
         self._failing: set[str] = set()  # targets whose last call failed: log changes only
@@ -344,5 +340,5 @@ def _shorten(reason: str) -> str:
     return reason[: _MAX_REASON_CHARS - 3] + "..."
 
 
-def _insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+def _target_channel(address: str) -> grpc.aio.Channel:
+    return insecure_channel(address, QUICK_RECONNECT)

@@ -4,7 +4,9 @@ in-process channel the REST gateway calls through."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health as grpc_health
@@ -29,6 +31,14 @@ API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
 INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
 RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Sidecars ping every minute on their relay stream (outbound_channels.KEEPALIVE);
+    # the default (one ping per 5 min without data) would end their connection.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 
 class GrpcFront:
@@ -49,13 +59,7 @@ class GrpcFront:
         interceptors.append(self.gate)
         interceptors.append(StatusInterceptor(set(services), metrics.observe_request))
         self._interceptors = interceptors
-        self.server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.handlers = HandlerRecorder(self.server)
         self.health = grpc_health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)
@@ -110,3 +114,30 @@ def _tokens(settings: Settings) -> tuple[str, ...]:
     else:
         log.info("API authentication is on: %d token(s) configured", len(tokens))
     return tokens
+
+
+@dataclass
+class RunningFront:
+    """What every started server has, in either mode: its gRPC front, metrics, readiness."""
+
+    front: GrpcFront
+    metrics: Metrics
+    ready: asyncio.Task[None]  # done once the state is ready and calls are taken
+
+    @property
+    def grpc_port(self) -> int:
+        return self.front.port
+
+    @property
+    def checker(self) -> TokenChecker | None:
+        """The token check (None when authentication is off)."""
+        return self.front.checker
+
+    @property
+    def local_channel(self) -> LocalChannel:
+        """The same methods, in-process: for the REST gateway here."""
+        return self.front.local_channel
+
+    async def wait_ready(self) -> None:
+        """Return once ready (raises what stopped the start, if anything)."""
+        await asyncio.shield(self.ready)

@@ -105,12 +105,13 @@ class Ingestor:
                 raise InvalidArgument(
                     f"relayed batch {index}: {exc.message}", index=str(index)
                 ) from None
-            if not all(r.__class__ is EventRecord for r in decoded):
+            events = [r for r in decoded if isinstance(r, EventRecord)]
+            if len(events) != len(decoded):
                 raise InvalidArgument(
-                    f"relayed batch {index} holds goals: a relay sends events only",
+                    f"relayed batch {index} holds more than events: a relay sends events only",
                     index=str(index),
                 )
-            records.extend(decoded)  # type: ignore[arg-type]
+            records.extend(events)
         if len(records) > MAX_RELAYED_EVENTS:
             raise InvalidArgument(
                 f"a relay message holds at most {MAX_RELAYED_EVENTS} events, got {len(records)}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 MAX_NAME_LENGTH = 256  # characters in a namespace, event name, goal name or user id
 MAX_BATCH_EVENTS = 10_000  # events in one batch request or one stream message
 MAX_RELAYED_EVENTS = 100_000  # events in one message of a sidecar to the api server
+DEFAULT_SPOOL_MAX_EVENTS = 10_000_000  # events a sidecar's spool holds, undelivered
 MAX_EVENTS_PER_PREDICTION = 1_000  # events named in one prediction request
 MAX_SUBSCRIPTION_EVENT_NAMES = 1_000  # event names one subscription filters on
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one gRPC message

@@ -8,9 +8,38 @@ import random
 
 import grpc
 
+from kimball_grpc.limits import MAX_MESSAGE_BYTES
+
+ChannelOptions = tuple[tuple[str, int], ...]
+
+# Kimball's own message limit each way: for channels to a Kimball server.
+KIMBALL_MESSAGES: ChannelOptions = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+# gRPC drops an unused connection after 30 min; a quiet peer is not an outage.
+KEEP_IDLE_CONNECTION: ChannelOptions = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
+# Calls fail fast while the peer is down, and work again within seconds once it is back
+# (gRPC's own reconnect backoff grows to 2 min).
+QUICK_RECONNECT: ChannelOptions = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+# A long-lived stream notices a peer that vanished without closing the connection.
+# (The server side permits these pings: grpc_front.SERVER_OPTIONS.)
+KEEPALIVE: ChannelOptions = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
 
 class ConnectionLost(Exception):
     """No usable connection, or a call failed transiently: reconnect after a backoff."""
+
+
+def insecure_channel(address: str, *options: ChannelOptions) -> grpc.aio.Channel:
+    """A plaintext channel to ``address`` with the given option groups."""
+    return grpc.aio.insecure_channel(address, options=[o for group in options for o in group])
 
 
 def target_address(host: str, port: int) -> str:

@@ -2,12 +2,13 @@
 
 One background task keeps one ``KimballRelay.Relay`` stream open to the api
 server (``ANALYTICS_HOST``). It sends the spool in order, as messages of whole
-spooled batches (up to ``max_events`` events or ``max_bytes``), with up to
-``window`` messages waiting for their acknowledgement, so the api server's fsync
-and the network overlap. Each acknowledgement drops its events from the spool.
+spooled batches (within ``max_events`` events and ``max_bytes``), with up to
+``window`` messages waiting for their acknowledgement, so the next messages
+travel while the api server logs one (it handles them one at a time). Each
+acknowledgement drops its events from the spool.
 
 When the stream fails (the api server stopped, restarts, is still restoring,
-refuses the token, or stays silent for ``ack_timeout`` with messages waiting) the
+refuses the token, or takes or acknowledges nothing for ``ack_timeout``) the
 sender closes the channel, sleeps an exponential backoff with full jitter and
 starts again from the last acknowledged event. Events sent but not acknowledged
 are sent again: the api server may see them twice, which changes no count.
@@ -197,20 +198,27 @@ class RelaySender:
                     # An acknowledgement may have moved the position past what was sent.
                     sent = max(sent, self.spool.acknowledged)
                 batch = await self.spool.read(sent, self.max_events, self.max_bytes)
-                if batch is None:
-                    continue
+                if batch is None:  # spooled, yet not readable: never expected; no busy loop
+                    raise ConnectionLost(f"the spool cannot be read after event {sent}")
                 waiting.append((batch.last, loop.time()))
                 request = relay_pb.RelayRequest(
                     first_sequence=batch.first, last_sequence=batch.last, batches=batch.batches
                 )
                 try:
-                    await call.write(request)
+                    # A server that stopped reading blocks the write (flow control).
+                    await asyncio.wait_for(call.write(request), self.ack_timeout)
+                except TimeoutError:
+                    raise ConnectionLost(
+                        f"the api server took no message for {self.ack_timeout:g} s"
+                    ) from None
                 except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
                     # The call ended; its status says why (a failed write may not).
                     raise StreamEnded(await call.code(), await call.details()) from None
                 sent = batch.last
         finally:
             reader.cancel()
+            if reader.done() and not reader.cancelled():
+                reader.exception()  # retrieved: its failure is reported as the stream's
             call.cancel()
 
     async def _read_acknowledgements(

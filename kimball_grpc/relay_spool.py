@@ -31,6 +31,8 @@ from pathlib import Path
 
 from kimball_grpc.errors import KimballError
 from kimball_grpc.events import Event, iso_week, prepare_events
+from kimball_grpc.limits import DEFAULT_SPOOL_MAX_EVENTS
+from kimball_grpc.records import EventRecord
 from kimball_grpc.state_codec import encode_records
 from storage.wal import FsyncPolicy, LogEntry, WriteAheadLog
 
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 4 * 1024 * 1024
 MEMORY_TAIL_BYTES = 16 * 1024 * 1024  # the newest spooled entries, kept to send without a read
 ACKNOWLEDGED_FILE = "acknowledged"
-DEFAULT_MAX_EVENTS = 10_000_000
+# One spooled entry, encoded, at most: with the sender's 2 MiB per message, a message
+# stays under gRPC's 4 MiB limit whatever the entries (a big batch is spooled in parts).
+MAX_ENTRY_BYTES = 1024 * 1024
 
 
 class SpoolFull(KimballError):
@@ -66,7 +70,7 @@ class Spool:
         policy: FsyncPolicy = FsyncPolicy.ALWAYS,
         *,
         fsync_interval: float = 0.2,
-        max_events: int = DEFAULT_MAX_EVENTS,
+        max_events: int = DEFAULT_SPOOL_MAX_EVENTS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         segment_bytes: int = SEGMENT_BYTES,
         memory_bytes: int = MEMORY_TAIL_BYTES,
@@ -78,6 +82,7 @@ class Spool:
         self.memory_bytes = memory_bytes
         self.max_events = max_events
         self.acknowledged = 0  # every event up to here is with the api server
+        self._appending = 0  # events being written: counted against the bound already
         self.spooled = 0  # events spooled since start (metrics)
         self.changed = asyncio.Event()  # set when events are spooled or acknowledged
         self._clock = clock
@@ -105,18 +110,30 @@ class Spool:
         return self.wal.last_sequence - self.acknowledged
 
     async def accept(self, events: Sequence[Event]) -> int:
-        """Validate ``events`` and spool them, all or nothing; returns how many. Raises
-        ``InvalidArgument`` (a bad event), ``SpoolFull``, ``StorageError`` (the disk)."""
+        """Validate ``events`` and spool them; returns how many. Raises ``InvalidArgument``
+        (a bad event: nothing spooled), ``SpoolFull`` (nothing spooled), ``StorageError``
+        (the disk: a batch spooled in parts may be partly in, and sending it again
+        changes nothing)."""
         records = prepare_events(events, iso_week(self._clock()))
         if not records:
             return 0
-        if self.pending + len(records) > self.max_events:
+        held = self.pending + self._appending
+        if held + len(records) > self.max_events:
             raise SpoolFull(
-                f"the relay's spool holds {self.pending} events the api server has not "
+                f"the relay's spool holds {held} events the api server has not "
                 f"acknowledged (at most {self.max_events}); try again later",
             )
-        payload = encode_records(records)
-        await self.wal.append(payload, len(records), partial(self._spooled, payload, len(records)))
+        self._appending += len(records)
+        try:
+            # Appended together, the parts share one write and one fsync (group commit).
+            await asyncio.gather(
+                *(
+                    self.wal.append(payload, count, partial(self._spooled, payload, count))
+                    for payload, count in _encoded_parts(records)
+                )
+            )
+        finally:
+            self._appending -= len(records)
         return len(records)
 
     def _spooled(self, payload: bytes, count: int, first: int) -> None:
@@ -128,7 +145,7 @@ class Spool:
         self.changed.set()
 
     async def read(self, after: int, max_events: int, max_bytes: int) -> SpooledEvents | None:
-        """Whole entries after ``after``, up to about ``max_events`` and ``max_bytes`` (at
+        """Whole entries after ``after``, within ``max_events`` and ``max_bytes`` (but at
         least one entry); None when nothing is spooled after it. Only durable entries: an
         entry still being written may yet be refused and its numbers reused."""
         through = self.wal.last_sequence
@@ -186,13 +203,26 @@ class Spool:
             log.warning("spool: cannot keep the acknowledged position: %s", exc)
 
 
+def _encoded_parts(records: list[EventRecord]) -> list[tuple[bytes, int]]:
+    """``records`` encoded as (payload, count) parts of at most ``MAX_ENTRY_BYTES`` each
+    (one part unless the batch is huge: long names in many events)."""
+    payload = encode_records(records)
+    if len(payload) <= MAX_ENTRY_BYTES or len(records) == 1:
+        return [(payload, len(records))]
+    middle = len(records) // 2
+    return _encoded_parts(records[:middle]) + _encoded_parts(records[middle:])
+
+
 def _take(
     entries: Iterable[LogEntry], through: int, max_events: int, max_bytes: int
 ) -> list[LogEntry]:
     taken: list[LogEntry] = []
     events = size = 0
     for entry in entries:
-        if entry.last > through or (taken and (events >= max_events or size >= max_bytes)):
+        if entry.last > through:
+            break
+        # The first entry always goes; no other may take the message past either limit.
+        if taken and (events + entry.count > max_events or size + len(entry.payload) > max_bytes):
             break
         taken.append(entry)
         events += entry.count

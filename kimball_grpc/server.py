@@ -17,9 +17,14 @@ from kimball_grpc.external_predictions import ExternalPredictions
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
-from kimball_grpc.grpc_front import API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE, GrpcFront
+from kimball_grpc.grpc_front import (
+    API_SERVICE,
+    INTEGRATION_SERVICE,
+    RELAY_SERVICE,
+    GrpcFront,
+    RunningFront,
+)
 from kimball_grpc.ingest import Ingestor
-from kimball_grpc.local_channel import LocalChannel
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.persistence import Persistence
 from kimball_grpc.servicers import KimballIntegration, KimballRelay, KimballService
@@ -38,32 +43,16 @@ FORWARD_DRAIN_SECONDS = 2.0
 
 
 @dataclass
-class RunningServer:
+class RunningServer(RunningFront):
     """A started api-mode server and the parts behind it."""
 
-    front: GrpcFront
     engine: Engine
     ingestor: Ingestor
     hub: SubscriptionHub
-    metrics: Metrics
     persistence: Persistence
-    ready: asyncio.Task[None]  # done once the state is restored and calls are taken
     external: ExternalPredictions
     forwarding: EventForwarding
-
-    @property
-    def grpc_port(self) -> int:
-        return self.front.port
-
-    @property
-    def checker(self) -> TokenChecker | None:
-        """The token check (None when authentication is off)."""
-        return self.front.checker
-
-    @property
-    def local_channel(self) -> LocalChannel:
-        """The same methods, in-process: for the REST gateway here."""
-        return self.front.local_channel
+    relay: KimballRelay
 
     @property
     def state_location(self) -> str:
@@ -73,16 +62,13 @@ class RunningServer:
             f"and {self.persistence.wal.directory}"
         )
 
-    async def wait_ready(self) -> None:
-        """Return once the state is restored (raises what stopped the restore, if anything)."""
-        await asyncio.shield(self.ready)
-
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), then
         take a last snapshot and close the write-ahead log."""
         # Live streams end so they do not hold the grace period.
         self.hub.close_all()
         self.ingestor.spec_changes.close()
+        self.relay.close()
         await self.front.stop(grace)
         # After the last call: what it accepted is queued; a little time to deliver it.
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
@@ -132,20 +118,22 @@ async def start_server(settings: Settings) -> RunningServer:
     integration_grpc.add_KimballIntegrationServicer_to_server(
         KimballIntegration(engine, ingestor), front.handlers
     )
-    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
+    relay = KimballRelay(ingestor)
+    relay_grpc.add_KimballRelayServicer_to_server(relay, front.handlers)
     await front.start()
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(_become_ready(persistence, front))
     return RunningServer(
-        front,
-        engine,
-        ingestor,
-        hub,
-        metrics,
-        persistence,
-        ready,
-        external,
-        forwarding,
+        front=front,
+        metrics=metrics,
+        ready=ready,
+        engine=engine,
+        ingestor=ingestor,
+        hub=hub,
+        persistence=persistence,
+        external=external,
+        forwarding=forwarding,
+        relay=relay,
     )
 
 

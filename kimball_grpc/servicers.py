@@ -6,9 +6,11 @@ server's interceptor (``status_mapping``), so no handler catches anything.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import grpc
 
@@ -29,6 +31,7 @@ from kimball_grpc.limits import MAX_SUBSCRIPTION_EVENT_NAMES
 from kimball_grpc.subscriptions import EventFilter, SubscriptionHub
 
 Context = grpc.aio.ServicerContext
+T = TypeVar("T")
 
 
 Accept = Callable[[Sequence[Event]], Awaitable[int]]
@@ -243,8 +246,31 @@ class KimballRelay(relay_grpc.KimballRelayServicer):
 
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every relay stream (at shutdown: they never end by themselves, and a sidecar
+        sends what was not acknowledged again to the next run)."""
+        self._closing.set()
 
     async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
-        async for request in request_iterator:
+        async for request in _until_set(self._closing, request_iterator):
             await self.ingestor.accept_relayed(request.batches)
             yield relay_pb.RelayResponse(acknowledged_through=request.last_sequence)
+
+
+async def _until_set(event: asyncio.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items`` until they end or ``event`` is set."""
+    stop = asyncio.ensure_future(event.wait())
+    try:
+        while True:
+            item = asyncio.ensure_future(anext(items, None))
+            await asyncio.wait((item, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
+                return
+            if (value := item.result()) is None:
+                return
+            yield value
+    finally:
+        stop.cancel()

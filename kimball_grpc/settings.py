@@ -17,6 +17,7 @@ from pathlib import Path
 from kimball_grpc.counter_config import CounterConfig
 from kimball_grpc.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
 from kimball_grpc.errors import ConfigError
+from kimball_grpc.limits import DEFAULT_SPOOL_MAX_EVENTS
 from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
 from storage.wal import FsyncPolicy
 
@@ -49,7 +50,7 @@ class Settings:
     analytics_host: str = ""  # sidecar: the api server's gRPC, host:port
     # sidecar: the token it presents to the api server (default: its first api_auth_tokens)
     analytics_token: str | None = field(default=None, repr=False)
-    spool_max_events: int = 10_000_000  # sidecar: undelivered events it keeps at most
+    spool_max_events: int = DEFAULT_SPOOL_MAX_EVENTS  # sidecar: undelivered events it keeps
     namespace: str = "default"
     additional_namespaces: tuple[str, ...] = ()
     storage_path_prefix: str = ""

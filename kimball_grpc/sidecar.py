@@ -15,13 +15,11 @@ import logging
 from dataclasses import dataclass
 
 from kimball_grpc.api_server_client import ApiServerClient
-from kimball_grpc.auth import TokenChecker
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.feature_spec_sync import SpecCopy
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.grpc_front import API_SERVICE, INTEGRATION_SERVICE, GrpcFront
-from kimball_grpc.local_channel import LocalChannel
+from kimball_grpc.grpc_front import API_SERVICE, INTEGRATION_SERVICE, GrpcFront, RunningFront
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.relay_sender import RelaySender, watch_relay
 from kimball_grpc.relay_spool import Spool
@@ -37,30 +35,13 @@ FEATURE_SPECS_FILE = "feature-specs.pb"  # the local copy, in the data directory
 
 
 @dataclass
-class RunningSidecar:
+class RunningSidecar(RunningFront):
     """A started sidecar and the parts behind it."""
 
-    front: GrpcFront
     spool: Spool
     sender: RelaySender
     api: ApiServerClient
     specs: SpecCopy
-    metrics: Metrics
-    ready: asyncio.Task[None]  # done once the spool is open and calls are taken
-
-    @property
-    def grpc_port(self) -> int:
-        return self.front.port
-
-    @property
-    def checker(self) -> TokenChecker | None:
-        """The token check (None when authentication is off)."""
-        return self.front.checker
-
-    @property
-    def local_channel(self) -> LocalChannel:
-        """The same methods, in-process: for the REST gateway here."""
-        return self.front.local_channel
 
     @property
     def state_location(self) -> str:
@@ -69,10 +50,6 @@ class RunningSidecar:
             f"sidecar: events spooled in {self.spool.directory} for the api server "
             f"at {self.api.address}"
         )
-
-    async def wait_ready(self) -> None:
-        """Return once the spool is open (raises what stopped it, if anything)."""
-        await asyncio.shield(self.ready)
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), give
@@ -119,7 +96,9 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
         await api.close()
         raise
     ready = asyncio.get_running_loop().create_task(_become_ready(spool, sender, specs, front))
-    return RunningSidecar(front, spool, sender, api, specs, metrics, ready)
+    return RunningSidecar(
+        front=front, metrics=metrics, ready=ready, spool=spool, sender=sender, api=api, specs=specs
+    )
 
 
 async def _become_ready(

@@ -35,7 +35,7 @@ def status_for(error: KimballError) -> tuple[grpc.StatusCode, str, bytes]:
     """(code, message, serialized google.rpc.Status) for a domain error."""
     code = grpc.StatusCode[error.grpc_code]
     info = error_details_pb2.ErrorInfo(
-        reason=type(error).__name__, domain=ERROR_DOMAIN, metadata=error.details
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.details
     )
     detail = AnyMessage()
     detail.Pack(info)

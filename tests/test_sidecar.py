@@ -25,6 +25,7 @@ from grpc_errors import error_metadata
 
 from gateway.server import RunningGateway, start_gateway
 from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.error_details import error_info
 from kimball_grpc.errors import ConfigError
 from kimball_grpc.events import Event, prepare_event
 from kimball_grpc.generated import features_proto_pb2 as ipb
@@ -232,7 +233,9 @@ async def test_reads_are_forwarded_and_their_errors_passed_on(deployment):
         )
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == direct_refused.value.details()
-    assert error_metadata(refused.value) == error_metadata(direct_refused.value)
+    assert error_info(refused.value.trailing_metadata()) == error_info(
+        direct_refused.value.trailing_metadata()
+    )  # the reason (InvalidArgument) and the parameter named
 
 
 async def _has_ns(deployment: Deployment, namespace: str, expected: dict[str, int]) -> bool:
@@ -391,6 +394,16 @@ async def test_stopping_a_sidecar_ends_forwarded_subscriptions_at_once(deploymen
     await deployment.stop_sidecar(sidecar, grace=10.0)
     assert time.monotonic() - started < 5  # not the 10 s grace period
     assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_stopping_the_api_server_ends_relay_streams_at_once(deployment):
+    api = await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    await until(_async(lambda: sidecar.sender.connected), "the relay stream")
+    started = time.monotonic()
+    await api.stop(grace=10.0)
+    deployment.api = None
+    assert time.monotonic() - started < 5  # not the 10 s grace period
 
 
 async def test_a_wrong_relay_token_keeps_events_and_says_what_to_fix(deployment, caplog):
