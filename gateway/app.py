@@ -283,7 +283,11 @@ async def _json_body(request: web.Request) -> object:
 
 def _query(route: Route, request: web.Request) -> dict[str, object]:
     """Query parameters as a request dict; unknown or repeated scalars are refused."""
-    fields = {parameter_name(f): f for f in route.request_type.DESCRIPTOR.fields}
+    fields = {
+        parameter_name(f): f
+        for f in route.request_type.DESCRIPTOR.fields
+        if f"{{{f.name}}}" not in route.path  # a path parameter is not a query parameter
+    }
     data: dict[str, object] = {}
     for key in dict.fromkeys(request.query.keys()):
         field = fields.get(key)

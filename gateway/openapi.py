@@ -73,6 +73,7 @@ SCHEMAS: Json = {
     },
     "FeatureSpec": {
         "type": "object",
+        "description": "rollout_start and rollout_end: both or neither, end after start",
         "required": ["name"],
         "properties": {
             "name": _NAME | {"minLength": 1},
@@ -256,7 +257,7 @@ SUMMARIES = {
     "DeleteFeatureSpec": "Delete a feature flag spec",
     "EvaluateFeatures": "Every feature flag for a user (counts a feature's usage)",
 }
-_BASE64_JSON: Json = {"type": "string", "maxLength": 65_536}
+_BASE64_JSON: Json = {"type": "string", "maxLength": 4_000}  # both in a request line of 8 KiB
 # Routes whose query is not their request's fields (gateway.shapes.QUERY_SHAPES).
 QUERY_PARAMETERS: dict[str, list[Json]] = {
     "EvaluateFeatures": [

@@ -43,14 +43,20 @@ def feature_spec_body(body: Json) -> Json:
     if not isinstance(body, dict):
         raise BadBody("the body must be a feature spec object")
     conditions = body.get("user")
-    if not isinstance(conditions, list):
+    if conditions is None:
         return body
+    if not isinstance(conditions, list):
+        raise BadBody("user must be a list of conditions [property, comparator, value]")
+    keys = ("property", "comparator", "value")
     objects = []
     for index, condition in enumerate(conditions):
-        if isinstance(condition, list):
-            if len(condition) != 3:
-                raise BadBody(f"user condition {index} must be [property, comparator, value]")
-            condition = dict(zip(("property", "comparator", "value"), condition, strict=True))
+        if isinstance(condition, list) and len(condition) == 3:
+            condition = dict(zip(keys, condition, strict=True))
+        elif not (isinstance(condition, dict) and all(k in condition for k in keys)):
+            raise BadBody(
+                f"user condition {index} must be [property, comparator, value] or "
+                f'{{"property", "comparator", "value"}}'
+            )
         objects.append(condition)
     return {**body, "user": objects}
 

@@ -32,6 +32,8 @@ COMPARATORS = ("=", "in")
 MAX_CONDITIONS = 100  # user conditions in one spec
 MAX_IN_VALUES = 1_000  # values of one "in" condition
 MAX_SPECS = 10_000
+# The whole set travels in one gRPC message to sidecars (4 MiB at most).
+MAX_SPECS_BYTES = 3 * 1024 * 1024
 
 Json = Any
 
@@ -104,15 +106,21 @@ def user_key(value: Json) -> str | None:
 def feature_usage(user: Mapping[str, Json], context: Mapping[str, Json]) -> tuple[str, str, str]:
     """(namespace, event name, user id) to count when the context names a ``feature`` and
     the user has a ``user_id`` (SPEC section 4); ``("", "", "")`` when not both.
-    ``InvalidArgument`` if ``feature`` or ``namespace`` is there but not text."""
+    ``InvalidArgument`` naming ``context.feature``, ``context.namespace`` or
+    ``user.user_id`` if one cannot name an event."""
     feature = context.get("feature")
     user_id = user_key(user.get("user_id"))
     if feature is None or user_id is None:
         return ("", "", "")
     namespace = context.get("namespace", "")
-    for key, value in (("feature", feature), ("namespace", namespace)):
+    for key, value, required in (
+        ("context.feature", feature, True),
+        ("context.namespace", namespace, False),
+        ("user.user_id", user_id, True),
+    ):
         if not isinstance(value, str):
-            raise InvalidArgument(f"context {key} must be a string", key=f"context_obj.{key}")
+            raise InvalidArgument(f"{key} must be a string", key=key)
+        check_name(key, value, required=required)
     return (namespace, feature, user_id)
 
 
@@ -195,10 +203,14 @@ class FeatureFlags:
     specs: dict[str, FeatureSpec] = field(default_factory=dict)
     version: int = 0
 
+    def check_room(self, name: str) -> None:
+        """``InvalidArgument`` if a new spec ``name`` would pass ``MAX_SPECS`` (checked before
+        a put is logged: applying a logged put never fails)."""
+        if name not in self.specs and len(self.specs) >= MAX_SPECS:
+            raise InvalidArgument(f"at most {MAX_SPECS} feature specs", key="name")
+
     def put(self, spec: FeatureSpec) -> None:
         """Create or replace (a checked spec)."""
-        if spec.name not in self.specs and len(self.specs) >= MAX_SPECS:
-            raise InvalidArgument(f"at most {MAX_SPECS} feature specs", key="name")
         self.specs[spec.name] = spec
         self.version += 1
 

@@ -2,7 +2,8 @@
 
 On the api server, ``SpecChanges`` wakes the ``WatchFeatureSpecs`` streams when a
 spec change is applied; each stream then sends the whole set with its version
-(specs are few: the whole set is simpler and never out of order).
+and fingerprint (the set is bounded to fit one message: simpler than changes,
+and never out of order).
 
 On a sidecar, ``SpecCopy`` keeps the copy it evaluates flags with: loaded from a
 file at start-up, so flags are answered while the api server is down, also after
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,13 +28,13 @@ from kimball_grpc.errors import KimballError
 from kimball_grpc.feature_flags import FeatureFlags
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.outbound_channels import backoff_seconds
-from kimball_grpc.proto_mapping import spec_from_proto
+from kimball_grpc.proto_mapping import flags_to_proto, spec_from_proto
 
 log = logging.getLogger(__name__)
 
 
 class SpecChanges:
-    """Wakes waiters when the specs change, and all of them at shutdown."""
+    """Tells watchers when the specs change; ends every watch at shutdown."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
@@ -42,9 +44,16 @@ class SpecChanges:
         self._changed.set()
         self._changed = asyncio.Event()  # the woken waiters held the old one
 
-    async def wait(self) -> None:
-        """Return at the next change, or at ``close``."""
-        await self._changed.wait()
+    async def watch(self, flags: FeatureFlags, held: str) -> AsyncIterator[pb.FeatureSpecs]:
+        """The whole set whenever its fingerprint differs from the one last sent (at first,
+        from ``held``: the caller's), until ``close``."""
+        while not self.closed:
+            message = flags_to_proto(flags)
+            if message.fingerprint == held:
+                await self._changed.wait()
+                continue
+            held = message.fingerprint
+            yield message
 
     def close(self) -> None:
         self.closed = True
@@ -65,7 +74,7 @@ class SpecCopy:
         self.path = path
         self.api = api
         self.flags = FeatureFlags()
-        self.connected = False
+        self.fingerprint = ""  # of the set held: the api server sends only a different one
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
@@ -105,18 +114,16 @@ class SpecCopy:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            request = pb.WatchFeatureSpecsRequest(after_version=self.flags.version)
+            request = pb.WatchFeatureSpecsRequest(fingerprint=self.fingerprint)
             call = self.api.service.WatchFeatureSpecs(request, metadata=self.api.metadata)
             try:
                 async for message in call:
-                    self.connected = True
                     attempt = 0
                     self._keep(message)
                 problem = "the api server ended the stream"
             except grpc.aio.AioRpcError as exc:
                 problem = f"{exc.code().name}: {exc.details()}"
             finally:
-                self.connected = False
                 call.cancel()
             if attempt == 0:
                 log.warning(
@@ -136,10 +143,14 @@ class SpecCopy:
             return
         temporary = self.path.with_suffix(".tmp")
         try:
-            temporary.write_bytes(message.SerializeToString())
+            with open(temporary, "wb") as file:
+                file.write(message.SerializeToString())
+                file.flush()
+                os.fsync(file.fileno())  # else a power loss may leave an empty "copy"
             os.replace(temporary, self.path)
         except OSError as exc:
             log.warning("feature specs: cannot keep the copy in %s: %s", self.path, exc)
 
     def _replace(self, message: pb.FeatureSpecs) -> None:
         self.flags.replace_all([spec_from_proto(s) for s in message.specs], message.version)
+        self.fingerprint = message.fingerprint

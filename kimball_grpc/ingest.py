@@ -12,9 +12,10 @@ from kimball_grpc.engine import Engine
 from kimball_grpc.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from kimball_grpc.event_forwarding import EventForwarding
 from kimball_grpc.events import Event, iso_week, prepare_events, prepare_goal
-from kimball_grpc.feature_flags import FeatureSpec
+from kimball_grpc.feature_flags import MAX_SPECS_BYTES, FeatureSpec
 from kimball_grpc.feature_spec_sync import SpecChanges
 from kimball_grpc.limits import MAX_RELAYED_EVENTS
+from kimball_grpc.proto_mapping import spec_message_size
 from kimball_grpc.records import EventRecord, FeatureSpecRecord, Record
 from kimball_grpc.state_codec import InvalidStoredData, decode_records, encode_records
 from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
@@ -126,7 +127,17 @@ class Ingestor:
         await self._commit([prepare_goal(namespace, goal_name)], ())
 
     async def put_feature_spec(self, spec: FeatureSpec) -> None:
-        """Create or replace a (checked) feature spec."""
+        """Create or replace a (checked) feature spec; ``InvalidArgument`` if the set would
+        pass its limits (nothing logged)."""
+        flags = self.engine.flags
+        flags.check_room(spec.name)
+        others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
+        if others + spec_message_size(spec) > MAX_SPECS_BYTES:
+            raise InvalidArgument(
+                f"the feature specs would take more than {MAX_SPECS_BYTES} bytes "
+                f"(sidecars receive them whole): make this spec or others smaller",
+                name=spec.name,
+            )
         await self._commit([FeatureSpecRecord(spec.name, spec)], ())
 
     async def delete_feature_spec(self, name: str) -> None:

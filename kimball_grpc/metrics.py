@@ -9,6 +9,7 @@ test) shares nothing with any other.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -27,7 +28,10 @@ from prometheus_client.registry import Collector
 
 from kimball_grpc.counters import CounterKind
 from kimball_grpc.engine import Engine
+from kimball_grpc.errors import KimballError
 from storage.wal import WriteAheadLog
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -90,6 +94,12 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+        self.feature_usage_lost = Counter(
+            "kimball_feature_usage_lost",
+            "Feature usages not counted because their event could not be stored, by status.",
+            ["code"],
+            registry=self.registry,
+        )
         self.storage_up = Gauge(
             "kimball_snapshot_storage_up",
             "1 if the last call to the snapshot storage worked, 0 if it failed.",
@@ -115,6 +125,11 @@ class Metrics:
         """One REST request to ``route`` (its declared path) answered ``status``."""
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_request_seconds.labels(route).observe(seconds)
+
+    def lose_feature_usage(self, error: KimballError) -> None:
+        """A flag evaluation was answered, but its usage event could not be stored."""
+        self.feature_usage_lost.labels(error.grpc_code).inc()
+        log.warning("a feature usage was not counted: %s", error.message)
 
     def observe_events(self, count: int, seconds: float) -> None:
         """``count`` events were applied in ``seconds``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 from google.protobuf import json_format, struct_pb2
@@ -11,7 +12,7 @@ from kimball_grpc.counters import Counter, CounterKind
 from kimball_grpc.engine import Nudge
 from kimball_grpc.errors import InvalidArgument
 from kimball_grpc.events import Event
-from kimball_grpc.feature_flags import FeatureSpec, Json, UserCondition, check_spec
+from kimball_grpc.feature_flags import FeatureFlags, FeatureSpec, Json, UserCondition, check_spec
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.predictions import NaiveBayes
 from kimball_grpc.subscriptions import AcceptedEvent
@@ -136,7 +137,8 @@ def spec_from_proto(message: pb.FeatureSpec) -> FeatureSpec:
             if has("rollout_end")
             else None,
             tuple(
-                UserCondition(c.property, c.comparator, json_value(c.value)) for c in message.user
+                UserCondition(c.property, c.comparator, json_value(c.value, f"user[{i}].value"))
+                for i, c in enumerate(message.user)
             ),
         )
     )
@@ -153,18 +155,26 @@ def spec_to_proto(spec: FeatureSpec) -> pb.FeatureSpec:
     return message
 
 
-def specs_to_proto(specs: list[FeatureSpec], version: int) -> pb.FeatureSpecs:
-    return pb.FeatureSpecs(specs=[spec_to_proto(s) for s in specs], version=version)
+def spec_message_size(spec: FeatureSpec) -> int:
+    """The bytes ``spec`` takes in the message that carries the specs to sidecars."""
+    return spec_to_proto(spec).ByteSize() + 5  # its tag and length in FeatureSpecs
 
 
-def json_value(value: struct_pb2.Value) -> Json:
-    """A ``google.protobuf.Value`` as plain JSON (whole numbers as ints: they are doubles)."""
-    return _whole_numbers(json_format.MessageToDict(value))
+def flags_to_proto(flags: FeatureFlags) -> pb.FeatureSpecs:
+    message = pb.FeatureSpecs(specs=[spec_to_proto(s) for s in flags.listed()])
+    specs = message.SerializeToString(deterministic=True)
+    message.fingerprint = hashlib.sha256(specs).hexdigest()[:32]
+    message.version = flags.version
+    return message
 
 
-def json_object(struct: struct_pb2.Struct) -> dict[str, Json]:
-    """A ``google.protobuf.Struct`` as a plain dict."""
-    return _whole_numbers(json_format.MessageToDict(struct))
+def json_value(value: struct_pb2.Value | struct_pb2.Struct, field: str = "value") -> Json:
+    """A ``google.protobuf.Value`` or ``Struct`` as plain JSON (whole numbers as ints: they
+    are doubles); ``InvalidArgument`` naming ``field`` for a number JSON cannot hold."""
+    try:
+        return _whole_numbers(json_format.MessageToDict(value))
+    except ValueError:  # NaN or infinity
+        raise InvalidArgument(f"{field} holds a number that is not finite", key=field) from None
 
 
 def _whole_numbers(value: Json) -> Json:

@@ -113,7 +113,8 @@ async def start_server(settings: Settings) -> RunningServer:
         deadline=settings.external_prediction_deadline_ms / 1000,
     )
     pb_grpc.add_KimballServiceServicer_to_server(
-        KimballService(engine, ingestor, hub, external), front.handlers
+        KimballService(engine, ingestor, hub, external, metrics.lose_feature_usage),
+        front.handlers,
     )
     integration_grpc.add_KimballIntegrationServicer_to_server(
         KimballIntegration(engine, ingestor), front.handlers

@@ -16,7 +16,7 @@ import grpc
 
 from kimball_grpc import proto_mapping
 from kimball_grpc.engine import Engine
-from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.errors import InvalidArgument, KimballError
 from kimball_grpc.events import Event, check_name, check_namespace
 from kimball_grpc.external_predictions import ExternalPredictions
 from kimball_grpc.feature_flags import FeatureFlags, feature_usage
@@ -78,15 +78,22 @@ async def evaluate_features(
     request: pb.EvaluateFeaturesRequest,
     flags: FeatureFlags,
     accept: Accept,
+    usage_lost: Callable[[KimballError], None],
     now: datetime,
     draw: Callable[[], float],
 ) -> pb.EvaluateFeaturesResponse:
-    """``EvaluateFeatures`` against ``flags``; a usage to count goes to ``accept``."""
-    user = proto_mapping.json_object(request.user)
-    namespace, feature, user_id = feature_usage(user, proto_mapping.json_object(request.context))
+    """``EvaluateFeatures`` against ``flags``; a usage to count goes to ``accept``, and if it
+    cannot be stored (a failing disk, a full spool) to ``usage_lost``: the flags are
+    answered all the same."""
+    user = proto_mapping.json_value(request.user, "user")
+    context = proto_mapping.json_value(request.context, "context")
+    namespace, feature, user_id = feature_usage(user, context)
     features = flags.evaluate(user, now, draw)
     if feature:
-        await accept([Event(feature, user_id, namespace)])
+        try:
+            await accept([Event(feature, user_id, namespace)])
+        except KimballError as exc:  # validated already: storage refused it
+            usage_lost(exc)
     return pb.EvaluateFeaturesResponse(features=features)
 
 
@@ -99,6 +106,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         ingestor: Ingestor,
         hub: SubscriptionHub,
         external: ExternalPredictions,
+        usage_lost: Callable[[KimballError], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         draw: Callable[[], float] = random.random,
     ) -> None:
@@ -106,6 +114,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         self.ingestor = ingestor
         self.hub = hub
         self.external = external
+        self.usage_lost = usage_lost  # a feature usage that could not be stored
         self.clock = clock
         self.draw = draw  # a user without user_id gets a random draw in a rollout
 
@@ -194,8 +203,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return proto_mapping.spec_to_proto(self.engine.flags.get(request.name))
 
     async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
-        flags = self.engine.flags
-        return proto_mapping.specs_to_proto(flags.listed(), flags.version)
+        return proto_mapping.flags_to_proto(self.engine.flags)
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         await self.ingestor.delete_feature_spec(request.name)
@@ -203,19 +211,18 @@ class KimballService(pb_grpc.KimballServiceServicer):
 
     async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
         return await evaluate_features(
-            request, self.engine.flags, self.ingestor.accept, self.clock(), self.draw
+            request,
+            self.engine.flags,
+            self.ingestor.accept,
+            self.usage_lost,
+            self.clock(),
+            self.draw,
         )
 
     async def WatchFeatureSpecs(self, request: pb.WatchFeatureSpecsRequest, context: Context):
         changes = self.ingestor.spec_changes
-        held = request.after_version if request.HasField("after_version") else None
-        while not changes.closed:
-            flags = self.engine.flags
-            if flags.version == held:
-                await changes.wait()
-                continue
-            held = flags.version
-            yield proto_mapping.specs_to_proto(flags.listed(), held)
+        async for message in changes.watch(self.engine.flags, request.fingerprint):
+            yield message
 
 
 class KimballIntegration(integration_grpc.KimballIntegrationServicer):

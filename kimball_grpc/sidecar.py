@@ -86,7 +86,8 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
     watch_relay(metrics.registry, sender)
     specs = SpecCopy(settings.data_dir / FEATURE_SPECS_FILE, api)
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE))
-    pb_grpc.add_KimballServiceServicer_to_server(SidecarService(spool, api, specs), front.handlers)
+    service = SidecarService(spool, api, specs, metrics.lose_feature_usage)
+    pb_grpc.add_KimballServiceServicer_to_server(service, front.handlers)
     integration_grpc.add_KimballIntegrationServicer_to_server(
         SidecarIntegration(spool, api), front.handlers
     )

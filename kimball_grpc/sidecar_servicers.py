@@ -16,6 +16,7 @@ import grpc
 
 from kimball_grpc import proto_mapping
 from kimball_grpc.api_server_client import ApiServerClient
+from kimball_grpc.errors import KimballError
 from kimball_grpc.feature_spec_sync import SpecCopy
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -35,12 +36,14 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         spool: Spool,
         api: ApiServerClient,
         specs: SpecCopy,
+        usage_lost: Callable[[KimballError], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.spool = spool
         self.api = api
         self.specs = specs
+        self.usage_lost = usage_lost  # a feature usage that could not be spooled
         self.clock = clock
         self.draw = draw
 
@@ -89,15 +92,14 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         return proto_mapping.spec_to_proto(self.specs.flags.get(request.name))
 
     async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
-        flags = self.specs.flags
-        return proto_mapping.specs_to_proto(flags.listed(), flags.version)
+        return proto_mapping.flags_to_proto(self.specs.flags)
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         return await self.api.call(self.api.service.DeleteFeatureSpec, request, context)
 
     async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
         return await evaluate_features(
-            request, self.specs.flags, self.spool.accept, self.clock(), self.draw
+            request, self.specs.flags, self.spool.accept, self.usage_lost, self.clock(), self.draw
         )
 
     async def WatchFeatureSpecs(self, request: pb.WatchFeatureSpecsRequest, context: Context):

@@ -3,6 +3,7 @@ server (REST over both the in-process and the network channel), and across a res
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime, timedelta
@@ -11,9 +12,13 @@ import grpc
 import pytest
 from grpc_errors import error_metadata
 
-from kimball_grpc.feature_flags import FeatureSpec, UserCondition, check_spec
+from kimball_grpc import feature_flags, ingest
+from kimball_grpc.errors import InvalidArgument
+from kimball_grpc.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
+from kimball_grpc.feature_spec_sync import SpecChanges
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.server import start_server
+from kimball_grpc.proto_mapping import flags_to_proto
+from kimball_grpc.server import RunningServer, start_server
 from kimball_grpc.settings import Settings
 
 
@@ -202,3 +207,86 @@ def _spec(name: str, start: datetime) -> FeatureSpec:
             (UserCondition("n", "in", [1, 2.5, "x", None, {"k": [True]}]),),
         )
     )
+
+
+async def crash(server: RunningServer) -> None:
+    """Gone as with kill -9: no snapshot at shutdown, the log not closed."""
+    await server.front.server.stop(None)
+
+
+async def test_spec_changes_are_replayed_from_the_log_after_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_flags, "MAX_SPECS", 2)
+    settings = Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
+    server = await start_server(settings)
+    await server.wait_ready()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    await server.ingestor.put_feature_spec(_spec("a", start))
+    await server.ingestor.put_feature_spec(_spec("b", start))
+    with pytest.raises(InvalidArgument, match="at most 2"):
+        await server.ingestor.put_feature_spec(_spec("c", start))  # refused: not logged
+    await server.ingestor.delete_feature_spec("a")
+    await server.ingestor.put_feature_spec(_spec("a", start))
+    before = (server.engine.flags.listed(), server.engine.flags.version)
+    await crash(server)
+
+    again = await start_server(settings)
+    await again.wait_ready()  # replays the spec records: no snapshot was taken
+    assert (again.engine.flags.listed(), again.engine.flags.version) == before
+    await again.stop(grace=None)
+
+
+async def test_a_set_of_specs_too_large_for_one_message_is_refused(stub, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_SPECS_BYTES", 10_000)
+    spec = pb.FeatureSpec(name="big")
+    listed = spec.user.add(property="country", comparator="in").value.list_value
+    for i in range(1_000):
+        listed.values.add().string_value = f"country-{i:04d}"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "bytes" in refused.value.details()
+    assert not (await stub.ListFeatureSpecs(pb.ListFeatureSpecsRequest())).specs
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('{"name": "f", "user": [["n", "=", 1e400]]}', "not finite"),
+        ('{"name": "f", "user": [["n", "in", [NaN]]]}', "not finite"),
+        ('{"name": "f", "user": "plan"}', "user must be a list"),
+        ('{"name": "f", "user": [1]}', "user condition 0"),
+        ('{"name": "f", "user": [{"property": "p", "comparator": "="}]}', "user condition 0"),
+    ],
+)
+async def test_odd_json_in_a_spec_is_a_400(http, body, fragment):
+    async with http.post(
+        "/v0/featureSpecs", data=body, headers={"Content-Type": "application/json"}
+    ) as response:
+        assert response.status == 400
+        assert fragment in (await response.json())["error"]["what"]
+
+
+async def test_odd_json_in_an_evaluation_is_a_400_naming_it(http):
+    user = base64.b64encode(b'{"user_id": "u", "score": Infinity}').decode()
+    async with http.get("/v0/features", params={"user_obj": user}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["key"] == "user"
+    params = {"user_obj": b64({"user_id": "u" * 300}), "context_obj": b64({"feature": "f"})}
+    async with http.get("/v0/features", params=params) as response:
+        assert response.status == 400
+        assert "user.user_id" in (await response.json())["error"]  # named, with the value
+    async with http.get("/v0/featureSpecs/a", params={"name": "b"}) as response:
+        assert response.status == 400  # the name is the path's, not a query parameter
+
+
+async def test_a_watch_sends_a_different_set_even_at_the_same_version():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    held, other = FeatureFlags(), FeatureFlags()
+    held.replace_all([_spec("a", start), _spec("b", start)], 2)
+    other.replace_all([_spec("x", start), _spec("y", start)], 2)  # a replaced state
+    changes = SpecChanges()
+    watch = changes.watch(other, flags_to_proto(held).fingerprint)
+    sent = await asyncio.wait_for(anext(watch), 5)
+    assert [s.name for s in sent.specs] == ["x", "y"] and sent.version == 2
+    changes.close()
+    assert await anext(watch, None) is None

@@ -521,3 +521,18 @@ async def test_a_sidecar_answers_flags_from_its_copy_also_while_the_api_server_i
 
     await until(deleted, "the api server to take calls through the sidecar again")
     await until(_async(lambda: not again.specs.flags.specs), "the deletion in the copy")
+
+
+async def test_flags_are_answered_even_when_their_usage_cannot_be_spooled(deployment):
+    sidecar = await deployment.start_sidecar(spool_max_events=1)  # no api server
+    via = deployment.stub(sidecar.grpc_port)
+    request = pb.EvaluateFeaturesRequest()
+    request.user.update({"user_id": "ann"})
+    request.context.update({"feature": "checkout"})
+    for _ in range(3):
+        assert (await via.EvaluateFeatures(request)).features == {}
+    assert sidecar.spool.pending == 1
+    lost = sidecar.metrics.registry.get_sample_value(
+        "kimball_feature_usage_lost_total", {"code": "RESOURCE_EXHAUSTED"}
+    )
+    assert lost == 2
