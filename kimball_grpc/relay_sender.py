@@ -67,8 +67,10 @@ class RelaySender:
         metadata: Metadata = (),
         *,
         channel_factory: Callable[[str], grpc.aio.Channel] = relay_channel,
-        max_events: int = 20_000,
-        max_bytes: int = 2 * 1024 * 1024,
+        # Small enough that the api server applying one message holds its loop for tens
+        # of milliseconds, not the best part of a second, while a backlog catches up.
+        max_events: int = 2_000,
+        max_bytes: int = 1024 * 1024,
         window: int = 4,
         ack_timeout: float = 30.0,
         connect_timeout: float = 5.0,

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 4 * 1024 * 1024
 MEMORY_TAIL_BYTES = 16 * 1024 * 1024  # the newest spooled entries, kept to send without a read
 ACKNOWLEDGED_FILE = "acknowledged"
-# One spooled entry, encoded, at most: with the sender's 2 MiB per message, a message
+# One spooled entry, encoded, at most: with the sender's 1 MiB per message, a message
 # stays under gRPC's 4 MiB limit whatever the entries (a big batch is spooled in parts).
 MAX_ENTRY_BYTES = 1024 * 1024
 
