@@ -1064,11 +1064,12 @@ function toLocalInput(rfc3339) {
   const d = new Date(rfc3339);
   if (Number.isNaN(d.getTime())) return "";
   const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  // Seconds too: editing a flag must not move a rollout that starts or ends mid-minute.
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
 function fromLocalInput(value) {
-  const d = new Date(value); // "YYYY-MM-DDTHH:MM" is local time
+  const d = new Date(value); // "YYYY-MM-DDTHH:MM[:SS]" is local time
   if (Number.isNaN(d.getTime())) throw new Error(`Not a date and time: ${value}`);
   return d.toISOString().replace(/\.000Z$/, "Z");
 }
