@@ -173,6 +173,18 @@ class RelaySender:
     async def _stream(self, channel: grpc.aio.Channel) -> None:
         """Send the spool on one stream until it fails (then raise)."""
         call = relay_grpc.KimballRelayStub(channel).Relay(metadata=self._metadata)
+        # The api server opens the stream with its headers, or refuses it (a wrong token,
+        # still restoring) with a status. Waiting for that before writing keeps a write
+        # from racing the refusal, which gRPC would report as INTERNAL instead.
+        try:
+            await asyncio.wait_for(call.initial_metadata(), self.ack_timeout)
+        except TimeoutError:
+            call.cancel()
+            raise ConnectionLost(
+                f"the api server did not open the relay stream within {self.ack_timeout:g} s"
+            ) from None
+        if call.done():
+            raise StreamEnded(await call.code(), await call.details())
         loop = asyncio.get_running_loop()
         waiting: deque[tuple[int, float]] = deque()  # (last sequence, sent at) per message
         reader = asyncio.ensure_future(self._read_acknowledgements(call, waiting))

@@ -261,6 +261,7 @@ class KimballRelay(relay_grpc.KimballRelayServicer):
         self._closing.set()
 
     async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
+        await context.send_initial_metadata(())  # the sidecar waits for it before writing
         async for request in _until_set(self._closing, request_iterator):
             await self.ingestor.accept_relayed(request.batches)
             yield relay_pb.RelayResponse(acknowledged_through=request.last_sequence)
