@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,25 @@ class ServerProcess:
 
 # Kimball runs as deployed, authentication on; the no-op servers ignore the header.
 BENCH_TOKEN = "bench-token"
+
+
+def scrape_metrics(http_port: int, prefix: str) -> dict[str, float]:
+    """Samples of a server's ``/metrics`` (bearer token) whose names start with ``prefix``,
+    by sample name with its labels."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/metrics",
+        headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        text = answer.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 

@@ -86,7 +86,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,7 +95,6 @@ import grpc
 from bench_core import BATCH, code_note, machine_note, median, spread, user_ids
 from bench_grpc import (
     AUTH,
-    BENCH_TOKEN,
     CHANNEL_OPTIONS,
     CLOCK_TICKS,
     SERVICE,
@@ -104,6 +102,7 @@ from bench_grpc import (
     can_pin,
     free_port,
     kimball_argv,
+    scrape_metrics,
 )
 from bench_rest import grpc_messages, json_bodies, run_posts, run_track_events
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -141,18 +140,7 @@ class Server(ServerProcess):
 
     def metrics(self, prefix: str = "kimball_relay_") -> dict[str, float]:
         """Samples of ``/metrics`` whose names start with ``prefix`` (bearer token)."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/metrics",
-            headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            text = answer.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith(prefix):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        return scrape_metrics(self.http_port, prefix)
 
 
 def server_argv(server: Server, root: str, fsync: str) -> list[str]:

@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -63,6 +62,7 @@ from bench_grpc import (
     kimball_argv,
     measure,
     run_stream,
+    scrape_metrics,
     start_run,
     stream_messages,
 )
@@ -230,20 +230,13 @@ def kimball_with(port: int, http_port: int, data_dir: str, target: int | None) -
 
 def forward_metrics(http_port: int) -> dict[str, float]:
     """``kimball_forward_events_*`` totals from the server's /metrics, by name and reason."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{http_port}/metrics",
-        headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        text = answer.read().decode()
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("kimball_forward_events_") and "_created" not in line:
-            name, value = line.rsplit(" ", 1)
+    for name, value in scrape_metrics(http_port, "kimball_forward_events_").items():
+        if "_created" not in name:
             key = name.split("{")[0]
             if "reason=" in name:
                 key += ":" + name.split('reason="')[1].split('"')[0]
-            out[key] = out.get(key, 0.0) + float(value)
+            out[key] = out.get(key, 0.0) + value
     return out
 
 
