@@ -51,22 +51,22 @@ from importlib import metadata
 import mmh3
 from rbloom import Bloom
 
-from kimball_grpc import bloom as kbloom
-from kimball_grpc import events as kevents
-from kimball_grpc.bloom import hash_key, optimal_bits
-from kimball_grpc.counter_config import (
+from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.core import bloom as kbloom
+from kimball_grpc.core import events as kevents
+from kimball_grpc.core.bloom import hash_key, optimal_bits
+from kimball_grpc.core.counter_config import (
     DEFAULT_RULE,
     CounterConfig,
     CounterRule,
     DateCohort,
     FilterType,
 )
-from kimball_grpc.counters import Counter, CounterKind
-from kimball_grpc.engine import Engine
-from kimball_grpc.events import Event, prepare_goal
-from kimball_grpc.ingest import Ingestor
-from kimball_grpc.records import EventRecord
-from kimball_grpc.subscriptions import SubscriptionHub
+from kimball_grpc.core.counters import Counter, CounterKind
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.events import Event, prepare_goal
+from kimball_grpc.core.records import EventRecord
+from kimball_grpc.streaming.subscriptions import SubscriptionHub
 
 TARGET_FLOOR_RATIO = 3.0  # our ns/event at most 3x the floor's
 TARGET_MEMORY_RATIO = 2.0  # filter bytes at most 2x the optimal Bloom size

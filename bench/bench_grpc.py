@@ -53,15 +53,15 @@ from bench_core import (
     spread,
 )
 
-from kimball_grpc import proto_mapping
-from kimball_grpc.engine import Engine
+from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.api.status_mapping import StatusInterceptor
+from kimball_grpc.codec import proto_mapping
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.ingest import Ingestor
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.metrics import Metrics
-from kimball_grpc.status_mapping import StatusInterceptor
-from kimball_grpc.subscriptions import SubscriptionHub
+from kimball_grpc.streaming.subscriptions import SubscriptionHub
 
 SERVICE = "/kimball.v1.KimballService"
 TARGET_STREAM_RATIO = 0.65

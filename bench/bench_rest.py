@@ -82,13 +82,13 @@ from google.protobuf import json_format
 from gateway.request_json import message_from_json
 from gateway.server import network_channel
 from gateway.shapes import track_events_body
-from kimball_grpc import proto_mapping
-from kimball_grpc.engine import Engine
-from kimball_grpc.events import Event
+from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.codec import proto_mapping
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.events import Event
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.ingest import Ingestor
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
-from kimball_grpc.subscriptions import SubscriptionHub
+from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
 
 TARGET_RATIO = 0.65
@@ -115,8 +115,8 @@ ROWS = [  # (results key, label) after the core row
 
 def serve_kimball_loopback(argv: list[str]) -> int:
     """``kimball serve`` with the gateway calling the gRPC port, as ``kimball gateway`` would."""
-    from kimball_grpc import cli
-    from kimball_grpc import server as kimball_server
+    from kimball_grpc import app as kimball_server
+    from kimball_grpc.cli import main as cli
 
     start_server = kimball_server.start_server
 

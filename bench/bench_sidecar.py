@@ -107,7 +107,7 @@ from bench_grpc import (
 from bench_rest import grpc_messages, json_bodies, run_posts, run_track_events
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kimball_grpc.events import Event
+from kimball_grpc.core.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 

@@ -81,20 +81,20 @@ from bench_grpc import (
 )
 from bench_rest import grpc_messages, round_events, run_track_events
 
-from kimball_grpc.engine import Engine
-from kimball_grpc.events import Event
-from kimball_grpc.ingest import Ingestor
-from kimball_grpc.metrics import Metrics
-from kimball_grpc.persistence import Persistence
-from kimball_grpc.records import Record
-from kimball_grpc.state_codec import (
+from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.codec.state_codec import (
     capture_namespace,
     decode_records,
     decode_state,
     encode_captures,
     encode_records,
 )
-from kimball_grpc.subscriptions import SubscriptionHub
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.events import Event
+from kimball_grpc.core.records import Record
+from kimball_grpc.metrics import Metrics
+from kimball_grpc.persistence import Persistence
+from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.local_store import LocalBlobStore
 from storage.snapshots import SnapshotStore
 from storage.wal import FsyncPolicy, LogEntry, WriteAheadLog

@@ -26,11 +26,11 @@ from gateway.request_json import RequestJsonError, message_from_json
 from gateway.routes import Route, parameter_name, routes_of
 from gateway.shapes import BODY_SHAPES, QUERY_SHAPES, RESPONSE_SHAPES, BadBody, BadParameter
 from gateway.web_ui import add_web_ui
-from kimball_grpc.auth import UNAUTHORIZED_MESSAGE, TokenChecker
-from kimball_grpc.error_details import error_metadata
+from kimball_grpc.api.auth import UNAUTHORIZED_MESSAGE, TokenChecker
+from kimball_grpc.api.local_channel import LocalChannel
+from kimball_grpc.codec.error_details import error_metadata
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
-from kimball_grpc.local_channel import LocalChannel
 from kimball_grpc.metrics import Metrics
 
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES

@@ -12,11 +12,11 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from gateway.routes import Route, parameter_name
-from kimball_grpc.limits import MAX_NAME_LENGTH
+from kimball_grpc.core.limits import MAX_NAME_LENGTH
 
 Json = dict[str, Any]
 
-# As kimball_grpc.events.check_name: no control characters, no unpaired surrogates.
+# As kimball_grpc.core.events.check_name: no control characters, no unpaired surrogates.
 _NAME: Json = {
     "type": "string",
     "maxLength": MAX_NAME_LENGTH,

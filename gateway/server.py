@@ -8,11 +8,11 @@ import grpc
 from aiohttp import web
 
 from gateway.app import build_app
-from kimball_grpc.auth import TokenChecker
-from kimball_grpc.errors import ConfigError
-from kimball_grpc.local_channel import LocalChannel
+from kimball_grpc.api.auth import TokenChecker
+from kimball_grpc.api.local_channel import LocalChannel
+from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.metrics import Metrics
-from kimball_grpc.outbound_channels import KIMBALL_MESSAGES, insecure_channel
+from kimball_grpc.outbound.channels import KIMBALL_MESSAGES, insecure_channel
 
 
 @dataclass

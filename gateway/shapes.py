@@ -14,8 +14,8 @@ from typing import Any
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
+from kimball_grpc.codec.proto_mapping import json_value
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.proto_mapping import json_value
 
 Json = Any
 

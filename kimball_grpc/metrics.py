@@ -26,9 +26,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from kimball_grpc.counters import CounterKind
-from kimball_grpc.engine import Engine
-from kimball_grpc.errors import KimballError
+from kimball_grpc.core.counters import CounterKind
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.errors import KimballError
 from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)

@@ -26,17 +26,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kimball_grpc.counter_config import CounterConfig
-from kimball_grpc.engine import Engine
-from kimball_grpc.metrics import Metrics
-from kimball_grpc.state_codec import (
-    InvalidStoredData,
+from kimball_grpc.codec.state_codec import (
     capture_flags,
     capture_namespace,
     decode_records,
     decode_state,
     encoding_steps,
 )
+from kimball_grpc.core.counter_config import CounterConfig
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.errors import InvalidStoredData
+from kimball_grpc.metrics import Metrics
 from storage.blob_store import StorageError
 from storage.snapshots import SnapshotStore
 from storage.wal import WriteAheadLog

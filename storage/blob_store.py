@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from kimball_grpc.errors import KimballError
+from kimball_grpc.core.errors import KimballError
 
 
 class StorageError(KimballError):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kimball_grpc.state_codec import InvalidStoredData
+from kimball_grpc.core.errors import InvalidStoredData
 from storage.blob_store import BlobNotFound, BlobStore
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import pytest
 from object_servers import ObjectServer, gcs_emulator, moto_server
 
 from gateway.server import RunningGateway, network_channel, start_gateway
+from kimball_grpc.app import RunningServer, start_server
+from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.server import RunningServer, start_server
-from kimball_grpc.settings import Settings
 
 
 @pytest.fixture

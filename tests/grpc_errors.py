@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from kimball_grpc import error_details
+from kimball_grpc.codec import error_details
 
 
 def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:

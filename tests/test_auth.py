@@ -6,10 +6,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kimball_grpc.auth import TokenChecker, run_tokens
+from kimball_grpc.api.auth import TokenChecker, run_tokens
+from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.settings import Settings
 
 TOKENS = ("first-secret", "second-secret")
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED

@@ -12,7 +12,7 @@ import math
 import mmh3
 import pytest
 
-from kimball_grpc.bloom import (
+from kimball_grpc.core.bloom import (
     GROWTH_FACTOR,
     TIGHTENING_RATIO,
     BloomSlice,
@@ -23,7 +23,7 @@ from kimball_grpc.bloom import (
     optimal_bits,
     optimal_hashes,
 )
-from kimball_grpc.counter_config import DEFAULT_RULE, FilterType
+from kimball_grpc.core.counter_config import DEFAULT_RULE, FilterType
 
 USERS = 100_000
 QUERIES = 400_000

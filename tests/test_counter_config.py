@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kimball_grpc.bloom import FixedBloomFilter, ScalableBloomFilter
-from kimball_grpc.counter_config import (
+from kimball_grpc.core.bloom import FixedBloomFilter, ScalableBloomFilter
+from kimball_grpc.core.counter_config import (
     DEFAULT_RULE,
     CounterConfig,
     CounterRule,
@@ -13,7 +13,7 @@ from kimball_grpc.counter_config import (
     FilterType,
     parse_rule,
 )
-from kimball_grpc.errors import ConfigError
+from kimball_grpc.core.errors import ConfigError
 
 GOOD = {"pattern": ".*", "type": "bloom_scalable", "size": 100, "error_probability": 0.01}
 

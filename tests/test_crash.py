@@ -31,8 +31,8 @@ import aiohttp
 import grpc
 from kimball_process import read_until_listening, start
 
-from kimball_grpc.bloom import first_slice_error_probability, optimal_bits, optimal_hashes
-from kimball_grpc.counter_config import GLOBAL_RULE
+from kimball_grpc.core.bloom import first_slice_error_probability, optimal_bits, optimal_hashes
+from kimball_grpc.core.counter_config import GLOBAL_RULE
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 

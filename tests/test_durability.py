@@ -16,11 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from small_filesystem import fill, small_filesystem
 
 from gateway.server import start_gateway
+from kimball_grpc.api.readiness import STARTING_MESSAGE
+from kimball_grpc.app import RunningServer, start_server
+from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.readiness import STARTING_MESSAGE
-from kimball_grpc.server import RunningServer, start_server
-from kimball_grpc.settings import Settings
 
 Counts = dict[tuple[str, int, int, int], int]
 
@@ -309,7 +309,7 @@ async def read_replay(stub, request: pb.SubscribeRequest, count: int) -> list[pb
 
 
 async def test_a_subscriber_resumes_from_the_log_then_goes_on_live(tmp_path: Path):
-    from kimball_grpc.bloom import hash_key
+    from kimball_grpc.core.bloom import hash_key
 
     async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
         for user in ("a", "b", "c", "d"):

@@ -25,8 +25,8 @@ from object_servers import (
 from test_durability import event, feed, running, settings_for, state_of, stub_of
 from test_metrics import samples
 
+from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.settings import Settings
 
 
 @dataclass

@@ -8,19 +8,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kimball_grpc.counter_config import CounterConfig
-from kimball_grpc.engine import Engine
-from kimball_grpc.errors import InvalidArgument, NotFound
-from kimball_grpc.events import Event, iso_week, prepare_event, prepare_goal
-from kimball_grpc.predictions import EventEvidence, naive_bayes
-from kimball_grpc.records import EventRecord
-from kimball_grpc.state_codec import (
-    InvalidStoredData,
+from kimball_grpc.codec.state_codec import (
     decode_records,
     decode_state,
     encode_records,
     encode_state,
 )
+from kimball_grpc.core.counter_config import CounterConfig
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData, NotFound
+from kimball_grpc.core.events import Event, iso_week, prepare_event, prepare_goal
+from kimball_grpc.core.predictions import EventEvidence, naive_bayes
+from kimball_grpc.core.records import EventRecord
 
 NOW = iso_week(datetime(2024, 5, 15, tzinfo=UTC))
 WEEKLY = CounterConfig.from_mappings(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kimball_grpc.erlang_terms import Atom, ErlangTermError, parse_term, parse_terms
+from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_term, parse_terms
 
 A = Atom
 

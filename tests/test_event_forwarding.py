@@ -20,15 +20,15 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kimball_grpc.bloom import hash_key
-from kimball_grpc.engine import Engine
-from kimball_grpc.event_forwarding import EventForwarder, EventForwarding
-from kimball_grpc.events import Event, prepare_event
+from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.codec.state_codec import encode_records
+from kimball_grpc.core.bloom import hash_key
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.events import AcceptedEvent, Event, prepare_event
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
-from kimball_grpc.ingest import Ingestor
-from kimball_grpc.state_codec import encode_records
-from kimball_grpc.subscriptions import AcceptedEvent, SubscriptionHub
+from kimball_grpc.streaming.event_forwarding import EventForwarder, EventForwarding
+from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import FsyncPolicy, WriteAheadLog
 
 Received = tuple[str, str, str]  # (namespace, name, key) as the target read it
@@ -458,10 +458,10 @@ async def test_a_server_forwards_what_it_accepts_over_rest_and_grpc(servers, tmp
     import aiohttp
 
     from gateway.server import start_gateway
+    from kimball_grpc.app import start_server
+    from kimball_grpc.config.settings import Settings
     from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
     from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-    from kimball_grpc.server import start_server
-    from kimball_grpc.settings import Settings
 
     target = Target()
     server = await servers(target)

@@ -14,16 +14,16 @@ from prometheus_client import CollectorRegistry
 from test_metrics import samples
 
 from gateway.shapes import RESPONSE_SHAPES
-from kimball_grpc.errors import ConfigError
-from kimball_grpc.external_predictions import (
+from kimball_grpc.config.settings import PredictionTarget
+from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.generated import features_proto_pb2 as ipb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.outbound.external_predictions import (
     ExternalAnswer,
     ExternalPredictions,
     TargetIssue,
 )
-from kimball_grpc.generated import features_proto_pb2 as ipb
-from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
-from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.settings import PredictionTarget
 
 Context = grpc.aio.ServicerContext
 
@@ -398,9 +398,9 @@ async def test_a_server_merges_targets_into_predictions_on_both_apis(serve, tmp_
     import aiohttp
 
     from gateway.server import start_gateway
+    from kimball_grpc.app import start_server
+    from kimball_grpc.config.settings import Settings
     from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-    from kimball_grpc.server import start_server
-    from kimball_grpc.settings import Settings
 
     good = await serve(Fixed(("buy", 0.75, 0.25)))
     hang = Hang()

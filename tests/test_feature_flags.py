@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kimball_grpc.errors import InvalidArgument, NotFound
-from kimball_grpc.feature_flags import (
+from kimball_grpc.core.errors import InvalidArgument, NotFound
+from kimball_grpc.core.feature_flags import (
     FeatureFlags,
     FeatureSpec,
     UserCondition,

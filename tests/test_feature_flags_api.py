@@ -12,14 +12,15 @@ import grpc
 import pytest
 from grpc_errors import error_metadata
 
-from kimball_grpc import feature_flags, ingest
-from kimball_grpc.errors import InvalidArgument
-from kimball_grpc.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
-from kimball_grpc.feature_spec_sync import SpecChanges
+from kimball_grpc.api import ingest
+from kimball_grpc.app import RunningServer, start_server
+from kimball_grpc.codec.proto_mapping import flags_to_proto
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core import feature_flags
+from kimball_grpc.core.errors import InvalidArgument
+from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.proto_mapping import flags_to_proto
-from kimball_grpc.server import RunningServer, start_server
-from kimball_grpc.settings import Settings
+from kimball_grpc.streaming.spec_changes import SpecChanges
 
 
 def b64(value: object, urlsafe: bool = False) -> str:

@@ -13,10 +13,10 @@ from grpc_errors import error_metadata
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core.counter_config import CounterConfig
+from kimball_grpc.core.limits import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES, MAX_NAME_LENGTH
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.limits import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES, MAX_NAME_LENGTH
-from kimball_grpc.settings import Settings
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -8,11 +8,11 @@ import logging
 import grpc
 import pytest
 
-from kimball_grpc.error_details import error_metadata
+from kimball_grpc.api.local_channel import LocalChannel
+from kimball_grpc.app import RunningServer
+from kimball_grpc.codec.error_details import error_metadata
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.local_channel import LocalChannel
-from kimball_grpc.server import RunningServer
 
 
 def _failure(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, dict[str, str]]:

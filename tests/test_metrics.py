@@ -10,9 +10,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kimball_grpc.counter_config import CounterConfig
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from kimball_grpc.settings import Settings
 
 METHOD = "/kimball.v1.KimballService/"
 
@@ -112,7 +112,7 @@ async def test_predictions_registry(server, stub) -> None:
 
 
 async def test_each_server_has_its_own_registries(server, stub, tmp_path) -> None:
-    from kimball_grpc.server import start_server
+    from kimball_grpc.app import start_server
 
     other = await start_server(
         Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path / "other")

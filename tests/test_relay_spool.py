@@ -10,14 +10,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kimball_grpc.errors import InvalidArgument
-from kimball_grpc.events import Event
+from kimball_grpc.codec.state_codec import decode_records
+from kimball_grpc.core.errors import InvalidArgument
+from kimball_grpc.core.events import Event
+from kimball_grpc.core.records import EventRecord
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as rpb
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
-from kimball_grpc.records import EventRecord
-from kimball_grpc.relay_sender import RelaySender
-from kimball_grpc.relay_spool import MAX_ENTRY_BYTES, Spool, SpoolFull
-from kimball_grpc.state_codec import decode_records
+from kimball_grpc.sidecar.sender import RelaySender
+from kimball_grpc.sidecar.spool import MAX_ENTRY_BYTES, Spool, SpoolFull
 
 FIXED = datetime(2024, 3, 6, 12, tzinfo=UTC)  # ISO week 2024-W10
 

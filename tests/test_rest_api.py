@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from kimball_grpc.limits import MAX_MESSAGE_BYTES
-from kimball_grpc.settings import Settings
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 
 SPEC_EXAMPLE = (
     [{"event_name": "feature_1", "user_id": u} for u in ("u1", "u2")]

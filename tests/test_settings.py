@@ -7,22 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from kimball_grpc import settings as settings_module
-from kimball_grpc.counter_config import (
-    DEFAULT_RULE,
-    CounterConfig,
-    CounterRule,
-    DateCohort,
-    FilterType,
-)
-from kimball_grpc.errors import ConfigError
-from kimball_grpc.settings import (
+from kimball_grpc.config import settings as settings_module
+from kimball_grpc.config.settings import (
     Mode,
     PredictionTarget,
     Settings,
     load_settings,
     read_config_file,
 )
+from kimball_grpc.core.counter_config import (
+    DEFAULT_RULE,
+    CounterConfig,
+    CounterRule,
+    DateCohort,
+    FilterType,
+)
+from kimball_grpc.core.errors import ConfigError
 from storage.wal import FsyncPolicy
 
 

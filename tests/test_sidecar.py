@@ -24,21 +24,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_errors import error_metadata
 
 from gateway.server import RunningGateway, start_gateway
-from kimball_grpc.counter_config import CounterConfig
-from kimball_grpc.error_details import error_info
-from kimball_grpc.errors import ConfigError
-from kimball_grpc.events import Event, prepare_event
+from kimball_grpc.app import RunningServer, start_server
+from kimball_grpc.codec.error_details import error_info
+from kimball_grpc.codec.state_codec import encode_records
+from kimball_grpc.config.settings import Mode, Settings
+from kimball_grpc.core.counter_config import CounterConfig
+from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.core.events import Event, prepare_event
+from kimball_grpc.core.records import GoalRecord
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as rpb
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
-from kimball_grpc.records import GoalRecord
-from kimball_grpc.server import RunningServer, start_server
-from kimball_grpc.settings import Mode, Settings
-from kimball_grpc.sidecar import RunningSidecar, start_sidecar
-from kimball_grpc.state_codec import encode_records
+from kimball_grpc.sidecar.server import RunningSidecar, start_sidecar
 
 TOKEN = "api-secret"
 WEEKLY = CounterConfig.from_mappings(

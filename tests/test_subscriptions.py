@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from kimball_grpc.events import Event
-from kimball_grpc.subscriptions import AcceptedEvent, EventFilter, SubscriptionHub
+from kimball_grpc.core.events import AcceptedEvent, Event
+from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
 
 
 def accepted(sequence: int, name: str = "e", namespace: str = "default") -> AcceptedEvent:

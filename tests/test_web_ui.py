@@ -31,9 +31,9 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.web_ui import add_web_ui
-from kimball_grpc.counter_config import CounterConfig
-from kimball_grpc.server import RunningServer, start_server
-from kimball_grpc.settings import Settings
+from kimball_grpc.app import RunningServer, start_server
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core.counter_config import CounterConfig
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page

@@ -1,0 +1,143 @@
+"""The gRPC server both modes run, before any of their services: authentication, the
+start-up gate, status mapping and request metrics, health, reflection, and the
+in-process channel the REST gateway calls through."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kimball_grpc.api.auth import AuthInterceptor, TokenChecker, run_tokens
+from kimball_grpc.api.local_channel import HandlerRecorder, LocalChannel
+from kimball_grpc.api.readiness import StartupGate
+from kimball_grpc.api.status_mapping import StatusInterceptor
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
+from kimball_grpc.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
+INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
+RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Sidecars ping every minute on their relay stream (outbound_channels.KEEPALIVE);
+    # the default (one ping per 5 min without data) would end their connection.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class GrpcFront:
+    """A gRPC server for ``services``: register their servicers on ``handlers``, then
+    ``start``. Until ``open``, health says NOT_SERVING and the services answer
+    UNAVAILABLE; health checks and reflection are open from the start."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, services: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.services = services
+        self.checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.checker is not None:
+            interceptors.append(AuthInterceptor(self.checker, {HEALTH_SERVICE}))
+        else:
+            log.warning("API authentication is off (api_auth disable): every caller is trusted")
+        self.gate = StartupGate(set(services))
+        interceptors.append(self.gate)
+        interceptors.append(StatusInterceptor(set(services), metrics.observe_request))
+        self._interceptors = interceptors
+        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        self.handlers = HandlerRecorder(self.server)
+        self.health = grpc_health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)
+        self.port = 0
+        self.local_channel: LocalChannel  # once started: the services, in-process
+
+    async def start(self) -> None:
+        """Listen on the configured address (``ConfigError`` if it cannot) and take calls."""
+        reflection.enable_server_reflection(
+            (*self.services, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server
+        )
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+        await self.server.start()
+        self.local_channel = LocalChannel(self.handlers.generic_handlers, self._interceptors)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def open(self) -> None:
+        """The state is ready: serve every service."""
+        self.gate.open()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None) -> None:
+        """Health says NOT_SERVING, then new calls are refused and in-flight ones get
+        ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _tokens(settings: Settings) -> tuple[str, ...]:
+    """The accepted tokens; with none configured, one generated into the data directory."""
+    try:
+        tokens, generated = run_tokens(settings.api_auth_tokens, settings.data_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"API authentication is on and no api_auth_tokens are configured, and a token "
+            f"cannot be kept in {settings.data_dir}: {exc}"
+        ) from None
+    if generated:
+        log.warning(
+            "API authentication is on and no api_auth_tokens are configured: "
+            "use the token kept in %s (Authorization: Bearer <token>)",
+            generated,
+        )
+    else:
+        log.info("API authentication is on: %d token(s) configured", len(tokens))
+    return tokens
+
+
+@dataclass
+class RunningFront:
+    """What every started server has, in either mode: its gRPC front, metrics, readiness."""
+
+    front: GrpcFront
+    metrics: Metrics
+    ready: asyncio.Task[None]  # done once the state is ready and calls are taken
+
+    @property
+    def grpc_port(self) -> int:
+        return self.front.port
+
+    @property
+    def checker(self) -> TokenChecker | None:
+        """The token check (None when authentication is off)."""
+        return self.front.checker
+
+    @property
+    def local_channel(self) -> LocalChannel:
+        """The same methods, in-process: for the REST gateway here."""
+        return self.front.local_channel
+
+    async def wait_ready(self) -> None:
+        """Return once ready (raises what stopped the start, if anything)."""
+        await asyncio.shield(self.ready)

@@ -1,0 +1,285 @@
+"""gRPC servicers: convert the request, call the core, build the response.
+
+Errors are raised as domain exceptions and turned into gRPC statuses by the
+server's interceptor (``status_mapping``), so no handler catches anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import grpc
+
+from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.codec import proto_mapping
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.errors import InvalidArgument, KimballError
+from kimball_grpc.core.events import Event
+from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
+from kimball_grpc.core.limits import MAX_SUBSCRIPTION_EVENT_NAMES
+from kimball_grpc.core.names import check_name, check_namespace
+from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
+from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
+from kimball_grpc.outbound.external_predictions import ExternalPredictions
+from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
+
+Context = grpc.aio.ServicerContext
+T = TypeVar("T")
+
+
+Accept = Callable[[Sequence[Event]], Awaitable[int]]
+
+
+async def accept_stream(
+    requests: AsyncIterator[pb.TrackEventsRequest], accept: Accept
+) -> pb.StreamEventsResponse:
+    """``StreamEvents``: each message's events accepted as it arrives; a bad message ends
+    the call naming its index, and nothing after it is accepted."""
+    accepted = 0
+    messages = 0
+    async for request in requests:
+        try:
+            events = [proto_mapping.event_from_proto(e) for e in request.events]
+            accepted += await accept(events)
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"message {messages}: {exc.message} ({accepted} events accepted before it)",
+                message=str(messages),
+                **exc.details,
+            ) from None
+        messages += 1
+    return pb.StreamEventsResponse(accepted=accepted, messages=messages)
+
+
+async def accept_integration_stream(
+    messages: AsyncIterator[integration_pb.KimballEvent], accept: Accept
+) -> integration_pb.Response:
+    """The original contract's ``EventStream``: one event per message, accepted as it comes."""
+    accepted = 0
+    async for message in messages:
+        event = Event(event_name=message.name, user_id=message.key, namespace=message.namespace)
+        try:
+            accepted += await accept([event])
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"event {accepted}: {exc.message}", index=str(accepted), **exc.details
+            ) from None
+    return integration_pb.Response(code=0)
+
+
+async def evaluate_features(
+    request: pb.EvaluateFeaturesRequest,
+    flags: FeatureFlags,
+    accept: Accept,
+    usage_lost: Callable[[KimballError], None],
+    now: datetime,
+    draw: Callable[[], float],
+) -> pb.EvaluateFeaturesResponse:
+    """``EvaluateFeatures`` against ``flags``; a usage to count goes to ``accept``, and if it
+    cannot be stored (a failing disk, a full spool) to ``usage_lost``: the flags are
+    answered all the same."""
+    user = proto_mapping.json_value(request.user, "user")
+    context = proto_mapping.json_value(request.context, "context")
+    namespace, feature, user_id = feature_usage(user, context)
+    features = flags.evaluate(user, now, draw)
+    if feature:
+        try:
+            await accept([Event(feature, user_id, namespace)])
+        except KimballError as exc:  # validated already: storage refused it
+            usage_lost(exc)
+    return pb.EvaluateFeaturesResponse(features=features)
+
+
+class KimballService(pb_grpc.KimballServiceServicer):
+    """The versioned API, ``kimball.v1.KimballService``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        ingestor: Ingestor,
+        hub: SubscriptionHub,
+        external: ExternalPredictions,
+        usage_lost: Callable[[KimballError], None],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.engine = engine
+        self.ingestor = ingestor
+        self.hub = hub
+        self.external = external
+        self.usage_lost = usage_lost  # a feature usage that could not be stored
+        self.clock = clock
+        self.draw = draw  # a user without user_id gets a random draw in a rollout
+
+    async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
+        await self.ingestor.accept([proto_mapping.event_from_proto(request.event)])
+        return pb.TrackEventResponse()
+
+    async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
+        events = [proto_mapping.event_from_proto(e) for e in request.events]
+        accepted = await self.ingestor.accept(events)
+        return pb.TrackEventsResponse(accepted=accepted)
+
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[pb.TrackEventsRequest], context: Context
+    ):
+        return await accept_stream(request_iterator, self.ingestor.accept)
+
+    async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
+        goals = set(self.engine.goals(request.namespace))
+        counters = self.engine.counters(request.namespace)
+        return pb.GetAnalyticsResponse(
+            counts=[proto_mapping.counter_to_proto(c, goals) for c in counters]
+        )
+
+    async def CreateGoal(self, request: pb.CreateGoalRequest, context: Context):
+        await self.ingestor.create_goal(request.namespace, request.goal_name)
+        return pb.CreateGoalResponse()
+
+    async def ListGoals(self, request: pb.ListGoalsRequest, context: Context):
+        return pb.ListGoalsResponse(goals=self.engine.goals(request.namespace))
+
+    async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Context):
+        return pb.ListNamespacesResponse(namespaces=self.engine.namespaces())
+
+    async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
+        if request.user_id or request.events:
+            answers = self.engine.predict(request.namespace, list(request.events), request.user_id)
+            response = proto_mapping.naive_bayes_to_proto(answers)
+        else:
+            response = proto_mapping.event_predictions_to_proto(
+                self.engine.event_predictions(request.namespace)
+            )
+        # After Kimball's own answer: a request it refuses costs no call to any target.
+        external = await self.external.ask(
+            check_namespace(request.namespace), request.user_id, list(request.events)
+        )
+        external.merge_into(response)
+        return response
+
+    async def GetNudges(self, request: pb.GetNudgesRequest, context: Context):
+        nudges = self.engine.nudges(request.namespace, request.goal, request.user_id)
+        return proto_mapping.nudges_to_proto(nudges, request.goal, request.user_id)
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Context):
+        if len(request.event_names) > MAX_SUBSCRIPTION_EVENT_NAMES:
+            raise InvalidArgument(
+                f"at most {MAX_SUBSCRIPTION_EVENT_NAMES} event names", key="event_names"
+            )
+        event_filter = EventFilter(
+            namespace=check_namespace(request.namespace) if request.namespace else "",
+            event_names=frozenset(check_name("event_names", n) for n in request.event_names),
+            event_name_prefix=check_name(
+                "event_name_prefix", request.event_name_prefix, required=False
+            ),
+        )
+        subscription = self.hub.subscribe(event_filter)
+        # From here on every accepted event reaches the queue; the log holds the earlier ones.
+        live_from = self.ingestor.last_sequence
+        try:
+            if request.HasField("after_sequence") and request.after_sequence < live_from:
+                async for accepted in self.ingestor.replay(request.after_sequence, live_from):
+                    if event_filter.matches(accepted.event):
+                        yield proto_mapping.accepted_to_proto(accepted, 0, replayed=True)
+            while (accepted := await subscription.next()) is not None:
+                if accepted.sequence > request.after_sequence:
+                    yield proto_mapping.accepted_to_proto(accepted, subscription.dropped)
+        finally:
+            self.hub.unsubscribe(subscription)
+
+    async def PutFeatureSpec(self, request: pb.PutFeatureSpecRequest, context: Context):
+        spec = proto_mapping.spec_from_proto(request.spec)
+        await self.ingestor.put_feature_spec(spec)
+        return proto_mapping.spec_to_proto(spec)
+
+    async def GetFeatureSpec(self, request: pb.GetFeatureSpecRequest, context: Context):
+        return proto_mapping.spec_to_proto(self.engine.flags.get(request.name))
+
+    async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
+        return proto_mapping.flags_to_proto(self.engine.flags)
+
+    async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
+        await self.ingestor.delete_feature_spec(request.name)
+        return pb.DeleteFeatureSpecResponse()
+
+    async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
+        return await evaluate_features(
+            request,
+            self.engine.flags,
+            self.ingestor.accept,
+            self.usage_lost,
+            self.clock(),
+            self.draw,
+        )
+
+    async def WatchFeatureSpecs(self, request: pb.WatchFeatureSpecsRequest, context: Context):
+        changes = self.ingestor.spec_changes
+        async for message in changes.watch(self.engine.flags, request.fingerprint):
+            yield message
+
+
+class KimballIntegration(integration_grpc.KimballIntegrationServicer):
+    """The original integration contract, served: events in, predictions out."""
+
+    def __init__(self, engine: Engine, ingestor: Ingestor) -> None:
+        self.engine = engine
+        self.ingestor = ingestor
+
+    async def EventStream(
+        self, request_iterator: AsyncIterator[integration_pb.KimballEvent], context: Context
+    ):
+        return await accept_integration_stream(request_iterator, self.ingestor.accept)
+
+    async def Prediction(self, request: integration_pb.PredictionRequest, context: Context):
+        answers = self.engine.predict(request.namespace, list(request.event_names), request.user_id)
+        return integration_pb.PredictionResponse(
+            predictions=[
+                integration_pb.Prediction(prediction_name=goal, yes=a.yes, no=a.no)
+                for goal, a in answers.items()
+                if not a.note
+            ]
+        )
+
+
+class KimballRelay(relay_grpc.KimballRelayServicer):
+    """Events from sidecars: each message acknowledged once applied and durable."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every relay stream (at shutdown: they never end by themselves, and a sidecar
+        sends what was not acknowledged again to the next run)."""
+        self._closing.set()
+
+    async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
+        await context.send_initial_metadata(())  # the sidecar waits for it before writing
+        async for request in _until_set(self._closing, request_iterator):
+            await self.ingestor.accept_relayed(request.batches)
+            yield relay_pb.RelayResponse(acknowledged_through=request.last_sequence)
+
+
+async def _until_set(event: asyncio.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items`` until they end or ``event`` is set."""
+    stop = asyncio.ensure_future(event.wait())
+    try:
+        while True:
+            item = asyncio.ensure_future(anext(items, None))
+            await asyncio.wait((item, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
+                return
+            if (value := item.result()) is None:
+                return
+            yield value
+    finally:
+        stop.cancel()

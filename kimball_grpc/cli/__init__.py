@@ -1,0 +1,1 @@
+"""The ``kimball`` command: the server commands and the client commands."""

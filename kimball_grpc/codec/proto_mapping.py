@@ -1,0 +1,192 @@
+"""Conversions between protobuf messages and core types. No logic beyond the mapping."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kimball_grpc.core.counters import Counter, CounterKind
+from kimball_grpc.core.engine import Nudge
+from kimball_grpc.core.errors import InvalidArgument
+from kimball_grpc.core.events import AcceptedEvent, Event
+from kimball_grpc.core.feature_flags import (
+    FeatureFlags,
+    FeatureSpec,
+    Json,
+    UserCondition,
+    check_spec,
+)
+from kimball_grpc.core.predictions import NaiveBayes
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+
+_COUNTER_TYPES = {
+    CounterKind.INTERNAL: pb.COUNTER_TYPE_INTERNAL,
+    CounterKind.NAMED: pb.COUNTER_TYPE_NAMED,
+    CounterKind.WEEKLY: pb.COUNTER_TYPE_WEEKLY,
+}
+
+
+def event_from_proto(message: pb.Event) -> Event:
+    has = message.HasField
+    return Event(
+        message.event_name,
+        message.user_id,
+        message.namespace,
+        message.value if has("value") else None,
+        _datetime_from_proto(message.datetime) if has("datetime") else None,
+        message.ensure_goal,
+    )
+
+
+def _datetime_from_proto(stamp: Timestamp, field: str = "datetime") -> datetime:
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (years 0001 to 9999, nanos below 1e9)",
+            **{field: f"{stamp.seconds}s {stamp.nanos}ns"},
+        ) from None
+
+
+def event_to_proto(event: Event) -> pb.Event:
+    message = pb.Event(
+        namespace=event.namespace,
+        event_name=event.event_name,
+        user_id=event.user_id,
+        ensure_goal=event.ensure_goal,
+    )
+    if event.value is not None:
+        message.value = event.value
+    if event.datetime is not None:
+        message.datetime.FromDatetime(event.datetime)
+    return message
+
+
+def accepted_to_proto(
+    accepted: AcceptedEvent, dropped: int, replayed: bool = False
+) -> pb.SubscribeResponse:
+    return pb.SubscribeResponse(
+        event=event_to_proto(accepted.event),
+        sequence=accepted.sequence,
+        dropped=dropped,
+        user_hash=accepted.user_hash.hex(),
+        replayed=replayed,
+    )
+
+
+def counter_to_proto(counter: Counter, goals: set[str]) -> pb.Counter:
+    return pb.Counter(
+        name=counter.name,
+        type=_COUNTER_TYPES[counter.kind],
+        count=counter.count,
+        event_counts=[
+            pb.EventCombinationCount(events=list(events), count=n)
+            for events, n in sorted(counter.event_counts.items(), key=lambda i: (-i[1], i[0]))
+        ],
+        single_event_counts=[
+            pb.SingleEventCount(name=name, count=n)
+            for name, n in sorted(counter.single_event_counts.items(), key=lambda i: (-i[1], i[0]))
+        ],
+        value=pb.CounterValue(sum=counter.value_sum),
+        year=counter.iso_year,
+        week=counter.iso_week,
+        goal=counter.kind is not CounterKind.INTERNAL and counter.name in goals,
+    )
+
+
+def event_predictions_to_proto(per_goal: dict[str, dict[str, float]]) -> pb.GetPredictionsResponse:
+    response = pb.GetPredictionsResponse()
+    for goal, per_event in per_goal.items():
+        events = response.goals[goal].events
+        for event, value in per_event.items():
+            events[event].bayes = value
+    return response
+
+
+def naive_bayes_to_proto(per_goal: dict[str, NaiveBayes]) -> pb.GetPredictionsResponse:
+    response = pb.GetPredictionsResponse()
+    for goal, answer in per_goal.items():
+        target = response.goals[goal]
+        if answer.note:
+            target.note = answer.note
+            continue
+        target.yes = answer.yes
+        target.no = answer.no
+        target.likelihood = answer.likelihood
+        target.probability = answer.probability
+    return response
+
+
+def nudges_to_proto(nudges: list[Nudge], goal: str, user_id: str) -> pb.GetNudgesResponse:
+    return pb.GetNudgesResponse(
+        nudges=[pb.Nudge(event_name=n.event_name, prediction=n.prediction) for n in nudges],
+        goal=goal,
+        user_id=user_id,
+    )
+
+
+def spec_from_proto(message: pb.FeatureSpec) -> FeatureSpec:
+    """A checked spec (``InvalidArgument`` naming what is wrong)."""
+    has = message.HasField
+    return check_spec(
+        FeatureSpec(
+            message.name,
+            message.boolean,
+            _datetime_from_proto(message.rollout_start, "rollout_start")
+            if has("rollout_start")
+            else None,
+            _datetime_from_proto(message.rollout_end, "rollout_end")
+            if has("rollout_end")
+            else None,
+            tuple(
+                UserCondition(c.property, c.comparator, json_value(c.value, f"user[{i}].value"))
+                for i, c in enumerate(message.user)
+            ),
+        )
+    )
+
+
+def spec_to_proto(spec: FeatureSpec) -> pb.FeatureSpec:
+    message = pb.FeatureSpec(name=spec.name, boolean=spec.boolean)
+    if spec.rollout_start is not None and spec.rollout_end is not None:
+        message.rollout_start.FromDatetime(spec.rollout_start)
+        message.rollout_end.FromDatetime(spec.rollout_end)
+    for condition in spec.user:
+        added = message.user.add(property=condition.property, comparator=condition.comparator)
+        json_format.ParseDict(condition.value, added.value)
+    return message
+
+
+def spec_message_size(spec: FeatureSpec) -> int:
+    """The bytes ``spec`` takes in the message that carries the specs to sidecars."""
+    return spec_to_proto(spec).ByteSize() + 5  # its tag and length in FeatureSpecs
+
+
+def flags_to_proto(flags: FeatureFlags) -> pb.FeatureSpecs:
+    message = pb.FeatureSpecs(specs=[spec_to_proto(s) for s in flags.listed()])
+    specs = message.SerializeToString(deterministic=True)
+    message.fingerprint = hashlib.sha256(specs).hexdigest()[:32]
+    message.version = flags.version
+    return message
+
+
+def json_value(value: struct_pb2.Value | struct_pb2.Struct, field: str = "value") -> Json:
+    """A ``google.protobuf.Value`` or ``Struct`` as plain JSON (whole numbers as ints: they
+    are doubles); ``InvalidArgument`` naming ``field`` for a number JSON cannot hold."""
+    try:
+        return _whole_numbers(json_format.MessageToDict(value))
+    except ValueError:  # NaN or infinity
+        raise InvalidArgument(f"{field} holds a number that is not finite", key=field) from None
+
+
+def _whole_numbers(value: Json) -> Json:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    return value

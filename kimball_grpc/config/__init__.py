@@ -1,0 +1,1 @@
+"""Configuration: command line, environment and config files, parsed once into typed settings."""

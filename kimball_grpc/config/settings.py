@@ -1,0 +1,432 @@
+"""Settings: parsed and validated once at start-up into one typed object.
+
+Sources, later ones winning: built-in defaults, the original's Erlang-terms
+config file (``app.config``: ``[{features, [...]}]``), environment variables,
+command-line flags. Nothing else in Kimball reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
+from kimball_grpc.core.counter_config import CounterConfig
+from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.core.limits import DEFAULT_SPOOL_MAX_EVENTS
+from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
+from storage.wal import FsyncPolicy
+
+DEFAULT_CONFIG_PATH = Path("/kimball/app.config")
+DEFAULT_GRPC_PORT = 50051
+
+
+class Mode(StrEnum):
+    API = "api"
+    SIDECAR = "sidecar"
+
+
+@dataclass(frozen=True)
+class PredictionTarget:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to start."""
+
+    grpc_host: str = "[::]"
+    grpc_port: int = DEFAULT_GRPC_PORT
+    api_port: int = 8080
+    data_dir: Path = Path("kimball-data")
+    config_path: Path | None = None
+    mode: Mode = Mode.API
+    analytics_host: str = ""  # sidecar: the api server's gRPC, host:port
+    # sidecar: the token it presents to the api server (default: its first api_auth_tokens)
+    analytics_token: str | None = field(default=None, repr=False)
+    spool_max_events: int = DEFAULT_SPOOL_MAX_EVENTS  # sidecar: undelivered events it keeps
+    namespace: str = "default"
+    additional_namespaces: tuple[str, ...] = ()
+    storage_path_prefix: str = ""
+    log_level: str = "INFO"
+    kubernetes_memory_limit: int | None = None
+    site: str = ""
+    cluster: str = ""
+    counter_config: CounterConfig = field(default_factory=CounterConfig)
+    counter_startup_delay_ms: int = 0
+    api_auth: bool = True
+    api_auth_tokens: tuple[str, ...] = ()
+    external_grpc_event_targets: tuple[tuple[str, int], ...] = ()
+    external_grpc_prediction_targets: tuple[PredictionTarget, ...] = ()
+    external_prediction_deadline_ms: int = 200
+    # Durability: where snapshots go (a URI, or the original's bucket variables), the
+    # write-ahead log's fsync policy, how often a snapshot is taken.
+    storage_uri: str = ""
+    s3_bucket: str = ""
+    s3_host: str = ""
+    gcs_bucket: str = ""
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_region: str | None = None
+    gcs_credentials_file: Path | None = None
+    gcs_endpoint: str | None = None
+    wal_fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    wal_fsync_interval_ms: int = 200
+    snapshot_interval_s: float = 60.0
+    storage: StorageConfig | None = None  # derived from the fields above by load_settings
+
+    @property
+    def wal_dir(self) -> Path:
+        """The write-ahead log's directory: always on local disk."""
+        return self.data_dir / "wal"
+
+    @property
+    def spool_dir(self) -> Path:
+        """A sidecar's spool of undelivered events: always on local disk."""
+        return self.data_dir / "spool"
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    config_path: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Defaults, then the config file, then ``environ``, then ``overrides`` (CLI flags)."""
+    settings = Settings()
+    path = config_path or _env_path(environ, "KIMBALL_CONFIG")
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        settings = replace(settings, config_path=path, **read_config_file(path))
+    settings = replace(settings, **_from_environment(environ))
+    settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    return replace(settings, storage=storage_config(settings))
+
+
+def storage_config(settings: Settings) -> StorageConfig:
+    """Where snapshots go: ``storage_uri``, else the bucket set, else ``<data-dir>/objects``.
+
+    Objects go under ``storage_path_prefix`` (default: the namespace) in a bucket.
+    """
+    chosen = [
+        name
+        for name, value in (
+            ("KIMBALL_STORAGE (--storage)", settings.storage_uri),
+            ("S3_BUCKET", settings.s3_bucket),
+            ("GCS_BUCKET", settings.gcs_bucket),
+        )
+        if value
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"storage: set only one of {' and '.join(chosen)}")
+    prefix = (settings.storage_path_prefix or settings.namespace).strip("/")
+    if settings.storage_uri:
+        uri = settings.storage_uri
+    elif settings.s3_bucket:
+        uri = f"s3://{settings.s3_bucket}/{prefix}"
+    elif settings.gcs_bucket:
+        uri = f"gs://{settings.gcs_bucket}/{prefix}"
+    else:
+        uri = (settings.data_dir / "objects").resolve().as_uri()
+    config = StorageConfig(
+        uri=uri,
+        s3_endpoint=settings.s3_host or None,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        aws_region=settings.aws_region,
+        gcs_endpoint=settings.gcs_endpoint,
+        gcs_credentials_file=settings.gcs_credentials_file,
+    )
+    try:
+        parse_storage_uri(config.uri)
+        if config.s3_endpoint:
+            s3_endpoint_url(config.s3_endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"storage: {exc}") from None
+    return config
+
+
+def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(name, "")
+    return Path(value) if value else None
+
+
+def _whole_number(name: str, value: str, meaning: str) -> int:
+    # int() would also take "1_000", " 80" and non-ASCII digits.
+    if not (value.isascii() and value.isdigit()):
+        raise ConfigError(f"{name} must be {meaning}, got {value!r}")
+    return int(value)
+
+
+def _milliseconds(name: str, value: str) -> int:
+    """A whole number of milliseconds, at least 1, from a variable called ``name``."""
+    milliseconds = _whole_number(name, value, "a whole number of milliseconds")
+    if milliseconds < 1:
+        raise ConfigError(f"{name} must be at least 1")
+    return milliseconds
+
+
+def parse_port(name: str, value: str) -> int:
+    """A port number from text (a flag or a variable called ``name``), or ``ConfigError``."""
+    port = _whole_number(name, value, "a port number")
+    if port > 65535:
+        raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
+    return port
+
+
+def parse_analytics_host(name: str, value: str) -> str:
+    """The api server's gRPC address from text: ``host:port``, ``[v6]:port``, or a host
+    alone (port 50051), optionally as ``grpc://...``; ``ConfigError`` otherwise."""
+    text = value.strip().removeprefix("grpc://").rstrip("/")
+    if "://" in text or "/" in text:
+        raise ConfigError(
+            f"{name} must be the api server's gRPC address, host:port (e.g. kimball:50051), "
+            f"not a URL: the relay delivers over gRPC; got {value!r}"
+        )
+    if text.count(":") > 1 and not text.startswith("["):
+        text = f"[{text}]"  # a bare IPv6 address
+    if text.startswith("["):
+        host, bracket, rest = text.partition("]")
+        host += bracket
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else "?")
+    else:
+        host, _, port = text.partition(":")
+    port = port or str(DEFAULT_GRPC_PORT)
+    if host in ("", "[]") or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{name} must be host:port (e.g. kimball:50051), got {value!r}")
+    return f"{host}:{port}"
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    api_port = environ.get("API_PORT") or environ.get("PORT")
+    if api_port:
+        out["api_port"] = parse_port("API_PORT" if environ.get("API_PORT") else "PORT", api_port)
+    if environ.get("GRPC_PORT"):
+        out["grpc_port"] = parse_port("GRPC_PORT", environ["GRPC_PORT"])
+    if environ.get("FEATURES_MODE"):
+        try:
+            out["mode"] = Mode(environ["FEATURES_MODE"])
+        except ValueError:
+            raise ConfigError(
+                f"FEATURES_MODE must be api or sidecar, got {environ['FEATURES_MODE']!r}"
+            ) from None
+    if environ.get("ANALYTICS_HOST"):
+        out["analytics_host"] = parse_analytics_host("ANALYTICS_HOST", environ["ANALYTICS_HOST"])
+    if environ.get("ANALYTICS_TOKEN"):
+        out["analytics_token"] = environ["ANALYTICS_TOKEN"].strip()
+    if environ.get("KIMBALL_SPOOL_MAX_EVENTS"):
+        limit = _whole_number(
+            "KIMBALL_SPOOL_MAX_EVENTS", environ["KIMBALL_SPOOL_MAX_EVENTS"], "a number of events"
+        )
+        if limit < 1:
+            raise ConfigError("KIMBALL_SPOOL_MAX_EVENTS must be at least 1")
+        out["spool_max_events"] = limit
+    if environ.get("NAMESPACE"):
+        out["namespace"] = environ["NAMESPACE"]
+    if environ.get("ADDITIONAL_NAMESPACES"):
+        names = [n.strip() for n in environ["ADDITIONAL_NAMESPACES"].split(",")]
+        out["additional_namespaces"] = tuple(n for n in names if n)
+    if environ.get("STORAGE_PATH_PREFIX"):
+        out["storage_path_prefix"] = environ["STORAGE_PATH_PREFIX"]
+    if environ.get("LOG_LEVEL"):
+        level = environ["LOG_LEVEL"].upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ConfigError(f"LOG_LEVEL {environ['LOG_LEVEL']!r} is not a log level")
+        out["log_level"] = level
+    if environ.get("KUBERNETES_MEMORY_LIMIT"):
+        limit = _whole_number(
+            "KUBERNETES_MEMORY_LIMIT", environ["KUBERNETES_MEMORY_LIMIT"], "a number of bytes"
+        )
+        if limit < 1:
+            raise ConfigError(f"KUBERNETES_MEMORY_LIMIT must be at least 1 byte, got '{limit}'")
+        out["kubernetes_memory_limit"] = limit
+    if environ.get("KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"):
+        out["external_prediction_deadline_ms"] = _milliseconds(
+            "KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS",
+            environ["KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"],
+        )
+    if environ.get("KIMBALL_DATA_DIR"):
+        out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])
+    out |= _storage_from_environment(environ)
+    return out
+
+
+_STORAGE_TEXT = {  # variable: setting, taken as given
+    "KIMBALL_STORAGE": "storage_uri",
+    "S3_BUCKET": "s3_bucket",
+    "S3_HOST": "s3_host",
+    "GCS_BUCKET": "gcs_bucket",
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "STORAGE_EMULATOR_HOST": "gcs_endpoint",
+}
+
+
+def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {
+        setting: environ[name] for name, setting in _STORAGE_TEXT.items() if environ.get(name)
+    }
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        out["aws_region"] = region
+    if environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        out["gcs_credentials_file"] = Path(environ["GOOGLE_APPLICATION_CREDENTIALS"])
+    if environ.get("KIMBALL_WAL_FSYNC"):
+        out["wal_fsync"] = parse_fsync_policy("KIMBALL_WAL_FSYNC", environ["KIMBALL_WAL_FSYNC"])
+    if environ.get("KIMBALL_WAL_FSYNC_INTERVAL_MS"):
+        out["wal_fsync_interval_ms"] = _milliseconds(
+            "KIMBALL_WAL_FSYNC_INTERVAL_MS", environ["KIMBALL_WAL_FSYNC_INTERVAL_MS"]
+        )
+    if environ.get("KIMBALL_SNAPSHOT_INTERVAL"):
+        out["snapshot_interval_s"] = parse_seconds(
+            "KIMBALL_SNAPSHOT_INTERVAL", environ["KIMBALL_SNAPSHOT_INTERVAL"]
+        )
+    return out
+
+
+def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
+    """A write-ahead log fsync policy from text, or ``ConfigError``."""
+    try:
+        return FsyncPolicy(value)
+    except ValueError:
+        choices = ", ".join(p.value for p in FsyncPolicy)
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+def parse_seconds(name: str, value: str) -> float:
+    """A positive, finite number of seconds from text, or ``ConfigError``."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """Settings from an ``app.config`` file; ``ConfigError`` names the file and the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        terms, line_of = parse_terms_with_lines(text, str(path))
+    except ErlangTermError as exc:
+        raise ConfigError(str(exc)) from None
+    features: list[object] = []
+    for term in terms:
+        if not isinstance(term, list):
+            raise ConfigError(f"{path}: expected a list like [{{features, [...]}}]")
+        for app in term:
+            if isinstance(app, tuple) and len(app) == 2 and app[0] == Atom("features"):
+                if not isinstance(app[1], list):
+                    raise ConfigError(f"{path}: {{features, ...}} must hold a list")
+                features.extend(app[1])
+    return _features(path, features, line_of)
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, Atom):
+        return value.name
+    return None
+
+
+def _plain(value: object) -> object:
+    """Erlang terms to plain Python: atoms and binaries become str, recursively."""
+    if isinstance(value, Atom | bytes):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _features(
+    path: Path, entries: list[object], line_of: Callable[[object], int | None]
+) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for entry in entries:
+        where = f"{path}:{line_of(entry)}" if line_of(entry) else str(path)
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Atom)):
+            raise ConfigError(f"{where}: each setting must be {{key, value}}, got {entry!r}")
+        key, raw = entry[0].name, entry[1]
+        value = _plain(raw)
+
+        def fail(problem: str, key: str = key, where: str = where) -> ConfigError:
+            return ConfigError(f"{where}: setting {key}: {problem}")
+
+        if key in ("site", "cluster"):
+            if not isinstance(value, str):
+                raise fail("must be a string")
+            out[key] = value
+        elif key == "counters":
+            if not isinstance(value, dict) or not isinstance(value.get("init", []), list):
+                raise fail("must be a map #{init => [rule, ...]}")
+            try:
+                out["counter_config"] = CounterConfig.from_mappings(value.get("init", []))
+            except ConfigError as exc:
+                # Point at the rule itself: its map in the file, by its 1-based number.
+                rules = raw.get(Atom("init"), []) if isinstance(raw, dict) else []
+                number = int(exc.details.get("rule", "0"))
+                line = line_of(rules[number - 1]) if 0 < number <= len(rules) else None
+                raise fail(exc.message, where=f"{path}:{line}" if line else where) from None
+        elif key == "counter_startup_delay":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise fail("must be a whole number of milliseconds >= 0")
+            out["counter_startup_delay_ms"] = value
+        elif key == "api_auth":
+            if value not in ("enable", "disable"):
+                raise fail("must be enable or disable")
+            out["api_auth"] = value == "enable"
+        elif key == "api_auth_tokens":
+            if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+                raise fail('must be a list of tokens like [<<"SECRET">>]')
+            out["api_auth_tokens"] = tuple(value)
+        elif key == "external_grpc_event_targets":
+            out["external_grpc_event_targets"] = tuple(
+                _target(fail, t, named=False) for t in _list(fail, value)
+            )
+        elif key == "external_grpc_prediction_targets":
+            out["external_grpc_prediction_targets"] = tuple(
+                PredictionTarget(*_target(fail, t, named=True)) for t in _list(fail, value)
+            )
+        else:
+            raise fail("unknown setting")
+    return out
+
+
+def _list(fail, value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise fail("must be a list")
+    return value
+
+
+def _target(fail, value: object, *, named: bool) -> tuple:
+    shape = '{"name", "host", port}' if named else '{"host", port}'
+    size = 3 if named else 2
+    if not (isinstance(value, tuple) and len(value) == size):
+        raise fail(f"each target must be {shape}, got {value!r}")
+    *texts, port = value
+    if not all(isinstance(t, str) and t for t in texts):
+        raise fail(f"each target must be {shape}, got {value!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
+        raise fail(f"port must be between 1 and 65535, got {port!r}")
+    return (*texts, port)
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment: read here, at start-up, and nowhere else."""
+    return os.environ

@@ -1,0 +1,248 @@
+"""The engine: namespaces of counters and goals, and the questions asked of them.
+
+Plain Python, no I/O. State changes only through ``apply`` (records), so a log
+of records replayed into a restored snapshot rebuilds the same state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kimball_grpc.core.bloom import KeyHash, hash_key
+from kimball_grpc.core.counter_config import GLOBAL_RULE, CounterConfig, CounterRule, DateCohort
+from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
+from kimball_grpc.core.errors import InvalidArgument, NotFound
+from kimball_grpc.core.feature_flags import FeatureFlags
+from kimball_grpc.core.limits import MAX_EVENTS_PER_PREDICTION
+from kimball_grpc.core.names import check_name, check_namespace
+from kimball_grpc.core.predictions import (
+    GOAL_AMONG_EVENTS_NOTE,
+    EventEvidence,
+    NaiveBayes,
+    bayes,
+    naive_bayes,
+)
+from kimball_grpc.core.records import EventRecord, GoalRecord, Record
+
+WeekKey = tuple[str, int, int]
+
+
+@dataclass(eq=False)
+class Namespace:
+    """All counters and goals of one namespace."""
+
+    name: str
+    global_counter: Counter
+    named: dict[str, Counter] = field(default_factory=dict)
+    weekly: dict[WeekKey, Counter] = field(default_factory=dict)
+    goals: set[str] = field(default_factory=set)
+
+    def counters(self) -> list[Counter]:
+        """Every counter: global first, then named by name, then weekly by name and week."""
+        return (
+            [self.global_counter]
+            + [self.named[n] for n in sorted(self.named)]
+            + [self.weekly[k] for k in sorted(self.weekly)]
+        )
+
+
+@dataclass(frozen=True)
+class Nudge:
+    """An event a user has not done yet, with P(goal | event)."""
+
+    event_name: str
+    prediction: float
+
+
+class Engine:
+    """Counters, goals, predictions and nudges for every namespace, and the feature flags."""
+
+    def __init__(self, counter_config: CounterConfig | None = None) -> None:
+        self.counter_config = counter_config or CounterConfig()
+        self._namespaces: dict[str, Namespace] = {}
+        self._rules: dict[str, CounterRule] = {}  # per event name: regex search once
+        self.flags = FeatureFlags()
+
+    # -- state changes -------------------------------------------------
+
+    def apply(self, record: Record) -> None:
+        """Apply one validated record."""
+        if isinstance(record, EventRecord):
+            self.apply_event(record)
+        elif isinstance(record, GoalRecord):
+            self.apply_goal(record)
+        elif record.spec is None:
+            self.flags.delete(record.name)
+        else:
+            self.flags.put(record.spec)
+
+    def apply_goal(self, record: GoalRecord) -> None:
+        self._namespace(record.namespace).goals.add(record.goal_name)
+
+    def apply_event(self, record: EventRecord) -> None:
+        ns = self._namespace(record.namespace)
+        name = record.event_name
+        user = record.user_hash
+        value = record.value
+        if record.ensure_goal:
+            ns.goals.add(name)
+        # The global filter holds every user of the namespace: a user new there
+        # is new to every counter, which then need no membership test.
+        global_filter = ns.global_counter.filter
+        new_user = user not in global_filter
+        if new_user:
+            global_filter.add_new(user)
+            ns.global_counter.record_first(value, None)
+        is_goal = name in ns.goals
+        # A goal's prior events are worked out only for a user new to one of its
+        # counters (a repeat goal event changes nothing), and then only once.
+        prior: tuple[str, ...] | None = None
+
+        named = ns.named.get(name)
+        rule = self._rule(name)
+        if named is None:
+            named = ns.named[name] = Counter(name, CounterKind.NAMED, rule.new_filter())
+        if self._first(named, user, new_user):
+            if is_goal:
+                prior = () if new_user else self._prior_events(ns, name, user)
+            named.record_first(value, prior)
+        if rule.date_cohort is DateCohort.WEEKLY:
+            key = (name, record.iso_year, record.iso_week)
+            weekly = ns.weekly.get(key)
+            if weekly is None:
+                weekly = ns.weekly[key] = Counter(
+                    name, CounterKind.WEEKLY, rule.new_filter(), record.iso_year, record.iso_week
+                )
+            if self._first(weekly, user, new_user):
+                if is_goal and prior is None:
+                    prior = () if new_user else self._prior_events(ns, name, user)
+                weekly.record_first(value, prior)
+
+    @staticmethod
+    def _first(counter: Counter, user: KeyHash, new_user: bool) -> bool:
+        if new_user:
+            counter.filter.add_new(user)
+            return True
+        return counter.filter.add_if_absent(user)
+
+    def _prior_events(self, ns: Namespace, goal: str, user: KeyHash) -> tuple[str, ...]:
+        return tuple(sorted(n for n, c in ns.named.items() if n != goal and user in c))
+
+    def _rule(self, event_name: str) -> CounterRule:
+        rule = self._rules.get(event_name)
+        if rule is None:
+            rule = self._rules[event_name] = self.counter_config.rule_for(event_name)
+        return rule
+
+    def _namespace(self, name: str) -> Namespace:
+        ns = self._namespaces.get(name)
+        if ns is None:
+            counter = Counter(GLOBAL_COUNTER_NAME, CounterKind.INTERNAL, GLOBAL_RULE.new_filter())
+            ns = self._namespaces[name] = Namespace(name, counter)
+        return ns
+
+    # -- questions -----------------------------------------------------
+
+    def namespaces(self) -> list[str]:
+        return sorted(self._namespaces)
+
+    def goals(self, namespace: str) -> list[str]:
+        ns = self._namespaces.get(check_namespace(namespace))
+        return sorted(ns.goals) if ns else []
+
+    def counters(self, namespace: str) -> list[Counter]:
+        """The namespace's counters (analytics); empty for an unknown namespace."""
+        ns = self._namespaces.get(check_namespace(namespace))
+        return ns.counters() if ns else []
+
+    def events_for_user(self, namespace: str, user_id: str) -> list[str]:
+        """Named events whose counters contain the user."""
+        user = hash_key(check_name("user_id", user_id))
+        ns = self._namespaces.get(check_namespace(namespace))
+        if ns is None:
+            return []
+        return sorted(n for n, c in ns.named.items() if user in c)
+
+    def event_predictions(self, namespace: str) -> dict[str, dict[str, float]]:
+        """Per goal with prior events, P(goal | event) for each of those events."""
+        ns = self._namespaces.get(check_namespace(namespace))
+        if ns is None:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for goal in sorted(ns.goals):
+            counter = ns.named.get(goal)
+            if counter is None or not counter.single_event_counts:
+                continue
+            out[goal] = {
+                event: bayes(n, self._users(ns, event))
+                for event, n in sorted(counter.single_event_counts.items())
+            }
+        return out
+
+    def predict(self, namespace: str, events: list[str], user_id: str) -> dict[str, NaiveBayes]:
+        """Naive Bayes per goal for ``events`` or for ``user_id``'s events (one of them)."""
+        if user_id and events:
+            raise InvalidArgument("user_id and event cannot both be specified", user=user_id)
+        if user_id:
+            return self.predict_for_user(namespace, user_id)
+        # Limits on what a client names; a user's own events may be any number.
+        if not events:
+            raise InvalidArgument("at least one event is required", key="event")
+        if len(events) > MAX_EVENTS_PER_PREDICTION:
+            raise InvalidArgument(
+                f"at most {MAX_EVENTS_PER_PREDICTION} events per prediction", key="event"
+            )
+        return self.predict_for_events(namespace, events)
+
+    def predict_for_events(self, namespace: str, events: list[str]) -> dict[str, NaiveBayes]:
+        """Naive Bayes per goal given that a user did ``events`` (at least one)."""
+        namespace = check_namespace(namespace)
+        ns = self._namespaces.get(namespace)
+        wanted = list(dict.fromkeys(check_name("event", e) for e in events))
+        for event in wanted:
+            if ns is None or event not in ns.named:
+                raise InvalidArgument("Event is not known in this namespace", event=event)
+        assert ns is not None
+        total = ns.global_counter.count
+        out: dict[str, NaiveBayes] = {}
+        for goal in sorted(ns.goals):
+            if goal in wanted:
+                out[goal] = NaiveBayes(note=GOAL_AMONG_EVENTS_NOTE)
+                continue
+            counter = ns.named.get(goal)
+            goal_users = counter.count if counter else 0
+            tallies = counter.single_event_counts if counter else {}
+            evidence = [EventEvidence(ns.named[e].count, tallies.get(e, 0)) for e in wanted]
+            out[goal] = naive_bayes(total, goal_users, evidence)
+        return out
+
+    def predict_for_user(self, namespace: str, user_id: str) -> dict[str, NaiveBayes]:
+        """Naive Bayes per goal given the events the user has done."""
+        events = self.events_for_user(namespace, user_id)
+        if not events:
+            raise NotFound("No events found for user", user=user_id)
+        return self.predict_for_events(namespace, events)
+
+    def nudges(self, namespace: str, goal: str, user_id: str) -> list[Nudge]:
+        """The goal's events the user has not done, best P(goal | event) first."""
+        goal = check_name("goal", goal)
+        done = set(self.events_for_user(namespace, user_id))
+        per_event = self.event_predictions(namespace).get(goal, {})
+        nudges = [Nudge(e, p) for e, p in per_event.items() if e not in done]
+        nudges.sort(key=lambda n: (-n.prediction, n.event_name))
+        return nudges
+
+    @staticmethod
+    def _users(ns: Namespace, event: str) -> int:
+        counter = ns.named.get(event)
+        return counter.count if counter else 0
+
+    # -- whole state ---------------------------------------------------
+
+    def namespace_objects(self) -> list[Namespace]:
+        """The namespaces themselves, for serialization."""
+        return [self._namespaces[n] for n in sorted(self._namespaces)]
+
+    def restore_namespace(self, ns: Namespace) -> None:
+        """Put a deserialized namespace in place (replacing one of the same name)."""
+        self._namespaces[ns.name] = ns

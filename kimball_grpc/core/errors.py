@@ -1,0 +1,63 @@
+"""Domain errors. Each declares the gRPC status code it maps to, by name.
+
+The core stays free of gRPC types: the server turns ``grpc_code`` into a
+``grpc.StatusCode`` in one place (``status_mapping``), and the REST gateway maps
+that code onward to HTTP.
+"""
+
+from __future__ import annotations
+
+
+class KimballError(Exception):
+    """Base of every error the core raises on purpose.
+
+    ``details`` names the offending parameter or value, e.g. ``{"event": "nope"}``.
+    """
+
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str, /, **details: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    @property
+    def reason(self) -> str:
+        """The ``google.rpc.ErrorInfo`` reason: the error's kind."""
+        return type(self).__name__
+
+
+class InvalidArgument(KimballError):
+    """The request is wrong; nothing was changed."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class NotFound(KimballError):
+    """The thing asked about does not exist."""
+
+    grpc_code = "NOT_FOUND"
+
+
+class ConfigError(KimballError):
+    """The configuration cannot be used; the server must not start."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class OutOfRange(KimballError):
+    """Asked for something past what is kept (e.g. a log position already removed)."""
+
+    grpc_code = "OUT_OF_RANGE"
+
+
+class FailedPrecondition(KimballError):
+    """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class InvalidStoredData(KimballError):
+    """Stored state or a record cannot be decoded."""
+
+    grpc_code = "DATA_LOSS"

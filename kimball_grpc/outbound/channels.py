@@ -1,0 +1,76 @@
+"""Channels this server opens to other servers: event and prediction targets, and a
+sidecar's api server. One way to address them, to wait for a connection, to back off."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
+
+ChannelOptions = tuple[tuple[str, int], ...]
+
+# Kimball's own message limit each way: for channels to a Kimball server.
+KIMBALL_MESSAGES: ChannelOptions = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+# gRPC drops an unused connection after 30 min; a quiet peer is not an outage.
+KEEP_IDLE_CONNECTION: ChannelOptions = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
+# Calls fail fast while the peer is down, and work again within seconds once it is back
+# (gRPC's own reconnect backoff grows to 2 min).
+QUICK_RECONNECT: ChannelOptions = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+# A long-lived stream notices a peer that vanished without closing the connection.
+# (The server side permits these pings: grpc_front.SERVER_OPTIONS.)
+KEEPALIVE: ChannelOptions = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
+
+class ConnectionLost(Exception):
+    """No usable connection, or a call failed transiently: reconnect after a backoff."""
+
+
+def insecure_channel(address: str, *options: ChannelOptions) -> grpc.aio.Channel:
+    """A plaintext channel to ``address`` with the given option groups."""
+    return grpc.aio.insecure_channel(address, options=[o for group in options for o in group])
+
+
+def target_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC takes it (an IPv6 literal in brackets)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def backoff_seconds(attempt: int, first: float, longest: float) -> float:
+    """Exponential backoff with full jitter: uniform in ``[0, min(longest, first * 2**n)]``."""
+    return random.uniform(0, min(longest, first * 2 ** min(attempt, 62)))
+
+
+async def wait_until_connected(channel: grpc.aio.Channel, address: str, timeout: float) -> None:
+    """Return once ``channel`` is READY; ``ConnectionLost`` on failure or after ``timeout``.
+
+    Not ``channel_ready()``: it waits through TRANSIENT_FAILURE on gRPC's own
+    reconnect backoff (1 s, growing to 2 min), so a refused port would hang it
+    until the timeout. Failing fast lets the caller's backoff decide the pace."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            raise ConnectionLost(f"cannot connect to {address}")
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise ConnectionLost(f"no connection to {address} within {timeout:g} s")
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        except TimeoutError:
+            continue  # the loop reports the timeout
+        state = channel.get_state(try_to_connect=True)

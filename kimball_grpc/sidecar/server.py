@@ -1,0 +1,116 @@
+"""Sidecar mode (``FEATURES_MODE=sidecar``): a relay next to applications (SPEC section 6).
+
+It serves the same APIs as the api server. Events are validated, spooled on local
+disk and acknowledged; a background sender delivers the spool to the api server
+at ``ANALYTICS_HOST`` over a gRPC stream, through the api server's restarts and
+outages. Feature flags are evaluated from a local copy of the specs, kept in sync
+with the api server. Reads are forwarded to the api server. The relay keeps no
+counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from kimball_grpc.api.grpc_front import API_SERVICE, INTEGRATION_SERVICE, GrpcFront, RunningFront
+from kimball_grpc.config.settings import Settings
+from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.metrics import Metrics
+from kimball_grpc.outbound.api_server_client import ApiServerClient
+from kimball_grpc.sidecar.sender import RelaySender, watch_relay
+from kimball_grpc.sidecar.servicers import SidecarIntegration, SidecarService
+from kimball_grpc.sidecar.spec_copy import SpecCopy
+from kimball_grpc.sidecar.spool import Spool
+from storage.blob_store import StorageError
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+DELIVERY_DRAIN_SECONDS = 2.0  # at shutdown, time to deliver what is spooled (the rest waits)
+FEATURE_SPECS_FILE = "feature-specs.pb"  # the local copy, in the data directory
+
+
+@dataclass
+class RunningSidecar(RunningFront):
+    """A started sidecar and the parts behind it."""
+
+    spool: Spool
+    sender: RelaySender
+    api: ApiServerClient
+    specs: SpecCopy
+
+    @property
+    def state_location(self) -> str:
+        """What this process does with events, for the start-up log line."""
+        return (
+            f"sidecar: events spooled in {self.spool.directory} for the api server "
+            f"at {self.api.address}"
+        )
+
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), give
+        the sender a moment to deliver, then close the spool (what is left stays there)."""
+        self.api.end_streams()  # forwarded subscriptions end so they do not hold the grace
+        await self.front.stop(grace)
+        await self.sender.stop(drain_timeout=DELIVERY_DRAIN_SECONDS if grace else 0.0)
+        await self.specs.stop()
+        await self.api.close()
+        if not self.ready.done():
+            self.ready.cancel()
+        elif not self.ready.cancelled() and self.ready.exception() is None:
+            await self.spool.close()
+
+
+async def start_sidecar(settings: Settings) -> RunningSidecar:
+    """Build and start a sidecar; it takes calls once its spool is open
+    (``RunningSidecar.ready``)."""
+    if not settings.analytics_host:
+        raise ConfigError(
+            "FEATURES_MODE=sidecar needs ANALYTICS_HOST=host:port, the api server's gRPC address"
+        )
+    metrics = Metrics(None, settings.kubernetes_memory_limit)
+    spool = Spool(
+        settings.spool_dir,
+        settings.wal_fsync,
+        fsync_interval=settings.wal_fsync_interval_ms / 1000,
+        max_events=settings.spool_max_events,
+    )
+    metrics.watch_log(spool.wal)
+    configured = settings.api_auth_tokens[0] if settings.api_auth_tokens else None
+    api = ApiServerClient(settings.analytics_host, settings.analytics_token or configured)
+    sender = RelaySender(spool, settings.analytics_host, api.metadata)
+    watch_relay(metrics.registry, sender)
+    specs = SpecCopy(settings.data_dir / FEATURE_SPECS_FILE, api)
+    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE))
+    service = SidecarService(spool, api, specs, metrics.lose_feature_usage)
+    pb_grpc.add_KimballServiceServicer_to_server(service, front.handlers)
+    integration_grpc.add_KimballIntegrationServicer_to_server(
+        SidecarIntegration(spool, api), front.handlers
+    )
+    try:
+        await front.start()
+    except ConfigError:
+        await api.close()
+        raise
+    ready = asyncio.get_running_loop().create_task(_become_ready(spool, sender, specs, front))
+    return RunningSidecar(
+        front=front, metrics=metrics, ready=ready, spool=spool, sender=sender, api=api, specs=specs
+    )
+
+
+async def _become_ready(
+    spool: Spool, sender: RelaySender, specs: SpecCopy, front: GrpcFront
+) -> None:
+    try:
+        spool.open()
+    except StorageError as exc:
+        log.error("cannot start: %s", exc.message)
+        raise
+    specs.load()
+    specs.start()
+    sender.start()
+    await front.open()

@@ -1,0 +1,122 @@
+"""A sidecar's copy of the feature specs, which it evaluates flags with.
+
+Loaded from a file at start-up, so flags are answered while the api server is
+down, also after a restart of the sidecar; refreshed from a ``WatchFeatureSpecs``
+stream, and written back to the file at each change. A lost stream is opened
+again after an exponential backoff with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from kimball_grpc.codec.proto_mapping import spec_from_proto
+from kimball_grpc.core.errors import KimballError
+from kimball_grpc.core.feature_flags import FeatureFlags
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.outbound.api_server_client import ApiServerClient
+from kimball_grpc.outbound.channels import backoff_seconds
+
+log = logging.getLogger(__name__)
+
+
+class SpecCopy:
+    """A sidecar's copy of the api server's specs, kept in ``path``."""
+
+    def __init__(
+        self,
+        path: Path,
+        api: ApiServerClient,
+        *,
+        first_backoff: float = 0.1,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.path = path
+        self.api = api
+        self.flags = FeatureFlags()
+        self.fingerprint = ""  # of the set held: the api server sends only a different one
+        self.first_backoff = first_backoff
+        self.max_backoff = max_backoff
+        self._task: asyncio.Task[None] | None = None
+
+    def load(self) -> None:
+        """The copy kept by the last run, if any (a damaged file is logged and ignored:
+        the api server sends the specs again)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("feature specs: cannot read %s: %s", self.path, exc)
+            return
+        try:
+            self._replace(pb.FeatureSpecs.FromString(data))
+        except (DecodeError, KimballError) as exc:
+            log.warning(
+                "feature specs: %s is damaged (%s); waiting for the api server", self.path, exc
+            )
+            return
+        log.info(
+            "feature specs: %d loaded from %s (version %d)",
+            len(self.flags.specs),
+            self.path,
+            self.flags.version,
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            request = pb.WatchFeatureSpecsRequest(fingerprint=self.fingerprint)
+            call = self.api.service.WatchFeatureSpecs(request, metadata=self.api.metadata)
+            try:
+                async for message in call:
+                    attempt = 0
+                    self._keep(message)
+                problem = "the api server ended the stream"
+            except grpc.aio.AioRpcError as exc:
+                problem = f"{exc.code().name}: {exc.details()}"
+            finally:
+                call.cancel()
+            if attempt == 0:
+                log.warning(
+                    "feature specs: watching the api server at %s failed (%s); flags are "
+                    "answered from the local copy, retrying with backoff",
+                    self.api.address,
+                    problem,
+                )
+            await asyncio.sleep(backoff_seconds(attempt, self.first_backoff, self.max_backoff))
+            attempt += 1
+
+    def _keep(self, message: pb.FeatureSpecs) -> None:
+        try:
+            self._replace(message)
+        except KimballError as exc:  # a spec this version cannot use: keep the old copy
+            log.error("feature specs from the api server refused: %s", exc.message)
+            return
+        temporary = self.path.with_suffix(".tmp")
+        try:
+            with open(temporary, "wb") as file:
+                file.write(message.SerializeToString())
+                file.flush()
+                os.fsync(file.fileno())  # else a power loss may leave an empty "copy"
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("feature specs: cannot keep the copy in %s: %s", self.path, exc)
+
+    def _replace(self, message: pb.FeatureSpecs) -> None:
+        self.flags.replace_all([spec_from_proto(s) for s in message.specs], message.version)
+        self.fingerprint = message.fingerprint

@@ -1,0 +1,42 @@
+"""Waking the ``WatchFeatureSpecs`` streams when a feature spec change is applied.
+
+Each stream then sends the whole set with its version and fingerprint: the set is
+bounded to fit one message, which is simpler than sending changes and never out of
+order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from kimball_grpc.codec.proto_mapping import flags_to_proto
+from kimball_grpc.core.feature_flags import FeatureFlags
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+
+
+class SpecChanges:
+    """Tells watchers when the specs change; ends every watch at shutdown."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+        self.closed = False
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()  # the woken waiters held the old one
+
+    async def watch(self, flags: FeatureFlags, held: str) -> AsyncIterator[pb.FeatureSpecs]:
+        """The whole set whenever its fingerprint differs from the one last sent (at first,
+        from ``held``: the caller's), until ``close``."""
+        while not self.closed:
+            message = flags_to_proto(flags)
+            if message.fingerprint == held:
+                await self._changed.wait()
+                continue
+            held = message.fingerprint
+            yield message
+
+    def close(self) -> None:
+        self.closed = True
+        self._changed.set()
