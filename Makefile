@@ -25,9 +25,11 @@ $(GENERATED): $(STAMP)
 run: $(GENERATED)
 	$(BIN)/kimball serve $(ARGS)
 
+# ruff, then the import contracts of pyproject.toml (which layer may import which).
 lint: $(GENERATED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # The web UI's browser tests use Debian's Chromium (never `playwright install`).
 chromium:
