@@ -14,6 +14,7 @@ from kimball_grpc.api.grpc_front import (
     API_SERVICE,
     INTEGRATION_SERVICE,
     RELAY_SERVICE,
+    SHUTDOWN_GRACE_SECONDS,
     GrpcFront,
     RunningFront,
 )
@@ -38,7 +39,6 @@ from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 10.0
 FORWARD_DRAIN_SECONDS = 2.0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidStoredData
 from kimball_grpc.metrics import Metrics
+from kimball_grpc.outbound.backoff import Backoff
 from storage.blob_store import StorageError
 from storage.snapshots import SnapshotStore
 from storage.wal import WriteAheadLog
@@ -245,17 +245,16 @@ class Persistence:
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` until it does not raise ``StorageError``; exponential backoff with
         jitter between tries; the backend's state in a metric and one log line per try."""
-        delay = FIRST_RETRY_SECONDS
+        backoff = Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS)
         while True:
             try:
                 result = await attempt()
             except StorageError as exc:
                 self._backend_down = True
                 self.metrics.storage_up.set(0)
-                wait = delay * random.uniform(0.5, 1.0)
+                wait = backoff.next_delay()
                 log.warning("cannot %s (%s); retrying in %.1f s", what, exc.message, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
             if self._backend_down:
                 log.info("snapshot storage %s is reachable again", self.snapshots.blobs.uri)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
 from storage.blob_store import BlobNotFound, BlobStore, StorageError, check_key
-
-# Written next to the object, then renamed over it; never listed.
-_TEMPORARY_SUFFIX = ".partial"
+from storage.fsutil import TEMPORARY_SUFFIX, atomic_write
 
 
 class LocalBlobStore(BlobStore):
@@ -21,17 +17,10 @@ class LocalBlobStore(BlobStore):
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        temporary = path.with_name(path.name + _TEMPORARY_SUFFIX)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)  # atomic on POSIX
-            _fsync_directory(path.parent)  # the rename itself survives a crash
+            atomic_write(path, data)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
             raise StorageError(f"cannot write {self.uri}/{key}: {exc.strerror or exc}") from None
 
     def get(self, key: str) -> bytes:
@@ -49,7 +38,7 @@ class LocalBlobStore(BlobStore):
             keys = [
                 path.relative_to(self.root).as_posix()
                 for path in self.root.rglob("*")
-                if path.is_file() and not path.name.endswith(_TEMPORARY_SUFFIX)
+                if path.is_file() and not path.name.endswith(TEMPORARY_SUFFIX)
             ]
         except OSError as exc:
             raise StorageError(f"cannot list {self.uri}: {exc.strerror or exc}") from None
@@ -63,14 +52,3 @@ class LocalBlobStore(BlobStore):
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some filesystems cannot sync a directory
-            raise
-    finally:
-        os.close(descriptor)

@@ -33,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from storage.blob_store import StorageError
+from storage.fsutil import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ class WriteAheadLog:
         path = self.directory / f"{first:020d}{SEGMENT_SUFFIX}"
         fd = self._open_segment(path, truncate_to=0)
         try:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         except OSError:
             os.close(fd)
             raise
@@ -384,11 +385,3 @@ def _write_all(fd: int | None, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from kimball_grpc.api.refusal import refusing_handler
+from storage.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ def run_tokens(configured: Sequence[str], data_dir: Path) -> tuple[tuple[str, ..
             return (token,), path
     data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(token + "\n")
+    atomic_write(path, (token + "\n").encode())
     return (token,), path
 
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
 INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
 RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
+# In-flight calls get this long to finish at shutdown; long-lived streams are ended first.
+SHUTDOWN_GRACE_SECONDS = 10.0
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

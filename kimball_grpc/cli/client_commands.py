@@ -21,9 +21,9 @@ import grpc
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from kimball_grpc.codec.error_details import error_metadata
+from kimball_grpc.codec.proto_mapping import counter_type_name
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.names import check_name, check_value
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -33,11 +33,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 CSV_HEADER = ["user_id", "event_name"]
 JSON_KEYS = frozenset({"user_id", "event_name", "namespace", "value", "ensure_goal", "datetime"})
 FORMATS = ("auto", "csv", "jsonl")
-_COUNTER_TYPES = {
-    pb.COUNTER_TYPE_INTERNAL: "internal",
-    pb.COUNTER_TYPE_NAMED: "named",
-    pb.COUNTER_TYPE_WEEKLY: "weekly",
-}
 
 
 class CommandError(Exception):
@@ -99,23 +94,12 @@ def describe_rpc_error(error: grpc.RpcError, connection: Connection) -> str:
             "try a longer --timeout"
         )
     text = f"{code.name}: {error.details()}"
-    details = _error_info(error)
+    details = dict(sorted(error_metadata(error.trailing_metadata()).items()))
     if details:
         text += " (" + ", ".join(f"{key}: {value}" for key, value in details.items()) + ")"
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         text += "; check --token or KIMBALL_TOKEN"
     return text
-
-
-def _error_info(error: grpc.RpcError) -> dict[str, str]:
-    """The metadata of the status's ``google.rpc.ErrorInfo`` detail, sorted; empty if none."""
-    status = rpc_status.from_call(error)  # errors of synchronous calls are grpc.Call too
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return dict(sorted(info.metadata.items()))
-    return {}
 
 
 def _call(connection: Connection, method: str, request: Message) -> Any:
@@ -382,7 +366,7 @@ def _counters_table(response: pb.GetAnalyticsResponse) -> str:
     rows = [
         [
             counter.name,
-            _COUNTER_TYPES.get(counter.type, "?"),
+            counter_type_name(counter.type),
             f"{counter.year}-W{counter.week:02d}" if counter.week else "",
             str(counter.count),
             f"{counter.value.sum:.15g}",

@@ -27,6 +27,13 @@ _COUNTER_TYPES = {
     CounterKind.NAMED: pb.COUNTER_TYPE_NAMED,
     CounterKind.WEEKLY: pb.COUNTER_TYPE_WEEKLY,
 }
+_COUNTER_TYPE_NAMES = {counter_type: kind.value for kind, counter_type in _COUNTER_TYPES.items()}
+
+
+def counter_type_name(counter_type: int) -> str:
+    """The name REST answers and the CLI show for a ``CounterType``: ``internal``, ``named``
+    or ``weekly`` (``unknown`` for a value this version does not know)."""
+    return _COUNTER_TYPE_NAMES.get(counter_type, "unknown")
 
 
 def event_from_proto(message: pb.Event) -> Event:

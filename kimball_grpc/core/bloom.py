@@ -54,10 +54,6 @@ class KeyHash:
     def low(self) -> int:
         return _HALVES.unpack(self.digest)[0]
 
-    @classmethod
-    def from_halves(cls, low: int, high: int) -> KeyHash:
-        return cls(_HALVES.pack(low, high))
-
     def stretch(self, count: int) -> tuple[int, ...]:
         """At least ``count`` 32-bit words: the hash's own four, then MurmurHash3 of the hash."""
         words = self.words

@@ -1,10 +1,9 @@
 """Channels this server opens to other servers: event and prediction targets, and a
-sidecar's api server. One way to address them, to wait for a connection, to back off."""
+sidecar's api server. One way to address them and to wait for a connection."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 
 import grpc
 
@@ -47,11 +46,6 @@ def target_address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
-
-
-def backoff_seconds(attempt: int, first: float, longest: float) -> float:
-    """Exponential backoff with full jitter: uniform in ``[0, min(longest, first * 2**n)]``."""
-    return random.uniform(0, min(longest, first * 2 ** min(attempt, 62)))
 
 
 async def wait_until_connected(channel: grpc.aio.Channel, address: str, timeout: float) -> None:

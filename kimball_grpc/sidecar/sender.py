@@ -31,7 +31,8 @@ from prometheus_client.registry import Collector
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
 from kimball_grpc.outbound.api_server_client import Metadata, relay_channel
-from kimball_grpc.outbound.channels import ConnectionLost, backoff_seconds, wait_until_connected
+from kimball_grpc.outbound.backoff import Backoff
+from kimball_grpc.outbound.channels import ConnectionLost, wait_until_connected
 from kimball_grpc.sidecar.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,7 @@ class RelaySender:
         self.window = window
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
-        self.first_backoff = first_backoff
-        self.max_backoff = max_backoff
+        self._backoff = Backoff(first_backoff, max_backoff)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -115,7 +115,7 @@ class RelaySender:
             await self.spool.changed.wait()
 
     async def _run(self) -> None:
-        attempt = 0  # consecutive failures, for the backoff
+        backoff = self._backoff
         while True:
             channel = self._channel_factory(self.address)
             delivered = self.delivered
@@ -130,13 +130,13 @@ class RelaySender:
                 await self._stream(channel)
             except grpc.aio.AioRpcError as exc:
                 self.failures += 1
-                self._report(exc.code(), exc.details() or "", attempt)
+                self._report(exc.code(), exc.details() or "", backoff.failures)
             except StreamEnded as exc:
                 self.failures += 1
-                self._report(exc.code, exc.details, attempt)
+                self._report(exc.code, exc.details, backoff.failures)
             except ConnectionLost as exc:
                 self.failures += 1
-                self._report(None, str(exc), attempt)
+                self._report(None, str(exc), backoff.failures)
             except Exception:  # a bug: keep delivering rather than stop silently
                 self.failures += 1
                 log.exception("relay: unexpected error; events stay in the spool")
@@ -144,13 +144,12 @@ class RelaySender:
                 self.connected = False
                 await channel.close()
             if self.delivered > delivered:
-                attempt = 0  # it worked for a while: start the backoff again from the first step
-            await asyncio.sleep(backoff_seconds(attempt, self.first_backoff, self.max_backoff))
-            attempt += 1
+                backoff.reset()  # it worked for a while: start again from the first step
+            await backoff.wait()
 
-    def _report(self, code: grpc.StatusCode | None, details: str, attempt: int) -> None:
+    def _report(self, code: grpc.StatusCode | None, details: str, failures: int) -> None:
         """One log line for the first failure in a row (an error if the operator must act)."""
-        if attempt > 0:
+        if failures > 0:
             log.debug("relay: api server at %s: %s %s", self.address, code, details)
             return
         why = f"{code.name}: {details}" if code is not None else details

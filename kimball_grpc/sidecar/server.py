@@ -14,7 +14,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from kimball_grpc.api.grpc_front import API_SERVICE, INTEGRATION_SERVICE, GrpcFront, RunningFront
+from kimball_grpc.api.grpc_front import (
+    API_SERVICE,
+    INTEGRATION_SERVICE,
+    SHUTDOWN_GRACE_SECONDS,
+    GrpcFront,
+    RunningFront,
+)
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -29,7 +35,6 @@ from storage.blob_store import StorageError
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 10.0
 DELIVERY_DRAIN_SECONDS = 2.0  # at shutdown, time to deliver what is spooled (the rest waits)
 FEATURE_SPECS_FILE = "feature-specs.pb"  # the local copy, in the data directory
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import grpc
@@ -21,7 +20,8 @@ from kimball_grpc.core.errors import KimballError
 from kimball_grpc.core.feature_flags import FeatureFlags
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.outbound.api_server_client import ApiServerClient
-from kimball_grpc.outbound.channels import backoff_seconds
+from kimball_grpc.outbound.backoff import Backoff
+from storage.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class SpecCopy:
         self.api = api
         self.flags = FeatureFlags()
         self.fingerprint = ""  # of the set held: the api server sends only a different one
-        self.first_backoff = first_backoff
-        self.max_backoff = max_backoff
+        self._backoff = Backoff(first_backoff, max_backoff)
         self._task: asyncio.Task[None] | None = None
 
     def load(self) -> None:
@@ -78,28 +77,27 @@ class SpecCopy:
             await asyncio.wait({self._task})
 
     async def _run(self) -> None:
-        attempt = 0
+        backoff = self._backoff
         while True:
             request = pb.WatchFeatureSpecsRequest(fingerprint=self.fingerprint)
             call = self.api.service.WatchFeatureSpecs(request, metadata=self.api.metadata)
             try:
                 async for message in call:
-                    attempt = 0
+                    backoff.reset()
                     self._keep(message)
                 problem = "the api server ended the stream"
             except grpc.aio.AioRpcError as exc:
                 problem = f"{exc.code().name}: {exc.details()}"
             finally:
                 call.cancel()
-            if attempt == 0:
+            if backoff.failures == 0:
                 log.warning(
                     "feature specs: watching the api server at %s failed (%s); flags are "
                     "answered from the local copy, retrying with backoff",
                     self.api.address,
                     problem,
                 )
-            await asyncio.sleep(backoff_seconds(attempt, self.first_backoff, self.max_backoff))
-            attempt += 1
+            await backoff.wait()
 
     def _keep(self, message: pb.FeatureSpecs) -> None:
         try:
@@ -107,13 +105,9 @@ class SpecCopy:
         except KimballError as exc:  # a spec this version cannot use: keep the old copy
             log.error("feature specs from the api server refused: %s", exc.message)
             return
-        temporary = self.path.with_suffix(".tmp")
         try:
-            with open(temporary, "wb") as file:
-                file.write(message.SerializeToString())
-                file.flush()
-                os.fsync(file.fileno())  # else a power loss may leave an empty "copy"
-            os.replace(temporary, self.path)
+            # Durable: else a power loss may leave an empty "copy".
+            atomic_write(self.path, message.SerializeToString())
         except OSError as exc:
             log.warning("feature specs: cannot keep the copy in %s: %s", self.path, exc)
 

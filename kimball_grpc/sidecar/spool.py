@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from kimball_grpc.core.errors import KimballError
 from kimball_grpc.core.events import Event, iso_week, prepare_events
 from kimball_grpc.core.limits import DEFAULT_SPOOL_MAX_EVENTS
 from kimball_grpc.core.records import EventRecord
+from storage.fsutil import atomic_write
 from storage.wal import FsyncPolicy, LogEntry, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,10 @@ class Spool:
 
     def _write_acknowledged(self) -> None:
         """Replace the position file (no fsync: a stale one only means sending again)."""
-        path = self.directory / ACKNOWLEDGED_FILE
-        temporary = path.with_suffix(".tmp")
         try:
-            temporary.write_text(str(self.acknowledged), encoding="ascii")
-            os.replace(temporary, path)
+            atomic_write(
+                self.directory / ACKNOWLEDGED_FILE, b"%d" % self.acknowledged, durable=False
+            )
         except OSError as exc:
             log.warning("spool: cannot keep the acknowledged position: %s", exc)
 

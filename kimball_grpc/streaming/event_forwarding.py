@@ -74,10 +74,10 @@ from kimball_grpc.core.events import AcceptedEvent, Event
 from kimball_grpc.core.records import Record
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.outbound.backoff import Backoff
 from kimball_grpc.outbound.channels import (
     KEEP_IDLE_CONNECTION,
     ConnectionLost,
-    backoff_seconds,
     insecure_channel,
     target_address,
     wait_until_connected,
@@ -143,16 +143,13 @@ class EventForwarder:
             raise ValueError(f"event target port must be between 1 and 65535, got {port!r}")
         if max_queue < 1 or batch < 1:
             raise ValueError("max_queue and batch must be at least 1")
-        if not 0 < first_backoff <= max_backoff:
-            raise ValueError("backoffs must satisfy 0 < first_backoff <= max_backoff")
         self.host = host
         self.port = port
         self.address = target_address(host, port)
         self.target = self.address  # the metrics label
         self.max_queue = max_queue
         self.batch = batch
-        self.first_backoff = first_backoff
-        self.max_backoff = max_backoff
+        self._backoff = Backoff(first_backoff, max_backoff)
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
         self.linger = linger
@@ -237,7 +234,7 @@ class EventForwarder:
     # -- the sender -------------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0  # consecutive failures, for the backoff
+        backoff = self._backoff
         loop = asyncio.get_running_loop()
         while True:
             channel: grpc.aio.Channel | None = None
@@ -260,7 +257,7 @@ class EventForwarder:
                         exc,
                         self.max_queue,
                     )
-                elif attempt == 0:
+                elif backoff.failures == 0:
                     log.warning("event target %s: %s; retrying with backoff", self.target, exc)
                 else:
                     log.debug("event target %s: %s", self.target, exc)
@@ -274,12 +271,11 @@ class EventForwarder:
                     await channel.close()
             # A connection that stayed up for a while restarts the backoff from the first
             # step; one that breaks at once keeps growing it (no tight reconnect loop).
-            if up_since is not None and loop.time() - up_since >= self.max_backoff:
-                attempt = 0
+            if up_since is not None and loop.time() - up_since >= backoff.longest:
+                backoff.reset()
             if self._delivered_since_connect:
-                attempt = 0
-            await asyncio.sleep(backoff_seconds(attempt, self.first_backoff, self.max_backoff))
-            attempt += 1
+                backoff.reset()
+            await backoff.wait()
 
     async def _deliver(self, channel: grpc.aio.Channel) -> None:
         """Send batches while the channel stays READY; raise ``ConnectionLost`` when not."""
