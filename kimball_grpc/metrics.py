@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC section 7), in registries owned by one app instance.
+"""Prometheus metrics, in registries owned by one app instance.
 
 ``Metrics.registry`` is ``/metrics``: process metrics, request counts and
 latencies per gRPC method, and Kimball's own series. ``counters_registry``

@@ -1,4 +1,4 @@
-"""Feature flags: specs, their validation, and evaluation for a user (SPEC section 4).
+"""Feature flags: specs, their validation, and evaluation for a user.
 
 A spec says when its flag is true for a user, in order:
 
@@ -105,7 +105,8 @@ def user_key(value: Json) -> str | None:
 
 def feature_usage(user: Mapping[str, Json], context: Mapping[str, Json]) -> tuple[str, str, str]:
     """(namespace, event name, user id) to count when the context names a ``feature`` and
-    the user has a ``user_id`` (SPEC section 4); ``("", "", "")`` when not both.
+    the user has a ``user_id``: that use of the flag counts as an event;
+    ``("", "", "")`` when not both.
     ``InvalidArgument`` naming ``context.feature``, ``context.namespace`` or
     ``user.user_id`` if one cannot name an event."""
     feature = context.get("feature")

@@ -1,4 +1,4 @@
-"""External prediction targets (SPEC sections 4 and 6): ask each one, merge the answers.
+"""External prediction targets: ask each one, merge the answers into predictions.
 
 Every configured target ``(name, host, port)`` serves ``KimballIntegration.Prediction``.
 For one predictions request, all targets are called at the same time, each on a channel
@@ -99,12 +99,12 @@ class ExternalAnswers:
         return out
 
     def merged(self) -> dict[str, dict[str, float]]:
-        """``fields`` for every prediction name: what SPEC section 4 adds under ``goals``."""
+        """``fields`` for every prediction name: what REST predictions add under ``goals``."""
         return {name: self.fields(name) for name in self.per_goal}
 
     def merge_into(self, response: pb.GetPredictionsResponse) -> None:
         """Add the answers to ``response.goals`` as ``external`` entries, creating the goals
-        Kimball itself has no figures for (SPEC: every answer is added under its name), and
+        Kimball itself has no figures for (every answer is added under its name), and
         the targets skipped or with answers dropped to ``external_problems``."""
         for name, answers in self.per_goal.items():
             goal = response.goals[name]

@@ -1,4 +1,4 @@
-"""Sidecar mode (``FEATURES_MODE=sidecar``): a relay next to applications (SPEC section 6).
+"""Sidecar mode (``FEATURES_MODE=sidecar``): a relay next to applications.
 
 It serves the same APIs as the api server. Events are validated, spooled on local
 disk and acknowledged; a background sender delivers the spool to the api server

@@ -7,8 +7,8 @@ streams the spool to the api server, and what the api server acknowledged is
 dropped (whole segments of 4 MiB, so space comes back soon).
 
 Events are spooled as records (``kimball_grpc.core.records``): validated, the user id
-already hashed and the ISO week fixed now, so the spool holds no raw user id (SPEC
-section 8) and an event delivered after an outage still counts in the week it
+already hashed and the ISO week fixed now, so the spool holds no raw user id (persisted data
+holds hashes only) and an event delivered after an outage still counts in the week it
 was accepted. The acknowledged position is kept in a small file; if it is lost
 or behind, events are sent again, which changes nothing on the api server (a
 user counts once per counter).

@@ -1,4 +1,4 @@
-"""Forwarding accepted events to ``external_grpc_event_targets`` (SPEC section 6).
+"""Forwarding accepted events to ``external_grpc_event_targets``.
 
 Every accepted event is streamed to each configured ``(host, port)`` through the
 original contract's ``KimballIntegration.EventStream`` as ``KimballEvent{namespace,
