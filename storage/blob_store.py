@@ -10,6 +10,7 @@ rest of Kimball never sees an SDK exception.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 from kimball_grpc.core.errors import KimballError
 
@@ -61,9 +62,55 @@ def check_key(key: str) -> str:
     return key
 
 
-def bucket_location(scheme: str, bucket: str, prefix: str) -> tuple[str, str]:
-    """(the checked prefix without slashes at its ends, the store's URI) for a bucket store."""
-    prefix = prefix.strip("/")
-    if prefix:
-        check_key(prefix)
-    return prefix, f"{scheme}://{bucket}/{prefix}" if prefix else f"{scheme}://{bucket}"
+ErrorTable = dict[str, tuple[type[StorageError], str]]
+"""A backend's translation of its SDK's errors: a name (an error code or an exception class
+name) -> our error and its message template, formatted with ``uri``, ``key``, ``bucket``,
+``endpoint``, ``code`` and ``detail``."""
+
+
+class BucketStore(BlobStore):
+    """Objects at ``{prefix}/{key}`` in one cloud bucket (at its root if ``prefix`` is
+    empty): what the S3 and GCS backends share."""
+
+    def __init__(self, scheme: str, bucket: str, prefix: str, endpoint: str) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            check_key(self.prefix)
+        self.uri = f"{scheme}://{bucket}/{self.prefix}" if self.prefix else f"{scheme}://{bucket}"
+        self._endpoint = endpoint  # for messages: where the bucket is served
+
+    def _name(self, key: str, *, check: bool = True) -> str:
+        """The object name of ``key`` in the bucket."""
+        if check:
+            check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _keys(self, names: Iterable[str]) -> list[str]:
+        """The sorted keys of listed object names. Consoles create "folder/" placeholder
+        objects: they are not blobs."""
+        start = len(self.prefix) + 1 if self.prefix else 0
+        keys = (name[start:] for name in names)
+        return sorted(k for k in keys if k and not k.endswith("/"))
+
+    def _translated(
+        self, table: ErrorTable, names: Iterable[str], key: str, code: str, detail: str
+    ) -> StorageError | None:
+        """Our error for the first of ``names`` that ``table`` has (None if none)."""
+        entry = next((table[n] for n in names if n in table), None)
+        if entry is None:
+            return None
+        error_type, template = entry
+        message = template.format(
+            uri=self.uri,
+            key=key,
+            bucket=self.bucket,
+            endpoint=self._endpoint,
+            code=code,
+            detail=detail,
+        )
+        return error_type(message, **self._details(key))
+
+    def _details(self, key: str) -> dict[str, str]:
+        """What an error names: the bucket, and the key when there is one."""
+        return {"bucket": self.bucket, "key": key} if key else {"bucket": self.bucket}

@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from storage.blob_store import BlobNotFound, BlobStore, StorageError, bucket_location, check_key
+from storage.blob_store import BlobNotFound, BucketStore, ErrorTable, StorageError
 
 # Per request: (connect, read) seconds. Every call also retries transient failures
 # (connection refused, 429, 5xx) for at most RETRY_DEADLINE_S in all, so a backend that is
@@ -27,7 +27,7 @@ _OTHER = (StorageError, "GCS error on {uri}: {code}: {detail}")
 # Names are looked up along the exception's MRO, most specific first; names rather than
 # classes keep the SDK out of module import. A 404 may mean a missing bucket rather than a
 # missing object: ``_error`` tells them apart.
-_ERRORS: dict[str, tuple[type[StorageError], str]] = {
+_ERRORS: ErrorTable = {
     "NotFound": _NOT_FOUND,
     "Unauthorized": _REFUSED,
     "Forbidden": _REFUSED,
@@ -51,8 +51,8 @@ _ERRORS: dict[str, tuple[type[StorageError], str]] = {
 }
 
 
-class GcsBlobStore(BlobStore):
-    """Objects at ``{prefix}/{key}`` in one GCS bucket (at the bucket root if ``prefix`` is empty).
+class GcsBlobStore(BucketStore):
+    """Objects in one GCS bucket, under a prefix.
 
     ``client`` is a ``google.cloud.storage.Client`` to use as is (tests, custom
     credentials); without one, a client is built: for an emulator at ``endpoint`` with no
@@ -70,9 +70,7 @@ class GcsBlobStore(BlobStore):
         credentials_file: Path | None = None,
         project: str | None = None,
     ) -> None:
-        self.bucket = bucket
-        self.prefix, self.uri = bucket_location("gs", bucket, prefix)
-        self._endpoint = endpoint or "Google Cloud Storage"
+        super().__init__("gs", bucket, prefix, endpoint or "Google Cloud Storage")
         try:
             if client is None:
                 client = _default_client(endpoint, credentials_file, project)
@@ -106,11 +104,10 @@ class GcsBlobStore(BlobStore):
             raise self._error(exc, key) from None
 
     def list(self, prefix: str = "") -> list[str]:
-        start = len(self.prefix) + 1 if self.prefix else 0
         try:
             # Pages are fetched as the iterator goes, so failures surface inside the loop.
             names = [
-                blob.name[start:]
+                blob.name
                 for blob in self._client.list_blobs(
                     self._bucket,
                     prefix=self._name(prefix, check=False),
@@ -120,8 +117,7 @@ class GcsBlobStore(BlobStore):
             ]
         except Exception as exc:
             raise self._error(exc, object_may_be_missing=False) from None
-        # Consoles create "folder/" placeholder objects: they are not blobs.
-        return sorted(n for n in names if n and not n.endswith("/"))
+        return self._keys(names)
 
     def delete(self, key: str) -> None:
         blob = self._bucket.blob(self._name(key))
@@ -132,11 +128,6 @@ class GcsBlobStore(BlobStore):
             if not isinstance(error, BlobNotFound):
                 raise error from None
 
-    def _name(self, key: str, *, check: bool = True) -> str:
-        if check:
-            check_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
     def _error(
         self, exc: Exception, key: str = "", *, object_may_be_missing: bool = True
     ) -> StorageError:
@@ -145,26 +136,19 @@ class GcsBlobStore(BlobStore):
         if type(exc).__name__ == "RetryError" and getattr(exc, "cause", None) is not None:
             exc = exc.cause  # api_core gave up retrying: what went wrong is the last error
         names = [cls.__name__ for cls in type(exc).__mro__]
-        entry = next((_ERRORS[n] for n in names if n in _ERRORS), None)
-        if entry is None:
-            raise exc
-        error_type, template = entry
-        details = {"bucket": self.bucket, "key": key} if key else {"bucket": self.bucket}
-        if error_type is BlobNotFound and not (object_may_be_missing and self._bucket_exists()):
-            return StorageError(
-                f"GCS bucket {self.bucket!r} does not exist at {self._endpoint}", **details
-            )
         code = str(getattr(exc, "code", None) or type(exc).__name__)
         detail = str(getattr(exc, "message", None) or exc)
-        message = template.format(
-            uri=self.uri,
-            key=key,
-            bucket=self.bucket,
-            endpoint=self._endpoint,
-            code=code,
-            detail=detail,
-        )
-        return error_type(message, **details)
+        error = self._translated(_ERRORS, names, key, code, detail)
+        if error is None:
+            raise exc
+        if isinstance(error, BlobNotFound) and not (
+            object_may_be_missing and self._bucket_exists()
+        ):
+            return StorageError(
+                f"GCS bucket {self.bucket!r} does not exist at {self._endpoint}",
+                **self._details(key),
+            )
+        return error
 
     def _bucket_exists(self) -> bool:
         # GCS answers a bare 404 for both a missing object and a missing bucket. Asked only

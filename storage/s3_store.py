@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from storage.blob_store import BlobNotFound, BlobStore, StorageError, bucket_location, check_key
+from storage.blob_store import BlobNotFound, BucketStore, ErrorTable, StorageError
 
 # Short timeouts and few attempts: a backend that is down must fail a call within seconds
 # (the caller reports UNAVAILABLE and tries later) instead of holding a worker thread.
@@ -22,7 +22,7 @@ _UNREACHABLE = (StorageError, "S3 endpoint {endpoint} is unreachable: {detail}")
 # The one translation: a botocore error code (ClientError) or exception class name -> our
 # error and its message. Class names are looked up along the MRO, so the last two entries
 # catch every other botocore error; names (not classes) keep botocore out of module import.
-_ERRORS: dict[str, tuple[type[StorageError], str]] = {
+_ERRORS: ErrorTable = {
     "NoSuchKey": _NOT_FOUND,
     "404": _NOT_FOUND,  # HEAD-style responses carry the bare status as the code
     "NoSuchBucket": (StorageError, "S3 bucket {bucket!r} does not exist at {endpoint}"),
@@ -41,8 +41,8 @@ _ERRORS: dict[str, tuple[type[StorageError], str]] = {
 }
 
 
-class S3BlobStore(BlobStore):
-    """Objects at ``{prefix}/{key}`` in one S3 bucket (at the bucket root if ``prefix`` is empty).
+class S3BlobStore(BucketStore):
+    """Objects in one S3 bucket, under a prefix.
 
     ``client`` is a boto3 S3 client to use as is (tests, custom sessions); without one, a
     client is built from the other arguments, and what is not given comes from boto3's
@@ -60,9 +60,7 @@ class S3BlobStore(BlobStore):
         secret_access_key: str | None = None,
         region: str | None = None,
     ) -> None:
-        self.bucket = bucket
-        self.prefix, self.uri = bucket_location("s3", bucket, prefix)
-        self._endpoint = endpoint_url or "AWS S3"
+        super().__init__("s3", bucket, prefix, endpoint_url or "AWS S3")
         if client is None:
             try:
                 client = _default_client(endpoint_url, access_key_id, secret_access_key, region)
@@ -87,8 +85,7 @@ class S3BlobStore(BlobStore):
             raise self._error(exc, key) from None
 
     def list(self, prefix: str = "") -> list[str]:
-        start = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
+        names = []
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket,
@@ -96,11 +93,10 @@ class S3BlobStore(BlobStore):
                 PaginationConfig={"PageSize": LIST_PAGE_SIZE},
             )
             for page in pages:
-                keys.extend(item["Key"][start:] for item in page.get("Contents", ()))
+                names.extend(item["Key"] for item in page.get("Contents", ()))
         except _sdk_errors() as exc:
             raise self._error(exc) from None
-        # Consoles create "folder/" placeholder objects: they are not blobs.
-        return sorted(k for k in keys if k and not k.endswith("/"))
+        return self._keys(names)
 
     def delete(self, key: str) -> None:
         # S3 answers 204 for a key that is not there: nothing to special-case.
@@ -109,11 +105,6 @@ class S3BlobStore(BlobStore):
         except _sdk_errors() as exc:
             raise self._error(exc, key) from None
 
-    def _name(self, key: str, *, check: bool = True) -> str:
-        if check:
-            check_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
     def _error(self, exc: Exception, key: str = "") -> StorageError:
         """The error of ours that ``exc`` (a botocore error) means."""
         response = getattr(exc, "response", None)
@@ -121,17 +112,9 @@ class S3BlobStore(BlobStore):
         code = str(error.get("Code") or type(exc).__name__)
         detail = str(error.get("Message") or exc)
         names = [code, *(cls.__name__ for cls in type(exc).__mro__)]
-        error_type, template = next(_ERRORS[n] for n in names if n in _ERRORS)
-        message = template.format(
-            uri=self.uri,
-            key=key,
-            bucket=self.bucket,
-            endpoint=self._endpoint,
-            code=code,
-            detail=detail,
-        )
-        details = {"bucket": self.bucket, "key": key} if key else {"bucket": self.bucket}
-        return error_type(message, **details)
+        error = self._translated(_ERRORS, names, key, code, detail)
+        assert error is not None  # the table ends with botocore's base classes
+        return error
 
 
 @cache
