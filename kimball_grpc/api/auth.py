@@ -9,12 +9,12 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
-from kimball_grpc.api.refusal import refusing_handler
+from kimball_grpc.api.interception import Continuation, refusing_handler, service_of
 from storage.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._open = open_services
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        service = handler_call_details.method.rsplit("/", 2)[-2]
+        service = service_of(details)
         if service in self._open:
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
+            return await continuation(details)
+        metadata = dict(details.invocation_metadata or ())
         if self._checker.allows(metadata.get("authorization")):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
+            return await continuation(details)
+        handler = await continuation(details)
         return refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED_MESSAGE)

@@ -107,19 +107,7 @@ class LocalChannel:
         _registered_method: bool = False,
     ) -> Callable[..., Awaitable[Any]]:
         """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``."""
-
-        async def call(
-            request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
-        ) -> Any:
-            def behaviour(handler: grpc.RpcMethodHandler) -> Callable[[Any], Awaitable[Any]]:
-                data = _as_received(handler, request_serializer, request)
-                return lambda context: handler.unary_unary(data, context)
-
-            return await self._call(
-                method, "unary_unary", behaviour, response_deserializer, timeout, metadata
-            )
-
-        return call
+        return self._callable(method, "unary_unary", request_serializer, response_deserializer)
 
     def stream_unary(
         self,
@@ -129,25 +117,7 @@ class LocalChannel:
         _registered_method: bool = False,
     ) -> Callable[..., Awaitable[Any]]:
         """A client-streaming callable: ``await call(async_iterator_of_requests, ...)``."""
-
-        async def call(
-            requests: AsyncIterator[Any],
-            *,
-            timeout: float | None = None,
-            metadata: Metadata | None = None,
-        ) -> Any:
-            def behaviour(handler: grpc.RpcMethodHandler) -> Callable[[Any], Awaitable[Any]]:
-                async def serialized() -> AsyncIterator[Any]:
-                    async for request in requests:
-                        yield _as_received(handler, request_serializer, request)
-
-                return lambda context: handler.stream_unary(serialized(), context)
-
-            return await self._call(
-                method, "stream_unary", behaviour, response_deserializer, timeout, metadata
-            )
-
-        return call
+        return self._callable(method, "stream_unary", request_serializer, response_deserializer)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         """Server-streaming calls are refused: generated stubs can still be built on this
@@ -156,27 +126,48 @@ class LocalChannel:
 
     stream_stream = unary_stream
 
+    def _callable(
+        self,
+        method: str,
+        kind: str,
+        request_serializer: Callable[[Any], bytes] | None,
+        response_deserializer: Callable[[bytes], Any] | None,
+    ) -> Callable[..., Awaitable[Any]]:
+        async def call(
+            request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
+        ) -> Any:
+            return await self._call(
+                method, kind, request, request_serializer, response_deserializer, timeout, metadata
+            )
+
+        return call
+
     async def _call(
         self,
         method: str,
         kind: str,
-        behaviour: Callable[[grpc.RpcMethodHandler], Callable[[Any], Awaitable[Any]]],
+        request: Any,
+        request_serializer: Callable[[Any], bytes] | None,
         response_deserializer: Callable[[bytes], Any] | None,
         timeout: float | None,
         metadata: Metadata | None,
     ) -> Any:
-        """One call of ``method``'s ``kind`` handler, as the server would make it."""
+        """One call of ``method``'s ``kind`` handler, as the server would make it:
+        ``request`` is a message, or an async iterator of messages (client streaming)."""
         details = _CallDetails(method, tuple(metadata or ()))
         handler = await self._intercepted(iter(self._interceptors), details)
         if handler is None or getattr(handler, kind) is None:
             raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-        run = behaviour(handler)
+        if kind == "stream_unary":
+            received = _stream_as_received(handler, request_serializer, request)
+        else:
+            received = _as_received(handler, request_serializer, request)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         context = _LocalContext(details.invocation_metadata, deadline)
         try:
             async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
-                response = await run(context)
+                response = await getattr(handler, kind)(received, context)
         except _Aborted as aborted:
             raise _error(aborted.code, aborted.details, aborted.trailing) from None
         except TimeoutError:
@@ -217,6 +208,16 @@ def _as_received(
     handler's own deserializer if it has one (Kimball's interceptor decodes it itself)."""
     data = serializer(request) if serializer else request
     return handler.request_deserializer(data) if handler.request_deserializer else data
+
+
+async def _stream_as_received(
+    handler: grpc.RpcMethodHandler,
+    serializer: Callable[[Any], bytes] | None,
+    requests: AsyncIterator[Any],
+) -> AsyncIterator[Any]:
+    """A client stream's requests, each as ``_as_received``."""
+    async for request in requests:
+        yield _as_received(handler, serializer, request)
 
 
 def _streaming_refused(*args: Any, **kwargs: Any) -> Any:

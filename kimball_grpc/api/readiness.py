@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import grpc
 
-from kimball_grpc.api.refusal import refusing_handler
+from kimball_grpc.api.interception import Continuation, refusing_handler, service_of
 
 STARTING_MESSAGE = "Kimball is starting: its state is being restored; try again shortly"
 
@@ -22,11 +20,9 @@ class StartupGate(grpc.aio.ServerInterceptor):
         self.is_open = True
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if self.is_open or handler_call_details.method.rsplit("/", 2)[-2] not in self._gated:
+        handler = await continuation(details)
+        if self.is_open or service_of(details) not in self._gated:
             return handler
         return refusing_handler(handler, grpc.StatusCode.UNAVAILABLE, STARTING_MESSAGE)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from kimball_grpc.api.interception import Continuation, service_of
 from kimball_grpc.codec.error_details import STATUS_DETAILS_KEY
 from kimball_grpc.core.errors import InvalidArgument, KimballError
 
@@ -63,31 +65,30 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self._observe = observe
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        service = handler_call_details.method.rsplit("/", 2)[-2] if handler else ""
+        handler = await continuation(details)
+        service = service_of(details) if handler else ""
         if handler is None or service not in self._services:
             return handler
-        decode = handler.request_deserializer
+        one = partial(_decode, handler.request_deserializer)
+        many = partial(_decoded_stream, handler.request_deserializer)
         serialize = handler.response_serializer
-        timed = _Timed(self._observe, handler_call_details.method)
+        timed = _Timed(self._observe, details.method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary_unary(handler.unary_unary, decode, timed), None, serialize
+                _one_response(handler.unary_unary, one, timed), None, serialize
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _unary_stream(handler.unary_stream, decode, timed), None, serialize
+                _response_stream(handler.unary_stream, one, timed), None, serialize
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _stream_unary(handler.stream_unary, decode, timed), None, serialize
+                _one_response(handler.stream_unary, many, timed), None, serialize
             )
         return grpc.stream_stream_rpc_method_handler(
-            _stream_stream(handler.stream_stream, decode, timed), None, serialize
+            _response_stream(handler.stream_stream, many, timed), None, serialize
         )
 
 
@@ -116,11 +117,13 @@ class _Timed:
             self._observe(self._method, code[0], time.perf_counter() - start)
 
 
-def _unary_unary(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
-    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+def _one_response(behavior: Callable, decoded: Callable, timed: _Timed) -> Callable:
+    """A handler of a call with one response (unary or client-streaming requests)."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         with timed.call() as code:
             try:
-                return await behavior(_decode(decode, data), context)
+                return await behavior(decoded(request), context)
             except KimballError as error:
                 code[0] = error.grpc_code
                 await _abort(context, error)
@@ -128,11 +131,13 @@ def _unary_unary(behavior: Callable, decode: Callable, timed: _Timed) -> Callabl
     return handle
 
 
-def _unary_stream(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
-    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+def _response_stream(behavior: Callable, decoded: Callable, timed: _Timed) -> Callable:
+    """A handler of a call that streams its responses."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         with timed.call() as code:
             try:
-                async for response in behavior(_decode(decode, data), context):
+                async for response in behavior(decoded(request), context):
                     yield response
             except KimballError as error:
                 code[0] = error.grpc_code
@@ -141,33 +146,6 @@ def _unary_stream(behavior: Callable, decode: Callable, timed: _Timed) -> Callab
     return handle
 
 
-async def _decoded(decode: Callable, requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+async def _decoded_stream(decode: Callable, requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
     async for data in requests:
         yield _decode(decode, data)
-
-
-def _stream_unary(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
-    async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        with timed.call() as code:
-            try:
-                return await behavior(_decoded(decode, requests), context)
-            except KimballError as error:
-                code[0] = error.grpc_code
-                await _abort(context, error)
-
-    return handle
-
-
-def _stream_stream(behavior: Callable, decode: Callable, timed: _Timed) -> Callable:
-    async def handle(
-        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        with timed.call() as code:
-            try:
-                async for response in behavior(_decoded(decode, requests), context):
-                    yield response
-            except KimballError as error:
-                code[0] = error.grpc_code
-                await _abort(context, error)
-
-    return handle

@@ -229,17 +229,8 @@ def _counter_to_proto(c: CounterCapture) -> spb.CounterState:
             type=c.filter_kind,
             capacity=c.capacity,
             error_probability=c.error_probability,
-            slices=[
-                spb.SliceState(
-                    capacity=s.capacity,
-                    error_probability=s.error_probability,
-                    bits=s.bits,
-                    hashes=s.hashes,
-                    items=s.items,
-                    data=s.data,
-                )
-                for s in c.slices
-            ],
+            # The proto's fields are the dataclass's, name for name.
+            slices=[spb.SliceState(**vars(s)) for s in c.slices],
         ),
     )
 

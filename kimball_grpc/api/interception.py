@@ -1,10 +1,19 @@
-"""A method handler that ends every call with one status: how interceptors refuse calls."""
+"""What Kimball's server interceptors share: the continuation they are given, the service
+a call is for, and a handler that refuses a call with one status."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+
+# What an interceptor calls to find the handler of a call (and of the interceptors after it).
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+def service_of(details: grpc.HandlerCallDetails) -> str:
+    """The full name of the service a call is for, e.g. ``kimball.v1.KimballService``."""
+    return details.method.rsplit("/", 2)[-2]
 
 
 def refusing_handler(
