@@ -1,312 +1,82 @@
-"""The OpenAPI 3 document of the REST API.
+"""The OpenAPI 3 document of the REST API, read from the route table.
 
-Paths, methods and query parameters are read from the route table (the
-protos); the bodies and answers are the original API's JSON shapes, the ones
-``shapes.py`` produces, described here once.
+Paths and methods are the protos' ``google.api.http`` options; query parameters are the
+request's fields unless the route's entry gives its own; bodies, answers and summaries
+are the entries' (``route_table``), the schemas ``schemas``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from gateway.routes import Route, parameter_name
-from kimball_grpc.core.limits import MAX_NAME_LENGTH
+from gateway.proto_http import parameter_name
+from gateway.route_table import (
+    FieldQuery,
+    JsonBody,
+    NdjsonBody,
+    Route,
+    ShapedQuery,
+)
+from gateway.schemas import COMPONENTS, NAME, Json, ref
+from gateway.translate import STREAM_TYPES
 
-Json = dict[str, Any]
-
-# As kimball_grpc.core.events.check_name: no control characters, no unpaired surrogates.
-_NAME: Json = {
-    "type": "string",
-    "maxLength": MAX_NAME_LENGTH,
-    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\ud800-\\udfff]*$",
-}
-_COUNT: Json = {"type": "integer", "minimum": 0}
-_NUMBER: Json = {"type": "number"}
-
-SCHEMAS: Json = {
-    "Event": {
-        "type": "object",
-        "required": ["event_name", "user_id"],
-        "additionalProperties": False,
-        # null is taken as "not given", as protobuf's JSON mapping does.
-        "properties": {
-            "event_name": _NAME | {"minLength": 1},
-            "user_id": _NAME | {"minLength": 1},
-            "namespace": _NAME | {"nullable": True},
-            "value": _NUMBER | {"minimum": -1e15, "maximum": 1e15, "nullable": True},
-            "ensure_goal": {"type": "boolean", "nullable": True},
-            "datetime": {"type": "string", "format": "date-time", "nullable": True},
-        },
-    },
-    "Counter": {
-        "type": "object",
-        "required": ["name", "type", "count", "event_counts", "single_event_counts", "value"],
-        "properties": {
-            "name": {"type": "string"},
-            "type": {"type": "string", "enum": ["internal", "named", "weekly"]},
-            "count": _COUNT,
-            "event_counts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["events", "count"],
-                    "properties": {
-                        "events": {"type": "array", "items": {"type": "string"}},
-                        "count": _COUNT,
-                    },
-                },
-            },
-            "single_event_counts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "count"],
-                    "properties": {"name": {"type": "string"}, "count": _COUNT},
-                },
-            },
-            "value": {"type": "object", "required": ["sum"], "properties": {"sum": _NUMBER}},
-            "year": {"type": "integer"},
-            "week": {"type": "integer", "minimum": 1, "maximum": 53},
-        },
-    },
-    "FeatureSpec": {
-        "type": "object",
-        "description": "rollout_start and rollout_end: both or neither, end after start",
-        "required": ["name"],
-        "properties": {
-            "name": _NAME | {"minLength": 1},
-            "boolean": {"type": "boolean"},
-            "rollout_start": {"type": "string", "format": "date-time"},
-            "rollout_end": {"type": "string", "format": "date-time"},
-            "user": {
-                "type": "array",
-                "maxItems": 100,
-                "items": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "required": ["property", "comparator", "value"],
-                            "properties": {
-                                "property": _NAME | {"minLength": 1},
-                                "comparator": {"type": "string", "enum": ["=", "in"]},
-                                "value": {},
-                            },
-                        },
-                        {"type": "array", "minItems": 3, "maxItems": 3},
-                    ]
-                },
-            },
-        },
-    },
-    "GoalPrediction": {
-        "type": "object",
-        "properties": {
-            "events": {
-                "type": "object",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["bayes"],
-                    "properties": {"bayes": _NUMBER | {"minimum": 0, "maximum": 1}},
-                },
-            },
-            "yes": _NUMBER,
-            "no": _NUMBER,
-            "likelihood": _NUMBER,
-            "probability": _NUMBER | {"minimum": 0, "maximum": 1},
-            "note": {"type": "string"},
-        },
-        # External prediction targets add NAME_yes and NAME_no.
-        "additionalProperties": _NUMBER,
-    },
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["what"],
-                "properties": {"what": {"type": "string"}},
-            }
-        },
-    },
-    "Unauthorized": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "string"}},
-    },
-}
-
-
-def _ref(name: str) -> Json:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _strings(key: str) -> Json:
-    return {
-        "type": "object",
-        "required": [key],
-        "properties": {key: {"type": "array", "items": {"type": "string"}}},
-    }
-
-
-# What each method answers on success (absent: 204, no body), and takes as a body.
-ANSWERS: dict[str, Json] = {
-    "GetAnalytics": {
-        "type": "object",
-        "required": ["counts"],
-        "properties": {"counts": {"type": "array", "items": _ref("Counter")}},
-    },
-    "StreamEvents": {
-        "type": "object",
-        "required": ["accepted", "messages"],
-        "properties": {
-            "accepted": {"type": "integer", "minimum": 0},
-            "messages": {"type": "integer", "minimum": 0},
-        },
-    },
-    "ListGoals": _strings("goals"),
-    "ListNamespaces": _strings("namespaces"),
-    "GetPredictions": {
-        "type": "object",
-        "required": ["goals"],
-        "properties": {
-            "goals": {"type": "object", "additionalProperties": _ref("GoalPrediction")},
-            # Only when an external prediction target was skipped or had answers dropped.
-            "external_problems": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["target", "reason"],
-                    "properties": {"target": {"type": "string"}, "reason": {"type": "string"}},
-                },
-            },
-        },
-    },
-    "GetNudges": {
-        "type": "object",
-        "required": ["nudges", "goal", "user_id"],
-        "properties": {
-            "nudges": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["event_name", "prediction"],
-                    "properties": {"event_name": {"type": "string"}, "prediction": _NUMBER},
-                },
-            },
-            "goal": {"type": "string"},
-            "user_id": {"type": "string"},
-        },
-    },
-    "PutFeatureSpec": _ref("FeatureSpec"),
-    "GetFeatureSpec": _ref("FeatureSpec"),
-    "ListFeatureSpecs": {
-        "type": "object",
-        "required": ["featureSpecs", "version"],
-        "properties": {
-            "featureSpecs": {"type": "array", "items": _ref("FeatureSpec")},
-            "version": {"type": "integer", "minimum": 0},
-        },
-    },
-    "EvaluateFeatures": {
-        "type": "object",
-        "required": ["features"],
-        "properties": {"features": {"type": "object", "additionalProperties": {"type": "boolean"}}},
-    },
-}
-BODIES: dict[str, Json] = {
-    "TrackEvents": {
-        "oneOf": [
-            _ref("Event"),
-            {"type": "array", "items": _ref("Event"), "maxItems": 10_000},
-            {
-                "type": "object",
-                "required": ["events"],
-                "additionalProperties": False,
-                "properties": {
-                    "events": {"type": "array", "items": _ref("Event"), "maxItems": 10_000}
-                },
-            },
-        ]
-    },
-    "CreateGoal": {
-        "type": "object",
-        "required": ["goal_name"],
-        "additionalProperties": False,
-        "properties": {
-            "goal_name": _NAME | {"minLength": 1},
-            "namespace": _NAME | {"nullable": True},
-        },
-    },
-    "PutFeatureSpec": _ref("FeatureSpec"),
-}
-SUMMARIES = {
-    "TrackEvents": 'Track events: one, {"events": [...]} or an array; all or nothing',
-    "StreamEvents": "Track events as a stream of newline-delimited JSON batches",
-    "GetAnalytics": "The counters of a namespace",
-    "CreateGoal": "Mark an event name as a goal",
-    "ListGoals": "The goals of a namespace",
-    "ListNamespaces": "Every namespace that holds data",
-    "GetPredictions": "Predictions: for every goal, for events, or for a user's events",
-    "GetNudges": "The goal's events a user has not done, most predictive first",
-    "PutFeatureSpec": "Create or replace a feature flag spec",
-    "GetFeatureSpec": "One feature flag spec",
-    "ListFeatureSpecs": "Every feature flag spec, by name",
-    "DeleteFeatureSpec": "Delete a feature flag spec",
-    "EvaluateFeatures": "Every feature flag for a user (counts a feature's usage)",
-}
-_BASE64_JSON: Json = {"type": "string", "maxLength": 4_000}  # both in a request line of 8 KiB
-# Routes whose query is not their request's fields (gateway.shapes.QUERY_SHAPES).
-QUERY_PARAMETERS: dict[str, list[Json]] = {
-    "EvaluateFeatures": [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "description": f"base64 of a JSON object: {what}",
-            "schema": _BASE64_JSON,
-        }
-        for name, what in (
-            ("user_obj", 'the user (its "user_id" makes rollouts sticky)'),
-            ("context_obj", 'the context ("feature" counts a usage; "namespace")'),
-        )
-    ]
-}
-# Query parameters a route cannot do without (the rest are optional).
-REQUIRED_PARAMETERS = {"GetNudges": {"goal", "user_id"}}
+_MAX_REPEATED = 1_000  # values of one repeated query parameter
 
 
 def _error(description: str, schema: str = "Error") -> Json:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+    return {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
 
 
-def _parameters(route: Route) -> list[Json]:
-    if route.name in QUERY_PARAMETERS:
-        return QUERY_PARAMETERS[route.name]
+def _field_parameters(route: Route, query: FieldQuery) -> list[Json]:
+    """A parameter per request field: in the path where the path names it, else in the query."""
     parameters = []
-    required = REQUIRED_PARAMETERS.get(route.name, set())
-    for field in route.request_type.DESCRIPTOR.fields:
-        schema: Json = _NAME if field.type == FieldDescriptor.TYPE_STRING else {"type": "string"}
-        if f"{{{field.name}}}" in route.path:
+    for field in route.rule.request_type.DESCRIPTOR.fields:
+        schema: Json = NAME if field.type == FieldDescriptor.TYPE_STRING else {"type": "string"}
+        if route.rule.in_path(field):
             parameters.append(
                 {"name": field.name, "in": "path", "required": True, "schema": schema}
             )
             continue
         if field.is_repeated:
-            schema = {"type": "array", "items": schema, "maxItems": 1_000}
+            schema = {"type": "array", "items": schema, "maxItems": _MAX_REPEATED}
         parameters.append(
             {
                 "name": parameter_name(field),
                 "in": "query",
-                "required": field.name in required,
+                "required": field.name in query.required,
                 "schema": schema,
                 "style": "form",
                 "explode": True,
             }
         )
     return parameters
+
+
+def _request(route: Route, operation: Json) -> None:
+    """The route's request on ``operation``: its body or parameters, and the answers that
+    refuse a body."""
+    shape = route.request
+    responses = operation["responses"]
+    if isinstance(shape, NdjsonBody):
+        operation["requestBody"] = {
+            "required": True,
+            "description": shape.description,
+            "content": {kind: {"schema": {"type": "string"}} for kind in STREAM_TYPES},
+        }
+        responses["415"] = _error("The body is not application/x-ndjson (or text/plain)")
+    elif isinstance(shape, JsonBody):
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": shape.schema}},
+        }
+        responses["413"] = _error("The body is larger than 4 MiB")
+        responses["415"] = _error("The body is not application/json")
+    elif isinstance(shape, ShapedQuery):
+        operation["parameters"] = list(shape.parameters)
+    else:
+        operation["parameters"] = _field_parameters(route, shape)
 
 
 def _operation(route: Route) -> Json:
@@ -321,44 +91,23 @@ def _operation(route: Route) -> Json:
         "404": _error("Not found (a user with no events, a feature spec)"),
         "503": _error("Kimball's gRPC server is unavailable"),
     }
-    answer = ANSWERS.get(route.name)
-    if answer is None:
+    if route.answer is None:
         responses["204"] = {"description": "Done"}
     else:
         responses["200"] = {
             "description": "OK",
-            "content": {"application/json": {"schema": answer}},
+            "content": {"application/json": {"schema": route.answer.schema}},
         }
     operation: Json = {
-        "operationId": route.name,
-        "summary": SUMMARIES.get(route.name, route.name),
+        "operationId": route.method,
+        "summary": route.summary,
         "responses": responses,
     }
-    if route.client_streaming:
-        operation["requestBody"] = {
-            "required": True,
-            "description": "Newline-delimited JSON: per line, one batch, one event or an "
-            "array of events, applied as it is read. A bad line ends the request with a 400 "
-            "naming it (`message`, from 0) and saying what was accepted before it.",
-            "content": {
-                "application/x-ndjson": {"schema": {"type": "string"}},
-                "text/plain": {"schema": {"type": "string"}},
-            },
-        }
-        responses["415"] = _error("The body is not application/x-ndjson (or text/plain)")
-    elif route.body:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": BODIES[route.name]}},
-        }
-        responses["413"] = _error("The body is larger than 4 MiB")
-        responses["415"] = _error("The body is not application/json")
-    else:
-        operation["parameters"] = _parameters(route)
+    _request(route, operation)
     return operation
 
 
-def openapi_document(routes: list[Route]) -> Json:
+def openapi_document(routes: Iterable[Route]) -> Json:
     """The OpenAPI 3 document of ``routes`` and the open health routes."""
     paths: Json = {}
     for route in routes:
@@ -382,7 +131,7 @@ def openapi_document(routes: list[Route]) -> Json:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": COMPONENTS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

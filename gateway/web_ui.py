@@ -1,4 +1,5 @@
-"""The web UI (SPEC section 4, ``GET /``): static files shipped in ``gateway/web/``.
+"""The web UI at ``GET /``: a page over the REST API (analytics, goals, predictions,
+nudges and feature flags), made of static files shipped in ``gateway/web/``.
 
 The page and its assets are open, like ``/api-docs``: they hold no data. Every data
 request the page makes carries the ``Authorization`` header the user typed into it,

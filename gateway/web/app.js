@@ -1,6 +1,6 @@
 // Kimball's web UI: analytics, goals, predictions, nudges and feature flags over the REST API.
 import { ApiError, api, base64Json, getToken, onAuthChange, setToken } from "./api.js";
-import { barChart, lineChart, seriesClass } from "./charts.js";
+import { barChart, lineChart, seriesStyle } from "./charts.js";
 import { $, clear, formatCount, formatNumber, formatPercent, formatRatio, h } from "./dom.js";
 
 const NAMESPACE_KEY = "kimball.namespace";
@@ -53,6 +53,13 @@ function hideError(box) {
 
 function viewError(name) {
   return $(`#view-${name} > .error`);
+}
+
+/** Every view's error box, under its title: where loading it says what went wrong. */
+function addViewErrors() {
+  for (const name of VIEWS) {
+    $(`#view-${name} > h1`).after(h("div", { class: "error", role: "alert", hidden: true }));
+  }
 }
 
 function showBanner(error) {
@@ -384,7 +391,7 @@ function renderWeekly(weekly) {
     legend.append(
       h(
         "label",
-        { class: `legend-item ${seriesClass(index)}` },
+        { class: "legend-item", style: seriesStyle(index) },
         box,
         h("span", { class: "swatch" }),
         name,
@@ -640,20 +647,24 @@ function renderRanking() {
     { format: formatPercent, max: 1, caption: `P(${goal} | event)` },
   );
   ranked.forEach((entry, index) => {
-    body.append(
-      h(
-        "tr",
-        { dataset: { name: entry.name } },
-        h("td", { class: "num rank" }, String(index + 1)),
-        h("td", { class: "name" }, entry.name),
-        h(
-          "td",
-          { class: "num bayes", dataset: { value: entry.bayes } },
-          formatPercent(entry.bayes),
-        ),
-      ),
-    );
+    body.append(rankedRow(index, entry.name, entry.bayes, "bayes"));
   });
+}
+
+/** A table row of a ranking: the place (from 1), an event and its probability, shown in
+ * a cell of class `valueClass`. */
+function rankedRow(index, name, probability, valueClass) {
+  return h(
+    "tr",
+    { dataset: { name } },
+    h("td", { class: "num rank" }, String(index + 1)),
+    h("td", { class: "name" }, name),
+    h(
+      "td",
+      { class: `num ${valueClass}`, dataset: { value: probability } },
+      formatPercent(probability),
+    ),
+  );
 }
 
 function renderWhatifChoices() {
@@ -875,17 +886,7 @@ function renderNudges(answer) {
           "tbody",
           {},
           nudges.map((nudge, index) =>
-            h(
-              "tr",
-              { dataset: { name: nudge.event_name } },
-              h("td", { class: "num rank" }, String(index + 1)),
-              h("td", { class: "name" }, nudge.event_name),
-              h(
-                "td",
-                { class: "num prediction", dataset: { value: nudge.prediction } },
-                formatPercent(nudge.prediction),
-              ),
-            ),
+            rankedRow(index, nudge.event_name, nudge.prediction, "prediction"),
           ),
         ),
       ),
@@ -1300,6 +1301,7 @@ const LOADERS = {
   flags: loadFlags,
 };
 
+addViewErrors();
 setupToken();
 setupNavigation();
 setupGoals();

@@ -1,7 +1,7 @@
 // Charts drawn as inline SVG, sized to their container (and redrawn when it resizes).
 import { clear, h, s } from "./dom.js";
 
-const SERIES = 8; // colours .series-0 ... .series-7 in style.css
+const SERIES = 8; // colours --s0 ... --s7 in style.css
 
 const drawers = new WeakMap();
 const widths = new WeakMap();
@@ -32,6 +32,18 @@ function widthOf(container) {
 
 function truncate(text, max) {
   return text.length > max ? `${text.slice(0, Math.max(1, max - 1))}…` : text;
+}
+
+/** A chart's SVG root, `width` by `height` pixels, an image described by `caption`. */
+function chartSvg(className, width, height, caption) {
+  return s("svg", {
+    class: className,
+    width,
+    height,
+    viewBox: `0 0 ${width} ${height}`,
+    role: "img",
+    "aria-label": caption,
+  });
 }
 
 /** Axis ticks from 0 over `max`: a step of 1, 2 or 5 times a power of ten (whole numbers
@@ -69,14 +81,7 @@ export function barChart(container, items, options = {}) {
     const plot = Math.max(40, width - labelWidth - valueWidth);
     const scale = max ?? Math.max(...items.map((i) => i.value), 0);
     const height = top + items.length * row;
-    const svg = s("svg", {
-      class: "bar-chart",
-      width,
-      height,
-      viewBox: `0 0 ${width} ${height}`,
-      role: "img",
-      "aria-label": caption,
-    });
+    const svg = chartSvg("bar-chart", width, height, caption);
     items.forEach((item, index) => {
       const y = top + index * row;
       const length = scale > 0 ? Math.max(item.value > 0 ? 2 : 0, (item.value / scale) * plot) : 0;
@@ -135,14 +140,7 @@ export function lineChart(container, labels, series, options = {}) {
     const x = (i) =>
       margin.left + (labels.length === 1 ? plotW / 2 : (i / (labels.length - 1)) * plotW);
     const y = (v) => margin.top + plotH - (v / top) * plotH;
-    const svg = s("svg", {
-      class: "line-chart",
-      width,
-      height,
-      viewBox: `0 0 ${width} ${height}`,
-      role: "img",
-      "aria-label": caption,
-    });
+    const svg = chartSvg("line-chart", width, height, caption);
     for (const value of ticks) {
       svg.append(
         s("line", {
@@ -179,9 +177,8 @@ export function lineChart(container, labels, series, options = {}) {
       );
     }
     series.forEach((line, index) => {
-      const cls = seriesClass(line.colour ?? index);
       const points = line.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-      const group = s("g", { class: `series ${cls}` });
+      const group = s("g", { class: "series", style: seriesStyle(line.colour ?? index) });
       if (line.values.length > 1) group.append(s("polyline", { points, class: "line" }));
       line.values.forEach((v, i) => {
         group.append(
@@ -198,6 +195,8 @@ export function lineChart(container, labels, series, options = {}) {
   });
 }
 
-export function seriesClass(index) {
-  return `series-${index % SERIES}`;
+/** The style that colours an element (and what it holds: `var(--series)`) as series
+ * `index`, for the `style` of h() or s(). */
+export function seriesStyle(index) {
+  return { "--series": `var(--s${index % SERIES})` };
 }

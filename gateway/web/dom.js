@@ -7,6 +7,12 @@ function build(el, attrs, children) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "class") el.setAttribute("class", value);
     else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "style") {
+      // through the CSSOM: the page's Content-Security-Policy refuses style attributes
+      for (const [property, setting] of Object.entries(value)) {
+        el.style.setProperty(property, setting);
+      }
+    }
     else if (key.startsWith("on") && typeof value === "function") {
       el.addEventListener(key.slice(2), value);
     } else if (key === "value" && "value" in el) el.value = value;

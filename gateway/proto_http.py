@@ -1,4 +1,4 @@
-"""The route table, read from the ``google.api.http`` options of the protos."""
+"""The REST routes the protos declare: each gRPC method's ``google.api.http`` option."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def parameter_name(field: FieldDescriptor) -> str:
 
 
 @dataclass(frozen=True)
-class Route:
-    """One REST route and the gRPC method it translates onto."""
+class HttpRule:
+    """A gRPC method's HTTP route, as its ``google.api.http`` option declares it."""
 
     http_method: str  # GET, POST, ...
     path: str
@@ -30,29 +30,33 @@ class Route:
     name: str  # the method's short name
     request_type: type[Message]
     response_type: type[Message]
-    body: str  # "*" for the whole request from the body, "" for query parameters
+    body: str  # "*" for the whole request from the body, a field's name, "" for none
     client_streaming: bool = False  # the body is newline-delimited JSON, a message a line
 
+    def in_path(self, field: FieldDescriptor) -> bool:
+        """Whether ``field`` is a path parameter (``/v0/featureSpecs/{name}``), so not a
+        query parameter."""
+        return f"{{{field.name}}}" in self.path
 
-def routes_of(service: ServiceDescriptor) -> list[Route]:
-    """Every method of ``service`` that declares an HTTP route."""
-    found = []
+
+def http_rules(service: ServiceDescriptor) -> dict[str, HttpRule]:
+    """The HTTP rule of every method of ``service`` that declares one, by method name, in
+    the order the proto declares them."""
+    found = {}
     for method in service.methods:
         options = method.GetOptions()
         if not options.HasExtension(annotations_pb2.http):
             continue
         rule = options.Extensions[annotations_pb2.http]
         verb = rule.WhichOneof("pattern")
-        found.append(
-            Route(
-                http_method=verb.upper(),
-                path=getattr(rule, verb),
-                grpc_method=f"/{service.full_name}/{method.name}",
-                name=method.name,
-                request_type=GetMessageClass(method.input_type),
-                response_type=GetMessageClass(method.output_type),
-                body=rule.body,
-                client_streaming=method.client_streaming,
-            )
+        found[method.name] = HttpRule(
+            http_method=verb.upper(),
+            path=getattr(rule, verb),
+            grpc_method=f"/{service.full_name}/{method.name}",
+            name=method.name,
+            request_type=GetMessageClass(method.input_type),
+            response_type=GetMessageClass(method.output_type),
+            body=rule.body,
+            client_streaming=method.client_streaming,
         )
     return found

@@ -1,0 +1,117 @@
+"""The original API's answer JSON: response messages in the shapes its clients expect.
+
+Pure presentation: each function renders one protobuf response. No decision about
+the data is made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from kimball_grpc.codec.proto_mapping import counter_type_name, json_value
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+
+Json = Any
+
+
+def analytics_json(response: pb.GetAnalyticsResponse) -> Json:
+    """A namespace's counters: ``{"counts": [...]}``, weekly ones with their year and week."""
+    counts = []
+    for c in response.counts:
+        item = {
+            "name": c.name,
+            "type": counter_type_name(c.type),
+            "count": c.count,
+            "event_counts": [{"events": list(e.events), "count": e.count} for e in c.event_counts],
+            "single_event_counts": [
+                {"name": s.name, "count": s.count} for s in c.single_event_counts
+            ],
+            "value": {"sum": c.value.sum},
+        }
+        if c.type == pb.COUNTER_TYPE_WEEKLY:
+            item["year"] = c.year
+            item["week"] = c.week
+        counts.append(item)
+    return {"counts": counts}
+
+
+def strings_json(field: str) -> Callable[[Message], Json]:
+    """A response's repeated string ``field`` as ``{field: [...]}``."""
+
+    def render(response: Message) -> Json:
+        return {field: list(getattr(response, field))}
+
+    return render
+
+
+def stream_events_json(response: pb.StreamEventsResponse) -> Json:
+    """What a stream of event batches applied: ``{"accepted", "messages"}``."""
+    return {"accepted": response.accepted, "messages": response.messages}
+
+
+def _goal_prediction(goal: pb.GoalPrediction) -> Json:
+    out: dict[str, Json] = {}
+    if goal.note:
+        out["note"] = goal.note
+    if goal.events:
+        out["events"] = {name: {"bayes": e.bayes} for name, e in sorted(goal.events.items())}
+    for field in ("yes", "no", "likelihood", "probability"):
+        if goal.HasField(field):
+            out[field] = getattr(goal, field)
+    for external in goal.external:
+        out[f"{external.target}_yes"] = external.yes
+        out[f"{external.target}_no"] = external.no
+    return out
+
+
+def predictions_json(response: pb.GetPredictionsResponse) -> Json:
+    """Per goal its predictions, an external target's as ``TARGET_yes`` and ``TARGET_no``
+    beside Kimball's own."""
+    out: dict[str, Json] = {
+        "goals": {name: _goal_prediction(g) for name, g in sorted(response.goals.items())}
+    }
+    if response.external_problems:  # absent when every target answered: the original shape
+        out["external_problems"] = [
+            {"target": p.target, "reason": p.reason} for p in response.external_problems
+        ]
+    return out
+
+
+def nudges_json(response: pb.GetNudgesResponse) -> Json:
+    """A user's nudges towards a goal, most predictive first."""
+    return {
+        "nudges": [
+            {"event_name": n.event_name, "prediction": n.prediction} for n in response.nudges
+        ],
+        "goal": response.goal,
+        "user_id": response.user_id,
+    }
+
+
+def feature_spec_json(spec: pb.FeatureSpec) -> Json:
+    """A feature spec with each user condition as an object."""
+    out: dict[str, Json] = {
+        "name": spec.name,
+        "boolean": spec.boolean,
+        "user": [
+            {"property": c.property, "comparator": c.comparator, "value": json_value(c.value)}
+            for c in spec.user
+        ],
+    }
+    if spec.HasField("rollout_start"):
+        out["rollout_start"] = spec.rollout_start.ToJsonString()
+        out["rollout_end"] = spec.rollout_end.ToJsonString()
+    return out
+
+
+def feature_specs_json(specs: pb.FeatureSpecs) -> Json:
+    """Every feature spec and the set's version."""
+    return {"featureSpecs": [feature_spec_json(s) for s in specs.specs], "version": specs.version}
+
+
+def features_json(response: pb.EvaluateFeaturesResponse) -> Json:
+    """Every flag's value for a user, by name."""
+    return {"features": dict(sorted(response.features.items()))}

@@ -1,0 +1,162 @@
+"""HTTP requests to request messages, as each route's entry in the route table says.
+
+The JSON comes from query parameters, an ``application/json`` body or, for a client
+stream, a newline-delimited JSON body read a line at a time; it is adapted from what
+the original clients send (``request_shapes``), then made a message by ``request_json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from google.protobuf.message import Message
+from multidict import MultiMapping
+
+from gateway.proto_http import HttpRule, parameter_name
+from gateway.request_json import RequestJsonError, message_from_json
+from gateway.request_shapes import BadBody, BadParameter
+from gateway.route_table import JsonBody, NdjsonBody, Route, ShapedQuery
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
+
+MAX_BODY_BYTES = MAX_MESSAGE_BYTES
+JSON_TYPES = ("application/json",)
+STREAM_TYPES = ("application/x-ndjson", "text/plain")  # text/plain: what tools send plain
+STREAM_CHUNK_BYTES = 64 * 1024
+
+
+class ClientError(Exception):
+    """A request the gateway refuses before calling gRPC (always a 4xx)."""
+
+    def __init__(self, status: int, what: str, **details: object) -> None:
+        super().__init__(what)
+        self.status = status
+        self.what = what
+        self.details = details
+
+
+def require_content_type(request: web.Request, expected: tuple[str, ...]) -> None:
+    """A 415 unless the body is one of the ``expected`` content types."""
+    if request.content_type not in expected:
+        raise ClientError(
+            415,
+            "The content-type is invalid",
+            type=request.content_type,
+            expected_types=list(expected),
+        )
+
+
+async def request_message(route: Route, request: web.Request) -> Message:
+    """The request message of a route that is not a client stream; ``ClientError`` for a
+    request it cannot be made from."""
+    shape = route.request
+    if isinstance(shape, JsonBody):
+        data = await _body_data(request, shape, route.rule.body)
+    elif isinstance(shape, ShapedQuery):
+        try:
+            data = shape.parse(request.query)
+        except BadParameter as exc:
+            raise ClientError(400, str(exc), parameter=exc.parameter) from None
+    elif isinstance(shape, NdjsonBody):
+        raise TypeError(f"{route.method} is a client stream: see streamed_messages")
+    else:
+        data = _field_query(route.rule, request.query)
+    data.update(request.match_info)  # path parameters: /v0/featureSpecs/{name}
+    try:
+        return message_from_json(data, route.rule.request_type)
+    except RequestJsonError as exc:
+        raise ClientError(400, exc.what, **exc.details) from None
+
+
+async def _body_data(request: web.Request, shape: JsonBody, field: str) -> dict:
+    require_content_type(request, JSON_TYPES)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ClientError(
+            413, f"The body is larger than {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES
+        ) from None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ClientError(400, "The object is not valid JSON", why=str(exc)) from None
+    if shape.adapt is not None:
+        try:
+            data = shape.adapt(data)
+        except BadBody as exc:
+            raise ClientError(400, str(exc)) from None
+    if not isinstance(data, dict):
+        raise ClientError(400, "The body must be a JSON object")
+    return data if field == "*" else {field: data}  # the whole request, or one field of it
+
+
+def _field_query(rule: HttpRule, query: MultiMapping[str]) -> dict[str, object]:
+    """Query parameters as a request dict; unknown or repeated scalars are refused."""
+    fields = {
+        parameter_name(f): f for f in rule.request_type.DESCRIPTOR.fields if not rule.in_path(f)
+    }
+    data: dict[str, object] = {}
+    for key in dict.fromkeys(query.keys()):
+        field = fields.get(key)
+        if field is None:
+            raise ClientError(400, "Unknown parameter", parameter=key, known=sorted(fields))
+        values = query.getall(key)
+        if field.is_repeated:
+            data[field.name] = values
+        elif len(values) > 1:
+            raise ClientError(400, "Parameter given more than once", parameter=key)
+        else:
+            data[field.name] = values[0]
+    return data
+
+
+async def streamed_messages(
+    route: Route, request: web.Request, refused: list[ClientError]
+) -> AsyncIterator[Message]:
+    """A client stream's messages, one a line of the body, each yielded as it is read (a
+    line may also be what ``NdjsonBody.adapt`` takes). A bad line ends the stream and is
+    appended to ``refused``, naming it (``message``, from 0)."""
+    shape = route.request
+    if not isinstance(shape, NdjsonBody):
+        raise TypeError(f"{route.method} is not a client stream: see request_message")
+    if not request.body_exists:  # no body: a stream of no messages
+        return
+    index = 0
+    lines = _lines(request)
+    while True:
+        try:
+            line = await anext(lines, None)
+            if line is None:
+                return
+            if not line.strip():
+                continue
+            data = json.loads(line)
+            if shape.adapt is not None:
+                data = shape.adapt(data)
+            if not isinstance(data, dict):
+                raise BadBody("each line must be a JSON object or array")
+            message = message_from_json(data, route.rule.request_type)
+        except (ValueError, RecursionError) as exc:  # JSON, shape, size, protobuf
+            what = exc.what if isinstance(exc, RequestJsonError) else str(exc)
+            refused.append(ClientError(400, f"message {index}: {what}", message=index))
+            return
+        yield message
+        index += 1
+
+
+async def _lines(request: web.Request) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive; ``ValueError`` for a line over ``MAX_BODY_BYTES``
+    (one message's limit), found without holding more than that in memory."""
+    too_long = f"a line is longer than {MAX_BODY_BYTES} bytes: split it"
+    pending = b""
+    async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            if len(line) > MAX_BODY_BYTES:
+                raise ValueError(too_long)
+            yield line
+        if len(pending) > MAX_BODY_BYTES:
+            raise ValueError(too_long)
+    if pending:
+        yield pending
