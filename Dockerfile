@@ -8,8 +8,11 @@ COPY kimball_grpc ./kimball_grpc
 COPY gateway ./gateway
 COPY storage ./storage
 # The build compiles protos/ into kimball_grpc/generated (grpcio-tools is a build requirement).
+# The data directory exists and is the user's before VOLUME: else Docker creates the volume
+# root-owned and the server cannot keep its token, log and snapshots there.
 RUN pip install --no-cache-dir . \
-    && useradd --system --uid 10001 --home-dir /var/lib/kimball --create-home kimball
+    && useradd --system --uid 10001 --home-dir /var/lib/kimball --create-home kimball \
+    && install -d -o kimball -g kimball -m 0700 /var/lib/kimball/data
 
 USER kimball
 WORKDIR /var/lib/kimball

@@ -46,7 +46,8 @@ SERVER_OPTIONS = [
 class GrpcFront:
     """A gRPC server for ``services``: register their servicers on ``handlers``, then
     ``start``. Until ``open``, health says NOT_SERVING and the services answer
-    UNAVAILABLE; health checks and reflection are open from the start."""
+    UNAVAILABLE; health checks and reflection are not held back by this gate (reflection
+    still needs the token, like every service but health)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, services: tuple[str, ...]) -> None:
         self.settings = settings
