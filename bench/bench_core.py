@@ -26,34 +26,31 @@ only printed, never asserted.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import copy
 import cProfile
 import gc
-import inspect
 import io
 import math
 import os
-import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from importlib import metadata
 
 import mmh3
-from rbloom import Bloom
 
-from kimball_grpc.api.ingest import Ingestor
+# The shared bench modules sit next to this script (the script's folder is on sys.path).
+from figures import median, spread, timed
+from load import ours_accept
+from rbloom import Bloom
+from run_options import add_parts, add_size, new_parser, parse, print_header
+from workload import BATCH, Workload, make_plain_workload, prepare, user_ids, zipf_weights
+
 from kimball_grpc.core import bloom as kbloom
-from kimball_grpc.core import events as kevents
 from kimball_grpc.core.bloom import hash_key, optimal_bits
 from kimball_grpc.core.counter_config import (
     DEFAULT_RULE,
@@ -66,26 +63,10 @@ from kimball_grpc.core.counters import Counter, CounterKind
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event, prepare_goal
 from kimball_grpc.core.records import EventRecord
-from kimball_grpc.streaming.subscriptions import SubscriptionHub
 
 TARGET_FLOOR_RATIO = 3.0  # our ns/event at most 3x the floor's
 TARGET_MEMORY_RATIO = 2.0  # filter bytes at most 2x the optimal Bloom size
 ERROR_PROBABILITY = DEFAULT_RULE.error_probability
-NOW = datetime(2024, 5, 15, 12, 0, tzinfo=UTC)
-BATCH = 100  # events per Ingestor.accept call, as one gRPC stream message
-
-
-def _preparer() -> Callable[[Event], EventRecord]:
-    """``prepare_event`` with the week of NOW, whichever form it takes (a datetime or a week)."""
-    prepare = kevents.prepare_event
-    second = list(inspect.signature(prepare).parameters)[1]
-    if second == "now":
-        return lambda event: prepare(event, NOW)
-    week = tuple(NOW.isocalendar())[:2]
-    return lambda event: prepare(event, week)
-
-
-prepare = _preparer()
 
 
 def stable_hash(key: str) -> int:
@@ -93,92 +74,7 @@ def stable_hash(key: str) -> int:
     return mmh3.hash64(key, signed=False)[0]
 
 
-# -- workloads ----------------------------------------------------------------
-
-
-def zipf_weights(n: int, exponent: float) -> list[float]:
-    return [1.0 / (rank + 1) ** exponent for rank in range(n)]
-
-
-def user_ids(rng: random.Random, n: int) -> list[str]:
-    """Realistic opaque ids (32 hex characters)."""
-    return [f"{rng.getrandbits(128):032x}" for _ in range(n)]
-
-
-@dataclass
-class Workload:
-    """Events as clients send them, their prepared records, and what the floor needs."""
-
-    name: str
-    events: list[Event]
-    records: list[EventRecord]
-    keys: list[str]  # user id per event
-    names: list[str]  # event name per event
-    weeks: list[tuple[int, int]]  # (iso_year, iso_week) per event
-    distinct: dict[str, int]  # distinct users per event name
-    distinct_users: int
-    new_pair_share: float  # share of events whose (user, name) was not seen before
-    new_user_share: float
-
-
-def make_plain_workload(
-    n_events: int, n_users: int, n_names: int, seed: int, *, weeks: int = 1, namespace: str = ""
-) -> Workload:
-    """Events over ``n_users`` users and ``n_names`` names, both Zipf-like (repeats happen)."""
-    rng = random.Random(seed)
-    users = user_ids(rng, n_users)
-    names = [f"event_{i:03d}" for i in range(n_names)]
-    keys = rng.choices(users, zipf_weights(n_users, 0.7), k=n_events)
-    picked = rng.choices(names, zipf_weights(n_names, 1.0), k=n_events)
-    if weeks > 1:
-        stamps = [NOW - timedelta(days=7 * rng.randrange(weeks)) for _ in range(n_events)]
-    else:
-        stamps = [None] * n_events
-    events = [
-        Event(event_name=n, user_id=k, namespace=namespace, datetime=s)
-        for k, n, s in zip(keys, picked, stamps, strict=True)
-    ]
-    return _workload(f"plain {n_events:,} events", events)
-
-
-def _workload(name: str, events: list[Event]) -> Workload:
-    records = [prepare(e) for e in events]
-    seen_users: set[str] = set()
-    seen_pairs: set[tuple[str, str]] = set()
-    per_name: dict[str, set[str]] = {}
-    new_users = new_pairs = 0
-    for e in events:
-        if e.user_id not in seen_users:
-            new_users += 1
-            seen_users.add(e.user_id)
-        if (e.user_id, e.event_name) not in seen_pairs:
-            new_pairs += 1
-            seen_pairs.add((e.user_id, e.event_name))
-        per_name.setdefault(e.event_name, set()).add(e.user_id)
-    n = max(1, len(events))
-    return Workload(
-        name=name,
-        events=events,
-        records=records,
-        keys=[e.user_id for e in events],
-        names=[e.event_name for e in events],
-        weeks=[(r.iso_year, r.iso_week) for r in records],
-        distinct={k: len(v) for k, v in per_name.items()},
-        distinct_users=len(seen_users),
-        new_pair_share=new_pairs / n,
-        new_user_share=new_users / n,
-    )
-
-
 # -- timing -------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds for one call of ``fn`` (a full pass), after a collection."""
-    gc.collect()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def interleave(runs: dict[str, Callable[[], Callable[[], object]]], rounds: int) -> dict:
@@ -189,16 +85,6 @@ def interleave(runs: dict[str, Callable[[], Callable[[], object]]], rounds: int)
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed(runs[name]()))
     return times
-
-
-def median(xs: Sequence[float]) -> float:
-    return statistics.median(xs)
-
-
-def spread(xs: Sequence[float]) -> str:
-    """min-max around the median, in percent."""
-    m = median(xs)
-    return f"{(min(xs) / m - 1) * 100:+.0f}/{(max(xs) / m - 1) * 100:+.0f}%"
 
 
 # -- ours ---------------------------------------------------------------------
@@ -219,26 +105,6 @@ def ours_apply(engine_factory: Callable[[], Engine], events: list[Event]):
         def run():
             for record in records:
                 apply(record)
-
-        return run
-
-    return setup
-
-
-def ours_accept(engine_factory: Callable[[], Engine], events: list[Event], batch: int = BATCH):
-    """A timed pass of Ingestor.accept in batches (validate, hash, apply): what gRPC calls."""
-    batches = [events[i : i + batch] for i in range(0, len(events), batch)]
-
-    def setup():
-        ingestor = Ingestor(engine_factory(), SubscriptionHub())
-
-        async def feed():
-            accept = ingestor.accept
-            for b in batches:
-                await accept(b)
-
-        def run():
-            asyncio.run(feed())
 
         return run
 
@@ -340,6 +206,8 @@ def print_rates(times: dict[str, list[float]], n: int, unit: str) -> dict[str, f
 
 
 def verdict(per: dict[str, float], label: str) -> None:
+    """After a blank line, PASS or MISS for each of our paths against the floor."""
+    print()
     floor = next(v for k, v in per.items() if k.startswith("floor:"))
     for name, ns in per.items():
         if not name.startswith("ours"):
@@ -366,6 +234,8 @@ class Populated:
 def populate(
     n_names: int, n_users: int, events_per_user: int, goals: Sequence[str], seed: int
 ) -> Populated:
+    """A namespace of ``n_names`` named events and ``goals`` (untimed; says how long it took)."""
+    started = time.perf_counter()
     rng = random.Random(seed)
     namespace = "bench"
     users = user_ids(rng, n_users)
@@ -380,6 +250,7 @@ def populate(
         for name in sorted(done):
             engine.apply_event(prepare(Event(name, u, namespace)))
             membership[name].add(u)
+    print(f"(populated in {time.perf_counter() - started:.1f} s, untimed)")
     return Populated(engine, namespace, users, membership, list(goals))
 
 
@@ -650,113 +521,58 @@ def profile_apply(records: list[EventRecord], top: int = 14) -> None:
 # -- main -----------------------------------------------------------------------
 
 
-def machine_note() -> str:
-    versions = ", ".join(
-        f"{p} {metadata.version(p)}" for p in ("grpcio", "protobuf", "mmh3", "bitarray", "rbloom")
-    )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores "
-        f"({cpus} usable), {platform.machine()}; {versions}"
-    )
-
-
-def code_note() -> str:
-    """The commit measured, and whether kimball_grpc/ had uncommitted changes."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    package = os.path.dirname(os.path.abspath(kbloom.__file__))
-    if package != os.path.join(root, "kimball_grpc"):
-        return f"kimball_grpc from {package}"
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", root, *args], capture_output=True, text=True, check=True
-        ).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--", "kimball_grpc")
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    changed = ", ".join(line[3:] for line in dirty.splitlines() if line.strip())
-    return f"commit {commit}" + (f" + uncommitted changes in {changed}" if changed else "")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200_000, help="(a) events per pass")
-    parser.add_argument("--users", type=int, default=50_000, help="(a) users")
-    parser.add_argument("--names", type=int, default=20, help="(a) event names")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per workload")
-    parser.add_argument("--goal-events", type=int, default=2_000, help="(b) goal events")
-    parser.add_argument("--goal-users", type=int, default=10_000, help="(b) populated users")
-    parser.add_argument("--predict-calls", type=int, default=300, help="(c) calls per pass")
-    parser.add_argument("--predict-users", type=int, default=5_000, help="(c) populated users")
-    parser.add_argument("--memory-max", type=int, default=1_000_000, help="largest counter")
-    parser.add_argument("--fp-probes", type=int, default=200_000, help="absent keys probed")
-    parser.add_argument("--seed", type=int, default=20240515)
+    parser = new_parser(__doc__, users=(50_000, 5_000), rounds=(5, 3))
     parser.add_argument("--cpu", type=int, help="pin this process to one CPU")
-    parser.add_argument("--weekly", action="store_true", help="also run (a) with weekly counters")
-    parser.add_argument("--profile", action="store_true", help="cProfile one pass of (a)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c,memory")
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds (smoke run)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.users, args.rounds = 20_000, 5_000, 3
-        args.goal_events, args.goal_users = 500, 2_000
-        args.predict_calls, args.predict_users = 50, 2_000
-        args.memory_max, args.fp_probes = 100_000, 20_000
+    parts = {"a": "(a) plain events", "b": "(b) goal events", "c": "(c) predict_for_user"}
+    plain, goals, predict, memory = add_parts(parser, {**parts, "memory": "memory"})
+    add_size(plain, "--events", 200_000, 20_000, "events per pass")
+    plain.add_argument("--weekly", action="store_true", help="also with weekly counters")
+    plain.add_argument("--profile", action="store_true", help="cProfile one pass")
+    add_size(goals, "--goal-events", 2_000, 500, "events")
+    add_size(goals, "--goal-users", 10_000, 2_000, "users populated")
+    add_size(predict, "--predict-calls", 300, 50, "calls per pass")
+    add_size(predict, "--predict-users", 5_000, 2_000, "users populated")
+    add_size(memory, "--memory-max", 1_000_000, 100_000, "users in the largest counter")
+    add_size(memory, "--fp-probes", 200_000, 20_000, "absent keys probed")
+    args = parse(parser, argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    skip = set(filter(None, args.skip.split(",")))
     started = time.perf_counter()
-    print(f"# bench_core  ({machine_note()})")
-    print(f"code: {code_note()}")
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}\n")
+    print_header("bench_core")
+    print()
 
-    if "a" not in skip:
+    if "a" not in args.skip:
         w = make_plain_workload(args.events, args.users, args.names, args.seed)
         print(
             f"## (a) plain events: {len(w.records):,} events, {w.distinct_users:,} distinct users "
             f"of {args.users:,}, {args.names} names; new user {w.new_user_share:.0%} of events, "
             f"new (user, name) {w.new_pair_share:.0%}; {args.rounds} interleaved rounds\n"
         )
-        per = bench_plain(w, args.rounds, weekly=False)
-        print()
-        verdict(per, "(a) plain")
+        verdict(bench_plain(w, args.rounds, weekly=False), "(a) plain")
         count_slice_probes(w.events, Engine)
         if args.profile:
             profile_apply([prepare(e) for e in w.events])
         if args.weekly:
             ww = make_plain_workload(args.events, args.users, args.names, args.seed, weeks=4)
             print("\n## (a') plain events with a weekly cohort rule on every name (4 weeks)\n")
-            per = bench_plain(ww, args.rounds, weekly=True)
-            print()
-            verdict(per, "(a') weekly")
+            verdict(bench_plain(ww, args.rounds, weekly=True), "(a') weekly")
         print()
 
-    if "b" not in skip:
+    if "b" not in args.skip:
         print("## (b) goal events, namespace with 100 named events\n")
-        t = time.perf_counter()
         p = populate(100, args.goal_users, 6, ["event_0050"], args.seed + 1)
-        print(f"(populated in {time.perf_counter() - t:.1f} s, untimed)")
-        per = bench_goals(p, args.goal_events, args.rounds, args.seed + 2)
-        print()
-        verdict(per, "(b) goals")
+        verdict(bench_goals(p, args.goal_events, args.rounds, args.seed + 2), "(b) goals")
         print()
 
-    if "c" not in skip:
+    if "c" not in args.skip:
         print("## (c) predict_for_user, namespace with 1,000 named events\n")
-        t = time.perf_counter()
-        goals = [f"event_{i:04d}" for i in (3, 40, 200, 500, 900)]
-        p = populate(1000, args.predict_users, 12, goals, args.seed + 3)
-        print(f"(populated in {time.perf_counter() - t:.1f} s, untimed)")
-        per = bench_predict(p, args.predict_calls, args.rounds, args.seed + 4)
-        print()
-        verdict(per, "(c) predict")
+        names = [f"event_{i:04d}" for i in (3, 40, 200, 500, 900)]
+        p = populate(1000, args.predict_users, 12, names, args.seed + 3)
+        verdict(bench_predict(p, args.predict_calls, args.rounds, args.seed + 4), "(c) predict")
         print()
 
-    if "memory" not in skip:
+    if "memory" not in args.skip:
         print("## memory: one counter under the default configuration\n")
         sizes = sorted({10, 1_000, args.memory_max})
         bench_memory(sizes, 50, args.fp_probes, args.seed)

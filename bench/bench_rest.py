@@ -39,50 +39,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import aiohttp
-import grpc
 from aiohttp import web
 
-# bench_core and bench_grpc sit next to this script (the script's folder is on sys.path).
-from bench_core import BATCH, code_note, machine_note, make_plain_workload, median, ours_accept
-from bench_grpc import (
-    AUTH,
-    BENCH_TOKEN,
-    CHANNEL_OPTIONS,
-    SERVICE,
-    Sample,
-    ServerProcess,
-    _counted,
-    add_run_options,
-    free_port,
-    kimball_argv,
-    measure,
-    pinned,
-    row,
-    start_run,
-    table_head,
-)
+# figures, load, run_options, servers and workload: bench modules next to this script.
+from figures import Sample, measure, median, row, table_head
 from google.protobuf import json_format
+from load import (
+    FOREVER,
+    PATH,
+    in_flight,
+    in_process,
+    ours_accept,
+    run_posts,
+    run_track_events,
+    servicer_steps,
+)
+from run_options import add_server_options, add_size, new_parser, parse, pinned, start_run
+from servers import ServerProcess, kimball_argv
+from workload import (
+    GOAL_NAMES,
+    Body,
+    batches,
+    in_namespace,
+    json_bodies,
+    make_plain_workload,
+    track_events_requests,
+)
 
 from gateway.request_json import message_from_json
 from gateway.server import network_channel
 from gateway.shapes import track_events_body
 from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.app import stop_signals
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event
@@ -92,12 +90,7 @@ from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
 
 TARGET_RATIO = 0.65
-PATH = "/v0/analytics"
-HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_TOKEN}"}
-GOAL_NAMES = ("event_018", "event_019")  # the two rarest names carry ensure_goal: true
-ROOT = Path(__file__).resolve().parent.parent
 
-Body = tuple[bytes, int]  # serialized JSON body, events in it
 EV = ("ev", "event")  # rate unit, server CPU per
 ROWS = [  # (results key, label) after the core row
     ("core-log", "in-process core with the write-ahead log (fsync always), same concurrency"),
@@ -118,150 +111,48 @@ def serve_kimball_loopback(argv: list[str]) -> int:
     from kimball_grpc import app as kimball_server
     from kimball_grpc.cli import main as cli
 
-    start_server = kimball_server.start_server
+    target = f"127.0.0.1:{argv[argv.index('--grpc-port') + 1]}"
+    start_gateway = kimball_server.start_gateway
 
-    async def start_with_loopback(settings):  # this process only; no file changes
-        running = await start_server(settings)
-        channel = network_channel(f"127.0.0.1:{running.grpc_port}")
-        return dataclasses.replace(running, local_channel=channel)
+    async def start_with_loopback(host, port, channel, *rest):  # this process only
+        return await start_gateway(host, port, network_channel(target), *rest)
 
-    kimball_server.start_server = start_with_loopback
+    kimball_server.start_gateway = start_with_loopback
     return cli.main(argv)
 
 
-# -- the no-op server -------------------------------------------------------------
-
-
-async def serve_noop(port: int) -> None:
-    """An aiohttp server built like the gateway's; its handler parses the body, answers 204."""
-
-    async def track(request: web.Request) -> web.Response:
-        json.loads(await request.read())
-        return web.Response(status=204)
-
-    await run_app([(PATH, track)], port)
-
-
-async def run_app(posts: list[tuple[str, Callable]], port: int) -> None:
-    """An aiohttp app as the gateway builds it (body limit, no access log) until SIGTERM."""
-
-    async def alive(request: web.Request) -> web.Response:
-        return web.Response(text="ok!")
-
-    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
-    for path, handler in posts:
-        app.router.add_post(path, handler)
-    app.router.add_get("/alive", alive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-# -- server processes ---------------------------------------------------------------
-
-
-@dataclass
-class HttpServer(ServerProcess):
-    """A server process with a REST port (``port`` stays the gRPC one, if any)."""
-
-    http_port: int = field(default_factory=free_port)
-    ready_path: str = "/alive"
-
-    def wait_http(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.http_port}{self.ready_path}"
-        while True:
-            if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready after {timeout} s")
-            time.sleep(0.1)
-
-
-def kimball_rest_argv(server: HttpServer, data_dir: str, loopback: bool) -> list[str]:
-    """``kimball serve`` as bench_grpc starts it (token config), with our REST port."""
-    argv = kimball_argv(server.port, data_dir)
-    argv[argv.index("--api-port") + 1] = str(server.http_port)
+def kimball_rest_argv(server: ServerProcess, data_dir: str, loopback: bool) -> list[str]:
+    """``kimball serve`` as the other scripts start it, or with the loopback patch above."""
+    argv = kimball_argv(server, data_dir)
     if loopback:
         rest = argv[argv.index("serve") :]
         argv = [sys.executable, os.path.abspath(__file__), "--serve-kimball-loopback", *rest]
     return argv
 
 
-# -- load -----------------------------------------------------------------------------
+# -- the no-op server -------------------------------------------------------------
 
 
-def run_posts(port: int, bodies: list[Body], connections: int, seconds: float) -> int:
-    """POST each body once (or until ``seconds``), ``connections`` at a time; events done."""
+async def serve_noop(port: int) -> None:
+    """An aiohttp app as the gateway builds it (body limit, no access log) until SIGTERM;
+    its handler parses the body and answers 204."""
+    stop = stop_signals()
 
-    async def go() -> int:
-        url = f"http://127.0.0.1:{port}{PATH}"
-        source: Iterator[Body] = iter(bodies)
-        done = 0
-        deadline = time.perf_counter() + seconds
+    async def track(request: web.Request) -> web.Response:
+        json.loads(await request.read())
+        return web.Response(status=204)
 
-        async def worker(session: aiohttp.ClientSession) -> None:
-            nonlocal done
-            for body, n in source:  # shared: each body is posted once
-                async with session.post(url, data=body, headers=HEADERS) as answer:
-                    if answer.status != 204:
-                        text = await answer.text()
-                        raise RuntimeError(f"POST {url}: {answer.status} {text[:200]}")
-                    await answer.read()
-                done += n
-                if time.perf_counter() > deadline:
-                    return
+    async def alive(request: web.Request) -> web.Response:
+        return web.Response(text="ok!")
 
-        connector = aiohttp.TCPConnector(limit=connections)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(*(worker(session) for _ in range(connections)))
-        return done
-
-    return asyncio.run(go())
-
-
-def run_track_events(port: int, messages: list[Body], inflight: int, seconds: float) -> int:
-    """Unary ``TrackEvents`` with pre-serialized requests, ``inflight`` at a time; events done."""
-
-    async def go() -> int:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
-        ) as channel:
-            call = channel.unary_unary(
-                f"{SERVICE}/TrackEvents",
-                request_serializer=None,  # already bytes
-                response_deserializer=pb.TrackEventsResponse.FromString,
-            )
-            source: Iterator[Body] = iter(messages)
-            done = 0
-            deadline = time.perf_counter() + seconds
-
-            async def worker() -> None:
-                nonlocal done
-                for data, n in source:
-                    answer = await call(data, metadata=AUTH)
-                    if answer.accepted != n:
-                        raise RuntimeError(f"TrackEvents accepted {answer.accepted} of {n}")
-                    done += n
-                    if time.perf_counter() > deadline:
-                        return
-
-            await asyncio.gather(*(worker() for _ in range(inflight)))
-            return done
-
-    return asyncio.run(go())
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app.router.add_post(PATH, track)
+    app.router.add_get("/alive", alive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await stop.wait()
+    await runner.cleanup()
 
 
 # -- in-process paths --------------------------------------------------------------------
@@ -270,52 +161,30 @@ def run_track_events(port: int, messages: list[Body], inflight: int, seconds: fl
 def gateway_steps(body: bytes) -> list[Event]:
     """What a POST costs Kimball minus the transports: the gateway's and the servicer's steps."""
     message = message_from_json(track_events_body(json.loads(body)), pb.TrackEventsRequest)
-    request = pb.TrackEventsRequest.FromString(message.SerializeToString())
-    return [proto_mapping.event_from_proto(e) for e in request.events]
+    return servicer_steps(message.SerializeToString())
 
 
 def parse_dict_steps(body: bytes) -> list[Event]:
     """The same with ``json_format.ParseDict`` for every body (no direct build)."""
     data = track_events_body(json.loads(body))
     message = json_format.ParseDict(data, pb.TrackEventsRequest())
-    request = pb.TrackEventsRequest.FromString(message.SerializeToString())
-    return [proto_mapping.event_from_proto(e) for e in request.events]
+    return servicer_steps(message.SerializeToString())
 
 
 def in_process_logged(events: list[Event], batch: int, concurrency: int) -> Callable[[], int]:
     """The core as ``kimball serve`` runs it: ``Ingestor.accept`` with a write-ahead log
     (fsync always, in a temporary directory), ``concurrency`` batches in flight, so group
     commit shares fsyncs as it does for that many connections."""
-    batches = [events[i : i + batch] for i in range(0, len(events), batch)]
+    chunks = batches(events, batch)
 
     async def go() -> int:
         with tempfile.TemporaryDirectory(prefix="kimball-bench-wal-") as tmp:
             wal = WriteAheadLog(Path(tmp))
             wal.open()
             ingestor = Ingestor(Engine(), SubscriptionHub(), log=wal)
-            source = iter(batches)
-
-            async def worker() -> None:
-                for b in source:
-                    await ingestor.accept(b)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            done = await in_flight(iter(chunks), concurrency, FOREVER, ingestor.accept)
             await wal.close()
-        return len(events)
-
-    return lambda: asyncio.run(go())
-
-
-def in_process(bodies: list[Body], steps: Callable[[bytes], list[Event]]) -> Callable[[], int]:
-    """A timed pass: every body through ``steps`` then ``Ingestor.accept``, on a fresh engine."""
-    ingestor = Ingestor(Engine(), SubscriptionHub())
-
-    async def go() -> int:
-        accept = ingestor.accept
-        n = 0
-        for body, _ in bodies:
-            n += await accept(steps(body))
-        return n
+        return done
 
     return lambda: asyncio.run(go())
 
@@ -363,56 +232,6 @@ def step_costs(bodies: list[Body], repeats: int) -> list[tuple[str, float]]:
     return out
 
 
-# -- workload ---------------------------------------------------------------------------
-
-
-def round_events(events: list[Event], namespace: str) -> list[Event]:
-    return [e._replace(namespace=namespace, ensure_goal=e.event_name in GOAL_NAMES) for e in events]
-
-
-def json_bodies(events: list[Event], batch: int) -> list[Body]:
-    def as_json(e: Event) -> dict[str, object]:
-        item: dict[str, object] = {
-            "namespace": e.namespace,
-            "user_id": e.user_id,
-            "event_name": e.event_name,
-        }
-        if e.ensure_goal:
-            item["ensure_goal"] = True
-        return item
-
-    out = []
-    for i in range(0, len(events), batch):
-        chunk = events[i : i + batch]
-        body = json.dumps({"events": [as_json(e) for e in chunk]}, separators=(",", ":"))
-        out.append((body.encode(), len(chunk)))
-    return out
-
-
-def grpc_messages(events: list[Event], batch: int) -> list[Body]:
-    out = []
-    for i in range(0, len(events), batch):
-        chunk = events[i : i + batch]
-        message = pb.TrackEventsRequest(events=[proto_mapping.event_to_proto(e) for e in chunk])
-        out.append((message.SerializeToString(), len(chunk)))
-    return out
-
-
-def gateway_note() -> str:
-    """Uncommitted changes under gateway/ (code_note covers kimball_grpc/ only)."""
-    try:
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    changed = ", ".join(line[3:] for line in dirty.splitlines() if line.strip())
-    return f"; uncommitted changes in {changed}" if changed else ""
-
-
 # -- report --------------------------------------------------------------------------------
 
 
@@ -425,49 +244,48 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--serve-kimball-loopback"]:
         return serve_kimball_loopback(argv[1:])
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_options(parser)
-    parser.add_argument("--events", type=int, default=100_000, help="events per round")
-    parser.add_argument("--batch", type=int, default=BATCH, help="events per POST")
+    parser = new_parser(__doc__, users=(25_000, 2_500), rounds=(3, 2))
+    add_server_options(parser, batch="events per POST")
+    add_size(parser, "--events", 100_000, 10_000, "events per round")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
-    parser.add_argument("--max-seconds", type=float, default=10.0, help="cap per measurement")
+    add_size(parser, "--max-seconds", 10.0, 3.0, "cap per measurement")
     parser.add_argument("--noop-repeat", type=int, default=3, help="bodies sent N times to no-op")
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.serve_noop is not None:
         asyncio.run(serve_noop(args.serve_noop))
         return 0
-    if args.quick:
-        args.events, args.users, args.rounds, args.max_seconds = 10_000, 2_500, 2, 3.0
 
-    title = f"bench_rest  ({machine_note()}, aiohttp {aiohttp.__version__})"
-    server_cpu = start_run(title, f"{code_note()}{gateway_note()}", args)
+    note = f", aiohttp {aiohttp.__version__}"
+    server_cpu = start_run(args, "bench_rest", "gateway", note=note)
     started = time.perf_counter()
 
     # Workload, serialized before any clock starts; one namespace per round and path.
     w = make_plain_workload(args.events, args.users, args.names, args.seed)
     rounds = []
     for r in range(args.rounds):
-        events = round_events(w.events, f"rest-{r}")
+        events = in_namespace(w.events, f"rest-{r}", GOAL_NAMES)
+        grpc_events = in_namespace(w.events, f"grpc-{r}", GOAL_NAMES)
         rounds.append(
             {
                 "events": events,
                 "bodies": json_bodies(events, args.batch),
-                "grpc": grpc_messages(round_events(w.events, f"grpc-{r}"), args.batch),
+                "grpc": track_events_requests(grpc_events, args.batch),
             }
         )
-    warm = json_bodies(round_events(w.events[: 20 * args.batch], "warm-up"), args.batch)
-    warm_grpc = grpc_messages(round_events(w.events[: 20 * args.batch], "warm-up"), args.batch)
+    warm_events = in_namespace(w.events[: 20 * args.batch], "warm-up", GOAL_NAMES)
+    warm = json_bodies(warm_events, args.batch)
+    warm_grpc = track_events_requests(warm_events, args.batch)
     n_events = len(w.events)
     goal_share = sum(e.ensure_goal for e in rounds[0]["events"]) / n_events
     body_bytes = median([len(b) for b, _ in rounds[0]["bodies"]])
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
-        kimball = HttpServer("kimball serve", [], server_cpu, tmp, ready_path="/ready")
+        kimball = ServerProcess("kimball serve", [], server_cpu, tmp)
         kimball.argv = kimball_rest_argv(kimball, os.path.join(tmp, "data"), loopback=False)
-        loopback = HttpServer("kimball serve (loopback)", [], server_cpu, tmp, ready_path="/ready")
+        loopback = ServerProcess("kimball serve (loopback)", [], server_cpu, tmp)
         loopback.argv = kimball_rest_argv(loopback, os.path.join(tmp, "data-lo"), loopback=True)
-        noop = HttpServer("no-op aiohttp server", [], server_cpu, tmp)
+        noop = ServerProcess("no-op aiohttp server", [], server_cpu, tmp)
         noop.argv = [sys.executable, os.path.abspath(__file__), "--serve-noop", str(noop.http_port)]
         servers = [kimball, loopback, noop]
         results: dict[str, list[Sample]] = {}
@@ -478,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for s in servers:
                 s.start()
-            for s in servers:
-                s.wait_http()
+            for s, ready in ((kimball, "/ready"), (loopback, "/ready"), (noop, "/alive")):
+                s.wait_http(ready)
             for s in servers:  # warm-up: connections, first calls, imports
                 run_posts(s.http_port, warm, args.connections, 5.0)
             run_track_events(kimball.port, warm_grpc, args.connections, 5.0)
@@ -487,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             for r, data in enumerate(rounds):
                 bodies, messages = data["bodies"], data["grpc"]
                 with pinned(server_cpu):  # in-process, on the server's CPU
-                    core_pass = ours_accept(Engine, data["events"])()
-                    add("core", measure(None, _counted(core_pass, n_events)))
+                    add("core", measure(None, ours_accept(Engine, data["events"])()))
                     logged = in_process_logged(data["events"], args.batch, args.connections)
                     add("core-log", measure(None, logged))
                     add("steps", measure(None, in_process(bodies, gateway_steps)))

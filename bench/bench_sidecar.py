@@ -9,7 +9,7 @@ Run from the repository root:
 
 The servers: an api server and a sidecar started with ``FEATURES_MODE=sidecar`` and
 ``ANALYTICS_HOST=127.0.0.1:<api server gRPC port>``, each with its own temporary data
-directory and authentication on (one bench token in an app.config, as bench_grpc.py starts
+directory and authentication on (one bench token in an app.config, as every script starts
 Kimball; the sidecar presents its first ``api_auth_tokens``, the same token, to the api
 server). Both use the same ``--wal-fsync`` policy (default ``always``, as deployed): the
 sidecar for its spool, the api server for its write-ahead log.
@@ -80,107 +80,84 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
-# bench_core, bench_grpc and bench_rest sit next to this script (its folder is on sys.path).
-from bench_core import BATCH, code_note, machine_note, median, spread, user_ids
-from bench_grpc import (
-    AUTH,
-    CHANNEL_OPTIONS,
-    CLOCK_TICKS,
-    SERVICE,
-    ServerProcess,
-    can_pin,
-    free_port,
-    kimball_argv,
-    scrape_metrics,
+# figures, load, run_options, servers and workload: bench modules next to this script.
+from figures import median, percentile, spread, with_range
+from load import FOREVER, rpc, run_posts, run_track_events
+from run_options import (
+    add_server_options,
+    add_size,
+    new_parser,
+    parse,
+    pin_load_generator,
+    print_header,
 )
-from bench_rest import grpc_messages, json_bodies, run_posts, run_track_events
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import AUTH, CHANNEL_OPTIONS, ServerProcess, cpu_busy_seconds, kimball_argv
+from workload import Body, in_namespace, json_bodies, make_plain_workload, track_events_requests
 
 from kimball_grpc.core.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 
-# Environment the servers must not inherit from the shell that runs the benchmark.
-STRIPPED_ENV = ("KIMBALL_CONFIG", "FEATURES_MODE", "ANALYTICS_HOST", "ANALYTICS_TOKEN")
 APIS = ("grpc", "rest")
 API_LABEL = {"grpc": "gRPC TrackEvents", "rest": "REST POST /v0/analytics"}
-FOREVER = float("inf")
 
 
 # -- the two server processes ---------------------------------------------------------------
 
 
-@dataclass
-class Server(ServerProcess):
-    """``kimball serve`` with a REST port (``port`` stays the gRPC one) and its environment."""
-
-    http_port: int = field(default_factory=free_port)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        cpu = self.cpu
-        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-        env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
-        env["LOG_LEVEL"] = "WARNING"
-        env.update(self.env)
-        self.process = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=env, preexec_fn=preexec, stdin=subprocess.DEVNULL
+def server_pair(
+    tmp: str, name: str, args: argparse.Namespace, pin: bool
+) -> tuple[ServerProcess, ServerProcess]:
+    """An api server and a sidecar pointed at it, each with its data directory and app.config
+    (the bench token) in a folder of ``tmp``, both with ``--wal-fsync``."""
+    api_server = ServerProcess("api server", [], args.server_cpu if pin else None, tmp)
+    sidecar = ServerProcess("sidecar", [], args.sidecar_cpu if pin else None, tmp)
+    for server, role in ((api_server, "api"), (sidecar, "sidecar")):
+        root = os.path.join(tmp, f"{name}-{role}")
+        os.makedirs(root)
+        server.argv = kimball_argv(
+            server, os.path.join(root, "data"), "--wal-fsync", args.wal_fsync
         )
-
-    def metrics(self, prefix: str = "kimball_relay_") -> dict[str, float]:
-        """Samples of ``/metrics`` whose names start with ``prefix`` (bearer token)."""
-        return scrape_metrics(self.http_port, prefix)
+    sidecar.env = {"FEATURES_MODE": "sidecar", "ANALYTICS_HOST": f"127.0.0.1:{api_server.port}"}
+    return api_server, sidecar
 
 
-def server_argv(server: Server, root: str, fsync: str) -> list[str]:
-    """``kimball serve`` as bench_grpc starts it, with our REST port and fsync policy; its data
-    directory and app.config (the bench token) in ``root``."""
-    os.makedirs(root)
-    argv = kimball_argv(server.port, os.path.join(root, "data"))
-    argv[argv.index("--api-port") + 1] = str(server.http_port)
-    return [*argv, "--wal-fsync", fsync]
+def relay(sidecar: ServerProcess) -> dict[str, float]:
+    """The sidecar's ``kimball_relay_*`` samples from its ``/metrics``."""
+    return sidecar.metrics("kimball_relay_")
 
 
-def wait_serving(server: Server, timeout: float = 30.0) -> None:
-    """Until the server's health service says SERVING (its state restored, calls taken)."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} not serving after {timeout:g} s")
-            time.sleep(0.1)
-
-
-def wait_connected(sidecar: Server, timeout: float = 20.0) -> None:
+def wait_connected(sidecar: ServerProcess) -> None:
     """Until the sidecar's relay stream to the api server is up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if sidecar.metrics().get("kimball_relay_connected") == 1:
-                return
-        except OSError:
-            pass  # the REST port is not open yet
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the sidecar's relay did not connect within {timeout:g} s")
-        time.sleep(0.1)
+    sidecar.wait_for(
+        lambda: relay(sidecar).get("kimball_relay_connected") == 1,
+        20.0,
+        "the relay did not connect",
+    )
+
+
+def start_serving(server: ServerProcess) -> None:
+    """Start the server; return once its state is restored and it takes calls."""
+    server.start()
+    server.wait_ready()
+    server.wait_serving()
+
+
+def stop_all(servers: list[ServerProcess]) -> None:
+    for s in servers:
+        s.stop()
+    for s in servers:
+        if s.process is not None and s.process.returncode not in (0, -signal.SIGTERM):
+            print(f"warning: {s.name} exited with {s.process.returncode}")
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -215,14 +192,14 @@ def load(api: str, port: int, bodies: list[tuple[bytes, int]], senders: int) -> 
 
 
 def wait_delivered(
-    sidecar: Server, delivered_before: float, events: int, poll: float, timeout: float
+    sidecar: ServerProcess, delivered_before: float, events: int, poll: float, timeout: float
 ) -> tuple[float, int]:
     """Poll the sidecar until the api server acknowledged the run's events: the moment found
     (perf_counter) and the events still spooled at the first poll."""
     deadline = time.perf_counter() + timeout
     first_pending = None
     while True:
-        m = sidecar.metrics()
+        m = relay(sidecar)
         now = time.perf_counter()
         pending = int(m["kimball_relay_spool_events"])
         if first_pending is None:
@@ -238,21 +215,7 @@ def wait_delivered(
         time.sleep(poll)
 
 
-def cpu_busy_seconds() -> dict[str, float]:
-    """User + nice + system time of each CPU ("cpu0", ...) and of all ("all"), from
-    /proc/stat: whatever ran there, other tenants' processes and kernel threads included."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if not line.startswith("cpu"):
-                break
-            fields = line.split()
-            name = "all" if fields[0] == "cpu" else fields[0]
-            out[name] = (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLOCK_TICKS
-    return out
-
-
-def global_count(api_server: Server, namespace: str) -> int:
+def global_count(api_server: ServerProcess, namespace: str) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{api_server.port}", options=CHANNEL_OPTIONS) as ch:
         answer = pb_grpc.KimballServiceStub(ch).GetAnalytics(
             pb.GetAnalyticsRequest(namespace=namespace), metadata=AUTH, timeout=30
@@ -264,8 +227,8 @@ def global_count(api_server: Server, namespace: str) -> int:
 
 
 def one_run(
-    api_server: Server,
-    sidecar: Server,
+    api_server: ServerProcess,
+    sidecar: ServerProcess,
     via_sidecar: bool,
     send: Callable[[], int],
     namespace: str,
@@ -274,7 +237,7 @@ def one_run(
     placement: dict[str, int] | None,
 ) -> Run:
     target = sidecar if via_sidecar else api_server
-    delivered_before = sidecar.metrics()["kimball_relay_delivered_events_total"]
+    delivered_before = relay(sidecar)["kimball_relay_delivered_events_total"]
     busy0 = cpu_busy_seconds()
     api0, side0, client0 = api_server.cpu_seconds(), sidecar.cpu_seconds(), time.process_time()
     start = time.perf_counter()
@@ -320,19 +283,13 @@ def one_run(
 
 
 def make_events(n: int, n_names: int, seed: int) -> list[Event]:
-    """``n`` events, each of its own user; names Zipf-like as in bench_core's workloads."""
-    rng = random.Random(seed)
-    users = user_ids(rng, n)
-    if len(set(users)) != n:
-        raise RuntimeError("user ids collided; change --seed")
-    names = [f"event_{i:03d}" for i in range(n_names)]
-    picked = rng.choices(names, [1.0 / (rank + 1) for rank in range(n_names)], k=n)
-    return [Event(event_name=e, user_id=u) for u, e in zip(users, picked, strict=True)]
+    """``n`` events, each of its own user; names Zipf-like as in the other scripts' workloads."""
+    return make_plain_workload(n, n, n_names, seed, unique_users=True).events
 
 
-def bodies_for(api: str, events: list[Event], namespace: str, batch: int) -> list:
-    events = [e._replace(namespace=namespace) for e in events]
-    return grpc_messages(events, batch) if api == "grpc" else json_bodies(events, batch)
+def bodies_for(api: str, events: list[Event], namespace: str, batch: int) -> list[Body]:
+    events = in_namespace(events, namespace)
+    return track_events_requests(events, batch) if api == "grpc" else json_bodies(events, batch)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -355,10 +312,6 @@ def cpu_cell(cpu: list[float], events: list[int], seconds: list[float]) -> str:
     per_event = median([c / n * 1e6 for c, n in zip(cpu, events, strict=True)])
     busy = median([c / s for c, s in zip(cpu, seconds, strict=True)])
     return f"{per_event:,.1f} µs ({busy:.0%})"
-
-
-def ratio_cell(ratios: list[float]) -> str:
-    return f"{median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})"
 
 
 def print_table(runs: dict[tuple[str, str], list[Run]]) -> dict[str, list[float]]:
@@ -399,30 +352,12 @@ def print_table(runs: dict[tuple[str, str], list[Run]]) -> dict[str, list[float]
                 ratios[f"{api} {label}"] = per_round
             print(
                 f"| {API_LABEL[api]} | {label} | {median(rates):,.0f} | {spread(rates)} | "
-                f"{ratio_cell(per_round) if with_sidecar else '-'} | "
+                f"{with_range(per_round, '.0%') if with_sidecar else '-'} | "
                 f"{cpu_cell(api_cpu, n, secs)} | "
                 f"{cpu_cell(side_cpu, n, secs) if with_sidecar else '-'} | "
                 f"{client} |"
             )
     return ratios
-
-
-def server_pair(tmp: str, name: str, args: argparse.Namespace, pin: bool) -> tuple[Server, Server]:
-    """An api server and a sidecar pointed at it, each with a data directory in ``tmp``."""
-    api_server = Server("api server", [], args.server_cpu if pin else None, tmp)
-    api_server.argv = server_argv(api_server, os.path.join(tmp, f"{name}-api"), args.wal_fsync)
-    sidecar = Server("sidecar", [], args.sidecar_cpu if pin else None, tmp)
-    sidecar.argv = server_argv(sidecar, os.path.join(tmp, f"{name}-sidecar"), args.wal_fsync)
-    sidecar.env = {"FEATURES_MODE": "sidecar", "ANALYTICS_HOST": f"127.0.0.1:{api_server.port}"}
-    return api_server, sidecar
-
-
-def stop_all(servers: list[Server]) -> None:
-    for s in servers:
-        s.stop()
-    for s in servers:
-        if s.process is not None and s.process.returncode not in (0, -signal.SIGTERM):
-            print(f"warning: {s.name} exited with {s.process.returncode}")
 
 
 def measure_rounds(
@@ -439,7 +374,7 @@ def measure_rounds(
             namespace = f"{api}-{'sidecar' if side else 'direct'}-{r}"
             plan.append((api, side, namespace, bodies_for(api, events, namespace, args.batch)))
 
-    def port(api: str, server: Server) -> int:
+    def port(api: str, server: ServerProcess) -> int:
         return server.port if api == "grpc" else server.http_port
 
     runs: dict[tuple[str, str], list[Run]] = {}
@@ -447,9 +382,7 @@ def measure_rounds(
         api_server, sidecar = server_pair(tmp, "rounds", args, pin)
         try:
             for s in (api_server, sidecar):  # the sidecar once the api server takes calls
-                s.start()
-                s.wait_ready()
-                wait_serving(s)
+                start_serving(s)
             wait_connected(sidecar)
             # Warm-up: a connection and a few calls along every path, delivered.
             for api in apis:
@@ -518,7 +451,7 @@ def report_rounds(
         f"false positive counts one less)"
     )
     for name, values in ratios.items():
-        print(f"sidecar/direct, {name}: {ratio_cell(values)}")
+        print(f"sidecar/direct, {name}: {with_range(values, '.0%')}")
 
 
 # -- (2) a backlog -------------------------------------------------------------------------------
@@ -528,10 +461,7 @@ async def probe_calls(port: int, every: float, stop: asyncio.Event) -> list[tupl
     """1-event ``TrackEvent`` calls one after another, ``every`` s apart, until ``stop``:
     (start, seconds) of each."""
     out: list[tuple[float, float]] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as ch:
-        call = ch.unary_unary(
-            f"{SERVICE}/TrackEvent", request_serializer=None, response_deserializer=None
-        )
+    async with rpc(port, "TrackEvent") as call:
         i = 0
         while not stop.is_set():
             event = pb.Event(namespace="probe", event_name="probe", user_id=f"probe-{i}")
@@ -557,13 +487,9 @@ def measure_backlog(args: argparse.Namespace, pin: bool) -> None:
         api_server, sidecar = server_pair(tmp, "backlog", args, pin)
         sidecar.env["LOG_LEVEL"] = "ERROR"  # not a warning per retry while the api server is down
         try:
-            sidecar.start()
-            sidecar.wait_ready()
-            wait_serving(sidecar)
+            start_serving(sidecar)
             spooled = run_track_events(sidecar.port, bodies, args.senders, FOREVER)
-            api_server.start()
-            api_server.wait_ready()
-            wait_serving(api_server)
+            start_serving(api_server)
             probes, first, emptied, cpu = asyncio.run(
                 _drain_with_probes(api_server, sidecar, args.probe_every)
             )
@@ -585,7 +511,7 @@ def measure_backlog(args: argparse.Namespace, pin: bool) -> None:
         if not xs:
             print(f"| {label} | 0 | - | - | - | - |")
             continue
-        p50, p90 = xs[len(xs) // 2], xs[min(len(xs) - 1, int(len(xs) * 0.9))]
+        p50, p90 = percentile(xs, 0.5), percentile(xs, 0.9)
         print(
             f"| {label} | {len(xs)} | {p50 * 1000:,.1f} ms | {p90 * 1000:,.1f} ms | "
             f"{xs[-1] * 1000:,.1f} ms | {sum(x > 0.1 for x in xs)} |"
@@ -593,7 +519,7 @@ def measure_backlog(args: argparse.Namespace, pin: bool) -> None:
 
 
 async def _drain_with_probes(
-    api_server: Server, sidecar: Server, every: float
+    api_server: ServerProcess, sidecar: ServerProcess, every: float
 ) -> tuple[list[tuple[float, float]], float, float, float]:
     stop = asyncio.Event()
     probing = asyncio.ensure_future(probe_calls(api_server.port, every, stop))
@@ -601,7 +527,7 @@ async def _drain_with_probes(
     first = None
     deadline = time.perf_counter() + 120
     while True:  # the sender connects after its backoff (up to 10 s), then delivers
-        m = await asyncio.to_thread(sidecar.metrics)
+        m = await asyncio.to_thread(relay, sidecar)
         now = time.perf_counter()
         if first is None and (
             m["kimball_relay_connected"] == 1 or m["kimball_relay_delivered_events_total"] > 0
@@ -619,43 +545,25 @@ async def _drain_with_probes(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, help="events per run (100,000; --quick 10,000)")
-    parser.add_argument("--batch", type=int, default=BATCH, help="events per call or POST")
+    parser = new_parser(__doc__, users=None, rounds=(5, 2))
+    add_server_options(parser, servers="the api server's CPU", batch="events per call or POST")
+    parser.add_argument("--sidecar-cpu", type=int, help="default: the load generator's CPU")
+    add_size(parser, "--events", 100_000, 10_000, "events per run")
     parser.add_argument("--senders", type=int, default=4, help="calls in flight")
-    parser.add_argument("--names", type=int, default=20, help="event names")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (5; --quick 2; 0: none)")
     parser.add_argument("--wal-fsync", default="always", choices=("always", "interval", "never"))
     parser.add_argument("--no-rest", action="store_true", help="gRPC rows only")
     parser.add_argument("--poll", type=float, default=0.01, help="s between /metrics reads")
-    parser.add_argument(
-        "--backlog", type=int, help="(2): events in a sidecar's backlog (200,000; 0: skip)"
-    )
-    parser.add_argument("--probe-every", type=float, default=0.005, help="(2): s between probes")
-    parser.add_argument("--server-cpu", type=int, default=1, help="the api server's CPU")
-    parser.add_argument("--client-cpu", type=int, default=0, help="the load generator's CPU")
-    parser.add_argument("--sidecar-cpu", type=int, help="default: the load generator's CPU")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
-    parser.add_argument("--seed", type=int, default=20240515)
     parser.add_argument("--verbose", action="store_true", help="print each run as it ends")
-    parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds, ~20 s")
-    args = parser.parse_args(argv)
-    if args.events is None:
-        args.events = 10_000 if args.quick else 100_000
-    if args.rounds is None:
-        args.rounds = 2 if args.quick else 5
-    if args.backlog is None:
-        args.backlog = 20_000 if args.quick else 200_000
+    backlog = parser.add_argument_group("(2) a backlog")
+    add_size(backlog, "--backlog", 200_000, 20_000, "events in a sidecar's backlog, 0: skip")
+    backlog.add_argument("--probe-every", type=float, default=0.005, help="s between probes")
+    args = parse(parser, argv)
     if args.sidecar_cpu is None:
         args.sidecar_cpu = args.client_cpu
     apis = ("grpc",) if args.no_rest else APIS
 
-    print(f"# bench_sidecar  ({machine_note()})")
-    pin = not args.no_pin and can_pin({args.server_cpu, args.client_cpu, args.sidecar_cpu})
-    if pin:
-        os.sched_setaffinity(0, {args.client_cpu})
-    print(f"code: {code_note()}")
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print_header("bench_sidecar")
+    pin = pin_load_generator(args, {args.server_cpu, args.client_cpu, args.sidecar_cpu})
     print(
         f"api server pinned to CPU {args.server_cpu}, sidecar to CPU {args.sidecar_cpu}, "
         f"load generator to CPU {args.client_cpu}"

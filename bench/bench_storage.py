@@ -48,7 +48,6 @@ import gc
 import itertools
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,30 +55,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# bench_core, bench_grpc and bench_rest sit next to this script (its folder is on sys.path).
-from bench_core import (
+# figures, load, run_options, servers and workload: bench modules next to this script.
+from figures import measure, median, percentile, row, spread, table_head, timed, with_range
+from load import ours_accept, run_track_events
+from run_options import (
+    add_parts,
+    add_server_options,
+    add_size,
+    new_parser,
+    parse,
+    pinned,
+    start_run,
+)
+from servers import ServerProcess, kimball_argv
+from workload import (
     BATCH,
-    code_note,
-    machine_note,
+    GOAL_NAMES,
+    batches,
+    in_namespace,
     make_plain_workload,
-    median,
-    ours_accept,
     prepare,
-    spread,
-    timed,
+    track_events_requests,
     user_ids,
 )
-from bench_grpc import (
-    ServerProcess,
-    add_run_options,
-    kimball_argv,
-    measure,
-    pinned,
-    row,
-    start_run,
-    table_head,
-)
-from bench_rest import grpc_messages, round_events, run_track_events
 
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec.state_codec import (
@@ -104,21 +102,6 @@ SNAPSHOT_BASELINE = 0.25  # seconds of ingestion alone before each snapshot unde
 
 
 # -- where the log goes -----------------------------------------------------------------
-
-
-def storage_note() -> str:
-    """Uncommitted or untracked changes in storage/ (code_note covers kimball_grpc/)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        dirty = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "--", "storage"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return "; storage/ uncommitted or untracked" if dirty.strip() else ""
 
 
 def mount_of(path: str) -> str:
@@ -147,20 +130,12 @@ def raw_fsync_ms(directory: str, n: int = 100) -> tuple[float, float]:
                 times.append(time.perf_counter() - start)
         finally:
             os.close(fd)
-    times.sort()
-    return median(times) * 1e3, times[int(0.9 * (n - 1))] * 1e3
+    return median(times) * 1e3, percentile(times, 0.9) * 1e3
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> str:
-    """The median of the per-round ratios a/b, with their range: drift between rounds
-    cancels out of each ratio (both were measured in the same round)."""
-    ratios = [x / y for x, y in zip(a, b, strict=True)]
-    return f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-
-
-def percentile(xs: Sequence[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """The per-round ratios a/b: their median and range."""
+    return with_range([x / y for x, y in zip(a, b, strict=True)])
 
 
 # -- (1) acknowledged events/s ----------------------------------------------------------
@@ -252,9 +227,7 @@ def bench_acks(args: argparse.Namespace, root: str) -> None:
     engine = Engine()
     for record in w.records:  # every later event is a repeat: the state stays the same
         engine.apply(record)
-    shapes = {
-        size: [w.events[i : i + size] for i in range(0, len(w.events), size)] for size in (BATCH, 1)
-    }
+    shapes = {size: batches(w.events, size) for size in (BATCH, 1)}
     print(
         f"workload: {len(w.events):,} events ({w.distinct_users:,} users, {args.names} names), "
         f"loaded into the engine first; {args.seconds:g} s per measurement, {args.rounds} "
@@ -398,7 +371,7 @@ def make_load(events: int, users: int, names: int, seed: int) -> Load:
     engine = Engine()
     for record in w.records:  # repeat users from here on: the load's work stays the same
         engine.apply(record)
-    return Load(engine, [w.events[i : i + BATCH] for i in range(0, len(w.events), BATCH)])
+    return Load(engine, batches(w.events, BATCH))
 
 
 def snapshot_under_load(scenario: Scenario, load: Load, blobs_root: Path, wal_root: str):
@@ -525,8 +498,7 @@ def write_log(directory: Path, records: list[Record]) -> float:
     async def go() -> None:
         wal = WriteAheadLog(directory, FsyncPolicy.NEVER)
         wal.open()
-        for i in range(0, len(records), BATCH):
-            chunk = records[i : i + BATCH]
+        for chunk in batches(records, BATCH):
             await wal.append(encode_records(chunk), len(chunk), lambda sequence: None)
         await wal.close()
 
@@ -626,11 +598,7 @@ def bench_grpc_fsync(args: argparse.Namespace, server_cpu: int | None) -> None:
         servers = {}
         for policy in ("always", "never"):
             s = ServerProcess(f"kimball serve --wal-fsync {policy}", [], server_cpu, tmp)
-            s.argv = [
-                *kimball_argv(s.port, os.path.join(tmp, f"data-{policy}")),
-                "--wal-fsync",
-                policy,
-            ]
+            s.argv = kimball_argv(s, os.path.join(tmp, f"data-{policy}"), "--wal-fsync", policy)
             servers[policy] = s
         results: dict[str, list] = {}
         try:
@@ -638,7 +606,7 @@ def bench_grpc_fsync(args: argparse.Namespace, server_cpu: int | None) -> None:
                 s.start()
             for s in servers.values():
                 s.wait_ready()
-                warm = grpc_messages(round_events(w.events[:2000], "warm-up"), BATCH)
+                warm = track_events_requests(in_namespace(w.events[:2000], "warm-up"), BATCH)
                 run_track_events(s.port, warm, 4, 5.0)
             for r in range(args.rounds):
                 order = list(servers.items())
@@ -646,7 +614,8 @@ def bench_grpc_fsync(args: argparse.Namespace, server_cpu: int | None) -> None:
                 for size, inflight in shapes:
                     for policy, s in order:
                         events = w.events if size > 1 else w.events[:single_events]
-                        messages = grpc_messages(round_events(events, f"{policy}-{size}-{r}"), size)
+                        ns = f"{policy}-{size}-{r}"
+                        messages = track_events_requests(in_namespace(events, ns, GOAL_NAMES), size)
                         sample = measure(
                             s,
                             lambda s=s, m=messages, k=inflight: run_track_events(
@@ -684,36 +653,31 @@ def bench_grpc_fsync(args: argparse.Namespace, server_cpu: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_options(parser)
+    parser = new_parser(__doc__, users=(25_000, 5_000), rounds=(3, 2))
+    add_server_options(parser, servers="the servers' CPU, and of the in-process parts")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where logs and blobs go")
-    parser.add_argument("--ack-events", type=int, default=50_000, help="(1) workload events")
-    parser.add_argument("--clients", default="1,4,16,64", help="(1) concurrent writers, a list")
-    parser.add_argument("--seconds", type=float, default=0.35, help="(1) per measurement")
-    parser.add_argument("--counters", type=int, default=10_000, help="(2) counters")
-    parser.add_argument("--users-per-counter", type=int, default=3, help="(2) users per counter")
-    parser.add_argument("--snapshot-users", type=int, default=50_000, help="(2) users, 20 names")
-    parser.add_argument("--snapshot-rounds", type=int, default=5, help="(2) rounds")
-    parser.add_argument("--replay-events", type=int, default=200_000, help="(3) events in the log")
-    parser.add_argument("--replay-users", type=int, default=50_000, help="(3) users")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: 1,2,3")
-    parser.add_argument("--grpc", action="store_true", help="(4) also over gRPC (~45 s more)")
-    parser.add_argument("--grpc-events", type=int, default=100_000, help="(4) events per round")
-    parser.add_argument("--grpc-seconds", type=float, default=3.0, help="(4) per measurement")
-    parser.add_argument("--grpc-inflight-batch", type=int, default=16, help="(4) x100 calls")
-    parser.add_argument("--grpc-inflight-single", type=int, default=64, help="(4) x1 calls")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.ack_events, args.seconds, args.rounds, args.clients = 10_000, 0.15, 2, "1,16"
-        args.counters, args.snapshot_users, args.snapshot_rounds = 2_000, 10_000, 2
-        args.replay_events, args.replay_users = 20_000, 5_000
-        args.grpc_events, args.grpc_seconds = 20_000, 1.0
-        args.users = min(args.users, 5_000)
+    parts = {"1": "(1) acknowledged events/s", "2": "(2) snapshots", "3": "(3) replay"}
+    acks, snapshots, replay = add_parts(parser, parts)
+    add_size(acks, "--ack-events", 50_000, 10_000, "events")
+    add_size(acks, "--clients", "1,4,16,64", "1,16", "concurrent writers, a list")
+    add_size(acks, "--seconds", 0.35, 0.15, "seconds per measurement")
+    add_size(snapshots, "--counters", 10_000, 2_000, "counters")
+    snapshots.add_argument("--users-per-counter", type=int, default=3, help="users per counter")
+    add_size(snapshots, "--snapshot-users", 50_000, 10_000, "users, 20 names")
+    add_size(snapshots, "--snapshot-rounds", 5, 2, "rounds")
+    add_size(replay, "--replay-events", 200_000, 20_000, "events in the log")
+    add_size(replay, "--replay-users", 50_000, 5_000, "users")
+    grpc = parser.add_argument_group("(4) over gRPC, optional")
+    grpc.add_argument("--grpc", action="store_true", help="run it (~45 s more)")
+    add_size(grpc, "--grpc-events", 100_000, 20_000, "events per round")
+    add_size(grpc, "--grpc-seconds", 3.0, 1.0, "seconds per measurement")
+    grpc.add_argument("--grpc-inflight-batch", type=int, default=16, help="x100 calls in flight")
+    grpc.add_argument("--grpc-inflight-single", type=int, default=64, help="x1 calls in flight")
+    args = parse(parser, argv)
     args.clients = [int(c) for c in args.clients.split(",")]
     random.seed(args.seed)
-    skip = set(filter(None, args.skip.split(",")))
 
-    server_cpu = start_run(f"bench_storage  ({machine_note()})", code_note() + storage_note(), args)
+    server_cpu = start_run(args, "bench_storage", "storage")
     fsync_p50, fsync_p90 = raw_fsync_ms(args.dir)
     print(
         f"logs and snapshots under {os.path.realpath(args.dir)} on {mount_of(args.dir)}; "
@@ -723,13 +687,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     with pinned(server_cpu):
-        if "1" not in skip:
+        if "1" not in args.skip:
             print("## (1) acknowledged events/s, concurrent writers, in-process\n")
             bench_acks(args, args.dir)
-        if "2" not in skip:
+        if "2" not in args.skip:
             print(f"## (2) snapshot write and load, {args.counters:,} counters\n")
             bench_snapshots(args, args.dir)
-        if "3" not in skip:
+        if "3" not in args.skip:
             print("## (3) write-ahead log replay, no snapshot\n")
             bench_replay(args, args.dir)
     if args.grpc:

@@ -27,7 +27,7 @@ What it measures, in interleaved rounds (medians reported, min/max spread):
     ``kimball_forward_events_sent_total`` / ``kimball_forward_events_dropped_total`` read from
     the server's ``/metrics`` (bearer token) after each run.
 
-Both servers run with authentication on (as bench_grpc), pinned to ``--server-cpu``. Each run
+Both servers run with authentication on (as in every script), pinned to ``--server-cpu``. Each run
 streams into its own namespace, so every run does the same Bloom work. Timing is only printed,
 never asserted.
 """
@@ -43,30 +43,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import grpc
 
-# bench_core and bench_grpc sit next to this script (the script's folder is on sys.path).
-from bench_core import BATCH, code_note, machine_note, make_plain_workload, median, spread
-from bench_grpc import (
+# figures, load, run_options, servers and workload: bench modules next to this script.
+from figures import Sample, measure, median, spread
+from load import channel, run_stream
+from run_options import add_server_options, add_size, new_parser, parse, start_run
+from servers import (
     AUTH,
-    BENCH_TOKEN,
     CHANNEL_OPTIONS,
-    CLOCK_TICKS,
     SERVICE,
-    Sample,
     ServerProcess,
-    add_run_options,
+    finish,
     free_port,
     kimball_argv,
-    measure,
-    run_stream,
-    scrape_metrics,
-    start_run,
-    stream_messages,
+    pin_to,
+    process_cpu_seconds,
 )
+from workload import Body, Workload, in_namespace, make_plain_workload, track_events_requests
 
+from kimball_grpc.core.events import Event
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -104,9 +101,7 @@ async def run_subscribers(port: int, n: int, namespace: str) -> None:
     dropped = [0] * n
     live = [False] * n
     all_live = asyncio.Event()
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) for _ in range(n)
-    ]
+    channels = [channel(port) for _ in range(n)]
 
     async def subscriber(i: int) -> None:
         call = channels[i].unary_stream(
@@ -177,13 +172,12 @@ class Child:
     """A child process of this script, pinned to ``cpu``, spoken to by lines."""
 
     def __init__(self, argv: list[str], cpu: int | None) -> None:
-        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=preexec,
+            preexec_fn=pin_to(cpu),
         )
         self.read()  # "started"
 
@@ -201,37 +195,26 @@ class Child:
         return self.read()
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
+        """Close its stdin (it ends on that); kill it if it has not after 10 s."""
         if self.process.poll() is None:
             assert self.process.stdin is not None
             try:
                 self.process.stdin.close()
-                self.process.wait(timeout=10)
-            except (subprocess.TimeoutExpired, BrokenPipeError):
+            except BrokenPipeError:
                 self.process.kill()
-                self.process.wait()
+            finish(self.process, timeout=10)
 
 
 # -- the parent ---------------------------------------------------------------------------
 
 
-def kimball_with(port: int, http_port: int, data_dir: str, target: int | None) -> list[str]:
-    """``kimball serve`` as bench_grpc starts it, with a REST port and maybe an event target."""
-    argv = kimball_argv(port, data_dir)
-    argv[argv.index("--api-port") + 1] = str(http_port)
-    config = Path(data_dir).with_name("app.config")
-    targets = f', {{external_grpc_event_targets, [{{"127.0.0.1", {target}}}]}}' if target else ""
-    config.write_text(f'[{{features, [{{api_auth_tokens, [<<"{BENCH_TOKEN}">>]}}{targets}]}}].\n')
-    return argv
-
-
-def forward_metrics(http_port: int) -> dict[str, float]:
+def forward_metrics(server: ServerProcess) -> dict[str, float]:
     """``kimball_forward_events_*`` totals from the server's /metrics, by name and reason."""
     out: dict[str, float] = {}
-    for name, value in scrape_metrics(http_port, "kimball_forward_events_").items():
+    for name, value in server.metrics("kimball_forward_events_").items():
         if "_created" not in name:
             key = name.split("{")[0]
             if "reason=" in name:
@@ -256,16 +239,12 @@ def wait_until_quiet(poll, expected: int, drain: float) -> dict:
         time.sleep(0.1)
 
 
-def events_for(w, namespace: str, batch: int) -> list[bytes]:
-    events = [
-        pb.Event(namespace=namespace, event_name=e.event_name, user_id=e.user_id) for e in w.events
-    ]
-    return stream_messages(events, batch)
+def events_for(w: Workload, namespace: str, batch: int) -> list[Body]:
+    return track_events_requests(in_namespace(w.events, namespace), batch)
 
 
-def warmup_message(namespace: str) -> list[bytes]:
-    event = pb.Event(namespace=namespace, event_name=WARMUP, user_id="warmup-user")
-    return [pb.TrackEventsRequest(events=[event]).SerializeToString()]
+def warmup_message(namespace: str) -> list[Body]:
+    return track_events_requests([Event(WARMUP, "warmup-user", namespace)], 1)
 
 
 def rate_row(name: str, rates: list[float], extra: list[str]) -> None:
@@ -278,15 +257,14 @@ def cpu_busy(samples: list[Sample]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_options(parser)
-    parser.add_argument("--events", type=int, default=30_000, help="events per run")
-    parser.add_argument("--batch", type=int, default=BATCH, help="events per stream message")
-    parser.add_argument("--subs", default="1,10,100", help="subscriber counts, comma-separated")
-    parser.add_argument("--drain", type=float, default=6.0, help="s to wait for deliveries")
+    parser = new_parser(__doc__, users=(25_000, 5_000), rounds=(3, 2))
+    add_server_options(parser, batch="events per stream message")
+    add_size(parser, "--events", 30_000, 10_000, "events per run")
+    add_size(parser, "--subs", "1,10,100", "1,10", "subscriber counts, comma-separated")
+    add_size(parser, "--drain", 6.0, 4.0, "seconds to wait for deliveries")
     parser.add_argument("--subscribe", nargs=3, metavar=("PORT", "N", "NS"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-target", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.subscribe:
         asyncio.run(
             run_subscribers(int(args.subscribe[0]), int(args.subscribe[1]), args.subscribe[2])
@@ -295,11 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_target is not None:
         asyncio.run(run_target(args.serve_target))
         return 0
-    if args.quick:
-        args.events, args.users, args.rounds, args.subs, args.drain = 10_000, 5_000, 2, "1,10", 4.0
     subs = [int(s) for s in args.subs.split(",")]
 
-    server_cpu = start_run(f"bench_streaming  ({machine_note()})", code_note(), args)
+    server_cpu = start_run(args, "bench_streaming")
     client_cpu = args.client_cpu if server_cpu is not None else None
     started = time.perf_counter()
     w = make_plain_workload(args.events, args.users, args.names, args.seed)
@@ -321,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         target_port = free_port()
         target = Child(["--serve-target", str(target_port)], client_cpu)
         plain = ServerProcess("kimball serve", [], server_cpu, tmp)
-        plain_http = free_port()
-        os.makedirs(os.path.join(tmp, "a"))
-        plain.argv = kimball_with(plain.port, plain_http, os.path.join(tmp, "a", "data"), None)
+        os.makedirs(os.path.join(tmp, "a"))  # each its own app.config
+        plain.argv = kimball_argv(plain, os.path.join(tmp, "a", "data"))
         forwarding = ServerProcess("kimball serve + target", [], server_cpu, tmp)
-        fwd_http = free_port()
         os.makedirs(os.path.join(tmp, "b"))
-        forwarding.argv = kimball_with(
-            forwarding.port, fwd_http, os.path.join(tmp, "b", "data"), target_port
+        forwarding.argv = kimball_argv(
+            forwarding,
+            os.path.join(tmp, "b", "data"),
+            features=f'{{external_grpc_event_targets, [{{"127.0.0.1", {target_port}}}]}}',
         )
         servers = [plain, forwarding]
         try:
@@ -338,30 +314,30 @@ def main(argv: list[str] | None = None) -> int:
                 s.wait_ready()
             warm = events_for(w, "warm", args.batch)
             for s in servers:  # warm-up: a connection and the whole workload once
-                run_stream(s.port, warm, 0)
+                run_stream(s.port, warm)
 
             def fan_run(n: int) -> None:
                 ns = namespace()
                 # Above 10 subscribers ingestion slows down in proportion: fewer events.
                 messages = events_for(w, ns, args.batch)[: fan_messages(n)]
-                count = sum(len(pb.TrackEventsRequest.FromString(m).events) for m in messages)
+                count = sum(k for _, k in messages)
                 run_events[n] = count
                 if n == 0:
                     fan.setdefault(0, []).append(
-                        measure(plain, lambda: run_stream(plain.port, messages, count))
+                        measure(plain, lambda: run_stream(plain.port, messages))
                     )
                     return
                 child = Child(["--subscribe", str(plain.port), str(n), ns], client_cpu)
                 try:
                     while True:  # until each subscriber saw a warm-up event
-                        run_stream(plain.port, warmup_message(ns), 0)
+                        run_stream(plain.port, warmup_message(ns))
                         ready, _, _ = select.select([child.process.stdout], [], [], 0.2)
                         if ready:
                             child.read()
                             break
                     cpu_before = child.cpu_seconds()
                     t0 = time.monotonic()
-                    sample = measure(plain, lambda: run_stream(plain.port, messages, count))
+                    sample = measure(plain, lambda: run_stream(plain.port, messages))
 
                     def poll() -> dict:
                         r = child.ask()
@@ -389,16 +365,14 @@ def main(argv: list[str] | None = None) -> int:
                 messages = events_for(w, ns, args.batch)
                 if not with_target:
                     fwd.setdefault("none", []).append(
-                        measure(plain, lambda: run_stream(plain.port, messages, n_events))
+                        measure(plain, lambda: run_stream(plain.port, messages))
                     )
                     return
-                before_metrics = forward_metrics(fwd_http)
+                before_metrics = forward_metrics(forwarding)
                 before = target.ask()["count"]
                 cpu_before = target.cpu_seconds()
                 t0 = time.monotonic()
-                sample = measure(
-                    forwarding, lambda: run_stream(forwarding.port, messages, n_events)
-                )
+                sample = measure(forwarding, lambda: run_stream(forwarding.port, messages))
 
                 def poll() -> dict:
                     r = target.ask()
@@ -408,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = wait_until_quiet(poll, n_events, args.drain)
                 span = max(report["last"] - t0, 1e-9)
                 cpu = (target.cpu_seconds() - cpu_before) / span
-                after = forward_metrics(fwd_http)
+                after = forward_metrics(forwarding)
                 diff = {k: v - before_metrics.get(k, 0.0) for k, v in after.items()}
                 fwd.setdefault("target", []).append(sample)
                 fwd_out.append((report["total"] / span, report["total"], diff, cpu))
