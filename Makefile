@@ -41,7 +41,7 @@ chromium:
 
 # pytest exits 5 when it ran no test; make treats any non-zero exit as failure.
 test: lint chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 protos: $(STAMP)
 	$(BIN)/python protos/compile_protos.py

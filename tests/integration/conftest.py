@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kimball gRPC server and REST gateway on free loopback ports."""
+"""Fixtures of the integration tests: a real Kimball gRPC server and REST gateway in this
+process on free loopback ports, and real object storage servers."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from object_servers import ObjectServer, gcs_emulator, moto_server
+from support.in_process import gateway_of, local_settings, rest_client, running
+from support.object_servers import ObjectServer, gcs_emulator, moto_server
 
-from gateway.server import RunningGateway, network_channel, start_gateway
-from kimball_grpc.app import RunningServer, start_server
+from gateway.server import RunningGateway, network_channel
+from kimball_grpc.app import RunningServer
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -20,15 +22,13 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Override in a test module to start the server differently (auth: see test_auth.py)."""
-    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
+    return local_settings(tmp_path)
 
 
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings)
-    await running.wait_ready()
-    yield running
-    await running.stop(grace=None)
+    async with running(settings) as started:
+        yield started
 
 
 @pytest.fixture
@@ -56,14 +56,13 @@ async def rest(server: RunningServer, request) -> AsyncIterator[RunningGateway]:
         if request.param == "local"
         else network_channel(f"127.0.0.1:{server.grpc_port}")
     )
-    gateway = await start_gateway("127.0.0.1", 0, channel, server.metrics, server.checker)
-    yield gateway
-    await gateway.stop()
+    async with gateway_of(server, channel) as gateway:
+        yield gateway
 
 
 @pytest.fixture
 async def http(rest: RunningGateway) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{rest.port}") as session:
+    async with rest_client(rest) as session:
         yield session
 
 

@@ -1,10 +1,12 @@
-"""Authentication (SPEC section 5) on gRPC: every method needs a token, health does not."""
+"""Authentication on gRPC: every method of both services and reflection needs a bearer
+token from the configured ones; health checks do not."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.in_process import local_settings
 
 from kimball_grpc.api.auth import TokenChecker, run_tokens
 from kimball_grpc.config.settings import Settings
@@ -17,7 +19,7 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth_tokens=TOKENS, data_dir=tmp_path)
+    return local_settings(tmp_path, api_auth=True, api_auth_tokens=TOKENS)
 
 
 def methods() -> list[tuple[str, str]]:

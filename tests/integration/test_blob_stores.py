@@ -5,21 +5,19 @@ Then the inputs and conditions a user gets wrong: bad URIs, a wrong bucket, a ba
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
-from object_servers import (
+from support import object_servers
+from support.object_servers import (
     S3_ACCESS_KEY_ID,
     S3_REGION,
     S3_SECRET_ACCESS_KEY,
     ObjectServer,
+    new_bucket_name,
 )
 
 from storage.blob_store import BlobNotFound, BlobStore, StorageError
@@ -35,22 +33,12 @@ Opener = Callable[[str], BlobStore]
 @pytest.fixture(scope="module")
 def s3_client(s3_server: ObjectServer) -> Any:
     """One client for the module: boto3 takes ~0.3 s to build one."""
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.url,
-        aws_access_key_id=S3_ACCESS_KEY_ID,
-        aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-        region_name=S3_REGION,
-    )
+    return object_servers.s3_client(s3_server)
 
 
 @pytest.fixture(scope="module")
 def gcs_client(gcs_server: ObjectServer) -> Any:
-    return gcs.Client(
-        project="kimball",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_server.url},
-    )
+    return object_servers.gcs_client(gcs_server)
 
 
 def s3_config(server: ObjectServer, bucket: str, prefix: str = "") -> StorageConfig:
@@ -65,10 +53,6 @@ def s3_config(server: ObjectServer, bucket: str, prefix: str = "") -> StorageCon
 
 def gcs_config(server: ObjectServer, bucket: str, prefix: str = "") -> StorageConfig:
     return StorageConfig(f"gs://{bucket}/{prefix}", gcs_endpoint=server.url)
-
-
-def new_bucket_name() -> str:
-    return f"kimball-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(params=["local", "s3", "gcs"])

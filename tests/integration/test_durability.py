@@ -5,69 +5,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from small_filesystem import fill, small_filesystem
+from support.in_process import (
+    crash,
+    gateway_of,
+    local_settings,
+    rest_client,
+    running,
+    started,
+    stub_of,
+)
+from support.metrics import samples
+from support.polling import until
+from support.small_filesystem import fill, small_filesystem
+from support.state import event, feed, state_of
 
-from gateway.server import start_gateway
 from kimball_grpc.api.readiness import STARTING_MESSAGE
-from kimball_grpc.app import RunningServer, start_server
-from kimball_grpc.config.settings import Settings
+from kimball_grpc.app import RunningServer
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-
-Counts = dict[tuple[str, int, int, int], int]
-
-
-def settings_for(data_dir: Path, **fields: object) -> Settings:
-    return Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=data_dir, **fields)
-
-
-@asynccontextmanager
-async def running(settings: Settings, *, ready: bool = True) -> AsyncIterator[RunningServer]:
-    server = await start_server(settings)
-    try:
-        if ready:
-            await server.wait_ready()
-        yield server
-    finally:
-        await server.stop(grace=None)
-
-
-@asynccontextmanager
-async def stub_of(server: RunningServer) -> AsyncIterator[pb_grpc.KimballServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        yield pb_grpc.KimballServiceStub(channel)
-
-
-def event(name: str, user: str, namespace: str = "shop", **fields: object) -> pb.Event:
-    return pb.Event(namespace=namespace, event_name=name, user_id=user, **fields)
-
-
-async def feed(stub: pb_grpc.KimballServiceStub, users: range, namespace: str = "shop") -> None:
-    events = []
-    for u in users:
-        events.append(event("view", f"user-{u}", namespace, value=1.5))
-        if u % 3 == 0:
-            events.append(event("buy", f"user-{u}", namespace, ensure_goal=True))
-    await stub.TrackEvents(pb.TrackEventsRequest(events=events))
-
-
-async def state_of(stub: pb_grpc.KimballServiceStub) -> dict[str, object]:
-    """Everything a user can read back: counters with their tallies, goals, namespaces."""
-    namespaces = list((await stub.ListNamespaces(pb.ListNamespacesRequest())).namespaces)
-    out: dict[str, object] = {"namespaces": namespaces}
-    for ns in namespaces:
-        counts = await stub.GetAnalytics(pb.GetAnalyticsRequest(namespace=ns))
-        goals = await stub.ListGoals(pb.ListGoalsRequest(namespace=ns))
-        out[ns] = (sorted(c.SerializeToString(deterministic=True) for c in counts.counts), goals)
-    return out
 
 
 def stored_files(data_dir: Path) -> list[Path]:
@@ -75,44 +35,38 @@ def stored_files(data_dir: Path) -> list[Path]:
 
 
 async def test_everything_acknowledged_survives_a_clean_restart(tmp_path: Path):
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await feed(stub, range(200))
         await feed(stub, range(100, 150), namespace="blog")
         await stub.CreateGoal(pb.CreateGoalRequest(namespace="blog", goal_name="view"))
         before = await state_of(stub)
 
     assert list((tmp_path / "objects" / "snapshots").glob("*.snapshot"))  # one at shutdown
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         assert await state_of(stub) == before
         assert before["namespaces"] == ["blog", "shop"]
 
 
 async def test_a_crash_before_any_snapshot_loses_nothing_acknowledged(tmp_path: Path):
-    crashed = await start_server(settings_for(tmp_path))
-    await crashed.wait_ready()
+    crashed = await started(local_settings(tmp_path))
     async with stub_of(crashed) as stub:
         await feed(stub, range(300))
         before = await state_of(stub)
-    await crashed.front.server.stop(None)  # gone without a snapshot or closing its log
+    await crash(crashed)  # gone without a snapshot or closing its log
 
     assert not list(tmp_path.rglob("*.snapshot"))
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         assert await state_of(stub) == before
 
 
 async def test_no_raw_user_id_is_stored_anywhere(tmp_path: Path):
     users = [f"secret-user-{i}@example.org" for i in range(20)]
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await stub.TrackEvents(pb.TrackEventsRequest(events=[event("view", u) for u in users[:10]]))
-        gateway = await start_gateway("127.0.0.1", 0, server.local_channel, server.metrics, None)
-        try:
-            async with aiohttp.ClientSession() as http:
-                body = [{"event_name": "buy", "user_id": u, "ensure_goal": True} for u in users]
-                url = f"http://127.0.0.1:{gateway.port}/v0/analytics"
-                async with http.post(url, json=body) as answer:
-                    assert answer.status == 204
-        finally:
-            await gateway.stop()
+        async with gateway_of(server) as gateway, rest_client(gateway) as http:
+            body = [{"event_name": "buy", "user_id": u, "ensure_goal": True} for u in users]
+            async with http.post("/v0/analytics", json=body) as answer:
+                assert answer.status == 204
         await server.persistence.snapshot()
 
     files = stored_files(tmp_path)
@@ -124,7 +78,7 @@ async def test_no_raw_user_id_is_stored_anywhere(tmp_path: Path):
 
 
 async def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path: Path, caplog):
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         for start in (0, 100, 200):
             await feed(stub, range(start, start + 100))
             await server.persistence.snapshot()
@@ -139,48 +93,47 @@ async def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path: 
     snapshots[-1].write_bytes(newest[:100] + flipped + newest[200:])
 
     with caplog.at_level(logging.ERROR):
-        async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
             assert await state_of(stub) == before
     assert "cannot be used (checksum mismatch): falling back" in caplog.text
 
 
 async def test_no_usable_snapshot_still_starts_with_what_the_log_holds(tmp_path: Path, caplog):
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await feed(stub, range(50))
         before = await state_of(stub)
     for snapshot in tmp_path.rglob("*.snapshot"):
         snapshot.write_bytes(b"this is not a Kimball snapshot at all: " * 2)
 
     with caplog.at_level(logging.ERROR):
-        async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
             assert await state_of(stub) == before
     assert "wrong magic bytes" in caplog.text
 
 
 async def test_a_torn_log_tail_is_cut_and_the_server_starts(tmp_path: Path, caplog):
-    crashed = await start_server(settings_for(tmp_path))
-    await crashed.wait_ready()
+    crashed = await started(local_settings(tmp_path))
     async with stub_of(crashed) as stub:
         await feed(stub, range(40))
         before = await state_of(stub)
-    await crashed.front.server.stop(None)
+    await crash(crashed)
     segment = sorted((tmp_path / "wal").glob("*.wal"))[-1]
     with open(segment, "ab") as file:  # a write cut short by the crash
         file.write(b"\x40\x00\x00\x00\x12\x34")
 
     with caplog.at_level(logging.WARNING):
-        async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+        async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
             assert await state_of(stub) == before
             await feed(stub, range(40, 45))  # and appends go on after the good part
     assert "cut a damaged or torn tail of 6 bytes" in caplog.text
 
 
 async def test_until_restored_health_is_not_serving_and_calls_are_unavailable(tmp_path: Path):
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await feed(stub, range(30))  # global, view and buy counters: three pauses
         before = await state_of(stub)
 
-    slow = settings_for(tmp_path, counter_startup_delay_ms=300)
+    slow = local_settings(tmp_path, counter_startup_delay_ms=300)
     started = time.monotonic()
     async with (
         running(slow, ready=False) as server,
@@ -195,16 +148,12 @@ async def test_until_restored_health_is_not_serving_and_calls_are_unavailable(tm
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         assert refused.value.details() == STARTING_MESSAGE
 
-        gateway = await start_gateway("127.0.0.1", 0, server.local_channel, server.metrics, None)
-        try:
-            async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
-                async with http.get("/alive") as alive, http.get("/ready") as ready:
-                    assert (alive.status, ready.status) == (200, 503)
-                async with http.post("/v0/analytics", json={"event_name": "a"}) as post:
-                    assert post.status == 503
-                    assert (await post.json())["error"]["what"] == STARTING_MESSAGE
-        finally:
-            await gateway.stop()
+        async with gateway_of(server) as gateway, rest_client(gateway) as http:
+            async with http.get("/alive") as alive, http.get("/ready") as ready:
+                assert (alive.status, ready.status) == (200, 503)
+            async with http.post("/v0/analytics", json={"event_name": "a"}) as post:
+                assert post.status == 503
+                assert (await post.json())["error"]["what"] == STARTING_MESSAGE
 
         await server.wait_ready()
         assert time.monotonic() - started >= 3 * 0.3  # counter_startup_delay per counter
@@ -215,7 +164,7 @@ async def test_until_restored_health_is_not_serving_and_calls_are_unavailable(tm
 
 async def test_a_full_disk_refuses_events_changes_nothing_and_recovers(tmp_path: Path):
     with small_filesystem(tmp_path / "disk", size="4m") as disk:
-        async with running(settings_for(disk)) as server, stub_of(server) as stub:
+        async with running(local_settings(disk)) as server, stub_of(server) as stub:
             await feed(stub, range(20))
             before = await state_of(stub)
             filler = fill(disk)
@@ -224,20 +173,14 @@ async def test_a_full_disk_refuses_events_changes_nothing_and_recovers(tmp_path:
                 await feed(stub, range(20, 1000))
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
             assert "write-ahead log: cannot write" in refused.value.details()
-            gateway = await start_gateway(
-                "127.0.0.1", 0, server.local_channel, server.metrics, None
-            )
-            try:
-                async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
-                    body = [
-                        {"event_name": "view", "user_id": f"u{i}", "namespace": "shop"}
-                        for i in range(500)
-                    ]
-                    async with http.post("/v0/analytics", json=body) as post:
-                        assert post.status == 503
-                        assert "cannot write" in (await post.json())["error"]["what"]
-            finally:
-                await gateway.stop()
+            async with gateway_of(server) as gateway, rest_client(gateway) as http:
+                body = [
+                    {"event_name": "view", "user_id": f"u{i}", "namespace": "shop"}
+                    for i in range(500)
+                ]
+                async with http.post("/v0/analytics", json=body) as post:
+                    assert post.status == 503
+                    assert "cannot write" in (await post.json())["error"]["what"]
             assert await state_of(stub) == before  # nothing half-applied
 
             filler.unlink()  # space is back
@@ -245,27 +188,26 @@ async def test_a_full_disk_refuses_events_changes_nothing_and_recovers(tmp_path:
             after = await state_of(stub)
             assert after != before
 
-        async with running(settings_for(disk)) as server, stub_of(server) as stub:
+        async with running(local_settings(disk)) as server, stub_of(server) as stub:
             assert await state_of(stub) == after
 
 
 async def test_snapshots_are_taken_periodically_and_old_ones_pruned(tmp_path: Path):
-    async with running(settings_for(tmp_path, snapshot_interval_s=0.05)) as server:
+    async with running(local_settings(tmp_path, snapshot_interval_s=0.05)) as server:
         async with stub_of(server) as stub:
             for round_ in range(5):
                 await feed(stub, range(round_ * 10, round_ * 10 + 10))
                 target = server.persistence.wal.last_sequence
-                deadline = time.monotonic() + 10
-                while server.persistence.snapshot_sequence < target:
-                    assert time.monotonic() < deadline, "no periodic snapshot"
-                    await asyncio.sleep(0.02)
+                await until(
+                    lambda target=target: server.persistence.snapshot_sequence >= target,
+                    "a periodic snapshot",
+                    timeout=10,
+                )
         assert len(list((tmp_path / "objects" / "snapshots").glob("*.snapshot"))) == 3
 
 
 async def test_the_log_and_snapshots_show_in_the_metrics(tmp_path: Path):
-    from test_metrics import samples
-
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await feed(stub, range(30))  # 40 events in one batch
         await stub.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="view"))
         await server.persistence.snapshot()
@@ -291,10 +233,10 @@ async def test_subscribers_see_log_sequence_numbers_that_go_on_across_restarts(t
             subscription.cancel()
             return got.result().sequence
 
-    async with running(settings_for(tmp_path)) as server:
+    async with running(local_settings(tmp_path)) as server:
         before = await first_sequence_after_tracking(server)
         last = server.persistence.wal.last_sequence
-    async with running(settings_for(tmp_path)) as server:
+    async with running(local_settings(tmp_path)) as server:
         after = await first_sequence_after_tracking(server)
 
     assert before >= 1 and after > last >= before
@@ -311,12 +253,12 @@ async def read_replay(stub, request: pb.SubscribeRequest, count: int) -> list[pb
 async def test_a_subscriber_resumes_from_the_log_then_goes_on_live(tmp_path: Path):
     from kimball_grpc.core.bloom import hash_key
 
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         for user in ("a", "b", "c", "d"):
             await stub.TrackEvent(pb.TrackEventRequest(event=event("view", user)))
         await stub.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="view"))
         await stub.TrackEvent(pb.TrackEventRequest(event=event("view", "other", "blog")))
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         call = stub.Subscribe(pb.SubscribeRequest(namespace="shop", after_sequence=2))
         replayed = [await asyncio.wait_for(call.read(), 10) for _ in range(2)]
         await stub.TrackEvent(pb.TrackEventRequest(event=event("buy", "e", value=3.0)))
@@ -335,10 +277,10 @@ async def test_a_subscriber_resumes_from_the_log_then_goes_on_live(tmp_path: Pat
 
 
 async def test_resuming_from_a_position_the_log_no_longer_holds_is_out_of_range(tmp_path):
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await feed(stub, range(10))
     (tmp_path / "wal").rename(tmp_path / "wal-gone")  # the snapshot holds it all, the log not
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
+    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         await feed(stub, range(10, 12))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await read_replay(stub, pb.SubscribeRequest(after_sequence=1), 1)
@@ -348,24 +290,3 @@ async def test_resuming_from_a_position_the_log_no_longer_holds_is_out_of_range(
         first = server.persistence.snapshot_sequence
         got = await read_replay(stub, pb.SubscribeRequest(after_sequence=first), 1)
         assert got[0].sequence == first + 1 and got[0].replayed
-
-
-async def test_sigterm_during_a_slow_restore_stops_the_process_promptly(tmp_path: Path):
-    from kimball_process import read_until_listening, start
-
-    async with running(settings_for(tmp_path)) as server, stub_of(server) as stub:
-        await feed(stub, range(30))  # a snapshot of three counters at shutdown
-    config = tmp_path / "app.config"
-    config.write_text("[{features, [{api_auth, disable}, {counter_startup_delay, 5000}]}].\n")
-
-    process = start("--grpc-port", "0", "--data-dir", str(tmp_path), "--config", str(config))
-    try:
-        read_until_listening(process, ready=False)  # restoring: 5 s per counter from here
-        started = time.monotonic()
-        process.terminate()
-        code = await asyncio.to_thread(process.wait, 30)
-        assert code == 0
-        assert time.monotonic() - started < 4.5  # less than one pause: not the whole restore
-    finally:
-        if process.poll() is None:
-            process.kill()

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
-from object_servers import (
+from support.in_process import local_settings, running, stub_of
+from support.metrics import samples
+from support.object_servers import (
     S3_ACCESS_KEY_ID,
     S3_REGION,
     S3_SECRET_ACCESS_KEY,
     ObjectServer,
+    gcs_client,
+    new_bucket_name,
+    s3_client,
 )
-from test_durability import event, feed, running, settings_for, state_of, stub_of
-from test_metrics import samples
+from support.polling import until
+from support.state import event, feed, state_of
 
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -42,14 +42,8 @@ class Bucket:
 
 
 def _s3(server: ObjectServer) -> Bucket:
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=server.url,
-        aws_access_key_id=S3_ACCESS_KEY_ID,
-        aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-        region_name=S3_REGION,
-    )
-    name = f"kimball-{uuid.uuid4().hex[:12]}"
+    client = s3_client(server)
+    name = new_bucket_name()
 
     def objects() -> dict[str, bytes]:
         listed = client.list_objects_v2(Bucket=name).get("Contents", [])
@@ -58,7 +52,7 @@ def _s3(server: ObjectServer) -> Bucket:
         }
 
     def settings(data_dir: Path) -> Settings:
-        return settings_for(
+        return local_settings(
             data_dir,
             s3_bucket=name,
             storage_path_prefix="prod/eu",
@@ -81,18 +75,14 @@ def _s3(server: ObjectServer) -> Bucket:
 
 
 def _gcs(server: ObjectServer) -> Bucket:
-    client = gcs.Client(
-        project="kimball",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": server.url},
-    )
-    name = f"kimball-{uuid.uuid4().hex[:12]}"
+    client = gcs_client(server)
+    name = new_bucket_name()
 
     def objects() -> dict[str, bytes]:
         return {b.name: b.download_as_bytes() for b in client.list_blobs(name)}
 
     def settings(data_dir: Path) -> Settings:
-        return settings_for(
+        return local_settings(
             data_dir, gcs_bucket=name, storage_path_prefix="prod/eu", gcs_endpoint=server.url
         )
 
@@ -146,7 +136,7 @@ async def test_when_the_backend_is_down_ingestion_goes_on_and_a_snapshot_lands_l
         try:
             with caplog.at_level(logging.WARNING):
                 await feed(stub, range(20, 60))  # acknowledged: the log holds it
-                await wait_for(lambda: failed_snapshots(server) >= 2, "no failed snapshot")
+                await until(lambda: failed_snapshots(server) >= 2, "failed snapshots", 30, 0.05)
             assert storage_up(server) == 0
             assert "cannot store a snapshot" in caplog.text
             assert "retrying in" in caplog.text
@@ -154,7 +144,7 @@ async def test_when_the_backend_is_down_ingestion_goes_on_and_a_snapshot_lands_l
             bucket.server.restart()
         bucket.create()  # the test servers keep nothing across a restart; a real bucket would
         target = server.persistence.wal.last_sequence
-        await wait_for(lambda: server.persistence.snapshot_sequence >= target, "no snapshot")
+        await until(lambda: server.persistence.snapshot_sequence >= target, "a snapshot", 30, 0.05)
         assert storage_up(server) == 1
         before = await state_of(stub)
 
@@ -178,7 +168,7 @@ async def test_start_up_waits_for_the_backend_instead_of_starting_empty(
     try:
         async with running(bucket.settings(tmp_path), ready=False) as server:
             tried = "cannot load the newest snapshot"
-            await wait_for(lambda: tried in caplog.text, "the restore did not try")
+            await until(lambda: tried in caplog.text, "the restore to try", 30, 0.05)
             assert not server.ready.done()  # waiting, not started empty
             bucket.server.start()
             down = False
@@ -200,10 +190,3 @@ def storage_up(server: Any) -> float | None:
 def failed_snapshots(server: Any) -> float:
     got = samples(server.metrics.registry)
     return got.get(("kimball_snapshots_total", (("result", "failed"),)), 0)
-
-
-async def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)

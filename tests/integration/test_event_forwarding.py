@@ -9,7 +9,6 @@ same port. Waits poll with deadlines; nothing sleeps a fixed time to "let it hap
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,14 +18,19 @@ from typing import Any
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from support.in_process import gateway_of, local_settings, rest_client, running, stub_of
+from support.polling import until
+from support.ports import free_port
 
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec.state_codec import encode_records
 from kimball_grpc.core.bloom import hash_key
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import AcceptedEvent, Event, prepare_event
+from kimball_grpc.core.records import EventRecord
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.streaming.event_forwarding import EventForwarder, EventForwarding
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import FsyncPolicy, WriteAheadLog
@@ -97,6 +101,9 @@ async def servers() -> AsyncIterator[Callable[..., object]]:
         await server.stop()
 
 
+ANY_HASH = hash_key("any user")
+
+
 class Forwarding:
     """A started ``EventForwarding`` and the registry its metrics are in."""
 
@@ -109,7 +116,13 @@ class Forwarding:
         return self.forwarding.forwarders[index]
 
     def offer(self, events: Sequence[AcceptedEvent]) -> None:
-        self.forwarding.offer(events)
+        """Hand ``events`` on as the ingestor does: the records it applied, with the events
+        they came from (the user's hash is not forwarded while the event has its id)."""
+        records = [
+            EventRecord(a.event.namespace or "default", a.event.event_name, ANY_HASH, 2026, 1)
+            for a in events
+        ]
+        self.forwarding.offer_records(records, [a.event for a in events])
 
     def metric(self, name: str, target: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, {"target": target, **labels})
@@ -129,13 +142,6 @@ async def forwardings() -> AsyncIterator[Callable[..., Forwarding]]:
         await forwarding.forwarding.stop()
 
 
-def refused_port() -> int:
-    """A loopback port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def accepted(first: int, count: int, namespace: str = "default") -> list[AcceptedEvent]:
     return [
         AcceptedEvent(i, Event(event_name=f"e{i}", user_id=f"u{i % 7}", namespace=namespace))
@@ -145,15 +151,6 @@ def accepted(first: int, count: int, namespace: str = "default") -> list[Accepte
 
 def expected(events: Sequence[AcceptedEvent]) -> list[Received]:
     return [(a.event.namespace, a.event.event_name, a.event.user_id) for a in events]
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def accounted(forwarder: EventForwarder, offered: int) -> None:
@@ -284,7 +281,7 @@ async def test_dead_and_stalled_targets_do_not_slow_ingestion(
     stalled = Target()
     stalled.stall = True  # reads one event per call, then never reads again
     stalled_server = await servers(stalled)
-    dead = refused_port()
+    dead = free_port()  # nothing listens on it: connections are refused
     forwarding = forwardings(
         [("127.0.0.1", stalled_server.port), ("127.0.0.1", dead)],
         max_queue=2_000,
@@ -387,7 +384,7 @@ async def test_an_idle_target_going_away_is_noticed(servers, forwardings) -> Non
 async def test_bad_targets_retry_with_backoff_next_to_a_good_one(servers, forwardings) -> None:
     good = Target()
     server = await servers(good)
-    refused = refused_port()
+    refused = free_port()  # nothing listens on it: connections are refused
     targets = [
         ("kimball-target.invalid", 50051),
         ("127.0.0.1", refused),
@@ -455,38 +452,18 @@ def test_ipv6_targets_are_addressed_in_brackets() -> None:
 
 async def test_a_server_forwards_what_it_accepts_over_rest_and_grpc(servers, tmp_path) -> None:
     """End to end: kimball with external_grpc_event_targets, events in over both APIs."""
-    import aiohttp
-
-    from gateway.server import start_gateway
-    from kimball_grpc.app import start_server
-    from kimball_grpc.config.settings import Settings
-    from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-    from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-
     target = Target()
     server = await servers(target)
-    settings = Settings(
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        api_auth=False,
-        data_dir=tmp_path,
-        external_grpc_event_targets=(("127.0.0.1", server.port),),
-    )
-    kimball = await start_server(settings)
-    await kimball.wait_ready()
-    gateway = await start_gateway("127.0.0.1", 0, kimball.local_channel, kimball.metrics, None)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{kimball.grpc_port}") as channel:
-            await pb_grpc.KimballServiceStub(channel).TrackEvent(
+    settings = local_settings(tmp_path, external_grpc_event_targets=(("127.0.0.1", server.port),))
+    async with running(settings) as kimball, gateway_of(kimball) as gateway:
+        async with stub_of(kimball) as stub:
+            await stub.TrackEvent(
                 pb.TrackEventRequest(event=pb.Event(event_name="view", user_id="u1"))
             )
         async with (
-            aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http,
+            rest_client(gateway) as http,
             http.post("/v0/analytics", json=[{"event_name": "buy", "user_id": "u2"}]) as post,
         ):
             assert post.status == 204
         await until(lambda: len(target.received) >= 2, "both events at the target")
         assert target.received == [("default", "view", "u1"), ("default", "buy", "u2")]
-    finally:
-        await gateway.stop()
-        await kimball.stop(grace=None)

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
-from test_metrics import samples
+from support.in_process import gateway_of, local_settings, rest_client, running
+from support.metrics import samples
+from support.polling import until
+from support.ports import reserved_port
 
-from gateway.shapes import RESPONSE_SHAPES
+from gateway.response_shapes import predictions_json
 from kimball_grpc.config.settings import PredictionTarget
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.outbound.external_predictions import (
     ExternalAnswer,
     ExternalPredictions,
@@ -106,11 +109,8 @@ async def serve() -> AsyncIterator[Serve]:
 
 @pytest.fixture
 def dead_port() -> Iterator[int]:
-    """A loopback port bound but not listening: connections to it are refused, and no
-    other test can take it meanwhile."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
+    with reserved_port() as port:
+        yield port
 
 
 @pytest.fixture
@@ -143,14 +143,6 @@ def requests(registry: CollectorRegistry, target: str, result: str) -> float:
         (("result", result), ("target", target)),
     )
     return samples(registry)[key]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll ``check`` until it holds, failing after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_answers_of_two_targets_are_merged(serve: Serve, make: Make) -> None:
@@ -188,8 +180,9 @@ async def test_merged_into_the_api_response_and_its_rest_shape(serve: Serve, mak
     assert list(response.goals["goal_1"].external) == [
         pb.ExternalPrediction(target="beta", yes=0.5, no=0.25)
     ]
-    # SPEC section 4: T_yes and T_no under goals[prediction_name], next to Kimball's own.
-    assert RESPONSE_SHAPES["GetPredictions"](response) == {
+    # Each target T's answer shows as T_yes and T_no under goals[prediction_name], next to
+    # Kimball's own figures.
+    assert predictions_json(response) == {
         "goals": {
             "goal_1": {"yes": 0.125, "no": 0.5, "beta_yes": 0.5, "beta_no": 0.25},
             "new_goal": {"beta_yes": 1.0, "beta_no": 0.0},
@@ -219,7 +212,7 @@ async def test_a_hanging_target_is_skipped_at_the_deadline(
     async def released() -> bool:
         return hang.released == hang.started == 1
 
-    await eventually(released)
+    await until(released, "the hanging call released")
 
 
 async def test_the_deadline_is_configurable(serve: Serve, make: Make) -> None:
@@ -325,9 +318,7 @@ async def test_channels_are_opened_once_and_reused(
 async def test_a_target_that_comes_back_is_used_again(
     serve: Serve, make: Make, registry: CollectorRegistry
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    with reserved_port() as port:
         external = make({"late": port})
         assert [i.target for i in (await external.ask("", "u", [])).skipped] == ["late"]
     await serve(Fixed(("goal", 1, 0)), port=port)
@@ -337,7 +328,8 @@ async def test_a_target_that_comes_back_is_used_again(
             "goal": {"late_yes": 1.0, "late_no": 0.0}
         }
 
-    await eventually(answers)  # on the same channel, once its reconnect backoff is over
+    # On the same channel, once its reconnect backoff is over.
+    await until(answers, "answers from the target that came back")
     assert requests(registry, "late", "ok") == 1
 
 
@@ -395,31 +387,18 @@ async def test_ipv6_hosts_are_bracketed(registry: CollectorRegistry) -> None:
 async def test_a_server_merges_targets_into_predictions_on_both_apis(serve, tmp_path):
     """End to end: kimball's own GetPredictions and GET /v0/predictions, with one good target
     and one that hangs: the good answer is merged, the hanging one reported, no 5xx."""
-    import aiohttp
-
-    from gateway.server import start_gateway
-    from kimball_grpc.app import start_server
-    from kimball_grpc.config.settings import Settings
-    from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-
     good = await serve(Fixed(("buy", 0.75, 0.25)))
     hang = Hang()
     slow = await serve(hang)
-    settings = Settings(
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        api_auth=False,
-        data_dir=tmp_path,
+    settings = local_settings(
+        tmp_path,
         external_grpc_prediction_targets=(
             PredictionTarget("model", "127.0.0.1", good),
             PredictionTarget("slow", "127.0.0.1", slow),
         ),
         external_prediction_deadline_ms=100,
     )
-    server = await start_server(settings)
-    await server.wait_ready()
-    gateway = await start_gateway("127.0.0.1", 0, server.local_channel, server.metrics, None)
-    try:
+    async with running(settings) as server, gateway_of(server) as gateway:
         stub = pb_grpc.KimballServiceStub(server.local_channel)
         await stub.TrackEvents(
             pb.TrackEventsRequest(
@@ -438,7 +417,7 @@ async def test_a_server_merges_targets_into_predictions_on_both_apis(serve, tmp_
         assert "deadline" in answer.external_problems[0].reason
 
         async with (
-            aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http,
+            rest_client(gateway) as http,
             http.get("/v0/predictions", params={"event": "view"}) as got,
         ):
             assert got.status == 200
@@ -448,6 +427,3 @@ async def test_a_server_merges_targets_into_predictions_on_both_apis(serve, tmp_
             0.25,
         )
         assert body["external_problems"][0]["target"] == "slow"
-    finally:
-        await gateway.stop()
-        await server.stop(grace=None)

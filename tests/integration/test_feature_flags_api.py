@@ -10,12 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from grpc_errors import error_metadata
+from support.grpc_errors import error_metadata
+from support.in_process import crash, local_settings, running, started
 
 from kimball_grpc.api import ingest
-from kimball_grpc.app import RunningServer, start_server
 from kimball_grpc.codec.proto_mapping import flags_to_proto
-from kimball_grpc.config.settings import Settings
 from kimball_grpc.core import feature_flags
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
@@ -181,21 +180,17 @@ async def test_grpc_methods_and_the_watch_stream(stub):
 
 
 async def test_specs_survive_a_restart_with_their_version(tmp_path):
-    settings = Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
-    server = await start_server(settings)
-    await server.wait_ready()
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    for name in ("a", "b", "c"):
-        await server.ingestor.put_feature_spec(_spec(name, start))
-    await server.persistence.snapshot()  # a snapshot holds a and b and c ...
-    await server.ingestor.delete_feature_spec("b")  # ... and the log this change
-    before = (server.engine.flags.listed(), server.engine.flags.version)
-    await server.stop(grace=None)
+    settings = local_settings(tmp_path)
+    async with running(settings) as server:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        for name in ("a", "b", "c"):
+            await server.ingestor.put_feature_spec(_spec(name, start))
+        await server.persistence.snapshot()  # a snapshot holds a and b and c ...
+        await server.ingestor.delete_feature_spec("b")  # ... and the log this change
+        before = (server.engine.flags.listed(), server.engine.flags.version)
 
-    again = await start_server(settings)
-    await again.wait_ready()
-    assert (again.engine.flags.listed(), again.engine.flags.version) == before
-    await again.stop(grace=None)
+    async with running(settings) as again:
+        assert (again.engine.flags.listed(), again.engine.flags.version) == before
 
 
 def _spec(name: str, start: datetime) -> FeatureSpec:
@@ -210,16 +205,10 @@ def _spec(name: str, start: datetime) -> FeatureSpec:
     )
 
 
-async def crash(server: RunningServer) -> None:
-    """Gone as with kill -9: no snapshot at shutdown, the log not closed."""
-    await server.front.server.stop(None)
-
-
 async def test_spec_changes_are_replayed_from_the_log_after_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(feature_flags, "MAX_SPECS", 2)
-    settings = Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
-    server = await start_server(settings)
-    await server.wait_ready()
+    settings = local_settings(tmp_path)
+    server = await started(settings)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     await server.ingestor.put_feature_spec(_spec("a", start))
     await server.ingestor.put_feature_spec(_spec("b", start))
@@ -230,10 +219,8 @@ async def test_spec_changes_are_replayed_from_the_log_after_a_crash(tmp_path, mo
     before = (server.engine.flags.listed(), server.engine.flags.version)
     await crash(server)
 
-    again = await start_server(settings)
-    await again.wait_ready()  # replays the spec records: no snapshot was taken
-    assert (again.engine.flags.listed(), again.engine.flags.version) == before
-    await again.stop(grace=None)
+    async with running(settings) as again:  # replays the spec records: no snapshot was taken
+        assert (again.engine.flags.listed(), again.engine.flags.version) == before
 
 
 async def test_a_set_of_specs_too_large_for_one_message_is_refused(stub, monkeypatch):

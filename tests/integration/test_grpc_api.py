@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_errors import error_metadata
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.grpc_errors import error_metadata
+from support.in_process import local_settings, weekly_counters
+from support.polling import until
+from support.worked_example import as_protos
 
 from kimball_grpc.config.settings import Settings
-from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.limits import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES, MAX_NAME_LENGTH
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
@@ -37,16 +39,14 @@ async def counts(stub, namespace: str = "") -> dict[str, int]:
     return {c.name: c.count for c in response.counts if c.type != pb.COUNTER_TYPE_WEEKLY}
 
 
-async def spec_example(stub) -> None:
-    """SPEC section 4's example: global 6, goal_1 4 with {feature_1: 1}, feature_1 2."""
-    events = [ev("feature_1", "u1"), ev("feature_1", "u2")]
-    events += [ev("goal_1", u, ensure_goal=True) for u in ("u1", "u3", "u4", "u5")]
-    events += [ev("other", "u6")]
-    await stub.TrackEvents(pb.TrackEventsRequest(events=events))
+async def worked_example(stub) -> None:
+    """The worked example (support/worked_example.py): global 6, goal_1 4 with
+    {feature_1: 1}, feature_1 2."""
+    await stub.TrackEvents(pb.TrackEventsRequest(events=as_protos("other")))
 
 
 async def test_spec_example_analytics(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     response = await stub.GetAnalytics(pb.GetAnalyticsRequest())
     by_name = {c.name: c for c in response.counts}
     assert response.counts[0].name == "global_counter"
@@ -62,14 +62,14 @@ async def test_spec_example_analytics(stub) -> None:
 
 
 async def test_predictions_for_all_goals(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     response = await stub.GetPredictions(pb.GetPredictionsRequest())
     assert set(response.goals) == {"goal_1"}
     assert response.goals["goal_1"].events["feature_1"].bayes == 0.5
 
 
 async def test_predictions_for_events(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     response = await stub.GetPredictions(pb.GetPredictionsRequest(events=["feature_1"]))
     goal = response.goals["goal_1"]
     assert (goal.yes, goal.no, goal.likelihood) == (0.25, 0.25, 1.0)
@@ -78,7 +78,7 @@ async def test_predictions_for_events(stub) -> None:
 
 
 async def test_predictions_for_events_including_the_goal_give_a_note(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     response = await stub.GetPredictions(pb.GetPredictionsRequest(events=["goal_1"]))
     goal = response.goals["goal_1"]
     assert goal.note == "Submitted events included this goal, no prediction made"
@@ -86,28 +86,28 @@ async def test_predictions_for_events_including_the_goal_give_a_note(stub) -> No
 
 
 async def test_predictions_for_unknown_event_is_invalid(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     error = await expect(stub.GetPredictions(pb.GetPredictionsRequest(events=["nope"])), INVALID)
     assert "not known" in error.details()
     assert error_metadata(error) == {"event": "nope"}
 
 
 async def test_predictions_for_user(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     response = await stub.GetPredictions(pb.GetPredictionsRequest(user_id="u2"))
     goal = response.goals["goal_1"]
     assert (goal.yes, goal.no, goal.likelihood) == (0.25, 0.25, 1.0)
 
 
 async def test_predictions_for_user_and_events_together_is_invalid(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     request = pb.GetPredictionsRequest(user_id="u2", events=["feature_1"])
     error = await expect(stub.GetPredictions(request), INVALID)
     assert error_metadata(error) == {"user": "u2"}
 
 
 async def test_predictions_for_user_without_events_is_not_found(stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     request = pb.GetPredictionsRequest(user_id="stranger")
     error = await expect(stub.GetPredictions(request), grpc.StatusCode.NOT_FOUND)
     assert error_metadata(error) == {"user": "stranger"}
@@ -309,10 +309,7 @@ async def test_subscription_gets_matching_events_live(stub, server) -> None:
 
 async def _wait_for_subscribers(hub, count: int) -> None:
     """Subscribing is asynchronous: poll, with a deadline, until the server holds them."""
-    deadline = asyncio.get_running_loop().time() + 5
-    while hub.subscriber_count < count:
-        assert asyncio.get_running_loop().time() < deadline, "subscriptions not registered"
-        await asyncio.sleep(0.01)
+    await until(lambda: hub.subscriber_count >= count, "subscriptions registered", interval=0.01)
 
 
 @pytest.mark.parametrize(
@@ -338,22 +335,7 @@ async def test_deadline_ends_a_subscription(stub) -> None:
 class TestWeekly:
     @pytest.fixture
     def settings(self, tmp_path) -> Settings:
-        rules = [
-            {
-                "pattern": "^w_",
-                "type": "bloom_scalable",
-                "size": 100,
-                "error_probability": 0.01,
-                "date_cohort": "weekly",
-            }
-        ]
-        return Settings(
-            grpc_host="127.0.0.1",
-            grpc_port=0,
-            api_auth=False,
-            counter_config=CounterConfig.from_mappings(rules),
-            data_dir=tmp_path,
-        )
+        return local_settings(tmp_path, counter_config=weekly_counters("^w_", 100, 0.01))
 
     async def test_weekly_counters_by_iso_week_in_utc(self, stub) -> None:
         def at(when: datetime) -> Timestamp:

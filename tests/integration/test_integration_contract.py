@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as F
-from grpc_errors import error_metadata
+from support import worked_example as example
+from support.grpc_errors import error_metadata
 
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -39,16 +40,16 @@ async def test_event_stream_stops_at_a_bad_event(integration, stub) -> None:
     assert {c.name: c.count for c in analytics.counts} == {"global_counter": 1, "a": 1}
 
 
-async def spec_example(integration, stub) -> None:
-    await stub.CreateGoal(pb.CreateGoalRequest(goal_name="goal_1"))
-    events = [("", "feature_1", "u1"), ("", "feature_1", "u2")]
-    events += [("", "goal_1", u) for u in ("u1", "u3", "u4", "u5")]
-    events += [("", "other", "u6")]
-    await stream(integration, events)
+async def worked_example(integration, stub) -> None:
+    """The worked example (support/worked_example.py) over the event stream, which has no
+    ensure_goal: the goal is created first."""
+    await stub.CreateGoal(pb.CreateGoalRequest(goal_name=example.GOAL))
+    events = [("", name, user) for name, user, _ in example.EVENTS]
+    await stream(integration, [*events, ("", "other", example.SIXTH_USER)])
 
 
 async def test_prediction_for_events(integration, stub) -> None:
-    await spec_example(integration, stub)
+    await worked_example(integration, stub)
     response = await integration.Prediction(ipb.PredictionRequest(event_names=["feature_1"]))
     assert [(p.prediction_name, p.yes, p.no) for p in response.predictions] == [
         ("goal_1", 0.25, 0.25)
@@ -56,7 +57,7 @@ async def test_prediction_for_events(integration, stub) -> None:
 
 
 async def test_prediction_for_user(integration, stub) -> None:
-    await spec_example(integration, stub)
+    await worked_example(integration, stub)
     response = await integration.Prediction(ipb.PredictionRequest(user_id="u2"))
     assert [(p.prediction_name, p.yes, p.no) for p in response.predictions] == [
         ("goal_1", 0.25, 0.25)
@@ -76,7 +77,7 @@ async def test_prediction_for_user(integration, stub) -> None:
     ],
 )
 async def test_prediction_bad_requests(integration, stub, request_fields, code) -> None:
-    await spec_example(integration, stub)
+    await worked_example(integration, stub)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await integration.Prediction(ipb.PredictionRequest(**request_fields))
     assert info.value.code() == code

@@ -1,4 +1,4 @@
-"""Metrics (SPEC section 7): the exposition text after known calls and events."""
+"""Metrics: the exposition text of each registry after known calls and events."""
 
 from __future__ import annotations
 
@@ -7,44 +7,22 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from support.in_process import local_settings, running, weekly_counters
+from support.metrics import samples
+from support.worked_example import as_protos
 
 from kimball_grpc.config.settings import Settings
-from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 METHOD = "/kimball.v1.KimballService/"
 
 
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
-    """Every sample of a registry's exposition text, by name and sorted labels."""
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    weekly = [
-        {
-            "pattern": "^w_",
-            "type": "bloom_scalable",
-            "size": 16,
-            "error_probability": 0.01,
-            "date_cohort": "weekly",
-        }
-    ]
-    return Settings(
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        api_auth=False,
+    return local_settings(
+        tmp_path,
         kubernetes_memory_limit=8 * 1024**3,
-        counter_config=CounterConfig.from_mappings(weekly),
-        data_dir=tmp_path,
+        counter_config=weekly_counters("^w_", 16, 0.01),
     )
 
 
@@ -54,17 +32,14 @@ def at(year: int, month: int, day: int) -> Timestamp:
     return stamp
 
 
-async def spec_example(stub) -> None:
-    events = [pb.Event(event_name="feature_1", user_id=u) for u in ("u1", "u2")]
-    events += [
-        pb.Event(event_name="goal_1", user_id=u, ensure_goal=True) for u in ("u1", "u3", "u4", "u5")
-    ]
-    events += [pb.Event(event_name="w_login", user_id="u6", datetime=at(2024, 1, 3))]
+async def worked_example(stub) -> None:
+    """The worked example (support/worked_example.py), u6 logging in in ISO week 2024-W01."""
+    events = as_protos("w_login", datetime=at(2024, 1, 3))
     await stub.TrackEvents(pb.TrackEventsRequest(events=events))
 
 
 async def test_main_registry_counts_calls_counters_and_event_time(server, stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.GetPredictions(pb.GetPredictionsRequest(events=["nope"]))
     await stub.GetPredictions(pb.GetPredictionsRequest())
@@ -87,7 +62,7 @@ async def test_main_registry_counts_calls_counters_and_event_time(server, stub) 
 
 
 async def test_counters_registry(server, stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     got = samples(server.metrics.counters_registry)
     named = {
         dict(labels)["name"]: value
@@ -105,24 +80,16 @@ async def test_counters_registry(server, stub) -> None:
 
 
 async def test_predictions_registry(server, stub) -> None:
-    await spec_example(stub)
+    await worked_example(stub)
     got = samples(server.metrics.predictions_registry)
     labels = (("event", "feature_1"), ("goal", "goal_1"), ("kimball_namespace", "default"))
     assert got == {("kimball_bayes_prediction", labels): 0.5}
 
 
 async def test_each_server_has_its_own_registries(server, stub, tmp_path) -> None:
-    from kimball_grpc.app import start_server
-
-    other = await start_server(
-        Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path / "other")
-    )
-    try:
-        await other.wait_ready()
-        await spec_example(stub)
+    async with running(local_settings(tmp_path / "other")) as other:
+        await worked_example(stub)
         assert samples(other.metrics.registry)[("kimball_counters", ())] == 0
         # No memory limit configured: nothing to subtract from, no series.
         assert ("memory_remaining_bytes", ()) not in samples(other.metrics.registry)
         assert other.metrics.registry is not server.metrics.registry
-    finally:
-        await other.stop(grace=None)

@@ -1,22 +1,19 @@
-"""The original REST API (SPEC section 4) through the gateway, on real loopback servers."""
+"""The original REST API (the `/v0` routes, in their original shapes) through the gateway,
+on real loopback servers."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from support.in_process import local_settings
+from support.worked_example import as_json
 
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 
-SPEC_EXAMPLE = (
-    [{"event_name": "feature_1", "user_id": u} for u in ("u1", "u2")]
-    + [
-        {"event_name": "goal_1", "user_id": u, "ensure_goal": True}
-        for u in ("u1", "u3", "u4", "u5")
-    ]
-    + [{"event_name": "other", "user_id": "u6", "value": 2.5}]
-)
+# The worked example (support/worked_example.py), u6's event with a value.
+EXAMPLE = as_json("other", value=2.5)
 
 
 async def post(http, path: str, body: object) -> tuple[int, bytes]:
@@ -30,7 +27,7 @@ async def get(http, path: str, **params: object) -> tuple[int, object]:
 
 
 async def test_batch_post_and_analytics_in_the_original_shapes(http) -> None:
-    assert await post(http, "/v0/analytics", {"events": SPEC_EXAMPLE}) == (204, b"")
+    assert await post(http, "/v0/analytics", {"events": EXAMPLE}) == (204, b"")
     status, body = await get(http, "/v0/analytics")
     assert status == 200
     counts = {c["name"]: c for c in body["counts"]}
@@ -166,7 +163,7 @@ async def test_goals_and_namespaces(http) -> None:
 
 
 async def test_predictions_in_every_mode(http) -> None:
-    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    await post(http, "/v0/analytics", EXAMPLE)
     assert await get(http, "/v0/predictions") == (
         200,
         {"goals": {"goal_1": {"events": {"feature_1": {"bayes": 0.5}}}}},
@@ -185,7 +182,7 @@ async def test_predictions_in_every_mode(http) -> None:
 
 
 async def test_two_events_as_repeated_parameters(http) -> None:
-    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    await post(http, "/v0/analytics", EXAMPLE)
     async with http.get("/v0/predictions?event=feature_1&event=other") as response:
         goal = (await response.json())["goals"]["goal_1"]
     assert goal["yes"] == 0.25 * 0.0 and goal["no"] == 0.25 * 0.25
@@ -204,7 +201,7 @@ async def test_two_events_as_repeated_parameters(http) -> None:
     ],
 )
 async def test_prediction_errors(http, params, status, error) -> None:
-    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    await post(http, "/v0/analytics", EXAMPLE)
     assert await get(http, "/v0/predictions", **params) == (status, {"error": error})
 
 
@@ -216,7 +213,7 @@ async def test_unknown_or_repeated_parameters_are_400(http) -> None:
 
 
 async def test_nudges(http) -> None:
-    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    await post(http, "/v0/analytics", EXAMPLE)
     assert await get(http, "/v0/nudges", goal="goal_1", user_id="u6") == (
         200,
         {
@@ -230,7 +227,7 @@ async def test_nudges(http) -> None:
 
 
 async def test_alive_ready_and_metrics(http) -> None:
-    await post(http, "/v0/analytics", SPEC_EXAMPLE)
+    await post(http, "/v0/analytics", EXAMPLE)
     for path in ("/alive", "/ready"):
         async with http.get(path) as response:
             assert (response.status, await response.text()) == (200, "ok!")
@@ -259,9 +256,7 @@ async def test_alive_ready_and_metrics(http) -> None:
 class TestAuthentication:
     @pytest.fixture
     def settings(self, tmp_path) -> Settings:
-        return Settings(
-            grpc_host="127.0.0.1", grpc_port=0, api_auth_tokens=("s3cret",), data_dir=tmp_path
-        )
+        return local_settings(tmp_path, api_auth=True, api_auth_tokens=("s3cret",))
 
     @pytest.mark.parametrize(
         ("method", "path"),

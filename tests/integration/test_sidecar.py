@@ -3,32 +3,34 @@
 Events sent to the sidecar (gRPC, REST, the integration contract) are spooled,
 acknowledged, and delivered to the api server; reads are forwarded; the api
 server going away and coming back loses nothing. Real processes killed with
-SIGKILL are in test_sidecar_processes.py. Waits poll with deadlines.
+SIGKILL are in system/test_sidecar_processes.py. Waits poll with deadlines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_errors import error_metadata
+from support import polling
+from support.grpc_errors import error_metadata
+from support.in_process import gateway_of, local_settings, rest_client, weekly_counters
+from support.ports import free_port
 
-from gateway.server import RunningGateway, start_gateway
+from gateway.server import RunningGateway
 from kimball_grpc.app import RunningServer, start_server
 from kimball_grpc.codec.error_details import error_info
 from kimball_grpc.codec.state_codec import encode_records
 from kimball_grpc.config.settings import Mode, Settings
-from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.events import Event, prepare_event
 from kimball_grpc.core.records import GoalRecord
@@ -41,33 +43,12 @@ from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
 from kimball_grpc.sidecar.server import RunningSidecar, start_sidecar
 
 TOKEN = "api-secret"
-WEEKLY = CounterConfig.from_mappings(
-    [
-        {
-            "pattern": ".*",
-            "type": "bloom_scalable",
-            "size": 100,
-            "error_probability": 0.01,
-            "date_cohort": "weekly",
-        }
-    ]
-)
+WEEKLY = weekly_counters(".*", 100, 0.01)
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+# Delivery through a sidecar crosses two servers and a spool: give it 10 s.
+until = partial(polling.until, timeout=10)
 
 
 class Deployment:
@@ -80,14 +61,14 @@ class Deployment:
         self.api: RunningServer | None = None
         self.sidecars: list[RunningSidecar] = []
         self.channels: list[grpc.aio.Channel] = []
-        self.gateways: list[RunningGateway] = []
+        self.gateways = AsyncExitStack()
 
     def api_settings(self) -> Settings:
-        return Settings(
-            grpc_host="127.0.0.1",
+        return local_settings(
+            self.root / "api",
             grpc_port=self.api_port,
+            api_auth=True,
             api_auth_tokens=(TOKEN,),
-            data_dir=self.root / "api",
             counter_config=WEEKLY,
         )
 
@@ -102,11 +83,8 @@ class Deployment:
         self.api = None
 
     async def start_sidecar(self, name: str = "sidecar", **overrides: object) -> RunningSidecar:
-        settings = Settings(
-            grpc_host="127.0.0.1",
-            grpc_port=0,
-            api_auth=False,
-            data_dir=self.root / name,
+        settings = local_settings(
+            self.root / name,
             mode=Mode.SIDECAR,
             analytics_host=f"127.0.0.1:{self.api_port}",
             analytics_token=TOKEN,
@@ -129,11 +107,7 @@ class Deployment:
         return pb_grpc.KimballServiceStub(self.channel(port))
 
     async def gateway(self, sidecar: RunningSidecar) -> RunningGateway:
-        gateway = await start_gateway(
-            "127.0.0.1", 0, sidecar.local_channel, sidecar.metrics, sidecar.checker
-        )
-        self.gateways.append(gateway)
-        return gateway
+        return await self.gateways.enter_async_context(gateway_of(sidecar))
 
     async def counts(self, namespace: str = "default") -> dict[str, int]:
         """Named counters on the api server: event name -> unique users."""
@@ -143,8 +117,7 @@ class Deployment:
         }
 
     async def close(self) -> None:
-        for gateway in self.gateways:
-            await gateway.stop()
+        await self.gateways.aclose()
         for channel in self.channels:
             await channel.close()
         for sidecar in list(self.sidecars):
@@ -247,7 +220,7 @@ async def test_rest_on_a_sidecar_takes_events_and_forwards_reads(deployment):
     await deployment.start_api()
     sidecar = await deployment.start_sidecar()
     gateway = await deployment.gateway(sidecar)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
+    async with rest_client(gateway) as http:
         body = {"events": [{"event_name": "open", "user_id": f"u{i}"} for i in range(5)]}
         async with http.post("/v0/analytics", json=body) as response:
             assert response.status == 204, await response.text()
@@ -300,14 +273,7 @@ async def test_events_wait_in_the_spool_while_the_api_server_is_down(deployment)
 
     await deployment.start_api()  # same port, same data: back after a restart
     await until(lambda: _has(deployment, {"before": 3, "during": 50}), "delivery after restart")
-    await until(_async(lambda: sidecar.spool.pending == 0), "the spool to empty")
-
-
-def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return condition()
-
-    return check
+    await until(lambda: sidecar.spool.pending == 0, "the spool to empty")
 
 
 async def test_a_restarted_sidecar_delivers_what_it_spooled_before(deployment):
@@ -320,7 +286,7 @@ async def test_a_restarted_sidecar_delivers_what_it_spooled_before(deployment):
     assert again.spool.pending == 20
     await deployment.start_api()
     await until(lambda: _has(deployment, {"early": 20}), "delivery from the kept spool")
-    await until(_async(lambda: again.spool.pending == 0), "the spool to empty")
+    await until(lambda: again.spool.pending == 0, "the spool to empty")
 
 
 async def test_a_full_spool_refuses_events_and_keeps_what_it_has(deployment):
@@ -333,7 +299,7 @@ async def test_a_full_spool_refuses_events_and_keeps_what_it_has(deployment):
     assert "spool" in full.value.details()
     assert sidecar.spool.pending == 8
     gateway = await deployment.gateway(sidecar)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.port}") as http:
+    async with rest_client(gateway) as http:
         body = {"events": [{"event_name": "refused", "user_id": f"u{i}"} for i in range(3)]}
         async with http.post("/v0/analytics", json=body) as response:
             assert response.status == 429
@@ -371,7 +337,7 @@ async def test_subscriptions_on_a_sidecar_see_the_api_servers_events(deployment)
     stub = deployment.stub(sidecar.grpc_port)
     call = stub.Subscribe(pb.SubscribeRequest(event_names=["live"]))
     await until(
-        _async(lambda: deployment.api is not None and deployment.api.hub.subscriber_count == 1),
+        lambda: deployment.api is not None and deployment.api.hub.subscriber_count == 1,
         "the subscription",
     )
     await stub.TrackEvent(pb.TrackEventRequest(event=pb.Event(event_name="live", user_id="ann")))
@@ -387,7 +353,7 @@ async def test_stopping_a_sidecar_ends_forwarded_subscriptions_at_once(deploymen
     sidecar = await deployment.start_sidecar()
     call = deployment.stub(sidecar.grpc_port).Subscribe(pb.SubscribeRequest())
     await until(
-        _async(lambda: deployment.api is not None and deployment.api.hub.subscriber_count == 1),
+        lambda: deployment.api is not None and deployment.api.hub.subscriber_count == 1,
         "the subscription",
     )
     started = time.monotonic()
@@ -399,7 +365,7 @@ async def test_stopping_a_sidecar_ends_forwarded_subscriptions_at_once(deploymen
 async def test_stopping_the_api_server_ends_relay_streams_at_once(deployment):
     api = await deployment.start_api()
     sidecar = await deployment.start_sidecar()
-    await until(_async(lambda: sidecar.sender.connected), "the relay stream")
+    await until(lambda: sidecar.sender.connected, "the relay stream")
     started = time.monotonic()
     await api.stop(grace=10.0)
     deployment.api = None
@@ -415,7 +381,7 @@ async def test_a_wrong_relay_token_keeps_events_and_says_what_to_fix(deployment,
         await stub.ListNamespaces(pb.ListNamespacesRequest())
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "ANALYTICS_TOKEN" in refused.value.details()
-    await until(_async(lambda: sidecar.sender.failures > 0), "a refused relay stream")
+    await until(lambda: sidecar.sender.failures > 0, "a refused relay stream")
     assert sidecar.spool.pending == 4
     assert "refused the relay stream" in caplog.text
 
@@ -425,7 +391,7 @@ async def test_sidecar_metrics_show_the_spool_and_the_stream(deployment):
     sidecar = await deployment.start_sidecar()
     stub = deployment.stub(sidecar.grpc_port)
     await stub.TrackEvents(pb.TrackEventsRequest(events=events("m", range(7))))
-    await until(_async(lambda: sidecar.sender.delivered == 7), "delivery")
+    await until(lambda: sidecar.sender.delivered == 7, "delivery")
     registry = sidecar.metrics.registry
     assert registry.get_sample_value("kimball_relay_spooled_events_total") == 7
     assert registry.get_sample_value("kimball_relay_delivered_events_total") == 7
@@ -485,7 +451,7 @@ async def test_a_sidecar_answers_flags_from_its_copy_also_while_the_api_server_i
     await via.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))  # forwarded to the api server
     assert deployment.api is not None
     assert deployment.api.engine.flags.get("new_checkout").user[0].value == "pro"
-    await until(_async(lambda: "new_checkout" in sidecar.specs.flags.specs), "the copy")
+    await until(lambda: "new_checkout" in sidecar.specs.flags.specs, "the copy")
 
     def ask(plan: str) -> pb.EvaluateFeaturesRequest:
         request = pb.EvaluateFeaturesRequest()
@@ -520,7 +486,7 @@ async def test_a_sidecar_answers_flags_from_its_copy_also_while_the_api_server_i
         return True
 
     await until(deleted, "the api server to take calls through the sidecar again")
-    await until(_async(lambda: not again.specs.flags.specs), "the deletion in the copy")
+    await until(lambda: not again.specs.flags.specs, "the deletion in the copy")
 
 
 async def test_flags_are_answered_even_when_their_usage_cannot_be_spooled(deployment):

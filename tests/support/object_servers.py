@@ -7,27 +7,26 @@ across a restart: buckets must be made again.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
-from typing import IO, Self
+from typing import IO, Any, Self
+
+import boto3
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
+
+from support.ports import free_port
 
 # Credentials and region the S3 tests use; moto accepts any.
 S3_ACCESS_KEY_ID = "testing"
 S3_SECRET_ACCESS_KEY = "testing"
 S3_REGION = "us-east-1"
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ObjectServer:
@@ -124,3 +123,28 @@ def gcs_emulator() -> ObjectServer:
             *("--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"),
         ],
     )
+
+
+def s3_client(server: ObjectServer) -> Any:
+    """A boto3 S3 client of ``server`` (building one takes boto3 ~0.3 s: share it)."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=server.url,
+        aws_access_key_id=S3_ACCESS_KEY_ID,
+        aws_secret_access_key=S3_SECRET_ACCESS_KEY,
+        region_name=S3_REGION,
+    )
+
+
+def gcs_client(server: ObjectServer) -> Any:
+    """A google-cloud-storage client of ``server``, anonymous as the emulator wants."""
+    return gcs.Client(
+        project="kimball",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": server.url},
+    )
+
+
+def new_bucket_name() -> str:
+    """A bucket name no other test uses."""
+    return f"kimball-{uuid.uuid4().hex[:12]}"

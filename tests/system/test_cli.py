@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from kimball_process import (
+from support.kimball_process import (
     KIMBALL,
     read_until_listening,
     start,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kimball_process import KIMBALL, start, stop, token_config, wait_for_port
+from support.kimball_process import KIMBALL, start, stop, token_config, wait_for_port
 
 TOKEN = "client-commands-test-token"
 

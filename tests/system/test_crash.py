@@ -29,12 +29,20 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-from kimball_process import read_until_listening, start
+import pytest
+from support.kimball_process import read_until_listening, start
 
+from kimball_grpc.codec.proto_mapping import event_to_proto
 from kimball_grpc.core.bloom import first_slice_error_probability, optimal_bits, optimal_hashes
 from kimball_grpc.core.counter_config import GLOBAL_RULE
+from kimball_grpc.core.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+
+# Under pytest-xdist the kill -9 tests run one after the other on one worker: each drives
+# a server and its senders flat out, and together they would share the cores and make
+# each other's kill moments and delivery times less predictable.
+pytestmark = pytest.mark.xdist_group("sigkill")
 
 SEED = int(os.environ.get("KIMBALL_CRASH_SEED", "20261128"))
 ROUNDS = 8  # kill points while events come in, plus one at start-up (STARTUP_KILL_ROUND)
@@ -177,17 +185,9 @@ class Sender:
 
 
 def to_proto(event: Sent) -> pb.Event:
-    message = pb.Event(
-        namespace=event.namespace,
-        event_name=event.name,
-        user_id=event.user,
-        ensure_goal=event.ensure_goal,
+    return event_to_proto(
+        Event(event.name, event.user, event.namespace, event.value, event.when, event.ensure_goal)
     )
-    if event.value is not None:
-        message.value = event.value
-    if event.when is not None:
-        message.datetime.FromDatetime(event.when)
-    return message
 
 
 def to_json(event: Sent) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""The web UI at ``/`` (SPEC section 4) in a real browser, against a real Kimball server.
+"""The web UI at ``/`` (analytics, goals, predictions, nudges and feature flags, read and
+changed through the REST API) in a real browser, against a real Kimball server.
 
 Headless Chromium from Debian's packages (``/usr/bin/chromium``), driven by Playwright for
 Python (``pip install playwright``; never ``playwright install``: the system browser is
@@ -28,17 +29,20 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from support.in_process import local_settings, running, weekly_counters
 
 from gateway.app import build_app
 from gateway.web_ui import add_web_ui
-from kimball_grpc.app import RunningServer, start_server
-from kimball_grpc.config.settings import Settings
-from kimball_grpc.core.counter_config import CounterConfig
+from kimball_grpc.app import RunningServer
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    # Under pytest-xdist the whole module runs on one worker: one browser, one server.
+    pytest.mark.xdist_group("browser"),
+]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -60,7 +64,7 @@ TOKEN = "web-ui-secret"
 TIMEOUT_MS = 10_000
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FLAG_ROUTES_PENDING = "flag routes not built yet"
 FLAG = "ui_test_flag"
@@ -94,6 +98,12 @@ def playwright_api() -> Any:
     return module
 
 
+@pytest.fixture(scope="module")
+def expect(playwright_api: Any) -> Any:
+    """Playwright's assertions, which wait up to TIMEOUT_MS for the page to agree."""
+    return playwright_api.expect
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser(playwright_api: Any) -> AsyncIterator[Browser]:
     executable = chromium_executable()
@@ -122,17 +132,6 @@ async def open_page(browser: Browser, base_url: str, viewport: dict) -> AsyncIte
 
 
 # ------------------------------------------------------------------ the server
-
-
-def weekly_checkout() -> CounterConfig:
-    rule = {
-        "pattern": "^checkout$",
-        "type": "bloom_scalable",
-        "size": 16,
-        "error_probability": 0.001,
-        "date_cohort": "weekly",
-    }
-    return CounterConfig.from_mappings([rule])
 
 
 def seed_events() -> list[dict]:
@@ -175,17 +174,14 @@ def seed_events() -> list[dict]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def kimball(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
-    settings = Settings(
-        grpc_host="127.0.0.1",
-        grpc_port=0,
+    settings = local_settings(
+        tmp_path_factory.mktemp("kimball-web-ui"),
+        api_auth=True,
         api_auth_tokens=(TOKEN,),
-        data_dir=tmp_path_factory.mktemp("kimball-web-ui"),
-        counter_config=weekly_checkout(),
+        counter_config=weekly_counters("^checkout$", 16, 0.001),
     )
-    running = await start_server(settings)
-    await running.wait_ready()
-    yield running
-    await running.stop(grace=None)
+    async with running(settings) as server:
+        yield server
 
 
 def ui_app(server: RunningServer) -> web.Application:
@@ -237,8 +233,9 @@ async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:
         yield opened
 
 
-async def enter_token(page: Page, expect: Any) -> None:
-    """Open the UI with no token: it says one is needed; type it as a user would."""
+async def enter_token(page: Page, expect: Any, view: str | None = None) -> None:
+    """Open the UI with no token: it says one is needed; type it as a user would. Then
+    follow the navigation link to ``view``, if given."""
     await page.goto("/")
     await expect(page.locator("#token-panel")).to_be_visible()
     await expect(page.locator("#token-message")).to_contain_text("token is needed")
@@ -246,6 +243,8 @@ async def enter_token(page: Page, expect: Any) -> None:
     await page.get_by_role("button", name="Save token").click()
     await expect(page.locator("#token-panel")).to_be_hidden()
     await expect(page.locator("#token-toggle")).to_have_text("Token ✓")
+    if view is not None:
+        await page.get_by_role("link", name=view).click()
 
 
 async def screenshot(page: Page, directory: Path, name: str) -> None:
@@ -305,9 +304,8 @@ async def test_the_page_is_open_and_the_data_is_not(base_url: str) -> None:
 
 
 async def test_token_and_analytics_match_the_api(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+    page: Page, http: aiohttp.ClientSession, expect: Any
 ) -> None:
-    expect = playwright_api.expect
     sent: list[dict] = []
     page.on("request", lambda r: sent.append(r.headers) if "/v0/" in r.url else None)
 
@@ -368,9 +366,8 @@ async def test_token_and_analytics_match_the_api(
 
 
 async def test_namespace_picker_is_remembered_and_weekly_has_an_empty_state(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+    page: Page, http: aiohttp.ClientSession, expect: Any
 ) -> None:
-    expect = playwright_api.expect
     await enter_token(page, expect)
     names = (await get_json(http, "/v0/namespaces"))["namespaces"]
     options = page.locator("#namespace option")
@@ -385,11 +382,9 @@ async def test_namespace_picker_is_remembered_and_weekly_has_an_empty_state(
 
 
 async def test_goals_show_their_combinations_and_a_goal_can_be_created(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+    page: Page, http: aiohttp.ClientSession, expect: Any
 ) -> None:
-    expect = playwright_api.expect
-    await enter_token(page, expect)
-    await page.get_by_role("link", name="Goals").click()
+    await enter_token(page, expect, view="Goals")
     analytics = await get_json(http, "/v0/analytics", namespace="default")
     checkout = next(c for c in counters(analytics, "named") if c["name"] == "checkout")
     card = page.locator('article.goal[data-goal="checkout"]')
@@ -418,11 +413,9 @@ async def test_goals_show_their_combinations_and_a_goal_can_be_created(
 
 
 async def test_predictions_ranking_and_what_if(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any
+    page: Page, http: aiohttp.ClientSession, expect: Any
 ) -> None:
-    expect = playwright_api.expect
-    await enter_token(page, expect)
-    await page.get_by_role("link", name="Predictions").click()
+    await enter_token(page, expect, view="Predictions")
     predictions = await get_json(http, "/v0/predictions", namespace="default")
     events = predictions["goals"]["checkout"]["events"]
     await expect(page.locator("#prediction-goal")).to_have_value("checkout")
@@ -470,12 +463,8 @@ async def test_predictions_ranking_and_what_if(
     await expect(page.locator("#whatif-error")).to_contain_text("nope")
 
 
-async def test_nudges_for_a_user(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any
-) -> None:
-    expect = playwright_api.expect
-    await enter_token(page, expect)
-    await page.get_by_role("link", name="Nudges").click()
+async def test_nudges_for_a_user(page: Page, http: aiohttp.ClientSession, expect: Any) -> None:
+    await enter_token(page, expect, view="Nudges")
     await expect(page.locator('#nudge-goal option[value="checkout"]')).to_have_count(1)
     await page.locator("#nudge-goal").select_option("checkout")
     await page.locator("#nudge-user").fill("u7")
@@ -496,24 +485,17 @@ async def test_nudges_for_a_user(
     await expect(page.locator("#view-nudges > .error")).to_contain_text("HTTP 400")
 
 
-async def test_works_with_auth_off(browser: Browser, playwright_api: Any, tmp_path: Path) -> None:
-    expect = playwright_api.expect
-    settings = Settings(grpc_host="127.0.0.1", grpc_port=0, api_auth=False, data_dir=tmp_path)
-    running = await start_server(settings)
-    try:
-        await running.wait_ready()
-        async with serving(ui_app(running)) as url:
-            async with aiohttp.ClientSession(url) as http:
-                event = {"event_name": "signup", "user_id": "solo"}
-                async with http.post("/v0/analytics", json=event) as response:
-                    assert response.status == 204
-            async with open_page(browser, url, PHONE) as page:
-                await page.goto("/")
-                await expect(page.get_by_test_id("total-users")).to_have_text("1")
-                await expect(page.locator("#token-panel")).to_be_hidden()
-                await expect(page.locator("#counters-table tbody tr")).to_have_count(1)
-    finally:
-        await running.stop(grace=None)
+async def test_works_with_auth_off(browser: Browser, expect: Any, tmp_path: Path) -> None:
+    async with running(local_settings(tmp_path)) as server, serving(ui_app(server)) as url:
+        async with aiohttp.ClientSession(url) as http:
+            event = {"event_name": "signup", "user_id": "solo"}
+            async with http.post("/v0/analytics", json=event) as response:
+                assert response.status == 204
+        async with open_page(browser, url, PHONE) as page:
+            await page.goto("/")
+            await expect(page.get_by_test_id("total-users")).to_have_text("1")
+            await expect(page.locator("#token-panel")).to_be_hidden()
+            await expect(page.locator("#counters-table tbody tr")).to_have_count(1)
 
 
 # ------------------------------------------------------------------ feature flags
@@ -531,8 +513,7 @@ async def flag_routes(http: aiohttp.ClientSession, request: pytest.FixtureReques
 
 
 async def flags_page_or_xfail(page: Page, expect: Any, present: bool) -> None:
-    await enter_token(page, expect)
-    await page.get_by_role("link", name="Flags").click()
+    await enter_token(page, expect, view="Flags")
     if not present:
         await expect(page.locator("#view-flags > .error")).to_contain_text("HTTP 40")
         pytest.xfail(FLAG_ROUTES_PENDING)
@@ -545,9 +526,8 @@ def utc(text: str) -> datetime:
 
 
 async def test_flags_create_toggle_and_edit(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any, flag_routes: bool, tmp_path: Path
+    page: Page, http: aiohttp.ClientSession, expect: Any, flag_routes: bool, tmp_path: Path
 ) -> None:
-    expect = playwright_api.expect
     await flags_page_or_xfail(page, expect, flag_routes)
 
     # Create: off by default, a rollout (Paris time in the page, UTC on the wire), a condition.
@@ -608,9 +588,8 @@ async def test_flags_create_toggle_and_edit(
 
 
 async def test_flags_try_it_and_delete(
-    page: Page, http: aiohttp.ClientSession, playwright_api: Any, flag_routes: bool
+    page: Page, http: aiohttp.ClientSession, expect: Any, flag_routes: bool
 ) -> None:
-    expect = playwright_api.expect
     name = "ui_try_flag"
     if flag_routes:
         spec = {"name": name, "boolean": False, "user": [["plan", "=", "pro"]]}
@@ -648,11 +627,10 @@ async def test_flags_try_it_and_delete(
 
 
 async def test_screenshots_at_laptop_and_phone_sizes(
-    browser: Browser, base_url: str, playwright_api: Any, tmp_path: Path
+    browser: Browser, base_url: str, expect: Any, tmp_path: Path
 ) -> None:
     """Every page at both sizes, for people to look at; also checks nothing overflows the
     phone's width (the tables scroll inside their own box)."""
-    expect = playwright_api.expect
     for size, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
         async with open_page(browser, base_url, viewport) as page:
             await enter_token(page, expect)

@@ -59,6 +59,13 @@ def fp_rate(f, queries) -> float:
     return sum(1 for q in queries if q in f) / len(queries)
 
 
+def assert_false_positive_rate(measured: float, p: float, what: str) -> None:
+    """``measured`` is at most FP_TOLERANCE times the configured rate ``p``."""
+    assert measured <= FP_TOLERANCE * p, (
+        f"{what}: measured FP {measured:.6f} = {measured / p:.3f}x configured"
+    )
+
+
 def optimum_bits(n: int, p: float) -> float:
     return -n * math.log(p) / math.log(2) ** 2
 
@@ -129,11 +136,8 @@ def test_fixed_filter_false_positive_rate_at_capacity(users, absent, p):
     f = FixedBloomFilter(USERS, p)
     for h in users:
         f.add_new(h)
-    measured = fp_rate(f, absent)
-    assert measured <= FP_TOLERANCE * p, (
-        f"FixedBloomFilter({USERS}, {p}) at capacity: measured FP {measured:.6f} "
-        f"= {measured / p:.3f}x configured over {len(absent)} queries"
-    )
+    what = f"FixedBloomFilter({USERS}, {p}) at capacity, {len(absent)} queries"
+    assert_false_positive_rate(fp_rate(f, absent), p, what)
 
 
 @pytest.mark.slow
@@ -156,11 +160,8 @@ def test_small_fixed_filter_false_positive_rate_at_capacity(capacity, p):
         for i in range(capacity):
             f.add_new(hash_key(f"small-{t}-{i}"))
         hits += sum(1 for q in range(per_trial) if hash_key(f"query-{t}-{q}") in f)
-    measured = hits / (trials * per_trial)
-    assert measured <= FP_TOLERANCE * p, (
-        f"FixedBloomFilter({capacity}, {p}) at capacity: measured FP {measured:.6f} "
-        f"= {measured / p:.3f}x configured over {trials} filters x {per_trial} queries"
-    )
+    what = f"FixedBloomFilter({capacity}, {p}) at capacity, {trials} filters x {per_trial} queries"
+    assert_false_positive_rate(hits / (trials * per_trial), p, what)
 
 
 # --- scalable filters ---------------------------------------------------------------
@@ -192,11 +193,8 @@ def test_default_filter_grown_6250x_keeps_compound_false_positive_rate(default_g
     p = f.error_probability
     assert f.slice_count == 13  # 16 * (2**13 - 1) >= 100,000 > 16 * (2**12 - 1)
     queries = absent[:200_000]
-    measured = fp_rate(f, queries)
-    assert measured <= FP_TOLERANCE * p, (
-        f"default ScalableBloomFilter(16, {p}) grown to {f.items}: measured compound FP "
-        f"{measured:.6f} = {measured / p:.3f}x configured over {len(queries)} queries"
-    )
+    what = f"default ScalableBloomFilter(16, {p}) grown to {f.items}, {len(queries)} queries"
+    assert_false_positive_rate(fp_rate(f, queries), p, what)
 
 
 @pytest.mark.slow
@@ -217,11 +215,8 @@ def test_scalable_filter_grown_100x_keeps_compound_false_positive_rate(
         f.add_new(h)
     assert f.slice_count > 1
     queries = absent[:200_000]
-    measured = fp_rate(f, queries)
-    assert measured <= FP_TOLERANCE * p, (
-        f"ScalableBloomFilter({initial}, {p}) grown to {n}: measured compound FP "
-        f"{measured:.6f} = {measured / p:.3f}x configured over {len(queries)} queries"
-    )
+    what = f"ScalableBloomFilter({initial}, {p}) grown to {n}, {len(queries)} queries"
+    assert_false_positive_rate(fp_rate(f, queries), p, what)
 
 
 def test_scalable_filter_adds_slices_as_it_grows_and_tightens_its_error():

@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from kimball_grpc.codec.state_codec import (
+    capture_flags,
+    capture_namespace,
     decode_records,
     decode_state,
+    encode_captures,
     encode_records,
-    encode_state,
 )
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
@@ -20,6 +22,13 @@ from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData, NotFoun
 from kimball_grpc.core.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.core.predictions import EventEvidence, naive_bayes
 from kimball_grpc.core.records import EventRecord
+
+
+def encode_state(engine: Engine) -> bytes:
+    """The whole engine state as a snapshot holds it: each namespace captured, then encoded."""
+    captures = [capture_namespace(ns) for ns in engine.namespace_objects()]
+    return encode_captures(captures, capture_flags(engine.flags))
+
 
 NOW = iso_week(datetime(2024, 5, 15, tzinfo=UTC))
 WEEKLY = CounterConfig.from_mappings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import app_configs
 
 from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_term, parse_terms
 
@@ -33,27 +34,12 @@ def assert_error(text: str, line: int, column: int, problem: str, parse=parse_te
 
 
 def test_site_and_cluster_names() -> None:
-    text = """[{features, [
-    {site, "Site name"},
-    {cluster, "Cluster name"}
-]}].
-"""
-    assert parse_term(text) == features((A("site"), "Site name"), (A("cluster"), "Cluster name"))
+    assert parse_term(app_configs.SITE_AND_CLUSTER) == features(
+        (A("site"), "Site name"), (A("cluster"), "Cluster name")
+    )
 
 
 def test_counter_rules_with_maps() -> None:
-    text = """[{features, [
-    {counters, #{
-        init => [
-            #{pattern => ".*",
-              type => bloom_fixed_size,
-              date_cohort => weekly,
-              size => 10000,
-              error_probability => 0.01}
-        ]
-    }}
-]}].
-"""
     rule = {
         A("pattern"): ".*",
         A("type"): A("bloom_fixed_size"),
@@ -61,7 +47,9 @@ def test_counter_rules_with_maps() -> None:
         A("size"): 10000,
         A("error_probability"): 0.01,
     }
-    assert parse_term(text) == features((A("counters"), {A("init"): [rule]}))
+    assert parse_term(app_configs.WEEKLY_FIXED_COUNTERS) == features(
+        (A("counters"), {A("init"): [rule]})
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,66 +156,67 @@ def test_error_message_format() -> None:
     assert isinstance(error_for("[a"), ValueError)
 
 
-def test_unterminated_string() -> None:
-    assert_error('[{site,\n  "Site name}].\n', 2, 3, "unterminated string")
-    assert_error("[{'quoted, atom}].", 1, 3, "unterminated quoted atom")
-    assert_error('["abc\\', 1, 6, "unterminated escape")
+# Each error names the file, the line and column where reading stopped, and the problem:
+# (what is wrong, the reader, text, line, column, problem).
+ERRORS = [
+    ("string", parse_terms, '[{site,\n  "Site name}].\n', 2, 3, "unterminated string"),
+    ("string", parse_terms, "[{'quoted, atom}].", 1, 3, "unterminated quoted atom"),
+    ("string", parse_terms, '["abc\\', 1, 6, "unterminated escape"),
+    ("dot", parse_terms, "[{features, []}]\n\n", 1, 17, "expected '.' but found end of input"),
+    ("dot", parse_terms, "a.\n[b]  % no dot\n", 2, 4, "expected '.' but found end of input"),
+    ("dot", parse_term, "[a]", 1, 4, "expected '.'"),
+    ("dot", parse_term, "% nothing\n", 1, 1, "expected a term but found end of input"),
+    (
+        "bracket",
+        parse_terms,
+        '[{features, [\n  {site, "x"]\n]}].',
+        2,
+        13,
+        "expected ',' or '}' but found ']'",
+    ),
+    ("bracket", parse_terms, "[{a, b}.", 1, 8, "expected ',' or ']' but found '.'"),
+    ("bracket", parse_terms, "{a, b}}.", 1, 7, "expected '.' but found '}'"),
+    ("bracket", parse_terms, "[a, b", 1, 6, "expected ',' or ']' but found end of input"),
+    ("bracket", parse_terms, "[a,]. ", 1, 4, "expected a term but found ']'"),
+    ("bracket", parse_terms, "#{a => 1.", 1, 9, "expected ',' or '}' but found '.'"),
+    ("token", parse_terms, "[{pid, <0.42.0>}].", 1, 8, "unexpected character '<'"),
+    ("token", parse_terms, "[\n  {f, fun erlang:now/0}].", 2, 7, "reserved word 'fun'"),
+    ("token", parse_terms, "#rec{a = 1}.", 1, 2, "expected '{' after '#' but found atom rec"),
+    ("token", parse_terms, "[X].", 1, 2, "variables are not allowed: X"),
+    ("token", parse_terms, "[_ignored].", 1, 2, "variables are not allowed"),
+    ("token", parse_terms, "[a | b].", 1, 4, "unexpected character '|'"),
+    ("token", parse_terms, "[16#FG].", 1, 2, "invalid number '16#FG'"),
+    ("token", parse_terms, "[1.0e].", 1, 2, "invalid number '1.0e'"),
+    ("token", parse_terms, "[12abc].", 1, 2, "invalid number '12abc'"),
+    ("token", parse_terms, "[1.0e999].", 1, 2, "invalid number"),
+    ("token", parse_terms, '"\\x{110000}".', 1, 2, "invalid escape sequence"),
+    ("token", parse_terms, '"\\xg".', 1, 2, "invalid escape sequence"),
+    ("token", parse_terms, "[a].[b].", 1, 4, "'.' must be followed by whitespace"),
+    ("token", parse_terms, "- a.", 1, 3, "expected a number after '-' but found atom a"),
+    ("token", parse_terms, "<<97>>.", 1, 3, "expected a string but found integer 97"),
+    ("token", parse_terms, '<<"x"/latin1>>.', 1, 7, "expected utf8 but found atom latin1"),
+    ("token", parse_terms, "#{a := 1}.", 1, 5, "unexpected character ':'"),
+    ("map key", parse_terms, "#{a => 1,\n  a => 2}.", 2, 3, "duplicate map key"),
+    ("map key", parse_terms, "#{[a] => 1}.", 1, 3, "map key is not hashable"),
+    ("garbage", parse_term, "[a]. b.\n", 1, 6, "expected end of input after '.' but found atom b"),
+    ("garbage", parse_terms, "[a].\n\n  junk", 3, 7, "expected '.' but found end of input"),
+    ("garbage", parse_terms, "[a] junk.", 1, 5, "expected '.' but found atom junk"),
+    ("garbage", parse_terms, "[a]. )", 1, 6, "unexpected character ')'"),
+]
 
 
-def test_missing_final_dot() -> None:
-    assert_error("[{features, []}]\n\n", 1, 17, "expected '.' but found end of input")
-    assert_error("a.\n[b]  % no dot\n", 2, 4, "expected '.' but found end of input")
-    assert_error("[a]", 1, 4, "expected '.'", parse=parse_term)
-    assert_error("% nothing\n", 1, 1, "expected a term but found end of input", parse=parse_term)
-
-
-def test_unbalanced_brackets() -> None:
-    assert_error('[{features, [\n  {site, "x"]\n]}].', 2, 13, "expected ',' or '}' but found ']'")
-    assert_error("[{a, b}.", 1, 8, "expected ',' or ']' but found '.'")
-    assert_error("{a, b}}.", 1, 7, "expected '.' but found '}'")
-    assert_error("[a, b", 1, 6, "expected ',' or ']' but found end of input")
-    assert_error("[a,]. ", 1, 4, "expected a term but found ']'")
-    assert_error("#{a => 1.", 1, 9, "expected ',' or '}' but found '.'")
-
-
-def test_bad_tokens() -> None:
-    assert_error("[{pid, <0.42.0>}].", 1, 8, "unexpected character '<'")
-    assert_error("[\n  {f, fun erlang:now/0}].", 2, 7, "reserved word 'fun'")
-    assert_error("#rec{a = 1}.", 1, 2, "expected '{' after '#' but found atom rec")
-    assert_error("[X].", 1, 2, "variables are not allowed: X")
-    assert_error("[_ignored].", 1, 2, "variables are not allowed")
-    assert_error("[a | b].", 1, 4, "unexpected character '|'")
-    assert_error("[16#FG].", 1, 2, "invalid number '16#FG'")
-    assert_error("[1.0e].", 1, 2, "invalid number '1.0e'")
-    assert_error("[12abc].", 1, 2, "invalid number '12abc'")
-    assert_error("[1.0e999].", 1, 2, "invalid number")
-    assert_error('"\\x{110000}".', 1, 2, "invalid escape sequence")
-    assert_error('"\\xg".', 1, 2, "invalid escape sequence")
-    assert_error("[a].[b].", 1, 4, "'.' must be followed by whitespace")
-    assert_error("- a.", 1, 3, "expected a number after '-' but found atom a")
-    assert_error("<<97>>.", 1, 3, "expected a string but found integer 97")
-    assert_error('<<"x"/latin1>>.', 1, 7, "expected utf8 but found atom latin1")
-    assert_error("#{a := 1}.", 1, 5, "unexpected character ':'")
+@pytest.mark.parametrize(
+    ("parse", "text", "line", "column", "problem"),
+    [pytest.param(*case, id=kind) for kind, *case in ERRORS],
+)
+def test_errors_name_the_file_line_and_column(parse, text, line, column, problem) -> None:
+    assert_error(text, line, column, problem, parse)
 
 
 def test_nesting_limit() -> None:
     deep = "[" * 100 + "]" * 100 + "."
     assert len(repr(parse_term(deep))) == 200
     assert_error("\n" + "[" * 101 + "]" * 101 + ".", 2, 101, "nested more than 100 deep")
-
-
-def test_map_key_problems() -> None:
-    assert_error("#{a => 1,\n  a => 2}.", 2, 3, "duplicate map key")
-    assert_error("#{[a] => 1}.", 1, 3, "map key is not hashable")
-
-
-def test_trailing_garbage() -> None:
-    assert_error(
-        "[a]. b.\n", 1, 6, "expected end of input after '.' but found atom b", parse=parse_term
-    )
-    assert_error("[a].\n\n  junk", 3, 7, "expected '.' but found end of input")
-    assert_error("[a] junk.", 1, 5, "expected '.' but found atom junk")
-    assert_error("[a]. )", 1, 6, "unexpected character ')'")
 
 
 def test_path_is_optional() -> None:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 
 from kimball_grpc.codec.state_codec import decode_records
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.events import Event
 from kimball_grpc.core.records import EventRecord
-from kimball_grpc.generated.kimball.v1 import relay_pb2 as rpb
-from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
-from kimball_grpc.sidecar.sender import RelaySender
 from kimball_grpc.sidecar.spool import MAX_ENTRY_BYTES, Spool, SpoolFull
 
 FIXED = datetime(2024, 3, 6, 12, tzinfo=UTC)  # ISO week 2024-W10
@@ -143,39 +138,3 @@ async def test_a_huge_batch_is_spooled_in_parts_that_each_fit_a_relay_message(tm
         after, messages = read.last, messages + 1
     assert after == 10_000 and messages > 1
     await spool.close()
-
-
-class _StalledRelay(relay_grpc.KimballRelayServicer):
-    """An api server that takes the stream and then reads nothing, ever."""
-
-    async def Relay(self, request_iterator, context):
-        await asyncio.Event().wait()
-        yield rpb.RelayResponse()
-
-
-async def test_a_stalled_api_server_is_given_up_after_the_ack_timeout(tmp_path):
-    server = grpc.aio.server()
-    relay_grpc.add_KimballRelayServicer_to_server(_StalledRelay(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    spool = spool_at(tmp_path)
-    long_name = "é" * 200
-    for start in range(0, 40_000, 10_000):  # megabytes: more than flow control lets through
-        await spool.accept(
-            [
-                Event(event_name=f"{long_name}{i}", user_id=f"u{i}")
-                for i in range(start, start + 10_000)
-            ]
-        )
-    sender = RelaySender(spool, f"127.0.0.1:{port}", ack_timeout=0.5, first_backoff=0.05)
-    sender.start()
-    try:
-        deadline = time.monotonic() + 10
-        while sender.failures < 2:
-            assert time.monotonic() < deadline, "the sender waits on a stalled server"
-            await asyncio.sleep(0.05)
-        assert spool.pending == 40_000  # nothing acknowledged, nothing dropped
-    finally:
-        await sender.stop()
-        await server.stop(None)
-        await spool.close()

@@ -1,9 +1,11 @@
-"""The REST route table, declared once in the protos (google.api.http), as SPEC section 4 has it."""
+"""The REST route table, declared once in the protos (google.api.http): exactly the
+original `/v0` routes, each onto one gRPC method."""
 
 from __future__ import annotations
 
 from google.api import annotations_pb2
 from google.protobuf import json_format
+from support.routes import V0_ROUTES
 
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
@@ -24,21 +26,7 @@ def routes() -> dict[tuple[str, str], str]:
 
 
 def test_every_v0_route_maps_onto_exactly_one_method() -> None:
-    assert routes() == {
-        ("POST", "/v0/analytics"): "TrackEvents",
-        ("POST", "/v0/analytics:stream"): "StreamEvents",
-        ("GET", "/v0/analytics"): "GetAnalytics",
-        ("POST", "/v0/goals"): "CreateGoal",
-        ("GET", "/v0/goals"): "ListGoals",
-        ("GET", "/v0/namespaces"): "ListNamespaces",
-        ("GET", "/v0/predictions"): "GetPredictions",
-        ("GET", "/v0/nudges"): "GetNudges",
-        ("POST", "/v0/featureSpecs"): "PutFeatureSpec",
-        ("GET", "/v0/featureSpecs"): "ListFeatureSpecs",
-        ("GET", "/v0/featureSpecs/{name}"): "GetFeatureSpec",
-        ("DELETE", "/v0/featureSpecs/{name}"): "DeleteFeatureSpec",
-        ("GET", "/v0/features"): "EvaluateFeatures",
-    }
+    assert routes() == V0_ROUTES
 
 
 def test_predictions_take_the_original_event_parameter() -> None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import app_configs
 
 from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import (
@@ -171,30 +172,13 @@ def test_empty_environment_values_are_ignored():
 
 
 def test_readme_site_and_cluster(tmp_path):
-    path = write(
-        tmp_path,
-        '[{features, [\n    {site, "Site name"},\n    {cluster, "Cluster name"}\n]}].\n',
-    )
+    path = write(tmp_path, app_configs.SITE_AND_CLUSTER)
     s = load_settings({}, path)
     assert (s.site, s.cluster) == ("Site name", "Cluster name")
 
 
 def test_readme_counters_weekly_fixed_rule(tmp_path):
-    path = write(
-        tmp_path,
-        """[{features, [
-    {counters, #{
-        init => [
-            #{pattern => ".*",
-              type => bloom_fixed_size,
-              date_cohort => weekly,
-              size => 10000,
-              error_probability => 0.01}
-        ]
-    }}
-]}].
-""",
-    )
+    path = write(tmp_path, app_configs.WEEKLY_FIXED_COUNTERS)
     config = load_settings({}, path).counter_config
     assert isinstance(config, CounterConfig)
     expected = CounterRule(".*", FilterType.FIXED, 10_000, 0.01, DateCohort.WEEKLY)
@@ -343,6 +327,8 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"GRPC_PORT": "70000"}, ["GRPC_PORT", "70000"]),
         ({"GRPC_PORT": "-1"}, ["GRPC_PORT", "-1"]),
         ({"GRPC_PORT": "80.5"}, ["GRPC_PORT", "80.5"]),
+        ({"GRPC_PORT": "1_000"}, ["GRPC_PORT", "'1_000'"]),
+        ({"GRPC_PORT": " 80"}, ["GRPC_PORT", "' 80'"]),
         ({"API_PORT": "http"}, ["API_PORT", "'http'"]),
         ({"API_PORT": "65536"}, ["API_PORT", "65536"]),
         ({"PORT": "x"}, ["PORT", "'x'"]),
@@ -352,21 +338,19 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"KUBERNETES_MEMORY_LIMIT": "512Mi"}, ["KUBERNETES_MEMORY_LIMIT", "'512Mi'"]),
         ({"KUBERNETES_MEMORY_LIMIT": "0"}, ["KUBERNETES_MEMORY_LIMIT", "'0'"]),
         ({"KUBERNETES_MEMORY_LIMIT": "-5"}, ["KUBERNETES_MEMORY_LIMIT", "'-5'"]),
-        ({"GRPC_PORT": "1_000"}, ["GRPC_PORT", "'1_000'"]),
-        ({"GRPC_PORT": " 80"}, ["GRPC_PORT", "' 80'"]),
         ({"S3_BUCKET": "abc", "GCS_BUCKET": "def"}, ["S3_BUCKET and GCS_BUCKET"]),
+        ({"S3_BUCKET": "bkt", "S3_HOST": "ftp://h"}, ["storage", "S3 endpoint"]),
         ({"KIMBALL_STORAGE": "s3://bkt/p", "S3_BUCKET": "abc"}, ["KIMBALL_STORAGE", "S3_BUCKET"]),
         ({"KIMBALL_STORAGE": "ftp://host/x"}, ["storage", "'ftp'", "s3://bucket"]),
         ({"KIMBALL_STORAGE": "file:relative/dir"}, ["storage", "absolute path"]),
         ({"KIMBALL_STORAGE": "s3:///prefix"}, ["storage", "no bucket"]),
-        ({"S3_BUCKET": "bkt", "S3_HOST": "ftp://h"}, ["storage", "S3 endpoint"]),
         ({"KIMBALL_WAL_FSYNC": "sometimes"}, ["KIMBALL_WAL_FSYNC", "always, interval, never"]),
         ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "0"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS"]),
         ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "1.5"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS", "'1.5'"]),
         ({"KIMBALL_SNAPSHOT_INTERVAL": "0"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'0'"]),
+        ({"KIMBALL_SNAPSHOT_INTERVAL": "soon"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'soon'"]),
         ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "0"}, ["DEADLINE_MS", "at least 1"]),
         ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "fast"}, ["DEADLINE_MS", "'fast'"]),
-        ({"KIMBALL_SNAPSHOT_INTERVAL": "soon"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'soon'"]),
         ({"ANALYTICS_HOST": "http://kimball:8080"}, ["ANALYTICS_HOST", "gRPC address", "URL"]),
         ({"ANALYTICS_HOST": "kimball:0"}, ["ANALYTICS_HOST", "'kimball:0'"]),
         ({"ANALYTICS_HOST": "kimball:grpc"}, ["ANALYTICS_HOST", "host:port"]),

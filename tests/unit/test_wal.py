@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from small_filesystem import fill, small_filesystem
+from support.small_filesystem import fill, small_filesystem
 
 from storage.blob_store import StorageError
 from storage.wal import FsyncPolicy, WriteAheadLog
