@@ -77,8 +77,8 @@ from workload import (
 )
 
 from gateway.request_json import message_from_json
+from gateway.request_shapes import track_events_body
 from gateway.server import network_channel
-from gateway.shapes import track_events_body
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.app import stop_signals
 from kimball_grpc.codec import proto_mapping

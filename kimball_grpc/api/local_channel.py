@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partialmethod
 from typing import Any
 
 import grpc
@@ -89,7 +90,8 @@ class _LocalContext:
 
 
 class LocalChannel:
-    """The unary-unary part of ``grpc.aio.Channel``, served by handlers in this process."""
+    """The unary and client-streaming part of ``grpc.aio.Channel``, served by handlers in
+    this process."""
 
     def __init__(
         self,
@@ -98,26 +100,6 @@ class LocalChannel:
     ) -> None:
         self._handlers = tuple(generic_handlers)
         self._interceptors = tuple(interceptors)
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
-        """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``."""
-        return self._callable(method, "unary_unary", request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
-        """A client-streaming callable: ``await call(async_iterator_of_requests, ...)``."""
-        return self._callable(method, "stream_unary", request_serializer, response_deserializer)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         """Server-streaming calls are refused: generated stubs can still be built on this
@@ -128,11 +110,16 @@ class LocalChannel:
 
     def _callable(
         self,
-        method: str,
         kind: str,
-        request_serializer: Callable[[Any], bytes] | None,
-        response_deserializer: Callable[[bytes], Any] | None,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool = False,
     ) -> Callable[..., Awaitable[Any]]:
+        """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``, where
+        ``request`` is a message (``unary_unary``) or an async iterator of messages
+        (``stream_unary``)."""
+
         async def call(
             request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
         ) -> Any:
@@ -141,6 +128,10 @@ class LocalChannel:
             )
 
         return call
+
+    # grpc.aio.Channel's methods, as generated stubs call them.
+    unary_unary = partialmethod(_callable, "unary_unary")
+    stream_unary = partialmethod(_callable, "stream_unary")
 
     async def _call(
         self,

@@ -79,13 +79,6 @@ def capture_flags(flags: FeatureFlags) -> FlagsCapture:
     return FlagsCapture(flags.listed(), flags.version)
 
 
-def encode_state(engine: Engine) -> bytes:
-    """The whole engine state."""
-    return encode_captures(
-        [capture_namespace(ns) for ns in engine.namespace_objects()], capture_flags(engine.flags)
-    )
-
-
 def capture_namespace(ns: Namespace) -> NamespaceCapture:
     """A copy of ``ns`` taken at once (no await inside): consistent, for ``encode_captures``.
 

@@ -5,9 +5,8 @@ original contract's ``KimballIntegration.EventStream`` as ``KimballEvent{namespa
 name, key}`` (``key`` is the user id: targets are model services the operator trusts; for
 events relayed by a sidecar, which keeps no raw ids, it is the user's hash in hex).
 
-Ingestion never waits on a target. ``offer`` (accepted events, as live
-subscriptions get them) and ``offer_records`` (the records and events the ingestor
-just applied, with no ``AcceptedEvent`` to build) are synchronous and only append
+Ingestion never waits on a target. ``offer_records`` (the records and events the
+ingestor just applied) is synchronous and only appends
 references to one bounded queue per target (O(n) in C, no await, no lock, no
 metric update); when a queue is full its OLDEST events are dropped and counted.
 Messages are built by the sender, off the ingestion path. A background task per
@@ -70,8 +69,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kimball_grpc.core.events import AcceptedEvent, Event
-from kimball_grpc.core.records import Record
+from kimball_grpc.core.events import Event
+from kimball_grpc.core.records import EventRecord
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.outbound.backoff import Backoff
@@ -106,9 +105,9 @@ TRANSIENT_CODES = frozenset(
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
-# What a queue holds: an accepted event, or an applied record with its event (the
-# record has the resolved namespace, the event the user id).
-_Item = AcceptedEvent | tuple[Record, Event]
+# What a queue holds: an applied record with its event (the record has the resolved
+# namespace, the event the user id).
+_Item = tuple[EventRecord, Event]
 
 
 def _target_channel(address: str) -> grpc.aio.Channel:
@@ -119,7 +118,7 @@ def _target_channel(address: str) -> grpc.aio.Channel:
 class EventForwarder:
     """Streams accepted events to one target; see the module docstring.
 
-    ``offer`` may be called at any time from the event loop's thread (before
+    ``offer_records`` may be called at any time from the event loop's thread (before
     ``start``, events just wait in the queue). ``start`` needs a running loop.
     """
 
@@ -154,7 +153,7 @@ class EventForwarder:
         self.call_timeout = call_timeout
         self.linger = linger
         self._channel_factory = channel_factory or _target_channel
-        # Figures read by the metrics collector when scraped, so offer updates plain ints.
+        # Figures read by the metrics collector when scraped, so offer_records updates plain ints.
         self.sent = 0
         self.dropped_full = 0
         self.dropped_rejected = 0
@@ -170,14 +169,10 @@ class EventForwarder:
 
     # -- the ingestion side: never waits -------------------------------------
 
-    def offer(self, accepted: Sequence[AcceptedEvent]) -> None:
-        """Queue ``accepted`` for the target; never blocks, never raises for the target's
-        sake. A full queue drops its oldest events (counted)."""
-        self._enqueue(accepted)
-
-    def offer_records(self, records: Sequence[Record], events: Sequence[Event]) -> None:
-        """Like ``offer``, for the event records just applied and the events they came
-        from (as in ``Ingestor._apply``: same length, same order)."""
+    def offer_records(self, records: Sequence[EventRecord], events: Sequence[Event]) -> None:
+        """Queue the event records just applied, with the events they came from (as in
+        ``Ingestor._apply``: same length, same order); never blocks, never raises for the
+        target's sake. A full queue drops its oldest events (counted)."""
         self._enqueue(list(zip(records, events, strict=True)))
 
     def _enqueue(self, items: Sequence[_Item]) -> None:
@@ -212,10 +207,10 @@ class EventForwarder:
     async def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop forwarding: first wait up to ``drain_timeout`` seconds for the queue to be
         delivered, then end the call in flight and close the channel. What is still
-        queued is dropped (``reason="shutdown"``); ``offer`` does nothing from now on."""
+        queued is dropped (``reason="shutdown"``); ``offer_records`` does nothing from now on."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
-        # Shutdown only: polling is simpler than a second event that offer would maintain.
+        # Shutdown only: polling is simpler than a second event that offer_records would maintain.
         while self.queued and self._task is not None and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self._closed = True
@@ -356,16 +351,11 @@ class EventForwarder:
 def _messages(items: list[_Item]) -> list[integration_pb.KimballEvent]:
     KimballEvent = integration_pb.KimballEvent
     messages = []
-    for item in items:
-        if isinstance(item, AcceptedEvent):
-            event = item.event
-            namespace = event.namespace
-        else:
-            record, event = item
-            namespace = record.namespace  # resolved ("default" for an empty one)
-            if not event.user_id:  # relayed by a sidecar: only the user's hash is known
-                event = event._replace(user_id=record.user_hash.digest.hex())
-        messages.append(KimballEvent(namespace=namespace, name=event.event_name, key=event.user_id))
+    for record, event in items:
+        # The record's namespace is resolved ("default" for an empty one). A sidecar relays
+        # no user ids: then only the user's hash is known.
+        key = event.user_id or record.user_hash.digest.hex()
+        messages.append(KimballEvent(namespace=record.namespace, name=event.event_name, key=key))
     return messages
 
 
@@ -393,14 +383,9 @@ class EventForwarding:
     def __bool__(self) -> bool:
         return bool(self.forwarders)
 
-    def offer(self, accepted: Sequence[AcceptedEvent]) -> None:
-        """Queue ``accepted`` for every target; never blocks (see ``EventForwarder.offer``)."""
-        for forwarder in self.forwarders:
-            forwarder._enqueue(accepted)
-
-    def offer_records(self, records: Sequence[Record], events: Sequence[Event]) -> None:
+    def offer_records(self, records: Sequence[EventRecord], events: Sequence[Event]) -> None:
         """Queue the event records just applied, with their events, for every target;
-        never blocks. Cheaper than ``offer`` when no ``AcceptedEvent`` is built anyway."""
+        never blocks (see ``EventForwarder.offer_records``)."""
         if self.forwarders:
             items = list(zip(records, events, strict=True))  # one list, shared by every queue
             for forwarder in self.forwarders:
