@@ -250,7 +250,8 @@ class KimballIntegration(integration_grpc.KimballIntegrationServicer):
 
 
 class KimballRelay(relay_grpc.KimballRelayServicer):
-    """Events from sidecars: each message acknowledged once applied and durable."""
+    """Events from sidecars: each message acknowledged once applied and durable (less what
+    a limit refused, which is counted in the answer)."""
 
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
@@ -264,8 +265,10 @@ class KimballRelay(relay_grpc.KimballRelayServicer):
     async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
         await context.send_initial_metadata(())  # the sidecar waits for it before writing
         async for request in _until_set(self._closing, request_iterator):
-            await self.ingestor.accept_relayed(request.batches)
-            yield relay_pb.RelayResponse(acknowledged_through=request.last_sequence)
+            refused = await self.ingestor.accept_relayed(request.batches)
+            yield relay_pb.RelayResponse(
+                acknowledged_through=request.last_sequence, refused_events=refused
+            )
 
 
 async def _until_set(event: asyncio.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
