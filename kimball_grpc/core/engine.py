@@ -12,7 +12,13 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from kimball_grpc.core.bloom import KeyHash, hash_key
-from kimball_grpc.core.counter_config import GLOBAL_RULE, CounterConfig, CounterRule, DateCohort
+from kimball_grpc.core.counter_config import (
+    DEFAULT_RULE,
+    GLOBAL_RULE,
+    CounterConfig,
+    CounterRule,
+    DateCohort,
+)
 from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
 from kimball_grpc.core.errors import InvalidArgument, NotFound
 from kimball_grpc.core.feature_flags import FeatureFlags
@@ -188,7 +194,11 @@ class Engine:
                 new[Growth(GrowthKind.EVENT_NAME, name_space, name)] = None
             if record.ensure_goal and (ns is None or name not in ns.goals):
                 new[Growth(GrowthKind.GOAL, name_space, name)] = None
-            if self._weekly_rules and self._rule(name).date_cohort is DateCohort.WEEKLY:
+            # Not through the cache of rules: a refused name must leave nothing behind.
+            rule = self._rules.get(name) if self._weekly_rules else DEFAULT_RULE
+            if rule is None:
+                rule = self.counter_config.rule_for(name)
+            if rule.date_cohort is DateCohort.WEEKLY:
                 week = (record.iso_year, record.iso_week)
                 if ns is None or (name, *week) not in ns.weekly:
                     new[Growth(GrowthKind.WEEKLY, name_space, name, week)] = None
