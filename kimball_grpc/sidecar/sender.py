@@ -84,7 +84,7 @@ class RelaySender:
         self.spool = spool
         self.address = address
         self.connected = False
-        self.delivered = 0  # events acknowledged by the api server since start
+        self.delivered = 0  # events the api server acknowledged and applied since start
         self.failures = 0  # streams that ended in a failure
         self.refused = 0  # events the api server refused (past its limits) since start
         self._metadata = metadata
@@ -290,7 +290,7 @@ class RelayCollector(Collector):
         )
         yield CounterMetricFamily(
             "kimball_relay_delivered_events",
-            "Events the api server acknowledged since start.",
+            "Events the api server acknowledged and applied since start (refused ones aside).",
             value=sender.delivered,
         )
         yield GaugeMetricFamily(
