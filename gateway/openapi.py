@@ -25,6 +25,13 @@ from gateway.translate import STREAM_TYPES
 _MAX_REPEATED = 1_000  # values of one repeated query parameter
 
 
+# What a route that adds to the state answers past a limit.
+LIMIT_REACHED = (
+    "A limit would be passed (namespaces, event names, counters, goals, feature specs; a "
+    "sidecar's full spool); nothing was changed. The error names the limit and its setting."
+)
+
+
 def _error(description: str, schema: str = "Error") -> Json:
     return {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
 
@@ -66,6 +73,7 @@ def _request(route: Route, operation: Json) -> None:
             "content": {kind: {"schema": {"type": "string"}} for kind in STREAM_TYPES},
         }
         responses["415"] = _error("The body is not application/x-ndjson (or text/plain)")
+        responses["429"] = _error(LIMIT_REACHED)
     elif isinstance(shape, JsonBody):
         operation["requestBody"] = {
             "required": True,
@@ -73,6 +81,7 @@ def _request(route: Route, operation: Json) -> None:
         }
         responses["413"] = _error("The body is larger than 4 MiB")
         responses["415"] = _error("The body is not application/json")
+        responses["429"] = _error(LIMIT_REACHED)
     elif isinstance(shape, ShapedQuery):
         operation["parameters"] = list(shape.parameters)
     else:

@@ -104,7 +104,13 @@ async def start_server(settings: Settings) -> RunningServer:
     hub = SubscriptionHub()
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
-        engine, hub, observe_events=metrics.observe_events, log=wal, forwarding=forwarding
+        engine,
+        hub,
+        observe_events=metrics.observe_events,
+        log=wal,
+        forwarding=forwarding,
+        limits=settings.state_limits,
+        refused=metrics.refuse,
     )
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
     external = ExternalPredictions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -15,27 +16,32 @@ from kimball_grpc.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     InvalidStoredData,
+    LimitExceeded,
     OutOfRange,
 )
 from kimball_grpc.core.events import AcceptedEvent, Event, iso_week, prepare_events, prepare_goal
-from kimball_grpc.core.feature_flags import MAX_SPECS_BYTES, FeatureSpec
-from kimball_grpc.core.limits import MAX_RELAYED_EVENTS
+from kimball_grpc.core.feature_flags import FeatureSpec
+from kimball_grpc.core.growth_limits import NOTHING, GrowthLimits, Reservation
+from kimball_grpc.core.limits import FEATURE_SPEC_BYTES, MAX_RELAYED_EVENTS, StateLimits
 from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, Record
 from kimball_grpc.streaming.event_forwarding import EventForwarding
 from kimball_grpc.streaming.spec_changes import SpecChanges
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
 
+log = logging.getLogger(__name__)
+RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
+
 
 class Ingestor:
     """Accepts events and goals into the engine.
 
-    A batch is validated whole before any of it is applied. With a write-ahead
-    log, the batch is in the log before it changes the engine, and the caller is
-    answered after both. Every state change, event or goal, is applied in
-    ``_apply``, in log order; accepted events are then handed on to the external
-    event targets and to live subscribers, numbered by their log sequence, and
-    feature spec changes wake the streams that watch them.
+    A batch is validated whole, and checked against the growth limits, before any
+    of it is applied. With a write-ahead log, the batch is in the log before it
+    changes the engine, and the caller is answered after both. Every state change,
+    event or goal, is applied in ``_apply``, in log order; accepted events are then
+    handed on to the external event targets and to live subscribers, numbered by
+    their log sequence, and feature spec changes wake the streams that watch them.
     """
 
     def __init__(
@@ -46,8 +52,15 @@ class Ingestor:
         observe_events: Callable[[int, float], None] = lambda count, seconds: None,
         log: WriteAheadLog | None = None,
         forwarding: EventForwarding | None = None,
+        limits: StateLimits = StateLimits(),  # noqa: B008 (frozen: shared safely)
+        refused: Callable[[LimitExceeded], None] = lambda error: None,
     ) -> None:
         self.engine = engine
+        self.growth = GrowthLimits(engine, limits)
+        self._refused = refused  # each refusal by a limit (metrics)
+        self._spec_change = asyncio.Lock()  # spec limits are checked against applied specs
+        self._relay_refusals = 0  # relayed batches refused since the last log line about it
+        self._relay_refusals_logged = -RELAY_REFUSALS_LOG_SECONDS
         self.hub = hub
         self.spec_changes = SpecChanges()  # feature spec changes, for WatchFeatureSpecs
         self._forwarding = forwarding  # external_grpc_event_targets (None: none)
@@ -59,12 +72,20 @@ class Ingestor:
     async def accept(self, events: Sequence[Event]) -> int:
         """Validate then apply ``events``, all or nothing; returns how many were accepted.
 
-        ``InvalidArgument`` for a bad event (nothing applied), ``StorageError`` when the
-        log cannot take the batch (nothing applied)."""
+        ``InvalidArgument`` for a bad event, ``LimitExceeded`` if the batch would grow the
+        state past a limit, ``StorageError`` when the log cannot take the batch (in each
+        case nothing applied)."""
         records = prepare_events(events, iso_week(self._clock()))
         if records:
-            await self._commit(records, events)
+            await self._commit(records, events, self._admit(records))
         return len(records)
+
+    def _admit(self, records: Sequence[Record]) -> Reservation:
+        try:
+            return self.growth.admit(records)
+        except LimitExceeded as exc:
+            self._refused(exc)
+            raise
 
     @property
     def last_sequence(self) -> int:
@@ -99,11 +120,14 @@ class Ingestor:
 
     async def accept_relayed(self, batches: Sequence[bytes]) -> int:
         """Apply the events a sidecar spooled: ``RecordBatch`` bytes, user ids already hashed
-        and weeks fixed when the sidecar accepted them; returns how many events. They are
-        logged and applied as one batch. ``InvalidArgument`` if a batch cannot be read or
-        holds anything but events (nothing applied). The events passed on to subscribers
-        and event targets have no ``user_id`` and no ``datetime``, as replayed ones."""
-        records: list[EventRecord] = []
+        and weeks fixed when the sidecar accepted them; returns how many events were
+        refused. ``InvalidArgument`` if a batch cannot be read or holds anything but events
+        (nothing applied). Each batch (what one call to the sidecar spooled) that would
+        grow the state past a limit is left out whole and counted: the sidecar answered its
+        caller long ago, and sending it again would be refused again. The others are
+        logged and applied as one batch. The events passed on to subscribers and event
+        targets have no ``user_id`` and no ``datetime``, as replayed ones."""
+        decoded_batches: list[list[EventRecord]] = []
         for index, payload in enumerate(batches):
             try:
                 decoded = decode_records(payload)
@@ -117,53 +141,118 @@ class Ingestor:
                     f"relayed batch {index} holds more than events: a relay sends events only",
                     index=str(index),
                 )
-            records.extend(events)
-        if len(records) > MAX_RELAYED_EVENTS:
+            decoded_batches.append(events)
+        total = sum(map(len, decoded_batches))
+        if total > MAX_RELAYED_EVENTS:
             raise InvalidArgument(
-                f"a relay message holds at most {MAX_RELAYED_EVENTS} events, got {len(records)}",
+                f"a relay message holds at most {MAX_RELAYED_EVENTS} events, got {total}",
                 key="batches",
             )
+        records: list[EventRecord] = []
+        reserved: list[Reservation] = []
+        refused = 0
+        for events in decoded_batches:
+            try:
+                reserved.append(self._admit(events))
+            except LimitExceeded as exc:
+                refused += len(events)
+                self._log_relay_refusal(exc)
+                continue
+            records.extend(events)
         if records:
-            await self._commit(records, [_stored_event(r) for r in records])
-        return len(records)
+            growth = [thing for reservation in reserved for thing in reservation.growth]
+            await self._commit(records, [_stored_event(r) for r in records], Reservation(growth))
+        return refused
+
+    def _log_relay_refusal(self, error: LimitExceeded) -> None:
+        """One line per ``RELAY_REFUSALS_LOG_SECONDS`` at most: a sidecar may send many."""
+        self._relay_refusals += 1
+        now = time.monotonic()
+        if now - self._relay_refusals_logged >= RELAY_REFUSALS_LOG_SECONDS:
+            log.warning(
+                "relayed events refused: %d batches from sidecars left out since the last "
+                "such line, the latest: %s",
+                self._relay_refusals,
+                error.message,
+            )
+            self._relay_refusals = 0
+            self._relay_refusals_logged = now
 
     async def create_goal(self, namespace: str, goal_name: str) -> None:
-        """Mark ``goal_name`` as a goal of ``namespace``."""
-        await self._commit([prepare_goal(namespace, goal_name)], ())
+        """Mark ``goal_name`` as a goal of ``namespace``; ``LimitExceeded`` past a limit."""
+        records = [prepare_goal(namespace, goal_name)]
+        await self._commit(records, (), self._admit(records))
 
     async def put_feature_spec(self, spec: FeatureSpec) -> None:
-        """Create or replace a (checked) feature spec; ``InvalidArgument`` if the set would
+        """Create or replace a (checked) feature spec; ``LimitExceeded`` if the set would
         pass its limits (nothing logged)."""
-        flags = self.engine.flags
-        flags.check_room(spec.name)
-        others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
-        if others + spec_message_size(spec) > MAX_SPECS_BYTES:
-            raise InvalidArgument(
-                f"the feature specs would take more than {MAX_SPECS_BYTES} bytes "
-                f"(sidecars receive them whole): make this spec or others smaller",
-                name=spec.name,
-            )
-        await self._commit([FeatureSpecRecord(spec.name, spec)], ())
+        # One change at a time (they are rare): each is checked against the set with every
+        # earlier change applied.
+        async with self._spec_change:
+            flags = self.engine.flags
+            try:
+                flags.check_room(spec.name, self.growth.limits.feature_specs)
+                others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
+                size = others + spec_message_size(spec)
+                maximum = FEATURE_SPEC_BYTES.default
+                if size > maximum:
+                    raise LimitExceeded(
+                        f"feature spec size limit reached: the specs would take {size} bytes, "
+                        f"more than {maximum} (fixed: sidecars receive them in one message); "
+                        f"make this spec or others smaller",
+                        limit=FEATURE_SPEC_BYTES.name,
+                        setting=FEATURE_SPEC_BYTES.setting,
+                        name=spec.name,
+                    )
+            except LimitExceeded as exc:
+                self._refused(exc)
+                raise
+            await self._commit([FeatureSpecRecord(spec.name, spec)], ())
 
     async def delete_feature_spec(self, name: str) -> None:
         """Delete a feature spec; ``NotFound`` if there is none of that name."""
         self.engine.flags.get(name)
         await self._commit([FeatureSpecRecord(name, None)], ())
 
-    async def _commit(self, records: Sequence[Record], events: Sequence[Event]) -> None:
+    async def _commit(
+        self,
+        records: Sequence[Record],
+        events: Sequence[Event],
+        reserved: Reservation = NOTHING,
+    ) -> None:
         if self._log is None:
-            self._apply(records, events, self._sequence + 1)
+            self._apply(records, events, reserved, self._sequence + 1)
             return
-        apply = partial(self._apply, records, events)
-        await self._log.append(encode_records(records), len(records), apply)
+        apply = partial(self._apply, records, events, reserved)
+        append = self._log.append(encode_records(records), len(records), apply)
+        if reserved.released:  # reserves nothing (the common case): no task needed
+            await append
+            return
+        # The log writes an entry even if its caller goes away (cancelled): the growth
+        # stays reserved until the append ends, applied (``_apply`` releases it) or refused.
+        appending = asyncio.ensure_future(append)
+        appending.add_done_callback(partial(self._appended, reserved))
+        await asyncio.shield(appending)
 
-    def _apply(self, records: Sequence[Record], events: Sequence[Event], first: int) -> None:
+    def _appended(self, reserved: Reservation, appending: asyncio.Future[int]) -> None:
+        self.growth.release(reserved)
+        if not appending.cancelled():
+            appending.exception()  # retrieved: the caller, if still there, gets it too
+
+    def _apply(
+        self,
+        records: Sequence[Record],
+        events: Sequence[Event],
+        reserved: Reservation,
+        first: int,
+    ) -> None:
         """The one place validated records change the state: ``first`` is the sequence
         number of the first record (the log's, when there is one)."""
         start = time.perf_counter()
         apply = self.engine.apply
         for record in records:
             apply(record)
+        self.growth.release(reserved)  # in the engine now: counted there
         self._sequence = first + len(records) - 1
         if records[0].__class__ is FeatureSpecRecord:
             self.spec_changes.notify()

@@ -17,7 +17,7 @@ import grpc
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.engine import Engine
-from kimball_grpc.core.errors import InvalidArgument, KimballError
+from kimball_grpc.core.errors import InvalidArgument, KimballError, LimitExceeded
 from kimball_grpc.core.events import Event
 from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
 from kimball_grpc.core.limits import MAX_SUBSCRIPTION_EVENT_NAMES
@@ -41,16 +41,16 @@ Accept = Callable[[Sequence[Event]], Awaitable[int]]
 async def accept_stream(
     requests: AsyncIterator[pb.TrackEventsRequest], accept: Accept
 ) -> pb.StreamEventsResponse:
-    """``StreamEvents``: each message's events accepted as it arrives; a bad message ends
-    the call naming its index, and nothing after it is accepted."""
+    """``StreamEvents``: each message's events accepted as it arrives; a bad message, or one
+    past a limit, ends the call naming its index, and nothing after it is accepted."""
     accepted = 0
     messages = 0
     async for request in requests:
         try:
             events = [proto_mapping.event_from_proto(e) for e in request.events]
             accepted += await accept(events)
-        except InvalidArgument as exc:
-            raise InvalidArgument(
+        except (InvalidArgument, LimitExceeded) as exc:
+            raise type(exc)(
                 f"message {messages}: {exc.message} ({accepted} events accepted before it)",
                 message=str(messages),
                 **exc.details,
@@ -68,8 +68,8 @@ async def accept_integration_stream(
         event = Event(event_name=message.name, user_id=message.key, namespace=message.namespace)
         try:
             accepted += await accept([event])
-        except InvalidArgument as exc:
-            raise InvalidArgument(
+        except (InvalidArgument, LimitExceeded) as exc:
+            raise type(exc)(
                 f"event {accepted}: {exc.message}", index=str(accepted), **exc.details
             ) from None
     return integration_pb.Response(code=0)
@@ -84,7 +84,7 @@ async def evaluate_features(
     draw: Callable[[], float],
 ) -> pb.EvaluateFeaturesResponse:
     """``EvaluateFeatures`` against ``flags``; a usage to count goes to ``accept``, and if it
-    cannot be stored (a failing disk, a full spool) to ``usage_lost``: the flags are
+    cannot be stored (a failing disk, a full spool, a limit) to ``usage_lost``: the flags are
     answered all the same."""
     user = proto_mapping.json_value(request.user, "user")
     context = proto_mapping.json_value(request.context, "context")
@@ -93,7 +93,7 @@ async def evaluate_features(
     if feature:
         try:
             await accept([Event(feature, user_id, namespace)])
-        except KimballError as exc:  # validated already: storage refused it
+        except KimballError as exc:  # validated already: a limit or storage refused it
             usage_lost(exc)
     return pb.EvaluateFeaturesResponse(features=features)
 
@@ -250,7 +250,8 @@ class KimballIntegration(integration_grpc.KimballIntegrationServicer):
 
 
 class KimballRelay(relay_grpc.KimballRelayServicer):
-    """Events from sidecars: each message acknowledged once applied and durable."""
+    """Events from sidecars: each message acknowledged once applied and durable (less what
+    a limit refused, which is counted in the answer)."""
 
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
@@ -264,8 +265,10 @@ class KimballRelay(relay_grpc.KimballRelayServicer):
     async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
         await context.send_initial_metadata(())  # the sidecar waits for it before writing
         async for request in _until_set(self._closing, request_iterator):
-            await self.ingestor.accept_relayed(request.batches)
-            yield relay_pb.RelayResponse(acknowledged_through=request.last_sequence)
+            refused = await self.ingestor.accept_relayed(request.batches)
+            yield relay_pb.RelayResponse(
+                acknowledged_through=request.last_sequence, refused_events=refused
+            )
 
 
 async def _until_set(event: asyncio.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:

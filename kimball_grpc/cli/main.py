@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -16,24 +17,34 @@ from kimball_grpc.app import serve, serve_gateway
 from kimball_grpc.cli import client_commands as client
 from kimball_grpc.config.settings import (
     environment,
+    limit_field,
     load_settings,
     parse_fsync_policy,
+    parse_limit,
     parse_port,
     parse_seconds,
 )
 from kimball_grpc.core.errors import ConfigError
-from kimball_grpc.core.limits import MAX_BATCH_EVENTS
-from storage.wal import FsyncPolicy
+from kimball_grpc.core.limits import MAX_BATCH_EVENTS, STATE_LIMITS, Limit
+
+T = TypeVar("T")
 
 
-def _port_flag(flag: str) -> Callable[[str], int]:
-    def parse(value: str) -> int:
+def _flag(parse: Callable[[str, str], T], flag: str) -> Callable[[str], T]:
+    """An option's type: ``parse(flag, value)``, its ``ConfigError`` as argparse's error."""
+
+    def parse_flag(value: str) -> T:
         try:
-            return parse_port(flag, value)
+            return parse(flag, value)
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(exc.message) from None
 
-    return parse
+    return parse_flag
+
+
+def limit_flag(limit: Limit) -> str:
+    """The command-line option of a growth limit: ``--max-namespaces``."""
+    return "--" + limit_field(limit).replace("_", "-")
 
 
 def _seconds(value: str) -> float:
@@ -43,13 +54,6 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a positive number of seconds, got {value!r}"
         ) from None
-
-
-def _fsync_policy(value: str) -> FsyncPolicy:
-    try:
-        return parse_fsync_policy("--wal-fsync", value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _batch_size(value: str) -> int:
@@ -71,9 +75,11 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="run the server")
     run.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
     run.add_argument(
-        "--grpc-port", type=_port_flag("--grpc-port"), help="gRPC port (default 50051)"
+        "--grpc-port", type=_flag(parse_port, "--grpc-port"), help="gRPC port (default 50051)"
     )
-    run.add_argument("--api-port", type=_port_flag("--api-port"), help="REST port (default 8080)")
+    run.add_argument(
+        "--api-port", type=_flag(parse_port, "--api-port"), help="REST port (default 8080)"
+    )
     run.add_argument("--data-dir", type=Path, help="local data directory (default kimball-data)")
     run.add_argument(
         "--config", type=Path, help="app.config file (env KIMBALL_CONFIG; /kimball/app.config)"
@@ -86,16 +92,25 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--wal-fsync",
-        type=_fsync_policy,
+        type=_flag(parse_fsync_policy, "--wal-fsync"),
         help="write-ahead log fsync: always (default), interval or never (env KIMBALL_WAL_FSYNC)",
     )
+    for limit in STATE_LIMITS:
+        run.add_argument(
+            limit_flag(limit),
+            dest=limit_field(limit),
+            type=_flag(parse_limit, limit_flag(limit)),
+            metavar="N",
+            help=f"the {limit.noun} limit (env {limit.setting}; default {limit.default:,}; "
+            f"see docs/operations.md)",
+        )
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
     gateway.add_argument("--grpc-target", required=True, help="HOST:PORT of Kimball's gRPC")
     gateway.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
     gateway.add_argument(
-        "--api-port", type=_port_flag("--api-port"), help="REST port (default 8080)"
+        "--api-port", type=_flag(parse_port, "--api-port"), help="REST port (default 8080)"
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
@@ -232,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": args.data_dir,
             "storage_uri": args.storage_uri,
             "wal_fsync": args.wal_fsync,
+        }
+        overrides |= {
+            limit_field(limit): getattr(args, limit_field(limit)) for limit in STATE_LIMITS
         }
     try:
         settings = load_settings(environ, config_path=args.config, overrides=overrides)

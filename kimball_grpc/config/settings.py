@@ -17,7 +17,17 @@ from pathlib import Path
 from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.errors import ConfigError
-from kimball_grpc.core.limits import DEFAULT_SPOOL_MAX_EVENTS
+from kimball_grpc.core.limits import (
+    COUNTERS,
+    DEFAULT_SPOOL_MAX_EVENTS,
+    EVENT_NAMES,
+    FEATURE_SPECS,
+    GOALS,
+    NAMESPACES,
+    STATE_LIMITS,
+    Limit,
+    StateLimits,
+)
 from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
 from storage.wal import FsyncPolicy
 
@@ -80,11 +90,24 @@ class Settings:
     wal_fsync_interval_ms: int = 200
     snapshot_interval_s: float = 60.0
     storage: StorageConfig | None = None  # derived from the fields above by load_settings
+    # How far clients can make the state grow (api mode): core.limits.STATE_LIMITS.
+    max_namespaces: int = NAMESPACES.default
+    max_event_names: int = EVENT_NAMES.default  # per namespace
+    max_counters: int = COUNTERS.default  # named and weekly, all namespaces
+    max_goals: int = GOALS.default  # per namespace
+    max_feature_specs: int = FEATURE_SPECS.default
 
     @property
     def wal_dir(self) -> Path:
         """The write-ahead log's directory: always on local disk."""
         return self.data_dir / "wal"
+
+    @property
+    def state_limits(self) -> StateLimits:
+        """The growth limits, as the core takes them."""
+        return StateLimits(
+            **{limit.name: getattr(self, limit_field(limit)) for limit in STATE_LIMITS}
+        )
 
     @property
     def spool_dir(self) -> Path:
@@ -172,6 +195,20 @@ def _milliseconds(name: str, value: str) -> int:
     return milliseconds
 
 
+def limit_field(limit: Limit) -> str:
+    """The ``Settings`` field of a growth limit: ``max_namespaces``."""
+    return f"max_{limit.name}"
+
+
+def parse_limit(name: str, value: str) -> int:
+    """A limit's value from text (a flag or a variable called ``name``): a whole number,
+    at least 1; ``ConfigError`` otherwise."""
+    maximum = _whole_number(name, value, "a whole number, at least 1")
+    if maximum < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value!r}")
+    return maximum
+
+
 def parse_port(name: str, value: str) -> int:
     """A port number from text (a flag or a variable called ``name``), or ``ConfigError``."""
     port = _whole_number(name, value, "a port number")
@@ -254,6 +291,9 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         )
     if environ.get("KIMBALL_DATA_DIR"):
         out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])
+    for limit in STATE_LIMITS:
+        if environ.get(limit.setting):
+            out[limit_field(limit)] = parse_limit(limit.setting, environ[limit.setting])
     out |= _storage_from_environment(environ)
     return out
 

@@ -6,10 +6,19 @@ of records replayed into a restored snapshot rebuilds the same state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
 
 from kimball_grpc.core.bloom import KeyHash, hash_key
-from kimball_grpc.core.counter_config import GLOBAL_RULE, CounterConfig, CounterRule, DateCohort
+from kimball_grpc.core.counter_config import (
+    DEFAULT_RULE,
+    GLOBAL_RULE,
+    CounterConfig,
+    CounterRule,
+    DateCohort,
+)
 from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
 from kimball_grpc.core.errors import InvalidArgument, NotFound
 from kimball_grpc.core.feature_flags import FeatureFlags
@@ -22,7 +31,7 @@ from kimball_grpc.core.predictions import (
     bayes,
     naive_bayes,
 )
-from kimball_grpc.core.records import EventRecord, GoalRecord, Record
+from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, GoalRecord, Record
 
 WeekKey = tuple[str, int, int]
 
@@ -46,6 +55,22 @@ class Namespace:
         )
 
 
+class GrowthKind(StrEnum):
+    NAMESPACE = "namespace"
+    EVENT_NAME = "event_name"  # a new event name in a namespace: a new named counter
+    WEEKLY = "weekly"  # a new weekly counter
+    GOAL = "goal"
+
+
+class Growth(NamedTuple):
+    """One thing a record would add to the state (a weekly counter's week in ``week``)."""
+
+    kind: GrowthKind
+    namespace: str
+    name: str = ""
+    week: tuple[int, int] = (0, 0)
+
+
 @dataclass(frozen=True)
 class Nudge:
     """An event a user has not done yet, with P(goal | event)."""
@@ -61,6 +86,8 @@ class Engine:
         self.counter_config = counter_config or CounterConfig()
         self._namespaces: dict[str, Namespace] = {}
         self._rules: dict[str, CounterRule] = {}  # per event name: regex search once
+        self._weekly_rules = any(r.date_cohort for r in self.counter_config.rules)
+        self._counter_count = 0  # named and weekly counters of every namespace
         self.flags = FeatureFlags()
 
     # -- state changes -------------------------------------------------
@@ -102,6 +129,7 @@ class Engine:
         rule = self._rule(name)
         if named is None:
             named = ns.named[name] = Counter(name, CounterKind.NAMED, rule.new_filter())
+            self._counter_count += 1
         if self._first(named, user, new_user):
             if is_goal:
                 prior = () if new_user else self._prior_events(ns, name, user)
@@ -113,6 +141,7 @@ class Engine:
                 weekly = ns.weekly[key] = Counter(
                     name, CounterKind.WEEKLY, rule.new_filter(), record.iso_year, record.iso_week
                 )
+                self._counter_count += 1
             if self._first(weekly, user, new_user):
                 if is_goal and prior is None:
                     prior = () if new_user else self._prior_events(ns, name, user)
@@ -140,6 +169,59 @@ class Engine:
             counter = Counter(GLOBAL_COUNTER_NAME, CounterKind.INTERNAL, GLOBAL_RULE.new_filter())
             ns = self._namespaces[name] = Namespace(name, counter)
         return ns
+
+    # -- growth, for the limits ------------------------------------------
+
+    def growth(self, records: Iterable[Record]) -> list[Growth]:
+        """What applying ``records`` would add to the state, each thing once, in the order
+        first met: namespaces, event names, weekly counters and goals (feature specs are
+        not counted here)."""
+        new: dict[Growth, None] = {}
+        namespaces = self._namespaces
+        for record in records:
+            if record.__class__ is FeatureSpecRecord:
+                continue
+            name_space = record.namespace
+            ns = namespaces.get(name_space)
+            if ns is None:
+                new[Growth(GrowthKind.NAMESPACE, name_space)] = None
+            if record.__class__ is GoalRecord:
+                if ns is None or record.goal_name not in ns.goals:
+                    new[Growth(GrowthKind.GOAL, name_space, record.goal_name)] = None
+                continue
+            name = record.event_name
+            if ns is None or name not in ns.named:
+                new[Growth(GrowthKind.EVENT_NAME, name_space, name)] = None
+            if record.ensure_goal and (ns is None or name not in ns.goals):
+                new[Growth(GrowthKind.GOAL, name_space, name)] = None
+            # Not through the cache of rules: a refused name must leave nothing behind.
+            rule = self._rules.get(name) if self._weekly_rules else DEFAULT_RULE
+            if rule is None:
+                rule = self.counter_config.rule_for(name)
+            if rule.date_cohort is DateCohort.WEEKLY:
+                week = (record.iso_year, record.iso_week)
+                if ns is None or (name, *week) not in ns.weekly:
+                    new[Growth(GrowthKind.WEEKLY, name_space, name, week)] = None
+        return list(new)
+
+    @property
+    def namespace_count(self) -> int:
+        return len(self._namespaces)
+
+    @property
+    def counter_count(self) -> int:
+        """Named and weekly counters of every namespace (global counters not included)."""
+        return self._counter_count
+
+    def event_name_count(self, namespace: str) -> int:
+        """Event names (named counters) of a namespace; 0 for an unknown one."""
+        ns = self._namespaces.get(namespace)
+        return len(ns.named) if ns else 0
+
+    def goal_count(self, namespace: str) -> int:
+        """Goals of a namespace; 0 for an unknown one."""
+        ns = self._namespaces.get(namespace)
+        return len(ns.goals) if ns else 0
 
     # -- questions -----------------------------------------------------
 
@@ -244,5 +326,10 @@ class Engine:
         return [self._namespaces[n] for n in sorted(self._namespaces)]
 
     def restore_namespace(self, ns: Namespace) -> None:
-        """Put a deserialized namespace in place (replacing one of the same name)."""
+        """Put a deserialized namespace in place (replacing one of the same name), whatever
+        the limits: state already kept is never refused."""
+        old = self._namespaces.get(ns.name)
+        if old is not None:
+            self._counter_count -= len(old.named) + len(old.weekly)
         self._namespaces[ns.name] = ns
+        self._counter_count += len(ns.named) + len(ns.weekly)

@@ -51,6 +51,21 @@ class OutOfRange(KimballError):
     grpc_code = "OUT_OF_RANGE"
 
 
+class LimitExceeded(KimballError):
+    """The request would grow the state past a configured limit; nothing was changed.
+
+    ``details`` hold ``limit`` (the limit's name, as in ``kimball_limit_refusals_total``)
+    and ``setting`` (what raises it), besides what the request named.
+    """
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    @property
+    def limit(self) -> str:
+        """The limit's name."""
+        return self.details["limit"]
+
+
 class FailedPrecondition(KimballError):
     """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
 

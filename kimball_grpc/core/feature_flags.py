@@ -26,14 +26,12 @@ from typing import Any
 import mmh3
 
 from kimball_grpc.core.errors import InvalidArgument, NotFound
+from kimball_grpc.core.limits import FEATURE_SPECS
 from kimball_grpc.core.names import check_name
 
 COMPARATORS = ("=", "in")
 MAX_CONDITIONS = 100  # user conditions in one spec
 MAX_IN_VALUES = 1_000  # values of one "in" condition
-MAX_SPECS = 10_000
-# The whole set travels in one gRPC message to sidecars (4 MiB at most).
-MAX_SPECS_BYTES = 3 * 1024 * 1024
 
 Json = Any
 
@@ -204,11 +202,11 @@ class FeatureFlags:
     specs: dict[str, FeatureSpec] = field(default_factory=dict)
     version: int = 0
 
-    def check_room(self, name: str) -> None:
-        """``InvalidArgument`` if a new spec ``name`` would pass ``MAX_SPECS`` (checked before
-        a put is logged: applying a logged put never fails)."""
-        if name not in self.specs and len(self.specs) >= MAX_SPECS:
-            raise InvalidArgument(f"at most {MAX_SPECS} feature specs", key="name")
+    def check_room(self, name: str, maximum: int) -> None:
+        """``LimitExceeded`` if a new spec ``name`` would make more than ``maximum`` specs
+        (checked before a put is logged: applying a logged put never fails)."""
+        if name not in self.specs and len(self.specs) >= maximum:
+            raise FEATURE_SPECS.exceeded(maximum, name=name)
 
     def put(self, spec: FeatureSpec) -> None:
         """Create or replace (a checked spec)."""

@@ -1,6 +1,12 @@
-"""Input limits, documented in the README. One place, so every API agrees."""
+"""Limits, in one place so every API agrees: fixed input limits, and the configurable
+limits on how far clients can make the state grow (documented in operations.md)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from kimball_grpc.core.errors import LimitExceeded
 
 MAX_NAME_LENGTH = 256  # characters in a namespace, event name, goal name or user id
 MAX_BATCH_EVENTS = 10_000  # events in one batch request or one stream message
@@ -12,3 +18,48 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one gRPC message
 # |value| of an event: sums of many such values stay finite and exact to the cent.
 MAX_ABS_VALUE = 1e15
 DEFAULT_NAMESPACE = "default"
+
+
+class Limit(NamedTuple):
+    """A limit on something clients can make grow. Past it, requests are refused with
+    ``LimitExceeded`` (RESOURCE_EXHAUSTED) and counted by ``name``."""
+
+    name: str  # the label of kimball_limit_refusals_total and ErrorInfo's "limit"
+    noun: str  # what is limited, singular: "namespace"
+    setting: str  # the environment variable that sets it ("" for a fixed limit)
+    default: int
+
+    def exceeded(self, maximum: int, scope: str = "", **details: str) -> LimitExceeded:
+        """The refusal: "namespace limit reached: 10000 namespaces (KIMBALL_MAX_NAMESPACES)";
+        ``scope`` follows the count (" in namespace 'shop'")."""
+        how = f" ({self.setting})" if self.setting else ""
+        return LimitExceeded(
+            f"{self.noun} limit reached: {maximum} {self.noun}s{scope}{how}",
+            limit=self.name,
+            setting=self.setting,
+            **details,
+        )
+
+
+# The defaults keep a server at every limit at once within 2 GiB and its snapshot under
+# 5 s (measured by bench/bench_limits.py; figures in docs/benchmarks.md).
+NAMESPACES = Limit("namespaces", "namespace", "KIMBALL_MAX_NAMESPACES", 1_000)
+EVENT_NAMES = Limit("event_names", "event name", "KIMBALL_MAX_EVENT_NAMES", 10_000)  # per ns
+COUNTERS = Limit("counters", "counter", "KIMBALL_MAX_COUNTERS", 200_000)  # named and weekly
+GOALS = Limit("goals", "goal", "KIMBALL_MAX_GOALS", 100)  # per namespace
+FEATURE_SPECS = Limit("feature_specs", "feature spec", "KIMBALL_MAX_FEATURE_SPECS", 10_000)
+STATE_LIMITS = (NAMESPACES, EVENT_NAMES, COUNTERS, GOALS, FEATURE_SPECS)
+# Fixed: the whole set of feature specs travels to sidecars in one gRPC message (4 MiB).
+FEATURE_SPEC_BYTES = Limit("feature_spec_bytes", "feature spec size", "", 3 * 1024 * 1024)
+LIMITS = (*STATE_LIMITS, FEATURE_SPEC_BYTES)  # every limit that refusals are counted by
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    """The configured value of each limit of ``STATE_LIMITS``, by its name."""
+
+    namespaces: int = NAMESPACES.default
+    event_names: int = EVENT_NAMES.default
+    counters: int = COUNTERS.default
+    goals: int = GOALS.default
+    feature_specs: int = FEATURE_SPECS.default

@@ -12,7 +12,10 @@ refuses the token, or takes or acknowledges nothing for ``ack_timeout``) the
 sender closes the channel, sleeps an exponential backoff with full jitter and
 starts again from the last acknowledged event. Events sent but not acknowledged
 are sent again: the api server may see them twice, which changes no count.
-Nothing is ever dropped here; the spool's bound refuses new events instead.
+Nothing is ever dropped here; the spool's bound refuses new events instead. The api
+server may refuse events past its limits (a new namespace past
+KIMBALL_MAX_NAMESPACES, ...): it acknowledges them with the rest and says how many,
+which are counted and logged here, since sending them again would be refused again.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ class RelaySender:
         self.spool = spool
         self.address = address
         self.connected = False
-        self.delivered = 0  # events acknowledged by the api server since start
+        self.delivered = 0  # events the api server acknowledged and applied since start
         self.failures = 0  # streams that ended in a failure
+        self.refused = 0  # events the api server refused (past its limits) since start
         self._metadata = metadata
         self._channel_factory = channel_factory
         self.max_events = max_events
@@ -234,6 +238,19 @@ class RelaySender:
                 reader.exception()  # retrieved: its failure is reported as the stream's
             call.cancel()
 
+    def _refused(self, events: int) -> None:
+        """The api server refused ``events`` past its limits; a warning the first time
+        (its own log and metrics say which limit), then once per 1,000 more events."""
+        before = self.refused
+        self.refused += events
+        if before == 0 or before // 1_000 != self.refused // 1_000:
+            log.warning(
+                "relay: the api server at %s refused %d events since start because they "
+                "would pass its limits (see its kimball_limit_refusals_total); they are dropped",
+                self.address,
+                self.refused,
+            )
+
     async def _read_acknowledgements(
         self, call: grpc.aio.StreamStreamCall, waiting: deque[tuple[int, float]]
     ) -> None:
@@ -244,7 +261,11 @@ class RelaySender:
                 raise StreamEnded(await call.code(), await call.details())
             before = spool.acknowledged
             spool.acknowledge(response.acknowledged_through)
-            self.delivered += spool.acknowledged - before
+            advanced = spool.acknowledged - before  # 0 for a message acknowledged before
+            refused = min(response.refused_events, advanced)
+            self.delivered += advanced - refused
+            if refused:
+                self._refused(refused)
             while waiting and waiting[0][0] <= response.acknowledged_through:
                 waiting.popleft()
 
@@ -269,13 +290,18 @@ class RelayCollector(Collector):
         )
         yield CounterMetricFamily(
             "kimball_relay_delivered_events",
-            "Events the api server acknowledged since start.",
+            "Events the api server acknowledged and applied since start (refused ones aside).",
             value=sender.delivered,
         )
         yield GaugeMetricFamily(
             "kimball_relay_connected",
             "1 while the relay stream to the api server is connected.",
             value=int(sender.connected),
+        )
+        yield CounterMetricFamily(
+            "kimball_relay_refused_events",
+            "Events the api server refused because they would pass its limits (dropped).",
+            value=sender.refused,
         )
         yield CounterMetricFamily(
             "kimball_relay_stream_failures",

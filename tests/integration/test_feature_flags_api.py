@@ -15,9 +15,9 @@ from support.in_process import crash, local_settings, running, started
 
 from kimball_grpc.api import ingest
 from kimball_grpc.codec.proto_mapping import flags_to_proto
-from kimball_grpc.core import feature_flags
-from kimball_grpc.core.errors import InvalidArgument
+from kimball_grpc.core.errors import LimitExceeded
 from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
+from kimball_grpc.core.limits import FEATURE_SPEC_BYTES
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.streaming.spec_changes import SpecChanges
 
@@ -205,14 +205,13 @@ def _spec(name: str, start: datetime) -> FeatureSpec:
     )
 
 
-async def test_spec_changes_are_replayed_from_the_log_after_a_crash(tmp_path, monkeypatch):
-    monkeypatch.setattr(feature_flags, "MAX_SPECS", 2)
-    settings = local_settings(tmp_path)
+async def test_spec_changes_are_replayed_from_the_log_after_a_crash(tmp_path):
+    settings = local_settings(tmp_path, max_feature_specs=2)
     server = await started(settings)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     await server.ingestor.put_feature_spec(_spec("a", start))
     await server.ingestor.put_feature_spec(_spec("b", start))
-    with pytest.raises(InvalidArgument, match="at most 2"):
+    with pytest.raises(LimitExceeded, match="2 feature specs"):
         await server.ingestor.put_feature_spec(_spec("c", start))  # refused: not logged
     await server.ingestor.delete_feature_spec("a")
     await server.ingestor.put_feature_spec(_spec("a", start))
@@ -224,15 +223,16 @@ async def test_spec_changes_are_replayed_from_the_log_after_a_crash(tmp_path, mo
 
 
 async def test_a_set_of_specs_too_large_for_one_message_is_refused(stub, monkeypatch):
-    monkeypatch.setattr(ingest, "MAX_SPECS_BYTES", 10_000)
+    monkeypatch.setattr(ingest, "FEATURE_SPEC_BYTES", FEATURE_SPEC_BYTES._replace(default=10_000))
     spec = pb.FeatureSpec(name="big")
     listed = spec.user.add(property="country", comparator="in").value.list_value
     for i in range(1_000):
         listed.values.add().string_value = f"country-{i:04d}"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))
-    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "bytes" in refused.value.details()
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than 10000" in refused.value.details()
+    assert error_metadata(refused.value)["limit"] == "feature_spec_bytes"
     assert not (await stub.ListFeatureSpecs(pb.ListFeatureSpecsRequest())).specs
 
 

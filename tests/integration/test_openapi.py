@@ -31,6 +31,20 @@ async def test_document_lists_every_route_with_the_original_parameter_names(http
     assert [(p["name"], p["in"]) for p in spec] == [("name", "path")]
 
 
+async def test_the_routes_that_add_to_the_state_document_the_limits_429(http) -> None:
+    async with http.get("/api-docs/openapi.json") as response:
+        paths = (await response.json())["paths"]
+    refusing = {
+        (m, p) for p, ops in paths.items() for m, op in ops.items() if "429" in op["responses"]
+    }
+    assert refusing == {
+        ("post", "/v0/analytics"),
+        ("post", "/v0/analytics:stream"),
+        ("post", "/v0/goals"),
+        ("post", "/v0/featureSpecs"),
+    }
+
+
 async def test_page_is_served_from_the_installed_package(http) -> None:
     async with http.get("/api-docs/index.html") as response:
         assert response.status == 200

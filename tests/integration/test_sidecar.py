@@ -72,8 +72,8 @@ class Deployment:
             counter_config=WEEKLY,
         )
 
-    async def start_api(self) -> RunningServer:
-        self.api = await start_server(self.api_settings())
+    async def start_api(self, **overrides: object) -> RunningServer:
+        self.api = await start_server(replace(self.api_settings(), **overrides))
         await self.api.wait_ready()
         return self.api
 
@@ -308,6 +308,24 @@ async def test_a_full_spool_refuses_events_and_keeps_what_it_has(deployment):
     assert "refused" not in await deployment.counts()
 
 
+async def test_batches_past_the_api_servers_limits_are_dropped_and_delivery_goes_on(deployment):
+    api = await deployment.start_api(max_namespaces=1)  # "default" only
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("kept", range(2))))
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("x", range(3), "elsewhere")))
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("after", range(2))))
+    # The refused batch is acknowledged with the rest: not sent again and again.
+    await until(lambda: _has(deployment, {"kept": 2, "after": 2}), "delivery past it")
+    await until(lambda: sidecar.spool.pending == 0, "the spool to empty")
+    assert api.engine.namespaces() == ["default"]
+    refused = {"limit": "namespaces"}
+    assert api.metrics.registry.get_sample_value("kimball_limit_refusals_total", refused) == 1
+    registry = sidecar.metrics.registry
+    assert registry.get_sample_value("kimball_relay_refused_events_total") == 3
+    assert registry.get_sample_value("kimball_relay_delivered_events_total") == 4
+
+
 async def test_a_bad_event_is_refused_by_the_sidecar_and_nothing_is_spooled(deployment):
     sidecar = await deployment.start_sidecar()
     stub = deployment.stub(sidecar.grpc_port)
@@ -438,6 +456,30 @@ async def test_the_relay_method_refuses_bad_batches_and_unknown_callers(deployme
 
 
 # --- feature flags on a sidecar ------------------------------------------------------
+
+
+async def test_the_relay_method_applies_the_batches_within_the_limits_and_counts_the_rest(
+    deployment,
+):
+    api = await deployment.start_api(max_event_names=2)
+    relay = relay_grpc.KimballRelayStub(deployment.channel(api.grpc_port))
+
+    def batch(*names: str) -> bytes:
+        return encode_records([prepare_event(Event(n, "ann"), (2024, 10)) for n in names])
+
+    call = relay.Relay(metadata=AUTH)
+    # The second batch would be the third event name: left out whole, the others applied.
+    await call.write(
+        rpb.RelayRequest(
+            first_sequence=1,
+            last_sequence=6,
+            batches=[batch("a"), batch("a", "b", "c"), batch("b")],
+        )
+    )
+    await call.done_writing()
+    answers = [answer async for answer in call]
+    assert [(a.acknowledged_through, a.refused_events) for a in answers] == [(6, 3)]
+    assert await deployment.counts() == {"a": 1, "b": 1}
 
 
 async def test_a_sidecar_answers_flags_from_its_copy_also_while_the_api_server_is_down(

@@ -139,6 +139,51 @@ def test_serve_refuses_a_bad_port_flag(flag: str, value: str) -> None:
     assert flag in result.stderr and value in result.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_serve_refuses_a_bad_limit_flag(value: str) -> None:
+    result = subprocess.run(
+        [*KIMBALL, "serve", f"--max-namespaces={value}"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "--max-namespaces" in result.stderr and value in result.stderr
+
+
+def test_serve_takes_limits_from_flags_and_the_environment(tmp_path: Path) -> None:
+    process = start(
+        "--grpc-port",
+        "0",
+        "--data-dir",
+        str(tmp_path),
+        "--max-namespaces",
+        "1",
+        env={"KIMBALL_MAX_GOALS": "1"},
+    )
+    try:
+        port = wait_for_port(process)
+        metadata = bearer(tmp_path)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.KimballServiceStub(channel)
+            stub.TrackEvent(
+                pb.TrackEventRequest(event=pb.Event(event_name="a", user_id="u")), metadata=metadata
+            )
+            stub.CreateGoal(pb.CreateGoalRequest(goal_name="g1"), metadata=metadata)
+            for call, request in (
+                (
+                    stub.TrackEvent,
+                    pb.TrackEventRequest(
+                        event=pb.Event(event_name="a", user_id="u", namespace="other")
+                    ),
+                ),
+                (stub.CreateGoal, pb.CreateGoalRequest(goal_name="g2")),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request, metadata=metadata)
+                assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "KIMBALL_MAX_GOALS" in refused.value.details()
+    finally:
+        stop(process)
+
+
 def test_standalone_gateway_in_front_of_a_remote_server(tmp_path: Path) -> None:
     config = token_config(tmp_path, "tok")
     server = start("--grpc-port", "0", "--data-dir", str(tmp_path), "--config", str(config))

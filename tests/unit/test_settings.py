@@ -24,6 +24,7 @@ from kimball_grpc.core.counter_config import (
     FilterType,
 )
 from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.core.limits import StateLimits
 from storage.wal import FsyncPolicy
 
 
@@ -141,6 +142,23 @@ def test_environment_variables_are_read():
     assert s.log_level == "WARNING"
     assert s.kubernetes_memory_limit == 536870912
     assert s.data_dir == Path("/var/kimball")
+
+
+def test_growth_limits_from_environment_and_flags():
+    assert load_settings({}).state_limits == StateLimits(
+        namespaces=1_000, event_names=10_000, counters=200_000, goals=100, feature_specs=10_000
+    )
+    env = {
+        "KIMBALL_MAX_NAMESPACES": "7",
+        "KIMBALL_MAX_EVENT_NAMES": "8",
+        "KIMBALL_MAX_COUNTERS": "9",
+        "KIMBALL_MAX_GOALS": "1",
+        "KIMBALL_MAX_FEATURE_SPECS": "1000000",
+    }
+    s = load_settings(env, overrides={"max_goals": 3})  # a flag beats the variable
+    assert s.state_limits == StateLimits(
+        namespaces=7, event_names=8, counters=9, goals=3, feature_specs=1_000_000
+    )
 
 
 @pytest.mark.parametrize(
@@ -357,6 +375,11 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"ANALYTICS_HOST": ":50051"}, ["ANALYTICS_HOST", "host:port"]),
         ({"KIMBALL_SPOOL_MAX_EVENTS": "0"}, ["KIMBALL_SPOOL_MAX_EVENTS", "at least 1"]),
         ({"KIMBALL_SPOOL_MAX_EVENTS": "1e6"}, ["KIMBALL_SPOOL_MAX_EVENTS", "'1e6'"]),
+        ({"KIMBALL_MAX_NAMESPACES": "0"}, ["KIMBALL_MAX_NAMESPACES", "at least 1", "'0'"]),
+        ({"KIMBALL_MAX_EVENT_NAMES": "-3"}, ["KIMBALL_MAX_EVENT_NAMES", "'-3'"]),
+        ({"KIMBALL_MAX_COUNTERS": "1e6"}, ["KIMBALL_MAX_COUNTERS", "whole number", "'1e6'"]),
+        ({"KIMBALL_MAX_GOALS": "lots"}, ["KIMBALL_MAX_GOALS", "'lots'"]),
+        ({"KIMBALL_MAX_FEATURE_SPECS": "10 000"}, ["KIMBALL_MAX_FEATURE_SPECS", "'10 000'"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )
