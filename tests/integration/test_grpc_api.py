@@ -132,6 +132,9 @@ async def test_track_event_counts_unique_users(stub) -> None:
         (ev("x" * (MAX_NAME_LENGTH + 1), "u1"), "event_name"),
         (ev("signup", "u" * (MAX_NAME_LENGTH + 1)), "user_id"),
         (ev("sign\nup", "u1"), "event_name"),
+        (ev("pay\u200bment", "u1"), "event_name"),  # invisible: looks like "payment"
+        (ev("\u202etxt.exe", "u1"), "event_name"),  # shown reversed
+        (pb.Event(namespace="sh\u200bop", event_name="e", user_id="u"), "namespace"),
         (pb.Event(namespace="n" * (MAX_NAME_LENGTH + 1), event_name="e", user_id="u"), "namespace"),
         (ev("signup", "u1", value=math.nan), "value"),
         (ev("signup", "u1", value=math.inf), "value"),
@@ -228,6 +231,25 @@ async def test_goals_are_created_listed_and_never_unmarked(stub) -> None:
     assert list(response.goals) == ["purchase", "signup"]
     other = await stub.ListGoals(pb.ListGoalsRequest(namespace="other"))
     assert list(other.goals) == []
+
+
+@pytest.mark.parametrize(
+    ("request_message", "field"),
+    [
+        (pb.CreateGoalRequest(goal_name="pay\u200bment"), "goal_name"),
+        (pb.CreateGoalRequest(goal_name="\u202etxt.exe"), "goal_name"),
+        (pb.CreateGoalRequest(namespace="sh\u200bop", goal_name="buy"), "namespace"),
+    ],
+)
+async def test_goal_names_with_invisible_characters_are_invalid(
+    stub, request_message, field
+) -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # joiners inside an emoji: fine
+    await stub.CreateGoal(pb.CreateGoalRequest(goal_name=family))
+    error = await expect(stub.CreateGoal(request_message), INVALID)
+    assert field in error_metadata(error)
+    assert "invisible" in error.details()
+    assert list((await stub.ListGoals(pb.ListGoalsRequest())).goals) == [family]
 
 
 async def test_create_goal_without_name_is_invalid(stub) -> None:

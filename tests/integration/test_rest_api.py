@@ -134,6 +134,26 @@ async def test_names_may_hold_emoji_with_joiners(http) -> None:
     assert family in {c["name"] for c in analytics["counts"]}
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v0/analytics", {"event_name": "pay\u200bment", "user_id": "u"}, "event_name"),
+        ("/v0/analytics", {"event_name": "\u202etxt.exe", "user_id": "u"}, "event_name"),
+        ("/v0/analytics", {"event_name": "a", "user_id": "u", "namespace": "\u2060x"}, "namespace"),
+        ("/v0/goals", {"goal_name": "pay\u00adment"}, "goal_name"),
+    ],
+)
+async def test_names_with_invisible_characters_are_400_and_change_nothing(
+    http, path, body, field
+) -> None:
+    async with http.post(path, json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["what"].startswith(f"{field} contains U+")
+    assert field in error
+    assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
+
+
 async def test_original_client_batches_of_100(http) -> None:
     batch = [
         {
