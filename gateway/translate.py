@@ -7,7 +7,6 @@ the original clients send (``request_shapes``), then made a message by ``request
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +14,7 @@ from google.protobuf.message import Message
 from multidict import MultiMapping
 
 from gateway.proto_http import HttpRule, parameter_name
-from gateway.request_json import RequestJsonError, message_from_json
+from gateway.request_json import RequestJsonError, message_from_json, parse_json
 from gateway.request_shapes import BadBody, BadParameter
 from gateway.route_table import JsonBody, NdjsonBody, Route, ShapedQuery
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
@@ -78,8 +77,8 @@ async def _body_data(request: web.Request, shape: JsonBody, field: str) -> dict:
             413, f"The body is larger than {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES
         ) from None
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        data = parse_json(raw)
+    except (ValueError, RecursionError) as exc:
         raise ClientError(400, "The object is not valid JSON", why=str(exc)) from None
     if shape.adapt is not None:
         try:
@@ -131,15 +130,18 @@ async def streamed_messages(
                 return
             if not line.strip():
                 continue
-            data = json.loads(line)
+            data = parse_json(line)
             if shape.adapt is not None:
                 data = shape.adapt(data)
             if not isinstance(data, dict):
                 raise BadBody("each line must be a JSON object or array")
             message = message_from_json(data, route.rule.request_type)
         except (ValueError, RecursionError) as exc:  # JSON, shape, size, protobuf
-            what = exc.what if isinstance(exc, RequestJsonError) else str(exc)
-            refused.append(ClientError(400, f"message {index}: {what}", message=index))
+            if isinstance(exc, RequestJsonError):
+                what, details = exc.what, exc.details
+            else:
+                what, details = str(exc), {}
+            refused.append(ClientError(400, f"message {index}: {what}", message=index, **details))
             return
         yield message
         index += 1
