@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from kimball_grpc.streaming.event_forwarding import EventForwarding
 from kimball_grpc.streaming.spec_changes import SpecChanges
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
+
+logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
 
 
 class Ingestor:
@@ -85,7 +88,11 @@ class Ingestor:
             try:
                 entry = await asyncio.to_thread(next, entries, None)
             except OSError as exc:  # a segment removed while being read
-                raise OutOfRange(f"the write-ahead log changed while read: {exc}") from None
+                logger.warning("write-ahead log: a replay lost its segment: %s", exc)
+                raise OutOfRange(
+                    "the write-ahead log changed while read: resume from a later sequence",
+                    after_sequence=str(after),
+                ) from None
             if entry is None or entry.sequence > expected:
                 raise OutOfRange(
                     f"the write-ahead log no longer holds record {expected}: resume from a "
