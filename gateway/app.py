@@ -17,7 +17,15 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.handlers import Channel, Handler, Metadata, Serve, guarded, route_handler
+from gateway.handlers import (
+    Channel,
+    Handler,
+    Metadata,
+    Serve,
+    declared_route,
+    guarded,
+    route_handler,
+)
 from gateway.openapi import openapi_document
 from gateway.route_table import ROUTE_TABLE
 from gateway.translate import MAX_BODY_BYTES
@@ -64,8 +72,7 @@ def _request_metrics(metrics: Metrics) -> Callable:
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "other"
+        route = declared_route(request)
         status = 500
         try:
             response = await handler(request)

@@ -36,16 +36,16 @@ def error_response(status: int, what: str, **details: object) -> web.Response:
     return web.json_response({"error": {"what": what, **details}}, status=status)
 
 
-def unauthorized() -> web.Response:
+def unauthorized(message: str = UNAUTHORIZED_MESSAGE) -> web.Response:
     """The original API's answer to a missing or wrong token."""
-    return web.json_response({"error": UNAUTHORIZED_MESSAGE}, status=401)
+    return web.json_response({"error": message}, status=401)
 
 
 def failed_call_response(error: grpc.aio.AioRpcError) -> web.Response:
     """A failed gRPC call as the original API's error: the status through one table, the
     ErrorInfo's metadata (which parameter) beside the message."""
     if error.code() is grpc.StatusCode.UNAUTHENTICATED:
-        return unauthorized()
+        return unauthorized(error.details() or UNAUTHORIZED_MESSAGE)
     details = error_metadata(error.trailing_metadata())
     return error_response(http_status(error.code()), error.details() or "", **details)
 
@@ -54,15 +54,20 @@ def guarded(checker: TokenChecker | None, serve: Serve) -> Handler:
     """``serve`` for callers with a valid token, given the header as gRPC metadata.
 
     The token is checked before the body is read, so a caller without one learns nothing
-    more; the gRPC server checks the forwarded header again with the same TokenChecker.
-    A ``ClientError`` becomes its error body, a failed call its status.
+    more; the gRPC server checks the forwarded header again with the same TokenChecker
+    (every value of it: a header given twice is refused there too, when this gateway
+    checks no token itself). A ``ClientError`` becomes its error body, a failed call its
+    status.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization")
-        if checker is not None and not checker.allows(authorization):
-            return unauthorized()
-        metadata: Metadata = (("authorization", authorization),) if authorization else ()
+        values = request.headers.getall("Authorization", [])
+        if checker is not None:
+            refusal = checker.refusal(values)
+            if refusal is not None:
+                checker.note_refused("rest", _route_of(request), request.remote or "?", refusal)
+                return unauthorized(refusal)
+        metadata: Metadata = tuple(("authorization", value) for value in values)
         try:
             return await serve(request, metadata)
         except ClientError as error:
@@ -71,6 +76,17 @@ def guarded(checker: TokenChecker | None, serve: Serve) -> Handler:
             return failed_call_response(error)
 
     return handle
+
+
+def declared_route(request: web.Request) -> str:
+    """The route a request matched, as declared (``/v0/featureSpecs/{name}``; ``other``
+    for an unknown path): never the path or query as sent, which may hold a user id."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "other"
+
+
+def _route_of(request: web.Request) -> str:
+    return f"{request.method} {declared_route(request)}"
 
 
 def _answer(answer: Answer | None, response: Message) -> web.Response:

@@ -67,6 +67,12 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.unauthenticated = Counter(
+            "kimball_unauthenticated_requests",
+            "Calls refused for a missing, wrong or repeated token, by API (grpc, rest).",
+            ["api"],
+            registry=self.registry,
+        )
         self.event_add = Summary(
             "kimball_event_add_duration_microseconds",
             "Time to apply an event to its counters, in microseconds (averaged per batch).",
@@ -125,6 +131,10 @@ class Metrics:
         """One REST request to ``route`` (its declared path) answered ``status``."""
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_request_seconds.labels(route).observe(seconds)
+
+    def refuse_unauthenticated(self, api: str) -> None:
+        """A call to ``api`` (grpc, rest) was refused for its token."""
+        self.unauthenticated.labels(api).inc()
 
     def lose_feature_usage(self, error: KimballError) -> None:
         """A flag evaluation was answered, but its usage event could not be stored."""

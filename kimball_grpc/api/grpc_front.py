@@ -52,7 +52,11 @@ class GrpcFront:
     def __init__(self, settings: Settings, metrics: Metrics, services: tuple[str, ...]) -> None:
         self.settings = settings
         self.services = services
-        self.checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
+        self.checker = (
+            TokenChecker(_tokens(settings), metrics.refuse_unauthenticated)
+            if settings.api_auth
+            else None
+        )
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if self.checker is not None:
             interceptors.append(AuthInterceptor(self.checker, {HEALTH_SERVICE}))
@@ -64,7 +68,7 @@ class GrpcFront:
         self._interceptors = interceptors
         self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.handlers = HandlerRecorder(self.server)
-        self.health = grpc_health.aio.HealthServicer()
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)
         self.port = 0
         self.local_channel: LocalChannel  # once started: the services, in-process
@@ -97,6 +101,42 @@ class GrpcFront:
         ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+class HealthService(grpc_health.aio.HealthServicer):
+    """gRPC's health service, with ``List`` too: the installed servicer inherits it from
+    the generated base, which raises NotImplementedError, and grpc then logs a traceback
+    for every call (open to anyone: health needs no token)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {
+            "": health_pb2.HealthCheckResponse.SERVING
+        }
+        self._final = False  # after enter_graceful_shutdown, as the servicer itself
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        if not self._final:
+            self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        if not self._final:
+            self._statuses = dict.fromkeys(
+                self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self._final = True
+        await super().enter_graceful_shutdown()
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._statuses.items()
+            }
+        )
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:

@@ -4,11 +4,14 @@ on real loopback servers."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
-from support.in_process import local_settings
+from multidict import CIMultiDict
+from support.in_process import local_settings, rest_client
 from support.worked_example import as_json
 
+from gateway.server import network_channel, start_gateway
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 
@@ -384,6 +387,42 @@ class TestAuthentication:
         async with http.request(method, path, json={"goal_name": "g"}, headers=headers) as r:
             assert r.status == 401
             assert await r.json() == {"error": "Missing or invalid authorization header"}
+
+    @pytest.mark.parametrize(
+        "values", [("Bearer s3cret", "Bearer wrong"), ("Bearer s3cret", "Bearer s3cret")]
+    )
+    async def test_two_authorization_headers_are_refused(self, http, values, caplog) -> None:
+        caplog.set_level(logging.DEBUG)
+        twice = CIMultiDict(("Authorization", value) for value in values)
+        async with http.get("/v0/goals", headers=twice) as r:
+            assert r.status == 401
+            assert await r.json() == {
+                "error": "More than one authorization header: send exactly one"
+            }
+        async with http.get("/v0/goals", headers={"Authorization": values[0]}) as r:
+            assert r.status == 200
+        lines = [r.getMessage() for r in caplog.records if r.name == "kimball_grpc.api.auth"]
+        assert lines == [
+            "refused a rest call to GET /v0/goals from 127.0.0.1: "
+            "More than one authorization header: send exactly one"
+        ]
+
+    async def test_a_gateway_checking_no_token_passes_both_on_and_the_server_refuses(
+        self, server
+    ) -> None:
+        """``kimball gateway`` without tokens of its own: the server decides, on every value."""
+        channel = network_channel(f"127.0.0.1:{server.grpc_port}")
+        gateway = await start_gateway("127.0.0.1", 0, channel, None, None)
+        try:
+            async with rest_client(gateway) as http:
+                twice = CIMultiDict([("Authorization", "Bearer s3cret")] * 2)
+                async with http.get("/v0/goals", headers=twice) as r:
+                    assert r.status == 401
+                    assert "More than one" in (await r.json())["error"]
+                async with http.get("/v0/goals", headers={"Authorization": "Bearer s3cret"}) as r:
+                    assert r.status == 200
+        finally:
+            await gateway.stop()
 
     async def test_right_token_in_any_case_and_open_health(self, http) -> None:
         headers = {"Authorization": "bearer s3cret"}
