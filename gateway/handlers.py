@@ -15,6 +15,7 @@ from gateway.http_status import http_status
 from gateway.route_table import Answer, NdjsonBody, Route
 from gateway.translate import (
     STREAM_TYPES,
+    BodyClock,
     ClientError,
     request_message,
     require_content_type,
@@ -34,6 +35,15 @@ Channel = grpc.aio.Channel | LocalChannel
 def error_response(status: int, what: str, **details: object) -> web.Response:
     """The original API's error body: ``{"error": {"what": ..., details}}``."""
     return web.json_response({"error": {"what": what, **details}}, status=status)
+
+
+def client_error_response(error: ClientError, **more: object) -> web.Response:
+    """A request refused by the gateway; after a body too slow (408) the connection is
+    closed, as the rest of that body cannot be told from a next request."""
+    response = error_response(error.status, error.what, **error.details, **more)
+    if error.status == 408:
+        response.force_close()
+    return response
 
 
 def unauthorized(message: str = UNAUTHORIZED_MESSAGE) -> web.Response:
@@ -71,7 +81,7 @@ def guarded(checker: TokenChecker | None, serve: Serve) -> Handler:
         try:
             return await serve(request, metadata)
         except ClientError as error:
-            return error_response(error.status, error.what, **error.details)
+            return client_error_response(error)
         except grpc.aio.AioRpcError as error:
             return failed_call_response(error)
 
@@ -95,8 +105,11 @@ def _answer(answer: Answer | None, response: Message) -> web.Response:
     return web.json_response(answer.render(response))
 
 
-def route_handler(route: Route, channel: Channel, checker: TokenChecker | None) -> Handler:
-    """The handler of ``route``, calling its gRPC method over ``channel``."""
+def route_handler(
+    route: Route, channel: Channel, checker: TokenChecker | None, body_timeout: float
+) -> Handler:
+    """The handler of ``route``, calling its gRPC method over ``channel``; a request's body
+    must arrive within ``body_timeout`` seconds (of waiting for it)."""
     rule = route.rule
     serializers = {
         "request_serializer": rule.request_type.SerializeToString,
@@ -108,11 +121,13 @@ def route_handler(route: Route, channel: Channel, checker: TokenChecker | None) 
         async def serve_stream(request: web.Request, metadata: Metadata) -> web.StreamResponse:
             require_content_type(request, STREAM_TYPES)
             refused: list[ClientError] = []  # a bad line ends the stream; said after the call
-            messages = streamed_messages(route, request, refused)
-            response = await stream_call(messages, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+            messages = streamed_messages(route, request, refused, BodyClock(body_timeout))
+            # The call lasts as long as the upload: the body's time, then the call's own.
+            timeout = body_timeout + CALL_TIMEOUT_SECONDS
+            response = await stream_call(messages, metadata=metadata, timeout=timeout)
             if refused:
                 accepted = route.answer.render(response) if route.answer is not None else {}
-                return error_response(400, refused[0].what, **refused[0].details, **accepted)
+                return client_error_response(refused[0], **accepted)
             return _answer(route.answer, response)
 
         return guarded(checker, serve_stream)
@@ -120,7 +135,7 @@ def route_handler(route: Route, channel: Channel, checker: TokenChecker | None) 
     call = channel.unary_unary(rule.grpc_method, **serializers)
 
     async def serve(request: web.Request, metadata: Metadata) -> web.StreamResponse:
-        message = await request_message(route, request)
+        message = await request_message(route, request, BodyClock(body_timeout))
         response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         return _answer(route.answer, response)
 

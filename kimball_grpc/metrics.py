@@ -67,6 +67,22 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.http_connections = Gauge(
+            "kimball_http_connections",
+            "REST connections open now.",
+            registry=self.registry,
+        )
+        self.http_connections_refused = Counter(
+            "kimball_http_connections_refused",
+            "REST connections refused (503) because KIMBALL_HTTP_MAX_CONNECTIONS were open.",
+            registry=self.registry,
+        )
+        self.http_timeouts = Counter(
+            "kimball_http_timeouts",
+            "REST requests ended because their headers or body came too slowly, by phase.",
+            ["phase"],
+            registry=self.registry,
+        )
         self.unauthenticated = Counter(
             "kimball_unauthenticated_requests",
             "Calls refused for a missing, wrong or repeated token, by API (grpc, rest).",

@@ -12,3 +12,6 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one gRPC message
 # |value| of an event: sums of many such values stay finite and exact to the cent.
 MAX_ABS_VALUE = 1e15
 DEFAULT_NAMESPACE = "default"
+# How often Kimball's own clients (a sidecar's relay) ping a quiet connection; servers
+# must allow pings at least this often.
+KEEPALIVE_PING_SECONDS = 60
