@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.connections import ConnectionGuard
+from gateway.http_log import RequestFreeLog
 from kimball_grpc.api.auth import TokenChecker
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.config.settings import HttpLimits
@@ -62,7 +63,8 @@ async def start_gateway(
     guard = ConnectionGuard(limits, metrics)
     runner = web.AppRunner(
         build_app(channel, metrics, checker, guard),
-        access_log=None,
+        access_log=None,  # an access log line holds the path and query: user ids
+        logger=RequestFreeLog(),
         keepalive_timeout=limits.keepalive_timeout_s,
         lingering_time=LINGER_SECONDS,
     )

@@ -91,7 +91,10 @@ class GrpcFront:
             log.warning("API authentication is off (api_auth disable): every caller is trusted")
         self.gate = StartupGate(set(services))
         interceptors.append(self.gate)
-        interceptors.append(StatusInterceptor(set(services), metrics.observe_request))
+        # Health and reflection too: a malformed request to them is INVALID_ARGUMENT, not a
+        # traceback in the log (and their calls are counted like the others).
+        decoded = {*services, HEALTH_SERVICE, reflection.SERVICE_NAME}
+        interceptors.append(StatusInterceptor(decoded, metrics.observe_request))
         self._interceptors = interceptors
         self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         self.handlers = HandlerRecorder(self.server)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -279,20 +280,19 @@ async def test_calls_past_the_streams_of_one_connection_wait_for_a_free_one(tmp_
     settings = local_settings(tmp_path, grpc_max_concurrent_streams=2)
     async with running(settings) as server, _channel(server.grpc_port) as channel:
         stub = pb_grpc.KimballServiceStub(channel)
-        calls = [stub.Subscribe(pb.SubscribeRequest()) for _ in range(3)]
+        calls = [stub.Subscribe(pb.SubscribeRequest()) for _ in range(2)]
         reads = [asyncio.ensure_future(call.read()) for call in calls]
         await _until(lambda: server.hub.subscriber_count == 2)
-        with pytest.raises(grpc.aio.AioRpcError) as waited:  # the third waits, and so does this
+        with pytest.raises(grpc.aio.AioRpcError) as waited:  # both streams taken: it waits
             await stub.ListNamespaces(pb.ListNamespacesRequest(), timeout=0.5)
         assert waited.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        calls[0].cancel()
-        calls[1].cancel()  # two free: the third subscription starts, and a call gets through
-        assert await stub.ListNamespaces(pb.ListNamespacesRequest(), timeout=SLOW) is not None
-        await _until(lambda: server.hub.subscriber_count == 1)
-        calls[2].cancel()
-        await asyncio.gather(*reads, return_exceptions=True)
         async with _channel(server.grpc_port) as other:  # other connections are not held up
             await pb_grpc.KimballServiceStub(other).ListNamespaces(pb.ListNamespacesRequest())
+        calls[0].cancel()
+        await _until(lambda: server.hub.subscriber_count == 1)
+        assert await stub.ListNamespaces(pb.ListNamespacesRequest(), timeout=SLOW) is not None
+        calls[1].cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
 
 
 async def test_a_connection_older_than_its_age_ends_after_the_grace_and_the_client_reconnects(
@@ -305,3 +305,23 @@ async def test_a_connection_older_than_its_age_ends_after_the_grace_and_the_clie
         assert await _subscription_outcome(channel, SLOW * 2) == "UNAVAILABLE"
         stub = pb_grpc.KimballServiceStub(channel)
         assert await stub.ListNamespaces(pb.ListNamespacesRequest(), timeout=SLOW) is not None
+
+
+async def test_a_malformed_request_is_logged_in_one_line_without_what_it_held(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    user = "user-7Qx9-private"
+    async with gateway(server) as rest:
+        for malformed in (
+            f"GET /v0/predictions?user_id={user}{'x' * 9000} HTTP/1.1\r\nHost: k\r\n\r\n",
+            f"GET /alive HTTP/1.1\r\nHost: k\r\nX-User: {user}{'x' * 9000}\r\n\r\n",
+        ):
+            async with raw("127.0.0.1", rest.port) as (reader, writer):
+                writer.write(malformed.encode())
+                assert (await answer_and_close(reader)).startswith(b"HTTP/1.0 400 Bad Request")
+
+    said = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.getMessage() for r in said] == [
+        "Error handling request from 127.0.0.1: a malformed request (LineTooLong, 400)"
+    ] * 2
+    assert all(r.exc_info is None for r in said)
+    assert not any(user in r.getMessage() for r in caplog.records)

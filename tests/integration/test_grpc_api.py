@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -21,6 +22,7 @@ from kimball_grpc.core.limits import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES, MAX_NA
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def ev(name: str, user: str, **fields: object) -> pb.Event:
@@ -177,6 +179,33 @@ async def test_malformed_protobuf_is_invalid(channel) -> None:
     call = channel.unary_unary("/kimball.v1.KimballService/TrackEvent")(b"\xff\xff\xff")
     error = await expect(call, INVALID)
     assert "malformed protobuf" in error.details()
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/grpc.health.v1.Health/Check", "unary"),
+        ("/grpc.health.v1.Health/List", "unary"),
+        ("/grpc.health.v1.Health/Watch", "server-stream"),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi"),
+    ],
+)
+async def test_malformed_health_and_reflection_requests_are_invalid_and_log_no_traceback(
+    channel, caplog, path, shape
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    garbage = b"\xff\xff\xff"
+    if shape == "unary":
+        call = channel.unary_unary(path)(garbage)
+    elif shape == "server-stream":
+        call = channel.unary_stream(path)(garbage).read()
+    else:
+        call = channel.stream_stream(path)(iter([garbage])).read()
+    error = await expect(call, INVALID)
+    assert "malformed protobuf" in error.details()
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    health = health_pb2_grpc.HealthStub(channel)  # a well-formed request is answered
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
 
 
 async def test_non_utf8_string_is_invalid(channel) -> None:
