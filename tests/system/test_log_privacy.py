@@ -28,6 +28,9 @@ from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as rpb
 
+# Both tests read one server's log: keep them on one worker, so it runs once.
+pytestmark = pytest.mark.xdist_group("log_privacy")
+
 TOKEN = "log-privacy-token"
 # Every id and name sent starts with this: found in the log, it is a leak.
 MARK = "pv" + secrets.token_hex(6)
