@@ -25,7 +25,9 @@ What it measures, in one run, in interleaved rounds (medians reported):
   accept), and the same with ``json_format.ParseDict`` for every body (the build before the
   direct one); ``kimball serve`` with its gateway calling over loopback gRPC instead of the
   in-process channel (a patch this script applies inside its own server subprocess, the way
-  ``kimball gateway`` reaches a server); ``TrackEvents`` over gRPC straight into
+  ``kimball gateway`` reaches a server); ``kimball serve`` without the REST connection edges
+  (the per-connection wrapper and its timers, the body clock: patched out the same way),
+  to show what they cost; ``TrackEvents`` over gRPC straight into
   ``kimball serve`` (no gateway); a table of each step alone; and the server CPU per event
   taken apart from the differences between those rows.
 
@@ -98,6 +100,7 @@ ROWS = [  # (results key, label) after the core row
     ("parse-dict-steps", "in-process: same, json_format.ParseDict for every body"),
     ("rest", "REST POST -> kimball serve"),
     ("rest-loopback", "REST POST -> kimball serve, gateway over loopback gRPC"),
+    ("rest-unguarded", "REST POST -> kimball serve without the connection edges"),
     ("grpc", "gRPC TrackEvents x100 -> kimball serve (no gateway)"),
     ("noop", "REST POST -> no-op aiohttp handler (json.loads, 204)"),
 ]
@@ -121,12 +124,34 @@ def serve_kimball_loopback(argv: list[str]) -> int:
     return cli.main(argv)
 
 
-def kimball_rest_argv(server: ServerProcess, data_dir: str, loopback: bool) -> list[str]:
-    """``kimball serve`` as the other scripts start it, or with the loopback patch above."""
+def serve_kimball_unguarded(argv: list[str]) -> int:
+    """``kimball serve`` without the REST connection edges (``gateway.connections``: the
+    per-connection wrapper, its header timer and middleware; the body clock of each read),
+    to measure what they cost."""
+    from gateway import connections, translate
+    from kimball_grpc.cli import main as cli
+
+    async def handle(self, request: web.Request, handler):  # this process only
+        return await handler(request)
+
+    async def read(self, reading):
+        return await reading
+
+    connections.ConnectionGuard.protocol = lambda self, server: server
+    connections.ConnectionGuard.middleware = web.middleware(handle)
+    translate.BodyClock.read = read
+    return cli.main(argv)
+
+
+PATCHES = {"loopback": "--serve-kimball-loopback", "unguarded": "--serve-kimball-unguarded"}
+
+
+def kimball_rest_argv(server: ServerProcess, data_dir: str, patch: str | None) -> list[str]:
+    """``kimball serve`` as the other scripts start it, or with a patch above."""
     argv = kimball_argv(server, data_dir)
-    if loopback:
+    if patch is not None:
         rest = argv[argv.index("serve") :]
-        argv = [sys.executable, os.path.abspath(__file__), "--serve-kimball-loopback", *rest]
+        argv = [sys.executable, os.path.abspath(__file__), PATCHES[patch], *rest]
     return argv
 
 
@@ -243,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--serve-kimball-loopback"]:
         return serve_kimball_loopback(argv[1:])
+    if argv[:1] == ["--serve-kimball-unguarded"]:
+        return serve_kimball_unguarded(argv[1:])
 
     parser = new_parser(__doc__, users=(25_000, 2_500), rounds=(3, 2))
     add_server_options(parser, batch="events per POST")
@@ -282,12 +309,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
         kimball = ServerProcess("kimball serve", [], server_cpu, tmp)
-        kimball.argv = kimball_rest_argv(kimball, os.path.join(tmp, "data"), loopback=False)
+        kimball.argv = kimball_rest_argv(kimball, os.path.join(tmp, "data"), None)
         loopback = ServerProcess("kimball serve (loopback)", [], server_cpu, tmp)
-        loopback.argv = kimball_rest_argv(loopback, os.path.join(tmp, "data-lo"), loopback=True)
+        loopback.argv = kimball_rest_argv(loopback, os.path.join(tmp, "data-lo"), "loopback")
+        unguarded = ServerProcess("kimball serve (no edges)", [], server_cpu, tmp)
+        unguarded.argv = kimball_rest_argv(unguarded, os.path.join(tmp, "data-ng"), "unguarded")
         noop = ServerProcess("no-op aiohttp server", [], server_cpu, tmp)
         noop.argv = [sys.executable, os.path.abspath(__file__), "--serve-noop", str(noop.http_port)]
-        servers = [kimball, loopback, noop]
+        servers = [kimball, loopback, unguarded, noop]
         results: dict[str, list[Sample]] = {}
 
         def add(name: str, sample: Sample) -> None:
@@ -296,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for s in servers:
                 s.start()
-            for s, ready in ((kimball, "/ready"), (loopback, "/ready"), (noop, "/alive")):
+            for s, ready in (
+                (kimball, "/ready"),
+                (loopback, "/ready"),
+                (unguarded, "/ready"),
+                (noop, "/alive"),
+            ):
                 s.wait_http(ready)
             for s in servers:  # warm-up: connections, first calls, imports
                 run_posts(s.http_port, warm, args.connections, 5.0)
@@ -318,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
                         "rest-loopback",
                         loopback,
                         partial(run_posts, loopback.http_port, bodies, conns, cap),
+                    ),
+                    (
+                        "rest-unguarded",
+                        unguarded,
+                        partial(run_posts, unguarded.http_port, bodies, conns, cap),
                     ),
                     ("noop", noop, partial(run_posts, noop.http_port, noop_bodies, conns, cap)),
                     (
@@ -359,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, value in (
         ("REST gateway vs no-op aiohttp server", rates["rest"] / rates["noop"]),
         ("REST, gateway over loopback gRPC, vs in-process core", rates["rest-loopback"] / core),
+        ("REST vs REST without the connection edges", rates["rest"] / rates["rest-unguarded"]),
         ("gRPC TrackEvents (no gateway) vs in-process core", rates["grpc"] / core),
     ):
         print(f"info  {label}: {value:.0%}")
@@ -370,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| `Ingestor.accept` (the core) | {1e6 / core:.2f} |")
 
     core_us = 1e6 / core
-    us = {key: server_us(results[key]) for key in ("rest", "rest-loopback", "grpc")}
+    us = {
+        key: server_us(results[key]) for key in ("rest", "rest-loopback", "rest-unguarded", "grpc")
+    }
     noop_us = server_us(results["noop"])
     rest_us = us["rest"]
     parts = [
@@ -378,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "saved by the in-process channel (loopback row - REST row)",
             us["rest-loopback"] - rest_us,
+        ),
+        (
+            "the connection edges: wrapper, timers, body clock (REST row - no-edges row)",
+            rest_us - us["rest-unguarded"],
         ),
         (
             "gRPC server side of a call: call, decode, `event_from_proto` (gRPC row - core)",

@@ -17,12 +17,22 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.handlers import Channel, Handler, Metadata, Serve, guarded, route_handler
+from gateway.connections import ConnectionGuard
+from gateway.handlers import (
+    Channel,
+    Handler,
+    Metadata,
+    Serve,
+    declared_route,
+    guarded,
+    route_handler,
+)
 from gateway.openapi import openapi_document
 from gateway.route_table import ROUTE_TABLE
 from gateway.translate import MAX_BODY_BYTES
 from gateway.web_ui import add_web_ui
 from kimball_grpc.api.auth import TokenChecker
+from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.metrics import Metrics
 
 __all__ = ["MAX_BODY_BYTES", "build_app"]
@@ -31,13 +41,22 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 
 def build_app(
-    channel: Channel, metrics: Metrics | None, checker: TokenChecker | None
+    channel: Channel,
+    metrics: Metrics | None,
+    checker: TokenChecker | None,
+    connections: ConnectionGuard | None = None,
 ) -> web.Application:
-    """The gateway for a Kimball gRPC server reachable over ``channel`` (network or local)."""
-    middlewares = [_request_metrics(metrics)] if metrics is not None else []
+    """The gateway for a Kimball gRPC server reachable over ``channel`` (network or local),
+    its requests timed within the limits of ``connections`` (the defaults if None), which
+    learns from it when each request's headers came."""
+    connections = connections or ConnectionGuard(HttpLimits(), metrics)
+    middlewares = [connections.middleware]
+    if metrics is not None:
+        middlewares.append(_request_metrics(metrics))
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+    body_timeout = connections.limits.body_timeout_s
     for route in ROUTE_TABLE:
-        handler = route_handler(route, channel, checker)
+        handler = route_handler(route, channel, checker, body_timeout)
         app.router.add_route(route.http_method, route.path, handler)
         app.router.add_route(route.http_method, route.path + "/", handler)  # as the original
     document = _json_document(openapi_document(ROUTE_TABLE))
@@ -64,8 +83,7 @@ def _request_metrics(metrics: Metrics) -> Callable:
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "other"
+        route = declared_route(request)
         status = 500
         try:
             response = await handler(request)

@@ -15,6 +15,7 @@ from gateway.http_status import http_status
 from gateway.route_table import Answer, NdjsonBody, Route
 from gateway.translate import (
     STREAM_TYPES,
+    BodyClock,
     ClientError,
     request_message,
     require_content_type,
@@ -36,16 +37,25 @@ def error_response(status: int, what: str, **details: object) -> web.Response:
     return web.json_response({"error": {"what": what, **details}}, status=status)
 
 
-def unauthorized() -> web.Response:
+def client_error_response(error: ClientError, **more: object) -> web.Response:
+    """A request refused by the gateway; after a body too slow (408) the connection is
+    closed, as the rest of that body cannot be told from a next request."""
+    response = error_response(error.status, error.what, **error.details, **more)
+    if error.status == 408:
+        response.force_close()
+    return response
+
+
+def unauthorized(message: str = UNAUTHORIZED_MESSAGE) -> web.Response:
     """The original API's answer to a missing or wrong token."""
-    return web.json_response({"error": UNAUTHORIZED_MESSAGE}, status=401)
+    return web.json_response({"error": message}, status=401)
 
 
 def failed_call_response(error: grpc.aio.AioRpcError) -> web.Response:
     """A failed gRPC call as the original API's error: the status through one table, the
     ErrorInfo's metadata (which parameter) beside the message."""
     if error.code() is grpc.StatusCode.UNAUTHENTICATED:
-        return unauthorized()
+        return unauthorized(error.details() or UNAUTHORIZED_MESSAGE)
     details = error_metadata(error.trailing_metadata())
     return error_response(http_status(error.code()), error.details() or "", **details)
 
@@ -54,23 +64,39 @@ def guarded(checker: TokenChecker | None, serve: Serve) -> Handler:
     """``serve`` for callers with a valid token, given the header as gRPC metadata.
 
     The token is checked before the body is read, so a caller without one learns nothing
-    more; the gRPC server checks the forwarded header again with the same TokenChecker.
-    A ``ClientError`` becomes its error body, a failed call its status.
+    more; the gRPC server checks the forwarded header again with the same TokenChecker
+    (every value of it: a header given twice is refused there too, when this gateway
+    checks no token itself). A ``ClientError`` becomes its error body, a failed call its
+    status.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization")
-        if checker is not None and not checker.allows(authorization):
-            return unauthorized()
-        metadata: Metadata = (("authorization", authorization),) if authorization else ()
+        values = request.headers.getall("Authorization", [])
+        if checker is not None:
+            refusal = checker.refusal(values)
+            if refusal is not None:
+                checker.note_refused("rest", _route_of(request), request.remote or "?", refusal)
+                return unauthorized(refusal)
+        metadata: Metadata = tuple(("authorization", value) for value in values)
         try:
             return await serve(request, metadata)
         except ClientError as error:
-            return error_response(error.status, error.what, **error.details)
+            return client_error_response(error)
         except grpc.aio.AioRpcError as error:
             return failed_call_response(error)
 
     return handle
+
+
+def declared_route(request: web.Request) -> str:
+    """The route a request matched, as declared (``/v0/featureSpecs/{name}``; ``other``
+    for an unknown path): never the path or query as sent, which may hold a user id."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "other"
+
+
+def _route_of(request: web.Request) -> str:
+    return f"{request.method} {declared_route(request)}"
 
 
 def _answer(answer: Answer | None, response: Message) -> web.Response:
@@ -79,8 +105,11 @@ def _answer(answer: Answer | None, response: Message) -> web.Response:
     return web.json_response(answer.render(response))
 
 
-def route_handler(route: Route, channel: Channel, checker: TokenChecker | None) -> Handler:
-    """The handler of ``route``, calling its gRPC method over ``channel``."""
+def route_handler(
+    route: Route, channel: Channel, checker: TokenChecker | None, body_timeout: float
+) -> Handler:
+    """The handler of ``route``, calling its gRPC method over ``channel``; a request's body
+    must arrive within ``body_timeout`` seconds (of waiting for it)."""
     rule = route.rule
     serializers = {
         "request_serializer": rule.request_type.SerializeToString,
@@ -92,11 +121,13 @@ def route_handler(route: Route, channel: Channel, checker: TokenChecker | None) 
         async def serve_stream(request: web.Request, metadata: Metadata) -> web.StreamResponse:
             require_content_type(request, STREAM_TYPES)
             refused: list[ClientError] = []  # a bad line ends the stream; said after the call
-            messages = streamed_messages(route, request, refused)
-            response = await stream_call(messages, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+            messages = streamed_messages(route, request, refused, BodyClock(body_timeout))
+            # The call lasts as long as the upload: the body's time, then the call's own.
+            timeout = body_timeout + CALL_TIMEOUT_SECONDS
+            response = await stream_call(messages, metadata=metadata, timeout=timeout)
             if refused:
                 accepted = route.answer.render(response) if route.answer is not None else {}
-                return error_response(400, refused[0].what, **refused[0].details, **accepted)
+                return client_error_response(refused[0], **accepted)
             return _answer(route.answer, response)
 
         return guarded(checker, serve_stream)
@@ -104,7 +135,7 @@ def route_handler(route: Route, channel: Channel, checker: TokenChecker | None) 
     call = channel.unary_unary(rule.grpc_method, **serializers)
 
     async def serve(request: web.Request, metadata: Metadata) -> web.StreamResponse:
-        message = await request_message(route, request)
+        message = await request_message(route, request, BodyClock(body_timeout))
         response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         return _answer(route.answer, response)
 

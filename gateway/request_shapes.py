@@ -7,10 +7,11 @@ mapped to the JSON of the protobuf request. No decision about the data is made h
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from multidict import MultiMapping
+
+from gateway.request_json import parse_json
 
 Json = Any
 
@@ -87,7 +88,7 @@ def _base64_json_object(parameter: str, text: str) -> dict[str, Json]:
     except ValueError:  # binascii.Error, or characters outside ASCII
         raise BadParameter(parameter, "is not valid base64") from None
     try:
-        value = json.loads(data)
+        value = parse_json(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadParameter(parameter, "is not base64 of valid JSON") from None
     if not isinstance(value, dict):

@@ -7,15 +7,16 @@ the original clients send (``request_shapes``), then made a message by ``request
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
 from gateway.proto_http import HttpRule, parameter_name
-from gateway.request_json import RequestJsonError, message_from_json
+from gateway.request_json import RequestJsonError, message_from_json, parse_json
 from gateway.request_shapes import BadBody, BadParameter
 from gateway.route_table import JsonBody, NdjsonBody, Route, ShapedQuery
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
@@ -24,6 +25,7 @@ MAX_BODY_BYTES = MAX_MESSAGE_BYTES
 JSON_TYPES = ("application/json",)
 STREAM_TYPES = ("application/x-ndjson", "text/plain")  # text/plain: what tools send plain
 STREAM_CHUNK_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -34,6 +36,32 @@ class ClientError(Exception):
         self.status = status
         self.what = what
         self.details = details
+
+
+class BodyClock:
+    """The time a request's body may take to arrive: the time spent waiting for it,
+    summed over its reads (not the time the server spends on what it read); ``408``
+    (``ClientError``) once ``limit`` seconds are spent."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._left = limit
+
+    async def read(self, reading: Awaitable[T]) -> T:
+        """``reading``'s result, within the time left."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            async with asyncio.timeout(max(self._left, 0.0)):
+                return await reading
+        except TimeoutError:
+            raise ClientError(
+                408,
+                f"The body did not arrive within {self.limit:g} s (KIMBALL_HTTP_BODY_TIMEOUT)",
+                limit=self.limit,
+            ) from None
+        finally:
+            self._left -= loop.time() - start
 
 
 def require_content_type(request: web.Request, expected: tuple[str, ...]) -> None:
@@ -47,12 +75,12 @@ def require_content_type(request: web.Request, expected: tuple[str, ...]) -> Non
         )
 
 
-async def request_message(route: Route, request: web.Request) -> Message:
-    """The request message of a route that is not a client stream; ``ClientError`` for a
-    request it cannot be made from."""
+async def request_message(route: Route, request: web.Request, body: BodyClock) -> Message:
+    """The request message of a route that is not a client stream, its body read within
+    ``body``'s time; ``ClientError`` for a request it cannot be made from."""
     shape = route.request
     if isinstance(shape, JsonBody):
-        data = await _body_data(request, shape, route.rule.body)
+        data = await _body_data(request, shape, route.rule.body, body)
     elif isinstance(shape, ShapedQuery):
         try:
             data = shape.parse(request.query)
@@ -69,17 +97,17 @@ async def request_message(route: Route, request: web.Request) -> Message:
         raise ClientError(400, exc.what, **exc.details) from None
 
 
-async def _body_data(request: web.Request, shape: JsonBody, field: str) -> dict:
+async def _body_data(request: web.Request, shape: JsonBody, field: str, body: BodyClock) -> dict:
     require_content_type(request, JSON_TYPES)
     try:
-        raw = await request.read()
+        raw = await body.read(request.read())
     except web.HTTPRequestEntityTooLarge:
         raise ClientError(
             413, f"The body is larger than {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES
         ) from None
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        data = parse_json(raw)
+    except (ValueError, RecursionError) as exc:
         raise ClientError(400, "The object is not valid JSON", why=str(exc)) from None
     if shape.adapt is not None:
         try:
@@ -112,18 +140,19 @@ def _field_query(rule: HttpRule, query: MultiMapping[str]) -> dict[str, object]:
 
 
 async def streamed_messages(
-    route: Route, request: web.Request, refused: list[ClientError]
+    route: Route, request: web.Request, refused: list[ClientError], body: BodyClock
 ) -> AsyncIterator[Message]:
     """A client stream's messages, one a line of the body, each yielded as it is read (a
-    line may also be what ``NdjsonBody.adapt`` takes). A bad line ends the stream and is
-    appended to ``refused``, naming it (``message``, from 0)."""
+    line may also be what ``NdjsonBody.adapt`` takes), the body within ``body``'s time. A
+    bad line ends the stream and is appended to ``refused``, naming it (``message``, from
+    0); so is a body too slow."""
     shape = route.request
     if not isinstance(shape, NdjsonBody):
         raise TypeError(f"{route.method} is not a client stream: see request_message")
     if not request.body_exists:  # no body: a stream of no messages
         return
     index = 0
-    lines = _lines(request)
+    lines = _lines(request, body)
     while True:
         try:
             line = await anext(lines, None)
@@ -131,26 +160,32 @@ async def streamed_messages(
                 return
             if not line.strip():
                 continue
-            data = json.loads(line)
+            data = parse_json(line)
             if shape.adapt is not None:
                 data = shape.adapt(data)
             if not isinstance(data, dict):
                 raise BadBody("each line must be a JSON object or array")
             message = message_from_json(data, route.rule.request_type)
         except (ValueError, RecursionError) as exc:  # JSON, shape, size, protobuf
-            what = exc.what if isinstance(exc, RequestJsonError) else str(exc)
-            refused.append(ClientError(400, f"message {index}: {what}", message=index))
+            if isinstance(exc, RequestJsonError):
+                what, details = exc.what, exc.details
+            else:
+                what, details = str(exc), {}
+            refused.append(ClientError(400, f"message {index}: {what}", message=index, **details))
+            return
+        except ClientError as error:  # the body stopped coming
+            refused.append(error)
             return
         yield message
         index += 1
 
 
-async def _lines(request: web.Request) -> AsyncIterator[bytes]:
+async def _lines(request: web.Request, body: BodyClock) -> AsyncIterator[bytes]:
     """The body's lines as they arrive; ``ValueError`` for a line over ``MAX_BODY_BYTES``
     (one message's limit), found without holding more than that in memory."""
     too_long = f"a line is longer than {MAX_BODY_BYTES} bytes: split it"
     pending = b""
-    async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+    while chunk := await body.read(request.content.read(STREAM_CHUNK_BYTES)):
         *complete, pending = (pending + chunk).split(b"\n")
         for line in complete:
             if len(line) > MAX_BODY_BYTES:

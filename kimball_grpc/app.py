@@ -171,6 +171,7 @@ async def serve(settings: Settings) -> None:
             running.local_channel,
             running.metrics,
             running.checker,
+            settings.http_limits,
         )
     except ConfigError:
         await running.stop(grace=None)
@@ -220,7 +221,9 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     rest_host = settings.grpc_host.strip("[]")
     channel = network_channel(grpc_target)
     stop = stop_signals()
-    gateway = await start_gateway(rest_host, settings.api_port, channel, None, checker)
+    gateway = await start_gateway(
+        rest_host, settings.api_port, channel, None, checker, settings.http_limits
+    )
     log.info(
         "Kimball gateway listening: REST on %s:%d for gRPC at %s",
         settings.grpc_host,

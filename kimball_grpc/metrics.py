@@ -68,6 +68,28 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.http_connections = Gauge(
+            "kimball_http_connections",
+            "REST connections open now.",
+            registry=self.registry,
+        )
+        self.http_connections_refused = Counter(
+            "kimball_http_connections_refused",
+            "REST connections refused (503) because KIMBALL_HTTP_MAX_CONNECTIONS were open.",
+            registry=self.registry,
+        )
+        self.http_timeouts = Counter(
+            "kimball_http_timeouts",
+            "REST requests ended because their headers or body came too slowly, by phase.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.unauthenticated = Counter(
+            "kimball_unauthenticated_requests",
+            "Calls refused for a missing, wrong or repeated token, by API (grpc, rest).",
+            ["api"],
+            registry=self.registry,
+        )
         self.event_add = Summary(
             "kimball_event_add_duration_microseconds",
             "Time to apply an event to its counters, in microseconds (averaged per batch).",
@@ -135,6 +157,10 @@ class Metrics:
         """One REST request to ``route`` (its declared path) answered ``status``."""
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_request_seconds.labels(route).observe(seconds)
+
+    def refuse_unauthenticated(self, api: str) -> None:
+        """A call to ``api`` (grpc, rest) was refused for its token."""
+        self.unauthenticated.labels(api).inc()
 
     def lose_feature_usage(self, error: KimballError) -> None:
         """A flag evaluation was answered, but its usage event could not be stored."""

@@ -241,8 +241,14 @@ class WriteAheadLog:
                 self._unsynced = True
         except OSError as exc:
             self._abandon_segment()
-            error = StorageError(f"write-ahead log: cannot write to {self.directory}: {exc}")
-            log.error("%s; the requests in this group are refused", error.message)
+            # Callers see what happened; where (a path on this server) is for the log only.
+            reason = exc.strerror or type(exc).__name__
+            error = StorageError(f"write-ahead log: cannot write: {reason}; nothing was applied")
+            log.error(
+                "write-ahead log: cannot write to %s: %s; the requests in this group are refused",
+                self.directory,
+                exc,
+            )
             self.refused += len(group)
             for item in group:
                 if not item.answer.done():

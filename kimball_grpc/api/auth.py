@@ -1,7 +1,10 @@
 """API authentication: bearer tokens, checked in constant time, never logged.
 
 One ``TokenChecker`` serves both APIs: the gRPC interceptor here reads the
-``authorization`` metadata, the REST gateway the ``Authorization`` header.
+``authorization`` metadata, the REST gateway the ``Authorization`` header. A call
+carrying the header twice is refused whatever the values: taking either one would
+make the two APIs (or a proxy in front) disagree about who is calling. Each refused
+call is logged in one line, rate-limited, and counted.
 """
 
 from __future__ import annotations
@@ -9,27 +12,50 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 
 from kimball_grpc.api.interception import Continuation, refusing_handler, service_of
+from kimball_grpc.api.rate_limited_log import RateLimitedLog
 from storage.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED_MESSAGE = "Missing or invalid authorization header"
+DUPLICATE_MESSAGE = "More than one authorization header: send exactly one"
 TOKEN_FILE_NAME = "api-token"
 
 
 class TokenChecker:
-    """Accepts ``Bearer <token>`` (scheme in any case) for any configured token."""
+    """Accepts ``Bearer <token>`` (scheme in any case) for any configured token.
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    ``on_refused(api)`` is told of each refused call (a metric), ``api`` being ``grpc``
+    or ``rest``."""
+
+    def __init__(
+        self, tokens: Sequence[str], on_refused: Callable[[str], None] | None = None
+    ) -> None:
         if not tokens:
             raise ValueError("at least one token is required")
         self._tokens = [t.encode() for t in tokens]
+        self._on_refused = on_refused
+        self._refusals = RateLimitedLog(log, logging.WARNING)
+
+    def refusal(self, values: Sequence[str]) -> str | None:
+        """None if ``values``, every authorization value a call carries, are one accepted
+        token; else the message to refuse the call with."""
+        if len(values) > 1:
+            return DUPLICATE_MESSAGE
+        return None if values and self.allows(values[0]) else UNAUTHORIZED_MESSAGE
+
+    def note_refused(self, api: str, call: str, peer: str, message: str) -> None:
+        """Count a refused call and log it in one line (rate-limited): the API, the method or
+        route (never a query, which may hold a user id), the peer's address; no token."""
+        if self._on_refused is not None:
+            self._on_refused(api)
+        self._refusals.log("refused a %s call to %s from %s: %s", api, call, peer, message)
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an ``authorization`` value carries an accepted token."""
@@ -79,8 +105,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         service = service_of(details)
         if service in self._open:
             return await continuation(details)
-        metadata = dict(details.invocation_metadata or ())
-        if self._checker.allows(metadata.get("authorization")):
+        values = [v for k, v in details.invocation_metadata or () if k == "authorization"]
+        refusal = self._checker.refusal(values)
+        if refusal is None:
             return await continuation(details)
         handler = await continuation(details)
-        return refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED_MESSAGE)
+        # A method this server does not have is not named: its name is the caller's text.
+        method = details.method if handler is not None else "an unknown method"
+
+        def note(context: grpc.aio.ServicerContext) -> None:
+            self._checker.note_refused("grpc", method, context.peer(), refusal)
+
+        return refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, refusal, note)

@@ -33,14 +33,41 @@ RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
 # In-flight calls get this long to finish at shutdown; long-lived streams are ended first.
 SHUTDOWN_GRACE_SECONDS = 10.0
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # Sidecars ping every minute on their relay stream (outbound_channels.KEEPALIVE);
-    # the default (one ping per 5 min without data) would end their connection.
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's options: message limits and the connection limits of ``settings``.
+
+    A client pinging more often than ``grpc_min_ping_interval_s`` (at most the minute
+    sidecars ping at on their relay stream; gRPC's default of 5 min would end those
+    connections) gets a strike per ping; past ``grpc_max_ping_strikes`` its connection
+    ends (GOAWAY ENHANCE_YOUR_CALM). Calls beyond ``grpc_max_concurrent_streams`` on one
+    connection wait for one to end (the client queues them). A connection that has not
+    sent its preface after ``grpc_handshake_timeout_s`` is closed; one older than
+    ``grpc_max_connection_age_s`` is told to go away and gets the grace for its calls.
+    """
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.server_handshake_timeout_ms", _ms(settings.grpc_handshake_timeout_s)),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            _ms(settings.grpc_min_ping_interval_s),
+        ),
+        ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+    ]
+    if settings.grpc_max_connection_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", _ms(settings.grpc_max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _ms(settings.grpc_max_connection_age_grace_s)),
+        ]
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 class GrpcFront:
@@ -52,7 +79,11 @@ class GrpcFront:
     def __init__(self, settings: Settings, metrics: Metrics, services: tuple[str, ...]) -> None:
         self.settings = settings
         self.services = services
-        self.checker = TokenChecker(_tokens(settings)) if settings.api_auth else None
+        self.checker = (
+            TokenChecker(_tokens(settings), metrics.refuse_unauthenticated)
+            if settings.api_auth
+            else None
+        )
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if self.checker is not None:
             interceptors.append(AuthInterceptor(self.checker, {HEALTH_SERVICE}))
@@ -60,11 +91,14 @@ class GrpcFront:
             log.warning("API authentication is off (api_auth disable): every caller is trusted")
         self.gate = StartupGate(set(services))
         interceptors.append(self.gate)
-        interceptors.append(StatusInterceptor(set(services), metrics.observe_request))
+        # Health and reflection too: a malformed request to them is INVALID_ARGUMENT, not a
+        # traceback in the log (and their calls are counted like the others).
+        decoded = {*services, HEALTH_SERVICE, reflection.SERVICE_NAME}
+        interceptors.append(StatusInterceptor(decoded, metrics.observe_request))
         self._interceptors = interceptors
-        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         self.handlers = HandlerRecorder(self.server)
-        self.health = grpc_health.aio.HealthServicer()
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)
         self.port = 0
         self.local_channel: LocalChannel  # once started: the services, in-process
@@ -97,6 +131,42 @@ class GrpcFront:
         ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+class HealthService(grpc_health.aio.HealthServicer):
+    """gRPC's health service, with ``List`` too: the installed servicer inherits it from
+    the generated base, which raises NotImplementedError, and grpc then logs a traceback
+    for every call (open to anyone: health needs no token)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {
+            "": health_pb2.HealthCheckResponse.SERVING
+        }
+        self._final = False  # after enter_graceful_shutdown, as the servicer itself
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        if not self._final:
+            self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        if not self._final:
+            self._statuses = dict.fromkeys(
+                self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self._final = True
+        await super().enter_graceful_shutdown()
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._statuses.items()
+            }
+        )
 
 
 def _tokens(settings: Settings) -> tuple[str, ...]:

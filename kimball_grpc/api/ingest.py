@@ -29,8 +29,8 @@ from kimball_grpc.streaming.spec_changes import SpecChanges
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
 
-log = logging.getLogger(__name__)
 RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
+logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
 
 
 class Ingestor:
@@ -106,7 +106,11 @@ class Ingestor:
             try:
                 entry = await asyncio.to_thread(next, entries, None)
             except OSError as exc:  # a segment removed while being read
-                raise OutOfRange(f"the write-ahead log changed while read: {exc}") from None
+                logger.warning("write-ahead log: a replay lost its segment: %s", exc)
+                raise OutOfRange(
+                    "the write-ahead log changed while read: resume from a later sequence",
+                    after_sequence=str(after),
+                ) from None
             if entry is None or entry.sequence > expected:
                 raise OutOfRange(
                     f"the write-ahead log no longer holds record {expected}: resume from a "
@@ -169,7 +173,7 @@ class Ingestor:
         self._relay_refusals += 1
         now = time.monotonic()
         if now - self._relay_refusals_logged >= RELAY_REFUSALS_LOG_SECONDS:
-            log.warning(
+            logger.warning(
                 "relayed events refused: %d batches from sidecars left out since the last "
                 "such line, the latest: %s",
                 self._relay_refusals,

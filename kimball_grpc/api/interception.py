@@ -17,11 +17,17 @@ def service_of(details: grpc.HandlerCallDetails) -> str:
 
 
 def refusing_handler(
-    handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
+    handler: grpc.RpcMethodHandler | None,
+    code: grpc.StatusCode,
+    message: str,
+    before: Callable[[grpc.aio.ServicerContext], None] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+    """A handler of the same shape as ``handler`` that ends the call with ``code``, after
+    ``before(context)`` if given (which sees the call's peer)."""
 
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
+        if before is not None:
+            before(context)
         await context.abort(code, message)
 
     async def refuse_stream(
@@ -30,6 +36,8 @@ def refusing_handler(
         # A generator, as streaming responses are served: the status then goes out the
         # same way as a streaming handler's own (a plain coroutine here raced the client
         # and could end as INTERNAL).
+        if before is not None:
+            before(context)
         await context.abort(code, message)
         yield
 

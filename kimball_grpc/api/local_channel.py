@@ -71,6 +71,9 @@ class _LocalContext:
     def invocation_metadata(self) -> Metadata:
         return self.metadata
 
+    def peer(self) -> str:
+        return "local"  # the REST gateway in this process
+
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - self._loop.time())
 

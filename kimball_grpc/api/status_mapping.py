@@ -11,6 +11,7 @@ Knowing how each call ended, it also reports the method, code and duration
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -81,15 +82,24 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _response_stream(handler.unary_stream, one, timed), None, serialize
+                _streaming(handler.unary_stream, one, timed), None, serialize
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 _one_response(handler.stream_unary, many, timed), None, serialize
             )
         return grpc.stream_stream_rpc_method_handler(
-            _response_stream(handler.stream_stream, many, timed), None, serialize
+            _streaming(handler.stream_stream, many, timed), None, serialize
         )
+
+
+def _streaming(behavior: Callable, decoded: Callable, timed: _Timed) -> Callable:
+    """A handler of a call that streams its responses, in the style of ``behavior``: a
+    generator of responses, or a coroutine that writes them (``context.write``, as gRPC's
+    health ``Watch``), which must stay one (gRPC refuses writes beside a generator)."""
+    if inspect.isasyncgenfunction(behavior):
+        return _response_stream(behavior, decoded, timed)
+    return _one_response(behavior, decoded, timed)
 
 
 class _Timed:

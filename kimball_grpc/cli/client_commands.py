@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kimball_grpc.codec.error_details import error_metadata
 from kimball_grpc.codec.proto_mapping import counter_type_name
 from kimball_grpc.core.errors import InvalidArgument
-from kimball_grpc.core.names import check_name, check_value
+from kimball_grpc.core.names import check_name, check_text, check_value
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 
@@ -262,7 +262,7 @@ def _event(
     event = pb.Event(
         namespace=check_name("namespace", namespace, required=False),
         event_name=check_name("event_name", options.prefix + check_name("event_name", event_name)),
-        user_id=check_name("user_id", user_id),
+        user_id=check_text("user_id", user_id),
         ensure_goal=options.goal or ensure_goal,
     )
     if value is not None:

@@ -27,7 +27,7 @@ from kimball_grpc.core.counters import NO_TALLY, Counter, CounterKind
 from kimball_grpc.core.engine import Engine, Namespace
 from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData
 from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
-from kimball_grpc.core.names import check_name, check_value
+from kimball_grpc.core.names import check_text, check_value
 from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, GoalRecord, Record
 from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
 
@@ -196,7 +196,7 @@ def decode_state(
 
 def _stored_name(field: str, value: str) -> str:
     try:
-        return check_name(field, value)
+        return check_text(field, value)  # what was taken when it was stored: not Cf
     except InvalidArgument as exc:
         raise InvalidStoredData(f"stored {exc.message}: {value[:64]!r}") from None
 

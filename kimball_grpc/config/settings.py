@@ -23,6 +23,7 @@ from kimball_grpc.core.limits import (
     EVENT_NAMES,
     FEATURE_SPECS,
     GOALS,
+    KEEPALIVE_PING_SECONDS,
     NAMESPACES,
     STATE_LIMITS,
     Limit,
@@ -45,6 +46,20 @@ class PredictionTarget:
     name: str
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The REST server's connections: how long a client may take to send a request's
+    headers, then its body; how long an idle keep-alive connection is kept; how many
+    connections are open at once (more are refused with 503). Defaults in line with
+    nginx's (client_header_timeout, client_body_timeout, keepalive_timeout 75 s,
+    worker_connections 512)."""
+
+    header_timeout_s: float = 60.0
+    body_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 512
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,20 @@ class Settings:
     max_counters: int = COUNTERS.default  # named and weekly, all namespaces
     max_goals: int = GOALS.default  # per namespace
     max_feature_specs: int = FEATURE_SPECS.default
+    # The edges: REST connections (see HttpLimits) and gRPC connections: the time to
+    # send the HTTP/2 preface, how often a client may ping a quiet connection and how
+    # many pings too early end it, calls at once on one connection, and a connection's
+    # age (None: no limit) with the grace its calls get once it is reached.
+    http_header_timeout_s: float = HttpLimits.header_timeout_s
+    http_body_timeout_s: float = HttpLimits.body_timeout_s
+    http_keepalive_timeout_s: float = HttpLimits.keepalive_timeout_s
+    http_max_connections: int = HttpLimits.max_connections
+    grpc_handshake_timeout_s: float = 60.0
+    grpc_min_ping_interval_s: float = 30.0
+    grpc_max_ping_strikes: int = 2
+    grpc_max_concurrent_streams: int = 256
+    grpc_max_connection_age_s: float | None = None
+    grpc_max_connection_age_grace_s: float = 30.0
 
     @property
     def wal_dir(self) -> Path:
@@ -107,6 +136,16 @@ class Settings:
         """The growth limits, as the core takes them."""
         return StateLimits(
             **{limit.name: getattr(self, limit_field(limit)) for limit in STATE_LIMITS}
+        )
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        """The REST server's connection limits."""
+        return HttpLimits(
+            self.http_header_timeout_s,
+            self.http_body_timeout_s,
+            self.http_keepalive_timeout_s,
+            self.http_max_connections,
         )
 
     @property
@@ -295,6 +334,51 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         if environ.get(limit.setting):
             out[limit_field(limit)] = parse_limit(limit.setting, environ[limit.setting])
     out |= _storage_from_environment(environ)
+    out |= _edges_from_environment(environ)
+    return out
+
+
+_EDGE_SECONDS = {  # variable: setting, a positive number of seconds
+    "KIMBALL_HTTP_HEADER_TIMEOUT": "http_header_timeout_s",
+    "KIMBALL_HTTP_BODY_TIMEOUT": "http_body_timeout_s",
+    "KIMBALL_HTTP_KEEPALIVE_TIMEOUT": "http_keepalive_timeout_s",
+    "KIMBALL_GRPC_HANDSHAKE_TIMEOUT": "grpc_handshake_timeout_s",
+    "KIMBALL_GRPC_MIN_PING_INTERVAL": "grpc_min_ping_interval_s",
+    "KIMBALL_GRPC_MAX_CONNECTION_AGE": "grpc_max_connection_age_s",
+    "KIMBALL_GRPC_MAX_CONNECTION_AGE_GRACE": "grpc_max_connection_age_grace_s",
+}
+_EDGE_COUNTS = {  # variable: (setting, the least it may be)
+    "KIMBALL_HTTP_MAX_CONNECTIONS": ("http_max_connections", 1),
+    "KIMBALL_GRPC_MAX_PING_STRIKES": ("grpc_max_ping_strikes", 0),
+    "KIMBALL_GRPC_MAX_CONCURRENT_STREAMS": ("grpc_max_concurrent_streams", 1),
+}
+# gRPC takes its times as a C int of milliseconds: 24 days at most.
+_LONGEST_GRPC_SECONDS = (2**31 - 1) // 1000
+
+
+def _edges_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, setting in _EDGE_SECONDS.items():
+        if environ.get(name):
+            seconds = parse_seconds(name, environ[name])
+            if name.startswith("KIMBALL_GRPC_") and seconds > _LONGEST_GRPC_SECONDS:
+                raise ConfigError(
+                    f"{name} must be at most {_LONGEST_GRPC_SECONDS} seconds, got {seconds:g}"
+                )
+            out[setting] = seconds
+    for name, (setting, least) in _EDGE_COUNTS.items():
+        if environ.get(name):
+            count = _whole_number(name, environ[name], "a whole number")
+            if count < least:
+                raise ConfigError(f"{name} must be at least {least}, got {count}")
+            out[setting] = count
+    interval = out.get("grpc_min_ping_interval_s", 0.0)
+    if isinstance(interval, float) and interval > KEEPALIVE_PING_SECONDS:
+        raise ConfigError(
+            f"KIMBALL_GRPC_MIN_PING_INTERVAL must be at most {KEEPALIVE_PING_SECONDS} seconds, "
+            f"got {interval:g}: sidecars ping their api server every {KEEPALIVE_PING_SECONDS} s, "
+            f"and pings more often than this interval end their connection"
+        )
     return out
 
 

@@ -23,7 +23,7 @@ from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
 from kimball_grpc.core.errors import InvalidArgument, NotFound
 from kimball_grpc.core.feature_flags import FeatureFlags
 from kimball_grpc.core.limits import MAX_EVENTS_PER_PREDICTION
-from kimball_grpc.core.names import check_name, check_namespace
+from kimball_grpc.core.names import check_name, check_namespace, check_text
 from kimball_grpc.core.predictions import (
     GOAL_AMONG_EVENTS_NOTE,
     EventEvidence,
@@ -239,7 +239,7 @@ class Engine:
 
     def events_for_user(self, namespace: str, user_id: str) -> list[str]:
         """Named events whose counters contain the user."""
-        user = hash_key(check_name("user_id", user_id))
+        user = hash_key(check_text("user_id", user_id))
         ns = self._namespaces.get(check_namespace(namespace))
         if ns is None:
             return []

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from kimball_grpc.core.bloom import hash_key
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.limits import MAX_BATCH_EVENTS
-from kimball_grpc.core.names import check_name, check_namespace, check_value
+from kimball_grpc.core.names import check_name, check_namespace, check_text, check_value
 from kimball_grpc.core.records import EventRecord, GoalRecord
 
 
@@ -38,7 +38,7 @@ def prepare_event(event: Event, current_week: tuple[int, int]) -> EventRecord:
     name, user, namespace, value, when, ensure_goal = event
     namespace = check_namespace(namespace)
     name = check_name("event_name", name)
-    user = check_name("user_id", user)
+    user = check_text("user_id", user)
     if value is not None:
         check_value(value)
     year, week = current_week if when is None else iso_week(when)

@@ -27,7 +27,7 @@ import mmh3
 
 from kimball_grpc.core.errors import InvalidArgument, NotFound
 from kimball_grpc.core.limits import FEATURE_SPECS
-from kimball_grpc.core.names import check_name
+from kimball_grpc.core.names import check_name, check_text
 
 COMPARATORS = ("=", "in")
 MAX_CONDITIONS = 100  # user conditions in one spec
@@ -112,14 +112,14 @@ def feature_usage(user: Mapping[str, Json], context: Mapping[str, Json]) -> tupl
     if feature is None or user_id is None:
         return ("", "", "")
     namespace = context.get("namespace", "")
-    for key, value, required in (
-        ("context.feature", feature, True),
-        ("context.namespace", namespace, False),
-        ("user.user_id", user_id, True),
+    for key, value, required, check in (
+        ("context.feature", feature, True, check_name),
+        ("context.namespace", namespace, False, check_name),
+        ("user.user_id", user_id, True, check_text),
     ):
         if not isinstance(value, str):
             raise InvalidArgument(f"{key} must be a string", key=key)
-        check_name(key, value, required=required)
+        check(key, value, required=required)
     return (namespace, feature, user_id)
 
 

@@ -63,3 +63,8 @@ class StateLimits:
     counters: int = COUNTERS.default
     goals: int = GOALS.default
     feature_specs: int = FEATURE_SPECS.default
+
+
+# How often Kimball's own clients (a sidecar's relay) ping a quiet connection; servers
+# must allow pings at least this often.
+KEEPALIVE_PING_SECONDS = 60

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 
-from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.core.limits import KEEPALIVE_PING_SECONDS, MAX_MESSAGE_BYTES
 
 ChannelOptions = tuple[tuple[str, int], ...]
 
@@ -25,9 +25,9 @@ QUICK_RECONNECT: ChannelOptions = (
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 # A long-lived stream notices a peer that vanished without closing the connection.
-# (The server side permits these pings: grpc_front.SERVER_OPTIONS.)
+# (The server side permits these pings: Settings.grpc_min_ping_interval_s is at most this.)
 KEEPALIVE: ChannelOptions = (
-    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_PING_SECONDS * 1000),
     ("grpc.keepalive_timeout_ms", 20_000),
 )
 

@@ -3,12 +3,16 @@ token from the configured ones; health checks do not."""
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.in_process import local_settings
+from support.metrics import samples
 
 from kimball_grpc.api.auth import TokenChecker, run_tokens
+from kimball_grpc.api.rate_limited_log import BURST_LINES
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -117,3 +121,48 @@ def test_configured_tokens_win_over_a_generated_one(tmp_path) -> None:
     tokens, path = run_tokens([], tmp_path)
     assert path == tmp_path / "api-token" and len(tokens[0]) >= 32
     assert run_tokens([], tmp_path) == (tokens, path)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [("Bearer wrong-secret", "Bearer first-secret"), ("Bearer first-secret",) * 2],
+    ids=["wrong-then-right", "right-twice"],
+)
+async def test_a_call_carrying_two_tokens_is_refused_whatever_they_are(channel, values):
+    twice = tuple(("authorization", value) for value in values)
+    once = (("authorization", "Bearer first-secret"),)
+    for path, shape in methods():
+        assert await call(channel, path, shape, twice) == UNAUTHENTICATED
+        assert await call(channel, path, shape, once) != UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary("/kimball.v1.KimballService/ListNamespaces")(b"", metadata=twice)
+    assert info.value.details() == "More than one authorization header: send exactly one"
+
+
+async def test_each_refused_call_is_one_log_line_rate_limited_and_counted(channel, server, caplog):
+    caplog.set_level(logging.DEBUG)
+    path = "/kimball.v1.KimballService/TrackEvent"
+    for _ in range(3 * BURST_LINES):
+        await call(channel, path, "unary_unary", (("authorization", "Bearer wrong-secret"),))
+
+    lines = [r for r in caplog.records if r.name == "kimball_grpc.api.auth"]
+    # A burst, then one line every few seconds (the rest are counted, and said later).
+    assert BURST_LINES <= len(lines) < 2 * BURST_LINES
+    line = lines[0].getMessage()
+    assert line.startswith(f"refused a grpc call to {path} from ipv4:127.0.0.1:")
+    assert "wrong-secret" not in line
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in caplog.records)
+    refused = samples(server.metrics.registry)
+    assert refused[("kimball_unauthenticated_requests_total", (("api", "grpc"),))] == 30
+
+
+async def test_health_list_answers_without_a_token_and_logs_nothing(channel, caplog):
+    caplog.set_level(logging.DEBUG)
+    health = health_pb2_grpc.HealthStub(channel)
+
+    answer = await health.List(health_pb2.HealthListRequest())
+
+    statuses = {name: status.status for name, status in answer.statuses.items()}
+    assert statuses[""] == health_pb2.HealthCheckResponse.SERVING
+    assert statuses["kimball.v1.KimballService"] == health_pb2.HealthCheckResponse.SERVING
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

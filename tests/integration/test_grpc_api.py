@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -21,6 +22,7 @@ from kimball_grpc.core.limits import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES, MAX_NA
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def ev(name: str, user: str, **fields: object) -> pb.Event:
@@ -132,6 +134,9 @@ async def test_track_event_counts_unique_users(stub) -> None:
         (ev("x" * (MAX_NAME_LENGTH + 1), "u1"), "event_name"),
         (ev("signup", "u" * (MAX_NAME_LENGTH + 1)), "user_id"),
         (ev("sign\nup", "u1"), "event_name"),
+        (ev("pay\u200bment", "u1"), "event_name"),  # invisible: looks like "payment"
+        (ev("\u202etxt.exe", "u1"), "event_name"),  # shown reversed
+        (pb.Event(namespace="sh\u200bop", event_name="e", user_id="u"), "namespace"),
         (pb.Event(namespace="n" * (MAX_NAME_LENGTH + 1), event_name="e", user_id="u"), "namespace"),
         (ev("signup", "u1", value=math.nan), "value"),
         (ev("signup", "u1", value=math.inf), "value"),
@@ -174,6 +179,33 @@ async def test_malformed_protobuf_is_invalid(channel) -> None:
     call = channel.unary_unary("/kimball.v1.KimballService/TrackEvent")(b"\xff\xff\xff")
     error = await expect(call, INVALID)
     assert "malformed protobuf" in error.details()
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/grpc.health.v1.Health/Check", "unary"),
+        ("/grpc.health.v1.Health/List", "unary"),
+        ("/grpc.health.v1.Health/Watch", "server-stream"),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi"),
+    ],
+)
+async def test_malformed_health_and_reflection_requests_are_invalid_and_log_no_traceback(
+    channel, caplog, path, shape
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    garbage = b"\xff\xff\xff"
+    if shape == "unary":
+        call = channel.unary_unary(path)(garbage)
+    elif shape == "server-stream":
+        call = channel.unary_stream(path)(garbage).read()
+    else:
+        call = channel.stream_stream(path)(iter([garbage])).read()
+    error = await expect(call, INVALID)
+    assert "malformed protobuf" in error.details()
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    health = health_pb2_grpc.HealthStub(channel)  # a well-formed request is answered
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
 
 
 async def test_non_utf8_string_is_invalid(channel) -> None:
@@ -228,6 +260,25 @@ async def test_goals_are_created_listed_and_never_unmarked(stub) -> None:
     assert list(response.goals) == ["purchase", "signup"]
     other = await stub.ListGoals(pb.ListGoalsRequest(namespace="other"))
     assert list(other.goals) == []
+
+
+@pytest.mark.parametrize(
+    ("request_message", "field"),
+    [
+        (pb.CreateGoalRequest(goal_name="pay\u200bment"), "goal_name"),
+        (pb.CreateGoalRequest(goal_name="\u202etxt.exe"), "goal_name"),
+        (pb.CreateGoalRequest(namespace="sh\u200bop", goal_name="buy"), "namespace"),
+    ],
+)
+async def test_goal_names_with_invisible_characters_are_invalid(
+    stub, request_message, field
+) -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # joiners inside an emoji: fine
+    await stub.CreateGoal(pb.CreateGoalRequest(goal_name=family))
+    error = await expect(stub.CreateGoal(request_message), INVALID)
+    assert field in error_metadata(error)
+    assert "invisible" in error.details()
+    assert list((await stub.ListGoals(pb.ListGoalsRequest())).goals) == [family]
 
 
 async def test_create_goal_without_name_is_invalid(stub) -> None:

@@ -4,11 +4,14 @@ on real loopback servers."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
-from support.in_process import local_settings
+from multidict import CIMultiDict
+from support.in_process import local_settings, rest_client
 from support.worked_example import as_json
 
+from gateway.server import network_channel, start_gateway
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 
@@ -72,13 +75,16 @@ async def test_every_original_body_form_is_taken(http, body) -> None:
     [
         ({"event_name": "a", "user_id": "u", "events": []}, "not both"),
         ({"event_name": "a"}, "user_id"),
-        ({"event_name": "a", "user_id": "u", "value": "lots"}, "does not match"),
-        ({"event_name": "a", "user_id": "u", "datetime": "yesterday"}, "does not match"),
-        ({"event_name": "a", "user_id": "u", "colour": "red"}, "does not match"),
+        (
+            {"event_name": "a", "user_id": "u", "value": "lots"},
+            "value must be a number, got a string",
+        ),
+        ({"event_name": "a", "user_id": "u", "datetime": "yesterday"}, "datetime must be an RFC"),
+        ({"event_name": "a", "user_id": "u", "colour": "red"}, "colour is not a field"),
         ({"event_name": "a", "user_id": "u", "value": True}, "must be a number"),
         ({"events": [{"event_name": "a", "user_id": "u", "value": False}]}, "must be a number"),
         ({"event_name": "sign\nup", "user_id": "u"}, "control characters"),
-        ({"event_name": "a", "user_id": "u", "value": 10**400}, "does not match"),
+        ({"event_name": "a", "user_id": "u", "value": 10**400}, "value must be a number that fits"),
         ("just a string", "the body must be"),
         (
             {"events": [{"event_name": "a", "user_id": "u"}, {"event_name": "", "user_id": "u"}]},
@@ -91,6 +97,83 @@ async def test_bad_bodies_are_400_and_change_nothing(http, body, what) -> None:
         assert response.status == 400
         error = (await response.json())["error"]
     assert what in error["what"]
+    assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
+
+
+HUGE = "9" * 5000  # more digits than Python's int() converts (4,300)
+
+
+@pytest.mark.parametrize(
+    ("path", "bad", "what", "good"),
+    [
+        (
+            "/v0/analytics",
+            f'{{"event_name": "a", "user_id": {HUGE}}}',
+            "user_id must be a string",
+            '{"event_name": "a", "user_id": "9"}',
+        ),
+        (
+            "/v0/analytics",
+            f'{{"event_name": "a", "user_id": "u", "value": {HUGE}}}',
+            "value must be a number that fits a double",
+            '{"event_name": "a", "user_id": "u", "value": 9}',
+        ),
+        (
+            "/v0/goals",
+            f'{{"goal_name": {HUGE}}}',
+            "goal_name must be a string",
+            '{"goal_name": "9"}',
+        ),
+        (
+            "/v0/featureSpecs",
+            f'{{"name": "f", "boolean": {HUGE}}}',
+            "boolean must be true or false",
+            '{"name": "f", "boolean": true}',
+        ),
+        (
+            "/v0/featureSpecs",
+            f'{{"name": "f", "user": [["plan", "=", {HUGE}]]}}',
+            "value must be a number that fits a double",
+            '{"name": "f", "user": [["plan", "=", 9]]}',
+        ),
+    ],
+)
+async def test_huge_integers_are_400_naming_the_field(http, path, bad, what, good) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with http.post(path, data=bad, headers=headers) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["what"] == f"{what}, got a number of 5000 digits"
+    assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
+    async with http.post(path, data=good, headers=headers) as response:
+        assert response.status in (200, 204)  # a spec is answered, events and goals are not
+
+
+@pytest.mark.parametrize(
+    ("body", "what", "field"),
+    [
+        ({"event_name": "a", "user_id": 12}, "user_id must be a string, got a number", None),
+        ({"event_name": ["a"], "user_id": "u"}, "event_name must be a string, got a list", None),
+        ({"event_name": "a", "user_id": "u", "ensure_goal": "yes"}, "true or false", None),
+        ({"event_name": "a", "user_id": "u", "value": {}}, "must be a number, got an object", None),
+        ({"events": {"event_name": "a"}}, "events must be a list, got an object", "events"),
+        (
+            {"events": [{"event_name": "a", "user_id": "u"}, "b"]},
+            "events[1] must be an object",
+            None,
+        ),
+    ],
+)
+async def test_wrong_json_types_are_400_naming_the_field_and_the_type(
+    http, body, what, field
+) -> None:
+    async with http.post("/v0/analytics", json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert what in error["what"]
+    assert "expected string or bytes" not in error["what"]  # not the parser's words
+    if field is not None:
+        assert error["field"] == field
     assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
 
 
@@ -132,6 +215,26 @@ async def test_names_may_hold_emoji_with_joiners(http) -> None:
     assert (await post(http, "/v0/analytics", {"event_name": family, "user_id": "u"}))[0] == 204
     _, analytics = await get(http, "/v0/analytics")
     assert family in {c["name"] for c in analytics["counts"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v0/analytics", {"event_name": "pay\u200bment", "user_id": "u"}, "event_name"),
+        ("/v0/analytics", {"event_name": "\u202etxt.exe", "user_id": "u"}, "event_name"),
+        ("/v0/analytics", {"event_name": "a", "user_id": "u", "namespace": "\u2060x"}, "namespace"),
+        ("/v0/goals", {"goal_name": "pay\u00adment"}, "goal_name"),
+    ],
+)
+async def test_names_with_invisible_characters_are_400_and_change_nothing(
+    http, path, body, field
+) -> None:
+    async with http.post(path, json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["what"].startswith(f"{field} contains U+")
+    assert field in error
+    assert (await get(http, "/v0/namespaces"))[1] == {"namespaces": []}
 
 
 async def test_original_client_batches_of_100(http) -> None:
@@ -285,6 +388,42 @@ class TestAuthentication:
             assert r.status == 401
             assert await r.json() == {"error": "Missing or invalid authorization header"}
 
+    @pytest.mark.parametrize(
+        "values", [("Bearer s3cret", "Bearer wrong"), ("Bearer s3cret", "Bearer s3cret")]
+    )
+    async def test_two_authorization_headers_are_refused(self, http, values, caplog) -> None:
+        caplog.set_level(logging.DEBUG)
+        twice = CIMultiDict(("Authorization", value) for value in values)
+        async with http.get("/v0/goals", headers=twice) as r:
+            assert r.status == 401
+            assert await r.json() == {
+                "error": "More than one authorization header: send exactly one"
+            }
+        async with http.get("/v0/goals", headers={"Authorization": values[0]}) as r:
+            assert r.status == 200
+        lines = [r.getMessage() for r in caplog.records if r.name == "kimball_grpc.api.auth"]
+        assert lines == [
+            "refused a rest call to GET /v0/goals from 127.0.0.1: "
+            "More than one authorization header: send exactly one"
+        ]
+
+    async def test_a_gateway_checking_no_token_passes_both_on_and_the_server_refuses(
+        self, server
+    ) -> None:
+        """``kimball gateway`` without tokens of its own: the server decides, on every value."""
+        channel = network_channel(f"127.0.0.1:{server.grpc_port}")
+        gateway = await start_gateway("127.0.0.1", 0, channel, None, None)
+        try:
+            async with rest_client(gateway) as http:
+                twice = CIMultiDict([("Authorization", "Bearer s3cret")] * 2)
+                async with http.get("/v0/goals", headers=twice) as r:
+                    assert r.status == 401
+                    assert "More than one" in (await r.json())["error"]
+                async with http.get("/v0/goals", headers={"Authorization": "Bearer s3cret"}) as r:
+                    assert r.status == 200
+        finally:
+            await gateway.stop()
+
     async def test_right_token_in_any_case_and_open_health(self, http) -> None:
         headers = {"Authorization": "bearer s3cret"}
         async with http.post("/v0/goals", json={"goal_name": "g"}, headers=headers) as r:
@@ -336,6 +475,20 @@ async def test_a_bad_line_ends_the_stream_naming_it_and_keeps_what_came_before(h
     assert (error["message"], error["accepted"], error["messages"]) == (2, 2, 2)
     counts = {c["name"]: c["count"] for c in (await get(http, "/v0/analytics"))[1]["counts"]}
     assert counts["view"] == 2  # the lines before it stay applied, nothing after it
+
+
+async def test_a_line_with_a_huge_integer_or_a_wrong_type_is_named_with_its_field(http) -> None:
+    good = json.dumps({"event_name": "ok", "user_id": "u"})
+    for line, what in (
+        ('{"event_name": "ok", "user_id": ' + "9" * 5000 + "}", "a number of 5000 digits"),
+        ('{"event_name": "ok", "user_id": 12}', "user_id must be a string, got a number"),
+    ):
+        async with http.post("/v0/analytics:stream", data=f"{good}\n{line}", headers=STREAM) as r:
+            assert r.status == 400
+            error = (await r.json())["error"]
+        assert error["what"].startswith("message 1: user_id must be a string")
+        assert what in error["what"]
+        assert (error["field"], error["accepted"]) == ("events[0].user_id", 1)
 
 
 async def test_a_line_the_server_refuses_is_named_too(http) -> None:

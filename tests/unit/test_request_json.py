@@ -9,7 +9,7 @@ from google.api import http_pb2
 from google.protobuf import json_format
 
 from gateway import request_json
-from gateway.request_json import RequestJsonError, message_from_json
+from gateway.request_json import LongNumber, RequestJsonError, message_from_json, parse_json
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 EVENT = {"namespace": "shop", "event_name": "view", "user_id": "u1"}
@@ -35,7 +35,7 @@ ACCEPTED = [
     (http_pb2.HttpRule, {"selector": "a.B", "get": "/v0/x"}),  # one member of a oneof
 ]
 
-# Refused by ParseDict (or by the booleans check before it): a RequestJsonError naming it.
+# Refused (by the type checks or by ParseDict): a RequestJsonError naming the field.
 REFUSED = [
     (pb.TrackEventsRequest, {"events": [{**EVENT, "unknown": 1}]}, "unknown"),
     (pb.TrackEventsRequest, {"events": [{**EVENT, "value": True}]}, "must be a number"),
@@ -46,6 +46,51 @@ REFUSED = [
     (pb.Counter, {"year": 2**40}, "year"),
     (pb.Counter, {"year": -1}, "year"),
     (http_pb2.HttpRule, {"get": "/v0/x", "post": "/v0/x"}, "oneof"),
+    (pb.SubscribeRequest, {"after_sequence": 1.5}, "after_sequence must be a whole number"),
+    (pb.SubscribeRequest, {"after_sequence": "soon"}, "after_sequence must be a whole number"),
+    (pb.SubscribeRequest, {"event_names": [None]}, "event_names[0] must not be null"),
+    (pb.EvaluateFeaturesRequest, {"user": [1]}, "user must be an object, got a list"),
+    (pb.EvaluateFeaturesRequest, {"user": {"n": 10**400}}, "n must be a number that fits"),
+]
+
+# (message type, JSON, error message, field path): what a client is told.
+NAMED = [
+    (
+        pb.TrackEventsRequest,
+        {"events": [EVENT, {**EVENT, "user_id": 12}]},
+        "user_id must be a string, got a number",
+        "events[1].user_id",
+    ),
+    (
+        pb.TrackEventsRequest,
+        {"events": [{**EVENT, "userId": True}]},
+        "userId must be a string, got a boolean",
+        "events[0].userId",
+    ),
+    (
+        pb.TrackEventsRequest,
+        {"events": [{**EVENT, "value": "12.5x"}]},
+        "value must be a number, got a string",
+        "events[0].value",
+    ),
+    (
+        pb.TrackEventsRequest,
+        {"events": [{**EVENT, "datetime": 1700000000}]},
+        "datetime must be an RFC 3339 date-time such as 2024-01-07T23:30:00Z, got a number",
+        "events[0].datetime",
+    ),
+    (
+        pb.SubscribeRequest,
+        {"after_sequence": -1},
+        "after_sequence must be a whole number from 0 to 18446744073709551615, got a number",
+        "after_sequence",
+    ),
+    (
+        pb.EvaluateFeaturesRequest,
+        {"user": {"plan": {"tiers": [1, LongNumber(5000)]}}},
+        "tiers[1] must be a number that fits a double, got a number of 5000 digits",
+        "user.plan.tiers[1]",
+    ),
 ]
 
 
@@ -67,6 +112,30 @@ def test_refuses_what_parse_dict_refuses_and_says_what(message_type, data, named
         message_from_json(data, message_type)
 
     assert named in refused.value.what
+
+
+@pytest.mark.parametrize(("message_type", "data", "what", "field"), NAMED)
+def test_a_wrong_type_is_named_with_its_field_and_the_type_expected(
+    message_type, data, what, field
+):
+    with pytest.raises(RequestJsonError) as refused:
+        message_from_json(data, message_type)
+
+    assert refused.value.what == what
+    assert refused.value.details["field"] == field
+
+
+def test_integers_too_long_to_convert_are_kept_as_their_length():
+    digits = "7" * 5000  # past int()'s default limit of 4,300 digits
+
+    data = parse_json(f'{{"a": [-{digits}, 12]}}'.encode())
+
+    assert isinstance(data["a"][0], LongNumber) and data["a"][0].digits == 5000
+    assert data["a"][1] == 12
+    with pytest.raises(RequestJsonError, match="user_id must be a string, got a number of 5000"):
+        message_from_json({"events": [{**EVENT, "user_id": data["a"][0]}]}, pb.TrackEventsRequest)
+    with pytest.raises(ValueError):
+        parse_json(b'{"a": ' + digits.encode() + b",}")  # still invalid JSON
 
 
 def test_plain_events_are_built_without_parse_dict(monkeypatch):

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from support import app_configs
 
+from kimball_grpc.api.grpc_front import server_options
 from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import (
+    HttpLimits,
     Mode,
     PredictionTarget,
     Settings,
@@ -335,6 +337,44 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
     assert s.external_prediction_deadline_ms == 75
 
 
+def test_connection_limits_default_in_line_with_nginx_and_grpc():
+    s = load_settings({})
+    assert s.http_limits == HttpLimits(
+        header_timeout_s=60.0, body_timeout_s=60.0, keepalive_timeout_s=75.0, max_connections=512
+    )
+    options = dict(server_options(s))
+    assert options["grpc.server_handshake_timeout_ms"] == 60_000
+    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 30_000
+    assert options["grpc.http2.max_ping_strikes"] == 2
+    assert options["grpc.max_concurrent_streams"] == 256
+    assert "grpc.max_connection_age_ms" not in options  # no age limit unless set
+
+
+def test_connection_limits_from_the_environment():
+    s = load_settings(
+        {
+            "KIMBALL_HTTP_HEADER_TIMEOUT": "10",
+            "KIMBALL_HTTP_BODY_TIMEOUT": "30.5",
+            "KIMBALL_HTTP_KEEPALIVE_TIMEOUT": "5",
+            "KIMBALL_HTTP_MAX_CONNECTIONS": "2000",
+            "KIMBALL_GRPC_HANDSHAKE_TIMEOUT": "20",
+            "KIMBALL_GRPC_MIN_PING_INTERVAL": "60",
+            "KIMBALL_GRPC_MAX_PING_STRIKES": "0",
+            "KIMBALL_GRPC_MAX_CONCURRENT_STREAMS": "1000",
+            "KIMBALL_GRPC_MAX_CONNECTION_AGE": "3600",
+            "KIMBALL_GRPC_MAX_CONNECTION_AGE_GRACE": "120",
+        }
+    )
+    assert s.http_limits == HttpLimits(10.0, 30.5, 5.0, 2000)
+    options = dict(server_options(s))
+    assert options["grpc.server_handshake_timeout_ms"] == 20_000
+    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 60_000
+    assert options["grpc.http2.max_ping_strikes"] == 0  # no limit
+    assert options["grpc.max_concurrent_streams"] == 1000
+    assert options["grpc.max_connection_age_ms"] == 3_600_000
+    assert options["grpc.max_connection_age_grace_ms"] == 120_000
+
+
 # --- bad environment values ---------------------------------------------------------
 
 
@@ -380,6 +420,17 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"KIMBALL_MAX_COUNTERS": "1e6"}, ["KIMBALL_MAX_COUNTERS", "whole number", "'1e6'"]),
         ({"KIMBALL_MAX_GOALS": "lots"}, ["KIMBALL_MAX_GOALS", "'lots'"]),
         ({"KIMBALL_MAX_FEATURE_SPECS": "10 000"}, ["KIMBALL_MAX_FEATURE_SPECS", "'10 000'"]),
+        ({"KIMBALL_HTTP_HEADER_TIMEOUT": "0"}, ["KIMBALL_HTTP_HEADER_TIMEOUT", "'0'"]),
+        ({"KIMBALL_HTTP_BODY_TIMEOUT": "-1"}, ["KIMBALL_HTTP_BODY_TIMEOUT", "'-1'"]),
+        ({"KIMBALL_HTTP_KEEPALIVE_TIMEOUT": "long"}, ["KIMBALL_HTTP_KEEPALIVE_TIMEOUT", "'long'"]),
+        ({"KIMBALL_HTTP_MAX_CONNECTIONS": "0"}, ["KIMBALL_HTTP_MAX_CONNECTIONS", "at least 1"]),
+        ({"KIMBALL_HTTP_MAX_CONNECTIONS": "1k"}, ["KIMBALL_HTTP_MAX_CONNECTIONS", "'1k'"]),
+        ({"KIMBALL_GRPC_HANDSHAKE_TIMEOUT": "inf"}, ["KIMBALL_GRPC_HANDSHAKE_TIMEOUT", "'inf'"]),
+        ({"KIMBALL_GRPC_MAX_CONNECTION_AGE": "9999999"}, ["CONNECTION_AGE", "at most 2147483"]),
+        ({"KIMBALL_GRPC_MAX_CONNECTION_AGE_GRACE": "0"}, ["CONNECTION_AGE_GRACE", "'0'"]),
+        ({"KIMBALL_GRPC_MIN_PING_INTERVAL": "61"}, ["MIN_PING_INTERVAL", "at most 60", "sidecars"]),
+        ({"KIMBALL_GRPC_MAX_PING_STRIKES": "-1"}, ["KIMBALL_GRPC_MAX_PING_STRIKES", "'-1'"]),
+        ({"KIMBALL_GRPC_MAX_CONCURRENT_STREAMS": "0"}, ["MAX_CONCURRENT_STREAMS", "at least 1"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )
