@@ -33,14 +33,21 @@ RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
 # In-flight calls get this long to finish at shutdown; long-lived streams are ended first.
 SHUTDOWN_GRACE_SECONDS = 10.0
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # Sidecars ping every minute on their relay stream (outbound_channels.KEEPALIVE);
-    # the default (one ping per 5 min without data) would end their connection.
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
+
+
+def server_options(max_response_bytes: int) -> list[tuple[str, int]]:
+    """The gRPC server's options: requests up to MAX_MESSAGE_BYTES (a batch of events is
+    far less; more is memory a caller could make the server hold), answers up to
+    ``max_response_bytes`` (the paged reads stay within it, and refuse a whole answer past
+    it with a message that says to page, before gRPC's own limit would)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", max_response_bytes),
+        # Sidecars ping every minute on their relay stream (outbound_channels.KEEPALIVE);
+        # the default (one ping per 5 min without data) would end their connection.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 class GrpcFront:
@@ -62,7 +69,9 @@ class GrpcFront:
         interceptors.append(self.gate)
         interceptors.append(StatusInterceptor(set(services), metrics.observe_request))
         self._interceptors = interceptors
-        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(
+            interceptors=interceptors, options=server_options(settings.max_response_bytes)
+        )
         self.handlers = HandlerRecorder(self.server)
         self.health = grpc_health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)

@@ -18,6 +18,7 @@ from kimball_grpc.config.settings import (
     environment,
     load_settings,
     parse_fsync_policy,
+    parse_max_response_bytes,
     parse_port,
     parse_seconds,
 )
@@ -50,6 +51,23 @@ def _fsync_policy(value: str) -> FsyncPolicy:
         return parse_fsync_policy("--wal-fsync", value)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _max_response_bytes(value: str) -> int:
+    try:
+        return parse_max_response_bytes("--max-response-bytes", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _add_max_response_bytes(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--max-response-bytes",
+        type=_max_response_bytes,
+        help="the largest answer sent or taken from a Kimball server; a whole answer past it "
+        "is refused, telling the client to page (env KIMBALL_MAX_RESPONSE_BYTES; "
+        "default 67108864, 64 MiB)",
+    )
 
 
 def _batch_size(value: str) -> int:
@@ -89,6 +107,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_fsync_policy,
         help="write-ahead log fsync: always (default), interval or never (env KIMBALL_WAL_FSYNC)",
     )
+    _add_max_response_bytes(run)
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
@@ -98,6 +117,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--api-port", type=_port_flag("--api-port"), help="REST port (default 8080)"
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
+    _add_max_response_bytes(gateway)
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument(
         "--target",
@@ -225,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         return check_health(args.target, args.timeout)
     if args.command not in ("serve", "gateway"):
         return _run_client_command(args)
-    overrides = {"grpc_host": args.grpc_host, "api_port": args.api_port}
+    overrides = {
+        "grpc_host": args.grpc_host,
+        "api_port": args.api_port,
+        "max_response_bytes": args.max_response_bytes,
+    }
     if args.command == "serve":
         overrides |= {
             "grpc_port": args.grpc_port,

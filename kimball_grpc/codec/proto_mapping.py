@@ -6,6 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.core.counters import Counter, CounterKind
@@ -170,6 +171,13 @@ def spec_to_proto(spec: FeatureSpec) -> pb.FeatureSpec:
 def spec_message_size(spec: FeatureSpec) -> int:
     """The bytes ``spec`` takes in the message that carries the specs to sidecars."""
     return spec_to_proto(spec).ByteSize() + 5  # its tag and length in FeatureSpecs
+
+
+def field_bytes(item: Message | str) -> int:
+    """The bytes ``item``, a message or a string, takes as one element of a repeated field
+    numbered 1 to 15: its one-byte tag, its length and itself."""
+    size = len(item.encode()) if isinstance(item, str) else item.ByteSize()
+    return 1 + (max(size.bit_length(), 1) + 6) // 7 + size  # tag, varint length, bytes
 
 
 def flags_to_proto(flags: FeatureFlags) -> pb.FeatureSpecs:

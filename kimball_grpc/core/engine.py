@@ -6,6 +6,7 @@ of records replayed into a restored snapshot rebuilds the same state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kimball_grpc.core.bloom import KeyHash, hash_key
@@ -154,6 +155,17 @@ class Engine:
         """The namespace's counters (analytics); empty for an unknown namespace."""
         ns = self._namespaces.get(check_namespace(namespace))
         return ns.counters() if ns else []
+
+    def event_counters(self, namespace: str, name_prefix: str) -> Iterator[Counter]:
+        """The namespace's counters of events whose name starts with ``name_prefix``, in no
+        order; with no prefix, every counter, the global one too."""
+        ns = self._namespaces.get(check_namespace(namespace))
+        if ns is None:
+            return
+        if not name_prefix:
+            yield ns.global_counter
+        for counters in (ns.named.values(), ns.weekly.values()):
+            yield from (c for c in counters if c.name.startswith(name_prefix))
 
     def events_for_user(self, namespace: str, user_id: str) -> list[str]:
         """Named events whose counters contain the user."""

@@ -11,11 +11,16 @@ from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 
 ChannelOptions = tuple[tuple[str, int], ...]
 
-# Kimball's own message limit each way: for channels to a Kimball server.
-KIMBALL_MESSAGES: ChannelOptions = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-)
+
+def kimball_messages(max_response_bytes: int) -> ChannelOptions:
+    """Kimball's own message limits, for a channel to a Kimball server: requests as large
+    as it takes, answers as large as it sends (its ``max_response_bytes``)."""
+    return (
+        ("grpc.max_receive_message_length", max_response_bytes),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    )
+
+
 # gRPC drops an unused connection after 30 min; a quiet peer is not an outage.
 KEEP_IDLE_CONNECTION: ChannelOptions = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
 # Calls fail fast while the peer is down, and work again within seconds once it is back
@@ -25,7 +30,7 @@ QUICK_RECONNECT: ChannelOptions = (
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 # A long-lived stream notices a peer that vanished without closing the connection.
-# (The server side permits these pings: grpc_front.SERVER_OPTIONS.)
+# (The server side permits these pings: grpc_front.server_options.)
 KEEPALIVE: ChannelOptions = (
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
