@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -23,7 +23,14 @@ from kimball_grpc.core.events import Event
 from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
 from kimball_grpc.core.limits import MAX_SUBSCRIPTION_EVENT_NAMES
 from kimball_grpc.core.names import check_name, check_namespace
-from kimball_grpc.core.paging import PageRequest, page, page_request
+from kimball_grpc.core.paging import (
+    PageRequest,
+    itself,
+    name_key,
+    named_after,
+    page,
+    page_request,
+)
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -91,9 +98,9 @@ def analytics_response(
     paging = page_request(
         ("GetAnalytics", namespace, prefix), request.page_size, request.page_token
     )
-    goals = set(engine.goals(namespace))
+    goals = engine.goal_set(namespace)
     counts, token = page(
-        engine.event_counters(namespace, prefix),
+        engine.counters_after(namespace, prefix, paging.after),
         counter_key,
         paging,
         lambda counter: proto_mapping.counter_to_proto(counter, goals),
@@ -128,25 +135,38 @@ def feature_specs_response(
     """``ListFeatureSpecs``: the specs by name, whole or the page asked for; the version
     and fingerprint are the whole set's."""
     paging = page_request(("ListFeatureSpecs",), request.page_size, request.page_token)
-    whole = proto_mapping.flags_to_proto(flags)
+    whole = proto_mapping.flags_to_proto(flags)  # by name
     specs, token = page(
-        whole.specs, lambda s: (s.name,), paging, _same, proto_mapping.field_bytes, max_bytes
+        named_after(whole.specs, _spec_name, paging.after),
+        _spec_key,
+        paging,
+        itself,
+        proto_mapping.field_bytes,
+        max_bytes,
     )
     return pb.FeatureSpecs(
         specs=specs, version=whole.version, fingerprint=whole.fingerprint, next_page_token=token
     )
 
 
-def _names_page(names: Iterable[str], paging: PageRequest, max_bytes: int) -> tuple[list[str], str]:
-    return page(names, _name_key, paging, _same, proto_mapping.field_bytes, max_bytes)
+def _names_page(names: Sequence[str], paging: PageRequest, max_bytes: int) -> tuple[list[str], str]:
+    """A page of sorted ``names``."""
+    return page(
+        named_after(names, itself, paging.after),
+        name_key,
+        paging,
+        itself,
+        proto_mapping.field_bytes,
+        max_bytes,
+    )
 
 
-def _name_key(name: str) -> tuple[str, ...]:
-    return (name,)
+def _spec_name(spec: pb.FeatureSpec) -> str:
+    return spec.name
 
 
-def _same(item: T) -> T:
-    return item
+def _spec_key(spec: pb.FeatureSpec) -> tuple[str, ...]:
+    return name_key(spec.name)
 
 
 async def evaluate_features(

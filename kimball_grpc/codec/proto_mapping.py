@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 
 from google.protobuf import json_format, struct_pb2
@@ -85,7 +86,7 @@ def accepted_to_proto(
     )
 
 
-def counter_to_proto(counter: Counter, goals: set[str]) -> pb.Counter:
+def counter_to_proto(counter: Counter, goals: AbstractSet[str]) -> pb.Counter:
     return pb.Counter(
         name=counter.name,
         type=_COUNTER_TYPES[counter.kind],

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
-import heapq
+import itertools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +33,9 @@ M = TypeVar("M")
 # Bytes of an answer that are not its items: the next_page_token field (a token of at
 # most MAX_PAGE_TOKEN_CHARS) and small fields such as a version and a fingerprint.
 ENVELOPE_BYTES = MAX_PAGE_TOKEN_CHARS + 128
+
+
+_END = object()  # no more items
 
 
 class AnswerTooLarge(ResourceExhausted):
@@ -90,16 +94,34 @@ def _token_key(token: str, digest: str) -> Key:
     return tuple(fields[1:])
 
 
+def name_key(name: str) -> Key:
+    """The key of an item known by its name alone (a goal, a namespace, a feature spec)."""
+    return (name,)
+
+
+def itself(item: T) -> T:
+    """An item as it is: the name of a name, the message of a message."""
+    return item
+
+
+def named_after(items: Sequence[T], name: Callable[[T], str], after: Key | None) -> Iterator[T]:
+    """The ``items`` (sorted by ``name``) keyed ``(name,)`` above ``after``, in order."""
+    start = 0 if after is None else bisect.bisect_right(items, after[0], key=name)
+    return (items[index] for index in range(start, len(items)))
+
+
 def page(
-    items: Iterable[T],
+    ordered: Iterable[T],
     key: Callable[[T], Key],
     request: PageRequest,
     encode: Callable[[T], M],
     encoded_bytes: Callable[[M], int],
     max_bytes: int,
 ) -> tuple[list[M], str]:
-    """The page of ``items`` (in any order) that ``request`` asks for, each made a message
-    by ``encode``, and its ``next_page_token`` (empty on the last page).
+    """The page that ``request`` asks for, each item made a message by ``encode``, and its
+    ``next_page_token`` (empty on the last page). ``ordered`` are the items whose ``key``
+    is above ``request.after``, in key order; only as many are taken as the page holds,
+    and one more.
 
     ``encoded_bytes`` is a message's size in the answer; the answer stays within
     ``max_bytes``. A page (``request.size`` > 0) ends early rather than pass it. A whole
@@ -107,17 +129,11 @@ def page(
     the rest: past the limit it is ``AnswerTooLarge``, telling the client to page. So is
     one item that alone passes it.
     """
-    if request.after is not None:
-        after = request.after
-        items = (item for item in items if key(item) > after)
-    if request.size:
-        # One more than a page: whether another page follows.
-        chosen = heapq.nsmallest(request.size + 1, items, key=key)
-    else:
-        chosen = sorted(items, key=key)
-    wanted = chosen[: request.size] if request.size else chosen
+    items = iter(ordered)
+    wanted = list(itertools.islice(items, request.size)) if request.size else items
     budget = max_bytes - ENVELOPE_BYTES
     messages: list[M] = []
+    last: T | None = None
     for item in wanted:
         message = encode(item)
         budget -= encoded_bytes(message)
@@ -129,14 +145,15 @@ def page(
                     f"{MAX_PAGE_SIZE} items a page) and page_token",
                     limit="max_response_bytes",
                 )
-            if not messages:
+            if last is None:
                 raise AnswerTooLarge(
                     f"one item alone is larger than this server's max_response_bytes "
                     f"({max_bytes} bytes)",
                     limit="max_response_bytes",
                 )
-            return messages, request.token(key(wanted[len(messages) - 1]))
+            return messages, request.token(key(last))
         messages.append(message)
-    if len(chosen) > len(wanted):
-        return messages, request.token(key(wanted[-1]))
+        last = item
+    if request.size and last is not None and next(items, _END) is not _END:
+        return messages, request.token(key(last))
     return messages, ""

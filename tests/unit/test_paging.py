@@ -14,14 +14,18 @@ from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.events import Event, prepare_event
 from kimball_grpc.core.limits import MAX_PAGE_SIZE, MAX_PAGE_TOKEN_CHARS
-from kimball_grpc.core.paging import ENVELOPE_BYTES, AnswerTooLarge, page, page_request
+from kimball_grpc.core.paging import (
+    ENVELOPE_BYTES,
+    AnswerTooLarge,
+    itself,
+    name_key,
+    named_after,
+    page,
+    page_request,
+)
 from kimball_grpc.core.records import EventRecord
 
 SCOPE = ("ListThings", "default")
-
-
-def key(name: str) -> tuple[str, ...]:
-    return (name,)
 
 
 def one_page(
@@ -29,7 +33,8 @@ def one_page(
 ) -> tuple[list[str], str]:
     """A page of string ``items``, each item as many bytes as it has characters."""
     request = page_request(scope, size, token)
-    return page(items, key, request, lambda item: item, len, max_bytes)
+    ordered = named_after(sorted(items), itself, request.after)
+    return page(ordered, name_key, request, itself, len, max_bytes)
 
 
 def every_page(items, size: int, max_bytes: int = 10**9) -> list[list[str]]:
@@ -170,35 +175,70 @@ def _event(name: str, when: datetime | None = None) -> EventRecord:
     return prepare_event(Event(name, "u1", datetime=when), (2024, 2))
 
 
-def test_counter_keys_order_counters_as_analytics_lists_them() -> None:
+WEEKS = [  # ISO 2022-W52, 2023-W01, 2023-W10, 2024-W02: years and weeks of two digits
+    datetime(2022, 12, 30, tzinfo=UTC),
+    datetime(2023, 1, 2, tzinfo=UTC),
+    datetime(2023, 3, 6, tzinfo=UTC),
+    datetime(2024, 1, 10, tzinfo=UTC),
+]
+
+
+def weekly_engine(names: list[str]) -> Engine:
     engine = Engine(weekly_counters("^w", 100, 0.01))
-    weeks = [  # ISO weeks 2022-W52, 2023-W01, 2023-W10, 2024-W02: years and weeks of two digits
-        datetime(2022, 12, 30, tzinfo=UTC),
-        datetime(2023, 1, 2, tzinfo=UTC),
-        datetime(2023, 3, 6, tzinfo=UTC),
-        datetime(2024, 1, 10, tzinfo=UTC),
-    ]
-    for name in ["zeta", "w2", "alpha", "w10", "w1"]:
-        for when in weeks:
+    for name in names:
+        for when in WEEKS:
             engine.apply(_event(name, when))
+    return engine
+
+
+def test_counter_keys_order_counters_as_analytics_lists_them() -> None:
+    engine = weekly_engine(["zeta", "w2", "alpha", "w10", "w1"])
     listed = engine.counters("default")
     assert len(listed) == 1 + 5 + 3 * 4
     assert sorted(listed, key=counter_key) == listed
-    assert sorted(engine.event_counters("default", ""), key=counter_key) == listed
+    assert list(engine.counters_after("default", "", None)) == listed
 
 
-def test_a_name_prefix_selects_the_counters_of_those_events_only() -> None:
-    engine = Engine(weekly_counters("^w", 100, 0.01))
-    for name in ["w1", "w2", "x", "wa"]:
-        engine.apply(_event(name))
-    chosen = sorted(engine.event_counters("default", "w"), key=counter_key)
-    assert [(c.name, c.iso_week) for c in chosen] == [
-        ("w1", 0),
-        ("w2", 0),
-        ("wa", 0),
-        ("w1", 2),
-        ("w2", 2),
-        ("wa", 2),
+@pytest.mark.parametrize(
+    "after",
+    [
+        None,
+        ("0",),
+        ("1",),
+        ("1", ""),
+        ("1", "w"),
+        ("1", "w1"),
+        ("1", "w1", "x"),
+        ("1", "zz"),
+        ("2",),
+        ("2", "w10"),
+        ("2", "w10", "2023"),
+        ("2", "w10", "2023", "01"),
+        ("2", "w10", "abc", "-"),
+        ("2", "w2", "2024", "02"),
+        ("3",),
+        ("",),
+        ("1\x00",),
+    ],
+)
+@pytest.mark.parametrize("prefix", ["", "w", "w1", "wx", "alpha", "zeta"])
+def test_counters_after_a_key_are_those_above_it_in_order(after, prefix: str) -> None:
+    engine = weekly_engine(["zeta", "w2", "alpha", "w10", "w1", "w"])
+    everything = engine.counters("default")
+    expected = [
+        c
+        for c in everything
+        if (after is None or counter_key(c) > after)
+        and (not prefix or (c.kind.value != "internal" and c.name.startswith(prefix)))
     ]
-    assert list(engine.event_counters("default", "nothing")) == []
-    assert list(engine.event_counters("elsewhere", "")) == []
+    assert list(engine.counters_after("default", prefix, after)) == expected
+
+
+def test_counters_added_between_reads_take_their_place() -> None:
+    engine = weekly_engine(["m", "c"])
+    assert [c.name for c in engine.counters_after("default", "", ("1", "c"))] == ["m"]
+    for name in ["a", "d", "z", "wa"]:
+        engine.apply(_event(name, WEEKS[0]))
+    after_c = [c.name for c in engine.counters_after("default", "", ("1", "c"))]
+    assert after_c == ["d", "m", "wa", "z", "wa"]
+    assert list(engine.counters_after("elsewhere", "", None)) == []
