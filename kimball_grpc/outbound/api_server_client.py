@@ -25,6 +25,7 @@ from kimball_grpc.outbound.channels import (
     KEEPALIVE,
     QUICK_RECONNECT,
     insecure_channel,
+    is_over_receive_limit,
     kimball_messages,
 )
 
@@ -127,8 +128,9 @@ class ApiServerClient:
             return ApiServerError(
                 "UNAVAILABLE", f"the api server at {self.address} is unavailable: {exc.details()}"
             )
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not info.reason:
-            # gRPC's own limit, not the api server's refusal: an answer over this sidecar's.
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_over_receive_limit(exc):
+            # This channel's limit, not the api server's refusal: an answer over this
+            # sidecar's max_response_bytes.
             return ApiServerError(
                 code.name,
                 f"the api server's answer is larger than this sidecar takes "

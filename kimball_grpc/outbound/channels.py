@@ -21,6 +21,14 @@ def kimball_messages(max_response_bytes: int) -> ChannelOptions:
     )
 
 
+def is_over_receive_limit(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed because its answer was larger than this channel takes (its
+    ``max_receive_message_length``), not because the server refused it."""
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        "Received message larger than max" in (error.details() or "")
+    )
+
+
 # gRPC drops an unused connection after 30 min; a quiet peer is not an outage.
 KEEP_IDLE_CONNECTION: ChannelOptions = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
 # Calls fail fast while the peer is down, and work again within seconds once it is back

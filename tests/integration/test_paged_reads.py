@@ -12,6 +12,7 @@ import pytest
 from support.grpc_errors import error_metadata
 from support.in_process import gateway_of, local_settings, rest_client, running, weekly_counters
 
+from gateway.server import network_channel
 from kimball_grpc.app import RunningServer
 from kimball_grpc.config.settings import Mode, Settings
 from kimball_grpc.core.paging import ENVELOPE_BYTES
@@ -364,6 +365,19 @@ async def test_a_sidecar_that_takes_less_than_its_api_server_sends_says_so(
             assert sum(len(p.counts) for p in small_pages) == 401
     finally:
         await sidecar.stop(grace=None)
+
+
+async def test_a_gateway_that_takes_less_than_its_server_sends_says_so(server) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        await track(pb_grpc.KimballServiceStub(channel), [f"event_{i:03d}" for i in range(400)])
+    channel = network_channel(f"127.0.0.1:{server.grpc_port}", SMALL_LIMIT)
+    async with gateway_of(server, channel) as gateway, rest_client(gateway) as http:
+        status, body = await get(http, "/v0/analytics")
+        assert status == 429
+        assert "this gateway" in body["error"]["what"] and "page_size" in body["error"]["what"]
+        assert body["error"]["limit"] == "max_response_bytes"
+        pages = await rest_pages(http, "/v0/analytics", page_size=50)
+        assert sum(len(p["counts"]) for p in pages) == 401
 
 
 async def test_a_sidecar_pages_its_copy_of_the_feature_specs(server, tmp_path: Path) -> None:
