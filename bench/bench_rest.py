@@ -86,7 +86,7 @@ from kimball_grpc.app import stop_signals
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event
-from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
+from kimball_grpc.core.limits import DEFAULT_MAX_RESPONSE_BYTES, MAX_MESSAGE_BYTES
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
@@ -118,7 +118,9 @@ def serve_kimball_loopback(argv: list[str]) -> int:
     start_gateway = kimball_server.start_gateway
 
     async def start_with_loopback(host, port, channel, *rest):  # this process only
-        return await start_gateway(host, port, network_channel(target), *rest)
+        return await start_gateway(
+            host, port, network_channel(target, DEFAULT_MAX_RESPONSE_BYTES), *rest
+        )
 
     kimball_server.start_gateway = start_with_loopback
     return cli.main(argv)

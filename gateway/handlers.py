@@ -24,6 +24,7 @@ from gateway.translate import (
 from kimball_grpc.api.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.codec.error_details import error_metadata
+from kimball_grpc.outbound.channels import is_over_receive_limit
 
 CALL_TIMEOUT_SECONDS = 30.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,6 +57,14 @@ def failed_call_response(error: grpc.aio.AioRpcError) -> web.Response:
     ErrorInfo's metadata (which parameter) beside the message."""
     if error.code() is grpc.StatusCode.UNAUTHENTICATED:
         return unauthorized(error.details() or UNAUTHORIZED_MESSAGE)
+    if is_over_receive_limit(error):  # kimball gateway: an answer over its own limit
+        return error_response(
+            429,
+            "the server's answer is larger than this gateway takes (its max_response_bytes): "
+            "ask for pages with page_size, or give the gateway the server's "
+            "KIMBALL_MAX_RESPONSE_BYTES",
+            limit="max_response_bytes",
+        )
     details = error_metadata(error.trailing_metadata())
     return error_response(http_status(error.code()), error.details() or "", **details)
 

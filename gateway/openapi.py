@@ -21,8 +21,25 @@ from gateway.route_table import (
 )
 from gateway.schemas import COMPONENTS, NAME, Json, ref
 from gateway.translate import STREAM_TYPES
+from kimball_grpc.core.limits import MAX_PAGE_SIZE, MAX_PAGE_TOKEN_CHARS
 
 _MAX_REPEATED = 1_000  # values of one repeated query parameter
+# The paging parameters of the paged reads (AIP-158): their own schemas and meaning.
+_PAGING: dict[str, tuple[Json, str]] = {
+    "page_size": (
+        {"type": "integer", "minimum": 0},
+        f"At most this many items (above {MAX_PAGE_SIZE}: {MAX_PAGE_SIZE}); a page may hold "
+        "fewer, and has next_page_token when another follows. 0 or absent: the whole answer.",
+    ),
+    "page_token": (
+        {"type": "string", "maxLength": MAX_PAGE_TOKEN_CHARS},
+        "The next_page_token of the previous page, with the other parameters unchanged.",
+    ),
+    "name_prefix": (
+        NAME,
+        "Only the counters of events whose name starts with this (not the global counter).",
+    ),
+}
 
 
 # What a route that adds to the state answers past a limit.
@@ -48,16 +65,17 @@ def _field_parameters(route: Route, query: FieldQuery) -> list[Json]:
             continue
         if field.is_repeated:
             schema = {"type": "array", "items": schema, "maxItems": _MAX_REPEATED}
-        parameters.append(
-            {
-                "name": parameter_name(field),
-                "in": "query",
-                "required": field.name in query.required,
-                "schema": schema,
-                "style": "form",
-                "explode": True,
-            }
-        )
+        parameter: Json = {
+            "name": parameter_name(field),
+            "in": "query",
+            "required": field.name in query.required,
+            "schema": schema,
+            "style": "form",
+            "explode": True,
+        }
+        if field.name in _PAGING:
+            parameter["schema"], parameter["description"] = _PAGING[field.name]
+        parameters.append(parameter)
     return parameters
 
 
@@ -100,6 +118,11 @@ def _operation(route: Route) -> Json:
         "404": _error("Not found (a user with no events, a feature spec)"),
         "503": _error("Kimball's gRPC server is unavailable"),
     }
+    if "page_size" in route.rule.request_type.DESCRIPTOR.fields_by_name:
+        responses["429"] = _error(
+            "The whole answer would be larger than the server's max_response_bytes: ask for "
+            "pages (page_size)"
+        )
     if route.answer is None:
         responses["204"] = {"description": "Done"}
     else:

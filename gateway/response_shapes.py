@@ -2,6 +2,9 @@
 
 Pure presentation: each function renders one protobuf response. No decision about
 the data is made here.
+
+A page of a paged read adds ``next_page_token`` only when another page follows: a client
+that asks for no pages gets a whole answer, in exactly the original's shape.
 """
 
 from __future__ import annotations
@@ -35,14 +38,22 @@ def analytics_json(response: pb.GetAnalyticsResponse) -> Json:
             item["year"] = c.year
             item["week"] = c.week
         counts.append(item)
-    return {"counts": counts}
+    return _paged({"counts": counts}, response)
+
+
+def _paged(out: dict[str, Json], response: Message) -> Json:
+    """``out`` with the response's ``next_page_token`` when another page follows."""
+    token = getattr(response, "next_page_token", "")
+    if token:
+        out["next_page_token"] = token
+    return out
 
 
 def strings_json(field: str) -> Callable[[Message], Json]:
     """A response's repeated string ``field`` as ``{field: [...]}``."""
 
     def render(response: Message) -> Json:
-        return {field: list(getattr(response, field))}
+        return _paged({field: list(getattr(response, field))}, response)
 
     return render
 
@@ -109,7 +120,8 @@ def feature_spec_json(spec: pb.FeatureSpec) -> Json:
 
 def feature_specs_json(specs: pb.FeatureSpecs) -> Json:
     """Every feature spec and the set's version."""
-    return {"featureSpecs": [feature_spec_json(s) for s in specs.specs], "version": specs.version}
+    out = {"featureSpecs": [feature_spec_json(s) for s in specs.specs], "version": specs.version}
+    return _paged(out, specs)
 
 
 def features_json(response: pb.EvaluateFeaturesResponse) -> Json:

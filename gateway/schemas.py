@@ -25,6 +25,8 @@ _COUNT: Json = {"type": "integer", "minimum": 0}
 _NUMBER: Json = {"type": "number"}
 _STRING: Json = {"type": "string"}
 _MAX_EVENTS = 10_000  # events in one request, as the engine takes them
+# A page of a paged read, when another follows: where it starts.
+_NEXT_PAGE: Json = {"next_page_token": _STRING}
 
 
 def ref(name: str) -> Json:
@@ -46,8 +48,8 @@ def _array(items: Json) -> Json:
 
 
 def strings(key: str) -> Json:
-    """``{key: [string, ...]}``."""
-    return _object({key: _array(_STRING)})
+    """``{key: [string, ...]}``, and ``next_page_token`` when another page follows."""
+    return _object({key: _array(_STRING), **_NEXT_PAGE}, required=[key])
 
 
 COMPONENTS: Json = {
@@ -147,7 +149,7 @@ CREATE_GOAL: Json = {
 FEATURE_SPEC: Json = ref("FeatureSpec")  # a body and an answer
 
 # Answers.
-ANALYTICS: Json = _object({"counts": _array(ref("Counter"))})
+ANALYTICS: Json = _object({"counts": _array(ref("Counter")), **_NEXT_PAGE}, required=["counts"])
 STREAM_EVENTS: Json = _object({"accepted": _COUNT, "messages": _COUNT})
 PREDICTIONS: Json = _object(
     {
@@ -164,7 +166,10 @@ NUDGES: Json = _object(
         "user_id": _STRING,
     }
 )
-FEATURE_SPECS: Json = _object({"featureSpecs": _array(FEATURE_SPEC), "version": _COUNT})
+FEATURE_SPECS: Json = _object(
+    {"featureSpecs": _array(FEATURE_SPEC), "version": _COUNT, **_NEXT_PAGE},
+    required=["featureSpecs", "version"],
+)
 FEATURES: Json = _object(
     {"features": {"type": "object", "additionalProperties": {"type": "boolean"}}}
 )

@@ -18,7 +18,7 @@ from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.metrics import Metrics
-from kimball_grpc.outbound.channels import KIMBALL_MESSAGES, insecure_channel
+from kimball_grpc.outbound.channels import insecure_channel, kimball_messages
 
 BACKLOG = 1024  # connections the kernel holds before they are accepted (aiohttp's: 128)
 # After an answer that left part of a body unread (a 401, a 408 for a slow body), the
@@ -43,9 +43,10 @@ class RunningGateway:
         await self.channel.close()
 
 
-def network_channel(grpc_target: str) -> grpc.aio.Channel:
-    """A channel to a Kimball gRPC server elsewhere, with the server's message limit."""
-    return insecure_channel(grpc_target, KIMBALL_MESSAGES)
+def network_channel(grpc_target: str, max_response_bytes: int) -> grpc.aio.Channel:
+    """A channel to a Kimball gRPC server elsewhere, taking answers as large as it sends
+    (its ``max_response_bytes``)."""
+    return insecure_channel(grpc_target, kimball_messages(max_response_bytes))
 
 
 async def start_gateway(

@@ -119,7 +119,14 @@ async def start_server(settings: Settings) -> RunningServer:
         deadline=settings.external_prediction_deadline_ms / 1000,
     )
     pb_grpc.add_KimballServiceServicer_to_server(
-        KimballService(engine, ingestor, hub, external, metrics.lose_feature_usage),
+        KimballService(
+            engine,
+            ingestor,
+            hub,
+            external,
+            metrics.lose_feature_usage,
+            settings.max_response_bytes,
+        ),
         front.handlers,
     )
     integration_grpc.add_KimballIntegrationServicer_to_server(
@@ -219,7 +226,7 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     configured = settings.api_auth_tokens if settings.api_auth else ()
     checker = TokenChecker(configured) if configured else None
     rest_host = settings.grpc_host.strip("[]")
-    channel = network_channel(grpc_target)
+    channel = network_channel(grpc_target, settings.max_response_bytes)
     stop = stop_signals()
     gateway = await start_gateway(
         rest_host, settings.api_port, channel, None, checker, settings.http_limits

@@ -38,6 +38,10 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """The gRPC server's options: message limits and the connection limits of ``settings``.
 
+    Requests are at most MAX_MESSAGE_BYTES (a batch of events is far less; more is memory
+    a caller could make the server hold); answers at most ``max_response_bytes`` (paged
+    reads stay within it, and a whole answer past it is refused with a message to page).
+
     A client pinging more often than ``grpc_min_ping_interval_s`` (at most the minute
     sidecars ping at on their relay stream; gRPC's default of 5 min would end those
     connections) gets a strike per ping; past ``grpc_max_ping_strikes`` its connection
@@ -48,7 +52,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     """
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", settings.max_response_bytes),
         ("grpc.server_handshake_timeout_ms", _ms(settings.grpc_handshake_timeout_s)),
         (
             "grpc.http2.min_recv_ping_interval_without_data_ms",

@@ -16,12 +16,21 @@ import grpc
 
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec import proto_mapping
+from kimball_grpc.core.counters import counter_key
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidArgument, KimballError, LimitExceeded
 from kimball_grpc.core.events import Event
 from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
 from kimball_grpc.core.limits import MAX_SUBSCRIPTION_EVENT_NAMES
 from kimball_grpc.core.names import check_name, check_namespace
+from kimball_grpc.core.paging import (
+    PageRequest,
+    itself,
+    name_key,
+    named_after,
+    page,
+    page_request,
+)
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -75,6 +84,91 @@ async def accept_integration_stream(
     return integration_pb.Response(code=0)
 
 
+# The paged reads: request to response, each built in one function (a sidecar answers
+# ListFeatureSpecs from its copy of the specs with the same one).
+
+
+def analytics_response(
+    engine: Engine, request: pb.GetAnalyticsRequest, max_bytes: int
+) -> pb.GetAnalyticsResponse:
+    """``GetAnalytics``: the namespace's counters, of events with ``name_prefix`` if given,
+    whole or the page asked for, within ``max_bytes``."""
+    namespace = check_namespace(request.namespace)
+    prefix = check_name("name_prefix", request.name_prefix, required=False)
+    paging = page_request(
+        ("GetAnalytics", namespace, prefix), request.page_size, request.page_token
+    )
+    goals = engine.goal_set(namespace)
+    counts, token = page(
+        engine.counters_after(namespace, prefix, paging.after),
+        counter_key,
+        paging,
+        lambda counter: proto_mapping.counter_to_proto(counter, goals),
+        proto_mapping.field_bytes,
+        max_bytes,
+    )
+    return pb.GetAnalyticsResponse(counts=counts, next_page_token=token)
+
+
+def goals_response(
+    engine: Engine, request: pb.ListGoalsRequest, max_bytes: int
+) -> pb.ListGoalsResponse:
+    """``ListGoals``: the namespace's goals by name, whole or the page asked for."""
+    namespace = check_namespace(request.namespace)
+    paging = page_request(("ListGoals", namespace), request.page_size, request.page_token)
+    goals, token = _names_page(engine.goals(namespace), paging, max_bytes)
+    return pb.ListGoalsResponse(goals=goals, next_page_token=token)
+
+
+def namespaces_response(
+    engine: Engine, request: pb.ListNamespacesRequest, max_bytes: int
+) -> pb.ListNamespacesResponse:
+    """``ListNamespaces``: the namespaces by name, whole or the page asked for."""
+    paging = page_request(("ListNamespaces",), request.page_size, request.page_token)
+    namespaces, token = _names_page(engine.namespaces(), paging, max_bytes)
+    return pb.ListNamespacesResponse(namespaces=namespaces, next_page_token=token)
+
+
+def feature_specs_response(
+    flags: FeatureFlags, request: pb.ListFeatureSpecsRequest, max_bytes: int
+) -> pb.FeatureSpecs:
+    """``ListFeatureSpecs``: the specs by name, whole or the page asked for; the version
+    and fingerprint are the whole set's."""
+    paging = page_request(("ListFeatureSpecs",), request.page_size, request.page_token)
+    whole = proto_mapping.flags_to_proto(flags)  # by name
+    specs, token = page(
+        named_after(whole.specs, _spec_name, paging.after),
+        _spec_key,
+        paging,
+        itself,
+        proto_mapping.field_bytes,
+        max_bytes,
+    )
+    return pb.FeatureSpecs(
+        specs=specs, version=whole.version, fingerprint=whole.fingerprint, next_page_token=token
+    )
+
+
+def _names_page(names: Sequence[str], paging: PageRequest, max_bytes: int) -> tuple[list[str], str]:
+    """A page of sorted ``names``."""
+    return page(
+        named_after(names, itself, paging.after),
+        name_key,
+        paging,
+        itself,
+        proto_mapping.field_bytes,
+        max_bytes,
+    )
+
+
+def _spec_name(spec: pb.FeatureSpec) -> str:
+    return spec.name
+
+
+def _spec_key(spec: pb.FeatureSpec) -> tuple[str, ...]:
+    return name_key(spec.name)
+
+
 async def evaluate_features(
     request: pb.EvaluateFeaturesRequest,
     flags: FeatureFlags,
@@ -108,6 +202,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         hub: SubscriptionHub,
         external: ExternalPredictions,
         usage_lost: Callable[[KimballError], None],
+        max_response_bytes: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         draw: Callable[[], float] = random.random,
     ) -> None:
@@ -115,6 +210,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         self.ingestor = ingestor
         self.hub = hub
         self.external = external
+        self.max_response_bytes = max_response_bytes  # a whole answer's or a page's limit
         self.usage_lost = usage_lost  # a feature usage that could not be stored
         self.clock = clock
         self.draw = draw  # a user without user_id gets a random draw in a rollout
@@ -134,21 +230,17 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return await accept_stream(request_iterator, self.ingestor.accept)
 
     async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
-        goals = set(self.engine.goals(request.namespace))
-        counters = self.engine.counters(request.namespace)
-        return pb.GetAnalyticsResponse(
-            counts=[proto_mapping.counter_to_proto(c, goals) for c in counters]
-        )
+        return analytics_response(self.engine, request, self.max_response_bytes)
 
     async def CreateGoal(self, request: pb.CreateGoalRequest, context: Context):
         await self.ingestor.create_goal(request.namespace, request.goal_name)
         return pb.CreateGoalResponse()
 
     async def ListGoals(self, request: pb.ListGoalsRequest, context: Context):
-        return pb.ListGoalsResponse(goals=self.engine.goals(request.namespace))
+        return goals_response(self.engine, request, self.max_response_bytes)
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Context):
-        return pb.ListNamespacesResponse(namespaces=self.engine.namespaces())
+        return namespaces_response(self.engine, request, self.max_response_bytes)
 
     async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
         if request.user_id or request.events:
@@ -204,7 +296,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return proto_mapping.spec_to_proto(self.engine.flags.get(request.name))
 
     async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
-        return proto_mapping.flags_to_proto(self.engine.flags)
+        return feature_specs_response(self.engine.flags, request, self.max_response_bytes)
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         await self.ingestor.delete_feature_spec(request.name)

@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kimball_grpc.codec.error_details import error_metadata
 from kimball_grpc.codec.proto_mapping import counter_type_name
 from kimball_grpc.core.errors import InvalidArgument
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES_CEILING
 from kimball_grpc.core.names import check_name, check_text, check_value
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -102,11 +103,43 @@ def describe_rpc_error(error: grpc.RpcError, connection: Connection) -> str:
     return text
 
 
+def _channel(connection: Connection) -> grpc.Channel:
+    """A channel to Kimball that takes any answer a Kimball server may send (whatever its
+    max_response_bytes); what is sent is as small as the server takes."""
+    return grpc.insecure_channel(
+        connection.target,
+        options=[
+            ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES_CEILING),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
 def _call(connection: Connection, method: str, request: Message) -> Any:
     """The response of one unary call of ``KimballService`` ``method``."""
-    with grpc.insecure_channel(connection.target) as channel:
+    with _channel(connection) as channel:
         rpc = getattr(pb_grpc.KimballServiceStub(channel), method)
         return rpc(request, timeout=connection.timeout, metadata=connection.metadata())
+
+
+def _every_page(connection: Connection, method: str, request: Message, field: str) -> Any:
+    """Every page of the paged read ``method`` as one response, all the items in ``field``
+    (asked for in pages: a whole answer could pass the server's max_response_bytes).
+    ``--timeout`` applies to each page."""
+    request.page_size = MAX_PAGE_SIZE
+    with _channel(connection) as channel:
+        rpc = getattr(pb_grpc.KimballServiceStub(channel), method)
+        whole = None
+        while True:
+            page = rpc(request, timeout=connection.timeout, metadata=connection.metadata())
+            if whole is None:
+                whole = page
+            else:
+                getattr(whole, field).extend(getattr(page, field))
+            if not page.next_page_token:
+                whole.next_page_token = ""
+                return whole
+            request.page_token = page.next_page_token
 
 
 def parse_datetime(text: str) -> Timestamp:
@@ -154,7 +187,7 @@ def load(connection: Connection, source: str, options: LoadOptions) -> None:
         events = _events(_decoded(stream), connection.namespace, options)
         upload = _Upload(events, options.batch, progress)
         try:
-            with grpc.insecure_channel(connection.target) as channel:
+            with _channel(connection) as channel:
                 response = pb_grpc.KimballServiceStub(channel).StreamEvents(
                     iter(upload), timeout=connection.timeout, metadata=connection.metadata()
                 )
@@ -314,15 +347,15 @@ class _Upload:
 
 
 def analytics(connection: Connection, *, as_json: bool = False) -> None:
-    """Print the counters of the namespace."""
+    """Print the counters of the namespace, every page."""
     request = pb.GetAnalyticsRequest(namespace=connection.namespace)
-    _show(_call(connection, "GetAnalytics", request), as_json, _counters_table)
+    _show(_every_page(connection, "GetAnalytics", request, "counts"), as_json, _counters_table)
 
 
 def goals(connection: Connection, *, as_json: bool = False) -> None:
-    """Print the goals of the namespace."""
+    """Print the goals of the namespace, every page."""
     request = pb.ListGoalsRequest(namespace=connection.namespace)
-    _show(_call(connection, "ListGoals", request), as_json, _goals_table)
+    _show(_every_page(connection, "ListGoals", request, "goals"), as_json, _goals_table)
 
 
 def predictions(

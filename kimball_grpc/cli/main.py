@@ -21,6 +21,7 @@ from kimball_grpc.config.settings import (
     load_settings,
     parse_fsync_policy,
     parse_limit,
+    parse_max_response_bytes,
     parse_port,
     parse_seconds,
 )
@@ -54,6 +55,16 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a positive number of seconds, got {value!r}"
         ) from None
+
+
+def _add_max_response_bytes(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--max-response-bytes",
+        type=_flag(parse_max_response_bytes, "--max-response-bytes"),
+        help="the largest answer sent or taken from a Kimball server; a whole answer past it "
+        "is refused, telling the client to page (env KIMBALL_MAX_RESPONSE_BYTES; "
+        "default 67108864, 64 MiB)",
+    )
 
 
 def _batch_size(value: str) -> int:
@@ -104,6 +115,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             help=f"the {limit.noun} limit (env {limit.setting}; default {limit.default:,}; "
             f"see docs/operations.md)",
         )
+    _add_max_response_bytes(run)
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
@@ -113,6 +125,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--api-port", type=_flag(parse_port, "--api-port"), help="REST port (default 8080)"
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
+    _add_max_response_bytes(gateway)
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument(
         "--target",
@@ -240,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         return check_health(args.target, args.timeout)
     if args.command not in ("serve", "gateway"):
         return _run_client_command(args)
-    overrides = {"grpc_host": args.grpc_host, "api_port": args.api_port}
+    overrides = {
+        "grpc_host": args.grpc_host,
+        "api_port": args.api_port,
+        "max_response_bytes": args.max_response_bytes,
+    }
     if args.command == "serve":
         overrides |= {
             "grpc_port": args.grpc_port,

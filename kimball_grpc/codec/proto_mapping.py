@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.core.counters import Counter, CounterKind
@@ -84,7 +86,7 @@ def accepted_to_proto(
     )
 
 
-def counter_to_proto(counter: Counter, goals: set[str]) -> pb.Counter:
+def counter_to_proto(counter: Counter, goals: AbstractSet[str]) -> pb.Counter:
     return pb.Counter(
         name=counter.name,
         type=_COUNTER_TYPES[counter.kind],
@@ -170,6 +172,13 @@ def spec_to_proto(spec: FeatureSpec) -> pb.FeatureSpec:
 def spec_message_size(spec: FeatureSpec) -> int:
     """The bytes ``spec`` takes in the message that carries the specs to sidecars."""
     return spec_to_proto(spec).ByteSize() + 5  # its tag and length in FeatureSpecs
+
+
+def field_bytes(item: Message | str) -> int:
+    """The bytes ``item``, a message or a string, takes as one element of a repeated field
+    numbered 1 to 15: its one-byte tag, its length and itself."""
+    size = len(item.encode()) if isinstance(item, str) else item.ByteSize()
+    return 1 + (max(size.bit_length(), 1) + 6) // 7 + size  # tag, varint length, bytes
 
 
 def flags_to_proto(flags: FeatureFlags) -> pb.FeatureSpecs:

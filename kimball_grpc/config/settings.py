@@ -19,11 +19,14 @@ from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import (
     COUNTERS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_SPOOL_MAX_EVENTS,
     EVENT_NAMES,
     FEATURE_SPECS,
     GOALS,
     KEEPALIVE_PING_SECONDS,
+    MAX_MESSAGE_BYTES,
+    MAX_RESPONSE_BYTES_CEILING,
     NAMESPACES,
     STATE_LIMITS,
     Limit,
@@ -90,6 +93,9 @@ class Settings:
     external_grpc_event_targets: tuple[tuple[str, int], ...] = ()
     external_grpc_prediction_targets: tuple[PredictionTarget, ...] = ()
     external_prediction_deadline_ms: int = 200
+    # The largest answer sent (and received from a Kimball server): a whole analytics or
+    # list answer past it is refused, telling the client to page.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # Durability: where snapshots go (a URI, or the original's bucket variables), the
     # write-ahead log's fsync policy, how often a snapshot is taken.
     storage_uri: str = ""
@@ -256,6 +262,18 @@ def parse_port(name: str, value: str) -> int:
     return port
 
 
+def parse_max_response_bytes(name: str, value: str) -> int:
+    """The largest answer, in bytes, from text (a flag or a variable called ``name``), or
+    ``ConfigError``: from MAX_MESSAGE_BYTES (what other answers need) to gRPC's ceiling."""
+    limit = _whole_number(name, value, "a whole number of bytes")
+    if not MAX_MESSAGE_BYTES <= limit <= MAX_RESPONSE_BYTES_CEILING:
+        raise ConfigError(
+            f"{name} must be between {MAX_MESSAGE_BYTES} (4 MiB) and "
+            f"{MAX_RESPONSE_BYTES_CEILING} bytes, got {value!r}"
+        )
+    return limit
+
+
 def parse_analytics_host(name: str, value: str) -> str:
     """The api server's gRPC address from text: ``host:port``, ``[v6]:port``, or a host
     alone (port 50051), optionally as ``grpc://...``; ``ConfigError`` otherwise."""
@@ -327,6 +345,10 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         out["external_prediction_deadline_ms"] = _milliseconds(
             "KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS",
             environ["KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS"],
+        )
+    if environ.get("KIMBALL_MAX_RESPONSE_BYTES"):
+        out["max_response_bytes"] = parse_max_response_bytes(
+            "KIMBALL_MAX_RESPONSE_BYTES", environ["KIMBALL_MAX_RESPONSE_BYTES"]
         )
     if environ.get("KIMBALL_DATA_DIR"):
         out["data_dir"] = Path(environ["KIMBALL_DATA_DIR"])

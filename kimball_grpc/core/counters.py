@@ -77,3 +77,14 @@ class Counter:
     def nbytes(self) -> int:
         """Bytes of Bloom filter storage."""
         return self.filter.nbytes
+
+
+def counter_key(counter: Counter) -> tuple[str, ...]:
+    """A counter's place in its namespace: the global counter first, then named counters
+    by name, then weekly ones by name and week (year and week zero-padded, so that keys
+    of strings sort as the numbers do)."""
+    if counter.kind is CounterKind.INTERNAL:
+        return ("0",)
+    if counter.kind is CounterKind.NAMED:
+        return ("1", counter.name)
+    return ("2", counter.name, f"{counter.iso_year:04d}", f"{counter.iso_week:02d}")

@@ -6,10 +6,12 @@ of records replayed into a restored snapshot rebuilds the same state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from kimball_grpc.core.bloom import KeyHash, hash_key
 from kimball_grpc.core.counter_config import (
@@ -19,11 +21,12 @@ from kimball_grpc.core.counter_config import (
     CounterRule,
     DateCohort,
 )
-from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
+from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind, counter_key
 from kimball_grpc.core.errors import InvalidArgument, NotFound
 from kimball_grpc.core.feature_flags import FeatureFlags
 from kimball_grpc.core.limits import MAX_EVENTS_PER_PREDICTION
 from kimball_grpc.core.names import check_name, check_namespace, check_text
+from kimball_grpc.core.paging import itself, name_key
 from kimball_grpc.core.predictions import (
     GOAL_AMONG_EVENTS_NOTE,
     EventEvidence,
@@ -45,14 +48,74 @@ class Namespace:
     named: dict[str, Counter] = field(default_factory=dict)
     weekly: dict[WeekKey, Counter] = field(default_factory=dict)
     goals: set[str] = field(default_factory=set)
+    # The keys of named and weekly, sorted: kept between reads (a page of 220,000 names
+    # would sort them all again), brought up to date when counters were added (they
+    # never go away).
+    _sorted_names: list[str] = field(default_factory=list, init=False, repr=False)
+    _sorted_weeks: list[WeekKey] = field(default_factory=list, init=False, repr=False)
 
     def counters(self) -> list[Counter]:
         """Every counter: global first, then named by name, then weekly by name and week."""
         return (
             [self.global_counter]
-            + [self.named[n] for n in sorted(self.named)]
-            + [self.weekly[k] for k in sorted(self.weekly)]
+            + [self.named[n] for n in self.sorted_names()]
+            + [self.weekly[k] for k in self.sorted_weeks()]
         )
+
+    def sorted_names(self) -> list[str]:
+        """The event names of the named counters, sorted."""
+        self._sorted_names = _caught_up(self._sorted_names, self.named)
+        return self._sorted_names
+
+    def sorted_weeks(self) -> list[WeekKey]:
+        """The (name, ISO year, ISO week) of the weekly counters, sorted."""
+        self._sorted_weeks = _caught_up(self._sorted_weeks, self.weekly)
+        return self._sorted_weeks
+
+
+K = TypeVar("K", str, WeekKey)
+
+
+def _caught_up(sorted_keys: list[K], keys: dict[K, Counter]) -> list[K]:
+    """``sorted_keys`` with the keys added to ``keys`` since (a dict keeps its insertion
+    order, and counters are only ever added): a merge of two sorted runs, which the sort
+    does in linear time. A new list, so that a read going through the old one is safe."""
+    if len(sorted_keys) == len(keys):
+        return sorted_keys
+    added = list(keys)[len(sorted_keys) :]
+    return sorted(sorted_keys + sorted(added))
+
+
+def _week_key(week: WeekKey) -> tuple[str, ...]:
+    """A weekly counter's ``counter_key`` without its section."""
+    name, year, number = week
+    return (name, f"{year:04d}", f"{number:02d}")
+
+
+def _week_name(week: WeekKey) -> str:
+    return week[0]
+
+
+def _start_after(
+    keys: list[K], section: str, after: tuple[str, ...] | None, key: Callable[[K], object]
+) -> int:
+    """Where the keys of a ``counter_key`` section (sorted ``keys``, compared by ``key``
+    without the section) pass ``after``."""
+    if after is None or after[0] < section:
+        return 0
+    if after[0] > section:
+        return len(keys)
+    return bisect.bisect_right(keys, after[1:], key=key)
+
+
+def _with_prefix(keys: list[K], start: int, prefix: str, name: Callable[[K], str]) -> Iterator[K]:
+    """``keys[start:]`` (sorted, by name first) whose name starts with ``prefix``."""
+    if prefix:
+        start = max(start, bisect.bisect_left(keys, prefix, key=name))
+    for index in range(start, len(keys)):
+        if not name(keys[index]).startswith(prefix):
+            return
+        yield keys[index]
 
 
 class GrowthKind(StrEnum):
@@ -232,10 +295,34 @@ class Engine:
         ns = self._namespaces.get(check_namespace(namespace))
         return sorted(ns.goals) if ns else []
 
+    def goal_set(self, namespace: str) -> AbstractSet[str]:
+        """The namespace's goals, to test names against (not to change)."""
+        ns = self._namespaces.get(check_namespace(namespace))
+        return ns.goals if ns else frozenset()
+
     def counters(self, namespace: str) -> list[Counter]:
         """The namespace's counters (analytics); empty for an unknown namespace."""
         ns = self._namespaces.get(check_namespace(namespace))
         return ns.counters() if ns else []
+
+    def counters_after(
+        self, namespace: str, name_prefix: str, after: tuple[str, ...] | None
+    ) -> Iterator[Counter]:
+        """The namespace's counters in ``counter_key`` order, from the first whose key is
+        above ``after`` (None: from the start); with ``name_prefix``, only those of events
+        whose name starts with it (not the global counter). Each step costs a lookup,
+        whatever the namespace's size."""
+        ns = self._namespaces.get(check_namespace(namespace))
+        if ns is None:
+            return
+        if not name_prefix and (after is None or counter_key(ns.global_counter) > after):
+            yield ns.global_counter
+        names = ns.sorted_names()
+        start = _start_after(names, "1", after, name_key)
+        yield from (ns.named[n] for n in _with_prefix(names, start, name_prefix, itself))
+        weeks = ns.sorted_weeks()
+        start = _start_after(weeks, "2", after, _week_key)
+        yield from (ns.weekly[k] for k in _with_prefix(weeks, start, name_prefix, _week_name))
 
     def events_for_user(self, namespace: str, user_id: str) -> list[str]:
         """Named events whose counters contain the user."""

@@ -66,6 +66,12 @@ class LimitExceeded(KimballError):
         return self.details["limit"]
 
 
+class ResourceExhausted(KimballError):
+    """A limit was reached (e.g. an answer larger than the server sends); nothing changed."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
 class FailedPrecondition(KimballError):
     """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
 

@@ -17,14 +17,16 @@ import grpc
 
 from kimball_grpc.codec.error_details import error_info
 from kimball_grpc.core.errors import KimballError
+from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.outbound.channels import (
     KEEP_IDLE_CONNECTION,
     KEEPALIVE,
-    KIMBALL_MESSAGES,
     QUICK_RECONNECT,
     insecure_channel,
+    is_over_receive_limit,
+    kimball_messages,
 )
 
 FORWARD_TIMEOUT_SECONDS = 30.0  # for a call that came without a deadline
@@ -52,23 +54,28 @@ def bearer_metadata(token: str | None) -> Metadata:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def relay_channel(address: str) -> grpc.aio.Channel:
-    """A channel to the api server: Kimball's message sizes, kept while quiet, back within
-    seconds after a restart, and keepalive pings so the relay stream notices a lost peer."""
+def relay_channel(address: str, max_response_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    """A channel to the api server: Kimball's message sizes (answers up to
+    ``max_response_bytes``: the relay's acknowledgements are small, forwarded reads need
+    the sidecar's setting), kept while quiet, back within seconds after a restart, and
+    keepalive pings so the relay stream notices a lost peer."""
     return insecure_channel(
-        address, KIMBALL_MESSAGES, KEEP_IDLE_CONNECTION, QUICK_RECONNECT, KEEPALIVE
+        address,
+        kimball_messages(max_response_bytes),
+        KEEP_IDLE_CONNECTION,
+        QUICK_RECONNECT,
+        KEEPALIVE,
     )
 
 
 class ApiServerClient:
     """Stubs for the api server at ``address``, on one kept channel."""
 
-    def __init__(
-        self, address: str, token: str | None, channel: grpc.aio.Channel | None = None
-    ) -> None:
+    def __init__(self, address: str, token: str | None, max_response_bytes: int) -> None:
         self.address = address
         self.metadata = bearer_metadata(token)
-        self.channel = channel or relay_channel(address)
+        self.max_response_bytes = max_response_bytes
+        self.channel = relay_channel(address, max_response_bytes)
         self.service = pb_grpc.KimballServiceStub(self.channel)
         self.integration = integration_grpc.KimballIntegrationStub(self.channel)
         self._streams: set[grpc.aio.Call] = set()
@@ -120,6 +127,16 @@ class ApiServerClient:
         if code is grpc.StatusCode.UNAVAILABLE and not info.reason:
             return ApiServerError(
                 "UNAVAILABLE", f"the api server at {self.address} is unavailable: {exc.details()}"
+            )
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_over_receive_limit(exc):
+            # This channel's limit, not the api server's refusal: an answer over this
+            # sidecar's max_response_bytes.
+            return ApiServerError(
+                code.name,
+                f"the api server's answer is larger than this sidecar takes "
+                f"(max_response_bytes, {self.max_response_bytes} bytes): ask for pages with "
+                f"page_size, or give the sidecar the api server's KIMBALL_MAX_RESPONSE_BYTES",
+                limit="max_response_bytes",
             )
         reason = info.reason or "ApiServerError"
         return ApiServerError(code.name, exc.details() or code.name, reason, **info.metadata)

@@ -11,11 +11,24 @@ from kimball_grpc.core.limits import KEEPALIVE_PING_SECONDS, MAX_MESSAGE_BYTES
 
 ChannelOptions = tuple[tuple[str, int], ...]
 
-# Kimball's own message limit each way: for channels to a Kimball server.
-KIMBALL_MESSAGES: ChannelOptions = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-)
+
+def kimball_messages(max_response_bytes: int) -> ChannelOptions:
+    """Kimball's own message limits, for a channel to a Kimball server: requests as large
+    as it takes, answers as large as it sends (its ``max_response_bytes``)."""
+    return (
+        ("grpc.max_receive_message_length", max_response_bytes),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    )
+
+
+def is_over_receive_limit(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed because its answer was larger than this channel takes (its
+    ``max_receive_message_length``), not because the server refused it."""
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        "Received message larger than max" in (error.details() or "")
+    )
+
+
 # gRPC drops an unused connection after 30 min; a quiet peer is not an outage.
 KEEP_IDLE_CONNECTION: ChannelOptions = (("grpc.client_idle_timeout_ms", 2**31 - 1),)
 # Calls fail fast while the peer is down, and work again within seconds once it is back

@@ -86,12 +86,18 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
     )
     metrics.watch_log(spool.wal)
     configured = settings.api_auth_tokens[0] if settings.api_auth_tokens else None
-    api = ApiServerClient(settings.analytics_host, settings.analytics_token or configured)
+    api = ApiServerClient(
+        settings.analytics_host,
+        settings.analytics_token or configured,
+        settings.max_response_bytes,
+    )
     sender = RelaySender(spool, settings.analytics_host, api.metadata)
     watch_relay(metrics.registry, sender)
     specs = SpecCopy(settings.data_dir / FEATURE_SPECS_FILE, api)
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE))
-    service = SidecarService(spool, api, specs, metrics.lose_feature_usage)
+    service = SidecarService(
+        spool, api, specs, metrics.lose_feature_usage, settings.max_response_bytes
+    )
     pb_grpc.add_KimballServiceServicer_to_server(service, front.handlers)
     integration_grpc.add_KimballIntegrationServicer_to_server(
         SidecarIntegration(spool, api), front.handlers

@@ -3,7 +3,8 @@
 Events go into the local spool and are acknowledged once there; the relay sender
 delivers them. Feature flags are answered from the local copy of the specs.
 Everything else (analytics, goals, predictions, nudges, subscriptions, spec
-changes) is forwarded to the api server and answered with its response.
+changes) is forwarded to the api server and answered with its response (paged reads
+as asked: their page tokens are the api server's).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from datetime import UTC, datetime
 
 import grpc
 
-from kimball_grpc.api.servicers import accept_integration_stream, accept_stream, evaluate_features
+from kimball_grpc.api.servicers import (
+    accept_integration_stream,
+    accept_stream,
+    evaluate_features,
+    feature_specs_response,
+)
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.errors import KimballError
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
@@ -37,6 +43,7 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         api: ApiServerClient,
         specs: SpecCopy,
         usage_lost: Callable[[KimballError], None],
+        max_response_bytes: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         draw: Callable[[], float] = random.random,
     ) -> None:
@@ -44,6 +51,7 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         self.api = api
         self.specs = specs
         self.usage_lost = usage_lost  # a feature usage that could not be spooled
+        self.max_response_bytes = max_response_bytes  # for the specs, answered here
         self.clock = clock
         self.draw = draw
 
@@ -92,7 +100,7 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         return proto_mapping.spec_to_proto(self.specs.flags.get(request.name))
 
     async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
-        return proto_mapping.flags_to_proto(self.specs.flags)
+        return feature_specs_response(self.specs.flags, request, self.max_response_bytes)
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         return await self.api.call(self.api.service.DeleteFeatureSpec, request, context)

@@ -54,7 +54,9 @@ async def rest(server: RunningServer, request) -> AsyncIterator[RunningGateway]:
     channel = (
         server.local_channel
         if request.param == "local"
-        else network_channel(f"127.0.0.1:{server.grpc_port}")
+        else network_channel(
+            f"127.0.0.1:{server.grpc_port}", server.front.settings.max_response_bytes
+        )
     )
     async with gateway_of(server, channel) as gateway:
         yield gateway

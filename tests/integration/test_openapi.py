@@ -31,7 +31,8 @@ async def test_document_lists_every_route_with_the_original_parameter_names(http
     assert [(p["name"], p["in"]) for p in spec] == [("name", "path")]
 
 
-async def test_the_routes_that_add_to_the_state_document_the_limits_429(http) -> None:
+async def test_the_routes_that_can_answer_429_document_it(http) -> None:
+    """Routes that add to the state (growth limits) and paged reads (the answer size limit)."""
     async with http.get("/api-docs/openapi.json") as response:
         paths = (await response.json())["paths"]
     refusing = {
@@ -42,6 +43,10 @@ async def test_the_routes_that_add_to_the_state_document_the_limits_429(http) ->
         ("post", "/v0/analytics:stream"),
         ("post", "/v0/goals"),
         ("post", "/v0/featureSpecs"),
+        ("get", "/v0/analytics"),
+        ("get", "/v0/goals"),
+        ("get", "/v0/namespaces"),
+        ("get", "/v0/featureSpecs"),
     }
 
 

@@ -411,7 +411,9 @@ class TestAuthentication:
         self, server
     ) -> None:
         """``kimball gateway`` without tokens of its own: the server decides, on every value."""
-        channel = network_channel(f"127.0.0.1:{server.grpc_port}")
+        channel = network_channel(
+            f"127.0.0.1:{server.grpc_port}", server.front.settings.max_response_bytes
+        )
         gateway = await start_gateway("127.0.0.1", 0, channel, None, None)
         try:
             async with rest_client(gateway) as http:

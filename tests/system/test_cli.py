@@ -184,6 +184,20 @@ def test_serve_takes_limits_from_flags_and_the_environment(tmp_path: Path) -> No
         stop(process)
 
 
+@pytest.mark.parametrize("command", ["serve", "gateway"])
+@pytest.mark.parametrize("value", ["4194303", "64MiB", "2147483648"])
+def test_serve_and_gateway_refuse_a_bad_max_response_bytes(command: str, value: str) -> None:
+    target = ["--grpc-target", "127.0.0.1:1"] if command == "gateway" else []
+    result = subprocess.run(
+        [*KIMBALL, command, *target, "--max-response-bytes", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--max-response-bytes" in result.stderr and value in result.stderr
+
+
 def test_standalone_gateway_in_front_of_a_remote_server(tmp_path: Path) -> None:
     config = token_config(tmp_path, "tok")
     server = start("--grpc-port", "0", "--data-dir", str(tmp_path), "--config", str(config))

@@ -9,8 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from support.kimball_process import KIMBALL, start, stop, token_config, wait_for_port
+
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 
 TOKEN = "client-commands-test-token"
 
@@ -169,3 +173,32 @@ def test_the_token_flag_is_sent_as_a_bearer_token(server: Server) -> None:
     assert refused.returncode == 1
     assert refused.stderr.startswith("kimball: UNAUTHENTICATED: ")
     assert refused.stderr.endswith("; check --token or KIMBALL_TOKEN\n")
+
+
+def test_analytics_and_goals_print_every_page_of_an_answer_past_the_servers_limit(
+    tmp_path: Path,
+) -> None:
+    limit = 4 * 1024 * 1024  # the smallest max_response_bytes a server takes
+    config = token_config(tmp_path, TOKEN)
+    process = start(
+        "--grpc-port", "0", "--config", str(config), "--data-dir", str(tmp_path),
+        "--max-response-bytes", str(limit),
+        "--max-goals", "20000", "--max-event-names", "20000",
+    )  # fmt: skip
+    try:
+        big = Server(f"127.0.0.1:{wait_for_port(process)}")
+        # 17,000 goals of 250 characters: more than 4 MiB whole, and more than one page.
+        names = [f"{i:05d}" + "x" * 245 for i in range(17_000)]
+        csv = "".join(f"u{i},{name}\n" for i, name in enumerate(names))
+        assert big.ok("load", "--goal", stdin=csv) == "loaded 17000 events\n"
+        with grpc.insecure_channel(big.target) as channel, pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.KimballServiceStub(channel).ListGoals(
+                pb.ListGoalsRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),)
+            )
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        counts = json.loads(big.ok("analytics", "--json"))["counts"]
+        assert [c["name"] for c in counts] == ["global_counter", *names]
+        assert json.loads(big.ok("goals", "--json")) == {"goals": names}
+        assert len(big.ok("goals").splitlines()) == 1 + len(names)
+    finally:
+        stop(process)

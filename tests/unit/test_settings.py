@@ -66,6 +66,7 @@ def test_defaults():
     assert s.config_path is None
     assert s.counter_config.rule_for("any") is DEFAULT_RULE
     assert s.kubernetes_memory_limit is None
+    assert s.max_response_bytes == 64 * 1024 * 1024
 
 
 def test_default_config_path_is_read_when_present(tmp_path, monkeypatch):
@@ -129,6 +130,7 @@ def test_environment_variables_are_read():
         "LOG_LEVEL": "warning",
         "KUBERNETES_MEMORY_LIMIT": "536870912",
         "KIMBALL_DATA_DIR": "/var/kimball",
+        "KIMBALL_MAX_RESPONSE_BYTES": "4194304",
     }
     s = load_settings(env)
     assert s.api_port == 8081
@@ -144,6 +146,7 @@ def test_environment_variables_are_read():
     assert s.log_level == "WARNING"
     assert s.kubernetes_memory_limit == 536870912
     assert s.data_dir == Path("/var/kimball")
+    assert s.max_response_bytes == 4 * 1024 * 1024
 
 
 def test_growth_limits_from_environment_and_flags():
@@ -431,6 +434,13 @@ def test_connection_limits_from_the_environment():
         ({"KIMBALL_GRPC_MIN_PING_INTERVAL": "61"}, ["MIN_PING_INTERVAL", "at most 60", "sidecars"]),
         ({"KIMBALL_GRPC_MAX_PING_STRIKES": "-1"}, ["KIMBALL_GRPC_MAX_PING_STRIKES", "'-1'"]),
         ({"KIMBALL_GRPC_MAX_CONCURRENT_STREAMS": "0"}, ["MAX_CONCURRENT_STREAMS", "at least 1"]),
+        ({"KIMBALL_MAX_RESPONSE_BYTES": "64MiB"}, ["KIMBALL_MAX_RESPONSE_BYTES", "'64MiB'"]),
+        ({"KIMBALL_MAX_RESPONSE_BYTES": "-1"}, ["KIMBALL_MAX_RESPONSE_BYTES", "'-1'"]),
+        ({"KIMBALL_MAX_RESPONSE_BYTES": "4194303"}, ["KIMBALL_MAX_RESPONSE_BYTES", "4194304"]),
+        (
+            {"KIMBALL_MAX_RESPONSE_BYTES": "2147483648"},
+            ["KIMBALL_MAX_RESPONSE_BYTES", "2147483647"],
+        ),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )
