@@ -20,6 +20,7 @@ from kimball_grpc.config.settings import (
     parse_fsync_policy,
     parse_port,
     parse_seconds,
+    parse_snapshots_kept,
 )
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import MAX_BATCH_EVENTS
@@ -48,6 +49,13 @@ def _seconds(value: str) -> float:
 def _fsync_policy(value: str) -> FsyncPolicy:
     try:
         return parse_fsync_policy("--wal-fsync", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _snapshots_kept(value: str) -> int:
+    try:
+        return parse_snapshots_kept("--snapshots-kept", value)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
 
@@ -88,6 +96,19 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--wal-fsync",
         type=_fsync_policy,
         help="write-ahead log fsync: always (default), interval or never (env KIMBALL_WAL_FSYNC)",
+    )
+    run.add_argument(
+        "--snapshots-kept",
+        type=_snapshots_kept,
+        help="verified snapshots kept, the log back to the oldest of them "
+        "(env KIMBALL_SNAPSHOTS_KEPT; default 2)",
+    )
+    run.add_argument(
+        "--wal-skip-damaged",
+        action="store_true",
+        default=None,
+        help="start even if records are lost to a damaged write-ahead log or snapshot, "
+        "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
@@ -232,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": args.data_dir,
             "storage_uri": args.storage_uri,
             "wal_fsync": args.wal_fsync,
+            "snapshots_kept": args.snapshots_kept,
+            "wal_skip_damaged": args.wal_skip_damaged,
         }
     try:
         settings = load_settings(environ, config_path=args.config, overrides=overrides)
