@@ -66,17 +66,13 @@ def make_private_directory(directory: Path) -> None:
             os.mkdir(path, PRIVATE_DIRECTORY)
 
 
-def tighten(path: Path, *, inside_only: bool = False) -> int:
+def tighten(path: Path) -> None:
     """Take every permission of the group and of others off ``path`` and, for a directory,
-    off everything under it (``inside_only``: not off the directory itself, which may be a
-    mount point the operator owns). Earlier versions of Kimball made directories 0755.
-    Returns how many were changed; one warning line says so. What cannot be changed is
-    logged and left."""
+    off everything under it: earlier versions of Kimball made directories 0755. One
+    warning line says what changed; what cannot be changed is logged and left."""
     if not path.exists():
-        return 0
-    paths = [] if inside_only else [path]
-    if path.is_dir():
-        paths.extend(path.rglob("*"))
+        return
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     changed = 0
     for each in paths:
         try:
@@ -89,9 +85,8 @@ def tighten(path: Path, *, inside_only: bool = False) -> int:
             log.warning("cannot make %s its owner's only: %s", each, exc.strerror or exc)
     if changed:
         log.warning(
-            "made %d files and directories in %s their owner's only (0700 and 0600): "
-            "an earlier version left them readable by other users",
-            changed,
+            "%s: made %d files or directories owner-only (0600, 0700); an earlier version "
+            "had left them open to other users",
             path,
+            changed,
         )
-    return changed

@@ -10,13 +10,13 @@ from storage.fsutil import TEMPORARY_SUFFIX, atomic_write, make_private_director
 
 class LocalBlobStore(BlobStore):
     """Objects as files under ``root`` (created when first written), owner-only: files
-    0600, directories 0700. What an earlier version left readable by others under ``root``
-    is made owner-only here (``root`` itself is left as it is: it may be a mount point)."""
+    0600, directories 0700. What an earlier version left readable by others is made
+    owner-only here."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uri = root.resolve().as_uri()
-        tighten(root, inside_only=True)
+        tighten(root)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

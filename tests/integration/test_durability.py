@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.file_modes import loosened, modes_under, not_owner_only
 from support.in_process import (
     crash,
     gateway_of,
@@ -269,3 +270,29 @@ async def test_resuming_from_a_position_the_log_no_longer_holds_is_out_of_range(
         first = server.persistence.snapshot_sequence
         got = await read_replay(stub, pb.SubscribeRequest(after_sequence=first), 1)
         assert got[0].sequence == first + 1 and got[0].replayed
+
+
+async def test_every_file_and_directory_kimball_keeps_is_its_owners_only(tmp_path: Path, caplog):
+    data_dir = tmp_path / "data"  # Kimball makes it
+    async with running(local_settings(data_dir)) as server, stub_of(server) as stub:
+        await feed(stub, range(50))
+        await server.persistence.snapshot()
+        await feed(stub, range(50, 60))
+    newest = sorted((data_dir / "objects" / "snapshots").glob("*.snapshot"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # to be moved aside at the next start
+    async with running(local_settings(data_dir, api_auth=True)):  # generates a token
+        pass
+
+    modes = modes_under(data_dir)
+    assert {"wal", "objects/snapshots/damaged", "api-token"} <= modes.keys()
+    assert any(p.endswith(".wal") for p in modes) and any(p.endswith(".snapshot") for p in modes)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert not_owner_only(data_dir) == {}
+
+    loosened(data_dir)  # as an earlier version left them
+    with caplog.at_level(logging.WARNING):
+        async with running(local_settings(data_dir, api_auth=True)):
+            pass
+    assert not_owner_only(data_dir) == {}
+    assert f"{data_dir / 'wal'}: made " in caplog.text
+    assert f"{data_dir / 'objects'}: made " in caplog.text

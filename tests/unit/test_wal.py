@@ -251,7 +251,7 @@ async def test_the_log_is_its_owners_only_and_an_older_looser_one_is_tightened(
         read_back(directory)
     assert directory.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in directory.iterdir()} == {0o600}
-    assert f"made 4 files and directories in {directory} their owner's only" in caplog.text
+    assert f"{directory}: made 4 files or directories owner-only" in caplog.text
 
 
 async def test_segments_covered_by_a_snapshot_are_removed(tmp_path: Path):
