@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/bench_recovery.py            # defaults, about 1 minute
+    .venv/bin/python bench/bench_recovery.py            # defaults, about 3.5 minutes
     .venv/bin/python bench/bench_recovery.py --quick    # a smoke run, a few seconds
 
 What it measures, in one run (medians of interleaved rounds, with the min/max spread), for
