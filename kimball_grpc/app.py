@@ -35,7 +35,7 @@ from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.blob_store import StorageError
 from storage.location import open_blob_store
 from storage.snapshots import SnapshotStore
-from storage.wal import WriteAheadLog
+from storage.wal import DamagedLog, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +86,22 @@ async def start_server(settings: Settings) -> RunningServer:
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
     wal = WriteAheadLog(
-        settings.wal_dir, settings.wal_fsync, fsync_interval=settings.wal_fsync_interval_ms / 1000
+        settings.wal_dir,
+        settings.wal_fsync,
+        fsync_interval=settings.wal_fsync_interval_ms / 1000,
+        skip_damaged=settings.wal_skip_damaged,
     )
     metrics.watch_log(wal)
     try:
         blobs = open_blob_store(settings.storage or storage_config(settings))
     except (ValueError, StorageError) as exc:
         raise ConfigError(f"storage: {exc}") from None
+    snapshots = SnapshotStore(blobs, keep=settings.snapshots_kept)
+    metrics.watch_snapshots(snapshots)
     persistence = Persistence(
         engine,
         wal,
-        SnapshotStore(blobs),
+        snapshots,
         metrics,
         interval=settings.snapshot_interval_s,
         counter_startup_delay=settings.counter_startup_delay_ms / 1000,
@@ -155,7 +160,7 @@ async def _become_ready(persistence: Persistence, front: GrpcFront) -> None:
     """Restore the state, then take calls and start the periodic snapshots."""
     try:
         await persistence.restore()
-    except StorageError as exc:  # the log's own directory is unusable: nothing to serve
+    except (StorageError, DamagedLog) as exc:  # the log is unusable or lacks records
         log.error("cannot start: %s", exc.message)
         raise
     await front.open()

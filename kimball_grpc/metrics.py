@@ -30,6 +30,7 @@ from kimball_grpc.core.counters import CounterKind
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import KimballError, LimitExceeded
 from kimball_grpc.core.limits import LIMITS
+from storage.snapshots import SnapshotStore
 from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Metrics:
         )
         self.snapshots = Counter(
             "kimball_snapshots",
-            "Snapshots attempted, by result (ok, failed).",
+            "Snapshots attempted, by result: ok (stored and read back whole), failed (the "
+            "backend failed), unverified (stored but did not read back whole: moved aside).",
             ["result"],
             registry=self.registry,
         )
@@ -147,6 +149,10 @@ class Metrics:
     def watch_log(self, wal: WriteAheadLog) -> None:
         """Expose the write-ahead log's figures (read when scraped)."""
         self.registry.register(_WalCollector(wal))
+
+    def watch_snapshots(self, snapshots: SnapshotStore) -> None:
+        """Expose the snapshot store's figures (read when scraped)."""
+        self.registry.register(_SnapshotsCollector(snapshots))
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         """One gRPC call finished with status ``code`` after ``seconds``."""
@@ -224,6 +230,27 @@ class _WalCollector(Collector):
             "kimball_wal_refused_appends",
             "Batches refused because the write-ahead log could not be written (disk error).",
             value=wal.refused,
+        )
+        yield CounterMetricFamily(
+            "kimball_wal_skipped_records",
+            "Records lost at start-up to a damaged write-ahead log or snapshot, skipped "
+            "because the operator chose --wal-skip-damaged.",
+            value=wal.skipped_records,
+        )
+
+
+class _SnapshotsCollector(Collector):
+    """The snapshot store: damaged snapshots moved aside."""
+
+    def __init__(self, snapshots: SnapshotStore) -> None:
+        self._snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "kimball_snapshots_moved_aside",
+            "Snapshots that did not read back whole (at start-up or right after being "
+            "written), moved to snapshots/damaged/.",
+            value=self._snapshots.moved_aside,
         )
 
 

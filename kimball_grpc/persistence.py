@@ -1,10 +1,12 @@
 """Keeping the engine durable: restore at start-up, snapshots while running and at shutdown.
 
 Every state change is in the write-ahead log before it is applied (``Ingestor``).
-A snapshot is the engine state as of a log sequence number, in the blob store;
-the log segments that all kept snapshots cover are removed, so the log
-still holds what falling back to the oldest kept snapshot needs. Start-up loads the
-newest usable snapshot and replays the log after it.
+A snapshot is the engine state as of a log sequence number, in the blob store,
+read back whole before anything it supersedes is deleted; the log segments
+that all kept (verified) snapshots cover are removed, so the log still holds
+what falling back to the oldest kept snapshot needs. Start-up loads the newest
+usable snapshot (moving damaged ones aside) and replays the log after it; a
+record neither gives stops start-up, unless the operator chose to skip it.
 
 A snapshot does not stop ingestion: each namespace is copied at once (between
 two requests), the copies are encoded in small steps between requests, and the
@@ -38,7 +40,7 @@ from kimball_grpc.core.errors import InvalidStoredData
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.outbound.backoff import Backoff
 from storage.blob_store import StorageError
-from storage.snapshots import SnapshotStore
+from storage.snapshots import DamagedSnapshot, SnapshotStore
 from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -93,12 +95,19 @@ class Persistence:
 
         While the blob store is unreachable this waits and retries (with backoff,
         one log line per try): starting without the snapshot would lose data.
+        ``DamagedLog`` if records after the snapshot are in neither it nor the log
+        (unless the log skips damage); ``StorageError`` if the log's directory is unusable.
         """
-        self.wal.open()
         config = self.engine.counter_config
-        restored, found = await self._retrying(
-            "load the newest snapshot", lambda: asyncio.to_thread(self._load, config)
+        restored, sequence = await self._retrying(
+            "load the newest snapshot", lambda: asyncio.to_thread(self._load_snapshot, config)
         )
+        self.wal.open(after=sequence)
+        try:
+            found = await asyncio.to_thread(self._replay, restored, sequence)
+        except BaseException:  # not starting: release the log's file
+            await self.wal.close()
+            raise
         for ns in restored.namespace_objects():
             self.engine.restore_namespace(ns)
         self.engine.flags.replace_all(restored.flags.listed(), restored.flags.version)
@@ -113,32 +122,35 @@ class Persistence:
         )
         return found
 
-    def _load(self, config: CounterConfig) -> tuple[Engine, Restored]:
-        """Snapshot plus log into a new engine (a worker thread: nothing else runs yet)."""
+    def _load_snapshot(self, config: CounterConfig) -> tuple[Engine, int]:
+        """The newest usable snapshot in a new engine, and its sequence (a new, empty
+        engine and 0 without one); runs in a worker thread."""
         pause = self._pause_between_counters()
         loaded = self.snapshots.load_newest(lambda data: decode_state(data, config, pause))
         if loaded is None:
-            sequence, engine = 0, Engine(config)
-        else:
-            sequence, engine = loaded[0].sequence, loaded[1]
+            return Engine(config), 0
+        return loaded.state, loaded.snapshot.sequence
+
+    def _replay(self, engine: Engine, sequence: int) -> Restored:
+        """The log after the snapshot up to ``sequence`` into ``engine`` (a worker thread:
+        nothing else runs yet). Records it lacks go to ``WriteAheadLog.skip_or_stop``."""
+        first = self.wal.first_sequence
+        if first is not None and first > sequence + 1:
+            self.wal.skip_or_stop(
+                sequence + 1,
+                first - 1,
+                f"no usable snapshot holds them (see above for snapshots moved aside) and "
+                f"the log in {self.wal.directory} starts at record {first}",
+            )
         replayed, last = 0, sequence
         for entry in self.wal.entries(after=sequence):
-            if entry.sequence > last + 1:
-                log.error(
-                    "write-ahead log: records %d to %d are missing (lost with damaged "
-                    "segments); going on with record %d",
-                    last + 1,
-                    entry.sequence - 1,
-                    entry.sequence,
-                )
             try:
                 records = decode_records(entry.payload)
             except InvalidStoredData as exc:
-                log.error(
-                    "write-ahead log: records %d to %d cannot be read (%s); skipped",
-                    entry.sequence,
+                self.wal.skip_or_stop(
+                    max(entry.sequence, sequence + 1),
                     entry.last,
-                    exc.message,
+                    f"{entry.path} at byte {entry.offset} cannot be decoded ({exc.message})",
                 )
                 last = entry.last
                 continue
@@ -147,7 +159,7 @@ class Persistence:
                     engine.apply(record)
                     replayed += 1
             last = entry.last
-        return engine, Restored(sequence, replayed, last)
+        return Restored(sequence, replayed, last)
 
     def _pause_between_counters(self) -> Callable[[], None] | None:
         """``counter_startup_delay``: a pause after each counter restored (worker thread);
@@ -204,26 +216,37 @@ class Persistence:
                 state: bytes = done.value
                 break
             await asyncio.sleep(0)  # requests go on between steps
+        await self._store(sequence, state, started, sum(len(c.counters) for c in captures))
+
+    async def _store(self, sequence: int, state: bytes, started: float, counters: int) -> None:
+        """Store the encoded ``state`` as the snapshot up to ``sequence`` and read it back;
+        once it is whole, drop the snapshots and log segments the kept ones cover.
+        ``StorageError`` if the backend fails (nothing is deleted); a snapshot that does
+        not read back is counted and deletes nothing (the next one tries again)."""
         try:
-            kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
+            written = await asyncio.to_thread(self.snapshots.write, sequence, state)
         except StorageError:
             self.metrics.snapshots.labels("failed").inc()
             raise
+        except DamagedSnapshot:  # logged where it was found, and moved aside
+            self.metrics.snapshots.labels("unverified").inc()
+            return
         self.snapshot_sequence = sequence
         # Only what every kept snapshot holds: falling back to the oldest needs the rest.
-        removed = self.wal.remove_through(kept[0].sequence)
+        removed = 0 if written.covered is None else self.wal.remove_through(written.covered)
         seconds = time.perf_counter() - started
         self.metrics.snapshots.labels("ok").inc()
         self.metrics.snapshot_sequence.set(sequence)
         self.metrics.snapshot_seconds.observe(seconds)
-        self.metrics.persist_counters_managed.set(sum(len(c.counters) for c in captures))
+        self.metrics.persist_counters_managed.set(counters)
         log.info(
-            "snapshot up to record %d stored in %s (%d bytes, %.2f s); "
-            "%d write-ahead log segments removed",
+            "snapshot up to record %d stored in %s and read back (%d bytes, %.2f s); "
+            "%d older snapshots and %d write-ahead log segments removed",
             sequence,
             self.snapshots.blobs.uri,
             len(state),
             seconds,
+            written.deleted,
             removed,
         )
 

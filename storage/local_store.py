@@ -5,20 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.blob_store import BlobNotFound, BlobStore, StorageError, check_key
-from storage.fsutil import TEMPORARY_SUFFIX, atomic_write
+from storage.fsutil import TEMPORARY_SUFFIX, atomic_write, make_private_directory, tighten
 
 
 class LocalBlobStore(BlobStore):
-    """Objects as files under ``root`` (created when first written)."""
+    """Objects as files under ``root`` (created when first written), owner-only: files
+    0600, directories 0700. What an earlier version left readable by others is made
+    owner-only here."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uri = root.resolve().as_uri()
+        tighten(root)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_directory(path.parent)
             atomic_write(path, data)
         except OSError as exc:
             raise StorageError(f"cannot write {self.uri}/{key}: {exc.strerror or exc}") from None

@@ -10,8 +10,13 @@ names sort by sequence), written whole (``BlobStore.put`` is atomic):
     checksum  u32      CRC-32 of the state
     state              ``state_codec`` bytes (kimball.storage.v1.EngineState)
 
-The newest few are kept, so a damaged newest one falls back to the one before
-(plus the write-ahead log since then).
+A snapshot counts once it was read back whole (``write`` does that right after
+storing it; start-up does it by loading one). The newest ``keep`` such verified
+snapshots are kept, and the log after the oldest of them, so a damaged newest
+one falls back to the one before (plus the log); with fewer than ``keep``
+verified, nothing older is deleted. A snapshot that does not read back is moved
+aside, to ``snapshots/damaged/<name>.<UTC time>``, with the reason logged: it
+is never picked again, and the operator finds it there.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from kimball_grpc.core.errors import InvalidStoredData
-from storage.blob_store import BlobNotFound, BlobStore
+from storage.blob_store import BlobNotFound, BlobStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,8 @@ VERSION = 1
 _HEADER = struct.Struct("<8sIQQI")
 PREFIX = "snapshots/"
 SUFFIX = ".snapshot"
-KEEP = 3  # snapshots kept: the newest and two to fall back on
+DAMAGED_PREFIX = f"{PREFIX}damaged/"
+DEFAULT_KEEP = 2  # verified snapshots kept: the newest and one to fall back on
 
 State = TypeVar("State")
 
@@ -76,12 +83,37 @@ def decode_snapshot(data: bytes) -> tuple[int, bytes]:
     return sequence, state
 
 
-class SnapshotStore:
-    """Snapshots in ``blobs``: write, prune, and load the newest usable one."""
+@dataclass(frozen=True)
+class Written:
+    """A snapshot stored and read back whole. ``covered``: the log may drop the records up
+    to here, which every kept snapshot holds (None: fewer than ``keep`` are verified yet,
+    so the whole log stays). ``deleted``: older snapshots deleted."""
 
-    def __init__(self, blobs: BlobStore, keep: int = KEEP) -> None:
+    snapshot: Snapshot
+    covered: int | None
+    deleted: int
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[State]):
+    """The newest snapshot that reads and decodes, and its decoded state."""
+
+    snapshot: Snapshot
+    state: State
+
+
+class SnapshotStore:
+    """Snapshots in ``blobs``: write and verify, prune, load the newest usable one, move
+    damaged ones aside."""
+
+    def __init__(self, blobs: BlobStore, keep: int = DEFAULT_KEEP) -> None:
+        if keep < 1:
+            raise ValueError(f"keep at least one snapshot, not {keep}")
         self.blobs = blobs
         self.keep = keep
+        self.moved_aside = 0  # damaged snapshots moved aside since start (metrics)
+        # Read back whole by this process, oldest first, at most ``keep``.
+        self._verified: list[Snapshot] = []
 
     def list(self) -> list[Snapshot]:
         """Stored snapshots, oldest first (blob store errors propagate)."""
@@ -92,32 +124,103 @@ class SnapshotStore:
                 out.append(Snapshot(key, int(digits)))
         return sorted(out, key=lambda s: s.sequence)
 
-    def write(self, sequence: int, state: bytes) -> list[Snapshot]:
-        """Store a snapshot, then delete all but the newest ``keep``; returns those kept,
-        oldest first. The log after the oldest kept one is what a fallback needs."""
-        self.blobs.put(snapshot_key(sequence), encode_snapshot(sequence, state))
-        stored = self.list()
-        for old in stored[: -self.keep]:
-            self.blobs.delete(old.key)
-        return stored[-self.keep :]
+    def write(self, sequence: int, state: bytes) -> Written:
+        """Store a snapshot, read it back, and once it is whole delete the snapshots older
+        than the newest ``keep`` verified ones. ``DamagedSnapshot`` if it does not read
+        back (it is moved aside, logged, and nothing is deleted); ``StorageError`` if the
+        backend fails (nothing is deleted)."""
+        snapshot = Snapshot(snapshot_key(sequence), sequence)
+        stored = encode_snapshot(sequence, state)
+        self.blobs.put(snapshot.key, stored)
+        header = stored[: _HEADER.size]
+        del stored  # a state can be large: hold one copy at a time
+        try:
+            data = self.blobs.get(snapshot.key)
+            self._verify(snapshot, data)
+            if data[: _HEADER.size] != header:
+                raise DamagedSnapshot("reads back as another snapshot than the one written")
+        except BlobNotFound:
+            log.error(
+                "snapshot %s/%s was stored but is not found when read back: nothing older "
+                "is deleted, the next snapshot tries again",
+                self.blobs.uri,
+                snapshot.key,
+            )
+            raise DamagedSnapshot("not found when read back") from None
+        except DamagedSnapshot as exc:
+            log.error(
+                "snapshot %s/%s was stored but does not read back whole (%s): moved to %s/%s; "
+                "nothing older is deleted, the next snapshot tries again",
+                self.blobs.uri,
+                snapshot.key,
+                exc,
+                self.blobs.uri,
+                self._move_aside(snapshot, data),
+            )
+            raise
+        del data
+        self._verified = [s for s in self._verified if s.sequence < sequence] + [snapshot]
+        self._verified = self._verified[-self.keep :]
+        if len(self._verified) < self.keep:
+            return Written(snapshot, None, 0)
+        oldest = self._verified[0].sequence
+        return Written(snapshot, oldest, self._delete_older_than(oldest))
 
-    def load_newest(self, decode_state: Callable[[bytes], State]) -> tuple[Snapshot, State] | None:
+    def _delete_older_than(self, sequence: int) -> int:
+        """Delete the snapshots older than ``sequence``; what cannot be deleted now is left
+        for the next time (logged)."""
+        deleted = 0
+        try:
+            for old in self.list():
+                if old.sequence < sequence:
+                    self.blobs.delete(old.key)
+                    deleted += 1
+        except StorageError as exc:
+            log.warning(
+                "cannot delete older snapshots now (%s); the next snapshot tries again", exc.message
+            )
+        return deleted
+
+    def load_newest(self, decode_state: Callable[[bytes], State]) -> Loaded[State] | None:
         """The newest snapshot that reads and decodes, newest first; each unusable one is
-        logged in one line and skipped. None when there is none (a first start).
+        moved aside and logged, and the one before it is tried. None when there is none.
         ``StorageError`` (backend down) propagates: falling back then would lose data."""
         for snapshot in reversed(self.list()):
             try:
-                sequence, data = decode_snapshot(self.blobs.get(snapshot.key))
-                if sequence != snapshot.sequence:
-                    raise DamagedSnapshot(f"holds sequence {sequence}, not its name's")
-                return snapshot, decode_state(data)
+                data = self.blobs.get(snapshot.key)
             except BlobNotFound:
-                continue  # deleted since listed (pruned by another writer)
+                continue  # deleted since listed
+            try:
+                loaded = Loaded(snapshot, decode_state(self._verify(snapshot, data)))
             except (DamagedSnapshot, InvalidStoredData) as exc:
                 log.error(
-                    "snapshot %s/%s cannot be used (%s): falling back to the one before it",
+                    "snapshot %s/%s cannot be used (%s): moved to %s/%s; falling back to the "
+                    "one before it and the write-ahead log",
                     self.blobs.uri,
                     snapshot.key,
-                    exc,
+                    exc.message if isinstance(exc, InvalidStoredData) else exc,
+                    self.blobs.uri,
+                    self._move_aside(snapshot, data),
                 )
+                continue
+            self._verified = [snapshot]
+            return loaded
         return None
+
+    @staticmethod
+    def _verify(snapshot: Snapshot, data: bytes) -> bytes:
+        """The state in ``data``, the stored ``snapshot``; ``DamagedSnapshot`` if it is not
+        whole or not the snapshot its name says."""
+        sequence, state = decode_snapshot(data)
+        if sequence != snapshot.sequence:
+            raise DamagedSnapshot(f"holds sequence {sequence}, not its name's")
+        return state
+
+    def _move_aside(self, snapshot: Snapshot, data: bytes) -> str:
+        """Put ``data`` (what ``snapshot`` holds) under ``snapshots/damaged/`` and remove
+        it from where start-up looks; the key it went to."""
+        moved = f"{DAMAGED_PREFIX}{snapshot.key[len(PREFIX) :]}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        self.blobs.put(moved, data)
+        self.blobs.delete(snapshot.key)
+        self.moved_aside += 1
+        return moved

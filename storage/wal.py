@@ -15,9 +15,15 @@ waits for at most one ``fsync`` in progress plus its own group's. After the
 group is durable, each entry's ``on_durable`` callback runs in sequence order
 (the caller applies its records there), then the appenders are answered.
 
-``open`` checks every entry. A damaged or torn tail of the newest segment (a
-crash in the middle of a write) is cut at the last good entry; damage inside an
-older segment loses the rest of that segment only. Each is one log line.
+``open`` checks every entry. A torn tail of the newest segment (a crash in
+the middle of a write: a partial or bad entry with nothing good after it) is cut
+at the last good entry, in one log line. Damage anywhere else (a bad entry with
+good ones after it, a damaged older segment, a segment missing between two
+others) would lose records: ``open`` raises ``DamagedLog`` naming the file and
+the byte offset, unless the log was opened with ``skip_damaged`` (the
+operator's explicit choice), which skips the records, logs them and counts them
+in ``skipped_records``. Damage to records that are also held elsewhere (a
+snapshot; for a spool, the api server) loses nothing and is only logged.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from kimball_grpc.core.errors import KimballError
 from storage.blob_store import StorageError
-from storage.fsutil import fsync_directory
+from storage.fsutil import PRIVATE_FILE, fsync_directory, make_private_directory, tighten
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,22 @@ _BODY_HEAD = struct.Struct("<QI")  # sequence, count
 MAX_ENTRY_BYTES = 64 * 1024 * 1024  # far above any batch; a larger length is damage
 SEGMENT_SUFFIX = ".wal"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# After damage, good entries are looked for among those numbered up to this far past the
+# last good record: far more than a damaged stretch of one segment can hold.
+RESYNC_WINDOW = 1 << 24
+_SEQUENCE_HIGH_BYTES = 8 + 3  # where the searched-for top 5 bytes of an entry's sequence are
+_NONZERO = re.compile(rb"[^\x00]")
+SKIP_HINT = (
+    "restore the file from a backup, or start once with --wal-skip-damaged "
+    "(KIMBALL_WAL_SKIP_DAMAGED=true) to go on without these records"
+)
+
+
+class DamagedLog(KimballError):
+    """The log lacks records it should hold (damage, a missing segment): going on would lose
+    them silently. The message names the file, the byte offset and the records."""
+
+    grpc_code = "DATA_LOSS"
 
 
 class FsyncPolicy(StrEnum):
@@ -59,11 +83,14 @@ class FsyncPolicy(StrEnum):
 
 @dataclass(frozen=True)
 class LogEntry:
-    """Records ``sequence`` to ``sequence + count - 1``, encoded in ``payload``."""
+    """Records ``sequence`` to ``sequence + count - 1``, encoded in ``payload``; read from
+    ``path`` at byte ``offset`` (for messages), when read from disk."""
 
     sequence: int
     count: int
     payload: bytes
+    path: Path | None = field(default=None, compare=False)
+    offset: int = field(default=0, compare=False)
 
     @property
     def last(self) -> int:
@@ -87,15 +114,18 @@ class WriteAheadLog:
         policy: FsyncPolicy = FsyncPolicy.ALWAYS,
         *,
         fsync_interval: float = 0.2,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        segment_bytes: int | None = None,
         group_commit: bool = True,
+        skip_damaged: bool = False,
     ) -> None:
         self.directory = directory
         self.policy = policy
         self.fsync_interval = fsync_interval
-        self.segment_bytes = segment_bytes
+        self.segment_bytes = segment_bytes or DEFAULT_SEGMENT_BYTES
         # Without group commit each append is written and synced alone (for benchmarks).
         self.group_commit = group_commit
+        # The operator's choice to go on past damage that loses records (see ``open``).
+        self.skip_damaged = skip_damaged
         self.last_sequence = 0
         self._segments: list[tuple[int, Path]] = []  # (first sequence, path), oldest first
         self._fd: int | None = None
@@ -107,14 +137,19 @@ class WriteAheadLog:
         self._closed = False
         self.syncs = 0  # fsyncs of appended entries (metrics)
         self.refused = 0  # appends refused because the disk failed (metrics)
+        self.skipped_records = 0  # records given up at start-up with ``skip_damaged`` (metrics)
 
     # -- start-up ------------------------------------------------------------
 
-    def open(self) -> None:
-        """Check the segments, cut a damaged tail, and get ready to append after the last
-        good record. Raises ``StorageError`` if the directory cannot be used at all."""
+    def open(self, after: int = 0) -> None:
+        """Check the segments, cut a torn tail, and get ready to append after the last good
+        record. Records up to ``after`` are held elsewhere (a snapshot; for a spool, the
+        api server): damage among them loses nothing and is only logged. ``DamagedLog``
+        for damage to later records (unless ``skip_damaged``); ``StorageError`` if the
+        directory cannot be used at all."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_private_directory(self.directory)
+            tighten(self.directory)
             names = sorted(p for p in self.directory.iterdir() if p.suffix == SEGMENT_SUFFIX)
         except OSError as exc:
             raise StorageError(f"write-ahead log: cannot use {self.directory}: {exc}") from None
@@ -125,10 +160,10 @@ class WriteAheadLog:
             except ValueError:
                 log.warning("write-ahead log: ignoring %s (not a segment name)", path.name)
         for index, (first, path) in enumerate(segments):
-            newest = index == len(segments) - 1
-            good_bytes, last = self._check_segment(path, first, newest)
+            following = segments[index + 1] if index + 1 < len(segments) else None
+            good_bytes, last = self._check_segment(path, first, following, after)
             self.last_sequence = max(self.last_sequence, last)
-            if newest:
+            if following is None:
                 self._size = good_bytes
         self._segments = segments
         if segments:
@@ -136,51 +171,93 @@ class WriteAheadLog:
         if self.policy is FsyncPolicy.INTERVAL:
             self._syncer = asyncio.get_running_loop().create_task(self._sync_periodically())
 
-    def _check_segment(self, path: Path, first: int, newest: bool) -> tuple[int, int]:
-        """(bytes of whole good entries, last good sequence) of one segment."""
+    def _check_segment(
+        self, path: Path, first: int, following: tuple[int, Path] | None, after: int
+    ) -> tuple[int, int]:
+        """(bytes up to the end of the last good entry, last good sequence) of one segment;
+        its damage, if any, handled as ``open`` says."""
         data = path.read_bytes()
-        offset, last = 0, first - 1
-        for entry, end in _entries(data):
-            if entry.sequence != last + 1:
-                break
-            offset, last = end, entry.last
-        if offset < len(data):
-            if newest:  # cut when the segment is opened for appending
-                log.warning(
-                    "write-ahead log: cut a damaged or torn tail of %d bytes from %s "
-                    "(the last good record is %d)",
-                    len(data) - offset,
-                    path.name,
-                    last,
-                )
-            else:
-                log.error(
-                    "write-ahead log: %s is damaged at byte %d: %d bytes after record %d "
-                    "cannot be read and are skipped",
-                    path.name,
-                    offset,
-                    len(data) - offset,
-                    last,
-                )
-        return offset, last
+        end, last = 0, first - 1
+        next_first = following[0] if following is not None else None
+        for item in _walk(data, first, next_first):
+            if isinstance(item, _Damage):
+                if item.resume is None and next_first is None:  # the newest segment's tail
+                    log.warning(
+                        "write-ahead log: cut a damaged or torn tail of %d bytes from %s "
+                        "(the last good record is %d)",
+                        len(data) - end,
+                        path.name,
+                        last,
+                    )
+                    break
+                # Missing: up to the next good entry here, or else where the next segment starts.
+                through = min(n for n in (item.next_sequence, next_first) if n is not None)
+                self._lost(f"{path} is damaged at byte {item.offset}", last + 1, through - 1, after)
+                continue
+            entry, end = item
+            last = entry.last
+        if following is not None and last + 1 < following[0] and end == len(data):
+            self._lost(
+                f"{path} ends at byte {end} with record {last}, and the next segment "
+                f"{following[1].name} starts at record {following[0]} (a segment is missing)",
+                last + 1,
+                following[0] - 1,
+                after,
+            )
+        return end, last
+
+    def _lost(self, where: str, first: int, last: int, after: int) -> None:
+        """Records ``first`` to ``last`` cannot be read from the log (``where`` says why)."""
+        if last < first:  # unreadable bytes, but the numbering goes on: no record lost
+            log.warning("write-ahead log: %s; no record is missing", where)
+        elif last <= after:
+            log.warning(
+                "write-ahead log: %s: records %d to %d cannot be read; nothing is lost, "
+                "they are held up to record %d elsewhere",
+                where,
+                first,
+                last,
+                after,
+            )
+        else:
+            self.skip_or_stop(max(first, after + 1), last, where)
+
+    def skip_or_stop(self, first: int, last: int, where: str) -> None:
+        """Records ``first`` to ``last`` are needed and cannot be had (``where`` says why):
+        ``DamagedLog``, unless the operator chose ``skip_damaged``; then they are counted
+        in ``skipped_records`` and logged."""
+        if not self.skip_damaged:
+            raise DamagedLog(
+                f"write-ahead log: {where}: records {first} to {last} cannot be read; "
+                f"start-up stops rather than lose them: {SKIP_HINT}"
+            )
+        self.skipped_records += last - first + 1
+        log.error(
+            "write-ahead log: %s: records %d to %d cannot be read and are skipped "
+            "(--wal-skip-damaged): %d records lost",
+            where,
+            first,
+            last,
+            last - first + 1,
+        )
+
+    @property
+    def first_sequence(self) -> int | None:
+        """The number of the first record the log may hold (None: no segment)."""
+        return self._segments[0][0] if self._segments else None
 
     def entries(self, after: int = 0) -> Iterator[LogEntry]:
-        """The good entries holding records after ``after``, in order (reads the disk; may
-        run in a worker thread while the log is appended to and pruned)."""
+        """The good entries holding records after ``after``, in order, past damage that
+        ``open`` let through (reads the disk; may run in a worker thread while the log is
+        appended to and pruned)."""
         segments = list(self._segments)
         for index, (first, path) in enumerate(segments):
             following = segments[index + 1][0] if index + 1 < len(segments) else None
             if following is not None and following <= after + 1:
                 continue  # wholly at or before ``after``
-            expected = first
-            for entry, _ in _entries(path.read_bytes()):
-                if entry.sequence != expected:
-                    break
-                if following is not None and entry.sequence >= following:
-                    break  # left behind by a failed write: the next segment has these numbers
-                expected = entry.last + 1
-                if entry.last > after:
-                    yield entry
+            for item in _walk(path.read_bytes(), first, following, path):
+                if not isinstance(item, _Damage) and item[0].last > after:
+                    yield item[0]
 
     def continue_after(self, sequence: int) -> None:
         """Number new records after ``sequence`` (a snapshot's) if the log ends before it,
@@ -305,7 +382,7 @@ class WriteAheadLog:
 
     @staticmethod
     def _open_segment(path: Path, truncate_to: int) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         os.ftruncate(fd, truncate_to)
         os.lseek(fd, truncate_to, os.SEEK_SET)
         return fd
@@ -366,23 +443,94 @@ def _frame(sequence: int, count: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
-def _entries(data: bytes) -> Iterator[tuple[LogEntry, int]]:
-    """Entries of a segment's bytes with the offset after each, up to the first bad one."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, checksum = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        end = start + length
-        if length < _BODY_HEAD.size or length > MAX_ENTRY_BYTES or end > len(data):
+@dataclass(frozen=True)
+class _Damage:
+    """Bytes of a segment from ``offset`` that hold no good entry; the next good entry is
+    at ``resume`` and starts with record ``next_sequence`` (None: nothing good follows)."""
+
+    offset: int
+    resume: int | None = None
+    next_sequence: int | None = None
+
+
+def _walk(
+    data: bytes, first: int, following: int | None, path: Path | None = None
+) -> Iterator[tuple[LogEntry, int] | _Damage]:
+    """A segment's good entries in order, each with the offset after it, and a ``_Damage``
+    where bytes cannot be read. Stops at damage that nothing good follows, and where the
+    next segment (starting with record ``following``) takes over: entries left behind by
+    a failed write carry numbers the next segment has."""
+    offset, expected = 0, first
+    while offset < len(data):
+        if following is not None and expected >= following:
             return
-        body = data[start:end]
-        if zlib.crc32(body) != checksum:
+        found = _entry_at(data, offset, path)
+        if found is not None and found[0].sequence == expected:
+            yield found
+            offset, expected = found[1], found[0].last + 1
+            continue
+        # A good entry numbered ahead means records are missing before it; anything else
+        # here is damage to search past.
+        if found is not None and found[0].sequence > expected:
+            resume: int | None = offset
+        else:
+            resume = _resync(data, offset + 1, expected)
+        if resume is None:
+            yield _Damage(offset)
             return
-        sequence, count = _BODY_HEAD.unpack_from(body)
-        if sequence < 1 or count < 1:
-            return
-        yield LogEntry(sequence, count, body[_BODY_HEAD.size :]), end
-        offset = end
+        sequence = _BODY_HEAD.unpack_from(data, resume + _HEADER.size)[0]
+        yield _Damage(offset, resume, sequence)
+        offset, expected = resume, sequence
+
+
+def _entry_at(data: bytes, offset: int, path: Path | None = None) -> tuple[LogEntry, int] | None:
+    """The whole, intact entry at ``offset`` and the offset after it; None if there is none."""
+    if offset + _HEADER.size > len(data):
+        return None
+    length, checksum = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    end = start + length
+    if length < _BODY_HEAD.size or length > MAX_ENTRY_BYTES or end > len(data):
+        return None
+    body = data[start:end]
+    if zlib.crc32(body) != checksum:
+        return None
+    sequence, count = _BODY_HEAD.unpack_from(body)
+    if sequence < 1 or count < 1:
+        return None
+    return LogEntry(sequence, count, body[_BODY_HEAD.size :], path, offset), end
+
+
+def _resync(data: bytes, start: int, expected: int) -> int | None:
+    """The offset of the first intact entry at or after ``start`` numbered from
+    ``expected`` to ``expected + RESYNC_WINDOW``; None if there is none.
+
+    Each try is a checksum over up to 64 MiB, so candidates are the places where the top
+    five bytes of such a number stand (found by ``bytes.find``, at C speed): at most two
+    patterns, since the window spans at most two values of them."""
+    patterns = {(n >> 24).to_bytes(5, "little") for n in (expected, expected + RESYNC_WINDOW)}
+    position = start + _SEQUENCE_HIGH_BYTES
+    hits = {pattern: data.find(pattern, position) for pattern in patterns}
+    while True:
+        found = [hit for hit in hits.values() if hit >= 0]
+        if not found:
+            return None
+        hit = min(found)
+        candidate = hit - _SEQUENCE_HIGH_BYTES
+        entry = _entry_at(data, candidate)
+        if entry is not None and expected <= entry[0].sequence < expected + RESYNC_WINDOW:
+            return candidate
+        position = hit + 1
+        if not any(data[candidate : candidate + 4]):
+            # Zeros (an unwritten tail): an entry's length (its first 4 bytes) is never 0,
+            # so none starts before the last 3 bytes of the run.
+            nonzero = _NONZERO.search(data, candidate)
+            if nonzero is None:
+                return None
+            position = max(position, nonzero.start() - 3 + _SEQUENCE_HIGH_BYTES)
+        for pattern, at in hits.items():
+            if 0 <= at < position:
+                hits[pattern] = data.find(pattern, position)
 
 
 def _write_all(fd: int | None, data: bytes) -> None:

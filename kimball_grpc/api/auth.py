@@ -19,7 +19,7 @@ import grpc
 
 from kimball_grpc.api.interception import Continuation, refusing_handler, service_of
 from kimball_grpc.api.rate_limited_log import RateLimitedLog
-from storage.fsutil import atomic_write
+from storage.fsutil import atomic_write, make_private_directory, tighten
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ def run_tokens(configured: Sequence[str], data_dir: Path) -> tuple[tuple[str, ..
         return tuple(configured), None
     path = data_dir / TOKEN_FILE_NAME
     if path.exists():
+        tighten(path)  # an earlier version may have left it readable by others
         token = path.read_text(encoding="utf-8").strip()
         if token:
             return (token,), path
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_directory(data_dir)
     token = secrets.token_urlsafe(32)
     atomic_write(path, (token + "\n").encode())
     return (token,), path

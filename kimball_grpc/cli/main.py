@@ -24,6 +24,7 @@ from kimball_grpc.config.settings import (
     parse_max_response_bytes,
     parse_port,
     parse_seconds,
+    parse_snapshots_kept,
 )
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import MAX_BATCH_EVENTS, STATE_LIMITS, Limit
@@ -65,6 +66,13 @@ def _add_max_response_bytes(command: argparse.ArgumentParser) -> None:
         "is refused, telling the client to page (env KIMBALL_MAX_RESPONSE_BYTES; "
         "default 67108864, 64 MiB)",
     )
+
+
+def _snapshots_kept(value: str) -> int:
+    try:
+        return parse_snapshots_kept("--snapshots-kept", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _batch_size(value: str) -> int:
@@ -116,6 +124,19 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             f"see docs/operations.md)",
         )
     _add_max_response_bytes(run)
+    run.add_argument(
+        "--snapshots-kept",
+        type=_snapshots_kept,
+        help="verified snapshots kept, the log back to the oldest of them "
+        "(env KIMBALL_SNAPSHOTS_KEPT; default 2)",
+    )
+    run.add_argument(
+        "--wal-skip-damaged",
+        action="store_true",
+        default=None,
+        help="start even if records are lost to a damaged write-ahead log or snapshot, "
+        "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
+    )
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
@@ -264,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": args.data_dir,
             "storage_uri": args.storage_uri,
             "wal_fsync": args.wal_fsync,
+            "snapshots_kept": args.snapshots_kept,
+            "wal_skip_damaged": args.wal_skip_damaged,
         }
         overrides |= {
             limit_field(limit): getattr(args, limit_field(limit)) for limit in STATE_LIMITS

@@ -33,10 +33,12 @@ from kimball_grpc.core.limits import (
     StateLimits,
 )
 from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
+from storage.snapshots import DEFAULT_KEEP
 from storage.wal import FsyncPolicy
 
 DEFAULT_CONFIG_PATH = Path("/kimball/app.config")
 DEFAULT_GRPC_PORT = 50051
+MAX_SNAPSHOTS_KEPT = 100
 
 
 class Mode(StrEnum):
@@ -110,6 +112,11 @@ class Settings:
     wal_fsync: FsyncPolicy = FsyncPolicy.ALWAYS
     wal_fsync_interval_ms: int = 200
     snapshot_interval_s: float = 60.0
+    # Verified snapshots kept; the log is kept back to the oldest of them.
+    snapshots_kept: int = DEFAULT_KEEP
+    # Start past records that a damaged log or snapshot lost (counted and logged) instead
+    # of stopping: the operator's explicit choice, for one start.
+    wal_skip_damaged: bool = False
     storage: StorageConfig | None = None  # derived from the fields above by load_settings
     # How far clients can make the state grow (api mode): core.limits.STATE_LIMITS.
     max_namespaces: int = NAMESPACES.default
@@ -424,17 +431,31 @@ def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         out["aws_region"] = region
     if environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         out["gcs_credentials_file"] = Path(environ["GOOGLE_APPLICATION_CREDENTIALS"])
-    if environ.get("KIMBALL_WAL_FSYNC"):
-        out["wal_fsync"] = parse_fsync_policy("KIMBALL_WAL_FSYNC", environ["KIMBALL_WAL_FSYNC"])
-    if environ.get("KIMBALL_WAL_FSYNC_INTERVAL_MS"):
-        out["wal_fsync_interval_ms"] = _milliseconds(
-            "KIMBALL_WAL_FSYNC_INTERVAL_MS", environ["KIMBALL_WAL_FSYNC_INTERVAL_MS"]
-        )
-    if environ.get("KIMBALL_SNAPSHOT_INTERVAL"):
-        out["snapshot_interval_s"] = parse_seconds(
-            "KIMBALL_SNAPSHOT_INTERVAL", environ["KIMBALL_SNAPSHOT_INTERVAL"]
-        )
+    for name, (setting, parse) in _DURABILITY.items():
+        if environ.get(name):
+            out[setting] = parse(name, environ[name])
     return out
+
+
+def parse_snapshots_kept(name: str, value: str) -> int:
+    """How many verified snapshots to keep, 1 to ``MAX_SNAPSHOTS_KEPT``, or ``ConfigError``."""
+    meaning = f"a whole number of snapshots from 1 to {MAX_SNAPSHOTS_KEPT}"
+    kept = _whole_number(name, value, meaning)
+    if not 1 <= kept <= MAX_SNAPSHOTS_KEPT:
+        raise ConfigError(f"{name} must be {meaning}, got {value!r}")
+    return kept
+
+
+_SWITCH = {"true": True, "1": True, "yes": True, "on": True}
+_SWITCH |= {"false": False, "0": False, "no": False, "off": False}
+
+
+def parse_switch(name: str, value: str) -> bool:
+    """On or off from text (true/false, 1/0, yes/no, on/off, any case), or ``ConfigError``."""
+    try:
+        return _SWITCH[value.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{name} must be true or false, got {value!r}") from None
 
 
 def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
@@ -455,6 +476,16 @@ def parse_seconds(name: str, value: str) -> float:
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
     return seconds
+
+
+# Durability variables: each to its setting, through a parser given the variable's name.
+_DURABILITY: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "KIMBALL_WAL_FSYNC": ("wal_fsync", parse_fsync_policy),
+    "KIMBALL_WAL_FSYNC_INTERVAL_MS": ("wal_fsync_interval_ms", _milliseconds),
+    "KIMBALL_SNAPSHOT_INTERVAL": ("snapshot_interval_s", parse_seconds),
+    "KIMBALL_SNAPSHOTS_KEPT": ("snapshots_kept", parse_snapshots_kept),
+    "KIMBALL_WAL_SKIP_DAMAGED": ("wal_skip_damaged", parse_switch),
+}
 
 
 def read_config_file(path: Path) -> dict[str, object]:

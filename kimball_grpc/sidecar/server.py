@@ -32,6 +32,7 @@ from kimball_grpc.sidecar.servicers import SidecarIntegration, SidecarService
 from kimball_grpc.sidecar.spec_copy import SpecCopy
 from kimball_grpc.sidecar.spool import Spool
 from storage.blob_store import StorageError
+from storage.wal import DamagedLog
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
         settings.wal_fsync,
         fsync_interval=settings.wal_fsync_interval_ms / 1000,
         max_events=settings.spool_max_events,
+        skip_damaged=settings.wal_skip_damaged,
     )
     metrics.watch_log(spool.wal)
     configured = settings.api_auth_tokens[0] if settings.api_auth_tokens else None
@@ -118,7 +120,7 @@ async def _become_ready(
 ) -> None:
     try:
         spool.open()
-    except StorageError as exc:
+    except (StorageError, DamagedLog) as exc:
         log.error("cannot start: %s", exc.message)
         raise
     specs.load()

@@ -21,7 +21,7 @@ from kimball_grpc.core.feature_flags import FeatureFlags
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.outbound.api_server_client import ApiServerClient
 from kimball_grpc.outbound.backoff import Backoff
-from storage.fsutil import atomic_write
+from storage.fsutil import atomic_write, tighten
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class SpecCopy:
     def load(self) -> None:
         """The copy kept by the last run, if any (a damaged file is logged and ignored:
         the api server sends the specs again)."""
+        tighten(self.path)  # an earlier version may have left it readable by others
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:

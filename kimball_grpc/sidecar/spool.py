@@ -74,10 +74,15 @@ class Spool:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         segment_bytes: int = SEGMENT_BYTES,
         memory_bytes: int = MEMORY_TAIL_BYTES,
+        skip_damaged: bool = False,
     ) -> None:
         self.directory = directory
         self.wal = WriteAheadLog(
-            directory, policy, fsync_interval=fsync_interval, segment_bytes=segment_bytes
+            directory,
+            policy,
+            fsync_interval=fsync_interval,
+            segment_bytes=segment_bytes,
+            skip_damaged=skip_damaged,
         )
         self.memory_bytes = memory_bytes
         self.max_events = max_events
@@ -91,9 +96,10 @@ class Spool:
 
     def open(self) -> None:
         """Check the spool (a torn tail is cut) and find where delivery goes on.
-        ``StorageError`` if the directory cannot be used."""
-        self.wal.open()
+        ``StorageError`` if the directory cannot be used; ``DamagedLog`` if events not yet
+        acknowledged are lost to damage (unless ``skip_damaged``)."""
         self.acknowledged = self._read_acknowledged()
+        self.wal.open(after=self.acknowledged)
         # The position file can be ahead only if the log's files were lost: number on.
         self.wal.continue_after(self.acknowledged)
         self.wal.remove_through(self.acknowledged)

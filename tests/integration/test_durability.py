@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.file_modes import loosened, modes_under, not_owner_only
 from support.in_process import (
     crash,
     gateway_of,
@@ -75,27 +76,6 @@ async def test_no_raw_user_id_is_stored_anywhere(tmp_path: Path):
         data = path.read_bytes()
         for user in users:
             assert user.encode() not in data, f"{user} stored in {path}"
-
-
-async def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path: Path, caplog):
-    async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
-        for start in (0, 100, 200):
-            await feed(stub, range(start, start + 100))
-            await server.persistence.snapshot()
-        await feed(stub, range(300, 310))
-        before = await state_of(stub)
-        server.persistence.snapshot_sequence = server.persistence.wal.last_sequence  # no more
-
-    snapshots = sorted((tmp_path / "objects" / "snapshots").glob("*.snapshot"))
-    assert len(snapshots) == 3
-    newest = snapshots[-1].read_bytes()
-    flipped = bytes(b ^ 0x55 for b in newest[100:200])
-    snapshots[-1].write_bytes(newest[:100] + flipped + newest[200:])
-
-    with caplog.at_level(logging.ERROR):
-        async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
-            assert await state_of(stub) == before
-    assert "cannot be used (checksum mismatch): falling back" in caplog.text
 
 
 async def test_no_usable_snapshot_still_starts_with_what_the_log_holds(tmp_path: Path, caplog):
@@ -207,7 +187,7 @@ async def test_snapshots_are_taken_periodically_and_old_ones_pruned(tmp_path: Pa
                     "a periodic snapshot",
                     timeout=10,
                 )
-        assert len(list((tmp_path / "objects" / "snapshots").glob("*.snapshot"))) == 3
+        assert len(list((tmp_path / "objects" / "snapshots").glob("*.snapshot"))) == 2
 
 
 async def test_the_log_and_snapshots_show_in_the_metrics(tmp_path: Path):
@@ -294,3 +274,29 @@ async def test_resuming_from_a_position_the_log_no_longer_holds_is_out_of_range(
         first = server.persistence.snapshot_sequence
         got = await read_replay(stub, pb.SubscribeRequest(after_sequence=first), 1)
         assert got[0].sequence == first + 1 and got[0].replayed
+
+
+async def test_every_file_and_directory_kimball_keeps_is_its_owners_only(tmp_path: Path, caplog):
+    data_dir = tmp_path / "data"  # Kimball makes it
+    async with running(local_settings(data_dir)) as server, stub_of(server) as stub:
+        await feed(stub, range(50))
+        await server.persistence.snapshot()
+        await feed(stub, range(50, 60))
+    newest = sorted((data_dir / "objects" / "snapshots").glob("*.snapshot"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # to be moved aside at the next start
+    async with running(local_settings(data_dir, api_auth=True)):  # generates a token
+        pass
+
+    modes = modes_under(data_dir)
+    assert {"wal", "objects/snapshots/damaged", "api-token"} <= modes.keys()
+    assert any(p.endswith(".wal") for p in modes) and any(p.endswith(".snapshot") for p in modes)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert not_owner_only(data_dir) == {}
+
+    loosened(data_dir)  # as an earlier version left them
+    with caplog.at_level(logging.WARNING):
+        async with running(local_settings(data_dir, api_auth=True)):
+            pass
+    assert not_owner_only(data_dir) == {}
+    assert f"{data_dir / 'wal'}: made " in caplog.text
+    assert f"{data_dir / 'objects'}: made " in caplog.text

@@ -5,104 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.in_process import local_settings, running, stub_of
+from support.buckets import Bucket, gcs_bucket, s3_bucket
+from support.in_process import running, stub_of
 from support.metrics import samples
-from support.object_servers import (
-    S3_ACCESS_KEY_ID,
-    S3_REGION,
-    S3_SECRET_ACCESS_KEY,
-    ObjectServer,
-    gcs_client,
-    new_bucket_name,
-    s3_client,
-)
 from support.polling import until
 from support.state import event, feed, state_of
 
-from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-
-
-@dataclass
-class Bucket:
-    """A fresh bucket on a running backend, and how to reach it."""
-
-    server: ObjectServer
-    name: str
-    create: Callable[[], object]
-    objects: Callable[[], dict[str, bytes]]  # every object in the bucket, by key
-    put: Callable[[str, bytes], object]  # an object by its whole key
-    settings: Callable[[Path], Settings]
-
-
-def _s3(server: ObjectServer) -> Bucket:
-    client = s3_client(server)
-    name = new_bucket_name()
-
-    def objects() -> dict[str, bytes]:
-        listed = client.list_objects_v2(Bucket=name).get("Contents", [])
-        return {
-            o["Key"]: client.get_object(Bucket=name, Key=o["Key"])["Body"].read() for o in listed
-        }
-
-    def settings(data_dir: Path) -> Settings:
-        return local_settings(
-            data_dir,
-            s3_bucket=name,
-            storage_path_prefix="prod/eu",
-            s3_host=server.url,
-            aws_access_key_id=S3_ACCESS_KEY_ID,
-            aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-            aws_region=S3_REGION,
-        )
-
-    bucket = Bucket(
-        server,
-        name,
-        lambda: client.create_bucket(Bucket=name),
-        objects,
-        lambda key, data: client.put_object(Bucket=name, Key=key, Body=data),
-        settings,
-    )
-    bucket.create()
-    return bucket
-
-
-def _gcs(server: ObjectServer) -> Bucket:
-    client = gcs_client(server)
-    name = new_bucket_name()
-
-    def objects() -> dict[str, bytes]:
-        return {b.name: b.download_as_bytes() for b in client.list_blobs(name)}
-
-    def settings(data_dir: Path) -> Settings:
-        return local_settings(
-            data_dir, gcs_bucket=name, storage_path_prefix="prod/eu", gcs_endpoint=server.url
-        )
-
-    bucket = Bucket(
-        server,
-        name,
-        lambda: client.create_bucket(name),
-        objects,
-        lambda key, data: client.bucket(name).blob(key).upload_from_string(data),
-        settings,
-    )
-    bucket.create()
-    return bucket
 
 
 @pytest.fixture(params=["s3", "gcs"])
 def bucket(request: pytest.FixtureRequest) -> Bucket:
     if request.param == "s3":
-        return _s3(request.getfixturevalue("s3_server"))
-    return _gcs(request.getfixturevalue("gcs_server"))
+        return s3_bucket(request.getfixturevalue("s3_server"))
+    return gcs_bucket(request.getfixturevalue("gcs_server"))
 
 
 async def test_snapshots_go_to_the_bucket_under_the_prefix_and_restore(

@@ -22,6 +22,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from support import polling
+from support.file_modes import loosened, modes_under, not_owner_only
 from support.grpc_errors import error_metadata
 from support.in_process import gateway_of, local_settings, rest_client, weekly_counters
 from support.ports import free_port
@@ -544,3 +545,28 @@ async def test_flags_are_answered_even_when_their_usage_cannot_be_spooled(deploy
         "kimball_feature_usage_lost_total", {"code": "RESOURCE_EXHAUSTED"}
     )
     assert lost == 2
+
+
+async def test_every_file_and_directory_a_sidecar_keeps_is_its_owners_only(deployment):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar(api_auth=True)  # generates its own token
+    data_dir = deployment.root / "sidecar"
+    token = (data_dir / "api-token").read_text().strip()
+    metadata = (("authorization", f"Bearer {token}"),)
+    via = deployment.stub(sidecar.grpc_port)
+    spec = pb.PutFeatureSpecRequest(spec=pb.FeatureSpec(name="new_checkout"))
+    await via.PutFeatureSpec(spec, metadata=metadata)
+    await via.TrackEvent(pb.TrackEventRequest(event=events("e", range(1))[0]), metadata=metadata)
+    await until(lambda: (data_dir / "feature-specs.pb").exists(), "the copy of the specs")
+    await until(lambda: sidecar.spool.acknowledged == 1, "delivery")
+    await deployment.stop_sidecar(sidecar, grace=1.0)
+
+    modes = modes_under(data_dir)
+    assert {"spool", "spool/acknowledged", "feature-specs.pb", "api-token"} <= modes.keys()
+    assert any(p.endswith(".wal") for p in modes)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert not_owner_only(data_dir) == {}
+
+    loosened(data_dir)  # as an earlier version left them
+    await deployment.stop_sidecar(await deployment.start_sidecar(api_auth=True))
+    assert not_owner_only(data_dir) == {}

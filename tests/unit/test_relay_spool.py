@@ -13,6 +13,7 @@ from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.events import Event
 from kimball_grpc.core.records import EventRecord
 from kimball_grpc.sidecar.spool import MAX_ENTRY_BYTES, Spool, SpoolFull
+from storage.wal import DamagedLog
 
 FIXED = datetime(2024, 3, 6, 12, tzinfo=UTC)  # ISO week 2024-W10
 
@@ -90,6 +91,43 @@ async def test_a_lost_position_file_means_sending_again_not_losing(tmp_path):
     assert again.acknowledged == 0  # all of it is sent again: harmless, a repeat counts once
     read = await again.read(0, 1000, 1 << 20)
     assert read is not None and (read.first, read.last) == (1, 30)
+    await again.close()
+
+
+async def spool_damaged_in_the_first_batch(directory: Path, acknowledged: int) -> None:
+    """A closed spool of three batches of 10 events, a byte of events 1-10 flipped."""
+    spool = spool_at(directory)
+    for i in range(3):
+        await spool.accept(batch(10 * i))
+    spool.acknowledge(acknowledged)
+    await spool.close()
+    (segment,) = directory.glob("*.wal")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:40] + bytes([data[40] ^ 0x01]) + data[41:])
+
+
+async def test_damage_to_events_not_yet_delivered_stops_the_spool_unless_skipped(tmp_path):
+    await spool_damaged_in_the_first_batch(tmp_path, acknowledged=0)
+
+    with pytest.raises(DamagedLog, match="damaged at byte 0: records 1 to 10 cannot be read"):
+        spool_at(tmp_path)
+
+    skipping = spool_at(tmp_path, skip_damaged=True)
+    read = await skipping.read(0, 1000, 1 << 20)
+    assert read is not None and (read.first, read.last, skipping.wal.skipped_records) == (
+        11,
+        30,
+        10,
+    )
+    await skipping.close()
+
+
+async def test_damage_to_events_already_delivered_does_not_stop_the_spool(tmp_path):
+    await spool_damaged_in_the_first_batch(tmp_path, acknowledged=10)
+
+    again = spool_at(tmp_path)
+    read = await again.read(again.acknowledged, 1000, 1 << 20)
+    assert read is not None and (read.first, read.last) == (11, 30)
     await again.close()
 
 

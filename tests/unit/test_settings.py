@@ -378,6 +378,20 @@ def test_connection_limits_from_the_environment():
     assert options["grpc.max_connection_age_grace_ms"] == 120_000
 
 
+def test_snapshots_kept_and_skipping_damage_from_environment_and_flags():
+    s = load_settings({})
+    assert (s.snapshots_kept, s.wal_skip_damaged) == (2, False)
+    s = load_settings({"KIMBALL_SNAPSHOTS_KEPT": "1", "KIMBALL_WAL_SKIP_DAMAGED": "true"})
+    assert (s.snapshots_kept, s.wal_skip_damaged) == (1, True)
+    s = load_settings({"KIMBALL_SNAPSHOTS_KEPT": "100", "KIMBALL_WAL_SKIP_DAMAGED": "Off"})
+    assert (s.snapshots_kept, s.wal_skip_damaged) == (100, False)
+    s = load_settings(
+        {"KIMBALL_SNAPSHOTS_KEPT": "3", "KIMBALL_WAL_SKIP_DAMAGED": "0"},
+        overrides={"snapshots_kept": 5, "wal_skip_damaged": True},
+    )
+    assert (s.snapshots_kept, s.wal_skip_damaged) == (5, True)
+
+
 # --- bad environment values ---------------------------------------------------------
 
 
@@ -410,6 +424,13 @@ def test_connection_limits_from_the_environment():
         ({"KIMBALL_WAL_FSYNC_INTERVAL_MS": "1.5"}, ["KIMBALL_WAL_FSYNC_INTERVAL_MS", "'1.5'"]),
         ({"KIMBALL_SNAPSHOT_INTERVAL": "0"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'0'"]),
         ({"KIMBALL_SNAPSHOT_INTERVAL": "soon"}, ["KIMBALL_SNAPSHOT_INTERVAL", "'soon'"]),
+        ({"KIMBALL_SNAPSHOTS_KEPT": "0"}, ["KIMBALL_SNAPSHOTS_KEPT", "from 1 to 100", "'0'"]),
+        ({"KIMBALL_SNAPSHOTS_KEPT": "101"}, ["KIMBALL_SNAPSHOTS_KEPT", "from 1 to 100"]),
+        ({"KIMBALL_SNAPSHOTS_KEPT": "-1"}, ["KIMBALL_SNAPSHOTS_KEPT", "'-1'"]),
+        ({"KIMBALL_SNAPSHOTS_KEPT": "two"}, ["KIMBALL_SNAPSHOTS_KEPT", "'two'"]),
+        ({"KIMBALL_SNAPSHOTS_KEPT": "1.5"}, ["KIMBALL_SNAPSHOTS_KEPT", "'1.5'"]),
+        ({"KIMBALL_WAL_SKIP_DAMAGED": "maybe"}, ["KIMBALL_WAL_SKIP_DAMAGED", "true or false"]),
+        ({"KIMBALL_WAL_SKIP_DAMAGED": "2"}, ["KIMBALL_WAL_SKIP_DAMAGED", "'2'"]),
         ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "0"}, ["DEADLINE_MS", "at least 1"]),
         ({"KIMBALL_EXTERNAL_PREDICTION_DEADLINE_MS": "fast"}, ["DEADLINE_MS", "'fast'"]),
         ({"ANALYTICS_HOST": "http://kimball:8080"}, ["ANALYTICS_HOST", "gRPC address", "URL"]),

@@ -1,4 +1,5 @@
-"""The write-ahead log on a real disk: order, group commit, damaged tails, a full disk."""
+"""The write-ahead log on a real disk: order, group commit, torn tails and damage, a full
+disk, file modes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from support.small_filesystem import fill, small_filesystem
 
 from storage.blob_store import StorageError
-from storage.wal import FsyncPolicy, WriteAheadLog
+from storage.wal import DamagedLog, FsyncPolicy, WriteAheadLog
 
 
 async def opened(directory: Path, **options) -> WriteAheadLog:
@@ -23,9 +24,13 @@ async def append_all(wal: WriteAheadLog, payloads: list[bytes], applied: list) -
     return [await wal.append(p, 1, applied.append) for p in payloads]
 
 
-def read_back(directory: Path, after: int = 0) -> list[tuple[int, bytes]]:
-    wal = WriteAheadLog(directory)
-    wal.open()
+def read_back(
+    directory: Path, after: int = 0, *, held: int = 0, skip_damaged: bool = False
+) -> list[tuple[int, bytes]]:
+    """The log's entries after ``after``, opened as start-up does: records up to ``held``
+    are held elsewhere (a snapshot)."""
+    wal = WriteAheadLog(directory, skip_damaged=skip_damaged)
+    wal.open(after=held)
     return [(e.sequence, e.payload) for e in wal.entries(after)]
 
 
@@ -105,24 +110,148 @@ async def test_a_damaged_tail_is_cut_at_the_last_good_entry(tmp_path: Path, dama
     assert len(lines) == 1 and "cut a damaged or torn tail" in lines[0]
 
 
-async def test_damage_inside_an_older_segment_loses_only_the_rest_of_that_segment(
-    tmp_path: Path, caplog
-):
-    wal = await opened(tmp_path, segment_bytes=64)  # a new segment every few entries
-    await append_all(wal, [b"%02d" % i + b"." * 30 for i in range(12)], [])
+ENTRY = 52  # bytes of each entry ``five_entries`` writes: an 8-byte header, 12, 32
+
+
+async def five_entries(directory: Path, **options) -> list[Path]:
+    """Records 1 to 5 of 32 bytes each; the segments holding them."""
+    wal = await opened(directory, **options)
+    await append_all(wal, [b"%02d" % i + b"." * 30 for i in range(1, 6)], [])
     await wal.close()
-    segments = sorted(tmp_path.glob("*.wal"))
-    assert len(segments) >= 3
-    damaged = segments[0].read_bytes()
-    segments[0].write_bytes(damaged[:-5] + b"XXXXX")
+    return sorted(directory.glob("*.wal"))
+
+
+def flip_payload(data: bytes) -> bytes:  # a flipped byte in record 2
+    return data[: ENTRY + 30] + bytes([data[ENTRY + 30] ^ 0x01]) + data[ENTRY + 31 :]
+
+
+def garble_length(data: bytes) -> bytes:  # record 2's length field: its size is unknown
+    return data[:ENTRY] + b"\xff\xfe\xfd\xfc" + data[ENTRY + 4 :]
+
+
+def zero_entry(data: bytes) -> bytes:  # a block that was never written
+    return data[:ENTRY] + bytes(ENTRY) + data[2 * ENTRY :]
+
+
+def cut_entry(data: bytes) -> bytes:  # record 2 gone, record 3 right after record 1
+    return data[:ENTRY] + data[2 * ENTRY :]
+
+
+MID_DAMAGE = pytest.mark.parametrize(
+    "damage",
+    [flip_payload, garble_length, zero_entry, cut_entry],
+    ids=["flipped-byte", "garbled-length", "zeroed-entry", "entry-missing"],
+)
+
+
+@MID_DAMAGE
+async def test_damage_followed_by_good_entries_stops_the_open_naming_file_and_offset(
+    tmp_path: Path, damage
+):
+    (segment,) = await five_entries(tmp_path)
+    segment.write_bytes(damage(segment.read_bytes()))
+    damaged = segment.read_bytes()
+
+    with pytest.raises(DamagedLog) as stopped:
+        read_back(tmp_path)
+
+    assert f"{segment} is damaged at byte {ENTRY}" in stopped.value.message
+    assert "records 2 to 2 cannot be read" in stopped.value.message
+    assert "--wal-skip-damaged" in stopped.value.message
+    assert segment.read_bytes() == damaged  # nothing cut: the good entries after it stay
+
+
+@MID_DAMAGE
+async def test_skipping_damage_loses_only_the_damaged_records_and_counts_them(
+    tmp_path: Path, damage, caplog
+):
+    (segment,) = await five_entries(tmp_path)
+    segment.write_bytes(damage(segment.read_bytes()))
 
     with caplog.at_level(logging.ERROR):
-        entries = read_back(tmp_path)
+        wal = await opened(tmp_path, skip_damaged=True)
+    assert wal.skipped_records == 1
+    assert "records 2 to 2 cannot be read and are skipped" in caplog.text
+    assert await wal.append(b"after", 1, lambda s: None) == 6
+    await wal.close()
 
-    numbers = [s for s, _ in entries]
-    assert numbers[-1] == 12  # later segments are all there
-    assert len(numbers) == 11  # the damaged segment's last entry is lost, nothing else
-    assert "is damaged at byte" in caplog.text
+    numbers = [s for s, _ in read_back(tmp_path, skip_damaged=True)]
+    assert numbers == [1, 3, 4, 5, 6]
+
+
+async def test_damage_inside_an_older_segment_stops_the_open_or_loses_only_its_records(
+    tmp_path: Path, caplog
+):
+    segments = await five_entries(tmp_path, segment_bytes=2 * ENTRY)  # entries 1-2, 3-4, 5
+    assert [s.name[-6:] for s in segments] == ["01.wal", "03.wal", "05.wal"]
+    older = segments[0].read_bytes()
+    segments[0].write_bytes(older[:-5] + b"XXXXX")  # record 2, its end
+
+    with pytest.raises(
+        DamagedLog, match=f"{segments[0]} is damaged at byte {ENTRY}: records 2 to 2"
+    ):
+        read_back(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        assert [s for s, _ in read_back(tmp_path, skip_damaged=True)] == [1, 3, 4, 5]
+    assert "records 2 to 2 cannot be read and are skipped" in caplog.text
+
+
+async def test_a_segment_missing_between_two_others_stops_the_open(tmp_path: Path):
+    segments = await five_entries(tmp_path, segment_bytes=2 * ENTRY)
+    segments[1].unlink()  # records 3 and 4
+
+    with pytest.raises(DamagedLog) as stopped:
+        read_back(tmp_path)
+
+    message = stopped.value.message
+    assert f"{segments[0]} ends at byte {2 * ENTRY} with record 2" in message
+    assert f"the next segment {segments[2].name} starts at record 5" in message
+    assert "records 3 to 4 cannot be read" in message
+    assert [s for s, _ in read_back(tmp_path, skip_damaged=True)] == [1, 2, 5]
+
+
+async def test_damage_to_records_a_snapshot_holds_loses_nothing_and_does_not_stop(
+    tmp_path: Path, caplog
+):
+    segments = await five_entries(tmp_path, segment_bytes=2 * ENTRY)
+    segments[0].write_bytes(flip_payload(segments[0].read_bytes()))  # record 2
+    segments[1].unlink()  # records 3 and 4
+
+    with caplog.at_level(logging.WARNING):
+        assert [s for s, _ in read_back(tmp_path, after=4, held=4)] == [5]
+    # Record 2's damage runs to the end of its segment, and the next one is gone: one line.
+    assert "damaged at byte 52: records 2 to 4 cannot be read; nothing is lost" in caplog.text
+
+
+async def test_a_tail_of_zeros_is_a_torn_tail(tmp_path: Path, caplog):
+    """A crash of the machine can leave the end of the file allocated but unwritten."""
+    (segment,) = await five_entries(tmp_path)
+    with open(segment, "ab") as file:
+        file.write(bytes(256 * 1024))
+
+    with caplog.at_level(logging.WARNING):
+        assert [s for s, _ in read_back(tmp_path)] == [1, 2, 3, 4, 5]
+    assert f"cut a damaged or torn tail of {256 * 1024} bytes" in caplog.text
+    assert segment.stat().st_size == 5 * ENTRY
+
+
+async def test_the_log_is_its_owners_only_and_an_older_looser_one_is_tightened(
+    tmp_path: Path, caplog
+):
+    directory = tmp_path / "data" / "wal"
+    await five_entries(directory, segment_bytes=2 * ENTRY)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "data", directory]}
+    modes |= {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+    assert modes == {"data": 0o700, "wal": 0o700} | {p.name: 0o600 for p in directory.glob("*.wal")}
+
+    directory.chmod(0o755)  # as an earlier version made it
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        read_back(directory)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in directory.iterdir()} == {0o600}
+    assert f"{directory}: made 4 files or directories owner-only" in caplog.text
 
 
 async def test_segments_covered_by_a_snapshot_are_removed(tmp_path: Path):
@@ -147,7 +276,8 @@ async def test_numbering_never_goes_back_below_a_snapshot(tmp_path: Path):
     assert await wal.append(b"b", 1, lambda s: None) == 501
     await wal.close()
 
-    assert [s for s, _ in read_back(tmp_path)] == [1, 501]
+    # Records 2 to 500 are in the snapshot only: the log is whole when it is opened so.
+    assert [s for s, _ in read_back(tmp_path, held=500)] == [1, 501]
 
 
 @pytest.mark.parametrize("policy", [FsyncPolicy.INTERVAL, FsyncPolicy.NEVER])
