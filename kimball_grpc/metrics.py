@@ -100,6 +100,19 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.streams_open = Gauge(
+            "kimball_streams_open",
+            "Long-lived streams open (subscriptions, spec watches, event streams, relays), "
+            "by gRPC method.",
+            ["method"],
+            registry=self.registry,
+        )
+        self.limit_refusals = Counter(
+            "kimball_limit_refusals",
+            "Calls refused because a configured limit was reached, by limit.",
+            ["limit"],
+            registry=self.registry,
+        )
         self.storage_up = Gauge(
             "kimball_snapshot_storage_up",
             "1 if the last call to the snapshot storage worked, 0 if it failed.",
@@ -130,6 +143,10 @@ class Metrics:
         """A flag evaluation was answered, but its usage event could not be stored."""
         self.feature_usage_lost.labels(error.grpc_code).inc()
         log.warning("a feature usage was not counted: %s", error.message)
+
+    def refuse(self, limit: str) -> None:
+        """A call was refused at ``limit`` (RESOURCE_EXHAUSTED)."""
+        self.limit_refusals.labels(limit).inc()
 
     def observe_events(self, count: int, seconds: float) -> None:
         """``count`` events were applied in ``seconds``."""

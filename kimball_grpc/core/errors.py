@@ -51,6 +51,19 @@ class OutOfRange(KimballError):
     grpc_code = "OUT_OF_RANGE"
 
 
+class LimitExceeded(KimballError):
+    """A configured limit is reached; ``details`` name the setting and its value."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class ShuttingDown(KimballError):
+    """The server is shutting down: the call ends (or is refused) and can be made again
+    once it is back."""
+
+    grpc_code = "UNAVAILABLE"
+
+
 class FailedPrecondition(KimballError):
     """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
 

@@ -120,6 +120,9 @@ def test_environment_variables_are_read():
         "ANALYTICS_HOST": "kimball:50052",
         "ANALYTICS_TOKEN": "relay-secret",
         "KIMBALL_SPOOL_MAX_EVENTS": "5000",
+        "KIMBALL_MAX_STREAMS": "300",
+        "KIMBALL_MAX_SUBSCRIBERS": "200",
+        "KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "1000000",
         "NAMESPACE": "prod",
         "ADDITIONAL_NAMESPACES": "a, b,,c ",
         "STORAGE_PATH_PREFIX": "prefix/",
@@ -135,6 +138,7 @@ def test_environment_variables_are_read():
     assert s.analytics_token == "relay-secret"
     assert "relay-secret" not in repr(s)
     assert s.spool_max_events == 5000
+    assert (s.max_streams, s.max_subscribers, s.subscriber_buffer_events) == (300, 200, 1_000_000)
     assert s.namespace == "prod"
     assert s.additional_namespaces == ("a", "b", "c")
     assert s.storage_path_prefix == "prefix/"
@@ -357,6 +361,12 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"ANALYTICS_HOST": ":50051"}, ["ANALYTICS_HOST", "host:port"]),
         ({"KIMBALL_SPOOL_MAX_EVENTS": "0"}, ["KIMBALL_SPOOL_MAX_EVENTS", "at least 1"]),
         ({"KIMBALL_SPOOL_MAX_EVENTS": "1e6"}, ["KIMBALL_SPOOL_MAX_EVENTS", "'1e6'"]),
+        ({"KIMBALL_MAX_STREAMS": "0"}, ["KIMBALL_MAX_STREAMS", "at least 1"]),
+        ({"KIMBALL_MAX_STREAMS": "-3"}, ["KIMBALL_MAX_STREAMS", "'-3'"]),
+        ({"KIMBALL_MAX_SUBSCRIBERS": "many"}, ["KIMBALL_MAX_SUBSCRIBERS", "'many'"]),
+        ({"KIMBALL_MAX_SUBSCRIBERS": "0"}, ["KIMBALL_MAX_SUBSCRIBERS", "at least 1"]),
+        ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "0"}, ["BUFFER_EVENTS", "between 1 and 1,000,000"]),
+        ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "1000001"}, ["BUFFER_EVENTS", "1,000,000"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )
