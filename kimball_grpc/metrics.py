@@ -28,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from kimball_grpc.core.counters import CounterKind
 from kimball_grpc.core.engine import Engine
-from kimball_grpc.core.errors import KimballError
+from kimball_grpc.core.errors import KimballError, LimitExceeded
+from kimball_grpc.core.limits import LIMITS
 from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ class Metrics:
         self.request_seconds = Histogram(
             "kimball_grpc_request_duration_seconds",
             "Time to handle a gRPC call, by method.",
+            ["method"],
+            registry=self.registry,
+        )
+        self.streams_open = Gauge(
+            "kimball_streams_open",
+            "Long-lived streams open (subscriptions, spec watches, event streams, relays), "
+            "by gRPC method.",
             ["method"],
             registry=self.registry,
         )
@@ -100,19 +108,15 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
-        self.streams_open = Gauge(
-            "kimball_streams_open",
-            "Long-lived streams open (subscriptions, spec watches, event streams, relays), "
-            "by gRPC method.",
-            ["method"],
-            registry=self.registry,
-        )
         self.limit_refusals = Counter(
             "kimball_limit_refusals",
-            "Calls refused because a configured limit was reached, by limit.",
+            "Requests (and batches relayed by sidecars) refused because they would pass a "
+            "limit, by limit.",
             ["limit"],
             registry=self.registry,
         )
+        for limit in LIMITS:  # every limit's series from the start, at 0: ready to alert on
+            self.limit_refusals.labels(limit.name)
         self.storage_up = Gauge(
             "kimball_snapshot_storage_up",
             "1 if the last call to the snapshot storage worked, 0 if it failed.",
@@ -144,9 +148,9 @@ class Metrics:
         self.feature_usage_lost.labels(error.grpc_code).inc()
         log.warning("a feature usage was not counted: %s", error.message)
 
-    def refuse(self, limit: str) -> None:
-        """A call was refused at ``limit`` (RESOURCE_EXHAUSTED)."""
-        self.limit_refusals.labels(limit).inc()
+    def refuse(self, error: LimitExceeded) -> None:
+        """A request was refused by a limit."""
+        self.limit_refusals.labels(error.limit).inc()
 
     def observe_events(self, count: int, seconds: float) -> None:
         """``count`` events were applied in ``seconds``."""

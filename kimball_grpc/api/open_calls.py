@@ -25,17 +25,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
 from kimball_grpc.api.interception import Continuation, service_of
 from kimball_grpc.core.errors import LimitExceeded, ShuttingDown
+from kimball_grpc.core.limits import STREAMS, SUBSCRIBERS
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.metrics import Metrics
 
 _API = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
 SUBSCRIPTION_METHODS = frozenset(f"/{_API}/{name}" for name in ("Subscribe", "WatchFeatureSpecs"))
+OPEN = " open at once"  # in the refusal, after the count
 STREAM_END_SECONDS = 1.0  # at shutdown, how long an ended stream may take to send its status
 SHUTTING_DOWN = (
     "the server is shutting down: call again once it is back (Subscribe resumes with "
@@ -177,28 +179,18 @@ class OpenCalls(grpc.aio.ServerInterceptor):
             raise ShuttingDown(SHUTTING_DOWN)
         subscription = method in SUBSCRIPTION_METHODS
         if len(self._streams) >= self.max_streams:
-            self._refuse("streams", "KIMBALL_MAX_STREAMS", self.max_streams, "streams")
+            self._refuse(STREAMS.exceeded(self.max_streams, OPEN))
         if subscription and self._subscribers >= self.max_subscribers:
-            self._refuse(
-                "subscribers",
-                "KIMBALL_MAX_SUBSCRIBERS",
-                self.max_subscribers,
-                "subscriptions (Subscribe, WatchFeatureSpecs)",
-            )
+            self._refuse(SUBSCRIBERS.exceeded(self.max_subscribers, OPEN))
         stream = _Stream(method, asyncio.current_task())
         self._streams.add(stream)
         self._subscribers += subscription
         self._metrics.streams_open.labels(method).inc()
         return stream
 
-    def _refuse(self, limit: str, setting: str, value: int, what: str) -> None:
-        self._metrics.refuse(limit)
-        raise LimitExceeded(
-            f"{limit} limit reached: {value} {what} are open, the most this server allows "
-            f"({setting}); try again later",
-            limit=setting,
-            value=str(value),
-        )
+    def _refuse(self, error: LimitExceeded) -> NoReturn:
+        self._metrics.refuse(error)
+        raise error
 
     def _close(self, stream: _Stream) -> None:
         self._streams.discard(stream)

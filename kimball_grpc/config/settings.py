@@ -18,11 +18,13 @@ from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_terms_w
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import (
-    DEFAULT_MAX_STREAMS,
-    DEFAULT_MAX_SUBSCRIBERS,
     DEFAULT_SPOOL_MAX_EVENTS,
     DEFAULT_SUBSCRIBER_BUFFER_EVENTS,
     MAX_SUBSCRIBER_BUFFER_EVENTS,
+    STREAM_LIMITS,
+    STREAMS,
+    SUBSCRIBERS,
+    Limit,
 )
 from storage.location import StorageConfig, parse_storage_uri, s3_endpoint_url
 from storage.wal import FsyncPolicy
@@ -58,8 +60,8 @@ class Settings:
     analytics_token: str | None = field(default=None, repr=False)
     spool_max_events: int = DEFAULT_SPOOL_MAX_EVENTS  # sidecar: undelivered events it keeps
     # Long-lived streams open at once: all kinds, and subscriptions among them.
-    max_streams: int = DEFAULT_MAX_STREAMS
-    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
+    max_streams: int = STREAMS.default
+    max_subscribers: int = SUBSCRIBERS.default
     # The latest accepted events held for subscribers that fall behind.
     subscriber_buffer_events: int = DEFAULT_SUBSCRIBER_BUFFER_EVENTS
     namespace: str = "default"
@@ -175,30 +177,35 @@ def _whole_number(name: str, value: str, meaning: str) -> int:
     return int(value)
 
 
-# Variables holding a count: the setting each sets, and its largest value (None: no bound).
-_COUNTS: dict[str, tuple[str, int | None]] = {
-    "KIMBALL_SPOOL_MAX_EVENTS": ("spool_max_events", None),
-    "KIMBALL_MAX_STREAMS": ("max_streams", None),
-    "KIMBALL_MAX_SUBSCRIBERS": ("max_subscribers", None),
-    "KIMBALL_SUBSCRIBER_BUFFER_EVENTS": ("subscriber_buffer_events", MAX_SUBSCRIBER_BUFFER_EVENTS),
-}
-
-
-def _count(name: str, value: str, at_most: int | None = None) -> int:
-    """A whole number from 1 to ``at_most`` (no bound: None) from a variable called ``name``."""
-    count = _whole_number(name, value, "a whole number")
-    if count < 1 or (at_most is not None and count > at_most):
-        bound = f"between 1 and {at_most:,}" if at_most is not None else "at least 1"
-        raise ConfigError(f"{name} must be {bound}, got {value}")
-    return count
-
-
 def _milliseconds(name: str, value: str) -> int:
     """A whole number of milliseconds, at least 1, from a variable called ``name``."""
     milliseconds = _whole_number(name, value, "a whole number of milliseconds")
     if milliseconds < 1:
         raise ConfigError(f"{name} must be at least 1")
     return milliseconds
+
+
+def limit_field(limit: Limit) -> str:
+    """The ``Settings`` field of a growth limit: ``max_namespaces``."""
+    return f"max_{limit.name}"
+
+
+def parse_limit(name: str, value: str) -> int:
+    """A limit's value from text (a flag or a variable called ``name``): a whole number,
+    at least 1; ``ConfigError`` otherwise."""
+    maximum = _whole_number(name, value, "a whole number, at least 1")
+    if maximum < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value!r}")
+    return maximum
+
+
+def parse_subscriber_buffer(name: str, value: str) -> int:
+    """How many accepted events to hold for subscribers, from text: 1 to
+    ``MAX_SUBSCRIBER_BUFFER_EVENTS``; ``ConfigError`` otherwise."""
+    events = parse_limit(name, value)
+    if events > MAX_SUBSCRIBER_BUFFER_EVENTS:
+        raise ConfigError(f"{name} must be at most {MAX_SUBSCRIBER_BUFFER_EVENTS:,}, got {value!r}")
+    return events
 
 
 def parse_port(name: str, value: str) -> int:
@@ -250,9 +257,20 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         out["analytics_host"] = parse_analytics_host("ANALYTICS_HOST", environ["ANALYTICS_HOST"])
     if environ.get("ANALYTICS_TOKEN"):
         out["analytics_token"] = environ["ANALYTICS_TOKEN"].strip()
-    for name, (setting, at_most) in _COUNTS.items():
-        if environ.get(name):
-            out[setting] = _count(name, environ[name], at_most)
+    if environ.get("KIMBALL_SPOOL_MAX_EVENTS"):
+        limit = _whole_number(
+            "KIMBALL_SPOOL_MAX_EVENTS", environ["KIMBALL_SPOOL_MAX_EVENTS"], "a number of events"
+        )
+        if limit < 1:
+            raise ConfigError("KIMBALL_SPOOL_MAX_EVENTS must be at least 1")
+        out["spool_max_events"] = limit
+    for limit in STREAM_LIMITS:
+        if environ.get(limit.setting):
+            out[limit_field(limit)] = parse_limit(limit.setting, environ[limit.setting])
+    if environ.get("KIMBALL_SUBSCRIBER_BUFFER_EVENTS"):
+        out["subscriber_buffer_events"] = parse_subscriber_buffer(
+            "KIMBALL_SUBSCRIBER_BUFFER_EVENTS", environ["KIMBALL_SUBSCRIBER_BUFFER_EVENTS"]
+        )
     if environ.get("NAMESPACE"):
         out["namespace"] = environ["NAMESPACE"]
     if environ.get("ADDITIONAL_NAMESPACES"):

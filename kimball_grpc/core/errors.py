@@ -52,9 +52,24 @@ class OutOfRange(KimballError):
 
 
 class LimitExceeded(KimballError):
-    """A configured limit is reached; ``details`` name the setting and its value."""
+    """The request would grow the state past a configured limit; nothing was changed.
+
+    ``details`` hold ``limit`` (the limit's name, as in ``kimball_limit_refusals_total``)
+    and ``setting`` (what raises it), besides what the request named.
+    """
 
     grpc_code = "RESOURCE_EXHAUSTED"
+
+    @property
+    def limit(self) -> str:
+        """The limit's name."""
+        return self.details["limit"]
+
+
+class FailedPrecondition(KimballError):
+    """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
+
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class ShuttingDown(KimballError):
@@ -62,12 +77,6 @@ class ShuttingDown(KimballError):
     once it is back."""
 
     grpc_code = "UNAVAILABLE"
-
-
-class FailedPrecondition(KimballError):
-    """The server is not in a state to do this (e.g. it keeps no log to replay from)."""
-
-    grpc_code = "FAILED_PRECONDITION"
 
 
 class InvalidStoredData(KimballError):

@@ -170,8 +170,13 @@ class TestLimits:
             stub.WatchFeatureSpecs(pb.WatchFeatureSpecsRequest()),
         ):
             error = await expect(call.read(), grpc.StatusCode.RESOURCE_EXHAUSTED)
-            assert "KIMBALL_MAX_SUBSCRIBERS" in error.details() and "2" in error.details()
-            assert error_metadata(error) == {"limit": "KIMBALL_MAX_SUBSCRIBERS", "value": "2"}
+            assert error.details() == (
+                "subscriber limit reached: 2 subscribers open at once (KIMBALL_MAX_SUBSCRIBERS)"
+            )
+            assert error_metadata(error) == {
+                "limit": "subscribers",
+                "setting": "KIMBALL_MAX_SUBSCRIBERS",
+            }
         assert server.hub.subscriber_count == 1  # the refused ones hold nothing
 
         # A stream that is no subscription still fits, up to the limit on streams.
@@ -180,7 +185,8 @@ class TestLimits:
         error = await expect(
             stub.StreamEvents(held_open([events(["refused"])])), grpc.StatusCode.RESOURCE_EXHAUSTED
         )
-        assert error_metadata(error) == {"limit": "KIMBALL_MAX_STREAMS", "value": "3"}
+        assert "stream limit reached: 3 streams open at once" in error.details()
+        assert error_metadata(error) == {"limit": "streams", "setting": "KIMBALL_MAX_STREAMS"}
         assert server.ingestor.last_sequence == 1  # nothing of it accepted
 
         got = samples(server.metrics.registry)
