@@ -2,17 +2,20 @@
 
 Accepted events go into one ring buffer that every subscriber shares: publishing
 appends each event once, whatever the number of subscribers, and never waits.
-Each subscription keeps its own cursor in the ring and reads from there,
-filtering as it goes. A subscriber that falls further behind than the ring holds
-(it stopped reading, or reads slower than events arrive) finds that what it had
-not read was overwritten: it goes on from the oldest event still held, and its
-``dropped`` count grows by the events it missed that match its filter. So a slow
-subscriber costs publishing nothing, and it can see what it missed.
+Each subscription looks at the ring from where it last looked, when it reads,
+and keeps the events its filter matches in its own bounded queue. A subscriber
+that falls behind (it reads slower than events arrive, or not at all) loses the
+oldest of them: from its full queue, or from the ring when it did not look at
+the ring before its events were overwritten. Either way its ``dropped`` count
+grows by the events it missed that match its filter. So a slow subscriber costs
+publishing nothing, each one looks at each event at most once, and it can see
+what it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -62,36 +65,41 @@ class EventFilter:
 
 
 class Subscription:
-    """One subscriber's cursor in the hub's ring."""
+    """One subscriber: where it last looked at the hub's ring, and its queue."""
 
     def __init__(self, hub: SubscriptionHub, event_filter: EventFilter) -> None:
         self.filter = event_filter
         self._hub = hub
-        self.cursor = hub.head  # the position of the next event to read
-        # Matching events appended before this subscription began; with those read and
-        # those still held, what was missed follows (see ``SubscriptionHub.catch_up``).
+        self.scanned = hub.head  # the ring's positions before this were looked at
+        # Matching events appended before this subscription began: with those it found and
+        # those it never looked at, every matching event is accounted for.
         self.matched_before = hub.matched(event_filter)
-        self.taken = 0  # matching events read
-        self.missed = 0
+        self.found = 0  # matching events found in the ring
+        self.unseen = 0  # matching events overwritten in the ring before it looked
+        self.overflowed = 0  # matching events pushed out of its full queue
+        self.queue: deque[AcceptedEvent] = deque(maxlen=hub.max_queue)
 
     @property
     def dropped(self) -> int:
-        """How many events matching the filter this subscriber missed so far: the ring
-        overwrote them before it read them."""
+        """How many events matching the filter this subscriber missed so far."""
         self._hub.catch_up(self)
-        return self.missed
+        return self.unseen + self.overflowed
+
+    def poll(self) -> AcceptedEvent | None:
+        """The next matching event, if there is one."""
+        self._hub.catch_up(self)
+        return self.queue.popleft() if self.queue else None
 
     async def next(self) -> AcceptedEvent:
         """The next matching event, waiting for one."""
-        hub = self._hub
-        while (accepted := hub.take(self)) is None:
-            await hub.arrived.wait()
+        while (accepted := self.poll()) is None:
+            await self._hub.arrived.wait()
         return accepted
 
 
 class SubscriptionHub:
     """Fans accepted events out to subscribers through a ring of the latest ``max_queue``
-    events."""
+    events; each subscriber queues at most ``max_queue`` of its own."""
 
     def __init__(self, max_queue: int = DEFAULT_SUBSCRIBER_BUFFER_EVENTS) -> None:
         self.max_queue = max_queue
@@ -145,33 +153,29 @@ class SubscriptionHub:
             return self.head
         return event_filter.count(self._appended)
 
-    def take(self, subscription: Subscription) -> AcceptedEvent | None:
-        """The next event for ``subscription``, if one is held."""
-        self.catch_up(subscription)
-        ring, size, matches = self._ring, self.max_queue, subscription.filter.matches
-        while subscription.cursor < self.head:
-            accepted = ring[subscription.cursor % size]
-            subscription.cursor += 1
-            if matches(accepted.event):
-                subscription.taken += 1
-                return accepted
-        return None
-
     def catch_up(self, subscription: Subscription) -> None:
-        """If the ring overwrote events ``subscription`` had not read, move it on to the
-        oldest event held and count the matching events it missed."""
-        oldest = self.head - len(self._ring)
-        if subscription.cursor >= oldest:
+        """Queue for ``subscription`` the matching events published since it last looked,
+        and count those it missed."""
+        head, ring, size = self.head, self._ring, self.max_queue
+        start = subscription.scanned
+        if start == head:
             return
-        subscription.cursor = oldest
-        event_filter = subscription.filter
-        if event_filter.matches_all:
-            held = self.head - oldest
-        else:
-            # At most once per max_queue events published: reading them costs as much.
-            matches = event_filter.matches
-            held = sum(1 for accepted in self._ring if matches(accepted.event))
-        # Matching events since it subscribed = read + missed + still held.
-        subscription.missed = (
-            self.matched(event_filter) - subscription.matched_before - subscription.taken - held
-        )
+        oldest = head - len(ring)
+        matches, queue = subscription.filter.matches, subscription.queue
+        found = 0
+        for position in range(max(start, oldest), head):
+            accepted = ring[position % size]
+            if matches(accepted.event):
+                found += 1
+                if len(queue) == size:
+                    subscription.overflowed += 1  # the deque drops its oldest
+                queue.append(accepted)
+        subscription.found += found
+        subscription.scanned = head
+        if start < oldest:
+            # Some were overwritten before it looked (it did not read for a while): what
+            # matched since it subscribed and was never found. At most once per max_queue
+            # events published, like the look at the whole ring just taken.
+            subscription.unseen = (
+                self.matched(subscription.filter) - subscription.matched_before - subscription.found
+            )
