@@ -14,7 +14,9 @@ MAX_EVENTS_PER_PREDICTION = 1_000  # events named in one prediction request
 MAX_SUBSCRIPTION_EVENT_NAMES = 1_000  # event names one subscription filters on
 # The latest accepted events held for subscribers to read (one ring, shared by all).
 DEFAULT_SUBSCRIBER_BUFFER_EVENTS = 10_000
-MAX_SUBSCRIBER_BUFFER_EVENTS = 1_000_000  # a subscriber that falls behind re-reads it once
+# At most: about 40 MB of events, and a subscriber that falls a whole ring behind looks at
+# it once, in one go.
+MAX_SUBSCRIBER_BUFFER_EVENTS = 100_000
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one gRPC message
 # |value| of an event: sums of many such values stay finite and exact to the cent.
 MAX_ABS_VALUE = 1e15

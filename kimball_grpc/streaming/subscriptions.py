@@ -1,23 +1,26 @@
 """Live subscriptions to accepted events.
 
 Accepted events go into one ring buffer that every subscriber shares: publishing
-appends each event once, whatever the number of subscribers, and never waits.
-Each subscription looks at the ring from where it last looked, when it reads,
-and keeps the events its filter matches in its own bounded queue. A subscriber
-that falls behind (it reads slower than events arrive, or not at all) loses the
-oldest of them: from its full queue, or from the ring when it did not look at
-the ring before its events were overwritten. Either way its ``dropped`` count
-grows by the events it missed that match its filter. So a slow subscriber costs
-publishing nothing, each one looks at each event at most once, and it can see
-what it missed.
+appends each event once, whatever the number of subscribers, and never waits;
+memory is the ring's, whatever the number of subscribers. Each subscription
+reads the ring from its own cursor, and marks which events match its filter as
+it first looks at them (one bit per place in the ring), so it looks at each
+event at most once. A subscriber that falls further behind than the ring holds
+(it reads slower than events arrive, or not at all) finds that what it had not
+read was overwritten: it goes on from the oldest event held, and its
+``dropped`` count grows by the events it missed that match its filter (counted
+from its marks, or, for events overwritten before it looked, from the number
+of events published per name). So a slow subscriber costs publishing nothing,
+and it can see what it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from bitarray import bitarray
 
 from kimball_grpc.core.events import AcceptedEvent, Event
 from kimball_grpc.core.limits import DEFAULT_SUBSCRIBER_BUFFER_EVENTS
@@ -65,30 +68,30 @@ class EventFilter:
 
 
 class Subscription:
-    """One subscriber: where it last looked at the hub's ring, and its queue."""
+    """One subscriber: its cursor in the hub's ring, and which events there match."""
 
     def __init__(self, hub: SubscriptionHub, event_filter: EventFilter) -> None:
         self.filter = event_filter
         self._hub = hub
-        self.scanned = hub.head  # the ring's positions before this were looked at
-        # Matching events appended before this subscription began: with those it found and
-        # those it never looked at, every matching event is accounted for.
+        self.cursor = hub.head  # the position of the next event to read
+        self.scanned = hub.head  # positions before this were looked at
+        self.marks = bitarray(hub.max_queue)  # by place in the ring: matches the filter
+        # Matching events appended before this subscription began: with those it looked
+        # at, every matching event is accounted for.
         self.matched_before = hub.matched(event_filter)
-        self.found = 0  # matching events found in the ring
-        self.unseen = 0  # matching events overwritten in the ring before it looked
-        self.overflowed = 0  # matching events pushed out of its full queue
-        self.queue: deque[AcceptedEvent] = deque(maxlen=hub.max_queue)
+        self.found = 0  # matching events it looked at
+        self.lost = 0  # of those, overwritten before it read them
+        self.unseen = 0  # matching events overwritten before it looked at them
 
     @property
     def dropped(self) -> int:
         """How many events matching the filter this subscriber missed so far."""
         self._hub.catch_up(self)
-        return self.unseen + self.overflowed
+        return self.lost + self.unseen
 
     def poll(self) -> AcceptedEvent | None:
         """The next matching event, if there is one."""
-        self._hub.catch_up(self)
-        return self.queue.popleft() if self.queue else None
+        return self._hub.take(self)
 
     async def next(self) -> AcceptedEvent:
         """The next matching event, waiting for one."""
@@ -99,7 +102,7 @@ class Subscription:
 
 class SubscriptionHub:
     """Fans accepted events out to subscribers through a ring of the latest ``max_queue``
-    events; each subscriber queues at most ``max_queue`` of its own."""
+    events."""
 
     def __init__(self, max_queue: int = DEFAULT_SUBSCRIBER_BUFFER_EVENTS) -> None:
         self.max_queue = max_queue
@@ -153,29 +156,62 @@ class SubscriptionHub:
             return self.head
         return event_filter.count(self._appended)
 
+    def take(self, subscription: Subscription) -> AcceptedEvent | None:
+        """The next matching event for ``subscription``, if one is held."""
+        self.catch_up(subscription)
+        start, end = subscription.cursor, subscription.scanned
+        found = self._find(subscription.marks, start, end)
+        subscription.cursor = end if found is None else found + 1
+        return None if found is None else self._ring[found % self.max_queue]
+
     def catch_up(self, subscription: Subscription) -> None:
-        """Queue for ``subscription`` the matching events published since it last looked,
-        and count those it missed."""
-        head, ring, size = self.head, self._ring, self.max_queue
-        start = subscription.scanned
-        if start == head:
+        """Count what the ring overwrote before ``subscription`` read it, and look at the
+        events published since it last looked."""
+        head = self.head
+        oldest = head - len(self._ring)
+        cursor, scanned = subscription.cursor, subscription.scanned
+        if cursor < oldest:
+            # Overwritten unread: the matching ones it had looked at are marked.
+            subscription.lost += self._count(subscription.marks, cursor, min(scanned, oldest))
+            subscription.cursor = oldest
+        if scanned == head:
             return
-        oldest = head - len(ring)
-        matches, queue = subscription.filter.matches, subscription.queue
+        ring, size, marks = self._ring, self.max_queue, subscription.marks
+        matches = subscription.filter.matches
         found = 0
-        for position in range(max(start, oldest), head):
-            accepted = ring[position % size]
-            if matches(accepted.event):
-                found += 1
-                if len(queue) == size:
-                    subscription.overflowed += 1  # the deque drops its oldest
-                queue.append(accepted)
+        for position in range(max(scanned, oldest), head):
+            match = matches(ring[position % size].event)
+            marks[position % size] = match
+            found += match
         subscription.found += found
         subscription.scanned = head
-        if start < oldest:
-            # Some were overwritten before it looked (it did not read for a while): what
-            # matched since it subscribed and was never found. At most once per max_queue
-            # events published, like the look at the whole ring just taken.
+        if scanned < oldest:
+            # Some were overwritten before it looked (it did not read while the ring went
+            # round once, so this look at the whole ring is at most once per round).
             subscription.unseen = (
                 self.matched(subscription.filter) - subscription.matched_before - subscription.found
             )
+
+    def _places(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The ring's places of positions ``start`` to ``end`` (at most one round), as
+        ranges: two when they wrap."""
+        size = self.max_queue
+        if end <= start:
+            return []
+        first = start % size
+        last = first + (end - start)
+        return [(first, last)] if last <= size else [(first, size), (0, last - size)]
+
+    def _count(self, marks: bitarray, start: int, end: int) -> int:
+        """How many of positions ``start`` to ``end`` are marked."""
+        return sum(marks.count(1, a, b) for a, b in self._places(start, end))
+
+    def _find(self, marks: bitarray, start: int, end: int) -> int | None:
+        """The first marked position from ``start`` to ``end``."""
+        position = start
+        for a, b in self._places(start, end):
+            place = marks.find(1, a, b)
+            if place >= 0:
+                return position + place - a
+            position += b - a
+        return None

@@ -122,7 +122,7 @@ def test_environment_variables_are_read():
         "KIMBALL_SPOOL_MAX_EVENTS": "5000",
         "KIMBALL_MAX_STREAMS": "300",
         "KIMBALL_MAX_SUBSCRIBERS": "200",
-        "KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "1000000",
+        "KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "100000",
         "NAMESPACE": "prod",
         "ADDITIONAL_NAMESPACES": "a, b,,c ",
         "STORAGE_PATH_PREFIX": "prefix/",
@@ -138,7 +138,7 @@ def test_environment_variables_are_read():
     assert s.analytics_token == "relay-secret"
     assert "relay-secret" not in repr(s)
     assert s.spool_max_events == 5000
-    assert (s.max_streams, s.max_subscribers, s.subscriber_buffer_events) == (300, 200, 1_000_000)
+    assert (s.max_streams, s.max_subscribers, s.subscriber_buffer_events) == (300, 200, 100_000)
     assert s.namespace == "prod"
     assert s.additional_namespaces == ("a", "b", "c")
     assert s.storage_path_prefix == "prefix/"
@@ -366,7 +366,7 @@ def test_storage_uri_and_wal_policy_from_environment_and_flags():
         ({"KIMBALL_MAX_SUBSCRIBERS": "many"}, ["KIMBALL_MAX_SUBSCRIBERS", "'many'"]),
         ({"KIMBALL_MAX_SUBSCRIBERS": "0"}, ["KIMBALL_MAX_SUBSCRIBERS", "at least 1"]),
         ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "0"}, ["BUFFER_EVENTS", "at least 1"]),
-        ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "1000001"}, ["BUFFER_EVENTS", "at most 1,000,000"]),
+        ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "100001"}, ["BUFFER_EVENTS", "at most 100,000"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )
