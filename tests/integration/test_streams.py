@@ -15,7 +15,9 @@ from support.metrics import samples
 from support.polling import until
 
 from kimball_grpc.codec.error_details import error_info
-from kimball_grpc.config.settings import Settings
+from kimball_grpc.config.settings import PredictionTarget, Settings
+from kimball_grpc.generated import features_proto_pb2 as ipb
+from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 API = "/kimball.v1.KimballService/"
@@ -147,6 +149,54 @@ async def test_shutdown_ends_every_stream_with_unavailable_well_within_the_grace
     finally:
         if not stopped:
             await server.stop(grace=None)
+
+
+class SlowTarget(integration_grpc.KimballIntegrationServicer):
+    """A prediction target that answers once released: keeps a unary call in flight."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def Prediction(self, request, context):
+        self.asked.set()
+        await self.release.wait()
+        return ipb.PredictionResponse()
+
+
+async def test_shutdown_lets_unary_calls_in_flight_finish_and_refuses_new_ones(tmp_path):
+    target = SlowTarget()
+    target_server = grpc.aio.server()
+    integration_grpc.add_KimballIntegrationServicer_to_server(target, target_server)
+    port = target_server.add_insecure_port("127.0.0.1:0")
+    await target_server.start()
+    settings = local_settings(
+        tmp_path,
+        external_grpc_prediction_targets=(PredictionTarget("slow", "127.0.0.1", port),),
+        external_prediction_deadline_ms=30_000,
+    )
+    server = await started(settings)
+    stopping = None
+    try:
+        async with stub_of(server) as stub:
+            in_flight = asyncio.ensure_future(stub.GetPredictions(pb.GetPredictionsRequest()))
+            await asyncio.wait_for(target.asked.wait(), 5)
+            stopping = asyncio.ensure_future(server.stop(grace=10))
+            await until(lambda: server.front.calls.closing, "the shutdown to begin")
+            error = await expect(
+                stub.ListNamespaces(pb.ListNamespacesRequest()), grpc.StatusCode.UNAVAILABLE
+            )
+            assert "shutting down" in error.details()
+            # Longer than streams get: a unary call keeps the grace period.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), 1.5)
+            target.release.set()
+            assert (await asyncio.wait_for(in_flight, 5)) == pb.GetPredictionsResponse()
+            await asyncio.wait_for(stopping, 5)
+    finally:
+        if stopping is None:
+            await server.stop(grace=None)
+        await target_server.stop(None)
 
 
 # -- limits ------------------------------------------------------------------------------
