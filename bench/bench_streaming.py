@@ -2,23 +2,29 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/bench_streaming.py            # defaults, about 2 minutes
+    .venv/bin/python bench/bench_streaming.py            # defaults, about 3 minutes
     .venv/bin/python bench/bench_streaming.py --quick    # a smoke run
 
 What it measures, in interleaved rounds (medians reported, min/max spread):
 
 (1) Fan-out. One producer (this process) streams ``--events`` events with ``StreamEvents``
-    (``--batch`` events per message) into ``kimball serve`` while N subscribers (``--subs``,
-    default 1, 10, 100) read ``Subscribe`` streams filtered on the run's namespace (above 10
-    subscribers a run streams ``--events`` x 10 / N events: ingestion slows in proportion). The
-    subscribers are ONE client process (a subprocess of this script) running grpc.aio, one
-    channel per subscriber, pinned to the load generator's CPU with the producer. Reported:
-    ingestion events/s with N subscribers against the same with none (what subscribers cost
-    the server), events/s delivered per subscriber (events it received divided by the time
-    from the producer's start to its last event; the queues drain after ingestion ends, up to
-    ``--drain`` s) and in total, the largest ``dropped`` a subscriber saw (the server drops
-    the oldest when a subscriber's 10,000-event queue is full), and the CPU busy of the
-    subscriber process (the client side may be the bottleneck).
+    (``--batch`` events per message) into ``kimball serve`` with no subscriber, with N
+    subscribers that do not read (``--not-reading``, default 10 and 100) and with N
+    subscribers reading every event of the run (``--reading``, default 10). Every subscription
+    filters on the run's namespace (the run's events and nothing else). The subscribers are ONE
+    client process (a subprocess of this script, on the load generator's CPU) running
+    grpc.aio. Reading ones: one channel per subscriber. Ones that do not read: ``--per-channel``
+    subscribers per channel, without BDP probing, so their flow-control windows stay at 64 KB;
+    once each has received an event the process reads nothing more (the connections stay
+    alive). Before such a run the producer sends ``--fill`` events of another name, which
+    fill those windows, and waits until the server is idle: the run then measures what
+    subscribers cost while they do not read, not their first deliveries. Reported: ingestion
+    events/s against the same with none (what subscribers cost the server), server CPU per
+    ingested event, and for reading subscribers events/s delivered per subscriber (events it
+    received divided by the time from the producer's start to its last event; deliveries go
+    on after ingestion ends, up to ``--drain`` s) and in total, the largest ``dropped`` a
+    subscriber saw, and the CPU busy of the subscriber process (the client side may be the
+    bottleneck).
 (2) Forwarding. A ``KimballIntegration.EventStream`` target written here (a subprocess on the
     load generator's CPU, counting the events it receives) and ``kimball serve`` configured
     with ``{external_grpc_event_targets, [{"127.0.0.1", PORT}]}``; the same stream of events
@@ -104,14 +110,9 @@ async def run_subscribers(port: int, n: int, namespace: str) -> None:
     channels = [channel(port) for _ in range(n)]
 
     async def subscriber(i: int) -> None:
-        call = channels[i].unary_stream(
-            f"{SERVICE}/Subscribe",
-            request_serializer=pb.SubscribeRequest.SerializeToString,
-            response_deserializer=pb.SubscribeResponse.FromString,
-        )
         clock = time.monotonic
         try:
-            async for response in call(pb.SubscribeRequest(namespace=namespace), metadata=AUTH):
+            async for response in subscribe(channels[i], namespace):
                 if response.event.event_name == WARMUP:
                     if not live[i]:
                         live[i] = True
@@ -137,6 +138,36 @@ async def run_subscribers(port: int, n: int, namespace: str) -> None:
         t.cancel()
     for c in channels:
         await c.close()
+
+
+async def run_idle_subscribers(port: int, n: int, namespace: str, per_channel: int) -> None:
+    """``n`` Subscribe streams on ``namespace``, ``per_channel`` to a channel; answers 'ready'
+    once each saw a warm-up event, and reads nothing more until told to quit."""
+    options = [*CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)]  # windows stay at 64 KB
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+        for _ in range(-(-n // per_channel))
+    ]
+    calls = [subscribe(channels[i // per_channel], namespace) for i in range(n)]
+    commands = await _commands()
+    _answer({"started": True})
+    for call in calls:
+        while (await call.read()).event.event_name != WARMUP:
+            pass
+    _answer({"ready": True})
+    while (await commands.get()) != "quit":
+        _answer({})
+    for c in channels:
+        await c.close()
+
+
+def subscribe(ch: grpc.aio.Channel, namespace: str) -> grpc.aio.UnaryStreamCall:
+    call = ch.unary_stream(
+        f"{SERVICE}/Subscribe",
+        request_serializer=pb.SubscribeRequest.SerializeToString,
+        response_deserializer=pb.SubscribeResponse.FromString,
+    )
+    return call(pb.SubscribeRequest(namespace=namespace), metadata=AUTH)
 
 
 class Target(integration_grpc.KimballIntegrationServicer):
@@ -247,6 +278,25 @@ def warmup_message(namespace: str) -> list[Body]:
     return track_events_requests([Event(WARMUP, "warmup-user", namespace)], 1)
 
 
+def fill_messages(namespace: str, count: int, batch: int) -> list[Body]:
+    """``count`` events of their own name and users, as large as names allow: they fill the
+    stopped subscribers' windows and socket buffers and leave the run's Bloom work alone."""
+    pad = "f" * 240
+    events = [Event(f"fill-{pad}", f"fill-{i}-{pad}", namespace) for i in range(count)]
+    return track_events_requests(events, batch)
+
+
+def wait_until_idle(server: ServerProcess, timeout: float = 60.0) -> float:
+    """Until the server's CPU is under 10% busy over 0.3 s; the seconds it took."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        before = server.cpu_seconds()
+        time.sleep(0.3)
+        if server.cpu_seconds() - before < 0.03:
+            break
+    return time.monotonic() - began
+
+
 def rate_row(name: str, rates: list[float], extra: list[str]) -> None:
     cells = " | ".join(extra)
     print(f"| {name} | {median(rates):,.0f} | {spread(rates)} | {cells} |")
@@ -260,9 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = new_parser(__doc__, users=(25_000, 5_000), rounds=(3, 2))
     add_server_options(parser, batch="events per stream message")
     add_size(parser, "--events", 30_000, 10_000, "events per run")
-    add_size(parser, "--subs", "1,10,100", "1,10", "subscriber counts, comma-separated")
+    add_size(parser, "--not-reading", "10,100", "10,100", "counts of subscribers that do not read")
+    add_size(parser, "--reading", "10", "10", "counts of subscribers reading every event")
+    add_size(parser, "--per-channel", 10, 10, "subscribers that do not read, per channel")
+    add_size(parser, "--fill", 2_000, 2_000, "events before a run with subscribers not reading")
     add_size(parser, "--drain", 6.0, 4.0, "seconds to wait for deliveries")
     parser.add_argument("--subscribe", nargs=3, metavar=("PORT", "N", "NS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--subscribe-idle", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--serve-target", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parse(parser, argv)
     if args.subscribe:
@@ -270,10 +326,19 @@ def main(argv: list[str] | None = None) -> int:
             run_subscribers(int(args.subscribe[0]), int(args.subscribe[1]), args.subscribe[2])
         )
         return 0
+    if args.subscribe_idle:
+        port, n, ns, per_channel = args.subscribe_idle
+        asyncio.run(run_idle_subscribers(int(port), int(n), ns, int(per_channel)))
+        return 0
     if args.serve_target is not None:
         asyncio.run(run_target(args.serve_target))
         return 0
-    subs = [int(s) for s in args.subs.split(",")]
+    # A fan-out run: ("none", 0), ("not reading", n) or ("reading", n).
+    fan_runs = [("none", 0)] + [
+        (kind, int(n))
+        for kind, counts in (("not reading", args.not_reading), ("reading", args.reading))
+        for n in counts.split(",")
+    ]
 
     server_cpu = start_run(args, "bench_streaming")
     client_cpu = args.client_cpu if server_cpu is not None else None
@@ -287,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         runs += 1
         return f"run-{runs}"
 
-    fan: dict[int, list[Sample]] = {}
-    delivered: dict[int, list[tuple[float, float, int, float]]] = {}  # per-sub, total, drop, cpu
-    run_events: dict[int, int] = {}  # events per fan-out run, by subscriber count
+    Run = tuple[str, int]
+    fan: dict[Run, list[Sample]] = {}
+    delivered: dict[Run, list[tuple[float, float, int, float]]] = {}  # per-sub, total, drop, cpu
+    run_events: dict[Run, int] = {}  # events per fan-out run
+    fill_seconds: list[float] = []  # filling the windows of subscribers not reading, then idle
     fwd: dict[str, list[Sample]] = {}
     fwd_out: list[tuple[float, int, dict[str, float], float]] = []  # rate, got, metrics, CPU
 
@@ -316,18 +383,24 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers:  # warm-up: a connection and the whole workload once
                 run_stream(s.port, warm)
 
-            def fan_run(n: int) -> None:
+            def fan_run(run: Run) -> None:
+                kind, n = run
                 ns = namespace()
-                # Above 10 subscribers ingestion slows down in proportion: fewer events.
-                messages = events_for(w, ns, args.batch)[: fan_messages(n)]
+                # Reading subscribers slow ingestion down in proportion: fewer events.
+                messages = events_for(w, ns, args.batch)
+                if kind == "reading":
+                    messages = messages[: fan_messages(n)]
                 count = sum(k for _, k in messages)
-                run_events[n] = count
-                if n == 0:
-                    fan.setdefault(0, []).append(
+                run_events[run] = count
+                if kind == "none":
+                    fan.setdefault(run, []).append(
                         measure(plain, lambda: run_stream(plain.port, messages))
                     )
                     return
-                child = Child(["--subscribe", str(plain.port), str(n), ns], client_cpu)
+                argv = ["--subscribe", str(plain.port), str(n), ns]
+                if kind == "not reading":
+                    argv = ["--subscribe-idle", *argv[1:], str(args.per_channel)]
+                child = Child(argv, client_cpu)
                 try:
                     while True:  # until each subscriber saw a warm-up event
                         run_stream(plain.port, warmup_message(ns))
@@ -335,6 +408,15 @@ def main(argv: list[str] | None = None) -> int:
                         if ready:
                             child.read()
                             break
+                    if kind == "not reading":
+                        began = time.monotonic()
+                        run_stream(plain.port, fill_messages(ns, args.fill, args.batch))
+                        wait_until_idle(plain)
+                        fill_seconds.append(time.monotonic() - began)
+                        fan.setdefault(run, []).append(
+                            measure(plain, lambda: run_stream(plain.port, messages))
+                        )
+                        return
                     cpu_before = child.cpu_seconds()
                     t0 = time.monotonic()
                     sample = measure(plain, lambda: run_stream(plain.port, messages))
@@ -349,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                     spans = [max(t - t0, 1e-9) for t in report["last"]]
                     per_sub = [c / s for c, s in zip(report["counts"], spans, strict=True)]
                     total = sum(report["counts"]) / max(spans)
-                    fan.setdefault(n, []).append(sample)
-                    delivered.setdefault(n, []).append(
+                    fan.setdefault(run, []).append(sample)
+                    delivered.setdefault(run, []).append(
                         (median(per_sub), total, max(report["dropped"]), cpu / max(spans))
                     )
                 finally:
@@ -388,9 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                 fwd_out.append((report["total"] / span, report["total"], diff, cpu))
 
             for r in range(args.rounds):
-                order = [0, *subs]
-                for n in order if r % 2 == 0 else order[::-1]:
-                    fan_run(n)
+                for run in fan_runs if r % 2 == 0 else fan_runs[::-1]:
+                    fan_run(run)
                 for with_target in (False, True) if r % 2 == 0 else (True, False):
                     fwd_run(with_target)
         finally:
@@ -401,31 +482,43 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nworkload: {n_events:,} events per run ({w.distinct_users:,} users, {args.names} "
         f"names), StreamEvents with {args.batch} events per message from this process; "
-        f"{args.rounds} interleaved rounds; subscribers: one grpc.aio client process, one "
-        f"channel per subscriber, on the load generator's CPU\n"
+        f"{args.rounds} interleaved rounds; subscribers: one grpc.aio client process on the "
+        f"load generator's CPU, filtering on the run's namespace\n"
     )
     print("## (1) Subscribe fan-out\n")
     print(
-        "| subscribers | events per run | ingestion ev/s | spread | vs none | server CPU busy | "
-        "delivered ev/s per subscriber | delivered ev/s total | max dropped | subscriber CPU |"
+        f"subscribers not reading: {args.per_channel} per channel, BDP probing off; before each "
+        f"such run {args.fill:,} larger events filled their windows and the server went idle "
+        f"(took {median(fill_seconds) if fill_seconds else 0:.1f} s, median)\n"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = median([s.rate for s in fan[0]])
-    for n in [0, *subs]:
-        rates = [s.rate for s in fan[n]]
-        if n == 0:
-            extra = ["100%", cpu_busy(fan[n]), "-", "-", "-", "-"]
-        else:
-            d = delivered[n]
-            extra = [
-                f"{median(rates) / base:.0%}",
-                cpu_busy(fan[n]),
+    print(
+        "| subscribers | events per run | ingestion ev/s | spread | vs none | server CPU per "
+        "event | server CPU busy | delivered ev/s per subscriber | delivered ev/s total | "
+        "max dropped | subscriber CPU |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = median([s.rate for s in fan[("none", 0)]])
+    for run in fan_runs:
+        kind, n = run
+        rates = [s.rate for s in fan[run]]
+        per_event = median([s.server_cpu / s.units * 1e6 for s in fan[run]])
+        extra = [
+            f"{median(rates) / base:.0%}",
+            f"{per_event:,.1f} µs",
+            cpu_busy(fan[run]),
+        ]
+        if kind == "reading":
+            d = delivered[run]
+            extra += [
                 f"{median([x[0] for x in d]):,.0f}",
                 f"{median([x[1] for x in d]):,.0f}",
                 f"{max(x[2] for x in d):,}",
                 f"{median([x[3] for x in d]):.0%}",
             ]
-        rate_row(f"{n} | {run_events[n]:,}", rates, extra)
+        else:
+            extra += ["-", "-", "-", "-"]
+        label = "none" if kind == "none" else f"{n} {kind}"
+        rate_row(f"{label} | {run_events[run]:,}", rates, extra)
 
     print("\n## (2) forwarding to one external_grpc_event_targets target\n")
     print("| server | ingestion ev/s | spread | vs no target | server CPU busy |")

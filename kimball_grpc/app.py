@@ -52,7 +52,6 @@ class RunningServer(RunningFront):
     persistence: Persistence
     external: ExternalPredictions
     forwarding: EventForwarding
-    relay: KimballRelay
 
     @property
     def state_location(self) -> str:
@@ -65,11 +64,7 @@ class RunningServer(RunningFront):
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), then
         take a last snapshot and close the write-ahead log."""
-        # Live streams end so they do not hold the grace period.
-        self.hub.close_all()
-        self.ingestor.spec_changes.close()
-        self.relay.close()
-        await self.front.stop(grace)
+        await self.front.stop(grace)  # live streams end first: they do not hold the grace
         # After the last call: what it accepted is queued; a little time to deliver it.
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
@@ -106,7 +101,7 @@ async def start_server(settings: Settings) -> RunningServer:
         interval=settings.snapshot_interval_s,
         counter_startup_delay=settings.counter_startup_delay_ms / 1000,
     )
-    hub = SubscriptionHub()
+    hub = SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
         engine,
@@ -137,8 +132,7 @@ async def start_server(settings: Settings) -> RunningServer:
     integration_grpc.add_KimballIntegrationServicer_to_server(
         KimballIntegration(engine, ingestor), front.handlers
     )
-    relay = KimballRelay(ingestor)
-    relay_grpc.add_KimballRelayServicer_to_server(relay, front.handlers)
+    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
     await front.start()
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(_become_ready(persistence, front))
@@ -152,7 +146,6 @@ async def start_server(settings: Settings) -> RunningServer:
         persistence=persistence,
         external=external,
         forwarding=forwarding,
-        relay=relay,
     )
 
 

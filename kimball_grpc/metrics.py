@@ -57,6 +57,13 @@ class Metrics:
             ["method"],
             registry=self.registry,
         )
+        self.streams_open = Gauge(
+            "kimball_streams_open",
+            "Long-lived streams open (subscriptions, spec watches, event streams, relays), "
+            "by gRPC method.",
+            ["method"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "kimball_http_requests",
             "REST requests handled, by route, HTTP method and status.",

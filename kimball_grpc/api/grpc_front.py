@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kimball_grpc.api.auth import AuthInterceptor, TokenChecker, run_tokens
 from kimball_grpc.api.local_channel import HandlerRecorder, LocalChannel
+from kimball_grpc.api.open_calls import OpenCalls
 from kimball_grpc.api.readiness import StartupGate
 from kimball_grpc.api.status_mapping import StatusInterceptor
 from kimball_grpc.config.settings import Settings
@@ -60,6 +61,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ),
         ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
         ("grpc.keepalive_permit_without_calls", 1),
+        # How long a ping waits for its answer. Stopping, the server pings each connection
+        # after its last GOAWAY and waits for the answer before it closes it: a client that
+        # stopped reading never answers, and the default (20 s) held shutdown that long.
+        ("grpc.keepalive_timeout_ms", 2_000),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
     ]
     if settings.grpc_max_connection_age_s is not None:
@@ -99,6 +104,11 @@ class GrpcFront:
         # traceback in the log (and their calls are counted like the others).
         decoded = {*services, HEALTH_SERVICE, reflection.SERVICE_NAME}
         interceptors.append(StatusInterceptor(decoded, metrics.observe_request))
+        # After the status mapping: its refusals are domain errors.
+        self.calls = OpenCalls(
+            set(services), settings.max_streams, settings.max_subscribers, metrics
+        )
+        interceptors.append(self.calls)
         self._interceptors = interceptors
         self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         self.handlers = HandlerRecorder(self.server)
@@ -131,10 +141,14 @@ class GrpcFront:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None) -> None:
-        """Health says NOT_SERVING, then new calls are refused and in-flight ones get
-        ``grace`` seconds."""
+        """Long-lived streams end (UNAVAILABLE) and new calls are refused, health says
+        NOT_SERVING, in-flight calls get ``grace`` seconds (streams one), then the server
+        stops: what is left is cancelled."""
+        self.calls.close()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if grace:
+            await self.calls.wait_idle(grace)
+        await self.server.stop(None)
 
 
 class HealthService(grpc_health.aio.HealthServicer):

@@ -269,7 +269,10 @@ class Ingestor:
                     [
                         AcceptedEvent(
                             sequence,
-                            event._replace(namespace=record.namespace),
+                            # The namespace resolved ("" is "default"); a copy only then.
+                            event
+                            if event.namespace == record.namespace
+                            else event._replace(namespace=record.namespace),
                             record.user_hash.digest,
                         )
                         for sequence, event, record in zip(

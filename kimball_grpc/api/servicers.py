@@ -6,11 +6,9 @@ server's interceptor (``status_mapping``), so no handler catches anything.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import grpc
 
@@ -18,7 +16,13 @@ from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.counters import counter_key
 from kimball_grpc.core.engine import Engine
-from kimball_grpc.core.errors import InvalidArgument, KimballError, LimitExceeded
+from kimball_grpc.core.errors import (
+    InvalidArgument,
+    KimballError,
+    LimitExceeded,
+    OutOfRange,
+    ShuttingDown,
+)
 from kimball_grpc.core.events import Event
 from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
 from kimball_grpc.core.limits import MAX_SUBSCRIPTION_EVENT_NAMES
@@ -41,7 +45,6 @@ from kimball_grpc.outbound.external_predictions import ExternalPredictions
 from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
 
 Context = grpc.aio.ServicerContext
-T = TypeVar("T")
 
 
 Accept = Callable[[Sequence[Event]], Awaitable[int]]
@@ -54,17 +57,25 @@ async def accept_stream(
     past a limit, ends the call naming its index, and nothing after it is accepted."""
     accepted = 0
     messages = 0
-    async for request in requests:
-        try:
-            events = [proto_mapping.event_from_proto(e) for e in request.events]
-            accepted += await accept(events)
-        except (InvalidArgument, LimitExceeded) as exc:
-            raise type(exc)(
-                f"message {messages}: {exc.message} ({accepted} events accepted before it)",
-                message=str(messages),
-                **exc.details,
-            ) from None
-        messages += 1
+    try:
+        async for request in requests:
+            try:
+                events = [proto_mapping.event_from_proto(e) for e in request.events]
+                accepted += await accept(events)
+            except (InvalidArgument, LimitExceeded) as exc:
+                raise type(exc)(
+                    f"message {messages}: {exc.message} ({accepted} events accepted before it)",
+                    message=str(messages),
+                    **exc.details,
+                ) from None
+            messages += 1
+    except ShuttingDown as exc:  # between two messages: the answer will not come, so say it
+        raise ShuttingDown(
+            f"{exc.message}; the first {messages} messages of this stream ({accepted} events) "
+            f"were accepted",
+            messages=str(messages),
+            accepted=str(accepted),
+        ) from None
     return pb.StreamEventsResponse(accepted=accepted, messages=messages)
 
 
@@ -273,15 +284,24 @@ class KimballService(pb_grpc.KimballServiceServicer):
                 "event_name_prefix", request.event_name_prefix, required=False
             ),
         )
+        head = self.ingestor.last_sequence
+        if request.after_sequence > head:  # waiting would hide it: the position is unknown
+            raise OutOfRange(
+                f"after_sequence {request.after_sequence} is past the last sequence number, "
+                f"{head}: resume from {head} or lower",
+                after_sequence=str(request.after_sequence),
+                last_sequence=str(head),
+            )
         subscription = self.hub.subscribe(event_filter)
-        # From here on every accepted event reaches the queue; the log holds the earlier ones.
+        # From here on every accepted event reaches the ring; the log holds the earlier ones.
         live_from = self.ingestor.last_sequence
         try:
             if request.HasField("after_sequence") and request.after_sequence < live_from:
                 async for accepted in self.ingestor.replay(request.after_sequence, live_from):
                     if event_filter.matches(accepted.event):
                         yield proto_mapping.accepted_to_proto(accepted, 0, replayed=True)
-            while (accepted := await subscription.next()) is not None:
+            while True:
+                accepted = await subscription.next()
                 if accepted.sequence > request.after_sequence:
                     yield proto_mapping.accepted_to_proto(accepted, subscription.dropped)
         finally:
@@ -347,34 +367,13 @@ class KimballRelay(relay_grpc.KimballRelayServicer):
 
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
-        self._closing = asyncio.Event()
-
-    def close(self) -> None:
-        """End every relay stream (at shutdown: they never end by themselves, and a sidecar
-        sends what was not acknowledged again to the next run)."""
-        self._closing.set()
 
     async def Relay(self, request_iterator: AsyncIterator[relay_pb.RelayRequest], context: Context):
+        # At shutdown the stream ends between two messages (UNAVAILABLE); the sidecar sends
+        # what was not acknowledged again to the next run.
         await context.send_initial_metadata(())  # the sidecar waits for it before writing
-        async for request in _until_set(self._closing, request_iterator):
+        async for request in request_iterator:
             refused = await self.ingestor.accept_relayed(request.batches)
             yield relay_pb.RelayResponse(
                 acknowledged_through=request.last_sequence, refused_events=refused
             )
-
-
-async def _until_set(event: asyncio.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
-    """``items`` until they end or ``event`` is set."""
-    stop = asyncio.ensure_future(event.wait())
-    try:
-        while True:
-            item = asyncio.ensure_future(anext(items, None))
-            await asyncio.wait((item, stop), return_when=asyncio.FIRST_COMPLETED)
-            if not item.done():
-                item.cancel()
-                return
-            if (value := item.result()) is None:
-                return
-            yield value
-    finally:
-        stop.cancel()

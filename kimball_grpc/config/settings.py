@@ -21,14 +21,19 @@ from kimball_grpc.core.limits import (
     COUNTERS,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_SPOOL_MAX_EVENTS,
+    DEFAULT_SUBSCRIBER_BUFFER_EVENTS,
     EVENT_NAMES,
     FEATURE_SPECS,
     GOALS,
     KEEPALIVE_PING_SECONDS,
     MAX_MESSAGE_BYTES,
     MAX_RESPONSE_BYTES_CEILING,
+    MAX_SUBSCRIBER_BUFFER_EVENTS,
     NAMESPACES,
     STATE_LIMITS,
+    STREAM_LIMITS,
+    STREAMS,
+    SUBSCRIBERS,
     Limit,
     StateLimits,
 )
@@ -81,6 +86,11 @@ class Settings:
     # sidecar: the token it presents to the api server (default: its first api_auth_tokens)
     analytics_token: str | None = field(default=None, repr=False)
     spool_max_events: int = DEFAULT_SPOOL_MAX_EVENTS  # sidecar: undelivered events it keeps
+    # Long-lived streams open at once: all kinds, and subscriptions among them.
+    max_streams: int = STREAMS.default
+    max_subscribers: int = SUBSCRIBERS.default
+    # The latest accepted events held for subscribers that fall behind.
+    subscriber_buffer_events: int = DEFAULT_SUBSCRIBER_BUFFER_EVENTS
     namespace: str = "default"
     additional_namespaces: tuple[str, ...] = ()
     storage_path_prefix: str = ""
@@ -261,6 +271,15 @@ def parse_limit(name: str, value: str) -> int:
     return maximum
 
 
+def parse_subscriber_buffer(name: str, value: str) -> int:
+    """How many accepted events to hold for subscribers, from text: 1 to
+    ``MAX_SUBSCRIBER_BUFFER_EVENTS``; ``ConfigError`` otherwise."""
+    events = parse_limit(name, value)
+    if events > MAX_SUBSCRIBER_BUFFER_EVENTS:
+        raise ConfigError(f"{name} must be at most {MAX_SUBSCRIBER_BUFFER_EVENTS:,}, got {value!r}")
+    return events
+
+
 def parse_port(name: str, value: str) -> int:
     """A port number from text (a flag or a variable called ``name``), or ``ConfigError``."""
     port = _whole_number(name, value, "a port number")
@@ -329,6 +348,13 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         if limit < 1:
             raise ConfigError("KIMBALL_SPOOL_MAX_EVENTS must be at least 1")
         out["spool_max_events"] = limit
+    for limit in STREAM_LIMITS:
+        if environ.get(limit.setting):
+            out[limit_field(limit)] = parse_limit(limit.setting, environ[limit.setting])
+    if environ.get("KIMBALL_SUBSCRIBER_BUFFER_EVENTS"):
+        out["subscriber_buffer_events"] = parse_subscriber_buffer(
+            "KIMBALL_SUBSCRIBER_BUFFER_EVENTS", environ["KIMBALL_SUBSCRIBER_BUFFER_EVENTS"]
+        )
     if environ.get("NAMESPACE"):
         out["namespace"] = environ["NAMESPACE"]
     if environ.get("ADDITIONAL_NAMESPACES"):

@@ -78,6 +78,13 @@ class FailedPrecondition(KimballError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class ShuttingDown(KimballError):
+    """The server is shutting down: the call ends (or is refused) and can be made again
+    once it is back."""
+
+    grpc_code = "UNAVAILABLE"
+
+
 class InvalidStoredData(KimballError):
     """Stored state or a record cannot be decoded."""
 

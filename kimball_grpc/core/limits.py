@@ -22,6 +22,11 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_RESPONSE_BYTES_CEILING = 2**31 - 1
 MAX_PAGE_SIZE = 10_000  # items in one page; a larger page_size is taken as this
 MAX_PAGE_TOKEN_CHARS = 4096  # a token holds one key: names of at most 256 characters
+# The latest accepted events held for subscribers to read (one ring, shared by all).
+DEFAULT_SUBSCRIBER_BUFFER_EVENTS = 10_000
+# At most: about 40 MB of events, and a subscriber that falls a whole ring behind looks at
+# it once, in one go.
+MAX_SUBSCRIBER_BUFFER_EVENTS = 100_000
 # |value| of an event: sums of many such values stay finite and exact to the cent.
 MAX_ABS_VALUE = 1e15
 DEFAULT_NAMESPACE = "default"
@@ -58,7 +63,13 @@ FEATURE_SPECS = Limit("feature_specs", "feature spec", "KIMBALL_MAX_FEATURE_SPEC
 STATE_LIMITS = (NAMESPACES, EVENT_NAMES, COUNTERS, GOALS, FEATURE_SPECS)
 # Fixed: the whole set of feature specs travels to sidecars in one gRPC message (4 MiB).
 FEATURE_SPEC_BYTES = Limit("feature_spec_bytes", "feature spec size", "", 3 * 1024 * 1024)
-LIMITS = (*STATE_LIMITS, FEATURE_SPEC_BYTES)  # every limit that refusals are counted by
+# Long-lived streams open at once (an idle one holds about 30 KB): of any kind, and
+# subscriptions (Subscribe, WatchFeatureSpecs) among them.
+STREAMS = Limit("streams", "stream", "KIMBALL_MAX_STREAMS", 2_000)
+SUBSCRIBERS = Limit("subscribers", "subscriber", "KIMBALL_MAX_SUBSCRIBERS", 1_000)
+STREAM_LIMITS = (STREAMS, SUBSCRIBERS)
+# Every limit that refusals are counted by.
+LIMITS = (*STATE_LIMITS, FEATURE_SPEC_BYTES, *STREAM_LIMITS)
 
 
 @dataclass(frozen=True)

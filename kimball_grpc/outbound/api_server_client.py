@@ -9,7 +9,6 @@ wrong.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -78,8 +77,6 @@ class ApiServerClient:
         self.channel = relay_channel(address, max_response_bytes)
         self.service = pb_grpc.KimballServiceStub(self.channel)
         self.integration = integration_grpc.KimballIntegrationStub(self.channel)
-        self._streams: set[grpc.aio.Call] = set()
-        self._ending = False
 
     async def call(
         self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext
@@ -95,25 +92,13 @@ class ApiServerClient:
     ) -> AsyncIterator[Any]:
         """The responses of the server-streaming ``method(request)``, as they come."""
         call = method(request, timeout=context.time_remaining(), metadata=self.metadata)
-        self._streams.add(call)
         try:
             async for response in call:
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise self._passed_on(exc) from None
-        except asyncio.CancelledError:
-            if not self._ending:
-                raise
-            # end_streams: the stream ends normally, as on the api server at shutdown
         finally:
-            self._streams.discard(call)
-            call.cancel()
-
-    def end_streams(self) -> None:
-        """End every forwarded stream (shutdown: they must not hold the grace period)."""
-        self._ending = True
-        for call in list(self._streams):
-            call.cancel()
+            call.cancel()  # the caller went away, or this server is shutting down
 
     def _passed_on(self, exc: grpc.aio.AioRpcError) -> ApiServerError:
         code = exc.code()

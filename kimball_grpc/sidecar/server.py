@@ -60,8 +60,7 @@ class RunningSidecar(RunningFront):
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting calls, let in-flight ones finish (up to ``grace`` seconds), give
         the sender a moment to deliver, then close the spool (what is left stays there)."""
-        self.api.end_streams()  # forwarded subscriptions end so they do not hold the grace
-        await self.front.stop(grace)
+        await self.front.stop(grace)  # forwarded streams end first: they do not hold it
         await self.sender.stop(drain_timeout=DELIVERY_DRAIN_SECONDS if grace else 0.0)
         await self.specs.stop()
         await self.api.close()

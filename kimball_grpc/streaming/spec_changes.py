@@ -16,11 +16,10 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 
 class SpecChanges:
-    """Tells watchers when the specs change; ends every watch at shutdown."""
+    """Tells watchers when the specs change."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
-        self.closed = False
 
     def notify(self) -> None:
         self._changed.set()
@@ -28,15 +27,11 @@ class SpecChanges:
 
     async def watch(self, flags: FeatureFlags, held: str) -> AsyncIterator[pb.FeatureSpecs]:
         """The whole set whenever its fingerprint differs from the one last sent (at first,
-        from ``held``: the caller's), until ``close``."""
-        while not self.closed:
+        from ``held``: the caller's)."""
+        while True:
             message = flags_to_proto(flags)
             if message.fingerprint == held:
                 await self._changed.wait()
                 continue
             held = message.fingerprint
             yield message
-
-    def close(self) -> None:
-        self.closed = True
-        self._changed.set()

@@ -1,20 +1,32 @@
 """Live subscriptions to accepted events.
 
-Each subscriber has a bounded queue. Publishing never waits: when a queue is
-full its oldest event is dropped and the subscriber's ``dropped`` count grows,
-so a slow subscriber can see what it missed and never slows ingestion.
+Accepted events go into one ring buffer that every subscriber shares: publishing
+appends each event once, whatever the number of subscribers, and never waits;
+memory is the ring's, whatever the number of subscribers. Each subscription
+reads the ring from its own cursor, and marks which events match its filter as
+it first looks at them (one bit per place in the ring), so it looks at each
+event at most once. A subscriber that falls further behind than the ring holds
+(it reads slower than events arrive, or not at all) finds that what it had not
+read was overwritten: it goes on from the oldest event held, and its
+``dropped`` count grows by the events it missed that match its filter (counted
+from its marks, or, for events overwritten before it looked, from the number
+of events published per name). So a slow subscriber costs publishing nothing,
+and it can see what it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kimball_grpc.core.events import AcceptedEvent, Event
+from bitarray import bitarray
 
-DEFAULT_QUEUE_SIZE = 10_000
+from kimball_grpc.core.events import AcceptedEvent, Event
+from kimball_grpc.core.limits import DEFAULT_SUBSCRIBER_BUFFER_EVENTS
+
+# Events appended to the ring, by namespace and then event name.
+Appended = Mapping[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,10 @@ class EventFilter:
     event_names: frozenset[str] = frozenset()
     event_name_prefix: str = ""
 
+    @property
+    def matches_all(self) -> bool:
+        return not (self.namespace or self.event_names or self.event_name_prefix)
+
     def matches(self, event: Event) -> bool:
         if self.namespace and event.namespace != self.namespace:
             return False
@@ -32,71 +48,170 @@ class EventFilter:
             return False
         return event.event_name.startswith(self.event_name_prefix)
 
+    def count(self, appended: Appended) -> int:
+        """How many of the events counted in ``appended`` match."""
+        if self.namespace:
+            by_name = appended.get(self.namespace)
+            groups = [by_name] if by_name else []
+        else:
+            groups = list(appended.values())
+        prefix = self.event_name_prefix
+        total = 0
+        for by_name in groups:
+            if self.event_names:
+                total += sum(by_name.get(n, 0) for n in self.event_names if n.startswith(prefix))
+            elif prefix:
+                total += sum(n for name, n in by_name.items() if name.startswith(prefix))
+            else:
+                total += sum(by_name.values())
+        return total
+
 
 class Subscription:
-    """One subscriber's bounded queue."""
+    """One subscriber: its cursor in the hub's ring, and which events there match."""
 
-    def __init__(self, event_filter: EventFilter, max_queue: int) -> None:
+    def __init__(self, hub: SubscriptionHub, event_filter: EventFilter) -> None:
         self.filter = event_filter
-        self.dropped = 0
-        self._queue: deque[AcceptedEvent] = deque(maxlen=max_queue)
-        self._ready = asyncio.Event()
-        self.closed = False
+        self._hub = hub
+        self.cursor = hub.head  # the position of the next event to read
+        self.scanned = hub.head  # positions before this were looked at
+        self.marks = bitarray(hub.max_queue)  # by place in the ring: matches the filter
+        # Matching events appended before this subscription began: with those it looked
+        # at, every matching event is accounted for.
+        self.matched_before = hub.matched(event_filter)
+        self.found = 0  # matching events it looked at
+        self.lost = 0  # of those, overwritten before it read them
+        self.unseen = 0  # matching events overwritten before it looked at them
 
-    def offer(self, accepted: AcceptedEvent) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1  # deque drops the oldest on append
-        self._queue.append(accepted)
-        self._ready.set()
+    @property
+    def dropped(self) -> int:
+        """How many events matching the filter this subscriber missed so far."""
+        self._hub.catch_up(self)
+        return self.lost + self.unseen
 
-    def close(self) -> None:
-        self.closed = True
-        self._ready.set()
+    def poll(self) -> AcceptedEvent | None:
+        """The next matching event, if there is one."""
+        return self._hub.take(self)
 
-    async def next(self) -> AcceptedEvent | None:
-        """The next event, waiting for one; None once the subscription is closed."""
-        while not self._queue:
-            if self.closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
+    async def next(self) -> AcceptedEvent:
+        """The next matching event, waiting for one."""
+        while (accepted := self.poll()) is None:
+            await self._hub.arrived.wait()
+        return accepted
 
 
 class SubscriptionHub:
-    """Fans accepted events out to subscribers."""
+    """Fans accepted events out to subscribers through a ring of the latest ``max_queue``
+    events."""
 
-    def __init__(self, max_queue: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, max_queue: int = DEFAULT_SUBSCRIBER_BUFFER_EVENTS) -> None:
         self.max_queue = max_queue
+        self.arrived = asyncio.Event()  # set and cleared at each publish: wakes the readers
         self._subscriptions: set[Subscription] = set()
-        self._closed = False
+        self._empty()
+
+    def _empty(self) -> None:
+        """Forget the ring (no subscription holds a position in it)."""
+        self._ring: list[AcceptedEvent] = []  # grows to max_queue, then overwritten in turn
+        self.head = 0  # the position the next event takes (positions count from the reset)
+        self._appended: dict[str, dict[str, int]] = {}
 
     def subscribe(self, event_filter: EventFilter) -> Subscription:
-        """A new subscription; already closed if the hub is shutting down."""
-        subscription = Subscription(event_filter, self.max_queue)
-        if self._closed:
-            subscription.close()
-        else:
-            self._subscriptions.add(subscription)
+        """A new subscription: it reads what is published from now on."""
+        subscription = Subscription(self, event_filter)
+        self._subscriptions.add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
-        subscription.close()
-
-    def close_all(self) -> None:
-        """End every subscription, and any made from now on (shutdown)."""
-        self._closed = True
-        for subscription in list(self._subscriptions):
-            self.unsubscribe(subscription)
+        if not self._subscriptions:
+            self._empty()  # the events held are nobody's to read: free them
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
 
     def publish(self, accepted: Sequence[AcceptedEvent]) -> None:
-        for subscription in self._subscriptions:
-            wanted = subscription.filter
-            for item in accepted:
-                if wanted.matches(item.event):
-                    subscription.offer(item)
+        """Append ``accepted`` to the ring, each event once, and wake the readers."""
+        ring, size, appended = self._ring, self.max_queue, self._appended
+        head = self.head
+        for item in accepted:
+            if head < size:
+                ring.append(item)
+            else:
+                ring[head % size] = item
+            head += 1
+            event = item.event
+            by_name = appended.get(event.namespace)
+            if by_name is None:
+                by_name = appended[event.namespace] = {}
+            by_name[event.event_name] = by_name.get(event.event_name, 0) + 1
+        self.head = head
+        self.arrived.set()  # the waiters are woken; the flag is not needed after that
+        self.arrived.clear()
+
+    def matched(self, event_filter: EventFilter) -> int:
+        """How many events appended so far match ``event_filter``."""
+        if event_filter.matches_all:
+            return self.head
+        return event_filter.count(self._appended)
+
+    def take(self, subscription: Subscription) -> AcceptedEvent | None:
+        """The next matching event for ``subscription``, if one is held."""
+        self.catch_up(subscription)
+        start, end = subscription.cursor, subscription.scanned
+        found = self._find(subscription.marks, start, end)
+        subscription.cursor = end if found is None else found + 1
+        return None if found is None else self._ring[found % self.max_queue]
+
+    def catch_up(self, subscription: Subscription) -> None:
+        """Count what the ring overwrote before ``subscription`` read it, and look at the
+        events published since it last looked."""
+        head = self.head
+        oldest = head - len(self._ring)
+        cursor, scanned = subscription.cursor, subscription.scanned
+        if cursor < oldest:
+            # Overwritten unread: the matching ones it had looked at are marked.
+            subscription.lost += self._count(subscription.marks, cursor, min(scanned, oldest))
+            subscription.cursor = oldest
+        if scanned == head:
+            return
+        ring, size, marks = self._ring, self.max_queue, subscription.marks
+        matches = subscription.filter.matches
+        found = 0
+        for position in range(max(scanned, oldest), head):
+            match = matches(ring[position % size].event)
+            marks[position % size] = match
+            found += match
+        subscription.found += found
+        subscription.scanned = head
+        if scanned < oldest:
+            # Some were overwritten before it looked (it did not read while the ring went
+            # round once, so this look at the whole ring is at most once per round).
+            subscription.unseen = (
+                self.matched(subscription.filter) - subscription.matched_before - subscription.found
+            )
+
+    def _places(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The ring's places of positions ``start`` to ``end`` (at most one round), as
+        ranges: two when they wrap."""
+        size = self.max_queue
+        if end <= start:
+            return []
+        first = start % size
+        last = first + (end - start)
+        return [(first, last)] if last <= size else [(first, size), (0, last - size)]
+
+    def _count(self, marks: bitarray, start: int, end: int) -> int:
+        """How many of positions ``start`` to ``end`` are marked."""
+        return sum(marks.count(1, a, b) for a, b in self._places(start, end))
+
+    def _find(self, marks: bitarray, start: int, end: int) -> int | None:
+        """The first marked position from ``start`` to ``end``."""
+        position = start
+        for a, b in self._places(start, end):
+            place = marks.find(1, a, b)
+            if place >= 0:
+                return position + place - a
+            position += b - a
+        return None

@@ -378,7 +378,11 @@ async def test_stopping_a_sidecar_ends_forwarded_subscriptions_at_once(deploymen
     started = time.monotonic()
     await deployment.stop_sidecar(sidecar, grace=10.0)
     assert time.monotonic() - started < 5  # not the 10 s grace period
-    assert await call.code() is grpc.StatusCode.OK
+    # UNAVAILABLE, not OK: the client can tell the sidecar went away and subscribe again.
+    assert await call.code() is grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in await call.details()
+    assert error_info(await call.trailing_metadata()).reason == "ShuttingDown"
+    await until(lambda: deployment.api.hub.subscriber_count == 0, "the forwarded call ended")
 
 
 async def test_stopping_the_api_server_ends_relay_streams_at_once(deployment):
@@ -454,6 +458,57 @@ async def test_the_relay_method_refuses_bad_batches_and_unknown_callers(deployme
     with pytest.raises(grpc.aio.AioRpcError) as stranger:
         await send(rpb.RelayRequest(first_sequence=8, last_sequence=8, batches=[good]), ())
     assert stranger.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_resuming_past_the_last_sequence_number_through_a_sidecar_is_out_of_range(
+    deployment,
+):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("seen", range(3))))
+    await until(lambda: _has(deployment, {"seen": 3}), "delivery")
+    assert deployment.api is not None
+    head = deployment.api.ingestor.last_sequence
+    call = stub.Subscribe(pb.SubscribeRequest(after_sequence=head + 500), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() is grpc.StatusCode.OUT_OF_RANGE  # at once, the api server's
+    assert refused.value.details() == (
+        f"after_sequence {head + 500} is past the last sequence number, {head}: "
+        f"resume from {head} or lower"
+    )
+    assert error_metadata(refused.value)["last_sequence"] == str(head)
+
+
+async def test_a_graceful_stop_of_the_api_server_ends_relay_and_watch_at_once_and_both_return(
+    deployment, caplog
+):
+    await deployment.start_api()
+    sidecar = await deployment.start_sidecar()
+    stub = deployment.stub(sidecar.grpc_port)
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("before", range(3))))
+    await until(lambda: _has(deployment, {"before": 3}), "delivery")
+    api = deployment.api
+    assert api is not None
+    await until(lambda: api.front.calls.open_streams == 2, "the relay and the spec watch")
+
+    began = time.monotonic()
+    await api.stop(grace=10.0)
+    deployment.api = None
+    assert time.monotonic() - began < 3  # the streams do not hold the 10 s grace period
+    await until(lambda: sidecar.sender.failures >= 1, "the relay to notice")
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("kimball_grpc.sidecar")]
+    assert any("UNAVAILABLE: the server is shutting down" in line for line in said), said
+
+    api = await deployment.start_api()
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events("after", range(2))))
+    await until(lambda: _has(deployment, {"after": 2}), "delivery after the restart")
+    direct = deployment.stub(api.grpc_port)
+    await direct.PutFeatureSpec(
+        pb.PutFeatureSpecRequest(spec=pb.FeatureSpec(name="back")), metadata=AUTH
+    )
+    await until(lambda: "back" in sidecar.specs.flags.specs, "the watch to resume")
 
 
 # --- feature flags on a sidecar ------------------------------------------------------

@@ -60,8 +60,14 @@ def test_serve_logs_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> Non
                 assert first.result().event.event_name == "a"
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0
-            # The stream ends cleanly; events tracked while probing may still be queued.
-            assert {r.event.event_name for r in subscription} <= {"a"}
+            # The stream ends with UNAVAILABLE, not OK: the client can tell the server went
+            # away (events tracked while probing may come first).
+            names = set()
+            with pytest.raises(grpc.RpcError) as ended:
+                names.update(r.event.event_name for r in subscription)
+            assert names <= {"a"}
+            assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in ended.value.details()
     finally:
         process.kill()
         process.wait()

@@ -124,6 +124,9 @@ def test_environment_variables_are_read():
         "ANALYTICS_HOST": "kimball:50052",
         "ANALYTICS_TOKEN": "relay-secret",
         "KIMBALL_SPOOL_MAX_EVENTS": "5000",
+        "KIMBALL_MAX_STREAMS": "300",
+        "KIMBALL_MAX_SUBSCRIBERS": "200",
+        "KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "100000",
         "NAMESPACE": "prod",
         "ADDITIONAL_NAMESPACES": "a, b,,c ",
         "STORAGE_PATH_PREFIX": "prefix/",
@@ -140,6 +143,7 @@ def test_environment_variables_are_read():
     assert s.analytics_token == "relay-secret"
     assert "relay-secret" not in repr(s)
     assert s.spool_max_events == 5000
+    assert (s.max_streams, s.max_subscribers, s.subscriber_buffer_events) == (300, 200, 100_000)
     assert s.namespace == "prod"
     assert s.additional_namespaces == ("a", "b", "c")
     assert s.storage_path_prefix == "prefix/"
@@ -462,6 +466,12 @@ def test_snapshots_kept_and_skipping_damage_from_environment_and_flags():
             {"KIMBALL_MAX_RESPONSE_BYTES": "2147483648"},
             ["KIMBALL_MAX_RESPONSE_BYTES", "2147483647"],
         ),
+        ({"KIMBALL_MAX_STREAMS": "0"}, ["KIMBALL_MAX_STREAMS", "at least 1"]),
+        ({"KIMBALL_MAX_STREAMS": "-3"}, ["KIMBALL_MAX_STREAMS", "'-3'"]),
+        ({"KIMBALL_MAX_SUBSCRIBERS": "many"}, ["KIMBALL_MAX_SUBSCRIBERS", "'many'"]),
+        ({"KIMBALL_MAX_SUBSCRIBERS": "0"}, ["KIMBALL_MAX_SUBSCRIBERS", "at least 1"]),
+        ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "0"}, ["BUFFER_EVENTS", "at least 1"]),
+        ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "100001"}, ["BUFFER_EVENTS", "at most 100,000"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )

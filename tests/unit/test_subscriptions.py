@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from kimball_grpc.core.events import AcceptedEvent, Event
 from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
@@ -31,16 +32,85 @@ async def test_full_queue_drops_the_oldest_and_counts_it() -> None:
     assert got == [3, 4, 5]
 
 
-async def test_waiting_subscriber_wakes_on_publish_and_ends_on_close() -> None:
+async def test_waiting_subscriber_wakes_on_publish() -> None:
     hub = SubscriptionHub()
     subscription = hub.subscribe(EventFilter(event_names=frozenset({"wanted"})))
     waiting = asyncio.create_task(subscription.next())
     await asyncio.sleep(0)
     hub.publish([accepted(1, "other"), accepted(2, "wanted")])
     assert (await asyncio.wait_for(waiting, 5)).sequence == 2
-    closing = asyncio.create_task(subscription.next())
-    await asyncio.sleep(0)
-    hub.close_all()
-    assert await asyncio.wait_for(closing, 5) is None
+    hub.unsubscribe(subscription)
     assert hub.subscriber_count == 0
-    assert await hub.subscribe(EventFilter()).next() is None
+
+
+async def test_a_filtered_subscriber_counts_only_the_matching_events_it_missed() -> None:
+    hub = SubscriptionHub(max_queue=4)
+    shop = hub.subscribe(EventFilter(namespace="shop"))
+    buys = hub.subscribe(EventFilter(event_names=frozenset({"buy"})))
+    prefixed = hub.subscribe(EventFilter(namespace="shop", event_name_prefix="b"))
+    # 10 events, 4 of them in "shop" (1, 4, 7, 10), 2 of those "buy" (4, 10).
+    hub.publish(
+        [
+            accepted(i, "buy" if i in (4, 10) else "view", "shop" if i % 3 == 1 else "blog")
+            for i in range(1, 11)
+        ]
+    )
+    # The ring holds 7..10: "shop" missed 1 and 4, read 7 and 10; "buy" missed 4 only.
+    assert (shop.dropped, buys.dropped, prefixed.dropped) == (2, 1, 1)
+    assert [(await shop.next()).sequence for _ in range(2)] == [7, 10]
+    assert (await buys.next()).sequence == 10
+    assert (await prefixed.next()).sequence == 10
+
+
+async def test_dropped_grows_over_each_overrun_and_not_for_events_before_subscribing() -> None:
+    hub = SubscriptionHub(max_queue=3)
+    hub.subscribe(EventFilter())  # keeps the ring's history while the next one starts
+    hub.publish([accepted(i, namespace="shop") for i in range(1, 4)])
+    late = hub.subscribe(EventFilter(namespace="shop"))
+    hub.publish([accepted(i, namespace="shop") for i in range(4, 6)])
+    assert late.dropped == 0  # 1..3 came before it; 4 and 5 are held
+    assert (await late.next()).sequence == 4
+    hub.publish([accepted(i, namespace="shop") for i in range(6, 11)])
+    assert late.dropped == 3  # 5, 6 and 7 overwritten unread
+    assert [(await late.next()).sequence for _ in range(3)] == [8, 9, 10]
+    hub.publish([accepted(i, namespace="blog") for i in range(11, 20)])
+    assert late.dropped == 3  # nothing of "shop" missed
+
+
+async def test_what_a_subscriber_reads_plus_what_it_dropped_is_every_matching_event() -> None:
+    rng = random.Random(7)
+    hub = SubscriptionHub(max_queue=16)
+    filters = [
+        EventFilter(),
+        EventFilter(namespace="a"),
+        EventFilter(event_names=frozenset({"x", "y"})),
+        EventFilter(namespace="b", event_name_prefix="x"),
+    ]
+    subscriptions = [hub.subscribe(f) for f in filters]
+    published: list[AcceptedEvent] = []
+    read: list[list[int]] = [[] for _ in filters]
+    sequence = 0
+    for _ in range(300):
+        batch = []
+        for _ in range(rng.randint(1, 12)):
+            sequence += 1
+            batch.append(accepted(sequence, rng.choice(("x", "xa", "y", "z")), rng.choice("abc")))
+        hub.publish(batch)
+        published.extend(batch)
+        for i, subscription in enumerate(subscriptions):
+            pace = rng.random()
+            if pace < 0.3:
+                continue  # away: the ring may overwrite what it has not looked at
+            if pace < 0.6:
+                assert subscription.dropped >= 0  # looks, reads nothing
+                continue
+            for _ in range(rng.randint(1, 8)):
+                if (got := subscription.poll()) is not None:
+                    read[i].append(got.sequence)
+    for i, subscription in enumerate(subscriptions):
+        while (got := subscription.poll()) is not None:
+            read[i].append(got.sequence)
+        matching = [a.sequence for a in published if filters[i].matches(a.event)]
+        assert read[i] == sorted(read[i]) and set(read[i]) <= set(matching)
+        assert len(read[i]) + subscription.dropped == len(matching), filters[i]
+        assert subscription.unseen > 0 and subscription.lost > 0, filters[i]
