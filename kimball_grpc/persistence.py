@@ -6,13 +6,12 @@ the log segments that all kept snapshots cover are removed, so the log
 still holds what falling back to the oldest kept snapshot needs. Start-up loads the
 newest usable snapshot and replays the log after it.
 
-A snapshot does not stop ingestion: each namespace is copied at once (between
-two requests), the copies are encoded in small steps between requests, and the
-object is stored from a worker thread. Its
-sequence number is the log's when the copying starts, so namespaces copied
-later may already hold some records after it; replaying those changes nothing
-(a user already in a counter is not counted again), so the restored state is
-exact.
+A snapshot does not stop ingestion, whatever the size of the state (``_encode_state``):
+it freezes the engine as of the log's last record (``Engine.freeze``: from then on a
+counter is copied before it first changes), encodes it in steps of a few milliseconds
+between requests, joins the bytes in a worker thread and stores them from one. It is
+exactly the state as of its sequence number: the sequence is read and the engine frozen
+with no ``await`` in between, so every record up to it is in, and none after it.
 """
 
 from __future__ import annotations
@@ -25,16 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kimball_grpc.codec.state_codec import (
-    capture_flags,
-    capture_namespace,
-    decode_records,
-    decode_state,
-    encoding_steps,
-)
+from kimball_grpc.codec.state_codec import decode_records, decode_state, state_in_steps
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidStoredData
+from kimball_grpc.core.steps import between_requests
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.outbound.backoff import Backoff
 from storage.blob_store import StorageError
@@ -46,7 +40,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
-SHUTDOWN_SNAPSHOT_SECONDS = 20.0
+# The last snapshot at shutdown gets this long, so stopping stays well under 5 s whatever
+# the size of the state: the log holds every record; the next start replays what it lacks.
+SHUTDOWN_SNAPSHOT_SECONDS = 2.5
 
 
 class RestoreAbandoned(Exception):
@@ -82,6 +78,8 @@ class Persistence:
         self.interval = interval
         self.counter_startup_delay = counter_startup_delay
         self.snapshot_sequence = 0
+        self.last_snapshot_seconds: float | None = None  # the last one this process took
+        self._encoding = asyncio.Lock()  # one snapshot at a time: two would only cost twice
         self._backend_down = False
         self._periodic: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
@@ -189,21 +187,7 @@ class Persistence:
         """Store a snapshot of the engine now, then drop the log segments that every kept
         snapshot covers."""
         started = time.perf_counter()
-        sequence = self.wal.last_sequence  # every record up to here is applied
-        # Taken with the sequence: replaying a spec change twice would count its version twice.
-        flags = capture_flags(self.engine.flags)
-        captures = []
-        for ns in self.engine.namespace_objects():
-            captures.append(capture_namespace(ns))
-            await asyncio.sleep(0)  # requests go on between namespaces
-        steps = encoding_steps(captures, flags)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                state: bytes = done.value
-                break
-            await asyncio.sleep(0)  # requests go on between steps
+        sequence, counters, state = await self._encode_state()
         try:
             kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
         except StorageError:
@@ -213,10 +197,11 @@ class Persistence:
         # Only what every kept snapshot holds: falling back to the oldest needs the rest.
         removed = self.wal.remove_through(kept[0].sequence)
         seconds = time.perf_counter() - started
+        self.last_snapshot_seconds = seconds
         self.metrics.snapshots.labels("ok").inc()
         self.metrics.snapshot_sequence.set(sequence)
         self.metrics.snapshot_seconds.observe(seconds)
-        self.metrics.persist_counters_managed.set(sum(len(c.counters) for c in captures))
+        self.metrics.persist_counters_managed.set(counters)
         log.info(
             "snapshot up to record %d stored in %s (%d bytes, %.2f s); "
             "%d write-ahead log segments removed",
@@ -227,18 +212,62 @@ class Persistence:
             removed,
         )
 
+    async def _encode_state(self) -> tuple[int, int, bytes]:
+        """(sequence, counters, state): the engine's state as of the log's last record, how
+        many counters it holds, and its bytes (``state_codec.state_in_steps``).
+
+        Exact as of ``sequence``: a record is applied as the log moves past it, and nothing
+        awaits between reading the sequence and freezing the engine, so no request runs
+        in between. Requests go on during the encoding, between its steps; what they
+        change is copied first (``Engine.freeze``), so the encoding reads the state as of
+        the freeze whatever happens meanwhile.
+        """
+        async with self._encoding:
+            sequence = self.wal.last_sequence  # every record up to here is applied
+            freeze = self.engine.freeze()
+            try:
+                chunks = await between_requests(state_in_steps(freeze))
+            finally:
+                self.engine.thaw()
+        # Hundreds of MB in the largest states: joined in a thread, which drops the GIL.
+        state = await asyncio.to_thread(b"".join, chunks)
+        return sequence, freeze.counter_count, state
+
     async def close(self) -> None:
-        """At shutdown, after the last request: a final snapshot (one try), then close the
-        log. A snapshot that cannot be stored now loses nothing: the log has it all."""
+        """At shutdown, after the last request: a last snapshot if it fits in
+        ``SHUTDOWN_SNAPSHOT_SECONDS``, then close the log. Without it nothing is lost: the
+        log holds every record, and the next start replays those after the newest snapshot."""
         if self._periodic is not None:
-            self._periodic.cancel()
+            self._periodic.cancel()  # a snapshot being encoded stops at its next step
+            await asyncio.wait([self._periodic])
         try:
-            if self.wal.last_sequence > self.snapshot_sequence:
-                await asyncio.wait_for(self.snapshot(), SHUTDOWN_SNAPSHOT_SECONDS)
-        except (StorageError, TimeoutError) as exc:
-            log.warning("no snapshot at shutdown (%s); the write-ahead log keeps everything", exc)
+            await self._last_snapshot()
         finally:
             await self.wal.close()
+
+    async def _last_snapshot(self) -> None:
+        last, stored = self.wal.last_sequence, self.snapshot_sequence
+        if last <= stored:
+            return
+        replay = f"the next start replays records {stored + 1} to {last} from the write-ahead log"
+        took = self.last_snapshot_seconds
+        if took is not None and took > SHUTDOWN_SNAPSHOT_SECONDS:
+            log.info(
+                "no snapshot at shutdown: the last one took %.1f s, more than the %g s allowed; %s",
+                took,
+                SHUTDOWN_SNAPSHOT_SECONDS,
+                replay,
+            )
+            return
+        try:
+            async with asyncio.timeout(SHUTDOWN_SNAPSHOT_SECONDS):
+                await self.snapshot()
+        except TimeoutError:
+            log.warning(
+                "no snapshot at shutdown: not done in %g s; %s", SHUTDOWN_SNAPSHOT_SECONDS, replay
+            )
+        except StorageError as exc:
+            log.warning("no snapshot at shutdown (%s); %s", exc.message, replay)
 
     # -- the blob store going away -----------------------------------------------
 
