@@ -8,8 +8,8 @@ newest usable snapshot and replays the log after it.
 
 A snapshot does not stop ingestion, whatever the size of the state (``_encode_state``):
 it freezes the engine as of the log's last record (``Engine.freeze``: from then on a
-counter is copied before it first changes), encodes it in steps of a few milliseconds
-between requests, joins the bytes in a worker thread and stores them from one. It is
+counter is copied before it first changes), encodes it in steps of about a millisecond
+between requests, then joins the bytes and stores them from worker threads. It is
 exactly the state as of its sequence number: the sequence is read and the engine frozen
 with no ``await`` in between, so every record up to it is in, and none after it.
 """
@@ -188,6 +188,7 @@ class Persistence:
         snapshot covers."""
         started = time.perf_counter()
         sequence, counters, state = await self._encode_state()
+        encoded = time.perf_counter() - started
         try:
             kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
         except StorageError:
@@ -203,12 +204,13 @@ class Persistence:
         self.metrics.snapshot_seconds.observe(seconds)
         self.metrics.persist_counters_managed.set(counters)
         log.info(
-            "snapshot up to record %d stored in %s (%d bytes, %.2f s); "
-            "%d write-ahead log segments removed",
+            "snapshot up to record %d stored in %s (%d bytes, %.2f s, of which %.2f s to "
+            "encode); %d write-ahead log segments removed",
             sequence,
             self.snapshots.blobs.uri,
             len(state),
             seconds,
+            encoded,
             removed,
         )
 
@@ -226,11 +228,12 @@ class Persistence:
             sequence = self.wal.last_sequence  # every record up to here is applied
             freeze = self.engine.freeze()
             try:
-                chunks = await between_requests(state_in_steps(freeze))
+                pieces = await between_requests(state_in_steps(freeze))
             finally:
                 self.engine.thaw()
-        # Hundreds of MB in the largest states: joined in a thread, which drops the GIL.
-        state = await asyncio.to_thread(b"".join, chunks)
+        # Hundreds of MB in the largest states: joined in a worker thread, which the join of
+        # bytes objects (not of a bytearray) lets the event loop run beside.
+        state = await asyncio.to_thread(b"".join, pieces)
         return sequence, freeze.counter_count, state
 
     async def close(self) -> None:
