@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -266,6 +267,7 @@ async def load_until_snapshot(server: Server, inflight: int, timeout: float) -> 
 def part_snapshot(servers: list[Server], args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         for server in servers if r % 2 == 0 else servers[::-1]:
+            os.sync()  # no writeback left from copying the state or from the last round
             start(server)
             pid = server.process.process.pid
             rss_before = rss_kb(pid, "VmRSS")

@@ -472,8 +472,8 @@ def bench_snapshots(args: argparse.Namespace, root: str) -> None:
     print(
         f"`Persistence.snapshot()` while one client ingests batches of {BATCH} (no log, its own "
         "engine) on the same loop; a gap is the time between two acknowledgements. The encode "
-        "runs in steps of up to 256 counters between requests; the join and the store in "
-        "worker threads.\n"
+        "runs in steps of up to 64 counters or 1 MiB between requests; the join and the store "
+        "in worker threads.\n"
     )
     print(
         "| engine | snapshot() | longest gap during it | usual gap "
