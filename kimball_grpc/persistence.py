@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
-# The last snapshot at shutdown gets this long, so stopping stays well under 5 s whatever
-# the size of the state: the log holds every record; the next start replays what it lacks.
-SHUTDOWN_SNAPSHOT_SECONDS = 2.5
+# The last snapshot at shutdown is stored only if it is encoded within this long (storing
+# takes about as long again), so stopping stays well under 5 s whatever the size of the
+# state: the log holds every record; the next start replays those the snapshots lack.
+SHUTDOWN_ENCODING_SECONDS = 1.5
 
 
 class RestoreAbandoned(Exception):
@@ -78,7 +79,7 @@ class Persistence:
         self.interval = interval
         self.counter_startup_delay = counter_startup_delay
         self.snapshot_sequence = 0
-        self.last_snapshot_seconds: float | None = None  # the last one this process took
+        self.last_encoding_seconds: float | None = None  # of the last snapshot taken here
         self._encoding = asyncio.Lock()  # one snapshot at a time: two would only cost twice
         self._backend_down = False
         self._periodic: asyncio.Task[None] | None = None
@@ -183,11 +184,13 @@ class Persistence:
                     self.metrics.snapshots.labels("failed").inc()
                     log.exception("snapshot failed unexpectedly; trying again next interval")
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, encode_within: float | None = None) -> None:
         """Store a snapshot of the engine now, then drop the log segments that every kept
-        snapshot covers."""
+        snapshot covers. ``TimeoutError`` if it is not encoded within ``encode_within``
+        seconds (then nothing is stored)."""
         started = time.perf_counter()
-        sequence, counters, state = await self._encode_state()
+        async with asyncio.timeout(encode_within):
+            sequence, counters, state = await self._encode_state()
         encoded = time.perf_counter() - started
         try:
             kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
@@ -198,7 +201,7 @@ class Persistence:
         # Only what every kept snapshot holds: falling back to the oldest needs the rest.
         removed = self.wal.remove_through(kept[0].sequence)
         seconds = time.perf_counter() - started
-        self.last_snapshot_seconds = seconds
+        self.last_encoding_seconds = encoded
         self.metrics.snapshots.labels("ok").inc()
         self.metrics.snapshot_sequence.set(sequence)
         self.metrics.snapshot_seconds.observe(seconds)
@@ -237,8 +240,8 @@ class Persistence:
         return sequence, freeze.counter_count, state
 
     async def close(self) -> None:
-        """At shutdown, after the last request: a last snapshot if it fits in
-        ``SHUTDOWN_SNAPSHOT_SECONDS``, then close the log. Without it nothing is lost: the
+        """At shutdown, after the last request: a last snapshot if it is encoded within
+        ``SHUTDOWN_ENCODING_SECONDS``, then close the log. Without it nothing is lost: the
         log holds every record, and the next start replays those after the newest snapshot."""
         if self._periodic is not None:
             self._periodic.cancel()  # a snapshot being encoded stops at its next step
@@ -253,22 +256,23 @@ class Persistence:
         if last <= stored:
             return
         replay = f"the next start replays records {stored + 1} to {last} from the write-ahead log"
-        took = self.last_snapshot_seconds
-        if took is not None and took > SHUTDOWN_SNAPSHOT_SECONDS:
+        bound = SHUTDOWN_ENCODING_SECONDS
+        took = self.last_encoding_seconds
+        if took is not None and took > bound:
             log.info(
-                "no snapshot at shutdown: the last one took %.1f s, more than the %g s allowed; %s",
+                "no snapshot at shutdown: the last one took %.1f s to encode, more than the %g s "
+                "allowed; %s",
                 took,
-                SHUTDOWN_SNAPSHOT_SECONDS,
+                bound,
                 replay,
             )
             return
         try:
-            async with asyncio.timeout(SHUTDOWN_SNAPSHOT_SECONDS):
-                await self.snapshot()
+            # Once encoded it is stored whatever that takes: a store given up half-way would
+            # leave its partial object behind.
+            await self.snapshot(encode_within=bound)
         except TimeoutError:
-            log.warning(
-                "no snapshot at shutdown: not done in %g s; %s", SHUTDOWN_SNAPSHOT_SECONDS, replay
-            )
+            log.warning("no snapshot at shutdown: not encoded in %g s; %s", bound, replay)
         except StorageError as exc:
             log.warning("no snapshot at shutdown (%s); %s", exc.message, replay)
 

@@ -106,8 +106,8 @@ async def test_snapshots_taken_while_events_keep_arriving_hold_exactly_the_recor
 
 @pytest.fixture
 def bound(monkeypatch) -> float:
-    """A bound on the last snapshot that the state below takes longer than."""
-    monkeypatch.setattr(persistence, "SHUTDOWN_SNAPSHOT_SECONDS", 0.001)
+    """A bound on encoding the last snapshot that the states below take longer than."""
+    monkeypatch.setattr(persistence, "SHUTDOWN_ENCODING_SECONDS", 0.001)
     return 0.001
 
 
@@ -123,7 +123,7 @@ async def test_shutdown_takes_no_snapshot_it_cannot_finish_in_time_and_loses_not
         last = server.persistence.wal.last_sequence
 
     assert not list(tmp_path.rglob("*.snapshot"))
-    assert f"not done in {bound:g} s; the next start replays records 1 to {last}" in caplog.text
+    assert f"not encoded in {bound:g} s; the next start replays records 1 to {last}" in caplog.text
     async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         assert await state_of(stub) == before
 
@@ -133,8 +133,9 @@ async def test_shutdown_skips_the_snapshot_when_the_last_one_took_longer_than_al
 ):
     caplog.set_level(logging.INFO, logger="kimball_grpc.persistence")
     async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
-        await feed(stub, range(50))
-        await server.persistence.snapshot()  # longer than the bound
+        names = [event(f"name-{i}", "someone", "big") for i in range(NAMES)]
+        await stub.TrackEvents(pb.TrackEventsRequest(events=names))
+        await server.persistence.snapshot()  # encoded in several steps: longer than the bound
         stored = server.persistence.snapshot_sequence
         await feed(stub, range(50, 80))
         before = await state_of(stub)
@@ -142,9 +143,9 @@ async def test_shutdown_skips_the_snapshot_when_the_last_one_took_longer_than_al
 
     assert len(list(tmp_path.rglob("*.snapshot"))) == 1
     assert (
-        f"no snapshot at shutdown: the last one took {server.persistence.last_snapshot_seconds:.1f}"
-        f" s, more than the {bound:g} s allowed; the next start replays records {stored + 1} to "
-        f"{last} from the write-ahead log"
+        f"no snapshot at shutdown: the last one took {server.persistence.last_encoding_seconds:.1f}"
+        f" s to encode, more than the {bound:g} s allowed; the next start replays records "
+        f"{stored + 1} to {last} from the write-ahead log"
     ) in caplog.text
     async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
         assert await state_of(stub) == before
