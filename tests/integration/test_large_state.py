@@ -104,9 +104,16 @@ async def test_snapshots_taken_while_events_keep_arriving_hold_exactly_the_recor
         assert view(decode_state(state)) == view(replayed_up_to(tmp_path / "wal", sequence))
 
 
+async def many_names(stub) -> None:
+    """A namespace of ``NAMES`` counters: encoding it takes several steps."""
+    names = [event(f"name-{i}", "someone", "big") for i in range(NAMES)]
+    await stub.TrackEvents(pb.TrackEventsRequest(events=names))
+
+
 @pytest.fixture
-def bound(monkeypatch) -> float:
+def bound(monkeypatch, caplog) -> float:
     """A bound on encoding the last snapshot that the states below take longer than."""
+    caplog.set_level(logging.INFO, logger="kimball_grpc.persistence")
     monkeypatch.setattr(persistence, "SHUTDOWN_ENCODING_SECONDS", 0.001)
     return 0.001
 
@@ -114,10 +121,8 @@ def bound(monkeypatch) -> float:
 async def test_shutdown_takes_no_snapshot_it_cannot_finish_in_time_and_loses_nothing(
     tmp_path: Path, bound: float, caplog
 ):
-    caplog.set_level(logging.INFO, logger="kimball_grpc.persistence")
     async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
-        names = [event(f"name-{i}", "someone", "big") for i in range(NAMES)]
-        await stub.TrackEvents(pb.TrackEventsRequest(events=names))
+        await many_names(stub)
         await feed(stub, range(50))
         before = await state_of(stub)
         last = server.persistence.wal.last_sequence
@@ -131,10 +136,8 @@ async def test_shutdown_takes_no_snapshot_it_cannot_finish_in_time_and_loses_not
 async def test_shutdown_skips_the_snapshot_when_the_last_one_took_longer_than_allowed(
     tmp_path: Path, bound: float, caplog
 ):
-    caplog.set_level(logging.INFO, logger="kimball_grpc.persistence")
     async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
-        names = [event(f"name-{i}", "someone", "big") for i in range(NAMES)]
-        await stub.TrackEvents(pb.TrackEventsRequest(events=names))
+        await many_names(stub)
         await server.persistence.snapshot()  # encoded in several steps: longer than the bound
         stored = server.persistence.snapshot_sequence
         await feed(stub, range(50, 80))
@@ -155,8 +158,7 @@ async def test_a_snapshot_in_progress_at_shutdown_is_abandoned_and_the_engine_th
     tmp_path: Path, bound: float
 ):
     async with running(local_settings(tmp_path)) as server, stub_of(server) as stub:
-        names = [event(f"name-{i}", "someone", "big") for i in range(NAMES)]
-        await stub.TrackEvents(pb.TrackEventsRequest(events=names))
+        await many_names(stub)
         before = await state_of(stub)
         taking = asyncio.ensure_future(server.persistence.snapshot())
         await asyncio.sleep(0)  # it froze the engine and encodes its first step
