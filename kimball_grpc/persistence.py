@@ -81,6 +81,7 @@ class Persistence:
         self.snapshot_sequence = 0
         self.last_encoding_seconds: float | None = None  # of the last snapshot taken here
         self._encoding = asyncio.Lock()  # one snapshot at a time: two would only cost twice
+        self._storing: asyncio.Future | None = None  # the last snapshot given to the store
         self._backend_down = False
         self._periodic: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
@@ -192,8 +193,14 @@ class Persistence:
         async with asyncio.timeout(encode_within):
             sequence, counters, state = await self._encode_state()
         encoded = time.perf_counter() - started
+        # Shielded: cancelled (at shutdown), the caller stops waiting but the object is still
+        # written whole (``close`` waits for it): given up half-way, it would leave a part.
+        storing = self._storing = asyncio.ensure_future(
+            asyncio.to_thread(self.snapshots.write, sequence, state)
+        )
+        storing.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            kept = await asyncio.to_thread(self.snapshots.write, sequence, state)
+            kept = await asyncio.shield(storing)
         except StorageError:
             self.metrics.snapshots.labels("failed").inc()
             raise
@@ -246,6 +253,8 @@ class Persistence:
         if self._periodic is not None:
             self._periodic.cancel()  # a snapshot being encoded stops at its next step
             await asyncio.wait([self._periodic])
+        if self._storing is not None and not self._storing.done():
+            await asyncio.wait([self._storing])  # one being stored is finished
         try:
             await self._last_snapshot()
         finally:
