@@ -19,12 +19,13 @@ What it measures, in one run (medians of interleaved rounds, with the min/max sp
     workload first, so every measurement does the same Bloom work (repeat users: the state
     does not change) whatever it reaches.
 (2) Snapshots of 10,000 counters (one namespace; and 100 namespaces of 100) and of 20
-    counters holding 50,000 users: ``capture_namespace`` per namespace (holds the event
-    loop), ``encode_captures`` (in steps between requests in the server), ``SnapshotStore.write``
-    into a ``LocalBlobStore`` (fsync included), ``load_newest(decode_state)``, the object
-    size; then ``Persistence.snapshot()`` on a running loop while a client ingests batches
-    of 100 on the same loop: the longest wait between two acknowledgements and the share
-    of the ingestion rate kept (what ingestion feels).
+    counters holding 50,000 users: ``Engine.freeze`` (holds the event loop), the encoding
+    (``state_in_steps``, each step between requests in the server: all of them, and the
+    longest), ``SnapshotStore.write`` into a ``LocalBlobStore`` (fsync included),
+    ``load_newest(decode_state)``, the object size; then ``Persistence.snapshot()`` on a
+    running loop while a client ingests batches of 100 on the same loop: the longest wait
+    between two acknowledgements and the share of the ingestion rate kept (what ingestion
+    feels).
 (3) Replay: ``--replay-events`` events written to a log in batches of 100, then
     ``Persistence.restore()`` into a fresh engine (no snapshot: open and check the log,
     read, decode, apply), against each step alone (``open``, ``entries``,
@@ -81,11 +82,10 @@ from workload import (
 
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec.state_codec import (
-    capture_namespace,
     decode_records,
     decode_state,
-    encode_captures,
     encode_records,
+    state_in_steps,
 )
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event
@@ -328,9 +328,9 @@ def count_counters(engine: Engine) -> int:
 
 @dataclass
 class SnapshotRound:
-    capture: float  # all namespaces, seconds
-    capture_max: float  # the longest single namespace: one event-loop pause
-    encode: float
+    freeze: float  # seconds: Engine.freeze, one event-loop pause
+    encode: float  # every step of state_in_steps
+    longest_step: float  # the longest of them: one event-loop pause
     store: float
     load: float
     size: int
@@ -338,24 +338,27 @@ class SnapshotRound:
 
 
 def snapshot_round(scenario: Scenario, blobs_root: Path, sequence: int) -> SnapshotRound:
-    """capture, encode, store, load of one scenario, each timed alone."""
+    """freeze, encode (each step timed), store, load of one scenario, each timed alone."""
     store = SnapshotStore(LocalBlobStore(blobs_root))
-    captures, pauses = [], []
-    gc.collect()  # as ``timed`` does; collections the capture itself triggers are counted
-    for ns in scenario.engine.namespace_objects():
+    engine = scenario.engine
+    gc.collect()  # as ``timed`` does; collections the encoding itself triggers are counted
+    start = time.perf_counter()
+    steps = state_in_steps(engine.freeze())
+    frozen = time.perf_counter() - start
+    pauses = []
+    while True:
         start = time.perf_counter()
-        captures.append(capture_namespace(ns))
-        pauses.append(time.perf_counter() - start)
-    state = b""
-
-    def encode() -> None:
-        nonlocal state
-        state = encode_captures(captures)
-
-    encoded = timed(encode)
+        try:
+            next(steps)
+        except StopIteration as done:
+            state = b"".join(done.value)
+            break
+        finally:
+            pauses.append(time.perf_counter() - start)
+    engine.thaw()
     stored = timed(lambda: store.write(sequence, state))
     loaded = timed(lambda: store.load_newest(decode_state))
-    return SnapshotRound(sum(pauses), max(pauses), encoded, stored, loaded, len(state))
+    return SnapshotRound(frozen, sum(pauses), max(pauses), stored, loaded, len(state))
 
 
 @dataclass
@@ -447,8 +450,8 @@ def bench_snapshots(args: argparse.Namespace, root: str) -> None:
                 rounds[s.name].append(sample)
 
     print(
-        "| engine | counters | users (sum of namespaces) | object | capture (loop paused) "
-        "| µs per counter | longest pause (one namespace) | encode (in steps) | store | load |"
+        "| engine | counters | users (sum of namespaces) | object | freeze (loop paused) "
+        "| encode (in steps) | µs per counter | longest step (loop paused) | store | load |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in scenarios:
@@ -460,17 +463,17 @@ def bench_snapshots(args: argparse.Namespace, root: str) -> None:
         print(
             f"| {s.name} | {s.counters:,} | {s.users:,} "
             f"| {median([x.size for x in rs]) / 1e6:.2f} MB "
-            f"| {ms([x.capture for x in rs])} "
-            f"| {median([x.capture for x in rs]) / s.counters * 1e6:.1f} "
-            f"| {ms([x.capture_max for x in rs])} "
-            f"| {ms([x.encode for x in rs])} | {ms([x.store for x in rs])} "
+            f"| {ms([x.freeze for x in rs])} | {ms([x.encode for x in rs])} "
+            f"| {median([x.encode for x in rs]) / s.counters * 1e6:.1f} "
+            f"| {ms([x.longest_step for x in rs])} | {ms([x.store for x in rs])} "
             f"| {ms([x.load for x in rs])} |"
         )
     print()
     print(
         f"`Persistence.snapshot()` while one client ingests batches of {BATCH} (no log, its own "
         "engine) on the same loop; a gap is the time between two acknowledgements. The encode "
-        "runs in steps of 128 counters between requests; the store in a worker thread.\n"
+        "runs in steps of up to 64 counters or 1 MiB between requests; the join and the store "
+        "in worker threads.\n"
     )
     print(
         "| engine | snapshot() | longest gap during it | usual gap "

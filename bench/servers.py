@@ -103,14 +103,23 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    log: Path | None = None  # its output, appended (None: this process's own)
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
         env["LOG_LEVEL"] = "WARNING"
         env.update(self.env)
-        self.process = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=env, preexec_fn=pin_to(self.cpu), stdin=subprocess.DEVNULL
-        )
+        with contextlib.ExitStack() as files:
+            output = files.enter_context(open(self.log, "ab")) if self.log else None
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=env,
+                preexec_fn=pin_to(self.cpu),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+            )
 
     def wait_for(self, check: Callable[[], object], timeout: float, what: str) -> None:
         """Poll ``check`` until it returns true; raise if the process exits first or

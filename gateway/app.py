@@ -7,6 +7,7 @@ statuses become HTTP statuses through one table (``http_status``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -152,8 +153,10 @@ def _ready_handler(channel: Channel) -> Handler:
 
 def _metrics_handler(registry: CollectorRegistry) -> Serve:
     async def metrics(request: web.Request, metadata: Metadata) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        # A sample per counter: seconds for a large state. In a worker thread, which lets the
+        # event loop run every few ms (the GIL's switch interval); the collectors only read
+        # the engine, whose dicts and sets are copied in single C calls and only grow.
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return metrics

@@ -12,6 +12,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from gateway.http_status import http_status
+from gateway.json_steps import json_in_steps
 from gateway.route_table import Answer, NdjsonBody, Route
 from gateway.translate import (
     STREAM_TYPES,
@@ -24,6 +25,7 @@ from gateway.translate import (
 from kimball_grpc.api.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.codec.error_details import error_metadata
+from kimball_grpc.core.steps import between_requests
 from kimball_grpc.outbound.channels import is_over_receive_limit
 
 CALL_TIMEOUT_SECONDS = 30.0
@@ -108,10 +110,11 @@ def _route_of(request: web.Request) -> str:
     return f"{request.method} {declared_route(request)}"
 
 
-def _answer(answer: Answer | None, response: Message) -> web.Response:
+async def _answer(answer: Answer | None, response: Message) -> web.Response:
     if answer is None:
         return web.Response(status=204)
-    return web.json_response(answer.render(response))
+    text = await between_requests(json_in_steps(answer.render(response)))
+    return web.Response(text=text, content_type="application/json")
 
 
 def route_handler(
@@ -137,7 +140,7 @@ def route_handler(
             if refused:
                 accepted = route.answer.render(response) if route.answer is not None else {}
                 return client_error_response(refused[0], **accepted)
-            return _answer(route.answer, response)
+            return await _answer(route.answer, response)
 
         return guarded(checker, serve_stream)
 
@@ -146,6 +149,6 @@ def route_handler(
     async def serve(request: web.Request, metadata: Metadata) -> web.StreamResponse:
         message = await request_message(route, request, BodyClock(body_timeout))
         response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
-        return _answer(route.answer, response)
+        return await _answer(route.answer, response)
 
     return guarded(checker, serve)

@@ -1,7 +1,7 @@
 """The original API's answer JSON: response messages in the shapes its clients expect.
 
 Pure presentation: each function renders one protobuf response. No decision about
-the data is made here.
+the data is made here. A long array may be left to render as it is encoded (``Each``).
 
 A page of a paged read adds ``next_page_token`` only when another page follows: a client
 that asks for no pages gets a whole answer, in exactly the original's shape.
@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from gateway.json_steps import Each
 from kimball_grpc.codec.proto_mapping import counter_type_name, json_value
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
@@ -21,24 +22,25 @@ Json = Any
 
 
 def analytics_json(response: pb.GetAnalyticsResponse) -> Json:
-    """A namespace's counters: ``{"counts": [...]}``, weekly ones with their year and week."""
-    counts = []
-    for c in response.counts:
-        item = {
-            "name": c.name,
-            "type": counter_type_name(c.type),
-            "count": c.count,
-            "event_counts": [{"events": list(e.events), "count": e.count} for e in c.event_counts],
-            "single_event_counts": [
-                {"name": s.name, "count": s.count} for s in c.single_event_counts
-            ],
-            "value": {"sum": c.value.sum},
-        }
-        if c.type == pb.COUNTER_TYPE_WEEKLY:
-            item["year"] = c.year
-            item["week"] = c.week
-        counts.append(item)
-    return _paged({"counts": counts}, response)
+    """A namespace's counters: ``{"counts": [...]}``, rendered as the answer is encoded (a
+    namespace may hold hundreds of thousands)."""
+    return _paged({"counts": Each(response.counts, _counter_json)}, response)
+
+
+def _counter_json(c: pb.Counter) -> Json:
+    """One counter; a weekly one with its year and week."""
+    item = {
+        "name": c.name,
+        "type": counter_type_name(c.type),
+        "count": c.count,
+        "event_counts": [{"events": list(e.events), "count": e.count} for e in c.event_counts],
+        "single_event_counts": [{"name": s.name, "count": s.count} for s in c.single_event_counts],
+        "value": {"sum": c.value.sum},
+    }
+    if c.type == pb.COUNTER_TYPE_WEEKLY:
+        item["year"] = c.year
+        item["week"] = c.week
+    return item
 
 
 def _paged(out: dict[str, Json], response: Message) -> Json:

@@ -199,10 +199,10 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         if self._engine is not None:
-            engine = self._engine
-            total = sum(len(engine.counters(ns)) for ns in engine.namespaces())
             yield GaugeMetricFamily(
-                "kimball_counters", "Counters registered (global, named and weekly).", value=total
+                "kimball_counters",
+                "Counters registered (global, named and weekly).",
+                value=self._engine.all_counter_count,
             )
         if self._limit is not None:
             yield GaugeMetricFamily(

@@ -8,13 +8,12 @@ what falling back to the oldest kept snapshot needs. Start-up loads the newest
 usable snapshot (moving damaged ones aside) and replays the log after it; a
 record neither gives stops start-up, unless the operator chose to skip it.
 
-A snapshot does not stop ingestion: each namespace is copied at once (between
-two requests), the copies are encoded in small steps between requests, and the
-object is stored from a worker thread. Its
-sequence number is the log's when the copying starts, so namespaces copied
-later may already hold some records after it; replaying those changes nothing
-(a user already in a counter is not counted again), so the restored state is
-exact.
+A snapshot does not stop ingestion, whatever the size of the state (``_encode_state``):
+it freezes the engine as of the log's last record (``Engine.freeze``: from then on a
+counter is copied before it first changes), encodes it in steps of about a millisecond
+between requests, then joins the bytes and stores them from worker threads. It is
+exactly the state as of its sequence number: the sequence is read and the engine frozen
+with no ``await`` in between, so every record up to it is in, and none after it.
 """
 
 from __future__ import annotations
@@ -27,16 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kimball_grpc.codec.state_codec import (
-    capture_flags,
-    capture_namespace,
-    decode_records,
-    decode_state,
-    encoding_steps,
-)
+from kimball_grpc.codec.state_codec import decode_records, decode_state, state_in_steps
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidStoredData
+from kimball_grpc.core.steps import between_requests
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.outbound.backoff import Backoff
 from storage.blob_store import StorageError
@@ -48,7 +42,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
-SHUTDOWN_SNAPSHOT_SECONDS = 20.0
+# The last snapshot at shutdown is stored only if it is encoded within this long (storing
+# takes about as long again), so stopping stays well under 5 s whatever the size of the
+# state: the log holds every record; the next start replays those the snapshots lack.
+SHUTDOWN_ENCODING_SECONDS = 1.5
 
 
 class RestoreAbandoned(Exception):
@@ -84,6 +81,9 @@ class Persistence:
         self.interval = interval
         self.counter_startup_delay = counter_startup_delay
         self.snapshot_sequence = 0
+        self.last_encoding_seconds: float | None = None  # of the last snapshot taken here
+        self._encoding = asyncio.Lock()  # one snapshot at a time: two would only cost twice
+        self._storing: asyncio.Future | None = None  # the last snapshot given to the store
         self._backend_down = False
         self._periodic: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
@@ -197,34 +197,22 @@ class Persistence:
                     self.metrics.snapshots.labels("failed").inc()
                     log.exception("snapshot failed unexpectedly; trying again next interval")
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, encode_within: float | None = None) -> None:
         """Store a snapshot of the engine now, then drop the log segments that every kept
-        snapshot covers."""
+        snapshot covers. ``TimeoutError`` if it is not encoded within ``encode_within``
+        seconds (then nothing is stored)."""
         started = time.perf_counter()
-        sequence = self.wal.last_sequence  # every record up to here is applied
-        # Taken with the sequence: replaying a spec change twice would count its version twice.
-        flags = capture_flags(self.engine.flags)
-        captures = []
-        for ns in self.engine.namespace_objects():
-            captures.append(capture_namespace(ns))
-            await asyncio.sleep(0)  # requests go on between namespaces
-        steps = encoding_steps(captures, flags)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                state: bytes = done.value
-                break
-            await asyncio.sleep(0)  # requests go on between steps
-        await self._store(sequence, state, started, sum(len(c.counters) for c in captures))
-
-    async def _store(self, sequence: int, state: bytes, started: float, counters: int) -> None:
-        """Store the encoded ``state`` as the snapshot up to ``sequence`` and read it back;
-        once it is whole, drop the snapshots and log segments the kept ones cover.
-        ``StorageError`` if the backend fails (nothing is deleted); a snapshot that does
-        not read back is counted and deletes nothing (the next one tries again)."""
+        async with asyncio.timeout(encode_within):
+            sequence, counters, state = await self._encode_state()
+        encoded = time.perf_counter() - started
+        # Shielded: cancelled (at shutdown), the caller stops waiting but the object is still
+        # written whole (``close`` waits for it): given up half-way, it would leave a part.
+        storing = self._storing = asyncio.ensure_future(
+            asyncio.to_thread(self.snapshots.write, sequence, state)
+        )
+        storing.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            written = await asyncio.to_thread(self.snapshots.write, sequence, state)
+            written = await asyncio.shield(storing)
         except StorageError:
             self.metrics.snapshots.labels("failed").inc()
             raise
@@ -235,33 +223,83 @@ class Persistence:
         # Only what every kept snapshot holds: falling back to the oldest needs the rest.
         removed = 0 if written.covered is None else self.wal.remove_through(written.covered)
         seconds = time.perf_counter() - started
+        self.last_encoding_seconds = encoded
         self.metrics.snapshots.labels("ok").inc()
         self.metrics.snapshot_sequence.set(sequence)
         self.metrics.snapshot_seconds.observe(seconds)
         self.metrics.persist_counters_managed.set(counters)
         log.info(
-            "snapshot up to record %d stored in %s and read back (%d bytes, %.2f s); "
-            "%d older snapshots and %d write-ahead log segments removed",
+            "snapshot up to record %d stored in %s and read back (%d bytes, %.2f s, of which "
+            "%.2f s to encode); %d older snapshots and %d write-ahead log segments removed",
             sequence,
             self.snapshots.blobs.uri,
             len(state),
             seconds,
+            encoded,
             written.deleted,
             removed,
         )
 
+    async def _encode_state(self) -> tuple[int, int, bytes]:
+        """(sequence, counters, state): the engine's state as of the log's last record, how
+        many counters it holds, and its bytes (``state_codec.state_in_steps``).
+
+        Exact as of ``sequence``: a record is applied as the log moves past it, and nothing
+        awaits between reading the sequence and freezing the engine, so no request runs
+        in between. Requests go on during the encoding, between its steps; what they
+        change is copied first (``Engine.freeze``), so the encoding reads the state as of
+        the freeze whatever happens meanwhile.
+        """
+        async with self._encoding:
+            sequence = self.wal.last_sequence  # every record up to here is applied
+            freeze = self.engine.freeze()
+            try:
+                pieces = await between_requests(state_in_steps(freeze))
+            finally:
+                self.engine.thaw()
+        # Hundreds of MB in the largest states: joined in a worker thread, which the join of
+        # bytes objects (not of a bytearray) lets the event loop run beside.
+        state = await asyncio.to_thread(b"".join, pieces)
+        return sequence, freeze.counter_count, state
+
     async def close(self) -> None:
-        """At shutdown, after the last request: a final snapshot (one try), then close the
-        log. A snapshot that cannot be stored now loses nothing: the log has it all."""
+        """At shutdown, after the last request: a last snapshot if it is encoded within
+        ``SHUTDOWN_ENCODING_SECONDS``, then close the log. Without it nothing is lost: the
+        log holds every record, and the next start replays those after the newest snapshot."""
         if self._periodic is not None:
-            self._periodic.cancel()
+            self._periodic.cancel()  # a snapshot being encoded stops at its next step
+            await asyncio.wait([self._periodic])
+        if self._storing is not None and not self._storing.done():
+            await asyncio.wait([self._storing])  # one being stored is finished
         try:
-            if self.wal.last_sequence > self.snapshot_sequence:
-                await asyncio.wait_for(self.snapshot(), SHUTDOWN_SNAPSHOT_SECONDS)
-        except (StorageError, TimeoutError) as exc:
-            log.warning("no snapshot at shutdown (%s); the write-ahead log keeps everything", exc)
+            await self._last_snapshot()
         finally:
             await self.wal.close()
+
+    async def _last_snapshot(self) -> None:
+        last, stored = self.wal.last_sequence, self.snapshot_sequence
+        if last <= stored:
+            return
+        replay = f"the next start replays records {stored + 1} to {last} from the write-ahead log"
+        bound = SHUTDOWN_ENCODING_SECONDS
+        took = self.last_encoding_seconds
+        if took is not None and took > bound:
+            log.info(
+                "no snapshot at shutdown: the last one took %.1f s to encode, more than the %g s "
+                "allowed; %s",
+                took,
+                bound,
+                replay,
+            )
+            return
+        try:
+            # Once encoded it is stored whatever that takes: a store given up half-way would
+            # leave its partial object behind.
+            await self.snapshot(encode_within=bound)
+        except TimeoutError:
+            log.warning("no snapshot at shutdown: not encoded in %g s; %s", bound, replay)
+        except StorageError as exc:
+            log.warning("no snapshot at shutdown (%s); %s", exc.message, replay)
 
     # -- the blob store going away -----------------------------------------------
 

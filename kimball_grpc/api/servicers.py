@@ -35,6 +35,7 @@ from kimball_grpc.core.paging import (
     page,
     page_request,
 )
+from kimball_grpc.core.steps import Steps, between_requests
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -101,7 +102,7 @@ async def accept_integration_stream(
 
 def analytics_response(
     engine: Engine, request: pb.GetAnalyticsRequest, max_bytes: int
-) -> pb.GetAnalyticsResponse:
+) -> Steps[pb.GetAnalyticsResponse]:
     """``GetAnalytics``: the namespace's counters, of events with ``name_prefix`` if given,
     whole or the page asked for, within ``max_bytes``."""
     namespace = check_namespace(request.namespace)
@@ -110,7 +111,7 @@ def analytics_response(
         ("GetAnalytics", namespace, prefix), request.page_size, request.page_token
     )
     goals = engine.goal_set(namespace)
-    counts, token = page(
+    counts, token = yield from page(
         engine.counters_after(namespace, prefix, paging.after),
         counter_key,
         paging,
@@ -123,31 +124,31 @@ def analytics_response(
 
 def goals_response(
     engine: Engine, request: pb.ListGoalsRequest, max_bytes: int
-) -> pb.ListGoalsResponse:
+) -> Steps[pb.ListGoalsResponse]:
     """``ListGoals``: the namespace's goals by name, whole or the page asked for."""
     namespace = check_namespace(request.namespace)
     paging = page_request(("ListGoals", namespace), request.page_size, request.page_token)
-    goals, token = _names_page(engine.goals(namespace), paging, max_bytes)
+    goals, token = yield from _names_page(engine.goals(namespace), paging, max_bytes)
     return pb.ListGoalsResponse(goals=goals, next_page_token=token)
 
 
 def namespaces_response(
     engine: Engine, request: pb.ListNamespacesRequest, max_bytes: int
-) -> pb.ListNamespacesResponse:
+) -> Steps[pb.ListNamespacesResponse]:
     """``ListNamespaces``: the namespaces by name, whole or the page asked for."""
     paging = page_request(("ListNamespaces",), request.page_size, request.page_token)
-    namespaces, token = _names_page(engine.namespaces(), paging, max_bytes)
+    namespaces, token = yield from _names_page(engine.namespaces(), paging, max_bytes)
     return pb.ListNamespacesResponse(namespaces=namespaces, next_page_token=token)
 
 
 def feature_specs_response(
     flags: FeatureFlags, request: pb.ListFeatureSpecsRequest, max_bytes: int
-) -> pb.FeatureSpecs:
+) -> Steps[pb.FeatureSpecs]:
     """``ListFeatureSpecs``: the specs by name, whole or the page asked for; the version
     and fingerprint are the whole set's."""
     paging = page_request(("ListFeatureSpecs",), request.page_size, request.page_token)
     whole = proto_mapping.flags_to_proto(flags)  # by name
-    specs, token = page(
+    specs, token = yield from page(
         named_after(whole.specs, _spec_name, paging.after),
         _spec_key,
         paging,
@@ -160,15 +161,19 @@ def feature_specs_response(
     )
 
 
-def _names_page(names: Sequence[str], paging: PageRequest, max_bytes: int) -> tuple[list[str], str]:
+def _names_page(
+    names: Sequence[str], paging: PageRequest, max_bytes: int
+) -> Steps[tuple[list[str], str]]:
     """A page of sorted ``names``."""
-    return page(
-        named_after(names, itself, paging.after),
-        name_key,
-        paging,
-        itself,
-        proto_mapping.field_bytes,
-        max_bytes,
+    return (
+        yield from page(
+            named_after(names, itself, paging.after),
+            name_key,
+            paging,
+            itself,
+            proto_mapping.field_bytes,
+            max_bytes,
+        )
     )
 
 
@@ -241,17 +246,21 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return await accept_stream(request_iterator, self.ingestor.accept)
 
     async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
-        return analytics_response(self.engine, request, self.max_response_bytes)
+        return await between_requests(
+            analytics_response(self.engine, request, self.max_response_bytes)
+        )
 
     async def CreateGoal(self, request: pb.CreateGoalRequest, context: Context):
         await self.ingestor.create_goal(request.namespace, request.goal_name)
         return pb.CreateGoalResponse()
 
     async def ListGoals(self, request: pb.ListGoalsRequest, context: Context):
-        return goals_response(self.engine, request, self.max_response_bytes)
+        return await between_requests(goals_response(self.engine, request, self.max_response_bytes))
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Context):
-        return namespaces_response(self.engine, request, self.max_response_bytes)
+        return await between_requests(
+            namespaces_response(self.engine, request, self.max_response_bytes)
+        )
 
     async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
         if request.user_id or request.events:
@@ -316,7 +325,9 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return proto_mapping.spec_to_proto(self.engine.flags.get(request.name))
 
     async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
-        return feature_specs_response(self.engine.flags, request, self.max_response_bytes)
+        return await between_requests(
+            feature_specs_response(self.engine.flags, request, self.max_response_bytes)
+        )
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         await self.ingestor.delete_feature_spec(request.name)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter as Tally
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -24,11 +23,12 @@ from kimball_grpc.core.bloom import (
 )
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.counters import NO_TALLY, Counter, CounterKind
-from kimball_grpc.core.engine import Engine, Namespace
+from kimball_grpc.core.engine import Engine, Freeze, Namespace
 from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData
-from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
+from kimball_grpc.core.feature_flags import FeatureSpec, UserCondition, check_spec
 from kimball_grpc.core.names import check_text, check_value
 from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, GoalRecord, Record
+from kimball_grpc.core.steps import Steps
 from kimball_grpc.generated.kimball.storage.v1 import state_pb2 as spb
 
 FORMAT_VERSION = 1
@@ -40,106 +40,74 @@ _FILTERS: dict[str, type[FixedBloomFilter] | type[ScalableBloomFilter]] = {
 }
 
 
-class CounterCapture(NamedTuple):
-    """A counter's data at one moment, copied: encodable later, anywhere."""
-
-    name: str
-    kind: str
-    iso_year: int
-    iso_week: int
-    count: int
-    value_sum: float
-    event_counts: list[tuple[tuple[str, ...], int]]
-    single_event_counts: dict[str, int]
-    filter_kind: str
-    capacity: int
-    error_probability: float
-    slices: list[SliceState]
-
-
-class NamespaceCapture(NamedTuple):
-    """A namespace at one moment: its goals, global counter first, then the others."""
-
-    name: str
-    goals: list[str]
-    counters: list[CounterCapture]
-
-
-class FlagsCapture(NamedTuple):
-    """The feature specs at one moment (specs are immutable: a list is a copy)."""
-
-    specs: list[FeatureSpec]
-    version: int
-
-
-NO_FLAGS = FlagsCapture([], 0)
-
-
-def capture_flags(flags: FeatureFlags) -> FlagsCapture:
-    return FlagsCapture(flags.listed(), flags.version)
-
-
-def capture_namespace(ns: Namespace) -> NamespaceCapture:
-    """A copy of ``ns`` taken at once (no await inside): consistent, for ``encode_captures``.
-
-    About half the cost of encoding: a snapshot holds the event loop only this long
-    per namespace (about 8 µs per counter) and encodes in a worker thread.
+def state_in_steps(freeze: Freeze) -> Steps[list[bytes]]:
+    """The engine's state as of ``freeze``'s moment as one ``EngineState`` message in
+    pieces of about ``STEP_BYTES``, to join, encoded in steps of up to ``STEP_COUNTERS``
+    counters or ``STEP_BYTES`` of filters (about a millisecond each). The message is never
+    built whole: the format and the feature specs, then each namespace in parts, are
+    serialized one after another (serialized messages one after another parse as one
+    message, their repeated fields' elements in order). ``freeze.done`` is called for each
+    namespace once read.
     """
-    return NamespaceCapture(ns.name, sorted(ns.goals), [_capture(c) for c in ns.counters()])
-
-
-def _capture(counter: Counter) -> CounterCapture:
-    bloom = counter.filter
-    return CounterCapture(
-        counter.name,
-        counter.kind.value,
-        counter.iso_year,
-        counter.iso_week,
-        counter.count,
-        counter.value_sum,
-        list(counter.event_counts.items()),
-        dict(counter.single_event_counts),
-        bloom.kind,
-        bloom.capacity,
-        bloom.error_probability,
-        bloom.slice_states(),
-    )
-
-
-def encode_captures(captures: Sequence[NamespaceCapture], flags: FlagsCapture = NO_FLAGS) -> bytes:
-    """The engine state made of these namespace captures and feature specs."""
-    steps = encoding_steps(captures, flags)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-
-
-def encoding_steps(
-    captures: Sequence[NamespaceCapture],
-    flags: FlagsCapture = NO_FLAGS,
-    counters_per_step: int = 128,
-) -> Generator[None, None, bytes]:
-    """``encode_captures`` in steps: yields after every ``counters_per_step`` counters and
-    returns the bytes. The captures are copies, so the steps may interleave with changes
-    to the engine (a snapshot encodes in the event loop between requests: a worker thread
-    would hold the GIL against the loop and slow ingestion far more)."""
-    message = spb.EngineState(
+    head = spb.EngineState(
         format_version=FORMAT_VERSION,
-        feature_specs=[spec_to_state(spec) for spec in flags.specs],
-        feature_specs_version=flags.version,
+        feature_specs=[spec_to_state(spec) for spec in freeze.flag_specs],
+        feature_specs_version=freeze.flags_version,
     )
-    done = 0
-    for ns in captures:
-        state = message.namespaces.add(name=ns.name, goals=ns.goals)
-        state.global_counter.CopyFrom(_counter_to_proto(ns.counters[0]))
-        for counter in ns.counters[1:]:
-            state.counters.append(_counter_to_proto(counter))
-            done += 1
-            if done % counters_per_step == 0:
+    pieces: list[bytes] = []
+    pending = bytearray(head.SerializeToString(deterministic=True))
+    counters_done = bytes_done = 0
+    for ns in freeze.namespaces:
+        counters = freeze.counters(ns)
+        start = spb.NamespaceState(name=ns.name, goals=sorted(freeze.goals(ns)))
+        _fill_counter(start.global_counter, freeze.as_of(ns, counters[0]))
+        parts = [start.SerializeToString(deterministic=True)]
+        part = spb.NamespaceState()
+        for counter in counters[1:]:
+            counter = freeze.as_of(ns, counter)  # read whole within this step
+            _fill_counter(part.counters.add(), counter)
+            counters_done += 1
+            bytes_done += counter.nbytes
+            if counters_done >= STEP_COUNTERS or bytes_done >= STEP_BYTES:
+                parts.append(part.SerializeToString(deterministic=True))
+                part = spb.NamespaceState()
+                counters_done = bytes_done = 0
                 yield
-    return message.SerializeToString(deterministic=True)
+        parts.append(part.SerializeToString(deterministic=True))
+        freeze.done(ns)
+        # One element of EngineState.namespaces: its key and length, then its parts.
+        pending += _length_delimited(_NAMESPACES_FIELD, sum(map(len, parts)))
+        for piece in parts:
+            pending += piece
+            if len(pending) >= STEP_BYTES:  # few large pieces: joined, they free cleanly
+                pieces.append(bytes(pending))
+                pending.clear()
+                counters_done = bytes_done = 0
+                yield
+        counters_done += 1
+        if counters_done >= STEP_COUNTERS:
+            counters_done = bytes_done = 0
+            yield
+    pieces.append(bytes(pending))
+    return pieces
+
+
+_NAMESPACES_FIELD = spb.EngineState.DESCRIPTOR.fields_by_name["namespaces"].number
+# A step of the encoding: about a millisecond (16 µs per counter; filters copied 3 times).
+STEP_COUNTERS = 64
+STEP_BYTES = 1 << 20
+
+
+def _length_delimited(field: int, length: int) -> bytes:
+    """The start of a length-delimited field on the protobuf wire: the key (the field number
+    and wire type 2) and the length, as varints."""
+    out = bytearray()
+    for value in (field << 3 | 2, length):
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out)
 
 
 def decode_state(
@@ -206,26 +174,23 @@ def _stored_week(year: int, week: int) -> None:
         raise InvalidStoredData(f"stored ISO week {year}-W{week} does not exist")
 
 
-def _counter_to_proto(c: CounterCapture) -> spb.CounterState:
-    return spb.CounterState(
-        name=c.name,
-        kind=c.kind,
-        iso_year=c.iso_year,
-        iso_week=c.iso_week,
-        count=c.count,
-        value_sum=c.value_sum,
-        event_counts=[
-            spb.CombinationCount(events=list(events), count=n) for events, n in c.event_counts
-        ],
-        single_event_counts=c.single_event_counts,
-        filter=spb.FilterState(
-            type=c.filter_kind,
-            capacity=c.capacity,
-            error_probability=c.error_probability,
-            # The proto's fields are the dataclass's, name for name.
-            slices=[spb.SliceState(**vars(s)) for s in c.slices],
-        ),
-    )
+def _fill_counter(state: spb.CounterState, counter: Counter) -> None:
+    """``counter`` into ``state``, in place (building messages to copy in costs twice)."""
+    state.name = counter.name
+    state.kind = counter.kind.value
+    state.iso_year = counter.iso_year
+    state.iso_week = counter.iso_week
+    state.count = counter.count
+    state.value_sum = counter.value_sum
+    for events, n in counter.event_counts.items():
+        state.event_counts.add(events=events, count=n)
+    state.single_event_counts.update(counter.single_event_counts)
+    bloom = counter.filter
+    state.filter.type = bloom.kind
+    state.filter.capacity = bloom.capacity
+    state.filter.error_probability = bloom.error_probability
+    for s in bloom.slice_states():
+        state.filter.slices.add(**vars(s))  # the proto's fields are the dataclass's, by name
 
 
 def _counter_from_proto(state: spb.CounterState) -> Counter:

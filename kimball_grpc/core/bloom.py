@@ -166,6 +166,10 @@ class BloomSlice:
         """Bytes of bit storage."""
         return (self.bits + 7) // 8
 
+    def copy(self) -> BloomSlice:
+        """An independent copy (the bits copied at C speed)."""
+        return BloomSlice(self.bits, self.hashes, self.array.copy())
+
 
 @dataclass(frozen=True)
 class SliceState:
@@ -215,6 +219,15 @@ class FixedBloomFilter:
     @property
     def nbytes(self) -> int:
         return self._slice.nbytes
+
+    def copy(self) -> FixedBloomFilter:
+        """An independent copy."""
+        other = FixedBloomFilter.__new__(FixedBloomFilter)
+        other.capacity = self.capacity
+        other.error_probability = self.error_probability
+        other._slice = self._slice.copy()
+        other.items = self.items
+        return other
 
     def slice_states(self) -> list[SliceState]:
         s = self._slice
@@ -326,6 +339,21 @@ class ScalableBloomFilter:
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._slices)
+
+    def copy(self) -> ScalableBloomFilter:
+        """An independent copy."""
+        other = ScalableBloomFilter.__new__(ScalableBloomFilter)
+        other.capacity = self.capacity
+        other.error_probability = self.error_probability
+        other._slices = []
+        other._newest_first = []
+        for s in self._slices:
+            other._add_slice(s.copy())
+        other._capacities = list(self._capacities)
+        other._errors = list(self._errors)
+        other._last_items = self._last_items
+        other.items = self.items
+        return other
 
     def slice_states(self) -> list[SliceState]:
         states = []

@@ -78,6 +78,24 @@ class Counter:
         """Bytes of Bloom filter storage."""
         return self.filter.nbytes
 
+    def copy(self) -> Counter:
+        """An independent copy: this counter as of now."""
+        return Counter(
+            self.name,
+            self.kind,
+            self.filter.copy(),
+            self.iso_year,
+            self.iso_week,
+            self.count,
+            self.value_sum,
+            _copied(self.event_counts),
+            _copied(self.single_event_counts),
+        )
+
+
+def _copied(tally: Mapping) -> Mapping:
+    return tally if tally is NO_TALLY else Tally(tally)
+
 
 def counter_key(counter: Counter) -> tuple[str, ...]:
     """A counter's place in its namespace: the global counter first, then named counters

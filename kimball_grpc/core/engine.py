@@ -151,6 +151,7 @@ class Engine:
         self._rules: dict[str, CounterRule] = {}  # per event name: regex search once
         self._weekly_rules = any(r.date_cohort for r in self.counter_config.rules)
         self._counter_count = 0  # named and weekly counters of every namespace
+        self._freeze: Freeze | None = None
         self.flags = FeatureFlags()
 
     # -- state changes -------------------------------------------------
@@ -167,7 +168,13 @@ class Engine:
             self.flags.put(record.spec)
 
     def apply_goal(self, record: GoalRecord) -> None:
-        self._namespace(record.namespace).goals.add(record.goal_name)
+        self._add_goal(self._namespace(record.namespace), record.goal_name)
+
+    def _add_goal(self, ns: Namespace, goal: str) -> None:
+        if goal not in ns.goals:
+            if self._freeze is not None:
+                self._freeze.keep_goals(ns)
+            ns.goals.add(goal)
 
     def apply_event(self, record: EventRecord) -> None:
         ns = self._namespace(record.namespace)
@@ -175,12 +182,14 @@ class Engine:
         user = record.user_hash
         value = record.value
         if record.ensure_goal:
-            ns.goals.add(name)
+            self._add_goal(ns, name)
         # The global filter holds every user of the namespace: a user new there
         # is new to every counter, which then need no membership test.
         global_filter = ns.global_counter.filter
         new_user = user not in global_filter
         if new_user:
+            if self._freeze is not None:
+                self._freeze.keep_counter(ns, ns.global_counter)
             global_filter.add_new(user)
             ns.global_counter.record_first(value, None)
         is_goal = name in ns.goals
@@ -191,9 +200,9 @@ class Engine:
         named = ns.named.get(name)
         rule = self._rule(name)
         if named is None:
+            self._new_counter(ns)
             named = ns.named[name] = Counter(name, CounterKind.NAMED, rule.new_filter())
-            self._counter_count += 1
-        if self._first(named, user, new_user):
+        if self._first(ns, named, user, new_user):
             if is_goal:
                 prior = () if new_user else self._prior_events(ns, name, user)
             named.record_first(value, prior)
@@ -201,21 +210,29 @@ class Engine:
             key = (name, record.iso_year, record.iso_week)
             weekly = ns.weekly.get(key)
             if weekly is None:
+                self._new_counter(ns)
                 weekly = ns.weekly[key] = Counter(
                     name, CounterKind.WEEKLY, rule.new_filter(), record.iso_year, record.iso_week
                 )
-                self._counter_count += 1
-            if self._first(weekly, user, new_user):
+            if self._first(ns, weekly, user, new_user):
                 if is_goal and prior is None:
                     prior = () if new_user else self._prior_events(ns, name, user)
                 weekly.record_first(value, prior)
 
-    @staticmethod
-    def _first(counter: Counter, user: KeyHash, new_user: bool) -> bool:
-        if new_user:
-            counter.filter.add_new(user)
-            return True
-        return counter.filter.add_if_absent(user)
+    def _first(self, ns: Namespace, counter: Counter, user: KeyHash, new_user: bool) -> bool:
+        """Add a user to the counter's filter; whether it was new there (then it is counted)."""
+        if not new_user and user in counter.filter:
+            return False
+        if self._freeze is not None:
+            self._freeze.keep_counter(ns, counter)
+        counter.filter.add_new(user)
+        return True
+
+    def _new_counter(self, ns: Namespace) -> None:
+        """Before a counter is added to ``ns``."""
+        if self._freeze is not None:
+            self._freeze.keep_sizes(ns)
+        self._counter_count += 1
 
     def _prior_events(self, ns: Namespace, goal: str, user: KeyHash) -> tuple[str, ...]:
         return tuple(sorted(n for n, c in ns.named.items() if n != goal and user in c))
@@ -275,6 +292,11 @@ class Engine:
     def counter_count(self) -> int:
         """Named and weekly counters of every namespace (global counters not included)."""
         return self._counter_count
+
+    @property
+    def all_counter_count(self) -> int:
+        """Every counter: named, weekly and each namespace's global one."""
+        return self._counter_count + len(self._namespaces)
 
     def event_name_count(self, namespace: str) -> int:
         """Event names (named counters) of a namespace; 0 for an unknown one."""
@@ -408,6 +430,18 @@ class Engine:
 
     # -- whole state ---------------------------------------------------
 
+    def freeze(self) -> Freeze:
+        """The engine as of now, to read while it goes on changing (one at a time), until
+        ``thaw``. Costs the copy of what changes meanwhile, once per counter."""
+        if self._freeze is not None:
+            raise RuntimeError("the engine is frozen already")
+        self._freeze = Freeze(self)
+        return self._freeze
+
+    def thaw(self) -> None:
+        """Stop keeping the state of the last ``freeze``."""
+        self._freeze = None
+
     def namespace_objects(self) -> list[Namespace]:
         """The namespaces themselves, for serialization."""
         return [self._namespaces[n] for n in sorted(self._namespaces)]
@@ -420,3 +454,69 @@ class Engine:
             self._counter_count -= len(old.named) + len(old.weekly)
         self._namespaces[ns.name] = ns
         self._counter_count += len(ns.named) + len(ns.weekly)
+
+
+class Freeze:
+    """An engine as of one moment, readable while the engine goes on changing.
+
+    From that moment until ``Engine.thaw``, the engine copies a counter, or a namespace's
+    goals, before it first changes them, and notes how many counters a namespace had
+    before it first adds one. So ``goals`` and ``counters`` give a namespace as of the
+    moment (counters and namespaces made since are left out), and ``as_of`` a counter: its
+    copy if it changed since, else the counter itself, unchanged. The engine may change a
+    counter between two reads: read each one whole at once (no ``await`` in the middle).
+    A namespace ``done`` with is copied no more.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.namespaces: list[Namespace] = list(engine._namespaces.values())
+        self.counter_count = engine.all_counter_count
+        self.flag_specs = engine.flags.listed()  # specs are immutable: the list is a copy
+        self.flags_version = engine.flags.version
+        self._pending = set(self.namespaces)  # not read whole yet: changes there are kept
+        self._copies: dict[Namespace, dict[Counter, Counter]] = {}  # as of the moment
+        self._goals: dict[Namespace, set[str]] = {}
+        self._sizes: dict[Namespace, tuple[int, int]] = {}  # named and weekly counters then
+
+    def keep_counter(self, ns: Namespace, counter: Counter) -> None:
+        """Before ``counter`` of ``ns`` changes."""
+        if ns in self._pending:
+            copies = self._copies.setdefault(ns, {})
+            if counter not in copies:
+                copies[counter] = counter.copy()
+
+    def keep_goals(self, ns: Namespace) -> None:
+        """Before the goals of ``ns`` change."""
+        if ns in self._pending and ns not in self._goals:
+            self._goals[ns] = set(ns.goals)
+
+    def keep_sizes(self, ns: Namespace) -> None:
+        """Before a counter is added to ``ns``."""
+        if ns in self._pending and ns not in self._sizes:
+            self._sizes[ns] = (len(ns.named), len(ns.weekly))
+
+    def goals(self, ns: Namespace) -> set[str]:
+        return self._goals.get(ns, ns.goals)
+
+    def counters(self, ns: Namespace) -> list[Counter]:
+        """The counters ``ns`` had at the moment: global first, then named, then weekly, each
+        in the order they were made (those made since come last: they are cut). Read each
+        through ``as_of``."""
+        named, weekly = self._sizes.get(ns, (len(ns.named), len(ns.weekly)))
+        return [
+            ns.global_counter,
+            *list(ns.named.values())[:named],
+            *list(ns.weekly.values())[:weekly],
+        ]
+
+    def as_of(self, ns: Namespace, counter: Counter) -> Counter:
+        """``counter`` of ``ns`` as of the moment, now (it may change after this returns)."""
+        copies = self._copies.get(ns)
+        return copies.get(counter, counter) if copies else counter
+
+    def done(self, ns: Namespace) -> None:
+        """``ns`` was read whole: stop keeping its changes, drop its copies."""
+        self._pending.discard(ns)
+        self._copies.pop(ns, None)
+        self._goals.pop(ns, None)
+        self._sizes.pop(ns, None)

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from kimball_grpc.core.errors import InvalidArgument, ResourceExhausted
 from kimball_grpc.core.limits import MAX_PAGE_SIZE, MAX_PAGE_TOKEN_CHARS
+from kimball_grpc.core.steps import ITEMS_PER_STEP, Steps
 
 Key = tuple[str, ...]
 T = TypeVar("T")
@@ -117,9 +118,10 @@ def page(
     encode: Callable[[T], M],
     encoded_bytes: Callable[[M], int],
     max_bytes: int,
-) -> tuple[list[M], str]:
+) -> Steps[tuple[list[M], str]]:
     """The page that ``request`` asks for, each item made a message by ``encode``, and its
-    ``next_page_token`` (empty on the last page). ``ordered`` are the items whose ``key``
+    ``next_page_token`` (empty on the last page), in steps of ``ITEMS_PER_STEP`` items
+    (a whole answer may hold hundreds of thousands). ``ordered`` are the items whose ``key``
     is above ``request.after``, in key order; only as many are taken as the page holds,
     and one more.
 
@@ -154,6 +156,8 @@ def page(
             return messages, request.token(key(last))
         messages.append(message)
         last = item
+        if len(messages) % ITEMS_PER_STEP == 0:
+            yield
     if request.size and last is not None and next(items, _END) is not _END:
         return messages, request.token(key(last))
     return messages, ""

@@ -23,6 +23,7 @@ from kimball_grpc.api.servicers import (
 )
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.errors import KimballError
+from kimball_grpc.core.steps import between_requests
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -100,7 +101,9 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         return proto_mapping.spec_to_proto(self.specs.flags.get(request.name))
 
     async def ListFeatureSpecs(self, request: pb.ListFeatureSpecsRequest, context: Context):
-        return feature_specs_response(self.specs.flags, request, self.max_response_bytes)
+        return await between_requests(
+            feature_specs_response(self.specs.flags, request, self.max_response_bytes)
+        )
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         return await self.api.call(self.api.service.DeleteFeatureSpec, request, context)

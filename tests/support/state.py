@@ -3,6 +3,9 @@ compare before and after a restart, a crash or a backend outage."""
 
 from __future__ import annotations
 
+from kimball_grpc.codec.state_codec import state_in_steps
+from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.steps import finish
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 
@@ -30,3 +33,12 @@ async def state_of(stub: pb_grpc.KimballServiceStub) -> dict[str, object]:
         goals = await stub.ListGoals(pb.ListGoalsRequest(namespace=ns))
         out[ns] = (sorted(c.SerializeToString(deterministic=True) for c in counts.counts), goals)
     return out
+
+
+def encoded_state(engine: Engine) -> bytes:
+    """The engine's whole state as a snapshot holds it, encoded at once."""
+    freeze = engine.freeze()
+    try:
+        return b"".join(finish(state_in_steps(freeze)))
+    finally:
+        engine.thaw()

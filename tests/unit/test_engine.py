@@ -7,13 +7,11 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+from support.state import encoded_state
 
 from kimball_grpc.codec.state_codec import (
-    capture_flags,
-    capture_namespace,
     decode_records,
     decode_state,
-    encode_captures,
     encode_records,
 )
 from kimball_grpc.core.counter_config import CounterConfig
@@ -22,13 +20,6 @@ from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData, NotFoun
 from kimball_grpc.core.events import Event, iso_week, prepare_event, prepare_goal
 from kimball_grpc.core.predictions import EventEvidence, naive_bayes
 from kimball_grpc.core.records import EventRecord
-
-
-def encode_state(engine: Engine) -> bytes:
-    """The whole engine state as a snapshot holds it: each namespace captured, then encoded."""
-    captures = [capture_namespace(ns) for ns in engine.namespace_objects()]
-    return encode_captures(captures, capture_flags(engine.flags))
-
 
 NOW = iso_week(datetime(2024, 5, 15, tzinfo=UTC))
 WEEKLY = CounterConfig.from_mappings(
@@ -208,16 +199,16 @@ def snapshot(engine: Engine) -> dict:
 
 def test_state_round_trips_exactly() -> None:
     engine = populated_engine()
-    data = encode_state(engine)
+    data = encoded_state(engine)
     restored = decode_state(data, WEEKLY)
-    assert encode_state(restored) == data
+    assert encoded_state(restored) == data
     assert snapshot(restored) == snapshot(engine)
     assert restored.goals("shop") == engine.goals("shop")
     # The restored filters still know their users and keep counting from there.
     for e in (engine, restored):
         track(e, "view", "user1", namespace="shop")
         track(e, "view", "brand-new", namespace="shop")
-    assert encode_state(restored) == encode_state(engine)
+    assert encoded_state(restored) == encoded_state(engine)
 
 
 def test_replaying_records_rebuilds_the_same_state() -> None:
@@ -247,7 +238,7 @@ def test_replaying_records_rebuilds_the_same_state() -> None:
     for data in log:
         for record in decode_records(data):
             replayed.apply(record)
-    assert encode_state(replayed) == encode_state(engine)
+    assert encoded_state(replayed) == encoded_state(engine)
 
 
 def test_a_record_batch_holds_events_or_goals_not_both() -> None:
@@ -270,7 +261,7 @@ def test_unreadable_state_is_refused(data: bytes) -> None:
 def test_damaged_filter_is_refused() -> None:
     from kimball_grpc.generated.kimball.storage.v1 import state_pb2
 
-    message = state_pb2.EngineState.FromString(encode_state(populated_engine()))
+    message = state_pb2.EngineState.FromString(encoded_state(populated_engine()))
     message.namespaces[0].counters[0].filter.slices[0].data = b"short"
     with pytest.raises(InvalidStoredData, match="damaged"):
         decode_state(message.SerializeToString())
@@ -326,7 +317,7 @@ def _damaged_states() -> list[tuple[str, object]]:
     from kimball_grpc.generated.kimball.storage.v1 import state_pb2
 
     def base() -> state_pb2.EngineState:
-        return state_pb2.EngineState.FromString(encode_state(populated_engine()))
+        return state_pb2.EngineState.FromString(encoded_state(populated_engine()))
 
     cases = []
     m = base()

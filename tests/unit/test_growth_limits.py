@@ -4,13 +4,9 @@ limits with the batches admitted before it and not yet applied."""
 from __future__ import annotations
 
 import pytest
+from support.state import encoded_state
 
-from kimball_grpc.codec.state_codec import (
-    capture_flags,
-    capture_namespace,
-    decode_state,
-    encode_captures,
-)
+from kimball_grpc.codec.state_codec import decode_state
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine, Growth, GrowthKind
 from kimball_grpc.core.errors import LimitExceeded
@@ -78,8 +74,7 @@ def test_the_engine_counts_named_and_weekly_counters_also_when_restored():
         2,
         0,
     )
-    captures = [capture_namespace(ns) for ns in engine.namespace_objects()]
-    restored = decode_state(encode_captures(captures, capture_flags(engine.flags)), WEEKLY)
+    restored = decode_state(encoded_state(engine), WEEKLY)
     assert restored.counter_count == 5
     restored.restore_namespace(engine.namespace_objects()[0])  # replacing "a": not twice
     assert restored.counter_count == 5

@@ -24,6 +24,7 @@ from kimball_grpc.core.paging import (
     page_request,
 )
 from kimball_grpc.core.records import EventRecord
+from kimball_grpc.core.steps import ITEMS_PER_STEP, finish
 
 SCOPE = ("ListThings", "default")
 
@@ -34,7 +35,25 @@ def one_page(
     """A page of string ``items``, each item as many bytes as it has characters."""
     request = page_request(scope, size, token)
     ordered = named_after(sorted(items), itself, request.after)
-    return page(ordered, name_key, request, itself, len, max_bytes)
+    return finish(page(ordered, name_key, request, itself, len, max_bytes))
+
+
+@pytest.mark.parametrize("count", [0, 1, ITEMS_PER_STEP, 10 * ITEMS_PER_STEP + 3])
+def test_a_page_is_built_in_steps_that_let_other_requests_in(count: int) -> None:
+    # A whole answer of 200,000 counters takes about a second: the server answers other
+    # requests between steps of ITEMS_PER_STEP items.
+    names = [f"n{i:06d}" for i in range(count)]
+    request = page_request(SCOPE, 0, "")
+    steps = page(iter(names), name_key, request, itself, len, 10**9)
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            assert done.value == (names, "")
+            break
+        pauses += 1
+    assert pauses == count // ITEMS_PER_STEP
 
 
 def every_page(items, size: int, max_bytes: int = 10**9) -> list[list[str]]:
