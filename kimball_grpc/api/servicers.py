@@ -7,7 +7,7 @@ server's interceptor (``status_mapping``), so no handler catches anything.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableSequence, Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -111,15 +111,16 @@ def analytics_response(
         ("GetAnalytics", namespace, prefix), request.page_size, request.page_token
     )
     goals = engine.goal_set(namespace)
-    counts, token = yield from page(
+    response = pb.GetAnalyticsResponse()
+    response.next_page_token = yield from page(
         engine.counters_after(namespace, prefix, paging.after),
         counter_key,
         paging,
-        lambda counter: proto_mapping.counter_to_proto(counter, goals),
-        proto_mapping.field_bytes,
+        response.counts,
+        lambda out, counter: proto_mapping.add_counter(out, counter, goals),
         max_bytes,
     )
-    return pb.GetAnalyticsResponse(counts=counts, next_page_token=token)
+    return response
 
 
 def goals_response(
@@ -128,8 +129,11 @@ def goals_response(
     """``ListGoals``: the namespace's goals by name, whole or the page asked for."""
     namespace = check_namespace(request.namespace)
     paging = page_request(("ListGoals", namespace), request.page_size, request.page_token)
-    goals, token = yield from _names_page(engine.goals(namespace), paging, max_bytes)
-    return pb.ListGoalsResponse(goals=goals, next_page_token=token)
+    response = pb.ListGoalsResponse()
+    response.next_page_token = yield from _names_page(
+        engine.goals(namespace), paging, response.goals, max_bytes
+    )
+    return response
 
 
 def namespaces_response(
@@ -137,8 +141,11 @@ def namespaces_response(
 ) -> Steps[pb.ListNamespacesResponse]:
     """``ListNamespaces``: the namespaces by name, whole or the page asked for."""
     paging = page_request(("ListNamespaces",), request.page_size, request.page_token)
-    namespaces, token = yield from _names_page(engine.namespaces(), paging, max_bytes)
-    return pb.ListNamespacesResponse(namespaces=namespaces, next_page_token=token)
+    response = pb.ListNamespacesResponse()
+    response.next_page_token = yield from _names_page(
+        engine.namespaces(), paging, response.namespaces, max_bytes
+    )
+    return response
 
 
 def feature_specs_response(
@@ -148,30 +155,29 @@ def feature_specs_response(
     and fingerprint are the whole set's."""
     paging = page_request(("ListFeatureSpecs",), request.page_size, request.page_token)
     whole = proto_mapping.flags_to_proto(flags)  # by name
-    specs, token = yield from page(
+    response = pb.FeatureSpecs(version=whole.version, fingerprint=whole.fingerprint)
+    response.next_page_token = yield from page(
         named_after(whole.specs, _spec_name, paging.after),
         _spec_key,
         paging,
-        itself,
-        proto_mapping.field_bytes,
+        response.specs,
+        proto_mapping.add_item,
         max_bytes,
     )
-    return pb.FeatureSpecs(
-        specs=specs, version=whole.version, fingerprint=whole.fingerprint, next_page_token=token
-    )
+    return response
 
 
 def _names_page(
-    names: Sequence[str], paging: PageRequest, max_bytes: int
-) -> Steps[tuple[list[str], str]]:
-    """A page of sorted ``names``."""
+    names: Sequence[str], paging: PageRequest, out: MutableSequence[str], max_bytes: int
+) -> Steps[str]:
+    """A page of sorted ``names`` into ``out``; the next page's token."""
     return (
         yield from page(
             named_after(names, itself, paging.after),
             name_key,
             paging,
-            itself,
-            proto_mapping.field_bytes,
+            out,
+            proto_mapping.add_item,
             max_bytes,
         )
     )

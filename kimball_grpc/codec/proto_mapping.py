@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import MutableSequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
@@ -23,6 +25,8 @@ from kimball_grpc.core.feature_flags import (
 )
 from kimball_grpc.core.predictions import NaiveBayes
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+
+T = TypeVar("T")
 
 _COUNTER_TYPES = {
     CounterKind.INTERNAL: pb.COUNTER_TYPE_INTERNAL,
@@ -86,24 +90,28 @@ def accepted_to_proto(
     )
 
 
-def counter_to_proto(counter: Counter, goals: AbstractSet[str]) -> pb.Counter:
-    return pb.Counter(
-        name=counter.name,
-        type=_COUNTER_TYPES[counter.kind],
-        count=counter.count,
-        event_counts=[
-            pb.EventCombinationCount(events=list(events), count=n)
-            for events, n in sorted(counter.event_counts.items(), key=lambda i: (-i[1], i[0]))
-        ],
-        single_event_counts=[
-            pb.SingleEventCount(name=name, count=n)
-            for name, n in sorted(counter.single_event_counts.items(), key=lambda i: (-i[1], i[0]))
-        ],
-        value=pb.CounterValue(sum=counter.value_sum),
-        year=counter.iso_year,
-        week=counter.iso_week,
-        goal=counter.kind is not CounterKind.INTERNAL and counter.name in goals,
-    )
+def add_counter(out: MutableSequence[pb.Counter], counter: Counter, goals: AbstractSet[str]) -> int:
+    """``counter`` appended to ``out``, built in place (a message built and then copied in
+    costs 3x); its bytes there."""
+    target = out.add()
+    target.name = counter.name
+    target.type = _COUNTER_TYPES[counter.kind]
+    target.count = counter.count
+    for events, n in sorted(counter.event_counts.items(), key=lambda i: (-i[1], i[0])):
+        target.event_counts.add(events=events, count=n)
+    for name, n in sorted(counter.single_event_counts.items(), key=lambda i: (-i[1], i[0])):
+        target.single_event_counts.add(name=name, count=n)
+    target.value.sum = counter.value_sum
+    target.year = counter.iso_year
+    target.week = counter.iso_week
+    target.goal = counter.kind is not CounterKind.INTERNAL and counter.name in goals
+    return field_bytes(target)
+
+
+def add_item(out: MutableSequence[T], item: T) -> int:
+    """``item`` (a string or a message) appended to ``out``; its bytes there."""
+    out.append(item)
+    return field_bytes(item)
 
 
 def event_predictions_to_proto(per_goal: dict[str, dict[str, float]]) -> pb.GetPredictionsResponse:

@@ -19,7 +19,7 @@ import bisect
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -115,31 +115,30 @@ def page(
     ordered: Iterable[T],
     key: Callable[[T], Key],
     request: PageRequest,
-    encode: Callable[[T], M],
-    encoded_bytes: Callable[[M], int],
+    out: MutableSequence[M],
+    add: Callable[[MutableSequence[M], T], int],
     max_bytes: int,
-) -> Steps[tuple[list[M], str]]:
-    """The page that ``request`` asks for, each item made a message by ``encode``, and its
-    ``next_page_token`` (empty on the last page), in steps of ``ITEMS_PER_STEP`` items
+) -> Steps[str]:
+    """The page that ``request`` asks for, into ``out`` (the answer's repeated field), and
+    its ``next_page_token`` (empty on the last page), in steps of ``ITEMS_PER_STEP`` items
     (a whole answer may hold hundreds of thousands). ``ordered`` are the items whose ``key``
     is above ``request.after``, in key order; only as many are taken as the page holds,
-    and one more.
+    and one more. ``add(out, item)`` appends an item to ``out`` and gives its size in the
+    answer: built in place, an answer is never copied whole.
 
-    ``encoded_bytes`` is a message's size in the answer; the answer stays within
-    ``max_bytes``. A page (``request.size`` > 0) ends early rather than pass it. A whole
-    answer (size 0) cannot, since a client that did not ask for pages would not look for
-    the rest: past the limit it is ``AnswerTooLarge``, telling the client to page. So is
-    one item that alone passes it.
+    The answer stays within ``max_bytes``. A page (``request.size`` > 0) ends early rather
+    than pass it. A whole answer (size 0) cannot, since a client that did not ask for pages
+    would not look for the rest: past the limit it is ``AnswerTooLarge``, telling the
+    client to page. So is one item that alone passes it.
     """
     items = iter(ordered)
     wanted = list(itertools.islice(items, request.size)) if request.size else items
     budget = max_bytes - ENVELOPE_BYTES
-    messages: list[M] = []
     last: T | None = None
-    for item in wanted:
-        message = encode(item)
-        budget -= encoded_bytes(message)
+    for taken, item in enumerate(wanted, start=1):
+        budget -= add(out, item)
         if budget < 0:
+            del out[-1]
             if not request.size:
                 raise AnswerTooLarge(
                     f"the answer would be larger than this server's max_response_bytes "
@@ -153,11 +152,10 @@ def page(
                     f"({max_bytes} bytes)",
                     limit="max_response_bytes",
                 )
-            return messages, request.token(key(last))
-        messages.append(message)
+            return request.token(key(last))
         last = item
-        if len(messages) % ITEMS_PER_STEP == 0:
+        if taken % ITEMS_PER_STEP == 0:
             yield
     if request.size and last is not None and next(items, _END) is not _END:
-        return messages, request.token(key(last))
-    return messages, ""
+        return request.token(key(last))
+    return ""

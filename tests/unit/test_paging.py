@@ -35,7 +35,14 @@ def one_page(
     """A page of string ``items``, each item as many bytes as it has characters."""
     request = page_request(scope, size, token)
     ordered = named_after(sorted(items), itself, request.after)
-    return finish(page(ordered, name_key, request, itself, len, max_bytes))
+    out: list[str] = []
+    token = finish(page(ordered, name_key, request, out, add_name, max_bytes))
+    return out, token
+
+
+def add_name(out: list[str], name: str) -> int:
+    out.append(name)
+    return len(name)
 
 
 @pytest.mark.parametrize("count", [0, 1, ITEMS_PER_STEP, 10 * ITEMS_PER_STEP + 3])
@@ -44,13 +51,14 @@ def test_a_page_is_built_in_steps_that_let_other_requests_in(count: int) -> None
     # requests between steps of ITEMS_PER_STEP items.
     names = [f"n{i:06d}" for i in range(count)]
     request = page_request(SCOPE, 0, "")
-    steps = page(iter(names), name_key, request, itself, len, 10**9)
+    out: list[str] = []
+    steps = page(iter(names), name_key, request, out, add_name, 10**9)
     pauses = 0
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            assert done.value == (names, "")
+            assert (out, done.value) == (names, "")
             break
         pauses += 1
     assert pauses == count // ITEMS_PER_STEP
