@@ -30,7 +30,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/kimball-*.whl
 # The data directory exists and is the user's before VOLUME: else Docker creates the volume
 # root-owned and the server cannot keep its token, log and snapshots there.
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/kimball --create-home kimball \
+RUN groupadd --system --gid 10001 kimball \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/kimball --create-home kimball \
     && install -d -o kimball -g kimball -m 0700 /var/lib/kimball/data
 # By number, so Kubernetes' runAsNonRoot can tell the user is not root.
 USER 10001:10001
@@ -43,7 +44,7 @@ VOLUME /var/lib/kimball/data
 # Healthy only when both sides answer on IPv4 loopback: gRPC health SERVING and REST
 # /ready 200 (each is NOT_SERVING or 503 while the state is restored). A shell reads the
 # ports from the environment, so the check follows `-e GRPC_PORT=... -e API_PORT=...`.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
     CMD ["sh", "-c", "exec kimball health --timeout 2 --target 127.0.0.1:${GRPC_PORT} --http http://127.0.0.1:${API_PORT}/ready"]
 
 # kimball runs as PID 1, no init in between (exec form, no shell): `docker stop` sends
