@@ -25,11 +25,13 @@ $(GENERATED): $(STAMP)
 run: $(GENERATED)
 	$(BIN)/kimball serve $(ARGS)
 
-# ruff, then the import contracts of pyproject.toml (which layer may import which).
+# ruff, then the import contracts of pyproject.toml (which layer may import which), then
+# the Dockerfile (hadolint, from the test extra: a missing one fails here, never skips).
 lint: $(GENERATED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 # The web UI's browser tests use Debian's Chromium (never `playwright install`).
 chromium:
@@ -52,4 +54,4 @@ bench: $(GENERATED)
 	$(BIN)/python bench/bench_rest.py
 
 clean:
-	rm -rf $(VENV) kimball_grpc/generated build *.egg-info
+	rm -rf $(VENV) kimball_grpc/generated build dist *.egg-info

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -83,6 +87,19 @@ def _batch_size(value: str) -> int:
     return int(value)
 
 
+def _http_url(value: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad port or an unclosed [IPv6 address]
+        valid = False
+    if not valid:
+        raise argparse.ArgumentTypeError(
+            f"must be an http:// or https:// URL such as http://127.0.0.1:8080/ready, got {value!r}"
+        )
+    return value
+
+
 def _rfc3339(value: str) -> Timestamp:
     try:
         return client.parse_datetime(value)
@@ -155,7 +172,14 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environ.get("KIMBALL_TARGET") or client.DEFAULT_TARGET,
         help=f"HOST:PORT of the gRPC server (env KIMBALL_TARGET; default {client.DEFAULT_TARGET})",
     )
-    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    health.add_argument(
+        "--http",
+        metavar="URL",
+        type=_http_url,
+        help="also GET this URL and require 200, e.g. http://127.0.0.1:8080/ready (the REST "
+        "side: a server can answer gRPC while its REST port is unreachable)",
+    )
+    health.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait, each check")
     _add_client_commands(commands, environ)
     return parser
 
@@ -251,8 +275,16 @@ def _run_client_command(args: argparse.Namespace) -> int:
     return client.run(connection, commands[args.command])
 
 
-def check_health(target: str, timeout: float) -> int:
-    """0 if the gRPC health service at ``target`` says SERVING, else 1 (with the reason)."""
+def check_health(target: str, timeout: float, http_url: str | None = None) -> int:
+    """0 if the gRPC health service at ``target`` says SERVING and ``http_url`` (when given)
+    answers 200, else 1; every check is made, and each failure printed with its reason."""
+    healthy = _grpc_serving(target, timeout)
+    if http_url is not None:
+        healthy = _http_ok(http_url, timeout) and healthy
+    return 0 if healthy else 1
+
+
+def _grpc_serving(target: str, timeout: float) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -263,10 +295,31 @@ def check_health(target: str, timeout: float) -> int:
             )
         except grpc.RpcError as exc:
             print(f"kimball: {target} is not healthy: {exc.code().name}", file=sys.stderr)
-            return 1
+            return False
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _http_ok(url: str, timeout: float) -> bool:
+    # Straight to the server: a proxy from the environment has no business in a health check.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except urllib.error.URLError as exc:  # refused, unresolvable, timed out connecting
+        print(f"kimball: {url} is not healthy: {exc.reason}", file=sys.stderr)
+        return False
+    except (OSError, http.client.HTTPException) as exc:  # timed out reading, not HTTP
+        print(f"kimball: {url} is not healthy: {exc!r}", file=sys.stderr)
+        return False
+    if status != 200:
+        print(f"kimball: {url} is not healthy: HTTP {status}", file=sys.stderr)
+        return False
+    print(f"{url}: HTTP 200")
+    return True
 
 
 def _serve_then_exit(settings: Settings) -> NoReturn:
@@ -286,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     environ = environment()
     args = _parser(environ).parse_args(argv)
     if args.command == "health":
-        return check_health(args.target, args.timeout)
+        return check_health(args.target, args.timeout, args.http)
     if args.command not in ("serve", "gateway"):
         return _run_client_command(args)
     overrides = {

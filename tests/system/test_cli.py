@@ -112,29 +112,6 @@ def test_serve_refuses_a_bad_environment_variable() -> None:
     assert "GRPC_PORT" in result.stderr
 
 
-def test_health_command_reports_serving_and_unreachable(tmp_path: Path) -> None:
-    process = start("--grpc-port", "0", "--data-dir", str(tmp_path))
-    try:
-        port = wait_for_port(process)
-        ok = subprocess.run(
-            [*KIMBALL, "health", "--target", f"127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
-    down = subprocess.run(
-        [*KIMBALL, "health", "--target", f"127.0.0.1:{port}", "--timeout", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert down.returncode == 1 and "not healthy" in down.stderr
-
-
 @pytest.mark.parametrize("flag", ["--grpc-port", "--api-port"])
 @pytest.mark.parametrize("value", ["70000", "-1", "http"])
 def test_serve_refuses_a_bad_port_flag(flag: str, value: str) -> None:
