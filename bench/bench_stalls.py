@@ -135,7 +135,12 @@ def make_server(
     data_dir.parent.mkdir(parents=True)
     shutil.copytree(template, data_dir)
     log = data_dir.parent / "server.log"
-    process = ServerProcess(name, [], cpu, str(root), env={"LOG_LEVEL": "INFO", **env}, log=log)
+    # The large state holds 55,000 namespaces, past the default limit: a restored state is
+    # kept whatever the limits, but the load's own namespace would be refused.
+    limits = {"KIMBALL_MAX_NAMESPACES": "100000"}
+    process = ServerProcess(
+        name, [], cpu, str(root), env={"LOG_LEVEL": "INFO", **limits, **env}, log=log
+    )
     argv = kimball_argv(process, str(data_dir), "--wal-fsync", args.wal_fsync)
     if name == "baseline":
         process.env["PYTHONPATH"] = args.baseline
