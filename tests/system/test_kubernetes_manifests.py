@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,44 @@ def test_settings_check_finds_what_kimball_would_refuse_at_start_up(tmp_path: Pa
     assert k8s.settings_problems(docs, tmp_path / "memory") == [
         "StatefulSet/kimball container kimball: KUBERNETES_MEMORY_LIMIT refers to no memory limit"
     ]
+
+
+def test_an_operators_own_kustomization_replaces_image_and_tokens(tmp_path: Path) -> None:
+    # The way docs/operations.md tells operators to deploy: their own kustomization on top
+    # of an overlay, with their image and their tokens file, in their namespace.
+    own = tmp_path / "kimball-prod"
+    own.mkdir()
+    (own / "api-tokens").write_text("3f6c0e1d9a8b7c6d5e4f3a2b1c0d9e8f\n")
+    overlay = Path(os.path.relpath(DEPLOY / "overlays" / "sidecar", own))
+    (own / "kustomization.yaml").write_text(
+        OWN_KUSTOMIZATION.replace("../kimball/deploy/kubernetes/overlays/sidecar", str(overlay))
+    )
+    docs = k8s.render(own)
+    for _, _, container in kimball_containers(docs):
+        assert container["image"] == "registry.example/kimball:0.1.0"
+    secret = k8s.find(docs, "Secret", "kimball-secrets")
+    assert secret is not None and secret["metadata"]["namespace"] == "analytics"
+    assert k8s.content(secret)["api-tokens"] == b"3f6c0e1d9a8b7c6d5e4f3a2b1c0d9e8f\n"
+    problems = [problem for check in CROSS_CHECKS for problem in check(docs)]
+    assert problems + k8s.settings_problems(docs, tmp_path / "files") == []
+
+
+# As docs/operations.md ("Kubernetes") shows it.
+OWN_KUSTOMIZATION = """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: analytics
+resources:
+  - ../kimball/deploy/kubernetes/overlays/sidecar
+images:
+  - name: kimball
+    newName: registry.example/kimball
+    newTag: "0.1.0"
+secretGenerator:
+  - name: kimball-secrets
+    behavior: replace
+    files:
+      - api-tokens
+    options:
+      disableNameSuffixHash: true
+"""
