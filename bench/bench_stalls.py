@@ -190,6 +190,7 @@ def track_event_requests(n: int) -> list[bytes]:
 
 STORED = re.compile(
     r"^(\S+ \S+) INFO kimball_grpc.persistence: snapshot up to record \d+ stored in \S+ "
+    r"(?:and read back )?"
     r"\(\d+ bytes, ([\d.]+) s(?:, of which ([\d.]+) s to encode)?\)"
 )
 
