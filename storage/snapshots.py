@@ -69,8 +69,10 @@ def encode_snapshot(sequence: int, state: bytes) -> bytes:
     return b"".join((header, state))
 
 
-def decode_snapshot(data: bytes) -> tuple[int, bytes]:
-    """(sequence, state) of a stored snapshot; ``DamagedSnapshot`` saying what is wrong."""
+def decode_snapshot(data: bytes) -> tuple[int, memoryview]:
+    """(sequence, state) of a stored snapshot; ``DamagedSnapshot`` saying what is wrong.
+    The state is a view of ``data``: a slice would copy hundreds of MB holding the GIL,
+    which stalls the event loop while a worker thread reads a snapshot back."""
     if len(data) < _HEADER.size:
         raise DamagedSnapshot(f"{len(data)} bytes: shorter than the header")
     magic, version, sequence, length, checksum = _HEADER.unpack_from(data)
@@ -78,7 +80,7 @@ def decode_snapshot(data: bytes) -> tuple[int, bytes]:
         raise DamagedSnapshot("not a Kimball snapshot (wrong magic bytes)")
     if version != VERSION:
         raise DamagedSnapshot(f"format version {version}; this Kimball reads {VERSION}")
-    state = data[_HEADER.size :]
+    state = memoryview(data)[_HEADER.size :]
     if len(state) != length:
         raise DamagedSnapshot(f"truncated: {len(state)} of {length} state bytes")
     if zlib.crc32(state) != checksum:
@@ -184,7 +186,7 @@ class SnapshotStore:
             )
         return deleted
 
-    def load_newest(self, decode_state: Callable[[bytes], State]) -> Loaded[State] | None:
+    def load_newest(self, decode_state: Callable[[memoryview], State]) -> Loaded[State] | None:
         """The newest snapshot that reads and decodes, newest first; each unusable one is
         moved aside and logged, and the one before it is tried. None when there is none.
         ``StorageError`` (backend down) propagates: falling back then would lose data."""
@@ -211,7 +213,7 @@ class SnapshotStore:
         return None
 
     @staticmethod
-    def _verify(snapshot: Snapshot, data: bytes) -> bytes:
+    def _verify(snapshot: Snapshot, data: bytes) -> memoryview:
         """The state in ``data``, the stored ``snapshot``; ``DamagedSnapshot`` if it is not
         whole or not the snapshot its name says."""
         sequence, state = decode_snapshot(data)

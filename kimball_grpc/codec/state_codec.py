@@ -111,7 +111,7 @@ def _length_delimited(field: int, length: int) -> bytes:
 
 
 def decode_state(
-    data: bytes,
+    data: bytes | memoryview,
     counter_config: CounterConfig | None = None,
     pause: Callable[[], None] | None = None,
 ) -> Engine:
