@@ -33,9 +33,10 @@ from gateway.handlers import Handler
 from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.metrics import Metrics
 
-# How long a refused connection's input is read and dropped after its 503 is sent: a
-# close with unread input resets the connection, and the client may lose the answer.
-REFUSED_LINGER_SECONDS = 1.0
+# How long a refused or timed-out connection's input is read and dropped after its answer
+# (503, 408) is sent: a close with unread input resets the connection, and the client may
+# lose the answer (nginx's lingering close).
+LINGER_SECONDS = 1.0
 
 
 def _raw_response(status: str, what: str, *headers: str) -> bytes:
@@ -133,31 +134,28 @@ class GuardedConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False  # a request's handler runs: its headers came
         self._heard = False  # bytes of a request came that no handler took yet
+        self._lingering = False  # answered and closing: input is dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        loop = asyncio.get_running_loop()
         if not self._guard.admit(self, transport):
-            transport.write(self._guard.refusal)
-            if transport.can_write_eof():
-                transport.write_eof()
-            loop.call_later(REFUSED_LINGER_SECONDS, transport.close)
+            self._answer_and_linger(self._guard.refusal)
             return
         self._admitted = True
         self._start_header_timer()  # a new connection owes its first request's headers
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
-            return  # a refused connection's request: dropped
+        if not self._admitted or self._lingering:
+            return  # a refused or timed-out connection's request: dropped
         self._heard = True
         if not self._busy and self._timer is None:
             self._start_header_timer()  # the first bytes of a kept-alive connection's request
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        if not self._admitted:
+        if not self._admitted or self._lingering:
             return False  # close: the answer went out before
         return self._inner.eof_received()
 
@@ -206,5 +204,17 @@ class GuardedConnection(asyncio.Protocol):
             return
         self._guard.headers_late()
         if self._heard:  # a request began: say why it ends (none began: just close)
-            transport.write(self._guard.timeout_answer)
-        transport.close()
+            self._answer_and_linger(self._guard.timeout_answer)
+        else:
+            transport.close()
+
+    def _answer_and_linger(self, answer: bytes) -> None:
+        """Send ``answer``, then drop what the client sends until the connection closes
+        ``LINGER_SECONDS`` later."""
+        transport = self._transport
+        assert transport is not None
+        self._lingering = True
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
