@@ -63,6 +63,7 @@ def build_app(
     document = _json_document(openapi_document(ROUTE_TABLE))
     app.router.add_get("/api-docs", document)
     app.router.add_get("/api-docs/openapi.json", document)
+    app.router.add_get("/api-docs/swagger.json", document)  # where the original served it
     app.router.add_get("/api-docs/index.html", _docs_page)
     app.router.add_static("/api-docs/static/", swagger_ui_bundle.swagger_ui_path)
     app.router.add_get("/alive", _alive)

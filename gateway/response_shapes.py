@@ -28,9 +28,11 @@ def analytics_json(response: pb.GetAnalyticsResponse) -> Json:
 
 
 def _counter_json(c: pb.Counter) -> Json:
-    """One counter; a weekly one with its year and week."""
+    """One counter. A weekly one is named as the original named it, after its event, a
+    space, then its ISO year and week run together, the week not padded (``signup
+    20262``, ``signup 202610``): its clients parse that. ``year`` and ``week`` are added."""
     item = {
-        "name": c.name,
+        "name": f"{c.name} {c.year}{c.week}" if c.type == pb.COUNTER_TYPE_WEEKLY else c.name,
         "type": counter_type_name(c.type),
         "count": c.count,
         "event_counts": [{"events": list(e.events), "count": e.count} for e in c.event_counts],

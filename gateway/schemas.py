@@ -69,7 +69,12 @@ COMPONENTS: Json = {
     },
     "Counter": _object(
         {
-            "name": _STRING,
+            "name": _STRING
+            | {
+                "description": "The event's name; a weekly counter's is the event's name, a "
+                "space, then its ISO year and week, the week not padded: 'signup 20262' is "
+                "week 2 of 2026, 'signup 202610' week 10 (as the original named them)"
+            },
             "type": {"type": "string", "enum": ["internal", "named", "weekly"]},
             "count": _COUNT,
             "event_counts": _array(_object({"events": _array(_STRING), "count": _COUNT})),

@@ -246,7 +246,15 @@ async function loadAnalytics(isCurrent) {
   $("#event-total").textContent = formatCount(state.counters.length);
   $("#goal-total").textContent = formatCount(state.goals.length);
   renderCounters();
-  renderWeekly(counts.filter((c) => c.type === "weekly"));
+  renderWeekly(
+    counts.filter((c) => c.type === "weekly").map((c) => ({ ...c, name: weeklyEvent(c) })),
+  );
+}
+
+/** The event of a weekly counter, which the REST API names as the original did: after the
+ * event, a space, then its year and week run together ("signup 20262"). */
+function weeklyEvent(counter) {
+  return counter.name.slice(0, -` ${counter.year}${counter.week}`.length);
 }
 
 function renderCounters() {

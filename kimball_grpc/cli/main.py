@@ -364,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        for warning in settings.config_warnings:
+            logging.getLogger("kimball_grpc.config").warning("%s", warning)
         if args.command == "serve":
             _serve_then_exit(settings)
         else:

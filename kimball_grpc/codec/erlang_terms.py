@@ -136,6 +136,13 @@ class _Lexer:
             return self.number(line, column)
         elif char in "\"'":
             return ("string" if char == '"' else "atom"), self.quoted(line, column)
+        elif char == "$" and self.peek(1) == "{" and self.peek(2) in _UPPER:
+            self.advance()
+            self.advance()
+            problem = (
+                f"${{{self.run(_NAME)}}} is a variable of a release template (sys.config.src), "
+                "filled in when an Erlang release starts: write its value instead"
+            )
         elif char == "$" and self.peek(1):
             self.advance()
             return "integer", ord(self.escape() if self.advance() == "\\" else self.peek(-1))

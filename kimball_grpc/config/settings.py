@@ -1,15 +1,17 @@
 """Settings: parsed and validated once at start-up into one typed object.
 
 Sources, later ones winning: built-in defaults, the original's Erlang-terms
-config file (``app.config``: ``[{features, [...]}]``), environment variables,
-command-line flags. Nothing else in Kimball reads the environment.
+config file (``app.config``, ``sys.config``: ``[{features, [...]}]``, with the files
+it includes), environment variables, command-line flags. Nothing else in Kimball reads
+the environment.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -100,6 +102,10 @@ class Settings:
     cluster: str = ""
     counter_config: CounterConfig = field(default_factory=CounterConfig)
     counter_startup_delay_ms: int = 0
+    # The config file's file_store_path: local snapshots go there instead of <data_dir>/objects.
+    file_store_path: Path | None = None
+    # What the config file held that Kimball does not use: logged as warnings at start-up.
+    config_warnings: tuple[str, ...] = ()
     api_auth: bool = True
     api_auth_tokens: tuple[str, ...] = ()
     external_grpc_event_targets: tuple[tuple[str, int], ...] = ()
@@ -195,7 +201,8 @@ def load_settings(
 
 
 def storage_config(settings: Settings) -> StorageConfig:
-    """Where snapshots go: ``storage_uri``, else the bucket set, else ``<data-dir>/objects``.
+    """Where snapshots go: ``storage_uri``, else the bucket set, else ``file_store_path``,
+    else ``<data-dir>/objects``.
 
     Objects go under ``storage_path_prefix`` (default: the namespace) in a bucket.
     """
@@ -218,7 +225,7 @@ def storage_config(settings: Settings) -> StorageConfig:
     elif settings.gcs_bucket:
         uri = f"gs://{settings.gcs_bucket}/{prefix}"
     else:
-        uri = (settings.data_dir / "objects").resolve().as_uri()
+        uri = (settings.file_store_path or settings.data_dir / "objects").resolve().as_uri()
     config = StorageConfig(
         uri=uri,
         s3_endpoint=settings.s3_host or None,
@@ -515,25 +522,159 @@ _DURABILITY: dict[str, tuple[str, Callable[[str, str], object]]] = {
 
 
 def read_config_file(path: Path) -> dict[str, object]:
-    """Settings from an ``app.config`` file; ``ConfigError`` names the file and the problem."""
+    """Settings from a config file in the original's format (``app.config``,
+    ``sys.config``): a list of application sections, Kimball's being ``{features, [...]}``,
+    and strings naming further config files to include. ``ConfigError`` names the file,
+    the line where known, and the problem. What is read but not used is listed in
+    ``config_warnings``."""
+    features: list[_Written] = []
+    others: dict[str, str] = {}  # another application's name: where its section is
+    for section in _sections(path, ()):
+        application, body = section.term
+        if application == Atom("features"):
+            if not isinstance(body, list):
+                raise ConfigError(f"{section.where()}: {{features, ...}} must hold a list")
+            features.extend(_Written(entry, section.path, section.line_of) for entry in body)
+        elif application.name not in _OTP_APPLICATIONS:
+            others.setdefault(application.name, section.where())
+    out, ignored = _features(features)
+    warnings = []
+    if others:
+        warnings.append(f"ignoring the config of applications other than Kimball: {_at(others)}")
+    if ignored:
+        warnings.append(
+            f"ignoring settings of the original that have no use in Kimball: {_at(ignored)}"
+        )
+    return out | {"config_warnings": tuple(warnings)}
+
+
+# The applications of Erlang/OTP itself. A release's sys.config configures some of them
+# (kernel's logger, sasl): settings of the Erlang runtime that nothing in Kimball replaces,
+# ignored without a word. A section of any other application is named in a warning.
+_OTP_APPLICATION_NAMES = (
+    "asn1 common_test compiler crypto debugger dialyzer diameter edoc eldap erl_docgen"
+    " erl_interface erts et eunit ftp inets jinterface kernel megaco mnesia observer odbc"
+    " os_mon parsetools public_key reltool runtime_tools sasl snmp ssh ssl stdlib"
+    " syntax_tools tftp tools wx xmerl"
+)
+_OTP_APPLICATIONS = frozenset(_OTP_APPLICATION_NAMES.split())
+# Settings the original read that mean nothing here: local_dev told it where its web UI's
+# files were in a source checkout; the others it set itself at start-up from environment
+# variables (NAMESPACE, ADDITIONAL_NAMESPACES, FEATURES_MODE, S3_BUCKET, S3_HOST,
+# GCS_BUCKET, GOOGLE_APPLICATION_CREDENTIALS, STORAGE_PATH_PREFIX), over the config file's.
+_IGNORED_FEATURE_NAMES = (
+    "local_dev namespace namespaces mode analytics_event_mod s3_bucket s3_base_path s3_host"
+    " gcs_bucket gcs_base_path gcs_credentials_path"
+)
+_IGNORED_FEATURES = frozenset(_IGNORED_FEATURE_NAMES.split())
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A term of a config file, and where it was written."""
+
+    term: object
+    path: Path
+    line_of: Callable[[object], int | None]  # the line of a tuple, list or map of the file
+
+    def where(self, term: object = None) -> str:
+        """``path:line`` of ``term`` (default: this one), or the path alone."""
+        line = self.line_of(self.term if term is None else term)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def _at(places: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} ({where})" for name, where in places.items())
+
+
+def _sections(path: Path, including: tuple[Path, ...]) -> Iterator[_Written]:
+    """The application sections of ``path``, in order, each file it includes read in its
+    place (``including``: the files that include this one, outermost first)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
+        if including:
+            raise ConfigError(
+                f"{including[-1]}: cannot read the config file it includes, {path}: {exc}"
+            ) from None
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
         terms, line_of = parse_terms_with_lines(text, str(path))
     except ErlangTermError as exc:
         raise ConfigError(str(exc)) from None
-    features: list[object] = []
     for term in terms:
         if not isinstance(term, list):
             raise ConfigError(f"{path}: expected a list like [{{features, [...]}}]")
-        for app in term:
-            if isinstance(app, tuple) and len(app) == 2 and app[0] == Atom("features"):
-                if not isinstance(app[1], list):
-                    raise ConfigError(f"{path}: {{features, ...}} must hold a list")
-                features.extend(app[1])
-    return _features(path, features, line_of)
+        for item in term:
+            written = _Written(item, path, line_of)
+            if isinstance(item, str):
+                yield from _sections(_included(path, item, including), (*including, path))
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Atom):
+                yield written
+            else:
+                raise ConfigError(
+                    f"{written.where()}: expected {{application, [...]}} or the name of a "
+                    f"config file to include, got {item!r}"
+                )
+
+
+def _included(path: Path, name: str, including: tuple[Path, ...]) -> Path:
+    """The file that ``name``, written in ``path``, includes. As Erlang reads a sys.config:
+    ``.config`` is added unless the name ends with it, and a relative name is relative to
+    the directory of the file that names it. A file including itself, directly or through
+    others, is refused."""
+    target = path.parent / (name if name.endswith(".config") else f"{name}.config")
+    files = (*including, path)
+    resolved = [p.resolve() for p in files]
+    if target.resolve() in resolved:
+        cycle = (*files[resolved.index(target.resolve()) :], target)
+        raise ConfigError(
+            f"{path}: including {name!r} makes a cycle: {' -> '.join(map(str, cycle))}"
+        )
+    return target
+
+
+def _features(entries: list[_Written]) -> tuple[dict[str, object], dict[str, str]]:
+    """The settings of the ``features`` entries, a later one winning as in Erlang, and the
+    entries ignored (by name: where the first is)."""
+    out: dict[str, object] = {}
+    ignored: dict[str, str] = {}
+    for entry in entries:
+        term = entry.term
+        if not (isinstance(term, tuple) and len(term) == 2 and isinstance(term[0], Atom)):
+            raise ConfigError(f"{entry.where()}: each setting must be {{key, value}}, got {term!r}")
+        setting = _Setting(term[0].name, term[1], entry)
+        if setting.key in _IGNORED_FEATURES:
+            ignored.setdefault(setting.key, entry.where())
+        elif setting.key in _FEATURE_READERS:
+            read = _FEATURE_READERS[setting.key](setting)
+            if read is None:  # valid, but of no use here
+                ignored.setdefault(setting.key, entry.where())
+            else:
+                out |= read
+        else:
+            known = [*_FEATURE_READERS, *_IGNORED_FEATURES]
+            close = difflib.get_close_matches(setting.key, known, n=1)
+            raise setting.fail("unknown setting" + (f"; did you mean {close[0]}?" if close else ""))
+    return out, ignored
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One ``{key, value}`` of the ``features`` section."""
+
+    key: str
+    raw: object  # the value as written
+    written: _Written
+
+    @property
+    def value(self) -> object:
+        """The value as plain Python: atoms and binaries as str."""
+        return _plain(self.raw)
+
+    def fail(self, problem: str, term: object = None) -> ConfigError:
+        """The setting's error, at the line of ``term`` in it (default: its own)."""
+        return ConfigError(f"{self.written.where(term)}: setting {self.key}: {problem}")
 
 
 def _text(value: object) -> str | None:
@@ -557,58 +698,83 @@ def _plain(value: object) -> object:
     return value
 
 
-def _features(
-    path: Path, entries: list[object], line_of: Callable[[object], int | None]
-) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for entry in entries:
-        where = f"{path}:{line_of(entry)}" if line_of(entry) else str(path)
-        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Atom)):
-            raise ConfigError(f"{where}: each setting must be {{key, value}}, got {entry!r}")
-        key, raw = entry[0].name, entry[1]
-        value = _plain(raw)
+def _deployment_name(setting: _Setting) -> dict[str, object]:
+    if not isinstance(setting.value, str):
+        raise setting.fail("must be a string")
+    return {setting.key: setting.value}
 
-        def fail(problem: str, key: str = key, where: str = where) -> ConfigError:
-            return ConfigError(f"{where}: setting {key}: {problem}")
 
-        if key in ("site", "cluster"):
-            if not isinstance(value, str):
-                raise fail("must be a string")
-            out[key] = value
-        elif key == "counters":
-            if not isinstance(value, dict) or not isinstance(value.get("init", []), list):
-                raise fail("must be a map #{init => [rule, ...]}")
-            try:
-                out["counter_config"] = CounterConfig.from_mappings(value.get("init", []))
-            except ConfigError as exc:
-                # Point at the rule itself: its map in the file, by its 1-based number.
-                rules = raw.get(Atom("init"), []) if isinstance(raw, dict) else []
-                number = int(exc.details.get("rule", "0"))
-                line = line_of(rules[number - 1]) if 0 < number <= len(rules) else None
-                raise fail(exc.message, where=f"{path}:{line}" if line else where) from None
-        elif key == "counter_startup_delay":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise fail("must be a whole number of milliseconds >= 0")
-            out["counter_startup_delay_ms"] = value
-        elif key == "api_auth":
-            if value not in ("enable", "disable"):
-                raise fail("must be enable or disable")
-            out["api_auth"] = value == "enable"
-        elif key == "api_auth_tokens":
-            if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-                raise fail('must be a list of tokens like [<<"SECRET">>]')
-            out["api_auth_tokens"] = tuple(value)
-        elif key == "external_grpc_event_targets":
-            out["external_grpc_event_targets"] = tuple(
-                _target(fail, t, named=False) for t in _list(fail, value)
-            )
-        elif key == "external_grpc_prediction_targets":
-            out["external_grpc_prediction_targets"] = tuple(
-                PredictionTarget(*_target(fail, t, named=True)) for t in _list(fail, value)
-            )
-        else:
-            raise fail("unknown setting")
-    return out
+def _counters(setting: _Setting) -> dict[str, object]:
+    value = setting.value
+    if not isinstance(value, dict) or not isinstance(value.get("init", []), list):
+        raise setting.fail("must be a map #{init => [rule, ...]}")
+    try:
+        return {"counter_config": CounterConfig.from_mappings(value.get("init", []))}
+    except ConfigError as exc:
+        # Point at the rule itself: its map in the file, by its 1-based number.
+        raw = setting.raw
+        rules = raw.get(Atom("init"), []) if isinstance(raw, dict) else []
+        number = int(exc.details.get("rule", "0"))
+        rule = rules[number - 1] if 0 < number <= len(rules) else None
+        raise setting.fail(exc.message, rule) from None
+
+
+def _counter_startup_delay(setting: _Setting) -> dict[str, object]:
+    value = setting.value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise setting.fail("must be a whole number of milliseconds >= 0")
+    return {"counter_startup_delay_ms": value}
+
+
+def _api_auth(setting: _Setting) -> dict[str, object]:
+    if setting.value not in ("enable", "disable"):
+        raise setting.fail("must be enable or disable")
+    return {"api_auth": setting.value == "enable"}
+
+
+def _api_auth_tokens(setting: _Setting) -> dict[str, object]:
+    value = setting.value
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise setting.fail('must be a list of tokens like [<<"SECRET">>]')
+    return {"api_auth_tokens": tuple(value)}
+
+
+def _event_targets(setting: _Setting) -> dict[str, object]:
+    targets = _list(setting.fail, setting.value)
+    return {setting.key: tuple(_target(setting.fail, t, named=False) for t in targets)}
+
+
+def _prediction_targets(setting: _Setting) -> dict[str, object]:
+    targets = _list(setting.fail, setting.value)
+    return {
+        setting.key: tuple(PredictionTarget(*_target(setting.fail, t, named=True)) for t in targets)
+    }
+
+
+def _file_store_path(setting: _Setting) -> dict[str, object] | None:
+    """The directory of the original's local store: here, where snapshots go when no other
+    place is set. A relative path is relative to the directory of the file that sets it.
+    An existing file is of no use (the original's first versions read feature specs from a
+    JSON file there): None."""
+    value = setting.value
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise setting.fail('must be the path of a directory, like "/features/data"')
+    path = setting.written.path.parent / value
+    return None if path.exists() and not path.is_dir() else {"file_store_path": path}
+
+
+# Each setting of the features section: its settings here, or None when it has no use.
+_FEATURE_READERS: dict[str, Callable[[_Setting], dict[str, object] | None]] = {
+    "site": _deployment_name,
+    "cluster": _deployment_name,
+    "counters": _counters,
+    "counter_startup_delay": _counter_startup_delay,
+    "api_auth": _api_auth,
+    "api_auth_tokens": _api_auth_tokens,
+    "external_grpc_event_targets": _event_targets,
+    "external_grpc_prediction_targets": _prediction_targets,
+    "file_store_path": _file_store_path,
+}
 
 
 def _list(fail, value: object) -> list[object]:

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from support.in_process import local_settings
 from support.routes import V0_ROUTES
+
+from kimball_grpc.config.settings import Settings
 
 # Every /v0 route, and the probes.
 ROUTES = {(verb.lower(), path) for verb, path in V0_ROUTES} | {("get", "/alive"), ("get", "/ready")}
@@ -29,6 +33,32 @@ async def test_document_lists_every_route_with_the_original_parameter_names(http
     assert {p["name"] for p in features} == {"user_obj", "context_obj"}
     spec = document["paths"]["/v0/featureSpecs/{name}"]["delete"]["parameters"]
     assert [(p["name"], p["in"]) for p in spec] == [("name", "path")]
+
+
+async def test_the_originals_path_serves_the_same_document(http) -> None:
+    """The original served its document at /api-docs/swagger.json: its clients find it there."""
+    async with http.get("/api-docs/openapi.json") as response:
+        document = await response.json()
+    async with http.get("/api-docs/swagger.json") as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        assert await response.json() == document
+
+
+class TestWithAuthentication:
+    @pytest.fixture
+    def settings(self, tmp_path) -> Settings:
+        return local_settings(tmp_path, api_auth=True, api_auth_tokens=("s3cret",))
+
+    @pytest.mark.parametrize(
+        "path", ["/api-docs", "/api-docs/openapi.json", "/api-docs/swagger.json"]
+    )
+    async def test_the_document_is_open_at_each_of_its_paths(self, http, path) -> None:
+        async with http.get(path) as response:
+            assert response.status == 200
+            assert (await response.json())["openapi"].startswith("3.")
+        async with http.get("/v0/goals") as response:
+            assert response.status == 401  # the API itself is not
 
 
 async def test_the_routes_that_can_answer_429_document_it(http) -> None:

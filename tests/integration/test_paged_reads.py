@@ -259,6 +259,54 @@ async def test_rest_refuses_a_token_of_another_route(stub, http) -> None:
     assert "page_token" in body["error"]
 
 
+# Three days and their ISO weeks; 2027-01-01, a Friday, is in week 53 of ISO year 2026.
+ISO_WEEKS = {
+    "2026-01-07T12:00:00Z": (2026, 2),
+    "2026-03-04T12:00:00Z": (2026, 10),
+    "2027-01-01T12:00:00Z": (2026, 53),
+}
+
+
+async def test_rest_names_weekly_counters_as_the_original_and_grpc_keeps_them_apart(
+    stub, http
+) -> None:
+    """v0 clients parse "<event> <year><week>", the week not padded; gRPC has the parts."""
+    events = [event("welcome", when=when) for when in ISO_WEEKS]
+    events += [event("wx", when="2024-12-30T12:00:00Z"), event("a")]  # 2025-W01
+    await stub.TrackEvents(pb.TrackEventsRequest(events=events))
+    answer = await stub.GetAnalytics(pb.GetAnalyticsRequest(name_prefix="welcome"))
+    assert [(c.name, c.type, c.year, c.week) for c in answer.counts] == [
+        ("welcome", pb.COUNTER_TYPE_NAMED, 0, 0),
+        *(("welcome", pb.COUNTER_TYPE_WEEKLY, *week) for week in ISO_WEEKS.values()),
+    ]
+
+    status, whole = await get(http, "/v0/analytics")
+    assert status == 200
+    weekly = [c for c in whole["counts"] if c["type"] == "weekly"]
+    assert [(c["name"], c["year"], c["week"], c["count"]) for c in weekly] == [
+        ("welcome 20262", 2026, 2, 1),
+        ("welcome 202610", 2026, 10, 1),
+        ("welcome 202653", 2026, 53, 1),
+        ("wx 20251", 2025, 1, 1),
+    ]
+    assert all(
+        set(c) == {"name", "type", "count", "event_counts", "single_event_counts", "value"}
+        for c in whole["counts"]
+        if c["type"] != "weekly"
+    )
+
+    # Pages and the name prefix (of the event) as before.
+    pages = await rest_pages(http, "/v0/analytics", page_size=1, name_prefix="welcome")
+    assert [c["name"] for p in pages for c in p["counts"]] == [
+        "welcome",
+        "welcome 20262",
+        "welcome 202610",
+        "welcome 202653",
+    ]
+    pages = await rest_pages(http, "/v0/analytics", page_size=2)
+    assert [c for p in pages for c in p["counts"]] == whole["counts"]
+
+
 # --- the whole answer's size limit --------------------------------------------------
 
 

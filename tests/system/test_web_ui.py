@@ -355,10 +355,17 @@ async def test_token_and_analytics_match_the_api(
         (2024, 4, 4),
     }
     await expect(page.locator("#weekly-chart circle")).to_have_count(4)
+    # One series, of the event (REST names each week's counter "checkout 20241" and so on).
+    assert {c["name"] for c in weekly} == {"checkout 20241", "checkout 20242", "checkout 20244"}
     weekly_rows = await page.locator("#weekly-table tbody tr").evaluate_all(
-        "rows => rows.map(r => [r.dataset.week, Number(r.lastElementChild.dataset.value)])"
+        "rows => rows.map(r => [r.dataset.week, r.dataset.name,"
+        " Number(r.lastElementChild.dataset.value)])"
     )
-    assert weekly_rows == [["2024-W01", 2], ["2024-W02", 3], ["2024-W04", 4]]
+    assert weekly_rows == [
+        ["2024-W01", "checkout", 2],
+        ["2024-W02", "checkout", 3],
+        ["2024-W04", "checkout", 4],
+    ]
 
     # Filtering the table.
     await page.locator("#counter-filter").fill("feat")

@@ -129,8 +129,8 @@ def test_binaries() -> None:
 
 def test_numbers() -> None:
     assert parse_term(
-        "[0, 42, -7, - 3, 1_000, 16#FF, 2#1010, -16#ff, 36#Zz, $a, $\\n, $ , -$a]."
-    ) == [0, 42, -7, -3, 1000, 255, 10, -255, 1295, 97, 10, 32, -97]
+        "[0, 42, -7, - 3, 1_000, 16#FF, 2#1010, -16#ff, 36#Zz, $a, $\\n, $ , -$a, ${]."
+    ) == [0, 42, -7, -3, 1000, 255, 10, -255, 1295, 97, 10, 32, -97, 123]
     values = parse_term("[0.01, 1.0e-3, -2.5, 2.5E+2, 3.0e2, 0.0].")
     assert values == [0.01, 1.0e-3, -2.5, 250.0, 300.0, 0.0]
     assert all(isinstance(v, float) for v in values)
@@ -184,6 +184,14 @@ ERRORS = [
     ("token", parse_terms, "#rec{a = 1}.", 1, 2, "expected '{' after '#' but found atom rec"),
     ("token", parse_terms, "[X].", 1, 2, "variables are not allowed: X"),
     ("token", parse_terms, "[_ignored].", 1, 2, "variables are not allowed"),
+    (
+        "template",
+        parse_terms,
+        "[{kernel, [\n  {logger_level, ${LOG_LEVEL}}]}].",
+        2,
+        18,
+        "${LOG_LEVEL} is a variable of a release template (sys.config.src)",
+    ),
     ("token", parse_terms, "[a | b].", 1, 4, "unexpected character '|'"),
     ("token", parse_terms, "[16#FG].", 1, 2, "invalid number '16#FG'"),
     ("token", parse_terms, "[1.0e].", 1, 2, "invalid number '1.0e'"),

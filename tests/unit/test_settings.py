@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -623,3 +624,226 @@ def test_config_errors_name_the_line_of_the_setting_or_rule(tmp_path):
     with pytest.raises(ConfigError) as info:
         read_config_file(path)
     assert str(info.value).startswith(f"{path}:3: setting api_auth:")
+
+
+# --- the original's own config files, includes, settings of no use here ------------------
+
+ORIGINAL = Path(__file__).resolve().parents[1] / "fixtures" / "original"
+
+
+def copy_original(tmp_path: Path) -> Path:
+    """The original's config files, copied into ``tmp_path`` (paths in them are relative)."""
+    shutil.copytree(ORIGINAL, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_the_originals_development_sys_config_and_its_included_file(tmp_path, monkeypatch):
+    root = copy_original(tmp_path / "checkout")
+    monkeypatch.chdir(tmp_path)  # includes are found next to the file, not in the cwd
+    s = load_settings({}, root / "sys.config")
+    assert s.api_auth is False  # sys.config
+    assert (s.site, s.cluster, s.counter_startup_delay_ms) == ("Site name", "Cluster name", 1)
+    assert s.file_store_path == root / "features.json"  # relative to the file
+    assert s.storage.uri == (root / "features.json").resolve().as_uri()
+    # kernel (an Erlang/OTP application) goes without a word; local_dev is named.
+    assert s.config_warnings == (
+        "ignoring settings of the original that have no use in Kimball: "
+        f"local_dev ({root / 'sys.config'}:12)",
+    )
+
+
+@pytest.mark.parametrize("name", ["config/sys.config", "config/example.config"])
+def test_the_originals_release_files_load_without_a_warning(tmp_path, name):
+    s = load_settings({}, copy_original(tmp_path) / name)
+    assert s.config_warnings == ()
+    assert s.storage.uri == (Path("kimball-data") / "objects").resolve().as_uri()
+
+
+def test_the_originals_default_and_example_configs(tmp_path):
+    root = copy_original(tmp_path)
+    assert same_settings(
+        load_settings({}, root / "config/default.config"),
+        replace(Settings(), config_path=root / "config/default.config"),
+    )
+    rules = load_settings({}, root / "config/example.config").counter_config.rules
+    assert [(r.pattern, r.date_cohort) for r in rules] == [
+        ("goal", DateCohort.WEEKLY),
+        (".*", None),
+    ]
+
+
+def test_a_release_template_is_refused_saying_what_it_is(tmp_path):
+    path = copy_original(tmp_path) / "config/sys.config.src"
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(info.value).startswith(f"{path}:3:")
+    assert "${LOG_LEVEL} is a variable of a release template" in str(info.value)
+
+
+def test_an_include_adds_config_unless_named_so_and_reads_in_place(tmp_path):
+    """Later entries win, as Erlang merges them: an include overrides what came before it
+    and is overridden by what follows; nested includes are read in their turn."""
+    top = '[{features, [{site, "a"}, {cluster, "a"}]}, "b", {features, [{cluster, "top"}]}].'
+    write(tmp_path, top, "top.config")
+    write(tmp_path, '[{features, [{site, "b"}, {cluster, "b"}]}, "sub/c.config"].', "b.config")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, '[{features, [{counter_startup_delay, 7}]}, "d"].', "sub/c.config")
+    write(tmp_path, "[{features, [{api_auth, disable}]}].", "sub/d.config")  # next to c
+    s = load_settings({}, tmp_path / "top.config")
+    assert (s.site, s.cluster, s.counter_startup_delay_ms, s.api_auth) == ("b", "top", 7, False)
+    assert s.config_warnings == ()
+
+
+def test_an_absolute_include(tmp_path):
+    (tmp_path / "kimball").mkdir()
+    write(tmp_path, '[{features, [{site, "abs"}]}].', "kimball/app.config")
+    path = write(tmp_path / "kimball", f'[{{kernel, []}}, "{tmp_path}/kimball/app"].', "sys.config")
+    assert load_settings({}, path).site == "abs"
+
+
+def test_a_missing_included_file_is_refused_naming_both_files(tmp_path):
+    path = write(tmp_path, '[{features, [{site, "x"}]}, "local"].', "sys.config")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot read the config file it includes, ")
+    assert str(tmp_path / "local.config") in message
+
+
+@pytest.mark.parametrize(
+    ("files", "cycle"),
+    [
+        ({"sys.config": '["sys"].'}, ["sys.config", "sys.config"]),
+        (
+            {"a.config": '["b"].', "b.config": '[{kernel, []}, "c"].', "c.config": '["b"].'},
+            ["b.config", "c.config", "b.config"],
+        ),
+    ],
+    ids=["itself", "through-another"],
+)
+def test_an_include_cycle_is_refused_naming_it(tmp_path, files, cycle):
+    for name, text in files.items():
+        write(tmp_path, text, name)
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, tmp_path / next(iter(files)))
+    message = str(info.value)
+    assert "makes a cycle" in message, message
+    assert message.endswith(" -> ".join(str(tmp_path / name) for name in cycle)), message
+
+
+@pytest.mark.parametrize(
+    ("included", "fragments"),
+    [
+        ("{features, []}.", ["b.config", "expected a list"]),
+        ("[{features, [{api_auth, maybe}]}].", ["b.config:1", "setting api_auth"]),
+        ("[{features, [", ["b.config:1:", "expected"]),
+    ],
+)
+def test_a_bad_included_file_is_refused_naming_it(tmp_path, included, fragments):
+    path = write(tmp_path, '["b"].')
+    write(tmp_path, included, "b.config")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("item", ["42", '<<"local">>', "{features}", '{"features", []}', "[]"])
+def test_an_entry_neither_a_section_nor_a_file_name_is_refused(tmp_path, item):
+    path = write(tmp_path, f"[{{kernel, []}},\n {item}].")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert "expected {application, [...]} or the name of a config file" in str(info.value)
+
+
+def test_settings_of_the_original_with_no_use_here_give_one_warning(tmp_path):
+    path = write(
+        tmp_path,
+        "[{features, [\n"
+        "  {local_dev, true},\n"
+        '  {s3_bucket, "b"},\n'
+        "  {namespaces, []},\n"
+        "  {local_dev, false}\n"
+        "]}].",
+    )
+    s = load_settings({}, path)
+    assert s.config_warnings == (
+        "ignoring settings of the original that have no use in Kimball: "
+        f"local_dev ({path}:2), s3_bucket ({path}:3), namespaces ({path}:4)",
+    )
+    assert s.storage.uri.startswith("file://")  # s3_bucket is not S3_BUCKET
+
+
+def test_other_applications_are_named_in_one_warning_and_otp_ones_pass(tmp_path):
+    path = write(
+        tmp_path,
+        "[{kernel, [{logger_level, info}]},\n"
+        " {sasl, []}, {stdlib, []},\n"
+        " {cowboy, []},\n"
+        " {prometheus, [{x, 1}]},\n"
+        ' {features, [{site, "s"}]}].',
+    )
+    s = load_settings({}, path)
+    assert s.site == "s"
+    assert s.config_warnings == (
+        "ignoring the config of applications other than Kimball: "
+        f"cowboy ({path}:3), prometheus ({path}:4)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "suggestion"),
+    [
+        ("api_auth_token", "api_auth_tokens"),
+        ("file_store_pth", "file_store_path"),
+        ("local_devv", "local_dev"),
+        ("external_grpc_event_target", "external_grpc_event_targets"),
+        ("counter", "counters"),
+    ],
+)
+def test_a_typo_is_refused_with_the_closest_known_name(tmp_path, setting, suggestion):
+    path = write(tmp_path, f'[{{features, [\n  {{site, "s"}},\n  {{{setting}, "x"}}\n]}}].')
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(info.value) == (
+        f"{path}:3: setting {setting}: unknown setting; did you mean {suggestion}?"
+    )
+
+
+def test_an_unknown_setting_like_no_known_one_gets_no_suggestion(tmp_path):
+    path = write(tmp_path, "[{features, [{favourite_colour, blue}]}].")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(info.value) == f"{path}:1: setting favourite_colour: unknown setting"
+
+
+def test_file_store_path_is_where_local_snapshots_go_and_later_sources_win(tmp_path):
+    path = write(tmp_path, '[{features, [{file_store_path, <<"/srv/kimball">>}]}].')
+    s = load_settings({"KIMBALL_DATA_DIR": str(tmp_path / "data")}, path)
+    assert s.storage.uri == "file:///srv/kimball"
+    assert s.wal_dir == tmp_path / "data" / "wal"  # the log stays in the data directory
+    assert load_settings({"S3_BUCKET": "bkt"}, path).storage.uri == "s3://bkt/default"
+    assert load_settings({"KIMBALL_STORAGE": "gs://gcs/p"}, path).storage.uri == "gs://gcs/p"
+    flag = load_settings({}, path, {"storage_uri": "file:///elsewhere"})
+    assert flag.storage.uri == "file:///elsewhere"
+
+
+def test_file_store_path_naming_a_file_is_of_no_use_and_named_in_the_warning(tmp_path):
+    """The original's first versions read feature specs from a JSON file there."""
+    (tmp_path / "features.json").write_text("[]")
+    path = write(tmp_path, '[{features, [{file_store_path, "features.json"}]}].')
+    s = load_settings({"KIMBALL_DATA_DIR": str(tmp_path / "data")}, path)
+    assert s.file_store_path is None
+    assert s.storage.uri == (tmp_path / "data" / "objects").resolve().as_uri()
+    assert s.config_warnings == (
+        f"ignoring settings of the original that have no use in Kimball: "
+        f"file_store_path ({path}:1)",
+    )
+
+
+@pytest.mark.parametrize("value", ["42", '""', "[]", "<<>>", '"a\\0b"'])
+def test_a_bad_file_store_path_is_refused(tmp_path, value):
+    path = write(tmp_path, f"[{{features, [{{file_store_path, {value}}}]}}].")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, path)
+    assert str(info.value).startswith(f"{path}:1: setting file_store_path: must be the path")
