@@ -21,7 +21,10 @@ from kimball_grpc.config.settings import (
     environment,
     limit_field,
     load_settings,
+    parse_configmap_name,
+    parse_feature_spec_store,
     parse_fsync_policy,
+    parse_kubernetes_namespace,
     parse_limit,
     parse_max_response_bytes,
     parse_port,
@@ -139,6 +142,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="start even if records are lost to a damaged write-ahead log or snapshot, "
         "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
+    _add_feature_spec_store(run)
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
@@ -158,6 +162,37 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     _add_client_commands(commands, environ)
     return parser
+
+
+def _add_feature_spec_store(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--feature-spec-store",
+        type=_flag(parse_feature_spec_store, "--feature-spec-store"),
+        help="log (default): specs only in the write-ahead log and snapshots; configmap: api "
+        "mode also keeps them in a Kubernetes ConfigMap and copies it to ADDITIONAL_NAMESPACES, "
+        "a sidecar reads them from its namespace's copy mounted as --feature-spec-file "
+        "(env KIMBALL_FEATURE_SPEC_STORE)",
+    )
+    run.add_argument(
+        "--feature-spec-configmap",
+        type=_flag(parse_configmap_name, "--feature-spec-configmap"),
+        metavar="NAME",
+        help="the ConfigMap (env KIMBALL_FEATURE_SPEC_CONFIGMAP; default features-state-store)",
+    )
+    run.add_argument(
+        "--feature-spec-configmap-namespace",
+        type=_flag(parse_kubernetes_namespace, "--feature-spec-configmap-namespace"),
+        metavar="NAMESPACE",
+        help="its namespace (env KIMBALL_FEATURE_SPEC_CONFIGMAP_NAMESPACE; default: NAMESPACE, "
+        "else getkimball)",
+    )
+    run.add_argument(
+        "--feature-spec-file",
+        type=Path,
+        metavar="PATH",
+        help="sidecar: the ConfigMap's copy, mounted (env KIMBALL_FEATURE_SPEC_FILE; default "
+        "/features/data)",
+    )
 
 
 def _add_client_commands(
@@ -302,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             "wal_fsync": args.wal_fsync,
             "snapshots_kept": args.snapshots_kept,
             "wal_skip_damaged": args.wal_skip_damaged,
+            "feature_spec_store": args.feature_spec_store,
+            "feature_spec_configmap": args.feature_spec_configmap,
+            "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
+            "feature_spec_file": args.feature_spec_file,
         }
         overrides |= {
             limit_field(limit): getattr(args, limit_field(limit)) for limit in STATE_LIMITS
