@@ -85,6 +85,8 @@ def encode_original_specs(specs: Iterable[FeatureSpec]) -> str:
 
 def _term(data: bytes) -> object:
     text = data.strip()
+    if not text:
+        raise OriginalSpecsError("the data is empty")
     if text[:1] in (b"[", b"{"):
         try:
             return _to_term(json.loads(text))

@@ -29,7 +29,7 @@ class SpecFile:
         self.refresh = refresh
         self.flags = FeatureFlags()
         self._read: bytes | None = None  # the content the specs came from
-        self._problem = ""  # the last one logged: a lasting one is logged once
+        self.problem = ""  # with the file now ("" if none); a lasting one is logged once
         self._task: asyncio.Task[None] | None = None
 
     def load(self) -> None:
@@ -53,7 +53,7 @@ class SpecFile:
             self._report(f"{self.path}: {exc}; keeping the specs held")
             return
         self._read = data
-        self._problem = ""
+        self.problem = ""
         for problem in problems:
             log.warning("feature specs: %s: left out: %s", self.path, problem)
         self.flags.replace_all(specs, self.flags.version + 1)
@@ -73,6 +73,6 @@ class SpecFile:
             self._take(await asyncio.to_thread(self._contents))
 
     def _report(self, problem: str) -> None:
-        if problem != self._problem:
+        if problem != self.problem:
             log.warning("feature specs: %s", problem)
-            self._problem = problem
+            self.problem = problem

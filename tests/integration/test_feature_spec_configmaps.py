@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import certifi
+import grpc
 import pytest
 from support import polling
 from support.in_process import local_settings, running, stub_of
@@ -22,10 +23,12 @@ from support.ports import free_port
 
 from kimball_grpc.app import RunningServer
 from kimball_grpc.codec.original_specs import decode_original_specs
-from kimball_grpc.config.settings import FeatureSpecStore, Settings
+from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.outbound.kubernetes import ConfigMaps, KubernetesAccess
+from kimball_grpc.sidecar.server import start_sidecar
 
 # Written by the original service itself (getkimball/api at 2842df8, built from
 # ../shared/original): three specs set through its POST /v0/featureSpecs, then
@@ -247,3 +250,59 @@ async def test_in_cluster_credentials_are_the_service_accounts(tmp_path):
                 service_host="127.0.0.1", service_port="6443", service_account_dir=tmp_path
             )
         )
+
+
+async def test_a_sidecar_reads_its_namespaces_copy_mounted_as_a_file(tmp_path):
+    mounted = tmp_path / "features" / "data"  # the copy mounted at /features, as the original's
+    mounted.parent.mkdir()
+
+    def mount() -> bool:
+        """What the kubelet does with a mounted ConfigMap: its `data` key as the file."""
+        data = api.data("team-a", "getkimball-features")
+        if data is None:
+            return False
+        mounted.write_text(data["data"])
+        return True
+
+    async with kubernetes_api() as api, kimball(store_settings(tmp_path, api)) as (server, stub):
+        spec = pb.FeatureSpec(name="beta")
+        spec.user.add(property="plan", comparator="=").value.string_value = "pro"
+        await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))
+        await until(lambda: names_in(api, COPIES[0]) == {"beta"}, "the copy in team-a")
+        mount()
+        sidecar_settings = local_settings(
+            tmp_path / "sidecar",
+            mode=Mode.SIDECAR,
+            analytics_host=f"127.0.0.1:{server.grpc_port}",
+            feature_spec_store=FeatureSpecStore.CONFIGMAP,
+            feature_spec_file=mounted,
+            feature_spec_refresh_s=0.05,
+        )
+        sidecar = await start_sidecar(sidecar_settings)
+        try:
+            await sidecar.wait_ready()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+                via = pb_grpc.KimballServiceStub(channel)
+
+                async def beta_for(plan: str) -> bool:
+                    request = pb.EvaluateFeaturesRequest()
+                    request.user.update({"user_id": "u1", "plan": plan})
+                    return dict((await via.EvaluateFeatures(request)).features).get("beta", False)
+
+                assert await beta_for("pro") and not await beta_for("free")
+                spec.boolean = True  # now on for everyone
+                await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec))
+
+                def copy_changed() -> bool:
+                    specs, _ = decode_original_specs(api.data(*COPIES[0])["data"].encode())
+                    return specs[0].boolean
+
+                await until(copy_changed, "the change in the copy")
+                mount()
+                await until(lambda: beta_for("free"), "the sidecar reading the changed copy")
+                mounted.write_text("not specs")  # damaged: the specs held are kept
+                await until(lambda: "neither" in sidecar.specs.problem, "the damaged file read")
+                listed = await via.ListFeatureSpecs(pb.ListFeatureSpecsRequest())
+                assert [s.name for s in listed.specs] == ["beta"] and await beta_for("free")
+        finally:
+            await sidecar.stop(grace=None)
