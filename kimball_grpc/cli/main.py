@@ -239,6 +239,16 @@ def _add_client_commands(
     nudges.add_argument("--user", required=True, help="the user id")
     nudges.add_argument("--json", action="store_true", help="print the response as JSON")
 
+    original = add(
+        "import-original",
+        "set the feature specs kept by the original Erlang service: its features_store object "
+        "(from S3 or GCS) or its ConfigMap's data value, as a file",
+    )
+    original.add_argument("file", metavar="FILE", help="the stored state; - for stdin")
+    original.add_argument(
+        "--replace", action="store_true", help="overwrite specs of the same name set here"
+    )
+
 
 def _add_connection_options(
     command: argparse.ArgumentParser, environ: Mapping[str, str], timeout: float | None
@@ -282,6 +292,9 @@ def _run_client_command(args: argparse.Namespace) -> int:
             connection, args.events, args.user, as_json=args.json
         ),
         "nudges": lambda: client.nudges(connection, args.goal, args.user, as_json=args.json),
+        "import-original": lambda: client.import_original(
+            connection, args.file, replace=args.replace
+        ),
     }
     return client.run(connection, commands[args.command])
 

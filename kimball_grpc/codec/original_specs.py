@@ -47,8 +47,14 @@ def decode_original_specs(data: bytes) -> tuple[list[FeatureSpec], list[str]]:
     """The specs in ``data`` (raw ``term_to_binary``, its base64, or JSON) and a problem
     for each spec left out; ``OriginalSpecsError`` if ``data`` is none of those."""
     term = _term(data)
+    if isinstance(term, dict) and Atom("bloom") in term:
+        raise OriginalSpecsError(
+            "this is one of the original's counters (a Bloom filter), not its feature specs: "
+            "counters cannot be imported (their filters hash user ids with Erlang's phash2, "
+            "which no Kimball counter can take in)"
+        )
     if isinstance(term, dict):
-        term = _get(term, "feature_maps", [])
+        term = _get(term, "feature_maps", [] if not term else None)
     if not isinstance(term, list):
         raise OriginalSpecsError("the data holds no list of feature specs")
     specs: dict[str, FeatureSpec] = {}

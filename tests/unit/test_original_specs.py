@@ -173,6 +173,8 @@ def test_an_unusable_spec_is_left_out_and_named_the_rest_kept(bad, fragment):
         (b"[1, 2", "not valid JSON"),
         (base64.b64encode(b"\x83\x77"), "not a readable Erlang term"),
         (encode_term(Atom("nothing")), "no list of feature specs"),
+        (encode_term({Atom("other"): []}), "no list of feature specs"),
+        (encode_term({Atom("bloom"): (Atom("bloom"),), Atom("value"): {}}), "counters cannot"),
     ],
 )
 def test_data_holding_no_set_of_specs_is_refused(data, fragment):
