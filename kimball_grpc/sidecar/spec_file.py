@@ -17,11 +17,12 @@ from pathlib import Path
 
 from kimball_grpc.codec.original_specs import OriginalSpecsError, decode_original_specs
 from kimball_grpc.core.feature_flags import FeatureFlags
+from kimball_grpc.outbound.background import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
 
-class SpecFile:
+class SpecFile(BackgroundLoop):
     """The specs in ``path``, read again every ``refresh`` seconds."""
 
     def __init__(self, path: Path, refresh: float) -> None:
@@ -30,7 +31,6 @@ class SpecFile:
         self.flags = FeatureFlags()
         self._read: bytes | None = None  # the content the specs came from
         self.problem = ""  # with the file now ("" if none); a lasting one is logged once
-        self._task: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         """Read the file now."""
@@ -58,14 +58,6 @@ class SpecFile:
             log.warning("feature specs: %s: left out: %s", self.path, problem)
         self.flags.replace_all(specs, self.flags.version + 1)
         log.info("feature specs: %d read from %s", len(specs), self.path)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
 
     async def _run(self) -> None:
         while True:

@@ -37,6 +37,7 @@ from kimball_grpc.codec.original_specs import (
 )
 from kimball_grpc.core.errors import KimballError
 from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec
+from kimball_grpc.outbound.background import BackgroundLoop
 from kimball_grpc.outbound.backoff import Backoff
 from kimball_grpc.outbound.kubernetes import (
     ConfigMapConflict,
@@ -95,8 +96,9 @@ class SpecConfigMapMetrics:
         )
 
 
-class SpecConfigMaps:
-    """Keeps ``flags`` in the ``home`` ConfigMap and its ``copies``."""
+class SpecConfigMaps(BackgroundLoop):
+    """Keeps ``flags`` in the ``home`` ConfigMap and its ``copies``: ``start()`` once the
+    state is restored (import, then writes)."""
 
     def __init__(
         self,
@@ -125,19 +127,12 @@ class SpecConfigMaps:
         self.metrics = metrics
         self._backoff = Backoff(first_backoff, max_backoff)
         self._written: dict[ConfigMapRef, str | None] = dict.fromkeys(self.targets)
-        self._task: asyncio.Task[None] | None = None
         for target in self.targets:
             metrics.behind.labels(target.namespace).set(1)
 
-    def start(self) -> None:
-        """Import, then keep the ConfigMaps written (call once the state is restored)."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
     async def stop(self) -> None:
         """Stop (a write not done yet is done at the next start: the state wins then)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
+        await super().stop()
         await self.configmaps.close()
 
     async def _run(self) -> None:

@@ -19,6 +19,7 @@ import pytest
 from support import polling
 from support.in_process import local_settings, running, stub_of
 from support.kubernetes_api import KubernetesApi, kubernetes_api
+from support.original_state import ORIGINAL_DATA
 from support.ports import free_port
 
 from kimball_grpc.app import RunningServer
@@ -30,18 +31,6 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.outbound.kubernetes import ConfigMaps, KubernetesAccess
 from kimball_grpc.sidecar.server import start_sidecar
 
-# Written by the original service itself (getkimball/api at 2842df8, built from
-# ../shared/original): three specs set through its POST /v0/featureSpecs, then
-# base64:encode(term_to_binary(#{feature_maps => features_store:get_features()})), what
-# its ConfigMap store puts in the ConfigMap's `data` key.
-ORIGINAL_DATA = (
-    "g3QAAAABdwxmZWF0dXJlX21hcHNsAAAAA3QAAAAFdwdib29sZWFudwVmYWxzZXcEbmFtZW0AAAAMbmV3LWNoZWNr"
-    "b3V0dwtyb2xsb3V0X2VuZGJphI1Idw1yb2xsb3V0X3N0YXJ0Ymla/wB3BHVzZXJqdAAAAAV3B2Jvb2xlYW53BHRy"
-    "dWV3BG5hbWVtAAAABGJldGF3C3JvbGxvdXRfZW5kdwl1bmRlZmluZWR3DXJvbGxvdXRfc3RhcnR3CXVuZGVmaW5l"
-    "ZHcEdXNlcmwAAAACbAAAAANtAAAABHBsYW53AT1tAAAAA3Byb2psAAAAA20AAAACaWR3AmluawADAQIDamp0AAAA"
-    "BXcHYm9vbGVhbncFZmFsc2V3BG5hbWVtAAAAA29mZncLcm9sbG91dF9lbmR3CXVuZGVmaW5lZHcNcm9sbG91dF9z"
-    "dGFydHcJdW5kZWZpbmVkdwR1c2Vyamo="
-)
 HOME = ("getkimball", "features-state-store")
 COPIES = [("team-a", "getkimball-features"), ("team-b", "getkimball-features")]
 
@@ -78,6 +67,16 @@ def sample(server: RunningServer, name: str, **labels: str) -> float:
     return server.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def failures(server: RunningServer, operation: str) -> float:
+    """Failed calls on the home ConfigMap, counted."""
+    return sample(
+        server,
+        "kimball_feature_spec_configmap_failures_total",
+        namespace="getkimball",
+        operation=operation,
+    )
+
+
 async def test_specs_written_reach_the_configmap_and_each_namespaces_copy(tmp_path):
     async with kubernetes_api() as api, kimball(store_settings(tmp_path, api)) as (server, stub):
         spec = pb.FeatureSpec(name="dark_mode", boolean=True)
@@ -109,13 +108,7 @@ async def test_a_conflict_reads_the_configmap_again_and_retries(tmp_path):
             result="conflict",
         )
         assert conflicts == 3
-        failed = sample(
-            server,
-            "kimball_feature_spec_configmap_failures_total",
-            namespace="getkimball",
-            operation="write",
-        )
-        assert failed == 0  # read again at once, not after a backoff
+        assert failures(server, "write") == 0  # read again at once, not after a backoff
         assert [m for m, _ in api.requests].count("PUT") >= 4
 
 
@@ -177,14 +170,7 @@ async def test_an_unreachable_api_server_stops_neither_events_nor_spec_changes(t
         request = pb.TrackEventsRequest(events=[pb.Event(event_name="signup", user_id="u1")])
         assert (await stub.TrackEvents(request, timeout=5)).accepted == 1
         await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=pb.FeatureSpec(name="f")))
-        failed = partial(
-            sample,
-            server,
-            "kimball_feature_spec_configmap_failures_total",
-            namespace="getkimball",
-            operation="read",
-        )
-        await until(lambda: failed() >= 1, "the failed read counted")
+        await until(lambda: failures(server, "read") >= 1, "the failed read counted")
         assert sample(server, "kimball_feature_spec_configmap_behind", namespace="team-a") == 1
         async with kubernetes_api(api):  # the API server is back
             for where in (HOME, *COPIES):
@@ -197,14 +183,7 @@ async def test_a_refused_token_is_counted_and_retried(tmp_path):
         api.token = "rotated"  # the kubeconfig's token is refused now
         async with kimball(settings) as (server, stub):
             await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=pb.FeatureSpec(name="f")))
-            failed = partial(
-                sample,
-                server,
-                "kimball_feature_spec_configmap_failures_total",
-                namespace="getkimball",
-                operation="read",
-            )
-            await until(lambda: failed() >= 1, "the refused read counted")
+            await until(lambda: failures(server, "read") >= 1, "the refused read counted")
             assert api.configmaps == {}
 
 

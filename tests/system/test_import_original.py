@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support.kimball_process import KIMBALL, start, stop, token_config, wait_for_port
+from support.original_state import ORIGINAL_DATA
 
 from kimball_grpc.codec.erlang_external import encode_term
 from kimball_grpc.codec.erlang_terms import Atom
@@ -20,15 +21,6 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 
 TOKEN = "import-original-test-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
-# Written by the original service itself: see tests/integration/test_feature_spec_configmaps.py.
-ORIGINAL_DATA = (
-    "g3QAAAABdwxmZWF0dXJlX21hcHNsAAAAA3QAAAAFdwdib29sZWFudwVmYWxzZXcEbmFtZW0AAAAMbmV3LWNoZWNr"
-    "b3V0dwtyb2xsb3V0X2VuZGJphI1Idw1yb2xsb3V0X3N0YXJ0Ymla/wB3BHVzZXJqdAAAAAV3B2Jvb2xlYW53BHRy"
-    "dWV3BG5hbWVtAAAABGJldGF3C3JvbGxvdXRfZW5kdwl1bmRlZmluZWR3DXJvbGxvdXRfc3RhcnR3CXVuZGVmaW5l"
-    "ZHcEdXNlcmwAAAACbAAAAANtAAAABHBsYW53AT1tAAAAA3Byb2psAAAAA20AAAACaWR3AmluawADAQIDamp0AAAA"
-    "BXcHYm9vbGVhbncFZmFsc2V3BG5hbWVtAAAAA29mZncLcm9sbG91dF9lbmR3CXVuZGVmaW5lZHcNcm9sbG91dF9z"
-    "dGFydHcJdW5kZWZpbmVkdwR1c2Vyamo="
-)
 
 
 @pytest.fixture

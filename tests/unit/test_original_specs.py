@@ -2,8 +2,7 @@
 format under them.
 
 Every vector here was written by Erlang/OTP itself (``erlang:term_to_binary``), the
-first by the original service's own code: see ORIGINAL_DATA in
-tests/integration/test_feature_spec_configmaps.py for how it was made.
+first by the original service's own code (``support.original_state`` says how).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from support.original_state import ORIGINAL_DATA
 
 from kimball_grpc.codec.erlang_external import ExternalTermError, decode_term, encode_term
 from kimball_grpc.codec.erlang_terms import Atom
@@ -23,14 +23,6 @@ from kimball_grpc.codec.original_specs import (
 )
 from kimball_grpc.core.feature_flags import FeatureSpec, UserCondition
 
-ORIGINAL_DATA = (
-    "g3QAAAABdwxmZWF0dXJlX21hcHNsAAAAA3QAAAAFdwdib29sZWFudwVmYWxzZXcEbmFtZW0AAAAMbmV3LWNoZWNr"
-    "b3V0dwtyb2xsb3V0X2VuZGJphI1Idw1yb2xsb3V0X3N0YXJ0Ymla/wB3BHVzZXJqdAAAAAV3B2Jvb2xlYW53BHRy"
-    "dWV3BG5hbWVtAAAABGJldGF3C3JvbGxvdXRfZW5kdwl1bmRlZmluZWR3DXJvbGxvdXRfc3RhcnR3CXVuZGVmaW5l"
-    "ZHcEdXNlcmwAAAACbAAAAANtAAAABHBsYW53AT1tAAAAA3Byb2psAAAAA20AAAACaWR3AmluawADAQIDamp0AAAA"
-    "BXcHYm9vbGVhbncFZmFsc2V3BG5hbWVtAAAAA29mZncLcm9sbG91dF9lbmR3CXVuZGVmaW5lZHcNcm9sbG91dF9z"
-    "dGFydHcJdW5kZWZpbmVkdwR1c2Vyamo="
-)
 # The same term as OTP 25's term_to_binary/1 writes it (Latin-1 atoms: ATOM_EXT).
 ORIGINAL_DATA_OTP25 = (
     "g3QAAAABZAAMZmVhdHVyZV9tYXBzbAAAAAN0AAAABWQAB2Jvb2xlYW5kAAVmYWxzZWQABG5hbWVtAAAADG5ldy1j"
