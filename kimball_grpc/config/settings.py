@@ -167,11 +167,11 @@ class Settings:
     grpc_max_concurrent_streams: int = 256
     grpc_max_connection_age_s: float | None = None
     grpc_max_connection_age_grace_s: float = 30.0
-    # Feature specs in Kubernetes ConfigMaps (FeatureSpecStore). The namespace "" is
-    # NAMESPACE's, else the original's default; the copy's name in ADDITIONAL_NAMESPACES.
+    # Feature specs in Kubernetes ConfigMaps (FeatureSpecStore): the ConfigMap, its
+    # namespace (NAMESPACE's when that is set), the copy's name in ADDITIONAL_NAMESPACES.
     feature_spec_store: FeatureSpecStore = FeatureSpecStore.LOG
     feature_spec_configmap: str = DEFAULT_SPEC_CONFIGMAP
-    feature_spec_configmap_namespace: str = ""
+    feature_spec_configmap_namespace: str = DEFAULT_SPEC_CONFIGMAP_NAMESPACE
     feature_spec_configmap_copy: str = DEFAULT_SPEC_CONFIGMAP_COPY
     feature_spec_file: Path = DEFAULT_SPEC_FILE  # sidecar: its namespace's copy, mounted
     feature_spec_refresh_s: float = DEFAULT_SPEC_REFRESH_S
@@ -222,7 +222,7 @@ def load_settings(
         settings = replace(settings, config_path=path, **read_config_file(path))
     settings = replace(settings, **_from_environment(environ))
     settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
-    settings = feature_spec_store_config(settings, environ)
+    check_feature_spec_store(settings)
     return replace(settings, storage=storage_config(settings))
 
 
@@ -428,6 +428,8 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
 
 def _spec_store_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out: dict[str, object] = {}
+    if environ.get("NAMESPACE"):  # the original's namespace for its ConfigMap
+        out["feature_spec_configmap_namespace"] = environ["NAMESPACE"]
     for name, (setting, parse) in _SPEC_STORE.items():
         if environ.get(name):
             out[setting] = parse(name, environ[name])
@@ -478,22 +480,18 @@ def _file(name: str, value: str) -> Path:
     return Path(value)
 
 
-def feature_spec_store_config(settings: Settings, environ: Mapping[str, str]) -> Settings:
-    """``settings`` with the ConfigMap namespace resolved (NAMESPACE, else the original's
-    default) and, with the configmap store, every namespace it writes to checked."""
-    namespace = settings.feature_spec_configmap_namespace or environ.get(
-        "NAMESPACE", DEFAULT_SPEC_CONFIGMAP_NAMESPACE
-    )
-    settings = replace(settings, feature_spec_configmap_namespace=namespace)
+def check_feature_spec_store(settings: Settings) -> None:
+    """With the configmap store in api mode, ``ConfigError`` unless every namespace it
+    writes to is a namespace name (NAMESPACE is checked only then: it is a storage
+    prefix too)."""
     if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP and settings.mode is Mode.API:
         parse_kubernetes_namespace(
             "the feature spec ConfigMap's namespace (KIMBALL_FEATURE_SPEC_CONFIGMAP_NAMESPACE, "
             "else NAMESPACE)",
-            namespace,
+            settings.feature_spec_configmap_namespace,
         )
         for additional in settings.additional_namespaces:
             parse_kubernetes_namespace("each of ADDITIONAL_NAMESPACES", additional)
-    return settings
 
 
 _EDGE_SECONDS = {  # variable: setting, a positive number of seconds
