@@ -20,7 +20,7 @@ from kimball_grpc.api.grpc_front import (
 )
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
-from kimball_grpc.config.settings import Mode, Settings, storage_config
+from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -28,9 +28,15 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.outbound.external_predictions import ExternalPredictions
+from kimball_grpc.outbound.kubernetes import ConfigMaps, KubernetesAccess
 from kimball_grpc.persistence import Persistence
 from kimball_grpc.sidecar.server import RunningSidecar, start_sidecar
 from kimball_grpc.streaming.event_forwarding import EventForwarding
+from kimball_grpc.streaming.spec_configmaps import (
+    ConfigMapRef,
+    SpecConfigMapMetrics,
+    SpecConfigMaps,
+)
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.blob_store import StorageError
 from storage.location import open_blob_store
@@ -40,6 +46,8 @@ from storage.wal import DamagedLog, WriteAheadLog
 log = logging.getLogger(__name__)
 
 FORWARD_DRAIN_SECONDS = 2.0
+# In the data directory: the home ConfigMap's resourceVersion as this server last wrote it.
+SPEC_CONFIGMAP_MARKER = "feature-specs-configmap.json"
 
 
 @dataclass
@@ -52,6 +60,7 @@ class RunningServer(RunningFront):
     persistence: Persistence
     external: ExternalPredictions
     forwarding: EventForwarding
+    spec_configmaps: SpecConfigMaps | None = None  # the configmap feature spec store
 
     @property
     def state_location(self) -> str:
@@ -68,6 +77,8 @@ class RunningServer(RunningFront):
         # After the last call: what it accepted is queued; a little time to deliver it.
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
+        if self.spec_configmaps is not None:
+            await self.spec_configmaps.stop()
         if not self.ready.done():
             self.persistence.abandon_restore()  # the worker thread stops at its next counter
             self.ready.cancel()  # still restoring: nothing new to keep
@@ -78,6 +89,15 @@ class RunningServer(RunningFront):
 async def start_server(settings: Settings) -> RunningServer:
     """Build and start the gRPC server. It answers at once; health says NOT_SERVING and the
     API answers UNAVAILABLE until the state is restored (``RunningServer.ready``)."""
+    configmaps = None
+    if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP:
+        configmaps = await ConfigMaps.connect(
+            KubernetesAccess(
+                settings.kubeconfig,
+                settings.kubernetes_service_host,
+                settings.kubernetes_service_port,
+            )
+        )
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
     wal = WriteAheadLog(
@@ -133,9 +153,14 @@ async def start_server(settings: Settings) -> RunningServer:
         KimballIntegration(engine, ingestor), front.handlers
     )
     relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
+    spec_configmaps = None
+    if configmaps is not None:
+        spec_configmaps = _spec_configmaps(settings, engine, ingestor, configmaps, metrics)
     await front.start()
     forwarding.start()
-    ready = asyncio.get_running_loop().create_task(_become_ready(persistence, front))
+    ready = asyncio.get_running_loop().create_task(
+        _become_ready(persistence, front, spec_configmaps)
+    )
     return RunningServer(
         front=front,
         metrics=metrics,
@@ -146,11 +171,38 @@ async def start_server(settings: Settings) -> RunningServer:
         persistence=persistence,
         external=external,
         forwarding=forwarding,
+        spec_configmaps=spec_configmaps,
     )
 
 
-async def _become_ready(persistence: Persistence, front: GrpcFront) -> None:
-    """Restore the state, then take calls and start the periodic snapshots."""
+def _spec_configmaps(
+    settings: Settings, engine: Engine, ingestor: Ingestor, configmaps: ConfigMaps, metrics: Metrics
+) -> SpecConfigMaps:
+    """The configmap feature spec store: the home ConfigMap and one copy per additional
+    namespace (the home one itself and repeats left out)."""
+    home = ConfigMapRef(settings.feature_spec_configmap_namespace, settings.feature_spec_configmap)
+    copies = dict.fromkeys(
+        ConfigMapRef(namespace, settings.feature_spec_configmap_copy)
+        for namespace in settings.additional_namespaces
+    )
+    copies.pop(home, None)
+    return SpecConfigMaps(
+        engine.flags,
+        ingestor.spec_changes.next_change,
+        ingestor.put_feature_spec,
+        configmaps,
+        home,
+        tuple(copies),
+        settings.data_dir / SPEC_CONFIGMAP_MARKER,
+        SpecConfigMapMetrics(metrics.registry),
+    )
+
+
+async def _become_ready(
+    persistence: Persistence, front: GrpcFront, spec_configmaps: SpecConfigMaps | None
+) -> None:
+    """Restore the state, then take calls and start the periodic snapshots (and the
+    ConfigMap feature spec store)."""
     try:
         await persistence.restore()
     except (StorageError, DamagedLog) as exc:  # the log is unusable or lacks records
@@ -158,6 +210,8 @@ async def _become_ready(persistence: Persistence, front: GrpcFront) -> None:
         raise
     await front.open()
     persistence.start_snapshots()
+    if spec_configmaps is not None:
+        spec_configmaps.start()
 
 
 async def serve(settings: Settings) -> None:

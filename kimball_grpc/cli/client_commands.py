@@ -23,7 +23,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.codec.error_details import error_metadata
-from kimball_grpc.codec.proto_mapping import counter_type_name
+from kimball_grpc.codec.original_specs import OriginalSpecsError, decode_original_specs
+from kimball_grpc.codec.proto_mapping import counter_type_name, spec_to_proto
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES_CEILING
 from kimball_grpc.core.names import check_name, check_text, check_value
@@ -454,3 +455,44 @@ def _nudges_table(response: pb.GetNudgesResponse) -> str:
         return f"no nudges towards {response.goal} for {response.user_id}"
     rows = [[nudge.event_name, f"{nudge.prediction:.4f}"] for nudge in response.nudges]
     return format_table(["EVENT", "P(GOAL|EVENT)"], rows, right={1})
+
+
+MAX_ORIGINAL_BYTES = 64 * 1024 * 1024  # far past any set of specs that fits a server
+
+
+def import_original(connection: Connection, source: str, *, replace: bool = False) -> None:
+    """Set the feature specs held in the original service's stored state ``source`` (its
+    ``features_store`` object from S3 or GCS, or its ConfigMap's ``data`` value): each one
+    the server lacks, or every one with ``replace``. Nothing is set if any is unusable."""
+    with _open(source) as stream:
+        data = stream.read(MAX_ORIGINAL_BYTES + 1)
+    if len(data) > MAX_ORIGINAL_BYTES:
+        raise CommandError(f"{source}: larger than {MAX_ORIGINAL_BYTES} bytes: not specs")
+    try:
+        specs, problems = decode_original_specs(data)
+    except OriginalSpecsError as error:
+        raise CommandError(f"{source}: {error}") from None
+    if problems:
+        raise CommandError(f"{source}: nothing imported: {'; '.join(problems)}")
+    imported = 0
+    with _channel(connection) as channel:
+        stub = pb_grpc.KimballServiceStub(channel)
+        call = {"timeout": connection.timeout, "metadata": connection.metadata()}
+        for spec in specs:
+            if not replace and _has_spec(stub, spec.name, call):
+                print(f"kept {spec.name}: already set here (--replace overwrites it)")
+                continue
+            stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec_to_proto(spec)), **call)
+            print(f"imported {spec.name}")
+            imported += 1
+    print(f"{imported} of {len(specs)} feature specs imported from {source}")
+
+
+def _has_spec(stub: pb_grpc.KimballServiceStub, name: str, call: dict[str, Any]) -> bool:
+    try:
+        stub.GetFeatureSpec(pb.GetFeatureSpecRequest(name=name), **call)
+    except grpc.RpcError as error:
+        if error.code() is grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

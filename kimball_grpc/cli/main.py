@@ -25,7 +25,10 @@ from kimball_grpc.config.settings import (
     environment,
     limit_field,
     load_settings,
+    parse_configmap_name,
+    parse_feature_spec_store,
     parse_fsync_policy,
+    parse_kubernetes_namespace,
     parse_limit,
     parse_max_response_bytes,
     parse_port,
@@ -156,6 +159,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="start even if records are lost to a damaged write-ahead log or snapshot, "
         "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
+    _add_feature_spec_store(run)
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
@@ -182,6 +186,37 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait, each check")
     _add_client_commands(commands, environ)
     return parser
+
+
+def _add_feature_spec_store(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--feature-spec-store",
+        type=_flag(parse_feature_spec_store, "--feature-spec-store"),
+        help="log (default): specs only in the write-ahead log and snapshots; configmap: api "
+        "mode also keeps them in a Kubernetes ConfigMap and copies it to ADDITIONAL_NAMESPACES, "
+        "a sidecar reads them from its namespace's copy mounted as --feature-spec-file "
+        "(env KIMBALL_FEATURE_SPEC_STORE)",
+    )
+    run.add_argument(
+        "--feature-spec-configmap",
+        type=_flag(parse_configmap_name, "--feature-spec-configmap"),
+        metavar="NAME",
+        help="the ConfigMap (env KIMBALL_FEATURE_SPEC_CONFIGMAP; default features-state-store)",
+    )
+    run.add_argument(
+        "--feature-spec-configmap-namespace",
+        type=_flag(parse_kubernetes_namespace, "--feature-spec-configmap-namespace"),
+        metavar="NAMESPACE",
+        help="its namespace (env KIMBALL_FEATURE_SPEC_CONFIGMAP_NAMESPACE; default: NAMESPACE, "
+        "else getkimball)",
+    )
+    run.add_argument(
+        "--feature-spec-file",
+        type=Path,
+        metavar="PATH",
+        help="sidecar: the ConfigMap's copy, mounted (env KIMBALL_FEATURE_SPEC_FILE; default "
+        "/features/data)",
+    )
 
 
 def _add_client_commands(
@@ -228,6 +263,16 @@ def _add_client_commands(
     nudges.add_argument("--user", required=True, help="the user id")
     nudges.add_argument("--json", action="store_true", help="print the response as JSON")
 
+    original = add(
+        "import-original",
+        "set the feature specs kept by the original Erlang service: its features_store object "
+        "(from S3 or GCS) or its ConfigMap's data value, as a file",
+    )
+    original.add_argument("file", metavar="FILE", help="the stored state; - for stdin")
+    original.add_argument(
+        "--replace", action="store_true", help="overwrite specs of the same name set here"
+    )
+
 
 def _add_connection_options(
     command: argparse.ArgumentParser, environ: Mapping[str, str], timeout: float | None
@@ -271,6 +316,9 @@ def _run_client_command(args: argparse.Namespace) -> int:
             connection, args.events, args.user, as_json=args.json
         ),
         "nudges": lambda: client.nudges(connection, args.goal, args.user, as_json=args.json),
+        "import-original": lambda: client.import_original(
+            connection, args.file, replace=args.replace
+        ),
     }
     return client.run(connection, commands[args.command])
 
@@ -355,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             "wal_fsync": args.wal_fsync,
             "snapshots_kept": args.snapshots_kept,
             "wal_skip_damaged": args.wal_skip_damaged,
+            "feature_spec_store": args.feature_spec_store,
+            "feature_spec_configmap": args.feature_spec_configmap,
+            "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
+            "feature_spec_file": args.feature_spec_file,
         }
         overrides |= {
             limit_field(limit): getattr(args, limit_field(limit)) for limit in STATE_LIMITS

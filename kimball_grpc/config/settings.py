@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -51,6 +52,24 @@ MAX_SNAPSHOTS_KEPT = 100
 class Mode(StrEnum):
     API = "api"
     SIDECAR = "sidecar"
+
+
+class FeatureSpecStore(StrEnum):
+    """Where feature specs are kept besides the write-ahead log and snapshots."""
+
+    LOG = "log"  # nowhere else
+    # api mode: a Kubernetes ConfigMap too, copied to ADDITIONAL_NAMESPACES; sidecar mode:
+    # read from its namespace's copy, mounted as a file (as the original did both).
+    CONFIGMAP = "configmap"
+
+
+# The original's names: its ConfigMap, the copy in each additional namespace, its
+# NAMESPACE default, and the file its sidecars read (the ConfigMap mounted at /features).
+DEFAULT_SPEC_CONFIGMAP = "features-state-store"
+DEFAULT_SPEC_CONFIGMAP_COPY = "getkimball-features"
+DEFAULT_SPEC_CONFIGMAP_NAMESPACE = "getkimball"
+DEFAULT_SPEC_FILE = Path("/features/data")
+DEFAULT_SPEC_REFRESH_S = 15.0  # how often the original's sidecars read it
 
 
 @dataclass(frozen=True)
@@ -154,6 +173,18 @@ class Settings:
     grpc_max_concurrent_streams: int = 256
     grpc_max_connection_age_s: float | None = None
     grpc_max_connection_age_grace_s: float = 30.0
+    # Feature specs in Kubernetes ConfigMaps (FeatureSpecStore): the ConfigMap, its
+    # namespace (NAMESPACE's when that is set), the copy's name in ADDITIONAL_NAMESPACES.
+    feature_spec_store: FeatureSpecStore = FeatureSpecStore.LOG
+    feature_spec_configmap: str = DEFAULT_SPEC_CONFIGMAP
+    feature_spec_configmap_namespace: str = DEFAULT_SPEC_CONFIGMAP_NAMESPACE
+    feature_spec_configmap_copy: str = DEFAULT_SPEC_CONFIGMAP_COPY
+    feature_spec_file: Path = DEFAULT_SPEC_FILE  # sidecar: its namespace's copy, mounted
+    feature_spec_refresh_s: float = DEFAULT_SPEC_REFRESH_S
+    # The Kubernetes API: a kubeconfig file, else in the cluster (the service account).
+    kubeconfig: Path | None = None
+    kubernetes_service_host: str = ""
+    kubernetes_service_port: str = ""
 
     @property
     def wal_dir(self) -> Path:
@@ -197,6 +228,7 @@ def load_settings(
         settings = replace(settings, config_path=path, **read_config_file(path))
     settings = replace(settings, **_from_environment(environ))
     settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    check_feature_spec_store(settings)
     return replace(settings, storage=storage_config(settings))
 
 
@@ -397,7 +429,76 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
             out[limit_field(limit)] = parse_limit(limit.setting, environ[limit.setting])
     out |= _storage_from_environment(environ)
     out |= _edges_from_environment(environ)
+    out |= _spec_store_from_environment(environ)
     return out
+
+
+def _spec_store_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if environ.get("NAMESPACE"):  # the original's namespace for its ConfigMap
+        out["feature_spec_configmap_namespace"] = environ["NAMESPACE"]
+    for name, (setting, parse) in _SPEC_STORE.items():
+        if environ.get(name):
+            out[setting] = parse(name, environ[name])
+    if environ.get("KUBECONFIG"):
+        # kubectl takes a list (a:b); the first file is the one read here.
+        out["kubeconfig"] = Path(environ["KUBECONFIG"].split(os.pathsep)[0])
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        out["kubernetes_service_host"] = environ["KUBERNETES_SERVICE_HOST"]
+        out["kubernetes_service_port"] = environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return out
+
+
+def parse_feature_spec_store(name: str, value: str) -> FeatureSpecStore:
+    """A feature spec store from text, or ``ConfigError``."""
+    try:
+        return FeatureSpecStore(value.strip().lower())
+    except ValueError:
+        choices = " or ".join(store.value for store in FeatureSpecStore)
+        raise ConfigError(f"{name} must be {choices}, got {value!r}") from None
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def parse_kubernetes_namespace(name: str, value: str) -> str:
+    """A Kubernetes namespace name (an RFC 1123 label: at most 63 lower-case letters,
+    digits and ``-``, a letter or digit at each end), or ``ConfigError``."""
+    if not _DNS_LABEL.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be a Kubernetes namespace name (lower-case letters, digits and '-', "
+            f"at most 63, a letter or digit at each end), got {value!r}"
+        )
+    return value
+
+
+def parse_configmap_name(name: str, value: str) -> str:
+    """A ConfigMap name (an RFC 1123 subdomain: at most 253 characters, labels of
+    lower-case letters, digits and ``-`` joined by ``.``), or ``ConfigError``."""
+    if len(value) > 253 or not all(_DNS_LABEL.fullmatch(part) for part in value.split(".")):
+        raise ConfigError(
+            f"{name} must be a ConfigMap name (lower-case letters, digits, '-' and '.', at "
+            f"most 253, a letter or digit at each end), got {value!r}"
+        )
+    return value
+
+
+def _file(name: str, value: str) -> Path:
+    return Path(value)
+
+
+def check_feature_spec_store(settings: Settings) -> None:
+    """With the configmap store in api mode, ``ConfigError`` unless every namespace it
+    writes to is a namespace name (NAMESPACE is checked only then: it is a storage
+    prefix too)."""
+    if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP and settings.mode is Mode.API:
+        parse_kubernetes_namespace(
+            "the feature spec ConfigMap's namespace (KIMBALL_FEATURE_SPEC_CONFIGMAP_NAMESPACE, "
+            "else NAMESPACE)",
+            settings.feature_spec_configmap_namespace,
+        )
+        for additional in settings.additional_namespaces:
+            parse_kubernetes_namespace("each of ADDITIONAL_NAMESPACES", additional)
 
 
 _EDGE_SECONDS = {  # variable: setting, a positive number of seconds
@@ -518,6 +619,19 @@ _DURABILITY: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "KIMBALL_SNAPSHOT_INTERVAL": ("snapshot_interval_s", parse_seconds),
     "KIMBALL_SNAPSHOTS_KEPT": ("snapshots_kept", parse_snapshots_kept),
     "KIMBALL_WAL_SKIP_DAMAGED": ("wal_skip_damaged", parse_switch),
+}
+
+# Feature spec store variables: each to its setting, through a parser given the name.
+_SPEC_STORE: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "KIMBALL_FEATURE_SPEC_STORE": ("feature_spec_store", parse_feature_spec_store),
+    "KIMBALL_FEATURE_SPEC_CONFIGMAP": ("feature_spec_configmap", parse_configmap_name),
+    "KIMBALL_FEATURE_SPEC_CONFIGMAP_NAMESPACE": (
+        "feature_spec_configmap_namespace",
+        parse_kubernetes_namespace,
+    ),
+    "KIMBALL_FEATURE_SPEC_CONFIGMAP_COPY": ("feature_spec_configmap_copy", parse_configmap_name),
+    "KIMBALL_FEATURE_SPEC_FILE": ("feature_spec_file", _file),
+    "KIMBALL_FEATURE_SPEC_REFRESH": ("feature_spec_refresh_s", parse_seconds),
 }
 
 

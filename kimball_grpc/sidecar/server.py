@@ -4,7 +4,8 @@ It serves the same APIs as the api server. Events are validated, spooled on loca
 disk and acknowledged; a background sender delivers the spool to the api server
 at ``ANALYTICS_HOST`` over a gRPC stream, through the api server's restarts and
 outages. Feature flags are evaluated from a local copy of the specs, kept in sync
-with the api server. Reads are forwarded to the api server. The relay keeps no
+with the api server (or read from the namespace's ConfigMap, mounted as a file, with
+the configmap feature spec store). Reads are forwarded to the api server. The relay keeps no
 counters.
 """
 
@@ -21,7 +22,7 @@ from kimball_grpc.api.grpc_front import (
     GrpcFront,
     RunningFront,
 )
-from kimball_grpc.config.settings import Settings
+from kimball_grpc.config.settings import FeatureSpecStore, Settings
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -30,6 +31,7 @@ from kimball_grpc.outbound.api_server_client import ApiServerClient
 from kimball_grpc.sidecar.sender import RelaySender, watch_relay
 from kimball_grpc.sidecar.servicers import SidecarIntegration, SidecarService
 from kimball_grpc.sidecar.spec_copy import SpecCopy
+from kimball_grpc.sidecar.spec_file import SpecFile
 from kimball_grpc.sidecar.spool import Spool
 from storage.blob_store import StorageError
 from storage.wal import DamagedLog
@@ -47,7 +49,7 @@ class RunningSidecar(RunningFront):
     spool: Spool
     sender: RelaySender
     api: ApiServerClient
-    specs: SpecCopy
+    specs: SpecCopy | SpecFile
 
     @property
     def state_location(self) -> str:
@@ -94,7 +96,11 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
     )
     sender = RelaySender(spool, settings.analytics_host, api.metadata)
     watch_relay(metrics.registry, sender)
-    specs = SpecCopy(settings.data_dir / FEATURE_SPECS_FILE, api)
+    specs: SpecCopy | SpecFile
+    if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP:
+        specs = SpecFile(settings.feature_spec_file, settings.feature_spec_refresh_s)
+    else:
+        specs = SpecCopy(settings.data_dir / FEATURE_SPECS_FILE, api)
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE))
     service = SidecarService(
         spool, api, specs, metrics.lose_feature_usage, settings.max_response_bytes
@@ -115,7 +121,7 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
 
 
 async def _become_ready(
-    spool: Spool, sender: RelaySender, specs: SpecCopy, front: GrpcFront
+    spool: Spool, sender: RelaySender, specs: SpecCopy | SpecFile, front: GrpcFront
 ) -> None:
     try:
         spool.open()

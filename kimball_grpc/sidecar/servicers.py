@@ -30,6 +30,7 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.outbound.api_server_client import ApiServerClient
 from kimball_grpc.sidecar.spec_copy import SpecCopy
+from kimball_grpc.sidecar.spec_file import SpecFile
 from kimball_grpc.sidecar.spool import Spool
 
 Context = grpc.aio.ServicerContext
@@ -42,7 +43,7 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         self,
         spool: Spool,
         api: ApiServerClient,
-        specs: SpecCopy,
+        specs: SpecCopy | SpecFile,
         usage_lost: Callable[[KimballError], None],
         max_response_bytes: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),

@@ -8,7 +8,6 @@ again after an exponential backoff with jitter.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -20,13 +19,14 @@ from kimball_grpc.core.errors import KimballError
 from kimball_grpc.core.feature_flags import FeatureFlags
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.outbound.api_server_client import ApiServerClient
+from kimball_grpc.outbound.background import BackgroundLoop
 from kimball_grpc.outbound.backoff import Backoff
 from storage.fsutil import atomic_write, tighten
 
 log = logging.getLogger(__name__)
 
 
-class SpecCopy:
+class SpecCopy(BackgroundLoop):
     """A sidecar's copy of the api server's specs, kept in ``path``."""
 
     def __init__(
@@ -42,7 +42,6 @@ class SpecCopy:
         self.flags = FeatureFlags()
         self.fingerprint = ""  # of the set held: the api server sends only a different one
         self._backoff = Backoff(first_backoff, max_backoff)
-        self._task: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         """The copy kept by the last run, if any (a damaged file is logged and ignored:
@@ -68,14 +67,6 @@ class SpecCopy:
             self.path,
             self.flags.version,
         )
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
 
     async def _run(self) -> None:
         backoff = self._backoff

@@ -1,4 +1,5 @@
-"""Waking the ``WatchFeatureSpecs`` streams when a feature spec change is applied.
+"""Waking the ``WatchFeatureSpecs`` streams (and the ConfigMap store) when a feature spec
+change is applied.
 
 Each stream then sends the whole set with its version and fingerprint: the set is
 bounded to fit one message, which is simpler than sending changes and never out of
@@ -8,7 +9,7 @@ order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from kimball_grpc.codec.proto_mapping import flags_to_proto
 from kimball_grpc.core.feature_flags import FeatureFlags
@@ -20,6 +21,10 @@ class SpecChanges:
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+
+    def next_change(self) -> Awaitable[bool]:
+        """Done at the first change after this call (awaited now or later)."""
+        return self._changed.wait()
 
     def notify(self) -> None:
         self._changed.set()
