@@ -12,7 +12,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb')); \
 print(*project['build-system']['requires'], sep='\n', file=open('build-requires.txt', 'w')); \
-print(*project['project']['dependencies'], sep='\n', file=open('requirements.txt', 'w'))" \
+print(*project['project']['dependencies'], *project['project']['optional-dependencies']['kubernetes'], \
+sep='\n', file=open('requirements.txt', 'w'))" \
     && pip install --no-cache-dir --requirement build-requires.txt build==1.6.1 \
     && pip wheel --no-cache-dir --wheel-dir /wheels --requirement requirements.txt
 COPY setup.py MANIFEST.in README.md ./
@@ -24,10 +25,11 @@ COPY storage ./storage
 # `python -m build` does anywhere; the build tools are the ones installed above.
 RUN python -m build --no-isolation --outdir /dist . && cp /dist/kimball-*.whl /wheels/
 
-# The image: Python and the installed wheels; no compiler, no source, no wheel files.
+# The image: Python and the installed wheels; no compiler, no source, no wheel files. With
+# the kubernetes extra: the feature spec store in a ConfigMap, as the original kept them.
 FROM python:3.11-slim
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/kimball-*.whl
+    pip install --no-cache-dir --no-index --find-links=/wheels "$(echo /wheels/kimball-*.whl)[kubernetes]"
 # The data directory exists and is the user's before VOLUME: else Docker creates the volume
 # root-owned and the server cannot keep its token, log and snapshots there.
 RUN groupadd --system --gid 10001 kimball \

@@ -65,7 +65,13 @@ def container_of(docs: list[dict], kind: str, name: str) -> dict:
 
 
 def test_the_overlays_and_examples_are_all_rendered() -> None:
-    for directory in ("base", "overlays/single", "overlays/object-storage", "overlays/sidecar"):
+    for directory in (
+        "base",
+        "overlays/single",
+        "overlays/object-storage",
+        "overlays/sidecar",
+        "overlays/feature-specs-configmap",
+    ):
         assert directory in DIRECTORIES
     assert "examples/app-with-relay" in DIRECTORIES
 

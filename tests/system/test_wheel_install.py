@@ -135,7 +135,7 @@ def test_installed_wheel_starts_and_passes_the_image_health_check(
     # The builder stage's wheelhouse: Kimball's wheel and every dependency's.
     wheels = tmp_path / "wheels"
     collected = subprocess.run(
-        [*PIP_WHEEL, "--wheel-dir", str(wheels), str(only(dist, "kimball-*.whl"))],
+        [*PIP_WHEEL, "--wheel-dir", str(wheels), f"{only(dist, 'kimball-*.whl')}[kubernetes]"],
         capture_output=True,
         text=True,
         timeout=600,
