@@ -21,11 +21,13 @@ from kimball_grpc.config.settings import (
     load_settings,
     parse_fsync_policy,
     parse_limit,
+    parse_listen_host,
     parse_max_response_bytes,
     parse_port,
     parse_seconds,
     parse_snapshots_kept,
 )
+from kimball_grpc.config.tls import ClientTls, load_client_tls
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import MAX_BATCH_EVENTS, STATE_LIMITS, Limit
 
@@ -92,7 +94,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kimball", description="Kimball analytics service")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the server")
-    run.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
+    _add_listen_hosts(run)
     run.add_argument(
         "--grpc-port", type=_flag(parse_port, "--grpc-port"), help="gRPC port (default 50051)"
     )
@@ -137,16 +139,28 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="start even if records are lost to a damaged write-ahead log or snapshot, "
         "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
+    _add_tokens_file(run)
+    _add_server_tls(run)
+    _add_client_tls(run, None, "the api server (sidecar mode)")
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
     gateway.add_argument("--grpc-target", required=True, help="HOST:PORT of Kimball's gRPC")
-    gateway.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
+    gateway.add_argument(
+        "--host",
+        dest="grpc_host",
+        type=_flag(parse_listen_host, "--host"),
+        help="address to listen on, unless --api-host says (env KIMBALL_HOST; default ::)",
+    )
+    _add_api_host(gateway)
     gateway.add_argument(
         "--api-port", type=_flag(parse_port, "--api-port"), help="REST port (default 8080)"
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
     _add_max_response_bytes(gateway)
+    _add_tokens_file(gateway)
+    _add_server_tls(gateway)
+    _add_client_tls(gateway, None, "the gRPC target")
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument(
         "--target",
@@ -154,8 +168,87 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help=f"HOST:PORT of the gRPC server (env KIMBALL_TARGET; default {client.DEFAULT_TARGET})",
     )
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    _add_client_tls(health, environ, "the server")
     _add_client_commands(commands, environ)
     return parser
+
+
+def _add_listen_hosts(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--host",
+        dest="grpc_host",
+        type=_flag(parse_listen_host, "--host"),
+        help="the address gRPC listens on: :: (the default) or 0.0.0.0 for every address, "
+        "IPv4 and IPv6; an IP address; a host name (env KIMBALL_HOST)",
+    )
+    _add_api_host(command)
+
+
+def _add_api_host(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--api-host",
+        type=_flag(parse_listen_host, "--api-host"),
+        help="the address REST listens on, as --host (env KIMBALL_API_HOST; default: --host's)",
+    )
+
+
+def _add_tokens_file(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--api-tokens-file",
+        type=Path,
+        help="a file of API tokens, one per line, # comments; re-read when it changes and on "
+        "SIGHUP (env KIMBALL_API_TOKENS_FILE)",
+    )
+
+
+def _add_server_tls(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="serve gRPC and REST over TLS with this PEM certificate chain (with "
+        "--tls-key-file; env KIMBALL_TLS_CERT_FILE)",
+    )
+    command.add_argument(
+        "--tls-key-file", type=Path, help="its PEM private key (env KIMBALL_TLS_KEY_FILE)"
+    )
+    command.add_argument(
+        "--tls-client-ca-file",
+        type=Path,
+        help="mutual TLS: clients must present a certificate signed by a CA of this PEM "
+        "bundle (env KIMBALL_TLS_CLIENT_CA_FILE)",
+    )
+
+
+def _add_client_tls(
+    command: argparse.ArgumentParser, environ: Mapping[str, str] | None, peer: str
+) -> None:
+    """The TLS options of a client of ``peer``; their variables are read here when
+    ``environ`` is given (else by ``load_settings``)."""
+
+    def default(name: str) -> Path | None:
+        value = environ.get(name) if environ is not None else None
+        return Path(value) if value else None
+
+    command.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        default=default("KIMBALL_TLS_CA_FILE"),
+        help=f"connect to {peer} over TLS, trusting the CAs of this PEM bundle "
+        "(env KIMBALL_TLS_CA_FILE)",
+    )
+    command.add_argument(
+        "--tls-client-cert-file",
+        type=Path,
+        default=default("KIMBALL_TLS_CLIENT_CERT_FILE"),
+        help=f"the certificate to present when {peer} asks for one (mutual TLS; with "
+        "--tls-client-key-file; env KIMBALL_TLS_CLIENT_CERT_FILE)",
+    )
+    command.add_argument(
+        "--tls-client-key-file",
+        type=Path,
+        default=default("KIMBALL_TLS_CLIENT_KEY_FILE"),
+        help="its private key (env KIMBALL_TLS_CLIENT_KEY_FILE)",
+    )
 
 
 def _add_client_commands(
@@ -223,13 +316,16 @@ def _add_connection_options(
         default=timeout,
         help=f"seconds to wait for the answer (default {timeout or 'no limit'})",
     )
+    _add_client_tls(command, environ, "Kimball")
 
 
 def _run_client_command(args: argparse.Namespace) -> int:
     # Ctrl-C ends the command at once, like any Unix tool: no traceback, and no wait for
     # gRPC's request thread, which may be blocked reading stdin.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    connection = client.Connection(args.target, args.namespace, args.token, args.timeout)
+    connection = client.Connection(
+        args.target, args.namespace, args.token, args.timeout, _client_tls(args)
+    )
     commands: dict[str, Callable[[], None]] = {
         "track": lambda: client.track(
             connection, args.event, args.user, value=args.value, goal=args.goal, when=args.datetime
@@ -249,12 +345,18 @@ def _run_client_command(args: argparse.Namespace) -> int:
     return client.run(connection, commands[args.command])
 
 
-def check_health(target: str, timeout: float) -> int:
-    """0 if the gRPC health service at ``target`` says SERVING, else 1 (with the reason)."""
+def _client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """The TLS a client command's options ask for (``ConfigError`` for a wrong file)."""
+    return load_client_tls(args.tls_ca_file, args.tls_client_cert_file, args.tls_client_key_file)
+
+
+def check_health(target: str, timeout: float, tls: ClientTls | None = None) -> int:
+    """0 if the gRPC health service at ``target`` (over TLS with ``tls``) says SERVING, else
+    1 (with the reason)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with client.plain_or_tls_channel(target, tls) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout
@@ -270,14 +372,31 @@ def check_health(target: str, timeout: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     environ = environment()
     args = _parser(environ).parse_args(argv)
-    if args.command == "health":
-        return check_health(args.target, args.timeout)
     if args.command not in ("serve", "gateway"):
-        return _run_client_command(args)
+        try:
+            if args.command == "health":
+                return check_health(args.target, args.timeout, _client_tls(args))
+            return _run_client_command(args)
+        except ConfigError as exc:
+            print(f"kimball: {exc.message}", file=sys.stderr)
+            return 2
     overrides = {
         "grpc_host": args.grpc_host,
+        "api_host": args.api_host,
         "api_port": args.api_port,
         "max_response_bytes": args.max_response_bytes,
+        "api_tokens_file": args.api_tokens_file,
+    }
+    overrides |= {
+        name: getattr(args, name)
+        for name in (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "tls_ca_file",
+            "tls_client_cert_file",
+            "tls_client_key_file",
+        )
     }
     if args.command == "serve":
         overrides |= {
