@@ -201,18 +201,23 @@ class ApiTokens:
             self._on_reload(result)
 
     def start_watching(self, interval: float) -> None:
-        """Re-read the file whenever it changes (its inode, size or time), checked every
-        ``interval`` seconds; without a file, nothing to watch."""
+        """Re-read the file once it has changed (its inode, size or time) and then stayed
+        the same for ``interval`` seconds, checked every ``interval`` seconds: a file being
+        written in place is not read half-written. Without a file, nothing to watch."""
         if self.file is not None and self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_file(interval))
 
     async def _watch_file(self, interval: float) -> None:
         assert self.file is not None
+        seen = self._signature
         while True:
             await asyncio.sleep(interval)
-            # The signature is taken before each read: a change during a read is seen next.
-            if _signature(self.file) != self._signature:
+            # ``reload`` takes the signature before it reads: a change during a read is seen
+            # at the next polls.
+            now = _signature(self.file)
+            if now != self._signature and now == seen:
                 self.reload("the file changed")
+            seen = now
 
     async def stop_watching(self) -> None:
         if self._watch is not None:
