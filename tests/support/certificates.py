@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kimball_grpc.config.tls import ClientTls, ServerTls, load_client_tls, load_server_tls
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -136,3 +139,30 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def server_tls(certificates: Certificates, *, mutual: bool = False) -> ServerTls:
+    """A server's TLS with the test server certificate; ``mutual``: clients must present a
+    certificate of the test CA."""
+    tls = load_server_tls(
+        certificates.server.cert,
+        certificates.server.key,
+        certificates.ca.cert if mutual else None,
+    )
+    assert tls is not None
+    return tls
+
+
+def client_tls(ca: Authority, pair: KeyPair | None = None) -> ClientTls:
+    """A client's TLS trusting ``ca``, presenting ``pair`` if given."""
+    tls = load_client_tls(ca.cert, pair.cert if pair else None, pair.key if pair else None)
+    assert tls is not None
+    return tls
+
+
+def https_context(ca: Authority, pair: KeyPair | None = None) -> ssl.SSLContext:
+    """An HTTPS client's context trusting ``ca``, presenting ``pair`` if given."""
+    context = ssl.create_default_context(cafile=ca.cert)
+    if pair is not None:
+        context.load_cert_chain(pair.cert, pair.key)
+    return context
