@@ -91,7 +91,8 @@ def describe_rpc_error(error: grpc.RpcError, connection: Connection) -> str:
     """What went wrong with a call, for a person: the status, its message and ErrorInfo."""
     code = error.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach Kimball at {connection.target} (UNAVAILABLE)"
+        hint = _tls_hint(error, connection)
+        return f"cannot reach Kimball at {connection.target} (UNAVAILABLE){hint}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return (
             f"no answer from Kimball at {connection.target} in time (DEADLINE_EXCEEDED); "
@@ -113,6 +114,26 @@ def plain_or_tls_channel(
     if tls is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, channel_credentials(tls), options=options)
+
+
+def _tls_hint(error: grpc.RpcError, connection: Connection) -> str:
+    """What to check when a connection failed in a way TLS settings explain."""
+    details = error.details() or ""
+    if "handshake failed" in details.lower():
+        return (
+            "; the TLS handshake failed: check that --tls-ca-file holds the CA that signed "
+            "the server's certificate, for the name in --target"
+        )
+    if "Socket closed" not in details:  # the server closed the connection at once
+        return ""
+    if connection.tls is None:
+        return "; if the server uses TLS, give --tls-ca-file"
+    if connection.tls.certificate_chain is None:
+        return (
+            "; if the server asks for a client certificate, give --tls-client-cert-file and "
+            "--tls-client-key-file"
+        )
+    return ""
 
 
 def _channel(connection: Connection) -> grpc.Channel:

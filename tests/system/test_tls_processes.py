@@ -80,6 +80,32 @@ def test_health_and_client_commands_over_mutual_tls(tmp_path, certs) -> None:
         }
         tracked = kimball("track", "signup", "u1", env=env)
         assert tracked.returncode == 0, tracked.stderr
+        # Without the TLS options, the error says what to check.
+        hints = {
+            "plain text": (
+                {
+                    "KIMBALL_TLS_CA_FILE": "",
+                    "KIMBALL_TLS_CLIENT_CERT_FILE": "",
+                    "KIMBALL_TLS_CLIENT_KEY_FILE": "",
+                },
+                "if the server uses TLS, give --tls-ca-file",
+            ),
+            "no client certificate": (
+                {"KIMBALL_TLS_CLIENT_CERT_FILE": "", "KIMBALL_TLS_CLIENT_KEY_FILE": ""},
+                "if the server asks for a client certificate, give --tls-client-cert-file",
+            ),
+            "another CA": (
+                {"KIMBALL_TLS_CA_FILE": str(certs.other_ca.cert)},
+                "the TLS handshake failed: check that --tls-ca-file holds the CA",
+            ),
+        }
+        for case, (changes, hint) in hints.items():
+            failed = kimball("goals", env={**env, **changes})
+            assert failed.returncode == 1, case
+            assert f"cannot reach Kimball at {target} (UNAVAILABLE); {hint}" in failed.stderr, (
+                case,
+                failed.stderr,
+            )
         answer = kimball("analytics", "--json", env=env)
         counts = {c["name"]: c["count"] for c in json.loads(answer.stdout)["counts"]}
         assert counts["signup"] == "1"  # int64 in protobuf JSON
