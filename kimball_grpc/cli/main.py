@@ -192,62 +192,73 @@ def _add_api_host(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_files(
+    command: argparse.ArgumentParser,
+    options: dict[str, tuple[str, str]],
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Options naming a file: ``{option: (its variable, help)}``. The variables are read
+    here when ``environ`` is given (a client command), else by ``load_settings``."""
+    for option, (variable, text) in options.items():
+        value = environ.get(variable) if environ is not None else None
+        command.add_argument(
+            option,
+            type=Path,
+            default=Path(value) if value else None,
+            help=f"{text} (env {variable})",
+        )
+
+
 def _add_tokens_file(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--api-tokens-file",
-        type=Path,
-        help="a file of API tokens, one per line, # comments; re-read when it changes and on "
-        "SIGHUP (env KIMBALL_API_TOKENS_FILE)",
+    _add_files(
+        command,
+        {
+            "--api-tokens-file": (
+                "KIMBALL_API_TOKENS_FILE",
+                "a file of API tokens, one per line, # comments; re-read when it changes and "
+                "on SIGHUP",
+            )
+        },
     )
 
 
 def _add_server_tls(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--tls-cert-file",
-        type=Path,
-        help="serve gRPC and REST over TLS with this PEM certificate chain (with "
-        "--tls-key-file; env KIMBALL_TLS_CERT_FILE)",
-    )
-    command.add_argument(
-        "--tls-key-file", type=Path, help="its PEM private key (env KIMBALL_TLS_KEY_FILE)"
-    )
-    command.add_argument(
-        "--tls-client-ca-file",
-        type=Path,
-        help="mutual TLS: clients must present a certificate signed by a CA of this PEM "
-        "bundle (env KIMBALL_TLS_CLIENT_CA_FILE)",
+    _add_files(
+        command,
+        {
+            "--tls-cert-file": (
+                "KIMBALL_TLS_CERT_FILE",
+                "serve gRPC and REST over TLS with this PEM certificate chain (with "
+                "--tls-key-file)",
+            ),
+            "--tls-key-file": ("KIMBALL_TLS_KEY_FILE", "its PEM private key"),
+            "--tls-client-ca-file": (
+                "KIMBALL_TLS_CLIENT_CA_FILE",
+                "mutual TLS: clients must present a certificate signed by a CA of this PEM bundle",
+            ),
+        },
     )
 
 
 def _add_client_tls(
     command: argparse.ArgumentParser, environ: Mapping[str, str] | None, peer: str
 ) -> None:
-    """The TLS options of a client of ``peer``; their variables are read here when
-    ``environ`` is given (else by ``load_settings``)."""
-
-    def default(name: str) -> Path | None:
-        value = environ.get(name) if environ is not None else None
-        return Path(value) if value else None
-
-    command.add_argument(
-        "--tls-ca-file",
-        type=Path,
-        default=default("KIMBALL_TLS_CA_FILE"),
-        help=f"connect to {peer} over TLS, trusting the CAs of this PEM bundle "
-        "(env KIMBALL_TLS_CA_FILE)",
-    )
-    command.add_argument(
-        "--tls-client-cert-file",
-        type=Path,
-        default=default("KIMBALL_TLS_CLIENT_CERT_FILE"),
-        help=f"the certificate to present when {peer} asks for one (mutual TLS; with "
-        "--tls-client-key-file; env KIMBALL_TLS_CLIENT_CERT_FILE)",
-    )
-    command.add_argument(
-        "--tls-client-key-file",
-        type=Path,
-        default=default("KIMBALL_TLS_CLIENT_KEY_FILE"),
-        help="its private key (env KIMBALL_TLS_CLIENT_KEY_FILE)",
+    """The TLS options of a client of ``peer``."""
+    _add_files(
+        command,
+        {
+            "--tls-ca-file": (
+                "KIMBALL_TLS_CA_FILE",
+                f"connect to {peer} over TLS, trusting the CAs of this PEM bundle",
+            ),
+            "--tls-client-cert-file": (
+                "KIMBALL_TLS_CLIENT_CERT_FILE",
+                f"the certificate to present when {peer} asks for one (mutual TLS; with "
+                "--tls-client-key-file)",
+            ),
+            "--tls-client-key-file": ("KIMBALL_TLS_CLIENT_KEY_FILE", "its private key"),
+        },
+        environ,
     )
 
 

@@ -470,9 +470,7 @@ _TLS_FILES = {  # variable: setting, a path
 
 def _listeners_and_secrets_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     """Listen addresses, API tokens and TLS files."""
-    out: dict[str, object] = {
-        setting: Path(environ[name]) for name, setting in _TLS_FILES.items() if environ.get(name)
-    }
+    out = _from_table(environ, _TLS_FILES, Path)
     if environ.get("KIMBALL_HOST"):
         out["grpc_host"] = parse_listen_host("KIMBALL_HOST", environ["KIMBALL_HOST"])
     if environ.get("KIMBALL_API_HOST"):
@@ -543,10 +541,16 @@ _STORAGE_TEXT = {  # variable: setting, taken as given
 }
 
 
+def _from_table(
+    environ: Mapping[str, str], table: Mapping[str, str], convert: Callable[[str], object] = str
+) -> dict[str, object]:
+    """The settings of ``table`` (``{variable: setting}``) whose variables are set, each
+    value through ``convert``."""
+    return {setting: convert(environ[name]) for name, setting in table.items() if environ.get(name)}
+
+
 def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {
-        setting: environ[name] for name, setting in _STORAGE_TEXT.items() if environ.get(name)
-    }
+    out = _from_table(environ, _STORAGE_TEXT)
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if region:
         out["aws_region"] = region

@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kimball_grpc.config.files import read_limited
 from kimball_grpc.core.errors import ConfigError
 
 # Each file's setting as an operator gives it: the option, then the environment variable.
@@ -101,13 +102,7 @@ def _pair(cert_file: Path | None, cert_name: str, key_file: Path | None, key_nam
 
 
 def _read(path: Path, setting: str) -> bytes:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_PEM_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{setting} {path}: cannot read it: {exc.strerror}") from None
-    if len(data) > MAX_PEM_BYTES:
-        raise ConfigError(f"{setting} {path}: larger than {MAX_PEM_BYTES} bytes: not a PEM file")
+    data = read_limited(path, setting, MAX_PEM_BYTES)
     if not data.strip():
         raise ConfigError(f"{setting} {path}: the file is empty")
     return data

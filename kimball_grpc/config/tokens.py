@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from kimball_grpc.config.files import read_limited
 from kimball_grpc.core.errors import ConfigError
 
 MAX_TOKENS = 1_000  # each call is checked against every token
@@ -43,13 +44,7 @@ def read_token_file(path: Path, name: str) -> tuple[str, ...]:
     """The tokens of ``path`` (a file set by ``name``): one per line; blank lines and lines
     starting with ``#`` are ignored. ``TokenFileError`` if it is missing, unreadable, not
     UTF-8, holds no token, or a line is not one token."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as exc:
-        raise TokenFileError(f"{name} {path}: cannot read it: {exc.strerror}") from None
-    if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise TokenFileError(f"{name} {path}: larger than {MAX_TOKEN_FILE_BYTES} bytes")
+    data = read_limited(path, name, MAX_TOKEN_FILE_BYTES, TokenFileError)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

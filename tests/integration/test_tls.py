@@ -21,18 +21,16 @@ from support.certificates import (
     make_certificates,
     server_tls,
 )
-from support.in_process import local_settings, running
+from support.in_process import local_settings, running, sidecar_of
 from support.polling import until
 from support.reachability import LOOPBACKS, ipv6_loopback
 
 from gateway.server import RunningGateway, network_channel, start_gateway
 from kimball_grpc.app import RunningServer
-from kimball_grpc.config.settings import Mode
 from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.outbound.channels import channel_credentials, target_address
-from kimball_grpc.sidecar.server import start_sidecar
 
 TOKEN = "tls-test-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -164,21 +162,18 @@ async def test_the_standalone_gateway_reaches_a_tls_server_over_tls(tmp_path, ce
 async def test_a_sidecar_relays_to_a_tls_api_server(tmp_path, certificates, trusted):
     async with tls_server(tmp_path, certificates, mutual=True) as (api, _):
         ca = certificates.ca if trusted else certificates.other_ca
-        sidecar = await start_sidecar(
-            local_settings(
+        async with (
+            sidecar_of(
+                f"localhost:{api.grpc_port}",
                 tmp_path / "sidecar",
-                mode=Mode.SIDECAR,
-                analytics_host=f"localhost:{api.grpc_port}",
                 analytics_token=TOKEN,
                 client_tls=client_tls(ca, certificates.client),
+            ) as sidecar,
+            grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel,
+        ):
+            await pb_grpc.KimballServiceStub(channel).TrackEvent(
+                pb.TrackEventRequest(event=pb.Event(event_name="signup", user_id="u1"))
             )
-        )
-        try:
-            await sidecar.wait_ready()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
-                await pb_grpc.KimballServiceStub(channel).TrackEvent(
-                    pb.TrackEventRequest(event=pb.Event(event_name="signup", user_id="u1"))
-                )
 
             def delivered() -> bool:
                 return any(c.name == "signup" for c in api.engine.counters(""))
@@ -188,5 +183,3 @@ async def test_a_sidecar_relays_to_a_tls_api_server(tmp_path, certificates, trus
             else:  # the relay does not trust the api server: nothing goes out
                 await until(lambda: sidecar.sender.failures >= 2, "failed connections")
                 assert not delivered() and sidecar.spool.pending == 1
-        finally:
-            await sidecar.stop(grace=None)

@@ -14,15 +14,13 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from support.in_process import gateway_of, local_settings, rest_client, running
+from support.in_process import gateway_of, local_settings, rest_client, running, sidecar_of
 from support.metrics import samples
 from support.polling import until
 
 from kimball_grpc.app import RunningServer
-from kimball_grpc.config.settings import Mode
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
-from kimball_grpc.sidecar.server import start_sidecar
 
 SECRETS = ("config-token", "env-token", "file-token-1", "file-token-2", "rotated-token")
 
@@ -146,28 +144,20 @@ async def test_a_sidecar_presents_its_first_token_to_the_api_server(tmp_path, so
         else {"api_tokens_file": file}
     )
     api_settings = local_settings(tmp_path / "api", api_auth=True, api_tokens=("shared-token",))
-    async with running(api_settings) as api:
-        sidecar = await start_sidecar(
-            local_settings(
-                tmp_path / "sidecar",
-                mode=Mode.SIDECAR,
-                analytics_host=f"127.0.0.1:{api.grpc_port}",
-                api_auth=True,
-                **tokens,
-            )
+    async with (
+        running(api_settings) as api,
+        sidecar_of(
+            f"127.0.0.1:{api.grpc_port}", tmp_path / "sidecar", api_auth=True, **tokens
+        ) as sidecar,
+        grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel,
+    ):
+        event = pb.Event(event_name="signup", user_id="u1")
+        await pb_grpc.KimballServiceStub(channel).TrackEvent(
+            pb.TrackEventRequest(event=event),
+            metadata=(("authorization", "Bearer sidecar-only-token"),),
         )
-        try:
-            await sidecar.wait_ready()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
-                event = pb.Event(event_name="signup", user_id="u1")
-                await pb_grpc.KimballServiceStub(channel).TrackEvent(
-                    pb.TrackEventRequest(event=event),
-                    metadata=(("authorization", "Bearer sidecar-only-token"),),
-                )
 
-            def delivered() -> bool:
-                return any(c.name == "signup" and c.count == 1 for c in api.engine.counters(""))
+        def delivered() -> bool:
+            return any(c.name == "signup" and c.count == 1 for c in api.engine.counters(""))
 
-            await until(delivered, "the event relayed to the api server", timeout=10)
-        finally:
-            await sidecar.stop(grace=None)
+        await until(delivered, "the event relayed to the api server", timeout=10)

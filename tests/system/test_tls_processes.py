@@ -22,26 +22,27 @@ def certs(tmp_path: Path) -> Certificates:
     return make_certificates(tmp_path / "certs")
 
 
-def server_flags(certs: Certificates) -> list[str]:
+def flags(**files: Path) -> list[str]:
+    """Options naming files: ``flags(tls_ca_file=path)`` is ``["--tls-ca-file", "path"]``."""
     return [
-        "--tls-cert-file",
-        str(certs.server.cert),
-        "--tls-key-file",
-        str(certs.server.key),
-        "--tls-client-ca-file",
-        str(certs.ca.cert),
+        part for name, path in files.items() for part in (f"--{name.replace('_', '-')}", str(path))
     ]
+
+
+def server_flags(certs: Certificates) -> list[str]:
+    return flags(
+        tls_cert_file=certs.server.cert,
+        tls_key_file=certs.server.key,
+        tls_client_ca_file=certs.ca.cert,
+    )
 
 
 def client_flags(certs: Certificates) -> list[str]:
-    return [
-        "--tls-ca-file",
-        str(certs.ca.cert),
-        "--tls-client-cert-file",
-        str(certs.client.cert),
-        "--tls-client-key-file",
-        str(certs.client.key),
-    ]
+    return flags(
+        tls_ca_file=certs.ca.cert,
+        tls_client_cert_file=certs.client.cert,
+        tls_client_key_file=certs.client.key,
+    )
 
 
 def kimball(
@@ -134,10 +135,7 @@ def test_the_gateway_serves_and_calls_over_tls(tmp_path, certs) -> None:
             f"localhost:{grpc_port}",
             "--api-port",
             "0",
-            "--tls-cert-file",
-            str(certs.server.cert),
-            "--tls-key-file",
-            str(certs.server.key),
+            *flags(tls_cert_file=certs.server.cert, tls_key_file=certs.server.key),
             *client_flags(certs),
         )
         rest_port = read_until_listening(gateway).rest_port

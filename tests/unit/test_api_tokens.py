@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from kimball_grpc.api.auth import ApiTokens, TokenChecker, load_api_tokens
-from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import Settings, load_settings
 from kimball_grpc.config.tokens import (
     MAX_TOKENS,
@@ -23,11 +22,6 @@ from kimball_grpc.config.tokens import (
 from kimball_grpc.core.errors import ConfigError
 
 SETTING = "KIMBALL_API_TOKENS_FILE"
-
-
-@pytest.fixture(autouse=True)
-def no_default_config_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.config")
 
 
 def token_file(tmp_path: Path, text: str, name: str = "api-tokens") -> Path:

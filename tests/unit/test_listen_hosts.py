@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import Settings, load_settings, parse_listen_host
 from kimball_grpc.core.errors import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def no_default_config_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.config")
 
 
 def test_both_servers_listen_on_every_address_by_default():

@@ -10,15 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from support.certificates import Certificates, make_certificates
 
-from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import load_settings
 from kimball_grpc.config.tls import load_client_tls, load_server_tls
 from kimball_grpc.core.errors import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def no_default_config_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.config")
 
 
 @pytest.fixture
