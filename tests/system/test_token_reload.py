@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.kimball_process import KIMBALL, read_until_listening, start, stop
+from support.kimball_process import KIMBALL, read_until_listening, start, start_command, stop
 
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -142,3 +142,47 @@ def test_bad_tokens_stop_the_start_with_a_clear_error(tmp_path, env, fragments) 
         assert fragment in result.stderr
     for secret in SECRETS:
         assert secret not in result.stderr + result.stdout
+
+
+def test_the_gateway_checks_its_token_file_and_reloads_it_on_sighup(tmp_path: Path) -> None:
+    # The server takes both tokens; the gateway in front of it only those of its file.
+    server = start("--grpc-port", "0", env={"KIMBALL_API_TOKENS": "env-token-1,env-token-2"})
+    tokens = tmp_path / "gateway-tokens"
+    tokens.write_text("env-token-1\n")
+    gateway = None
+    log: list[str] = []
+    try:
+        grpc_port = read_until_listening(server).grpc_port
+        gateway = start_command(
+            "gateway",
+            "--grpc-target",
+            f"127.0.0.1:{grpc_port}",
+            "--api-port",
+            "0",
+            "--api-tokens-file",
+            str(tokens),
+        )
+        listening = read_until_listening(gateway)
+        log += listening.lines
+
+        def status(token: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{listening.rest_port}/v0/goals",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert (status("env-token-1"), status("env-token-2")) == (200, 401)
+        tokens.write_text("env-token-2\n")
+        gateway.send_signal(signal.SIGHUP)
+        read_until(gateway, "API tokens reloaded (SIGHUP)", log)
+        assert (status("env-token-1"), status("env-token-2")) == (401, 200)
+    finally:
+        stop(gateway)
+        stop(server)
+    for secret in SECRETS:
+        assert secret not in "".join(log)
