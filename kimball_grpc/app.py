@@ -186,8 +186,9 @@ async def serve(settings: Settings) -> None:
         await running.stop(grace=None)
         raise
     log.info(
-        "Kimball listening: gRPC on %s (health, reflection on), REST on %s%s; %s",
+        "Kimball listening: gRPC on %s (health, reflection on)%s, REST on %s%s; %s",
         target_address(settings.grpc_host, running.grpc_port),
+        _tls_note(settings),
         target_address(settings.rest_host, gateway.port),
         _tls_note(settings),
         running.state_location,
