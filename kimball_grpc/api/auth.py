@@ -39,7 +39,7 @@ DUPLICATE_MESSAGE = "More than one authorization header: send exactly one"
 TOKEN_FILE_NAME = "api-token"
 
 
-TOKEN_FILE_SETTING = "KIMBALL_API_TOKENS_FILE (--api-tokens-file)"
+TOKEN_FILE_SETTING = "--api-tokens-file (KIMBALL_API_TOKENS_FILE)"
 
 
 class TokenSet:
