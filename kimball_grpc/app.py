@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.server import network_channel, start_gateway
-from kimball_grpc.api.auth import TokenChecker
+from kimball_grpc.api.auth import TokenChecker, load_api_tokens
 from kimball_grpc.api.grpc_front import (
     API_SERVICE,
     INTEGRATION_SERVICE,
@@ -27,6 +28,7 @@ from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
 from kimball_grpc.metrics import Metrics
+from kimball_grpc.outbound.channels import target_address
 from kimball_grpc.outbound.external_predictions import ExternalPredictions
 from kimball_grpc.outbound.kubernetes import ConfigMaps, KubernetesAccess
 from kimball_grpc.persistence import Persistence
@@ -217,30 +219,32 @@ async def _become_ready(
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     stop = stop_signals()  # from the start: a signal during start-up stops it too
+    hangup = HangUp()
     running: RunningServer | RunningSidecar
     if settings.mode is Mode.SIDECAR:
         running = await start_sidecar(settings)
     else:
         running = await start_server(settings)
-    rest_host = settings.grpc_host.strip("[]")
+    hangup.action = running.reload_tokens
     try:
         gateway = await start_gateway(
-            rest_host,
+            settings.rest_host,
             settings.api_port,
             running.local_channel,
             running.metrics,
             running.checker,
             settings.http_limits,
+            settings.server_tls.context if settings.server_tls else None,
         )
     except ConfigError:
         await running.stop(grace=None)
         raise
     log.info(
-        "Kimball listening: gRPC on %s:%d (health, reflection on), REST on %s:%d; %s",
-        settings.grpc_host,
-        running.grpc_port,
-        settings.grpc_host,
-        gateway.port,
+        "Kimball listening: gRPC on %s (health, reflection on)%s, REST on %s%s; %s",
+        target_address(settings.grpc_host, running.grpc_port),
+        _tls_note(settings),
+        target_address(settings.rest_host, gateway.port),
+        _tls_note(settings),
         running.state_location,
     )
     stopped = asyncio.ensure_future(stop.wait())
@@ -268,28 +272,66 @@ def stop_signals() -> asyncio.Event:
     return stop
 
 
+class HangUp:
+    """SIGHUP runs ``action`` (re-reading the API token file). The handler is installed at
+    once: SIGHUP's default would end the process; before ``action`` is set (during
+    start-up, which reads the file anyway) the signal is only logged."""
+
+    def __init__(self) -> None:
+        self.action: Callable[[], None] | None = None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._received)
+
+    def _received(self) -> None:
+        if self.action is None:
+            log.info("SIGHUP during start-up: the token file is being read anyway")
+        else:
+            self.action()
+
+
+def _tls_note(settings: Settings) -> str:
+    if settings.server_tls is None:
+        return ""
+    if settings.server_tls.client_ca is None:
+        return " (TLS)"
+    return " (TLS, client certificates required)"
+
+
 async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     """Run the REST gateway alone, in front of a Kimball gRPC server elsewhere.
 
-    The caller's token goes on to that server, which checks it; configured
-    ``api_auth_tokens`` are also checked here first. Metrics live with the server:
-    scrape its own ``/metrics``.
+    The caller's token goes on to that server, which checks it; tokens configured here
+    (app.config, ``KIMBALL_API_TOKENS``, the token file, re-read on change or SIGHUP) are
+    also checked here first. Metrics live with the server: scrape its own ``/metrics``.
     """
-    configured = settings.api_auth_tokens if settings.api_auth else ()
-    checker = TokenChecker(configured) if configured else None
-    rest_host = settings.grpc_host.strip("[]")
-    channel = network_channel(grpc_target, settings.max_response_bytes)
     stop = stop_signals()
+    hangup = HangUp()
+    tokens = load_api_tokens(settings, generate=False) if settings.api_auth else None
+    checker = TokenChecker(tokens.tokens) if tokens else None
+    channel = network_channel(grpc_target, settings.max_response_bytes, settings.client_tls)
     gateway = await start_gateway(
-        rest_host, settings.api_port, channel, None, checker, settings.http_limits
+        settings.rest_host,
+        settings.api_port,
+        channel,
+        None,
+        checker,
+        settings.http_limits,
+        settings.server_tls.context if settings.server_tls else None,
     )
+    if tokens is None:
+        hangup.action = lambda: log.info("SIGHUP: this gateway checks no tokens to re-read")
+    else:
+        hangup.action = lambda: tokens.reload("SIGHUP")
+        tokens.start_watching(settings.api_tokens_file_poll_s)
     log.info(
-        "Kimball gateway listening: REST on %s:%d for gRPC at %s",
-        settings.grpc_host,
-        gateway.port,
+        "Kimball gateway listening: REST on %s%s for gRPC at %s%s",
+        target_address(settings.rest_host, gateway.port),
+        _tls_note(settings),
         grpc_target,
+        " (TLS)" if settings.client_tls else "",
     )
     await stop.wait()
     log.info("Shutting down")
+    if tokens is not None:
+        await tokens.stop_watching()
     await gateway.stop()
     log.info("Stopped")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -98,6 +98,21 @@ class Metrics:
             ["api"],
             registry=self.registry,
         )
+        self.api_tokens = Gauge(
+            "kimball_api_tokens",
+            "API tokens accepted now, from every source (app.config, KIMBALL_API_TOKENS, the "
+            "token file).",
+            registry=self.registry,
+        )
+        self.api_token_reloads = Counter(
+            "kimball_api_token_reloads",
+            "Re-reads of the API token file (on change or SIGHUP), by result: ok, or failed "
+            "(the tokens of before are kept).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "failed"):
+            self.api_token_reloads.labels(result)
         self.event_add = Summary(
             "kimball_event_add_duration_microseconds",
             "Time to apply an event to its counters, in microseconds (averaged per batch).",
@@ -174,6 +189,14 @@ class Metrics:
     def refuse_unauthenticated(self, api: str) -> None:
         """A call to ``api`` (grpc, rest) was refused for its token."""
         self.unauthenticated.labels(api).inc()
+
+    def count_api_tokens(self, count: Callable[[], int]) -> None:
+        """``kimball_api_tokens`` reads ``count()`` when scraped."""
+        self.api_tokens.set_function(count)
+
+    def observe_token_reload(self, result: str) -> None:
+        """The token file was re-read: ``result`` ok or failed."""
+        self.api_token_reloads.labels(result).inc()
 
     def lose_feature_usage(self, error: KimballError) -> None:
         """A flag evaluation was answered, but its usage event could not be stored."""

@@ -13,7 +13,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kimball_grpc.api.auth import AuthInterceptor, TokenChecker, run_tokens
+from kimball_grpc.api.auth import ApiTokens, AuthInterceptor, TokenChecker, load_api_tokens
 from kimball_grpc.api.local_channel import HandlerRecorder, LocalChannel
 from kimball_grpc.api.open_calls import OpenCalls
 from kimball_grpc.api.readiness import StartupGate
@@ -25,6 +25,7 @@ from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
 from kimball_grpc.metrics import Metrics
+from kimball_grpc.outbound.channels import target_address
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,14 @@ class GrpcFront:
     def __init__(self, settings: Settings, metrics: Metrics, services: tuple[str, ...]) -> None:
         self.settings = settings
         self.services = services
-        self.checker = (
-            TokenChecker(_tokens(settings), metrics.refuse_unauthenticated)
-            if settings.api_auth
-            else None
-        )
+        self.api_tokens: ApiTokens | None = None
+        self.checker: TokenChecker | None = None
         interceptors: list[grpc.aio.ServerInterceptor] = []
-        if self.checker is not None:
+        if settings.api_auth:
+            self.api_tokens = load_api_tokens(settings, metrics.observe_token_reload)
+            tokens = self.api_tokens.tokens
+            metrics.count_api_tokens(lambda: len(tokens))
+            self.checker = TokenChecker(tokens, metrics.refuse_unauthenticated)
             interceptors.append(AuthInterceptor(self.checker, {HEALTH_SERVICE}))
         else:
             log.warning("API authentication is off (api_auth disable): every caller is trusted")
@@ -122,12 +124,25 @@ class GrpcFront:
         reflection.enable_server_reflection(
             (*self.services, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server
         )
-        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        address = target_address(self.settings.grpc_host, self.settings.grpc_port)
+        tls = self.settings.server_tls
         try:
-            self.port = self.server.add_insecure_port(address)
+            if tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.certificate_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+            raise ConfigError(
+                f"cannot listen for gRPC on {address} (--host, --grpc-port): {exc}"
+            ) from None
         await self.server.start()
+        if self.api_tokens is not None:
+            self.api_tokens.start_watching(self.settings.api_tokens_file_poll_s)
         self.local_channel = LocalChannel(self.handlers.generic_handlers, self._interceptors)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -145,6 +160,8 @@ class GrpcFront:
         NOT_SERVING, in-flight calls get ``grace`` seconds (streams one), then the server
         stops: what is left is cancelled."""
         self.calls.close()
+        if self.api_tokens is not None:
+            await self.api_tokens.stop_watching()
         await self.health.enter_graceful_shutdown()
         if grace:
             await self.calls.wait_idle(grace)
@@ -187,26 +204,6 @@ class HealthService(grpc_health.aio.HealthServicer):
         )
 
 
-def _tokens(settings: Settings) -> tuple[str, ...]:
-    """The accepted tokens; with none configured, one generated into the data directory."""
-    try:
-        tokens, generated = run_tokens(settings.api_auth_tokens, settings.data_dir)
-    except OSError as exc:
-        raise ConfigError(
-            f"API authentication is on and no api_auth_tokens are configured, and a token "
-            f"cannot be kept in {settings.data_dir}: {exc}"
-        ) from None
-    if generated:
-        log.warning(
-            "API authentication is on and no api_auth_tokens are configured: "
-            "use the token kept in %s (Authorization: Bearer <token>)",
-            generated,
-        )
-    else:
-        log.info("API authentication is on: %d token(s) configured", len(tokens))
-    return tokens
-
-
 @dataclass
 class RunningFront:
     """What every started server has, in either mode: its gRPC front, metrics, readiness."""
@@ -223,6 +220,13 @@ class RunningFront:
     def checker(self) -> TokenChecker | None:
         """The token check (None when authentication is off)."""
         return self.front.checker
+
+    def reload_tokens(self) -> None:
+        """Re-read the API token file (on SIGHUP)."""
+        if self.front.api_tokens is None:
+            log.info("SIGHUP: API authentication is off, no tokens to re-read")
+        else:
+            self.front.api_tokens.reload("SIGHUP")
 
     @property
     def local_channel(self) -> LocalChannel:

@@ -25,11 +25,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kimball_grpc.codec.error_details import error_metadata
 from kimball_grpc.codec.original_specs import OriginalSpecsError, decode_original_specs
 from kimball_grpc.codec.proto_mapping import counter_type_name, spec_to_proto
+from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES_CEILING
 from kimball_grpc.core.names import check_name, check_text, check_value
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.outbound.channels import channel_credentials
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 CSV_HEADER = ["user_id", "event_name"]
@@ -56,6 +58,7 @@ class Connection:
     namespace: str = ""
     token: str | None = None
     timeout: float | None = None
+    tls: ClientTls | None = None  # None: plain text
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The call metadata: the bearer token when there is one."""
@@ -89,7 +92,8 @@ def describe_rpc_error(error: grpc.RpcError, connection: Connection) -> str:
     """What went wrong with a call, for a person: the status, its message and ErrorInfo."""
     code = error.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach Kimball at {connection.target} (UNAVAILABLE)"
+        hint = _tls_hint(error, connection)
+        return f"cannot reach Kimball at {connection.target} (UNAVAILABLE){hint}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return (
             f"no answer from Kimball at {connection.target} in time (DEADLINE_EXCEEDED); "
@@ -104,11 +108,41 @@ def describe_rpc_error(error: grpc.RpcError, connection: Connection) -> str:
     return text
 
 
+def plain_or_tls_channel(
+    target: str, tls: ClientTls | None, options: Sequence[tuple[str, int]] = ()
+) -> grpc.Channel:
+    """A blocking channel to ``target``: over TLS with ``tls``, else in plain text."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, channel_credentials(tls), options=options)
+
+
+def _tls_hint(error: grpc.RpcError, connection: Connection) -> str:
+    """What to check when a connection failed in a way TLS settings explain."""
+    details = error.details() or ""
+    if "handshake failed" in details.lower():
+        return (
+            "; the TLS handshake failed: check that --tls-ca-file holds the CA that signed "
+            "the server's certificate, for the name in --target"
+        )
+    if "Socket closed" not in details:  # the server closed the connection at once
+        return ""
+    if connection.tls is None:
+        return "; if the server uses TLS, give --tls-ca-file"
+    if connection.tls.certificate_chain is None:
+        return (
+            "; if the server asks for a client certificate, give --tls-client-cert-file and "
+            "--tls-client-key-file"
+        )
+    return ""
+
+
 def _channel(connection: Connection) -> grpc.Channel:
     """A channel to Kimball that takes any answer a Kimball server may send (whatever its
     max_response_bytes); what is sent is as small as the server takes."""
-    return grpc.insecure_channel(
+    return plain_or_tls_channel(
         connection.target,
+        connection.tls,
         options=[
             ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES_CEILING),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

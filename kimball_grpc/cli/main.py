@@ -8,7 +8,9 @@ import http.client
 import logging
 import os
 import signal
+import ssl
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,11 +32,13 @@ from kimball_grpc.config.settings import (
     parse_fsync_policy,
     parse_kubernetes_namespace,
     parse_limit,
+    parse_listen_host,
     parse_max_response_bytes,
     parse_port,
     parse_seconds,
     parse_snapshots_kept,
 )
+from kimball_grpc.config.tls import ClientTls, load_client_tls
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import MAX_BATCH_EVENTS, STATE_LIMITS, Limit
 
@@ -114,7 +118,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kimball", description="Kimball analytics service")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the server")
-    run.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
+    _add_listen_hosts(run)
     run.add_argument(
         "--grpc-port", type=_flag(parse_port, "--grpc-port"), help="gRPC port (default 50051)"
     )
@@ -160,16 +164,28 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
     _add_feature_spec_store(run)
+    _add_tokens_file(run)
+    _add_server_tls(run)
+    _add_client_tls(run, None, "the api server (sidecar mode)")
     gateway = commands.add_parser(
         "gateway", help="run the REST gateway alone, in front of a remote gRPC server"
     )
     gateway.add_argument("--grpc-target", required=True, help="HOST:PORT of Kimball's gRPC")
-    gateway.add_argument("--host", dest="grpc_host", help="address to listen on (default [::])")
+    gateway.add_argument(
+        "--host",
+        dest="grpc_host",
+        type=_flag(parse_listen_host, "--host"),
+        help="address to listen on, unless --api-host says (env KIMBALL_HOST; default ::)",
+    )
+    _add_api_host(gateway)
     gateway.add_argument(
         "--api-port", type=_flag(parse_port, "--api-port"), help="REST port (default 8080)"
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
     _add_max_response_bytes(gateway)
+    _add_tokens_file(gateway)
+    _add_server_tls(gateway)
+    _add_client_tls(gateway, None, "the gRPC target")
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument(
         "--target",
@@ -184,6 +200,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "side: a server can answer gRPC while its REST port is unreachable)",
     )
     health.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait, each check")
+    _add_client_tls(health, environ, "the server")
     _add_client_commands(commands, environ)
     return parser
 
@@ -216,6 +233,95 @@ def _add_feature_spec_store(run: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="sidecar: the ConfigMap's copy, mounted (env KIMBALL_FEATURE_SPEC_FILE; default "
         "/features/data)",
+    )
+
+
+def _add_listen_hosts(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--host",
+        dest="grpc_host",
+        type=_flag(parse_listen_host, "--host"),
+        help="the address gRPC listens on: :: (the default) or 0.0.0.0 for every address, "
+        "IPv4 and IPv6; an IP address; a host name (env KIMBALL_HOST)",
+    )
+    _add_api_host(command)
+
+
+def _add_api_host(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--api-host",
+        type=_flag(parse_listen_host, "--api-host"),
+        help="the address REST listens on, as --host (env KIMBALL_API_HOST; default: --host's)",
+    )
+
+
+def _add_files(
+    command: argparse.ArgumentParser,
+    options: dict[str, tuple[str, str]],
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Options naming a file: ``{option: (its variable, help)}``. The variables are read
+    here when ``environ`` is given (a client command), else by ``load_settings``."""
+    for option, (variable, text) in options.items():
+        value = environ.get(variable) if environ is not None else None
+        command.add_argument(
+            option,
+            type=Path,
+            default=Path(value) if value else None,
+            help=f"{text} (env {variable})",
+        )
+
+
+def _add_tokens_file(command: argparse.ArgumentParser) -> None:
+    _add_files(
+        command,
+        {
+            "--api-tokens-file": (
+                "KIMBALL_API_TOKENS_FILE",
+                "a file of API tokens, one per line, # comments; re-read when it changes and "
+                "on SIGHUP",
+            )
+        },
+    )
+
+
+def _add_server_tls(command: argparse.ArgumentParser) -> None:
+    _add_files(
+        command,
+        {
+            "--tls-cert-file": (
+                "KIMBALL_TLS_CERT_FILE",
+                "serve gRPC and REST over TLS with this PEM certificate chain (with "
+                "--tls-key-file)",
+            ),
+            "--tls-key-file": ("KIMBALL_TLS_KEY_FILE", "its PEM private key"),
+            "--tls-client-ca-file": (
+                "KIMBALL_TLS_CLIENT_CA_FILE",
+                "mutual TLS: clients must present a certificate signed by a CA of this PEM bundle",
+            ),
+        },
+    )
+
+
+def _add_client_tls(
+    command: argparse.ArgumentParser, environ: Mapping[str, str] | None, peer: str
+) -> None:
+    """The TLS options of a client of ``peer``."""
+    _add_files(
+        command,
+        {
+            "--tls-ca-file": (
+                "KIMBALL_TLS_CA_FILE",
+                f"connect to {peer} over TLS, trusting the CAs of this PEM bundle",
+            ),
+            "--tls-client-cert-file": (
+                "KIMBALL_TLS_CLIENT_CERT_FILE",
+                f"the certificate to present when {peer} asks for one (mutual TLS; with "
+                "--tls-client-key-file)",
+            ),
+            "--tls-client-key-file": ("KIMBALL_TLS_CLIENT_KEY_FILE", "its private key"),
+        },
+        environ,
     )
 
 
@@ -294,13 +400,16 @@ def _add_connection_options(
         default=timeout,
         help=f"seconds to wait for the answer (default {timeout or 'no limit'})",
     )
+    _add_client_tls(command, environ, "Kimball")
 
 
 def _run_client_command(args: argparse.Namespace) -> int:
     # Ctrl-C ends the command at once, like any Unix tool: no traceback, and no wait for
     # gRPC's request thread, which may be blocked reading stdin.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    connection = client.Connection(args.target, args.namespace, args.token, args.timeout)
+    connection = client.Connection(
+        args.target, args.namespace, args.token, args.timeout, _client_tls(args)
+    )
     commands: dict[str, Callable[[], None]] = {
         "track": lambda: client.track(
             connection, args.event, args.user, value=args.value, goal=args.goal, when=args.datetime
@@ -323,20 +432,28 @@ def _run_client_command(args: argparse.Namespace) -> int:
     return client.run(connection, commands[args.command])
 
 
-def check_health(target: str, timeout: float, http_url: str | None = None) -> int:
-    """0 if the gRPC health service at ``target`` says SERVING and ``http_url`` (when given)
-    answers 200, else 1; every check is made, and each failure printed with its reason."""
-    healthy = _grpc_serving(target, timeout)
+def _client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """The TLS a client command's options ask for (``ConfigError`` for a wrong file)."""
+    return load_client_tls(args.tls_ca_file, args.tls_client_cert_file, args.tls_client_key_file)
+
+
+def check_health(
+    target: str, timeout: float, http_url: str | None = None, tls: ClientTls | None = None
+) -> int:
+    """0 if the gRPC health service at ``target`` (over TLS with ``tls``) says SERVING and
+    ``http_url`` (when given) answers 200, else 1; every check is made, and each failure
+    printed with its reason."""
+    healthy = _grpc_serving(target, timeout, tls)
     if http_url is not None:
-        healthy = _http_ok(http_url, timeout) and healthy
+        healthy = _http_ok(http_url, timeout, tls) and healthy
     return 0 if healthy else 1
 
 
-def _grpc_serving(target: str, timeout: float) -> bool:
+def _grpc_serving(target: str, timeout: float, tls: ClientTls | None) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with client.plain_or_tls_channel(target, tls) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout
@@ -349,9 +466,12 @@ def _grpc_serving(target: str, timeout: float) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _http_ok(url: str, timeout: float) -> bool:
+def _http_ok(url: str, timeout: float, tls: ClientTls | None) -> bool:
     # Straight to the server: a proxy from the environment has no business in a health check.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=_https_context(tls)))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=timeout) as response:
             status = response.status
@@ -370,6 +490,19 @@ def _http_ok(url: str, timeout: float) -> bool:
     return True
 
 
+def _https_context(tls: ClientTls) -> ssl.SSLContext:
+    """An HTTPS client context trusting ``tls.ca``, presenting its certificate if any."""
+    context = ssl.create_default_context(cadata=tls.ca.decode("ascii"))
+    if tls.certificate_chain is not None and tls.private_key is not None:
+        # ssl loads a certificate and key only from files: private ones, gone at once.
+        with tempfile.TemporaryDirectory() as directory:
+            chain, key = Path(directory, "chain.pem"), Path(directory, "key.pem")
+            chain.write_bytes(tls.certificate_chain)
+            key.write_bytes(tls.private_key)
+            context.load_cert_chain(chain, key)
+    return context
+
+
 def _serve_then_exit(settings: Settings) -> NoReturn:
     """``serve`` until it has stopped, then end the process at once. By then the calls are
     answered, the write-ahead log synced and closed, and the last snapshot stored or given
@@ -386,14 +519,31 @@ def _serve_then_exit(settings: Settings) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     environ = environment()
     args = _parser(environ).parse_args(argv)
-    if args.command == "health":
-        return check_health(args.target, args.timeout, args.http)
     if args.command not in ("serve", "gateway"):
-        return _run_client_command(args)
+        try:
+            if args.command == "health":
+                return check_health(args.target, args.timeout, args.http, _client_tls(args))
+            return _run_client_command(args)
+        except ConfigError as exc:
+            print(f"kimball: {exc.message}", file=sys.stderr)
+            return 2
     overrides = {
         "grpc_host": args.grpc_host,
+        "api_host": args.api_host,
         "api_port": args.api_port,
         "max_response_bytes": args.max_response_bytes,
+        "api_tokens_file": args.api_tokens_file,
+    }
+    overrides |= {
+        name: getattr(args, name)
+        for name in (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "tls_ca_file",
+            "tls_client_cert_file",
+            "tls_client_key_file",
+        )
     }
     if args.command == "serve":
         overrides |= {

@@ -9,6 +9,7 @@ the environment.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import os
 import re
@@ -18,6 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
+from kimball_grpc.config.tls import ClientTls, ServerTls, load_client_tls, load_server_tls
+from kimball_grpc.config.tokens import parse_token_list
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import (
@@ -97,7 +100,10 @@ class HttpLimits:
 class Settings:
     """Everything the server needs to start."""
 
-    grpc_host: str = "[::]"
+    # Where gRPC and REST listen: "::" (and "0.0.0.0") is every address, IPv4 and IPv6; the
+    # REST address follows the gRPC one unless set (None).
+    grpc_host: str = "::"
+    api_host: str | None = None
     grpc_port: int = DEFAULT_GRPC_PORT
     api_port: int = 8080
     data_dir: Path = Path("kimball-data")
@@ -126,7 +132,24 @@ class Settings:
     # What the config file held that Kimball does not use: logged as warnings at start-up.
     config_warnings: tuple[str, ...] = ()
     api_auth: bool = True
-    api_auth_tokens: tuple[str, ...] = ()
+    api_auth_tokens: tuple[str, ...] = ()  # app.config's
+    # More accepted tokens: KIMBALL_API_TOKENS, and a file re-read when it changes (polled
+    # every api_tokens_file_poll_s seconds) or on SIGHUP. All sources together are accepted.
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    api_tokens_file: Path | None = None
+    api_tokens_file_poll_s: float = 5.0
+    # TLS: the server's certificate and key (both or neither), and the CA that clients'
+    # certificates must be signed by (mutual TLS); a client's (a sidecar's relay, the
+    # gateway's channel) CA bundle and its own certificate and key. Files, read and checked
+    # by load_settings into server_tls and client_tls.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_client_cert_file: Path | None = None
+    tls_client_key_file: Path | None = None
+    server_tls: ServerTls | None = None
+    client_tls: ClientTls | None = None
     external_grpc_event_targets: tuple[tuple[str, int], ...] = ()
     external_grpc_prediction_targets: tuple[PredictionTarget, ...] = ()
     external_prediction_deadline_ms: int = 200
@@ -187,6 +210,11 @@ class Settings:
     kubernetes_service_port: str = ""
 
     @property
+    def rest_host(self) -> str:
+        """The address the REST server listens on: ``api_host``, else gRPC's."""
+        return self.api_host or self.grpc_host
+
+    @property
     def wal_dir(self) -> Path:
         """The write-ahead log's directory: always on local disk."""
         return self.data_dir / "wal"
@@ -229,7 +257,16 @@ def load_settings(
     settings = replace(settings, **_from_environment(environ))
     settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
     check_feature_spec_store(settings)
-    return replace(settings, storage=storage_config(settings))
+    return replace(
+        settings,
+        storage=storage_config(settings),
+        server_tls=load_server_tls(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        ),
+        client_tls=load_client_tls(
+            settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file
+        ),
+    )
 
 
 def storage_config(settings: Settings) -> StorageConfig:
@@ -430,6 +467,61 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out |= _storage_from_environment(environ)
     out |= _edges_from_environment(environ)
     out |= _spec_store_from_environment(environ)
+    out |= _listeners_and_secrets_from_environment(environ)
+    return out
+
+
+# An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_listen_host(name: str, value: str) -> str:
+    """An address to listen on, from text (a flag or a variable called ``name``): ``::`` or
+    ``0.0.0.0`` (every address, IPv4 and IPv6), an IP address (an IPv6 one with or without
+    brackets), ``localhost`` or a host name; returned without brackets. ``ConfigError``
+    otherwise: empty, with a port, a URL."""
+    text = value.strip()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    # A host name's last label is never all digits: "10.1" is no name, nor an address.
+    numeric = text.rstrip(".").rpartition(".")[2].isdigit()
+    if bare == text and len(text) <= 253 and _HOST_NAME.fullmatch(text) and not numeric:
+        return text
+    raise ConfigError(
+        f"{name} must be an address to listen on: :: or 0.0.0.0 (every address), an IP "
+        f"address, localhost or a host name, without a port (the port is its own setting); "
+        f"got {value!r}"
+    )
+
+
+_TLS_FILES = {  # variable: setting, a path
+    "KIMBALL_TLS_CERT_FILE": "tls_cert_file",
+    "KIMBALL_TLS_KEY_FILE": "tls_key_file",
+    "KIMBALL_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+    "KIMBALL_TLS_CA_FILE": "tls_ca_file",
+    "KIMBALL_TLS_CLIENT_CERT_FILE": "tls_client_cert_file",
+    "KIMBALL_TLS_CLIENT_KEY_FILE": "tls_client_key_file",
+}
+
+
+def _listeners_and_secrets_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    """Listen addresses, API tokens and TLS files."""
+    out = _from_table(environ, _TLS_FILES, Path)
+    if environ.get("KIMBALL_HOST"):
+        out["grpc_host"] = parse_listen_host("KIMBALL_HOST", environ["KIMBALL_HOST"])
+    if environ.get("KIMBALL_API_HOST"):
+        out["api_host"] = parse_listen_host("KIMBALL_API_HOST", environ["KIMBALL_API_HOST"])
+    if environ.get("KIMBALL_API_TOKENS"):
+        out["api_tokens"] = parse_token_list("KIMBALL_API_TOKENS", environ["KIMBALL_API_TOKENS"])
+    if environ.get("KIMBALL_API_TOKENS_FILE"):
+        out["api_tokens_file"] = Path(environ["KIMBALL_API_TOKENS_FILE"])
+    if environ.get("KIMBALL_API_TOKENS_FILE_POLL"):
+        out["api_tokens_file_poll_s"] = parse_seconds(
+            "KIMBALL_API_TOKENS_FILE_POLL", environ["KIMBALL_API_TOKENS_FILE_POLL"]
+        )
     return out
 
 
@@ -556,10 +648,16 @@ _STORAGE_TEXT = {  # variable: setting, taken as given
 }
 
 
+def _from_table(
+    environ: Mapping[str, str], table: Mapping[str, str], convert: Callable[[str], object] = str
+) -> dict[str, object]:
+    """The settings of ``table`` (``{variable: setting}``) whose variables are set, each
+    value through ``convert``."""
+    return {setting: convert(environ[name]) for name, setting in table.items() if environ.get(name)}
+
+
 def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {
-        setting: environ[name] for name, setting in _STORAGE_TEXT.items() if environ.get(name)
-    }
+    out = _from_table(environ, _STORAGE_TEXT)
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if region:
         out["aws_region"] = region

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from kimball_grpc.codec.error_details import error_info
+from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.core.errors import KimballError
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -23,7 +24,7 @@ from kimball_grpc.outbound.channels import (
     KEEP_IDLE_CONNECTION,
     KEEPALIVE,
     QUICK_RECONNECT,
-    insecure_channel,
+    client_channel,
     is_over_receive_limit,
     kimball_messages,
 )
@@ -53,13 +54,16 @@ def bearer_metadata(token: str | None) -> Metadata:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def relay_channel(address: str, max_response_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    """A channel to the api server: Kimball's message sizes (answers up to
-    ``max_response_bytes``: the relay's acknowledgements are small, forwarded reads need
-    the sidecar's setting), kept while quiet, back within seconds after a restart, and
+def relay_channel(
+    address: str, max_response_bytes: int = MAX_MESSAGE_BYTES, tls: ClientTls | None = None
+) -> grpc.aio.Channel:
+    """A channel to the api server (over TLS with ``tls``): Kimball's message sizes (answers
+    up to ``max_response_bytes``: the relay's acknowledgements are small, forwarded reads
+    need the sidecar's setting), kept while quiet, back within seconds after a restart, and
     keepalive pings so the relay stream notices a lost peer."""
-    return insecure_channel(
+    return client_channel(
         address,
+        tls,
         kimball_messages(max_response_bytes),
         KEEP_IDLE_CONNECTION,
         QUICK_RECONNECT,
@@ -68,13 +72,20 @@ def relay_channel(address: str, max_response_bytes: int = MAX_MESSAGE_BYTES) -> 
 
 
 class ApiServerClient:
-    """Stubs for the api server at ``address``, on one kept channel."""
+    """Stubs for the api server at ``address``, on one kept channel (over TLS with ``tls``)."""
 
-    def __init__(self, address: str, token: str | None, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        max_response_bytes: int,
+        tls: ClientTls | None = None,
+    ) -> None:
         self.address = address
         self.metadata = bearer_metadata(token)
         self.max_response_bytes = max_response_bytes
-        self.channel = relay_channel(address, max_response_bytes)
+        self.tls = tls
+        self.channel = relay_channel(address, max_response_bytes, tls)
         self.service = pb_grpc.KimballServiceStub(self.channel)
         self.integration = integration_grpc.KimballIntegrationStub(self.channel)
 

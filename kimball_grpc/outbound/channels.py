@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 
+from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.core.limits import KEEPALIVE_PING_SECONDS, MAX_MESSAGE_BYTES
 
 ChannelOptions = tuple[tuple[str, int], ...]
@@ -52,6 +53,23 @@ class ConnectionLost(Exception):
 def insecure_channel(address: str, *options: ChannelOptions) -> grpc.aio.Channel:
     """A plaintext channel to ``address`` with the given option groups."""
     return grpc.aio.insecure_channel(address, options=[o for group in options for o in group])
+
+
+def client_channel(
+    address: str, tls: ClientTls | None, *options: ChannelOptions
+) -> grpc.aio.Channel:
+    """A channel to ``address`` over TLS with ``tls`` (plain text without), with the given
+    option groups."""
+    if tls is None:
+        return insecure_channel(address, *options)
+    return grpc.aio.secure_channel(
+        address, channel_credentials(tls), options=[o for group in options for o in group]
+    )
+
+
+def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
+    """gRPC's credentials for ``tls``: the CA bundle, and the client's certificate if any."""
+    return grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.certificate_chain)
 
 
 def target_address(host: str, port: int) -> str:

@@ -12,6 +12,7 @@ counters.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.metrics import Metrics
-from kimball_grpc.outbound.api_server_client import ApiServerClient
+from kimball_grpc.outbound.api_server_client import ApiServerClient, relay_channel
 from kimball_grpc.sidecar.sender import RelaySender, watch_relay
 from kimball_grpc.sidecar.servicers import SidecarIntegration, SidecarService
 from kimball_grpc.sidecar.spec_copy import SpecCopy
@@ -88,13 +89,19 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
         skip_damaged=settings.wal_skip_damaged,
     )
     metrics.watch_log(spool.wal)
-    configured = settings.api_auth_tokens[0] if settings.api_auth_tokens else None
+    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE))
     api = ApiServerClient(
         settings.analytics_host,
-        settings.analytics_token or configured,
+        _relay_token(settings, front),
         settings.max_response_bytes,
+        settings.client_tls,
     )
-    sender = RelaySender(spool, settings.analytics_host, api.metadata)
+    sender = RelaySender(
+        spool,
+        settings.analytics_host,
+        api.metadata,
+        channel_factory=functools.partial(relay_channel, tls=settings.client_tls),
+    )
     watch_relay(metrics.registry, sender)
     specs: SpecCopy | SpecFile
     if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP:
@@ -118,6 +125,17 @@ async def start_sidecar(settings: Settings) -> RunningSidecar:
     return RunningSidecar(
         front=front, metrics=metrics, ready=ready, spool=spool, sender=sender, api=api, specs=specs
     )
+
+
+def _relay_token(settings: Settings, front: GrpcFront) -> str | None:
+    """The token the relay presents to the api server: ``ANALYTICS_TOKEN``, else the first
+    this sidecar accepts itself (app.config's, ``KIMBALL_API_TOKENS``, its token file's as
+    read at start-up), never a generated one."""
+    if settings.analytics_token:
+        return settings.analytics_token
+    from_file = front.api_tokens.file_tokens if front.api_tokens else ()
+    configured = (*settings.api_auth_tokens, *settings.api_tokens, *from_file)
+    return configured[0] if configured else None
 
 
 async def _become_ready(

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.in_process import local_settings
 from support.metrics import samples
 
-from kimball_grpc.api.auth import TokenChecker, run_tokens
+from kimball_grpc.api.auth import TokenChecker, TokenSet, generated_token, load_api_tokens
 from kimball_grpc.api.rate_limited_log import BURST_LINES
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated import features_proto_pb2 as ipb
@@ -110,17 +110,20 @@ async def test_health_is_open(channel) -> None:
 
 def test_token_checker_needs_a_token() -> None:
     with pytest.raises(ValueError):
-        TokenChecker([])
-    assert not TokenChecker(["t"]).allows(None)
-    assert TokenChecker(["t", "u"]).allows("Bearer u")
+        TokenSet([])
+    assert not TokenChecker(TokenSet(["t"])).allows(None)
+    assert TokenChecker(TokenSet(["t", "u"])).allows("Bearer u")
 
 
 def test_configured_tokens_win_over_a_generated_one(tmp_path) -> None:
-    assert run_tokens(["x"], tmp_path) == (("x",), None)
+    configured = load_api_tokens(local_settings(tmp_path, api_auth_tokens=("x",)))
+    assert configured is not None and configured.tokens.accepted == (b"x",)
     assert not (tmp_path / "api-token").exists()
-    tokens, path = run_tokens([], tmp_path)
-    assert path == tmp_path / "api-token" and len(tokens[0]) >= 32
-    assert run_tokens([], tmp_path) == (tokens, path)
+    token, path = generated_token(tmp_path)
+    assert path == tmp_path / "api-token" and len(token) >= 32
+    assert generated_token(tmp_path) == (token, path)
+    generated = load_api_tokens(local_settings(tmp_path))
+    assert generated is not None and generated.tokens.accepted == (token.encode(),)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ import grpc
 import pytest
 from support.in_process import local_settings, running
 from support.metrics import samples
+from support.reachability import ipv6_loopback
 
 from gateway.server import RunningGateway, start_gateway
 from kimball_grpc.app import RunningServer
@@ -26,18 +26,9 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 HOSTS = [
     "127.0.0.1",
-    pytest.param("::1", marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")),
+    pytest.param("::1", marks=pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")),
 ]
 QUICK = HttpLimits(header_timeout_s=0.4, body_timeout_s=0.4, keepalive_timeout_s=1.5)
 SLOW = 5.0  # seconds a test waits for what should come much sooner
@@ -207,7 +198,7 @@ async def test_connections_past_the_cap_are_refused_with_503_and_counted(server)
 
 async def test_the_every_address_host_serves_ipv4_and_ipv6(server):
     """``--host [::]`` (the default) must take IPv4 clients too, as the gRPC port does."""
-    hosts = ["127.0.0.1", "::1"] if _ipv6_loopback() else ["127.0.0.1"]
+    hosts = ["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"]
     async with gateway(server, "::") as rest:
         for host in hosts:
             async with raw(host, rest.port) as (reader, writer):

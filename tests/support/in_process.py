@@ -11,9 +11,10 @@ import grpc
 
 from gateway.server import RunningGateway, start_gateway
 from kimball_grpc.app import RunningServer, start_server
-from kimball_grpc.config.settings import Settings
+from kimball_grpc.config.settings import Mode, Settings
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.sidecar.server import RunningSidecar, start_sidecar
 
 
 def local_settings(data_dir: Path, **fields: object) -> Settings:
@@ -52,6 +53,21 @@ async def running(settings: Settings, *, ready: bool = True) -> AsyncIterator[Ru
         yield server
     finally:
         await server.stop(grace=None)
+
+
+@asynccontextmanager
+async def sidecar_of(
+    api_address: str, data_dir: Path, **fields: object
+) -> AsyncIterator[RunningSidecar]:
+    """A sidecar relaying to the api server at ``api_address``, ready, stopped after;
+    ``fields`` set its other settings (as ``local_settings``)."""
+    settings = local_settings(data_dir, mode=Mode.SIDECAR, analytics_host=api_address, **fields)
+    sidecar = await start_sidecar(settings)
+    try:
+        await sidecar.wait_ready()
+        yield sidecar
+    finally:
+        await sidecar.stop(grace=None)
 
 
 async def crash(server: RunningServer) -> None:

@@ -31,12 +31,6 @@ from kimball_grpc.core.limits import StateLimits
 from storage.wal import FsyncPolicy
 
 
-@pytest.fixture(autouse=True)
-def no_default_config_file(tmp_path, monkeypatch):
-    """Never pick up a real /kimball/app.config from the machine running the tests."""
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.config")
-
-
 def write(tmp_path: Path, text: str, name: str = "app.config") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
