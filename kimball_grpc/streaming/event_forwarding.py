@@ -35,12 +35,13 @@ Delivery semantics: **an event is delivered once its write to a live stream comp
 target's flow-control window. A stream carries no acknowledgement before its end, which
 targets written for the original never send, so nothing later confirms or denies it: the
 events written to a stream that then broke may or may not have been read by the target,
-and are not sent again. Delivery is **at most once, in order**; an event is sent again
-only when its own write failed (it was not written). Each event is written once, so a
-target that refuses a stream (``UNIMPLEMENTED``, ``UNAUTHENTICATED``, a servicer that
+and are not sent again. Delivery is **at most once, in order**: an event whose write
+failed was not written, and goes first on the next stream. No event is written twice, so
+a target that refuses a stream (``UNIMPLEMENTED``, ``UNAUTHENTICATED``, a servicer that
 raised) cannot make Kimball send the same events over and over.
 
-Events are lost only when dropped, and every drop is counted in
+Besides what a broken stream took with it, events are lost only when dropped before
+being written, and every drop is counted in
 ``kimball_forward_events_dropped_total{target, reason}``: ``queue_full`` (the target was
 down or slow for longer than ``max_queue`` events), ``unencodable`` (an event that cannot
 be a protobuf message; the ingestor hands over validated events only) and ``shutdown``
