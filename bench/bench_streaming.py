@@ -4,6 +4,11 @@ Run from the repository root:
 
     .venv/bin/python bench/bench_streaming.py            # defaults, about 3 minutes
     .venv/bin/python bench/bench_streaming.py --quick    # a smoke run
+    # forwarding only, side by side with another checkout (a baseline), e.g. the commit
+    # before a change:
+    git archive b36dd8c | tar -x -C /tmp/kimball-base
+    (cd /tmp/kimball-base && $PWD/.venv/bin/python protos/compile_protos.py)
+    .venv/bin/python bench/bench_streaming.py --skip fanout --baseline /tmp/kimball-base
 
 What it measures, in interleaved rounds (medians reported, min/max spread):
 
@@ -26,12 +31,16 @@ What it measures, in interleaved rounds (medians reported, min/max spread):
     subscriber saw, and the CPU busy of the subscriber process (the client side may be the
     bottleneck).
 (2) Forwarding. A ``KimballIntegration.EventStream`` target written here (a subprocess on the
-    load generator's CPU, counting the events it receives) and ``kimball serve`` configured
-    with ``{external_grpc_event_targets, [{"127.0.0.1", PORT}]}``; the same stream of events
-    goes in. Reported: ingestion events/s against a ``kimball serve`` without a target, events/s
-    the target received over the run (producer start to last event received), and
-    ``kimball_forward_events_sent_total`` / ``kimball_forward_events_dropped_total`` read from
-    the server's ``/metrics`` (bearer token) after each run.
+    load generator's CPU, counting the events it reads as it reads them) and ``kimball
+    serve`` configured with ``{external_grpc_event_targets, [{"127.0.0.1", PORT}]}``; the
+    same stream of events goes in. With ``--baseline DIR``, a second such server runs the
+    code in ``DIR`` (``python -m kimball_grpc.cli`` with ``DIR`` first on ``PYTHONPATH``),
+    forwarding to the same target, in the same rounds. Reported per server: ingestion
+    events/s against a ``kimball serve`` without a target, events/s the target received
+    over the run (producer start to last event received), the server's CPU per event over
+    the same span (ingesting and forwarding), and ``kimball_forward_events_sent_total`` /
+    ``kimball_forward_events_dropped_total`` read from the server's ``/metrics`` (bearer
+    token) after each run.
 
 Both servers run with authentication on (as in every script), pinned to ``--server-cpu``. Each run
 streams into its own namespace, so every run does the same Bloom work. Timing is only printed,
@@ -55,7 +64,7 @@ import grpc
 # figures, load, run_options, servers and workload: bench modules next to this script.
 from figures import Sample, measure, median, spread
 from load import channel, run_stream
-from run_options import add_server_options, add_size, new_parser, parse, start_run
+from run_options import add_parts, add_server_options, add_size, new_parser, parse, start_run
 from servers import (
     AUTH,
     CHANNEL_OPTIONS,
@@ -171,18 +180,18 @@ def subscribe(ch: grpc.aio.Channel, namespace: str) -> grpc.aio.UnaryStreamCall:
 
 
 class Target(integration_grpc.KimballIntegrationServicer):
-    """A forwarding target that counts the events it receives."""
+    """A forwarding target that counts the events it reads, as it reads them (a stream may
+    stay open for the whole run), and notes when it read the last one."""
 
     def __init__(self) -> None:
         self.count = 0
         self.last = 0.0
 
     async def EventStream(self, request_iterator, context):
-        n = 0
+        clock = time.monotonic
         async for _ in request_iterator:
-            n += 1
-        self.count += n
-        self.last = time.monotonic()
+            self.count += 1
+            self.last = clock()
         return integration_pb.Response(code=0)
 
 
@@ -306,15 +315,69 @@ def cpu_busy(samples: list[Sample]) -> str:
     return f"{median([s.server_cpu / s.seconds for s in samples]):.0%}"
 
 
+def forwarding_report(
+    fwd: dict[str, list[Sample]],
+    fwd_out: dict[str, list[tuple[float, int, dict[str, float], float, float]]],
+    n_events: int,
+) -> None:
+    """The forwarding runs: ingestion against no target, then what each server delivered."""
+    print("\n## (2) forwarding to one external_grpc_event_targets target\n")
+    print(
+        "| server | ingestion ev/s | spread | vs no target | server CPU busy | target received "
+        "ev/s | spread | server CPU per event | target CPU busy |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = median([s.rate for s in fwd["none"]])
+    for key in fwd:
+        rates = [s.rate for s in fwd[key]]
+        extra = [f"{median(rates) / base:.0%}", cpu_busy(fwd[key])]
+        if key == "none":
+            per_event = median([s.server_cpu / s.units * 1e6 for s in fwd[key]])
+            extra += ["-", "-", f"{per_event:,.1f} µs", "-"]
+        else:
+            out = fwd_out[key]
+            received = [x[0] for x in out]
+            extra += [
+                f"{median(received):,.0f}",
+                spread(received),
+                f"{median([x[4] for x in out]) * 1e6:,.1f} µs",
+                f"{median([x[3] for x in out]):.0%}",
+            ]
+        rate_row("no target" if key == "none" else f"one target ({key})", rates, extra)
+    print(
+        "\n(server CPU per event: ingestion only without a target; with one, from the "
+        "producer's start until the target read the last event)"
+    )
+    for key, out in fwd_out.items():
+        sent = [x[2].get("kimball_forward_events_sent_total", 0.0) for x in out]
+        dropped: dict[str, float] = {}
+        for x in out:
+            for k, v in x[2].items():
+                if k.startswith("kimball_forward_events_dropped_total"):
+                    dropped[k] = dropped.get(k, 0.0) + v
+        print(
+            f"{key}: the target got {min(x[1] for x in out):,}-{max(x[1] for x in out):,} of "
+            f"{n_events:,} events per run; kimball_forward_events_sent_total per run: "
+            f"{', '.join(f'{v:,.0f}' for v in sent)}; dropped over all runs: "
+            + (", ".join(f"{k.split(':')[-1]} {v:,.0f}" for k, v in dropped.items()) or "none")
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser(__doc__, users=(25_000, 5_000), rounds=(3, 2))
     add_server_options(parser, batch="events per stream message")
     add_size(parser, "--events", 30_000, 10_000, "events per run")
-    add_size(parser, "--not-reading", "10,100", "10,100", "counts of subscribers that do not read")
-    add_size(parser, "--reading", "10", "10", "counts of subscribers reading every event")
-    add_size(parser, "--per-channel", 10, 10, "subscribers that do not read, per channel")
-    add_size(parser, "--fill", 2_000, 2_000, "events before a run with subscribers not reading")
     add_size(parser, "--drain", 6.0, 4.0, "seconds to wait for deliveries")
+    fanout, forwarding_options = add_parts(
+        parser, {"fanout": "(1) Subscribe fan-out", "forwarding": "(2) forwarding"}
+    )
+    add_size(fanout, "--not-reading", "10,100", "10,100", "counts of subscribers that do not read")
+    add_size(fanout, "--reading", "10", "10", "counts of subscribers reading every event")
+    add_size(fanout, "--per-channel", 10, 10, "subscribers that do not read, per channel")
+    add_size(fanout, "--fill", 2_000, 2_000, "events before a run with subscribers not reading")
+    forwarding_options.add_argument(
+        "--baseline", help="another checkout whose forwarding runs side by side"
+    )
     parser.add_argument("--subscribe", nargs=3, metavar=("PORT", "N", "NS"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--subscribe-idle", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
@@ -339,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind, counts in (("not reading", args.not_reading), ("reading", args.reading))
         for n in counts.split(",")
     ]
+    if "fanout" in args.skip:
+        fan_runs = []
+    # The forwarding servers: ours, and the baseline's (its code first on PYTHONPATH).
+    fwd_names = [] if "forwarding" in args.skip else ["ours"] + ["baseline"] * bool(args.baseline)
 
     server_cpu = start_run(args, "bench_streaming")
     client_cpu = args.client_cpu if server_cpu is not None else None
@@ -358,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     run_events: dict[Run, int] = {}  # events per fan-out run
     fill_seconds: list[float] = []  # filling the windows of subscribers not reading, then idle
     fwd: dict[str, list[Sample]] = {}
-    fwd_out: list[tuple[float, int, dict[str, float], float]] = []  # rate, got, metrics, CPU
+    # Per forwarding server: target rate, events it got, metrics, target CPU, server CPU/event.
+    fwd_out: dict[str, list[tuple[float, int, dict[str, float], float, float]]] = {}
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
         target_port = free_port()
@@ -366,14 +434,21 @@ def main(argv: list[str] | None = None) -> int:
         plain = ServerProcess("kimball serve", [], server_cpu, tmp)
         os.makedirs(os.path.join(tmp, "a"))  # each its own app.config
         plain.argv = kimball_argv(plain, os.path.join(tmp, "a", "data"))
-        forwarding = ServerProcess("kimball serve + target", [], server_cpu, tmp)
-        os.makedirs(os.path.join(tmp, "b"))
-        forwarding.argv = kimball_argv(
-            forwarding,
-            os.path.join(tmp, "b", "data"),
-            features=f'{{external_grpc_event_targets, [{{"127.0.0.1", {target_port}}}]}}',
-        )
-        servers = [plain, forwarding]
+        forwarders: dict[str, ServerProcess] = {}
+        for name in fwd_names:
+            server = ServerProcess(f"kimball serve + target ({name})", [], server_cpu, tmp)
+            os.makedirs(os.path.join(tmp, name))
+            argv = kimball_argv(
+                server,
+                os.path.join(tmp, name, "data"),
+                features=f'{{external_grpc_event_targets, [{{"127.0.0.1", {target_port}}}]}}',
+            )
+            if name == "baseline":
+                server.env["PYTHONPATH"] = args.baseline
+                argv = [sys.executable, "-m", "kimball_grpc.cli", *argv[argv.index("serve") :]]
+            server.argv = argv
+            forwarders[name] = server
+        servers = [plain, *forwarders.values()]
         try:
             for s in servers:
                 s.start()
@@ -442,17 +517,19 @@ def main(argv: list[str] | None = None) -> int:
             def fan_messages(n: int) -> int:
                 return -(-max(args.events * 10 // max(n, 10), args.batch * 10) // args.batch)
 
-            def fwd_run(with_target: bool) -> None:
+            def fwd_run(name: str) -> None:
                 ns = namespace()
                 messages = events_for(w, ns, args.batch)
-                if not with_target:
+                if name == "none":
                     fwd.setdefault("none", []).append(
                         measure(plain, lambda: run_stream(plain.port, messages))
                     )
                     return
+                forwarding = forwarders[name]
                 before_metrics = forward_metrics(forwarding)
                 before = target.ask()["count"]
                 cpu_before = target.cpu_seconds()
+                server_before = forwarding.cpu_seconds()
                 t0 = time.monotonic()
                 sample = measure(forwarding, lambda: run_stream(forwarding.port, messages))
 
@@ -464,16 +541,21 @@ def main(argv: list[str] | None = None) -> int:
                 report = wait_until_quiet(poll, n_events, args.drain)
                 span = max(report["last"] - t0, 1e-9)
                 cpu = (target.cpu_seconds() - cpu_before) / span
+                # Up to the last poll: a little idle time after the last event, no more.
+                per_event = (forwarding.cpu_seconds() - server_before) / n_events
                 after = forward_metrics(forwarding)
                 diff = {k: v - before_metrics.get(k, 0.0) for k, v in after.items()}
-                fwd.setdefault("target", []).append(sample)
-                fwd_out.append((report["total"] / span, report["total"], diff, cpu))
+                fwd.setdefault(name, []).append(sample)
+                fwd_out.setdefault(name, []).append(
+                    (report["total"] / span, report["total"], diff, cpu, per_event)
+                )
 
+            fwd_runs = ["none", *fwd_names] if fwd_names else []
             for r in range(args.rounds):
                 for run in fan_runs if r % 2 == 0 else fan_runs[::-1]:
                     fan_run(run)
-                for with_target in (False, True) if r % 2 == 0 else (True, False):
-                    fwd_run(with_target)
+                for name in fwd_runs if r % 2 == 0 else fwd_runs[::-1]:
+                    fwd_run(name)
         finally:
             for s in servers:
                 s.stop()
@@ -485,67 +567,43 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} interleaved rounds; subscribers: one grpc.aio client process on the "
         f"load generator's CPU, filtering on the run's namespace\n"
     )
-    print("## (1) Subscribe fan-out\n")
-    print(
-        f"subscribers not reading: {args.per_channel} per channel, BDP probing off; before each "
-        f"such run {args.fill:,} larger events filled their windows and the server went idle "
-        f"(took {median(fill_seconds) if fill_seconds else 0:.1f} s, median)\n"
-    )
-    print(
-        "| subscribers | events per run | ingestion ev/s | spread | vs none | server CPU per "
-        "event | server CPU busy | delivered ev/s per subscriber | delivered ev/s total | "
-        "max dropped | subscriber CPU |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = median([s.rate for s in fan[("none", 0)]])
-    for run in fan_runs:
-        kind, n = run
-        rates = [s.rate for s in fan[run]]
-        per_event = median([s.server_cpu / s.units * 1e6 for s in fan[run]])
-        extra = [
-            f"{median(rates) / base:.0%}",
-            f"{per_event:,.1f} µs",
-            cpu_busy(fan[run]),
-        ]
-        if kind == "reading":
-            d = delivered[run]
-            extra += [
-                f"{median([x[0] for x in d]):,.0f}",
-                f"{median([x[1] for x in d]):,.0f}",
-                f"{max(x[2] for x in d):,}",
-                f"{median([x[3] for x in d]):.0%}",
+    if fan_runs:
+        print("## (1) Subscribe fan-out\n")
+        print(
+            f"subscribers not reading: {args.per_channel} per channel, BDP probing off; before "
+            f"each such run {args.fill:,} larger events filled their windows and the server went "
+            f"idle (took {median(fill_seconds) if fill_seconds else 0:.1f} s, median)\n"
+        )
+        print(
+            "| subscribers | events per run | ingestion ev/s | spread | vs none | server CPU per "
+            "event | server CPU busy | delivered ev/s per subscriber | delivered ev/s total | "
+            "max dropped | subscriber CPU |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        base = median([s.rate for s in fan[("none", 0)]])
+        for run in fan_runs:
+            kind, n = run
+            rates = [s.rate for s in fan[run]]
+            per_event = median([s.server_cpu / s.units * 1e6 for s in fan[run]])
+            extra = [
+                f"{median(rates) / base:.0%}",
+                f"{per_event:,.1f} µs",
+                cpu_busy(fan[run]),
             ]
-        else:
-            extra += ["-", "-", "-", "-"]
-        label = "none" if kind == "none" else f"{n} {kind}"
-        rate_row(f"{label} | {run_events[run]:,}", rates, extra)
-
-    print("\n## (2) forwarding to one external_grpc_event_targets target\n")
-    print("| server | ingestion ev/s | spread | vs no target | server CPU busy |")
-    print("|---|---:|---:|---:|---:|")
-    base = median([s.rate for s in fwd["none"]])
-    for key, label in (("none", "no target"), ("target", "one target")):
-        rates = [s.rate for s in fwd[key]]
-        rate_row(label, rates, [f"{median(rates) / base:.0%}", cpu_busy(fwd[key])])
-    target_rates = [x[0] for x in fwd_out]
-    sent = [x[2].get("kimball_forward_events_sent_total", 0.0) for x in fwd_out]
-    dropped = {
-        k: sum(x[2].get(k, 0.0) for x in fwd_out)
-        for x in fwd_out
-        for k in x[2]
-        if k.startswith("kimball_forward_events_dropped_total")
-    }
-    print(
-        f"\ntarget received: {median(target_rates):,.0f} ev/s ({spread(target_rates)}), "
-        f"producer start to last event; {min(x[1] for x in fwd_out):,}-"
-        f"{max(x[1] for x in fwd_out):,} of {n_events:,} events per run; target process CPU "
-        f"busy {median([x[3] for x in fwd_out]):.0%}"
-    )
-    print(
-        f"kimball_forward_events_sent_total per run: {', '.join(f'{s:,.0f}' for s in sent)}; "
-        f"dropped over all runs: "
-        + ", ".join(f"{k.split(':')[-1]} {v:,.0f}" for k, v in dropped.items())
-    )
+            if kind == "reading":
+                d = delivered[run]
+                extra += [
+                    f"{median([x[0] for x in d]):,.0f}",
+                    f"{median([x[1] for x in d]):,.0f}",
+                    f"{max(x[2] for x in d):,}",
+                    f"{median([x[3] for x in d]):.0%}",
+                ]
+            else:
+                extra += ["-", "-", "-", "-"]
+            label = "none" if kind == "none" else f"{n} {kind}"
+            rate_row(f"{label} | {run_events[run]:,}", rates, extra)
+    if fwd_names:
+        forwarding_report(fwd, fwd_out, n_events)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -277,8 +277,13 @@ class KimballService(pb_grpc.KimballServiceServicer):
                 self.engine.event_predictions(request.namespace)
             )
         # After Kimball's own answer: a request it refuses costs no call to any target.
+        event_names = list(request.events)
+        if request.user_id and self.external.targets:
+            # The user's own events, as the original sent them: models that predict from
+            # events work for requests by user too.
+            event_names = self.engine.events_for_user(request.namespace, request.user_id)
         external = await self.external.ask(
-            check_namespace(request.namespace), request.user_id, list(request.events)
+            check_namespace(request.namespace), request.user_id, event_names
         )
         external.merge_into(response)
         return response

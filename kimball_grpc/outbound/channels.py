@@ -45,6 +45,15 @@ KEEPALIVE: ChannelOptions = (
     ("grpc.keepalive_timeout_ms", 20_000),
 )
 
+# The same for a server Kimball does not run (an event target): gRPC servers (C++ and
+# Python, Go, Java alike) by default end a connection whose client pings more often than
+# every 5 minutes while they send nothing, which a target reading a stream never does.
+# Pings only go out while the stream is quiet: data from the target resets the timer.
+TARGET_KEEPALIVE: ChannelOptions = (
+    ("grpc.keepalive_time_ms", 330_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
 
 class ConnectionLost(Exception):
     """No usable connection, or a call failed transiently: reconnect after a backoff."""

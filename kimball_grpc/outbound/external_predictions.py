@@ -195,8 +195,11 @@ class ExternalPredictions:
     ) -> ExternalAnswers:
         """Ask every target at once and merge their answers; never raises for a target.
 
-        Returns within about the deadline however the targets behave. With no target
-        configured it returns at once, without any I/O.
+        Each target gets ``PredictionRequest{namespace, user_id, event_names}``:
+        ``event_names`` are the events the prediction is for (those the caller named, or
+        for a request by user the events that user did). Returns within about the deadline
+        however the targets behave. With no target configured it returns at once, without
+        any I/O.
         """
         if not self._targets:
             return NO_ANSWERS

@@ -5,60 +5,70 @@ original contract's ``KimballIntegration.EventStream`` as ``KimballEvent{namespa
 name, key}`` (``key`` is the user id: targets are model services the operator trusts; for
 events relayed by a sidecar, which keeps no raw ids, it is the user's hash in hex).
 
+**One long-lived stream per target**, as the original kept: it is opened when the
+target is reached, written to for as long as the server runs, and half-closed only at
+shutdown. Targets written for the original read that stream forever and may never answer
+it (the original never waited for the ``Response``), so nothing here waits for one while
+running; a target that answers when the client half-closes, as the contract says, works
+the same way.
+
 Ingestion never waits on a target. ``offer_records`` (the records and events the
-ingestor just applied) is synchronous and only appends
-references to one bounded queue per target (O(n) in C, no await, no lock, no
-metric update); when a queue is full its OLDEST events are dropped and counted.
-Messages are built by the sender, off the ingestion path. A background task per
-target does everything else:
+ingestor just applied) is synchronous and only appends references to one bounded queue
+per target (O(n) in C, no await, no lock, no metric update); when a queue is full its
+OLDEST events are dropped and counted. A background task per target does everything else:
 
-* it opens a channel and waits until it is connected (``kimball_forward_connected``
-  says whether it is);
-* it takes up to ``batch`` events from the head of the queue (after waiting up to
-  ``linger`` seconds for fewer than ``batch`` to become more) and sends them as one
-  ``EventStream`` call (a stream of that many messages, then half-close) with a
-  deadline, ``call_timeout``, and waits for the target's ``Response``;
-* on a transport failure (refused, unreachable, reset, deadline exceeded: a stalled
-  target) it closes the channel, sleeps an exponential backoff with full jitter
-  (uniform in ``[0, min(max_backoff, first_backoff * 2**n)]``) and reconnects with a
-  new channel, so reconnection follows this backoff and not gRPC's hidden one.
+* it opens a channel, waits until it is connected, and opens the stream
+  (``kimball_forward_connected`` is 1 while a stream is open);
+* it takes the events from the head of the queue one at a time, builds each message and
+  writes it, awaiting each write: gRPC's flow control holds a write until the target's
+  window has room, so a target that reads slowly or not at all slows the writes, the
+  queue fills, and its oldest events are dropped (``queue_full``);
+* when the stream breaks (the target ends the call with any status, the connection is
+  lost or refused, a keepalive ping goes unanswered) it closes the channel, waits an
+  exponential backoff with full jitter (uniform in ``[0, min(max_backoff, first_backoff *
+  2**n)]``; a stream that stayed open ``max_backoff`` seconds starts it again from the
+  first step) and opens a new channel and stream (``kimball_forward_reconnects_total``).
+  What was not yet written is sent on the new stream, in order.
 
-Delivery semantics: **at least once, in order, while the queue does not overflow.**
-A client-streaming call is only confirmed by its final ``Response``, so an event
-counts as delivered (``kimball_forward_events_sent_total``) once the ``Response``
-of the call that carried it arrived. The events of a call that failed with a
-transient status (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED,
-ABORTED, INTERNAL) go back to the head of the queue and are sent again, in the
-same order, on the next connection. So a target may see an event twice: when it
-read part or all of a call whose ``Response`` was then lost (it stopped, stalled
-past the deadline, the connection broke). Targets that must not double count
-should deduplicate. A call that ends with any other status (INVALID_ARGUMENT,
-UNAUTHENTICATED, UNIMPLEMENTED, UNKNOWN: a servicer that raised...) was refused
-by the target itself: its events are dropped (``reason="rejected"``), since
-sending them again would fail the same way and block every later event.
+Delivery semantics: **an event is delivered once its write to a live stream completed**
+(``kimball_forward_events_sent_total``): gRPC took it for the target, within the
+target's flow-control window. A stream carries no acknowledgement before its end, which
+targets written for the original never send, so nothing later confirms or denies it: the
+events written to a stream that then broke may or may not have been read by the target,
+and are not sent again. Delivery is **at most once, in order**: an event whose write
+failed was not written, and goes first on the next stream. No event is written twice, so
+a target that refuses a stream (``UNIMPLEMENTED``, ``UNAUTHENTICATED``, a servicer that
+raised) cannot make Kimball send the same events over and over.
 
-Events are lost only when dropped, and every drop is counted in
-``kimball_forward_events_dropped_total{target, reason}``: ``queue_full`` (the
-target was down or slow for longer than ``max_queue`` events), ``rejected`` (see
-above) and ``shutdown`` (still queued when forwarding stopped; queues are in
-memory only). At any time ``sent + dropped + queued == offered`` per target.
+Besides what a broken stream took with it, events are lost only when dropped before
+being written, and every drop is counted in
+``kimball_forward_events_dropped_total{target, reason}``: ``queue_full`` (the target was
+down or slow for longer than ``max_queue`` events), ``unencodable`` (an event that cannot
+be a protobuf message; the ingestor hands over validated events only) and ``shutdown``
+(still queued when forwarding stopped; queues are in memory only). At any time ``sent +
+dropped + queued == offered`` per target.
 
-Memory is bounded: at most ``max_queue`` events wait per target, plus at most
-``batch`` in the call in flight (``kimball_forward_queue_events`` counts both).
+Memory is bounded: at most ``max_queue`` events wait per target, plus the one being
+written (``kimball_forward_queue_events`` counts both).
 
-Cost: the senders run in the server's event loop. A dead or stalled target costs
-next to nothing (a sleeping backoff, a call retried every ``call_timeout``), but
-delivering does: grpc.aio spends tens of microseconds of loop time per streamed
-message (and more per call, hence batching and ``linger``), so a healthy target
-taking every event uses a share of the loop proportional to the event rate, and
-beyond what one loop can stream, events are dropped (counted) rather than queued
-without bound. ``call_timeout`` must exceed the time a target needs for ``batch``
-events, or a slow target would see the same batch again and again.
+Shutdown (``stop``) first gives the queue up to its drain time to be written, then
+half-closes the stream and waits for the target's ``Response`` until that same time is
+up; a target that never answers, or ends the call with an error as the original's example
+model server does, costs no more than that. Whatever is still queued is dropped
+(``shutdown``).
+
+Cost: the senders run in the server's event loop. A dead target costs next to nothing (a
+sleeping backoff), a stalled one nothing per event but the queue's append and drop, but
+delivering does: grpc.aio spends tens of microseconds of loop time per written message, so
+a healthy target taking every event uses a share of the loop proportional to the event
+rate, and beyond what one loop can write, events are dropped (counted) rather than queued
+without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -76,6 +86,7 @@ from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.outbound.backoff import Backoff
 from kimball_grpc.outbound.channels import (
     KEEP_IDLE_CONNECTION,
+    TARGET_KEEPALIVE,
     ConnectionLost,
     insecure_channel,
     target_address,
@@ -83,25 +94,12 @@ from kimball_grpc.outbound.channels import (
 )
 
 log = logging.getLogger(__name__)
-STOP_SECONDS = 5.0  # the longest stop() waits for a sender to end
+STOP_SECONDS = 5.0  # the longest stop() waits for a sender that overran its time to end
+# After the drain time is up, the sender still has to log its stream's end and close
+# its channel: a moment, not a wait on the target.
+END_MARGIN_SECONDS = 0.1
 
 DEFAULT_MAX_QUEUE = 100_000
-DEFAULT_BATCH = 500
-
-# Statuses after which the events of a call are sent again: the target did not
-# refuse them, the connection or the target's availability failed.
-TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        # gRPC core reports broken HTTP/2 streams as INTERNAL; a Python servicer
-        # that raises answers UNKNOWN, which is a refusal.
-        grpc.StatusCode.INTERNAL,
-    }
-)
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -111,8 +109,9 @@ _Item = tuple[EventRecord, Event]
 
 
 def _target_channel(address: str) -> grpc.aio.Channel:
-    # The idle watcher would take gRPC's idle disconnect for an outage.
-    return insecure_channel(address, KEEP_IDLE_CONNECTION)
+    # Pings notice a target that vanished without closing the connection while the stream
+    # is quiet, as seldom as targets allow by default.
+    return insecure_channel(address, KEEP_IDLE_CONNECTION, TARGET_KEEPALIVE)
 
 
 class EventForwarder:
@@ -128,42 +127,39 @@ class EventForwarder:
         port: int,
         *,
         max_queue: int = DEFAULT_MAX_QUEUE,
-        batch: int = DEFAULT_BATCH,
         first_backoff: float = 0.1,
         max_backoff: float = 30.0,
         connect_timeout: float = 5.0,
-        call_timeout: float = 10.0,
-        linger: float = 0.05,
         channel_factory: ChannelFactory | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError(f"event target host must be a non-empty string, got {host!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
             raise ValueError(f"event target port must be between 1 and 65535, got {port!r}")
-        if max_queue < 1 or batch < 1:
-            raise ValueError("max_queue and batch must be at least 1")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self.host = host
         self.port = port
         self.address = target_address(host, port)
         self.target = self.address  # the metrics label
         self.max_queue = max_queue
-        self.batch = batch
         self._backoff = Backoff(first_backoff, max_backoff)
         self.connect_timeout = connect_timeout
-        self.call_timeout = call_timeout
-        self.linger = linger
         self._channel_factory = channel_factory or _target_channel
         # Figures read by the metrics collector when scraped, so offer_records updates plain ints.
         self.sent = 0
         self.dropped_full = 0
-        self.dropped_rejected = 0
+        self.dropped_unencodable = 0
         self.dropped_shutdown = 0
-        self.failures = 0  # failed connection attempts and failed calls
-        self.connected = False
-        self._delivered_since_connect = False  # a call was answered on this connection
+        self.failures = 0  # failed connection attempts and broken streams
+        self.reconnects = 0  # streams opened after the first
+        self.connected = False  # a stream is open
         self._queue: deque[_Item] = deque(maxlen=max_queue)
-        self._inflight: list[_Item] = []  # the call being sent, oldest first
-        self._wakeup = asyncio.Event()
+        self._writing: _Item | None = None  # taken from the queue, its write not completed
+        self._wakeup = asyncio.Event()  # events queued, the stream ended, or stopping
+        self._closing = asyncio.Event()  # stop() was called: no new stream
+        self._stop_at = 0.0  # loop time by which stop() wants the sender ended
+        self._streams = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -187,13 +183,13 @@ class EventForwarder:
 
     @property
     def queued(self) -> int:
-        """Events waiting or in the call in flight (at most ``max_queue + batch``)."""
-        return len(self._queue) + len(self._inflight)
+        """Events waiting, and the one being written (at most ``max_queue + 1``)."""
+        return len(self._queue) + (self._writing is not None)
 
     @property
     def dropped(self) -> int:
         """Events dropped for any reason."""
-        return self.dropped_full + self.dropped_rejected + self.dropped_shutdown
+        return self.dropped_full + self.dropped_unencodable + self.dropped_shutdown
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -205,25 +201,31 @@ class EventForwarder:
             )
 
     async def stop(self, drain_timeout: float = 0.0) -> None:
-        """Stop forwarding: first wait up to ``drain_timeout`` seconds for the queue to be
-        delivered, then end the call in flight and close the channel. What is still
-        queued is dropped (``reason="shutdown"``); ``offer_records`` does nothing from now on."""
+        """Stop forwarding within about ``drain_timeout`` seconds: until then the queue is
+        written; then the stream is half-closed and the target's ``Response`` awaited for
+        what is left of that time; then the channel is closed. What is still queued is
+        dropped (``reason="shutdown"``); ``offer_records`` does nothing from now on."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_timeout
-        # Shutdown only: polling is simpler than a second event that offer_records would maintain.
-        while self.queued and self._task is not None and loop.time() < deadline:
+        self._stop_at = loop.time() + drain_timeout
+        # Shutdown only: polling is simpler than a second event that the sender would maintain.
+        while self.queued and self._task is not None and loop.time() < self._stop_at:
             await asyncio.sleep(0.01)
         self._closed = True
+        self._closing.set()
+        self._wakeup.set()
         if self._task is not None:
-            self._task.cancel()
-            # Bounded: a sender stuck in gRPC (closing a channel to a hung target) must not
-            # hold up the server's shutdown.
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_SECONDS)
-            if not done:
-                log.warning("event target %s: sender did not stop in time", self.target)
+            time_left = max(0.0, self._stop_at - loop.time()) + END_MARGIN_SECONDS
+            done, _ = await asyncio.wait({self._task}, timeout=time_left)
+            if not done:  # still connecting, or a write the target does not take
+                self._task.cancel()
+                # Bounded: a sender stuck in gRPC (closing a channel to a hung target) must
+                # not hold up the server's shutdown.
+                done, _ = await asyncio.wait({self._task}, timeout=STOP_SECONDS)
+                if not done:
+                    log.warning("event target %s: sender did not stop in time", self.target)
         self.dropped_shutdown += self.queued
         self._queue.clear()
-        self._inflight = []
+        self._writing = None
         self.connected = False
 
     # -- the sender -------------------------------------------------------------
@@ -231,132 +233,139 @@ class EventForwarder:
     async def _run(self) -> None:
         backoff = self._backoff
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closed:
             channel: grpc.aio.Channel | None = None
-            up_since: float | None = None
+            opened_at: float | None = None
             try:
                 channel = self._channel_factory(self.address)
-                self._delivered_since_connect = False
                 await wait_until_connected(channel, self.address, self.connect_timeout)
-                self.connected = True
-                up_since = loop.time()
-                log.info("event target %s connected", self.target)
-                await self._deliver(channel)
+                call = integration_grpc.KimballIntegrationStub(channel).EventStream()
+                call.add_done_callback(lambda _: self._wakeup.set())
+                opened_at = loop.time()
+                self._opened()
+                await self._write(call)
+                await self._end(call)
+                return
             except ConnectionLost as exc:
-                self.failures += 1
-                if self.connected:
-                    log.warning(
-                        "event target %s: %s; reconnecting with backoff, events are kept "
-                        "(up to %d)",
-                        self.target,
-                        exc,
-                        self.max_queue,
-                    )
-                elif backoff.failures == 0:
-                    log.warning("event target %s: %s; retrying with backoff", self.target, exc)
-                else:
-                    log.debug("event target %s: %s", self.target, exc)
+                self._broken(exc)
             except Exception:  # a bug: keep forwarding rather than stop silently
                 self.failures += 1
                 log.exception("event target %s: unexpected error", self.target)
-                self._requeue()
+                self._put_back()
             finally:
                 self.connected = False
                 if channel is not None:
                     await channel.close()
-            # A connection that stayed up for a while restarts the backoff from the first
-            # step; one that breaks at once keeps growing it (no tight reconnect loop).
-            if up_since is not None and loop.time() - up_since >= backoff.longest:
+            # A stream that stayed open for a while restarts the backoff from the first
+            # step; one that breaks at once keeps growing it (no tight reopening loop).
+            if opened_at is not None and loop.time() - opened_at >= backoff.longest:
                 backoff.reset()
-            if self._delivered_since_connect:
-                backoff.reset()
-            await backoff.wait()
+            await self._pause(backoff.next_delay())
 
-    async def _deliver(self, channel: grpc.aio.Channel) -> None:
-        """Send batches while the channel stays READY; raise ``ConnectionLost`` when not."""
-        stub = integration_grpc.KimballIntegrationStub(channel)
-        # Watches the connection while there is nothing to send, so the connected metric
-        # drops (and reconnection starts) when an idle target goes away.
-        watcher = asyncio.ensure_future(
-            channel.wait_for_state_change(grpc.ChannelConnectivity.READY)
-        )
-        try:
-            while True:
-                if not self._inflight:
-                    await self._wait_for_events(watcher)
-                    if self.linger > 0 and len(self._queue) < self.batch:
-                        # Let a batch build up: a call costs as much CPU as a few
-                        # messages, so one call per trickling event would cost the most.
-                        await asyncio.sleep(self.linger)
-                    self._take_batch()
-                await self._send(stub)
-        finally:
-            watcher.cancel()
+    def _opened(self) -> None:
+        self.connected = True
+        self._streams += 1
+        if self._streams > 1:
+            self.reconnects += 1
+        log.info("event target %s: stream open", self.target)
 
-    async def _wait_for_events(self, watcher: asyncio.Future[None]) -> None:
-        while not self._queue:
-            self._wakeup.clear()
-            waiter = asyncio.ensure_future(self._wakeup.wait())
-            try:
-                await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-            if watcher.done():
-                raise ConnectionLost(f"connection to {self.address} lost")
+    def _broken(self, exc: ConnectionLost) -> None:
+        self.failures += 1
+        if self.connected:
+            log.warning(
+                "event target %s: %s; opening a new stream with backoff, unwritten events "
+                "are kept (up to %d)",
+                self.target,
+                exc,
+                self.max_queue,
+            )
+        elif self._backoff.failures == 0:
+            log.warning("event target %s: %s; retrying with backoff", self.target, exc)
+        else:
+            log.debug("event target %s: %s", self.target, exc)
 
-    def _take_batch(self) -> None:
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if forwarding stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+    async def _write(self, call: grpc.aio.StreamUnaryCall) -> None:
+        """Write queued events to the stream, one at a time, until stopping (then return)
+        or the stream ends (then raise ``ConnectionLost``)."""
         queue = self._queue
-        self._inflight = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+        while not self._closed:
+            if not queue:
+                # While there is something to write, a failed write tells that it ended.
+                if call.done():
+                    raise ConnectionLost(await _why_ended(call))
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            item = self._writing = queue.popleft()
+            try:
+                # Built here, off the ingestion path; validated events always encode.
+                message = _message(item)
+            except (TypeError, ValueError) as exc:
+                log.warning(
+                    "event target %s: event dropped, cannot encode it: %s", self.target, exc
+                )
+                self.dropped_unencodable += 1
+                self._writing = None
+                continue
+            try:
+                await call.write(message)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                # Not written: it goes first on the next stream.
+                self._put_back()
+                raise ConnectionLost(await _why_ended(call)) from None
+            self._writing = None
+            self.sent += 1
 
-    async def _send(self, stub: integration_grpc.KimballIntegrationStub) -> None:
-        """Send the events in flight as one call; they leave the queue once answered."""
+    async def _end(self, call: grpc.aio.StreamUnaryCall) -> None:
+        """Half-close the stream and wait for the target's answer until ``stop``'s time is up."""
+        loop = asyncio.get_running_loop()
         try:
-            # Built before the call: grpc.aio swallows an exception raised by a request
-            # iterator and cancels the call, which would look transient and retry forever.
-            messages = _messages(self._inflight)
-        except (TypeError, ValueError) as exc:  # validated events: not expected, not retried
-            self._reject(f"cannot encode the events: {exc}")
-            return
-        try:
-            # A plain iterator: grpc.aio writes it and half-closes, and every failure,
-            # including one while writing, surfaces here as one AioRpcError.
-            await stub.EventStream(iter(messages), timeout=self.call_timeout)
+            await call.done_writing()
+            response = await asyncio.wait_for(call, max(0.0, self._stop_at - loop.time()))
+        except TimeoutError:
+            log.info("event target %s: no answer to the end of the stream in time", self.target)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in TRANSIENT_CODES:
-                self._requeue()
-                raise ConnectionLost(f"{code.name}: {exc.details()}") from None
-            self._reject(f"the target refused the call ({code.name}: {exc.details()})")
+            # Targets written for the original need not answer: every written event was
+            # delivered all the same.
+            log.info(
+                "event target %s: the stream ended with %s at shutdown",
+                self.target,
+                exc.code().name,
+            )
+        else:
+            log.info("event target %s: stream ended, Response code %d", self.target, response.code)
+
+    def _put_back(self) -> None:
+        """Put the event whose write did not complete back at the head of the queue. If
+        the queue filled up meanwhile, it is the oldest: dropped (counted)."""
+        item, self._writing = self._writing, None
+        if item is None:
             return
-        self.sent += len(self._inflight)
-        self._inflight = []
-        self._delivered_since_connect = True
-
-    def _reject(self, why: str) -> None:
-        """Drop the events in flight for good: sending them again would fail the same way."""
-        log.warning("event target %s: %s; %d events dropped", self.target, why, len(self._inflight))
-        self.dropped_rejected += len(self._inflight)
-        self._inflight = []
-
-    def _requeue(self) -> None:
-        """Put the events in flight back at the head of the queue, in order. They are the
-        oldest, so what does not fit any more is dropped from them (counted)."""
-        inflight, self._inflight = self._inflight, []
-        room = self.max_queue - len(self._queue)
-        keep = inflight[len(inflight) - room :] if room < len(inflight) else inflight
-        self.dropped_full += len(inflight) - len(keep)
-        self._queue.extendleft(reversed(keep))
+        if len(self._queue) < self.max_queue:
+            self._queue.appendleft(item)
+        else:
+            self.dropped_full += 1
 
 
-def _messages(items: list[_Item]) -> list[integration_pb.KimballEvent]:
-    KimballEvent = integration_pb.KimballEvent
-    messages = []
-    for record, event in items:
-        # The record's namespace is resolved ("default" for an empty one). A sidecar relays
-        # no user ids: then only the user's hash is known.
-        key = event.user_id or record.user_hash.digest.hex()
-        messages.append(KimballEvent(namespace=record.namespace, name=event.event_name, key=key))
-    return messages
+async def _why_ended(call: grpc.aio.StreamUnaryCall) -> str:
+    """How a stream that is done ended, for the log."""
+    code = await call.code()
+    if code is grpc.StatusCode.OK:
+        return "the target ended the stream"
+    return f"the stream ended with {code.name}: {await call.details()}"
+
+
+def _message(item: _Item) -> integration_pb.KimballEvent:
+    record, event = item
+    # The record's namespace is resolved ("default" for an empty one). A sidecar relays no
+    # user ids: then only the user's hash is known.
+    key = event.user_id or record.user_hash.digest.hex()
+    return integration_pb.KimballEvent(namespace=record.namespace, name=event.event_name, key=key)
 
 
 class EventForwarding:
@@ -397,7 +406,8 @@ class EventForwarding:
             forwarder.start()
 
     async def stop(self, drain_timeout: float = 0.0) -> None:
-        """Stop every sender, each first given up to ``drain_timeout`` s to deliver its queue."""
+        """Stop every sender within about ``drain_timeout`` s: each writes its queue, then
+        half-closes its stream and waits for the answer (``EventForwarder.stop``)."""
         await asyncio.gather(*(f.stop(drain_timeout) for f in self.forwarders))
 
 
@@ -410,36 +420,43 @@ class _ForwardingCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         sent = CounterMetricFamily(
             "kimball_forward_events_sent",
-            "Events an event target confirmed (its EventStream call answered).",
+            "Events delivered to an event target: written to its open EventStream.",
             labels=["target"],
         )
         dropped = CounterMetricFamily(
             "kimball_forward_events_dropped",
             "Events never delivered to an event target: queue_full (oldest dropped while the "
-            "target was down or slow), rejected (the target refused the call), shutdown.",
+            "target was down or slow), unencodable, shutdown (still queued at the end).",
             labels=["target", "reason"],
         )
         failures = CounterMetricFamily(
             "kimball_forward_failures",
-            "Failed connection attempts and calls to an event target (each one backs off).",
+            "Failed connection attempts and broken streams to an event target (each one "
+            "backs off).",
+            labels=["target"],
+        )
+        reconnects = CounterMetricFamily(
+            "kimball_forward_reconnects",
+            "Streams to an event target opened after the first: each replaces one that broke.",
             labels=["target"],
         )
         connected = GaugeMetricFamily(
             "kimball_forward_connected",
-            "1 while the connection to an event target is up, else 0.",
+            "1 while a stream to an event target is open, else 0.",
             labels=["target"],
         )
         queued = GaugeMetricFamily(
             "kimball_forward_queue_events",
-            "Events waiting for an event target, including the call in flight.",
+            "Events waiting for an event target, including the one being written.",
             labels=["target"],
         )
         for f in self._forwarders:
             sent.add_metric([f.target], f.sent)
             dropped.add_metric([f.target, "queue_full"], f.dropped_full)
-            dropped.add_metric([f.target, "rejected"], f.dropped_rejected)
+            dropped.add_metric([f.target, "unencodable"], f.dropped_unencodable)
             dropped.add_metric([f.target, "shutdown"], f.dropped_shutdown)
             failures.add_metric([f.target], f.failures)
+            reconnects.add_metric([f.target], f.reconnects)
             connected.add_metric([f.target], int(f.connected))
             queued.add_metric([f.target], f.queued)
-        yield from (sent, dropped, failures, connected, queued)
+        yield from (sent, dropped, failures, reconnects, connected, queued)

@@ -427,3 +427,49 @@ async def test_a_server_merges_targets_into_predictions_on_both_apis(serve, tmp_
             0.25,
         )
         assert body["external_problems"][0]["target"] == "slow"
+
+
+async def test_a_prediction_by_user_sends_the_targets_the_users_events(serve, tmp_path):
+    """As the original did: for a request by user_id the targets get the names of the
+    events that user did (sorted), so a model that predicts from events can answer it."""
+    echo = Echo()
+    port = await serve(echo)
+    settings = local_settings(
+        tmp_path, external_grpc_prediction_targets=(PredictionTarget("model", "127.0.0.1", port),)
+    )
+    async with running(settings) as server, gateway_of(server) as gateway:
+        stub = pb_grpc.KimballServiceStub(server.local_channel)
+        await stub.TrackEvents(
+            pb.TrackEventsRequest(
+                events=[
+                    pb.Event(event_name="view", user_id="u1", namespace="shop"),
+                    pb.Event(event_name="signup", user_id="u1", namespace="shop"),
+                    pb.Event(event_name="buy", user_id="u1", namespace="shop", ensure_goal=True),
+                    pb.Event(event_name="other", user_id="u2", namespace="shop"),
+                    pb.Event(event_name="elsewhere", user_id="u1", namespace="blog"),
+                ]
+            )
+        )
+        answer = await stub.GetPredictions(pb.GetPredictionsRequest(namespace="shop", user_id="u1"))
+        assert [(e.target, e.yes) for e in answer.goals["goal"].external] == [("model", 3.0)]
+        async with (
+            rest_client(gateway) as http,
+            http.get("/v0/predictions", params={"namespace": "shop", "user_id": "u1"}) as got,
+        ):
+            assert got.status == 200
+            body = await got.json()
+        assert body["goals"]["goal"]["model_yes"] == 3.0  # the target saw three events
+        # A request by events still sends those events, as given.
+        await stub.GetPredictions(pb.GetPredictionsRequest(namespace="shop", events=["view"]))
+        # A user without events is refused (404) before any target is asked.
+        async with (
+            rest_client(gateway) as http,
+            http.get("/v0/predictions", params={"namespace": "shop", "user_id": "nobody"}) as got,
+        ):
+            assert got.status == 404
+    sent = [(r.namespace, r.user_id, list(r.event_names)) for r in echo.requests]
+    assert sent == [
+        ("shop", "u1", ["buy", "signup", "view"]),  # the user's events in this namespace
+        ("shop", "u1", ["buy", "signup", "view"]),
+        ("shop", "", ["view"]),
+    ]
