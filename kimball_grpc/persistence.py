@@ -154,10 +154,12 @@ class Persistence:
                 )
                 last = entry.last
                 continue
-            for number, record in enumerate(records, start=entry.sequence):
-                if number > sequence:
-                    engine.apply(record)
-                    replayed += 1
+            # An entry the snapshot holds in part: only its records after the snapshot.
+            records = records[max(0, sequence + 1 - entry.sequence) :]
+            apply = engine.apply
+            for record in records:
+                apply(record)
+            replayed += len(records)
             last = entry.last
         return Restored(sequence, replayed, last)
 

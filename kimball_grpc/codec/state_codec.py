@@ -17,9 +17,9 @@ from google.protobuf.message import DecodeError
 from kimball_grpc.core.bloom import (
     BloomFilter,
     FixedBloomFilter,
-    KeyHash,
     ScalableBloomFilter,
     SliceState,
+    key_hashes,
 )
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.counters import NO_TALLY, Counter, CounterKind
@@ -345,26 +345,27 @@ def decode_records(data: bytes) -> list[Record]:
     goals = set(batch.ensure_goal)
     if any(i >= count for i in (*values, *goals)):
         raise InvalidStoredData("record batch refers to an event it does not hold")
-    hashes = batch.user_hashes
-    records: list[Record] = []
+    for year, week in dict.fromkeys(zip(batch.iso_year, batch.iso_week, strict=True)):
+        _stored_week(year, week)
     try:
-        for i in range(count):
-            year, week = batch.iso_year[i], batch.iso_week[i]
-            _stored_week(year, week)
-            records.append(
-                EventRecord(
-                    strings[batch.namespace[i]],
-                    strings[batch.event_name[i]],
-                    KeyHash(hashes[16 * i : 16 * i + 16]),
-                    year,
-                    week,
-                    values.get(i),
-                    i in goals,
-                )
-            )
+        namespaces = [strings[i] for i in batch.namespace]
+        names = [strings[i] for i in batch.event_name]
     except IndexError:
         raise InvalidStoredData("record batch refers to a name it does not hold") from None
-    return records
+    # Columns read whole (one call each) rather than element by element.
+    return [
+        EventRecord(namespace, name, user, year, week, values.get(i), i in goals)
+        for i, (namespace, name, user, year, week) in enumerate(
+            zip(
+                namespaces,
+                names,
+                key_hashes(batch.user_hashes),
+                batch.iso_year,
+                batch.iso_week,
+                strict=True,
+            )
+        )
+    ]
 
 
 def spec_to_state(spec: FeatureSpec) -> spb.FeatureSpecState:

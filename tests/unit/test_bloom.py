@@ -20,6 +20,7 @@ from kimball_grpc.core.bloom import (
     ScalableBloomFilter,
     SliceState,
     hash_key,
+    key_hashes,
     optimal_bits,
     optimal_hashes,
 )
@@ -336,3 +337,16 @@ def test_bloom_slice_rejects_wrong_sized_array():
 
     with pytest.raises(ValueError):
         BloomSlice(100, 7, bitarray(99))
+
+
+def test_key_hashes_of_digests_end_to_end_are_those_of_each_key() -> None:
+    keys = [hash_key(f"user-{i}") for i in range(5)]
+    unpacked = key_hashes(b"".join(k.digest for k in keys))
+    assert unpacked == keys
+    assert [(k.words, k.high, k.low) for k in unpacked] == [(k.words, k.high, k.low) for k in keys]
+    assert key_hashes(b"") == []
+
+
+def test_key_hashes_refuses_a_partial_digest() -> None:
+    with pytest.raises(ValueError, match="16-byte digests"):
+        key_hashes(bytes(33))
