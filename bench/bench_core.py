@@ -444,6 +444,43 @@ def bench_memory(sizes: Sequence[int], sweep_points: int, fp_probes: int, seed: 
     print(f"({added:,} of {top:,} keys reported new; the rest were false positives on insert)")
 
 
+def scalable_design_worst(first: int, growth: float, tightening: float, top: int) -> tuple:
+    """(worst bits / optimal over 10..top keys, at n; slices at top) of a scalable filter
+    whose slices hold ``first`` keys, then ``growth - 1`` times the keys held so far, at
+    errors ``p (1 - r) r**i``: its formulas, the code's rounding, no keys added."""
+    p = ERROR_PROBABILITY
+    capacity, error = first, p * (1 - tightening)
+    total = optimal_bits(capacity, error)
+    worst = (total / optimal_bits(10, p), 10) if first > 10 else (0.0, 0)
+    held, slices = 0, 1
+    while held + capacity < top:
+        held += capacity
+        capacity, error = max(1, round((growth - 1) * held)), error * tightening
+        total += optimal_bits(capacity, error)
+        slices += 1
+        worst = max(worst, (total / optimal_bits(held + 1, p), held + 1))
+    return worst[0], worst[1], slices
+
+
+def print_scalable_designs(top: int) -> None:
+    """The least worst case of bits / optimal that any growth and tightening reach, by the
+    slices an absent key would visit at ``top`` keys (a search of their formulas)."""
+    designs = [
+        (*scalable_design_worst(first, growth, r, top), first, growth, r)
+        for first in (10, 16)
+        for growth in (1.2, 1.25, 1.3, 1.4, 1.5, 1.6, 2.0, 3.0)
+        for r in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+    ]
+    print(f"\nscalable designs up to {top:,} keys: least worst bits / optimal by slices at the top")
+    print("| slices at most | worst x optimal | at n | first slice | growth | tightening |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for limit in (17, 26, 35, 50, 70):
+        fits = [d for d in designs if d[2] <= limit]
+        if fits:
+            worst, at, slices, first, growth, r = min(fits)
+            print(f"| {limit} ({slices}) | {worst:.2f} | {at:,} | {first} | {growth:g} | {r:g} |")
+
+
 def python_heap_bytes(n: int, copies: int = 50) -> int:
     """Python heap held per named counter (Counter + filter + bits) with n users, tracemalloc."""
     gc.collect()
@@ -576,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         print("## memory: one counter under the default configuration\n")
         sizes = sorted({10, 1_000, args.memory_max})
         bench_memory(sizes, 50, args.fp_probes, args.seed)
+        print_scalable_designs(max(sizes))
         print()
 
     print(f"total {time.perf_counter() - started:.0f} s")
