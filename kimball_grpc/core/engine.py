@@ -38,9 +38,6 @@ from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, GoalRecord
 
 WeekKey = tuple[str, int, int]
 
-# At most this many (counter, user) pairs are remembered as present (about 100 bytes each).
-KNOWN_PAIRS = 1 << 17
-
 
 @dataclass(eq=False)
 class Namespace:
@@ -156,11 +153,6 @@ class Engine:
         self._counter_count = 0  # named and weekly counters of every namespace
         self._freeze: Freeze | None = None
         self.flags = FeatureFlags()
-        # (counter, user hash digest) pairs known to be in the counter's filter. A filter
-        # only ever gains bits, so a key it held once it holds for good: remembering it
-        # spares the Bloom test (k probes per slice in Python) with the same answer.
-        # Emptied when full: a bound on memory.
-        self._known: set[tuple[Counter, bytes]] = set()
 
     # -- state changes -------------------------------------------------
 
@@ -193,8 +185,12 @@ class Engine:
             self._add_goal(ns, name)
         # The global filter holds every user of the namespace: a user new there
         # is new to every counter, which then need no membership test.
-        new_user = self._first(ns, ns.global_counter, user, False)
+        global_filter = ns.global_counter.filter
+        new_user = user not in global_filter
         if new_user:
+            if self._freeze is not None:
+                self._freeze.keep_counter(ns, ns.global_counter)
+            global_filter.add_new(user)
             ns.global_counter.record_first(value, None)
         is_goal = name in ns.goals
         # A goal's prior events are worked out only for a user new to one of its
@@ -224,21 +220,13 @@ class Engine:
                 weekly.record_first(value, prior)
 
     def _first(self, ns: Namespace, counter: Counter, user: KeyHash, new_user: bool) -> bool:
-        """Add a user to the counter's filter; whether it was new there (then it is counted).
-        ``new_user``: the user is known to be new to the namespace (no test needed)."""
-        known = self._known
-        pair = (counter, user.digest)
-        if not new_user and (pair in known or user in counter.filter):
-            added = False
-        else:
-            if self._freeze is not None:
-                self._freeze.keep_counter(ns, counter)
-            counter.filter.add_new(user)
-            added = True
-        if len(known) >= KNOWN_PAIRS:
-            known.clear()
-        known.add(pair)
-        return added
+        """Add a user to the counter's filter; whether it was new there (then it is counted)."""
+        if not new_user and user in counter.filter:
+            return False
+        if self._freeze is not None:
+            self._freeze.keep_counter(ns, counter)
+        counter.filter.add_new(user)
+        return True
 
     def _new_counter(self, ns: Namespace) -> None:
         """Before a counter is added to ``ns``."""
@@ -247,15 +235,7 @@ class Engine:
         self._counter_count += 1
 
     def _prior_events(self, ns: Namespace, goal: str, user: KeyHash) -> tuple[str, ...]:
-        known = self._known
-        digest = user.digest
-        return tuple(
-            sorted(
-                n
-                for n, c in ns.named.items()
-                if n != goal and ((c, digest) in known or user in c.filter)
-            )
-        )
+        return tuple(sorted(n for n, c in ns.named.items() if n != goal and user in c))
 
     def _rule(self, event_name: str) -> CounterRule:
         rule = self._rules.get(event_name)

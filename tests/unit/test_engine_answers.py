@@ -8,9 +8,6 @@ import hashlib
 import random
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from kimball_grpc.core import engine as engine_module
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event, prepare_event
@@ -88,14 +85,3 @@ def test_counts_and_filter_bits_are_as_before() -> None:
     counts, bits = _fingerprints(_workload_engine())
     assert counts == EXPECTED_COUNTS
     assert bits == EXPECTED_BITS
-
-
-def test_answers_hold_while_remembered_pairs_are_dropped_at_their_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The engine remembers (counter, user) pairs known present, up to a bound; emptied
-    # there, it must go on giving the same answers, with its memory held to the bound.
-    monkeypatch.setattr(engine_module, "KNOWN_PAIRS", 64)
-    engine = _workload_engine()
-    assert len(engine._known) <= 64
-    assert _fingerprints(engine) == (EXPECTED_COUNTS, EXPECTED_BITS)
