@@ -18,7 +18,9 @@ What it measures, in interleaved rounds (medians reported, min/max spread):
     subscribers reading every event of the run (``--reading``, default 10). Every subscription
     filters on the run's namespace (the run's events and nothing else). The subscribers are ONE
     client process (a subprocess of this script, on the load generator's CPU) running
-    grpc.aio. Reading ones: one channel per subscriber. Ones that do not read: ``--per-channel``
+    grpc.aio. Reading ones: one channel per subscriber, each asking for up to
+    ``--per-response`` events per response (1: one event per response, as clients written
+    before batches were; an older server sends one anyway). Ones that do not read: ``--per-channel``
     subscribers per channel, without BDP probing, so their flow-control windows stay at 64 KB;
     once each has received an event the process reads nothing more (the connections stay
     alive). Before such a run the producer sends ``--fill`` events of another name, which
@@ -108,9 +110,10 @@ def _answer(obj: object) -> None:
     sys.stdout.flush()
 
 
-async def run_subscribers(port: int, n: int, namespace: str) -> None:
-    """``n`` Subscribe streams on ``namespace``; answers 'ready' once each saw a warm-up event,
-    then on 'report' each stream's count, last receive time and largest ``dropped``."""
+async def run_subscribers(port: int, n: int, namespace: str, per_response: int) -> None:
+    """``n`` Subscribe streams on ``namespace``, asking for ``per_response`` events per
+    response; answers 'ready' once each saw a warm-up event, then on 'report' each stream's
+    count, last receive time and largest ``dropped``."""
     counts = [0] * n
     last = [0.0] * n
     dropped = [0] * n
@@ -121,14 +124,16 @@ async def run_subscribers(port: int, n: int, namespace: str) -> None:
     async def subscriber(i: int) -> None:
         clock = time.monotonic
         try:
-            async for response in subscribe(channels[i], namespace):
-                if response.event.event_name == WARMUP:
+            async for response in subscribe(channels[i], namespace, per_response):
+                # Several events per response, or (an older server) one.
+                got = response.events or [response]
+                if got[0].event.event_name == WARMUP:
                     if not live[i]:
                         live[i] = True
                         if all(live):
                             all_live.set()
                     continue
-                counts[i] += 1
+                counts[i] += len(got)
                 last[i] = clock()
                 if response.dropped > dropped[i]:
                     dropped[i] = response.dropped
@@ -170,13 +175,16 @@ async def run_idle_subscribers(port: int, n: int, namespace: str, per_channel: i
         await c.close()
 
 
-def subscribe(ch: grpc.aio.Channel, namespace: str) -> grpc.aio.UnaryStreamCall:
+def subscribe(
+    ch: grpc.aio.Channel, namespace: str, per_response: int = 0
+) -> grpc.aio.UnaryStreamCall:
     call = ch.unary_stream(
         f"{SERVICE}/Subscribe",
         request_serializer=pb.SubscribeRequest.SerializeToString,
         response_deserializer=pb.SubscribeResponse.FromString,
     )
-    return call(pb.SubscribeRequest(namespace=namespace), metadata=AUTH)
+    request = pb.SubscribeRequest(namespace=namespace, max_events_per_response=per_response)
+    return call(request, metadata=AUTH)
 
 
 class Target(integration_grpc.KimballIntegrationServicer):
@@ -374,20 +382,28 @@ def main(argv: list[str] | None = None) -> int:
     add_size(fanout, "--not-reading", "10,100", "10,100", "counts of subscribers that do not read")
     add_size(fanout, "--reading", "10", "10", "counts of subscribers reading every event")
     add_size(fanout, "--per-channel", 10, 10, "subscribers that do not read, per channel")
+    add_size(
+        fanout,
+        "--per-response",
+        100,
+        100,
+        "events per Subscribe response a reading subscriber asks for (1: one per response)",
+    )
     add_size(fanout, "--fill", 2_000, 2_000, "events before a run with subscribers not reading")
     forwarding_options.add_argument(
         "--baseline", help="another checkout whose forwarding runs side by side"
     )
-    parser.add_argument("--subscribe", nargs=3, metavar=("PORT", "N", "NS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--subscribe", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
+    )
     parser.add_argument(
         "--subscribe-idle", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
     )
     parser.add_argument("--serve-target", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parse(parser, argv)
     if args.subscribe:
-        asyncio.run(
-            run_subscribers(int(args.subscribe[0]), int(args.subscribe[1]), args.subscribe[2])
-        )
+        port, n, ns, per_response = args.subscribe
+        asyncio.run(run_subscribers(int(port), int(n), ns, int(per_response)))
         return 0
     if args.subscribe_idle:
         port, n, ns, per_channel = args.subscribe_idle
@@ -472,9 +488,9 @@ def main(argv: list[str] | None = None) -> int:
                         measure(plain, lambda: run_stream(plain.port, messages))
                     )
                     return
-                argv = ["--subscribe", str(plain.port), str(n), ns]
+                argv = ["--subscribe", str(plain.port), str(n), ns, str(args.per_response)]
                 if kind == "not reading":
-                    argv = ["--subscribe-idle", *argv[1:], str(args.per_channel)]
+                    argv = ["--subscribe-idle", *argv[1:4], str(args.per_channel)]
                 child = Child(argv, client_cpu)
                 try:
                     while True:  # until each subscriber saw a warm-up event
@@ -570,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     if fan_runs:
         print("## (1) Subscribe fan-out\n")
         print(
+            f"subscribers reading: up to {args.per_response} events per response; "
             f"subscribers not reading: {args.per_channel} per channel, BDP probing off; before "
             f"each such run {args.fill:,} larger events filled their windows and the server went "
             f"idle (took {median(fill_seconds) if fill_seconds else 0:.1f} s, median)\n"
