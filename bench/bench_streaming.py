@@ -83,6 +83,8 @@ from workload import Body, Workload, in_namespace, make_plain_workload, track_ev
 from kimball_grpc.core.events import Event
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import event_target_pb2 as target_pb
+from kimball_grpc.generated.kimball.v1 import event_target_pb2_grpc as target_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 WARMUP = "warmup"  # event name of the events that check every subscriber is live
@@ -187,13 +189,25 @@ def subscribe(
     return call(request, metadata=AUTH)
 
 
-class Target(integration_grpc.KimballIntegrationServicer):
+class Target(integration_grpc.KimballIntegrationServicer, target_grpc.KimballEventTargetServicer):
     """A forwarding target that counts the events it reads, as it reads them (a stream may
-    stay open for the whole run), and notes when it read the last one."""
+    stay open for the whole run), and notes when it read the last one. It serves
+    ``EventBatches`` too, as a target written for Kimball would; an older server, or
+    ``--no-batches``, sends on ``EventStream``, one event per message."""
 
-    def __init__(self) -> None:
+    def __init__(self, batches: bool) -> None:
         self.count = 0
         self.last = 0.0
+        self.batches = batches
+
+    async def EventBatches(self, request_iterator, context):
+        if not self.batches:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no batches")
+        clock = time.monotonic
+        async for message in request_iterator:
+            self.count += len(message.events)
+            self.last = clock()
+        return target_pb.EventBatchesResponse(code=0)
 
     async def EventStream(self, request_iterator, context):
         clock = time.monotonic
@@ -203,10 +217,11 @@ class Target(integration_grpc.KimballIntegrationServicer):
         return integration_pb.Response(code=0)
 
 
-async def run_target(port: int) -> None:
-    target = Target()
+async def run_target(port: int, batches: bool) -> None:
+    target = Target(batches)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     integration_grpc.add_KimballIntegrationServicer_to_server(target, server)
+    target_grpc.add_KimballEventTargetServicer_to_server(target, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     commands = await _commands()
@@ -393,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     forwarding_options.add_argument(
         "--baseline", help="another checkout whose forwarding runs side by side"
     )
+    forwarding_options.add_argument(
+        "--no-batches",
+        action="store_true",
+        help="the target serves EventStream only, as targets written for the original",
+    )
     parser.add_argument(
         "--subscribe", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
     )
@@ -410,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_idle_subscribers(int(port), int(n), ns, int(per_channel)))
         return 0
     if args.serve_target is not None:
-        asyncio.run(run_target(args.serve_target))
+        asyncio.run(run_target(args.serve_target, not args.no_batches))
         return 0
     # A fan-out run: ("none", 0), ("not reading", n) or ("reading", n).
     fan_runs = [("none", 0)] + [
@@ -446,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
         target_port = free_port()
-        target = Child(["--serve-target", str(target_port)], client_cpu)
+        target = Child(
+            ["--serve-target", str(target_port)] + ["--no-batches"] * args.no_batches, client_cpu
+        )
         plain = ServerProcess("kimball serve", [], server_cpu, tmp)
         os.makedirs(os.path.join(tmp, "a"))  # each its own app.config
         plain.argv = kimball_argv(plain, os.path.join(tmp, "a", "data"))
