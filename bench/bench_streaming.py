@@ -64,7 +64,7 @@ import time
 import grpc
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, measure, median, spread
+from figures import Sample, measure, median, spread, verdict
 from load import channel, run_stream
 from run_options import add_parts, add_server_options, add_size, new_parser, parse, start_run
 from servers import (
@@ -88,6 +88,12 @@ from kimball_grpc.generated.kimball.v1 import event_target_pb2_grpc as target_gr
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 WARMUP = "warmup"  # event name of the events that check every subscriber is live
+# The targets: ingestion with subscribers (reading everything, or not reading) at this
+# share of its rate with none; a target receiving this many events/s, with ingestion at
+# this share of its rate without a target.
+TARGET_WITH_SUBSCRIBERS = 0.80
+TARGET_FORWARDED = 50_000
+TARGET_WITH_TARGET = 0.90
 
 
 # -- child processes: subscribers and the forwarding target ------------------------------
@@ -369,7 +375,25 @@ def forwarding_report(
         rate_row("no target" if key == "none" else f"one target ({key})", rates, extra)
     print(
         "\n(server CPU per event: ingestion only without a target; with one, from the "
-        "producer's start until the target read the last event)"
+        "producer's start until the target read the last event)\n"
+    )
+    out = fwd_out["ours"]
+    received = median([x[0] for x in out])
+    cpu = median([x[4] for x in out]) * 1e6
+    verdict(
+        "forwarding, events/s one target received",
+        f"{received:,.0f} ev/s",
+        received >= TARGET_FORWARDED,
+        f">= {TARGET_FORWARDED:,} ev/s",
+        cpu,
+    )
+    ratio = median([s.rate for s in fwd["ours"]]) / base
+    verdict(
+        "forwarding, ingestion with one target vs none",
+        f"{ratio:.0%}",
+        ratio >= TARGET_WITH_TARGET,
+        f">= {TARGET_WITH_TARGET:.0%}",
+        cpu,
     )
     for key, out in fwd_out.items():
         sent = [x[2].get("kimball_forward_events_sent_total", 0.0) for x in out]
@@ -641,6 +665,16 @@ def main(argv: list[str] | None = None) -> int:
                 extra += ["-", "-", "-", "-"]
             label = "none" if kind == "none" else f"{n} {kind}"
             rate_row(f"{label} | {run_events[run]:,}", rates, extra)
+        print()
+        for kind, n in fan_runs[1:]:
+            ratio = median([s.rate for s in fan[(kind, n)]]) / base
+            verdict(
+                f"fan-out, ingestion with {n} subscribers {kind} vs none",
+                f"{ratio:.0%}",
+                ratio >= TARGET_WITH_SUBSCRIBERS,
+                f">= {TARGET_WITH_SUBSCRIBERS:.0%}",
+                median([s.server_cpu / s.units * 1e6 for s in fan[(kind, n)]]),
+            )
     if fwd_names:
         forwarding_report(fwd, fwd_out, n_events)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
