@@ -48,10 +48,11 @@ test: lint chromium
 protos: $(STAMP)
 	$(BIN)/python protos/compile_protos.py
 
+# Every benchmark script in a quick run, then one table of their verdicts (and the side by
+# side with the original service when ../shared/original is there); ARGS="--full" for full
+# sizes, ARGS="--only core,rest" for some.
 bench: $(GENERATED)
-	$(BIN)/python bench/bench_core.py
-	$(BIN)/python bench/bench_grpc.py
-	$(BIN)/python bench/bench_rest.py
+	$(BIN)/python bench/bench_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) kimball_grpc/generated build dist *.egg-info

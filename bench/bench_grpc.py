@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import grpc
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, measure, row, table_head
+from figures import Sample, cpu_per_unit, measure, row, table_head, verdict
 from load import in_flight, in_process, ours_accept, rpc, run_stream, servicer_steps
 from run_options import add_server_options, add_size, new_parser, parse, pinned, start_run
 from servers import AUTH, CHANNEL_OPTIONS, SERVICE, ServerProcess, kimball_argv
@@ -224,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     unary = row("kimball serve", results["unary:kimball serve"], "calls", "call", ceiling)
     print()
-    for label, ratio, target in (
-        ("stream vs in-process core", stream / core, TARGET_STREAM_RATIO),
-        ("unary vs no-op servicer", unary / ceiling, TARGET_UNARY_RATIO),
+    for label, ratio, target, samples in (
+        ("stream vs in-process core", stream / core, TARGET_STREAM_RATIO, results["stream"]),
+        ("unary vs no-op servicer", unary / ceiling, TARGET_UNARY_RATIO, None),
     ):
-        mark = "PASS" if ratio >= target else "MISS"
-        print(f"{mark}  {label}: {ratio:.0%} (target >= {target:.0%})")
+        cpu = cpu_per_unit(samples) if samples else None
+        verdict(label, f"{ratio:.0%}", ratio >= target, f">= {target:.0%}", cpu)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 # figures, load, run_options and workload: bench modules next to this script.
-from figures import median, spread, timed
+from figures import median, spread, timed, verdict
 from load import ours_accept
 from run_options import add_size, parse, print_header
 from workload import BATCH, batches, make_plain_workload
@@ -418,10 +418,22 @@ def main(argv: list[str] | None = None) -> None:
         fits = peak < LIMIT_BYTES
         fast = everything["snapshot_seconds"] < LIMIT_SECONDS
         print(
-            f"\nevery limit at once: peak RSS {peak / MB:,.0f} MiB "
-            f"({'PASS' if fits else 'MISS'}: under {LIMIT_BYTES / MB:,.0f} MiB), snapshot "
-            f"{everything['snapshot_seconds']:.2f} s ({'PASS' if fast else 'MISS'}: under "
-            f"{LIMIT_SECONDS:g} s), restore {everything['restore_seconds']:.2f} s"
+            f"\nevery limit at once: peak RSS {peak / MB:,.0f} MiB, snapshot "
+            f"{everything['snapshot_seconds']:.2f} s, restore {everything['restore_seconds']:.2f} s"
+        )
+        verdict(
+            "every limit at once, peak RSS",
+            f"{peak / MB:,.0f} MiB",
+            fits,
+            f"< {LIMIT_BYTES / MB:,.0f} MiB",
+            None,
+        )
+        verdict(
+            "every limit at once, snapshot",
+            f"{everything['snapshot_seconds']:.2f} s",
+            fast,
+            f"< {LIMIT_SECONDS:g} s",
+            None,
         )
 
 

@@ -188,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     cpu = start_run(args, "bench_paging.py")
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess("kimball", [], cpu, tmp)
+        # Above the default limit of event names per namespace: the namespace is that large.
         server.argv = kimball_argv(
-            server, f"{tmp}/data", "--max-response-bytes", str(MAX_RESPONSE_BYTES)
+            server,
+            f"{tmp}/data",
+            "--max-response-bytes",
+            str(MAX_RESPONSE_BYTES),
+            "--max-event-names",
+            str(args.event_names),
         )
         server.start()
         try:

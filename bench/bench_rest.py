@@ -54,7 +54,7 @@ import aiohttp
 from aiohttp import web
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, measure, median, row, table_head
+from figures import Sample, cpu_per_unit, measure, median, row, table_head, verdict
 from google.protobuf import json_format
 from load import (
     FOREVER,
@@ -391,8 +391,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     ratio = rates["rest"] / core
-    mark = "PASS" if ratio >= TARGET_RATIO else "MISS"
-    print(f"{mark}  REST gateway vs in-process core: {ratio:.0%} (target >= {TARGET_RATIO:.0%})")
+    verdict(
+        "REST gateway vs in-process core",
+        f"{ratio:.0%}",
+        ratio >= TARGET_RATIO,
+        f">= {TARGET_RATIO:.0%}",
+        cpu_per_unit(results["rest"]),
+    )
     print(
         f"info  REST gateway vs in-process core with the same write-ahead log: "
         f"{rates['rest'] / rates['core-log']:.0%} (the gateway's own cost)"

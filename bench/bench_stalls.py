@@ -60,7 +60,7 @@ from pathlib import Path
 import aiohttp
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import percentile
+from figures import percentile, verdict
 from load import rpc
 from run_options import add_parts, add_server_options, add_size, new_parser, parse, start_run
 from servers import AUTH, BENCH_TOKEN, ServerProcess, cpu_busy_seconds, finish, kimball_argv
@@ -305,6 +305,16 @@ def part_snapshot(servers: list[Server], args: argparse.Namespace) -> None:
                 f"| {x['rss_before_mb']:,.0f} -> {x['rss_peak_mb']:,.0f} MB | {x['others']:.0%} |"
             )
     print()
+    during = [percentile(x["during"], 0.99) for x in servers[0].rounds if x["during"]]
+    if during:
+        p99 = max(during)
+        verdict(
+            f"stalls, TrackEvent p99 during a snapshot ({servers[0].name}, worst round)",
+            f"{p99 * 1e3:.0f} ms",
+            p99 < 0.05,
+            "< 50 ms",
+            None,
+        )
 
 
 def latencies(values: list[float]) -> str:
@@ -378,6 +388,14 @@ def part_answer(servers: list[Server], args: argparse.Namespace) -> None:
                 f"| {latencies(x['alive'])} | {len(x['alive'])} | {x['others']:.0%} |"
             )
     print()
+    worst = max(max(x["alive"], default=0.0) for x in results[servers[0].name])
+    verdict(
+        f"stalls, /alive while a large answer is built ({servers[0].name}, max)",
+        f"{worst * 1e3:.0f} ms",
+        worst < 0.1,
+        "< 100 ms",
+        None,
+    )
 
 
 # -- (3) SIGTERM ------------------------------------------------------------------------------
@@ -422,6 +440,14 @@ def part_sigterm(servers: list[Server], args: argparse.Namespace) -> None:
     for name, case, seconds, stored in rows:
         print(f"| {name} | {case} | {seconds:.2f} s | {'yes' if stored else 'no'} |")
     print()
+    slowest = max(seconds for name, _, seconds, _ in rows if name == servers[0].name)
+    verdict(
+        f"stalls, SIGTERM to exit ({servers[0].name}, slowest)",
+        f"{slowest:.2f} s",
+        slowest < 5,
+        "< 5 s",
+        None,
+    )
 
 
 def stop(server: Server) -> None:

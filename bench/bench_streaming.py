@@ -18,7 +18,9 @@ What it measures, in interleaved rounds (medians reported, min/max spread):
     subscribers reading every event of the run (``--reading``, default 10). Every subscription
     filters on the run's namespace (the run's events and nothing else). The subscribers are ONE
     client process (a subprocess of this script, on the load generator's CPU) running
-    grpc.aio. Reading ones: one channel per subscriber. Ones that do not read: ``--per-channel``
+    grpc.aio. Reading ones: one channel per subscriber, each asking for up to
+    ``--per-response`` events per response (1: one event per response, as clients written
+    before batches were; an older server sends one anyway). Ones that do not read: ``--per-channel``
     subscribers per channel, without BDP probing, so their flow-control windows stay at 64 KB;
     once each has received an event the process reads nothing more (the connections stay
     alive). Before such a run the producer sends ``--fill`` events of another name, which
@@ -62,7 +64,7 @@ import time
 import grpc
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, measure, median, spread
+from figures import Sample, measure, median, spread, verdict
 from load import channel, run_stream
 from run_options import add_parts, add_server_options, add_size, new_parser, parse, start_run
 from servers import (
@@ -81,9 +83,17 @@ from workload import Body, Workload, in_namespace, make_plain_workload, track_ev
 from kimball_grpc.core.events import Event
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import event_target_pb2 as target_pb
+from kimball_grpc.generated.kimball.v1 import event_target_pb2_grpc as target_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 WARMUP = "warmup"  # event name of the events that check every subscriber is live
+# The targets: ingestion with subscribers (reading everything, or not reading) at this
+# share of its rate with none; a target receiving this many events/s, with ingestion at
+# this share of its rate without a target.
+TARGET_WITH_SUBSCRIBERS = 0.80
+TARGET_FORWARDED = 50_000
+TARGET_WITH_TARGET = 0.90
 
 
 # -- child processes: subscribers and the forwarding target ------------------------------
@@ -108,9 +118,10 @@ def _answer(obj: object) -> None:
     sys.stdout.flush()
 
 
-async def run_subscribers(port: int, n: int, namespace: str) -> None:
-    """``n`` Subscribe streams on ``namespace``; answers 'ready' once each saw a warm-up event,
-    then on 'report' each stream's count, last receive time and largest ``dropped``."""
+async def run_subscribers(port: int, n: int, namespace: str, per_response: int) -> None:
+    """``n`` Subscribe streams on ``namespace``, asking for ``per_response`` events per
+    response; answers 'ready' once each saw a warm-up event, then on 'report' each stream's
+    count, last receive time and largest ``dropped``."""
     counts = [0] * n
     last = [0.0] * n
     dropped = [0] * n
@@ -121,14 +132,16 @@ async def run_subscribers(port: int, n: int, namespace: str) -> None:
     async def subscriber(i: int) -> None:
         clock = time.monotonic
         try:
-            async for response in subscribe(channels[i], namespace):
-                if response.event.event_name == WARMUP:
+            async for response in subscribe(channels[i], namespace, per_response):
+                # Several events per response, or (an older server) one.
+                got = response.events or [response]
+                if got[0].event.event_name == WARMUP:
                     if not live[i]:
                         live[i] = True
                         if all(live):
                             all_live.set()
                     continue
-                counts[i] += 1
+                counts[i] += len(got)
                 last[i] = clock()
                 if response.dropped > dropped[i]:
                     dropped[i] = response.dropped
@@ -170,22 +183,37 @@ async def run_idle_subscribers(port: int, n: int, namespace: str, per_channel: i
         await c.close()
 
 
-def subscribe(ch: grpc.aio.Channel, namespace: str) -> grpc.aio.UnaryStreamCall:
+def subscribe(
+    ch: grpc.aio.Channel, namespace: str, per_response: int = 0
+) -> grpc.aio.UnaryStreamCall:
     call = ch.unary_stream(
         f"{SERVICE}/Subscribe",
         request_serializer=pb.SubscribeRequest.SerializeToString,
         response_deserializer=pb.SubscribeResponse.FromString,
     )
-    return call(pb.SubscribeRequest(namespace=namespace), metadata=AUTH)
+    request = pb.SubscribeRequest(namespace=namespace, max_events_per_response=per_response)
+    return call(request, metadata=AUTH)
 
 
-class Target(integration_grpc.KimballIntegrationServicer):
+class Target(integration_grpc.KimballIntegrationServicer, target_grpc.KimballEventTargetServicer):
     """A forwarding target that counts the events it reads, as it reads them (a stream may
-    stay open for the whole run), and notes when it read the last one."""
+    stay open for the whole run), and notes when it read the last one. It serves
+    ``EventBatches`` too, as a target written for Kimball would; an older server, or
+    ``--no-batches``, sends on ``EventStream``, one event per message."""
 
-    def __init__(self) -> None:
+    def __init__(self, batches: bool) -> None:
         self.count = 0
         self.last = 0.0
+        self.batches = batches
+
+    async def EventBatches(self, request_iterator, context):
+        if not self.batches:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no batches")
+        clock = time.monotonic
+        async for message in request_iterator:
+            self.count += len(message.events)
+            self.last = clock()
+        return target_pb.EventBatchesResponse(code=0)
 
     async def EventStream(self, request_iterator, context):
         clock = time.monotonic
@@ -195,10 +223,11 @@ class Target(integration_grpc.KimballIntegrationServicer):
         return integration_pb.Response(code=0)
 
 
-async def run_target(port: int) -> None:
-    target = Target()
+async def run_target(port: int, batches: bool) -> None:
+    target = Target(batches)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     integration_grpc.add_KimballIntegrationServicer_to_server(target, server)
+    target_grpc.add_KimballEventTargetServicer_to_server(target, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     commands = await _commands()
@@ -346,7 +375,25 @@ def forwarding_report(
         rate_row("no target" if key == "none" else f"one target ({key})", rates, extra)
     print(
         "\n(server CPU per event: ingestion only without a target; with one, from the "
-        "producer's start until the target read the last event)"
+        "producer's start until the target read the last event)\n"
+    )
+    out = fwd_out["ours"]
+    received = median([x[0] for x in out])
+    cpu = median([x[4] for x in out]) * 1e6
+    verdict(
+        "forwarding, events/s one target received",
+        f"{received:,.0f} ev/s",
+        received >= TARGET_FORWARDED,
+        f">= {TARGET_FORWARDED:,} ev/s",
+        cpu,
+    )
+    ratio = median([s.rate for s in fwd["ours"]]) / base
+    verdict(
+        "forwarding, ingestion with one target vs none",
+        f"{ratio:.0%}",
+        ratio >= TARGET_WITH_TARGET,
+        f">= {TARGET_WITH_TARGET:.0%}",
+        cpu,
     )
     for key, out in fwd_out.items():
         sent = [x[2].get("kimball_forward_events_sent_total", 0.0) for x in out]
@@ -374,27 +421,40 @@ def main(argv: list[str] | None = None) -> int:
     add_size(fanout, "--not-reading", "10,100", "10,100", "counts of subscribers that do not read")
     add_size(fanout, "--reading", "10", "10", "counts of subscribers reading every event")
     add_size(fanout, "--per-channel", 10, 10, "subscribers that do not read, per channel")
+    add_size(
+        fanout,
+        "--per-response",
+        100,
+        100,
+        "events per Subscribe response a reading subscriber asks for (1: one per response)",
+    )
     add_size(fanout, "--fill", 2_000, 2_000, "events before a run with subscribers not reading")
     forwarding_options.add_argument(
         "--baseline", help="another checkout whose forwarding runs side by side"
     )
-    parser.add_argument("--subscribe", nargs=3, metavar=("PORT", "N", "NS"), help=argparse.SUPPRESS)
+    forwarding_options.add_argument(
+        "--no-batches",
+        action="store_true",
+        help="the target serves EventStream only, as targets written for the original",
+    )
+    parser.add_argument(
+        "--subscribe", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
+    )
     parser.add_argument(
         "--subscribe-idle", nargs=4, metavar=("PORT", "N", "NS", "K"), help=argparse.SUPPRESS
     )
     parser.add_argument("--serve-target", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parse(parser, argv)
     if args.subscribe:
-        asyncio.run(
-            run_subscribers(int(args.subscribe[0]), int(args.subscribe[1]), args.subscribe[2])
-        )
+        port, n, ns, per_response = args.subscribe
+        asyncio.run(run_subscribers(int(port), int(n), ns, int(per_response)))
         return 0
     if args.subscribe_idle:
         port, n, ns, per_channel = args.subscribe_idle
         asyncio.run(run_idle_subscribers(int(port), int(n), ns, int(per_channel)))
         return 0
     if args.serve_target is not None:
-        asyncio.run(run_target(args.serve_target))
+        asyncio.run(run_target(args.serve_target, not args.no_batches))
         return 0
     # A fan-out run: ("none", 0), ("not reading", n) or ("reading", n).
     fan_runs = [("none", 0)] + [
@@ -430,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
         target_port = free_port()
-        target = Child(["--serve-target", str(target_port)], client_cpu)
+        target = Child(
+            ["--serve-target", str(target_port)] + ["--no-batches"] * args.no_batches, client_cpu
+        )
         plain = ServerProcess("kimball serve", [], server_cpu, tmp)
         os.makedirs(os.path.join(tmp, "a"))  # each its own app.config
         plain.argv = kimball_argv(plain, os.path.join(tmp, "a", "data"))
@@ -472,9 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                         measure(plain, lambda: run_stream(plain.port, messages))
                     )
                     return
-                argv = ["--subscribe", str(plain.port), str(n), ns]
+                argv = ["--subscribe", str(plain.port), str(n), ns, str(args.per_response)]
                 if kind == "not reading":
-                    argv = ["--subscribe-idle", *argv[1:], str(args.per_channel)]
+                    argv = ["--subscribe-idle", *argv[1:4], str(args.per_channel)]
                 child = Child(argv, client_cpu)
                 try:
                     while True:  # until each subscriber saw a warm-up event
@@ -570,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     if fan_runs:
         print("## (1) Subscribe fan-out\n")
         print(
+            f"subscribers reading: up to {args.per_response} events per response; "
             f"subscribers not reading: {args.per_channel} per channel, BDP probing off; before "
             f"each such run {args.fill:,} larger events filled their windows and the server went "
             f"idle (took {median(fill_seconds) if fill_seconds else 0:.1f} s, median)\n"
@@ -602,6 +665,16 @@ def main(argv: list[str] | None = None) -> int:
                 extra += ["-", "-", "-", "-"]
             label = "none" if kind == "none" else f"{n} {kind}"
             rate_row(f"{label} | {run_events[run]:,}", rates, extra)
+        print()
+        for kind, n in fan_runs[1:]:
+            ratio = median([s.rate for s in fan[(kind, n)]]) / base
+            verdict(
+                f"fan-out, ingestion with {n} subscribers {kind} vs none",
+                f"{ratio:.0%}",
+                ratio >= TARGET_WITH_SUBSCRIBERS,
+                f">= {TARGET_WITH_SUBSCRIBERS:.0%}",
+                median([s.server_cpu / s.units * 1e6 for s in fan[(kind, n)]]),
+            )
     if fwd_names:
         forwarding_report(fwd, fwd_out, n_events)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -89,3 +89,23 @@ def row(name: str, samples: list[Sample], unit: str, per: str, reference: float 
         f"| {client:.0%} | {ratio} |"
     )
     return rate
+
+
+# -- verdicts -------------------------------------------------------------------------------
+
+
+def verdict(
+    label: str, result: str, passed: bool | None, target: str, cpu_us: float | None
+) -> None:
+    """One line ``bench/bench_all.py`` collects into its table: ``PASS``, ``MISS`` or (no
+    target: ``passed`` None) ``info``, the figure, its result and target, and the server's
+    CPU per event behind a rate (``cpu_us``, when the figure is one). ``label`` holds no
+    ": " (the first one ends it)."""
+    mark = "info" if passed is None else "PASS" if passed else "MISS"
+    cpu = "" if cpu_us is None else f" [server CPU {cpu_us:,.1f} µs/event]"
+    print(f"{mark}  {label}: {result} (target {target}){cpu}")
+
+
+def cpu_per_unit(samples: list[Sample]) -> float:
+    """The median server CPU per event (or call) of ``samples``, in µs."""
+    return median([s.server_cpu / s.units * 1e6 for s in samples])

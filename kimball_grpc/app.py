@@ -149,7 +149,7 @@ async def start_server(settings: Settings) -> RunningServer:
             metrics.lose_feature_usage,
             settings.max_response_bytes,
         ),
-        front.handlers,
+        front.handlers.serializing(KimballService.SERIALIZED_RESPONSES),
     )
     integration_grpc.add_KimballIntegrationServicer_to_server(
         KimballIntegration(engine, ingestor), front.handlers

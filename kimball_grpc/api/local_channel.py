@@ -31,16 +31,37 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 class HandlerRecorder:
     """Stands in for a server in ``add_*Servicer_to_server``: registers there and keeps a copy."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        generic_handlers: list[grpc.GenericRpcHandler] | None = None,
+        serialized_by_servicer: frozenset[str] = frozenset(),
+    ) -> None:
         self._server = server
-        self.generic_handlers: list[grpc.GenericRpcHandler] = []
+        self.generic_handlers = [] if generic_handlers is None else generic_handlers
+        self._serialized_by_servicer = serialized_by_servicer
+
+    def serializing(self, methods: frozenset[str]) -> HandlerRecorder:
+        """Registers like this one, but the servicer's ``methods`` (method names) send their
+        responses' bytes themselves (no response serializer)."""
+        return HandlerRecorder(self._server, self.generic_handlers, methods)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self.generic_handlers.extend(handlers)
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        self._server.add_registered_method_handlers(service, handlers)
+        # The server looks registered methods up first: the generic handlers' copies of
+        # these (with a serializer) serve only LocalChannel, which takes no server streams.
+        self._server.add_registered_method_handlers(
+            service,
+            {
+                name: handler._replace(response_serializer=None)
+                if name in self._serialized_by_servicer
+                else handler
+                for name, handler in handlers.items()
+            },
+        )
 
 
 @dataclass(frozen=True)

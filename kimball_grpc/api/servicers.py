@@ -25,7 +25,10 @@ from kimball_grpc.core.errors import (
 )
 from kimball_grpc.core.events import Event
 from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
-from kimball_grpc.core.limits import MAX_SUBSCRIPTION_EVENT_NAMES
+from kimball_grpc.core.limits import (
+    MAX_EVENTS_PER_SUBSCRIBE_RESPONSE,
+    MAX_SUBSCRIPTION_EVENT_NAMES,
+)
 from kimball_grpc.core.names import check_name, check_namespace
 from kimball_grpc.core.paging import (
     PageRequest,
@@ -217,6 +220,9 @@ async def evaluate_features(
 class KimballService(pb_grpc.KimballServiceServicer):
     """The versioned API, ``kimball.v1.KimballService``."""
 
+    # Methods that yield their responses' bytes: register them without a serializer.
+    SERIALIZED_RESPONSES = frozenset({"Subscribe"})
+
     def __init__(
         self,
         engine: Engine,
@@ -293,10 +299,20 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return proto_mapping.nudges_to_proto(nudges, request.goal, request.user_id)
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Context):
+        # Yields each response's bytes (SERIALIZED_RESPONSES): events encoded once go out
+        # to every subscriber as they are.
         if len(request.event_names) > MAX_SUBSCRIPTION_EVENT_NAMES:
             raise InvalidArgument(
                 f"at most {MAX_SUBSCRIPTION_EVENT_NAMES} event names", key="event_names"
             )
+        if request.max_events_per_response > MAX_EVENTS_PER_SUBSCRIBE_RESPONSE:
+            raise InvalidArgument(
+                f"max_events_per_response is at most {MAX_EVENTS_PER_SUBSCRIBE_RESPONSE}, "
+                f"not {request.max_events_per_response}",
+                key="max_events_per_response",
+            )
+        limit = max(1, request.max_events_per_response)
+        batched = request.max_events_per_response > 1
         event_filter = EventFilter(
             namespace=check_namespace(request.namespace) if request.namespace else "",
             event_names=frozenset(check_name("event_names", n) for n in request.event_names),
@@ -312,18 +328,24 @@ class KimballService(pb_grpc.KimballServiceServicer):
                 after_sequence=str(request.after_sequence),
                 last_sequence=str(head),
             )
-        subscription = self.hub.subscribe(event_filter)
+        subscription = self.hub.subscribe(event_filter, after=request.after_sequence)
         # From here on every accepted event reaches the ring; the log holds the earlier ones.
         live_from = self.ingestor.last_sequence
+        wire = proto_mapping.subscribe_response_wire
         try:
             if request.HasField("after_sequence") and request.after_sequence < live_from:
+                replayed: list[bytes] = []
                 async for accepted in self.ingestor.replay(request.after_sequence, live_from):
                     if event_filter.matches(accepted.event):
-                        yield proto_mapping.accepted_to_proto(accepted, 0, replayed=True)
+                        replayed.append(proto_mapping.subscribe_entry(accepted, replayed=True))
+                        if len(replayed) == limit:
+                            yield wire(replayed, 0, batched)
+                            replayed = []
+                if replayed:
+                    yield wire(replayed, 0, batched)
             while True:
-                accepted = await subscription.next()
-                if accepted.sequence > request.after_sequence:
-                    yield proto_mapping.accepted_to_proto(accepted, subscription.dropped)
+                entries = await subscription.next(limit)
+                yield wire(entries, subscription.dropped, batched)
         finally:
             self.hub.unsubscribe(subscription)
 

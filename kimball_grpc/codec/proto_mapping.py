@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import MutableSequence
+from collections.abc import MutableSequence, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -88,6 +88,44 @@ def accepted_to_proto(
         user_hash=accepted.user_hash.hex(),
         replayed=replayed,
     )
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# The tags of SubscribeResponse's fields `dropped` (3, a varint) and `events` (6, a
+# length-delimited message): protobuf parses fields in any order, so a response is put
+# together from its events' shared bytes, without a message built per subscriber.
+_DROPPED_TAG = b"\x18"
+_EVENTS_TAG = b"\x32"
+
+
+def subscribe_entry(accepted: AcceptedEvent, replayed: bool = False) -> bytes:
+    """``accepted`` encoded once for every subscriber: an element of ``SubscribeResponse``'s
+    ``events`` (its tag, its length, then a ``SubscribeResponse`` with no ``dropped``)."""
+    wire = accepted_to_proto(accepted, 0, replayed).SerializeToString()
+    return _EVENTS_TAG + _varint(len(wire)) + wire
+
+
+def subscribe_response_wire(entries: Sequence[bytes], dropped: int, batched: bool) -> bytes:
+    """The bytes of one ``SubscribeResponse`` from ``subscribe_entry`` results: all of them
+    in ``events`` when ``batched``, else the one event in the response's own fields; with
+    ``dropped`` when it is not 0."""
+    if batched:
+        body = b"".join(entries)
+    else:
+        (entry,) = entries
+        start = 1  # after the tag: the length's varint, then the event's own fields
+        while entry[start] & 0x80:
+            start += 1
+        body = entry[start + 1 :]
+    return body + _DROPPED_TAG + _varint(dropped) if dropped else body
 
 
 def add_counter(out: MutableSequence[pb.Counter], counter: Counter, goals: AbstractSet[str]) -> int:

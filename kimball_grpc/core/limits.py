@@ -14,6 +14,13 @@ MAX_RELAYED_EVENTS = 100_000  # events in one message of a sidecar to the api se
 DEFAULT_SPOOL_MAX_EVENTS = 10_000_000  # events a sidecar's spool holds, undelivered
 MAX_EVENTS_PER_PREDICTION = 1_000  # events named in one prediction request
 MAX_SUBSCRIPTION_EVENT_NAMES = 1_000  # event names one subscription filters on
+MAX_EVENTS_PER_SUBSCRIBE_RESPONSE = 1_000  # events a subscriber may ask for per response
+# A response of several events stops growing past this size (far below a client's 4 MB
+# receive limit, whatever the events' sizes).
+SUBSCRIBE_RESPONSE_BYTES = 1024 * 1024
+# A subscriber asking for several events per response gets those that arrive this soon
+# after the first in the same response.
+SUBSCRIBE_BATCH_WAIT_S = 0.005
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one gRPC request message (and one REST body)
 # One answer of a paged read (analytics, the lists) and the gRPC send limit: the setting
 # max_response_bytes, from at least MAX_MESSAGE_BYTES (every other answer, such as the

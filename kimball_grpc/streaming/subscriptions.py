@@ -12,18 +12,29 @@ read was overwritten: it goes on from the oldest event held, and its
 from its marks, or, for events overwritten before it looked, from the number
 of events published per name). So a slow subscriber costs publishing nothing,
 and it can see what it missed.
+
+What goes out is encoded once per event, whatever the number of subscribers: the
+first subscriber that takes an event encodes it (``subscribe_entry``) and the
+ring keeps the bytes beside the event for the others; a subscriber takes the
+matching events held, up to its batch, in one step, and they go out as one
+response.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bitarray import bitarray
 
+from kimball_grpc.codec.proto_mapping import subscribe_entry
 from kimball_grpc.core.events import AcceptedEvent, Event
-from kimball_grpc.core.limits import DEFAULT_SUBSCRIBER_BUFFER_EVENTS
+from kimball_grpc.core.limits import (
+    DEFAULT_SUBSCRIBER_BUFFER_EVENTS,
+    SUBSCRIBE_BATCH_WAIT_S,
+    SUBSCRIBE_RESPONSE_BYTES,
+)
 
 # Events appended to the ring, by namespace and then event name.
 Appended = Mapping[str, Mapping[str, int]]
@@ -70,8 +81,9 @@ class EventFilter:
 class Subscription:
     """One subscriber: its cursor in the hub's ring, and which events there match."""
 
-    def __init__(self, hub: SubscriptionHub, event_filter: EventFilter) -> None:
+    def __init__(self, hub: SubscriptionHub, event_filter: EventFilter, after: int) -> None:
         self.filter = event_filter
+        self.after = after  # events with sequence numbers up to this are skipped
         self._hub = hub
         self.cursor = hub.head  # the position of the next event to read
         self.scanned = hub.head  # positions before this were looked at
@@ -89,15 +101,24 @@ class Subscription:
         self._hub.catch_up(self)
         return self.lost + self.unseen
 
-    def poll(self) -> AcceptedEvent | None:
-        """The next matching event, if there is one."""
-        return self._hub.take(self)
+    def poll(self, limit: int = 1, room: int = SUBSCRIBE_RESPONSE_BYTES) -> list[bytes]:
+        """The next matching events held, at most ``limit`` (and about ``room`` bytes),
+        each as ``subscribe_entry`` encodes it; none if none is held."""
+        return self._hub.take(self, limit, room)
 
-    async def next(self) -> AcceptedEvent:
-        """The next matching event, waiting for one."""
-        while (accepted := self.poll()) is None:
+    async def next(self, limit: int = 1) -> list[bytes]:
+        """Like ``poll``, waiting for at least one event. Asked for several, it takes what
+        arrives within ``SUBSCRIBE_BATCH_WAIT_S`` of the first too, up to ``limit``: under
+        a steady flow of events, fewer, larger answers (each costs the server about the
+        same whatever its size)."""
+        while not (entries := self.poll(limit)):
             await self._hub.arrived.wait()
-        return accepted
+        if len(entries) < limit:
+            await asyncio.sleep(SUBSCRIBE_BATCH_WAIT_S)
+            room = SUBSCRIBE_RESPONSE_BYTES - sum(map(len, entries))
+            if room > 0:
+                entries += self.poll(limit - len(entries), room)
+        return entries
 
 
 class SubscriptionHub:
@@ -113,12 +134,16 @@ class SubscriptionHub:
     def _empty(self) -> None:
         """Forget the ring (no subscription holds a position in it)."""
         self._ring: list[AcceptedEvent] = []  # grows to max_queue, then overwritten in turn
+        self._entries: list[bytes | None] = []  # by place in the ring: its event encoded
+        # Ring places looked at for a filter since the last publish: (filter, start, end).
+        self._matched: dict[tuple[EventFilter, int, int], bitarray] = {}
         self.head = 0  # the position the next event takes (positions count from the reset)
         self._appended: dict[str, dict[str, int]] = {}
 
-    def subscribe(self, event_filter: EventFilter) -> Subscription:
-        """A new subscription: it reads what is published from now on."""
-        subscription = Subscription(self, event_filter)
+    def subscribe(self, event_filter: EventFilter, after: int = -1) -> Subscription:
+        """A new subscription: it reads what is published from now on, but for events with
+        sequence numbers up to ``after``."""
+        subscription = Subscription(self, event_filter, after)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -133,13 +158,15 @@ class SubscriptionHub:
 
     def publish(self, accepted: Sequence[AcceptedEvent]) -> None:
         """Append ``accepted`` to the ring, each event once, and wake the readers."""
-        ring, size, appended = self._ring, self.max_queue, self._appended
+        ring, entries, size, appended = self._ring, self._entries, self.max_queue, self._appended
         head = self.head
         for item in accepted:
             if head < size:
                 ring.append(item)
+                entries.append(None)
             else:
                 ring[head % size] = item
+                entries[head % size] = None
             head += 1
             event = item.event
             by_name = appended.get(event.namespace)
@@ -147,6 +174,7 @@ class SubscriptionHub:
                 by_name = appended[event.namespace] = {}
             by_name[event.event_name] = by_name.get(event.event_name, 0) + 1
         self.head = head
+        self._matched.clear()
         self.arrived.set()  # the waiters are woken; the flag is not needed after that
         self.arrived.clear()
 
@@ -156,13 +184,53 @@ class SubscriptionHub:
             return self.head
         return event_filter.count(self._appended)
 
-    def take(self, subscription: Subscription) -> AcceptedEvent | None:
-        """The next matching event for ``subscription``, if one is held."""
+    def take(self, subscription: Subscription, limit: int, room: int) -> list[bytes]:
+        """The next matching events held for ``subscription``, at most ``limit`` (and about
+        ``room`` bytes), encoded."""
         self.catch_up(subscription)
-        start, end = subscription.cursor, subscription.scanned
-        found = self._find(subscription.marks, start, end)
-        subscription.cursor = end if found is None else found + 1
-        return None if found is None else self._ring[found % self.max_queue]
+        marks = subscription.marks
+        taken: list[bytes] = []
+        position = subscription.cursor
+        for a, b in self._places(position, subscription.scanned):
+            end = min(b, a + limit - len(taken))
+            if subscription.after < 0 and marks.count(1, a, end) == end - a:
+                # Every one matches (a subscriber of everything): taken as a slice.
+                places: Iterable[int] = range(a, end)
+                run = self._encoded(a, end)
+                if room - sum(map(len, run)) > 0:
+                    taken += run
+                    room -= sum(map(len, run))
+                    position += end - a
+                    if len(taken) == limit:
+                        subscription.cursor = position
+                        return taken
+                    continue
+            else:
+                places = marks.search(1, a, b)
+            for place in places:
+                (entry,) = self._encoded(place, place + 1)
+                if subscription.after >= 0:  # just after a read-back from the log
+                    if self._ring[place].sequence <= subscription.after:
+                        continue
+                    subscription.after = -1  # sequence numbers grow: no more to skip
+                taken.append(entry)
+                room -= len(entry)
+                if len(taken) == limit or room <= 0:
+                    subscription.cursor = position + place - a + 1
+                    return taken
+            position += b - a
+        subscription.cursor = position
+        return taken
+
+    def _encoded(self, start: int, end: int) -> list[bytes]:
+        """The encoded events of ring places ``start`` to ``end``, encoding those not yet."""
+        entries = self._entries[start:end]
+        if None in entries:
+            ring = self._ring
+            for i, entry in enumerate(entries):
+                if entry is None:
+                    entries[i] = self._entries[start + i] = subscribe_entry(ring[start + i])
+        return entries  # type: ignore[return-value]  # none is None any more
 
     def catch_up(self, subscription: Subscription) -> None:
         """Count what the ring overwrote before ``subscription`` read it, and look at the
@@ -176,14 +244,11 @@ class SubscriptionHub:
             subscription.cursor = oldest
         if scanned == head:
             return
-        ring, size, marks = self._ring, self.max_queue, subscription.marks
-        matches = subscription.filter.matches
-        found = 0
-        for position in range(max(scanned, oldest), head):
-            match = matches(ring[position % size].event)
-            marks[position % size] = match
-            found += match
-        subscription.found += found
+        marks = subscription.marks
+        for a, b in self._places(max(scanned, oldest), head):
+            matching = self._matching(subscription.filter, a, b)
+            marks[a:b] = matching
+            subscription.found += matching.count()
         subscription.scanned = head
         if scanned < oldest:
             # Some were overwritten before it looked (it did not read while the ring went
@@ -191,6 +256,21 @@ class SubscriptionHub:
             subscription.unseen = (
                 self.matched(subscription.filter) - subscription.matched_before - subscription.found
             )
+
+    def _matching(self, event_filter: EventFilter, start: int, end: int) -> bitarray:
+        """Which events of ring places ``start`` to ``end`` match ``event_filter``: looked at
+        once per publish for all subscribers with the same filter."""
+        key = (event_filter, start, end)
+        matching = self._matched.get(key)
+        if matching is None:
+            if event_filter.matches_all:
+                matching = bitarray(end - start)
+                matching.setall(1)
+            else:
+                matches = event_filter.matches
+                matching = bitarray([matches(item.event) for item in self._ring[start:end]])
+            self._matched[key] = matching
+        return matching
 
     def _places(self, start: int, end: int) -> list[tuple[int, int]]:
         """The ring's places of positions ``start`` to ``end`` (at most one round), as
@@ -205,13 +285,3 @@ class SubscriptionHub:
     def _count(self, marks: bitarray, start: int, end: int) -> int:
         """How many of positions ``start`` to ``end`` are marked."""
         return sum(marks.count(1, a, b) for a, b in self._places(start, end))
-
-    def _find(self, marks: bitarray, start: int, end: int) -> int | None:
-        """The first marked position from ``start`` to ``end``."""
-        position = start
-        for a, b in self._places(start, end):
-            place = marks.find(1, a, b)
-            if place >= 0:
-                return position + place - a
-            position += b - a
-        return None

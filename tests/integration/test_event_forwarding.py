@@ -33,6 +33,8 @@ from kimball_grpc.core.events import AcceptedEvent, Event, prepare_event
 from kimball_grpc.core.records import EventRecord
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import event_target_pb2 as target_pb
+from kimball_grpc.generated.kimball.v1 import event_target_pb2_grpc as target_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.streaming.event_forwarding import EventForwarder, EventForwarding
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
@@ -88,6 +90,26 @@ class Target(integration_grpc.KimballIntegrationServicer):
         return ipb.Response(code=0)
 
 
+class BatchTarget(Target, target_grpc.KimballEventTargetServicer):
+    """A target that also serves ``KimballEventTarget.EventBatches``: it records the events
+    of each batch stream as ``Target`` does, and the size of every message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []  # events per message read
+        self.probes = 0  # calls with no message (Kimball asking whether it is served)
+
+    async def EventBatches(self, request_iterator, context) -> target_pb.EventBatchesResponse:
+        stream: list[Received] = []
+        async for message in request_iterator:
+            if not stream:
+                self.streams.append(stream)
+            self.batches.append(len(message.events))
+            stream.extend((e.namespace, e.name, e.key) for e in message.events)
+        self.probes += not stream
+        return target_pb.EventBatchesResponse(code=0)
+
+
 ServerOptions = Sequence[tuple[str, int]]
 # A target's flow-control window stays at its first 64 KiB: a target that stops reading
 # then holds a known, small amount of written events.
@@ -106,6 +128,8 @@ class TargetServer:
     async def start(self) -> TargetServer:
         self.server = grpc.aio.server(options=self.options)
         integration_grpc.add_KimballIntegrationServicer_to_server(self.target, self.server)
+        if isinstance(self.target, BatchTarget):
+            target_grpc.add_KimballEventTargetServicer_to_server(self.target, self.server)
         self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
         return self
@@ -219,6 +243,30 @@ async def test_events_arrive_in_order_with_their_fields(servers, forwardings) ->
     assert forwarding.metric("kimball_forward_queue_events", target_label) == 0
     assert forwarding.metric("kimball_forward_reconnects_total", target_label) == 0
     assert forwarding[0].dropped == 0
+
+
+async def test_a_target_serving_event_batches_gets_every_event_in_batches(
+    servers, forwardings
+) -> None:
+    target = BatchTarget()
+    server = await servers(target)
+    forwarding = forwardings([("127.0.0.1", server.port)], **FAST)
+    events = accepted(1, 2500)
+    for start in range(0, len(events), 500):
+        forwarding.offer(events[start : start + 500])
+    await until(lambda: len(target.received) >= len(events), "all events at the target")
+    assert target.received == expected(events)  # in order, each once
+    assert (target.probes, target.calls) == (1, 1)  # asked once, then one stream
+    assert max(target.batches) <= 1000 and len(target.batches) < len(events) / 100
+    assert forwarding[0].sent == len(events)
+    # An event that cannot be encoded is dropped alone, not with its batch.
+    forwarding.offer(
+        [*accepted(2501, 2), AcceptedEvent(2503, Event(event_name="e", user_id="\ud800"))]
+    )
+    forwarding.offer(accepted(2504, 2))
+    await until(lambda: len(target.received) >= len(events) + 4, "the encodable ones")
+    assert target.received[len(events) :] == expected(accepted(2501, 2) + accepted(2504, 2))
+    assert (forwarding[0].sent, forwarding[0].dropped_unencodable) == (len(events) + 4, 1)
 
 
 async def test_every_target_gets_every_event(servers, forwardings) -> None:

@@ -77,6 +77,40 @@ async def test_resuming_from_the_last_sequence_number_goes_on_live(stub, server)
     call.cancel()
 
 
+# -- several events per response ---------------------------------------------------------
+
+
+async def test_a_subscriber_asking_for_batches_gets_every_event_in_few_responses(stub, server):
+    call = stub.Subscribe(pb.SubscribeRequest(namespace="shop", max_events_per_response=100))
+    plain = stub.Subscribe(pb.SubscribeRequest(namespace="shop"))  # one event per response
+    await subscribers(server, 2)
+    names = [f"e{i}" for i in range(250)]
+    await stub.TrackEvents(events(names, "shop"))
+    await stub.TrackEvents(events(["other"], "blog"))
+    responses = []
+    while sum(len(r.events) for r in responses) < len(names):
+        responses.append(await asyncio.wait_for(call.read(), 5))
+    assert [len(r.events) for r in responses] == [100, 100, 50]
+    got = [e for r in responses for e in r.events]
+    assert [e.event.event_name for e in got] == names
+    assert [e.sequence for e in got] == sorted(e.sequence for e in got)
+    assert all(e.user_hash and not e.dropped and not e.replayed for e in got)
+    assert all(not r.HasField("event") and r.dropped == 0 for r in responses)
+    one = [await asyncio.wait_for(plain.read(), 5) for _ in range(3)]
+    assert [(r.event.event_name, len(r.events)) for r in one] == [("e0", 0), ("e1", 0), ("e2", 0)]
+    assert one[0].sequence == got[0].sequence and one[0].user_hash == got[0].user_hash
+    call.cancel()
+    plain.cancel()
+
+
+@pytest.mark.parametrize("bad", [1001, 2**32 - 1])
+async def test_more_events_per_response_than_the_limit_is_refused(stub, server, bad):
+    call = stub.Subscribe(pb.SubscribeRequest(max_events_per_response=bad), timeout=5)
+    error = await expect(call.read(), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.details() == f"max_events_per_response is at most 1000, not {bad}"
+    assert server.hub.subscriber_count == 0
+
+
 # -- a subscriber that falls behind ------------------------------------------------------
 
 
@@ -114,6 +148,30 @@ class TestFallingBehind:
         assert [a.event.event_name for a in again] == shop
         assert all(a.replayed and a.dropped == 0 for a in again)
         assert [a.sequence for a in again] == sorted(a.sequence for a in again)
+
+    async def test_batches_carry_what_was_dropped_and_resume_from_the_log(self, stub, server):
+        call = stub.Subscribe(pb.SubscribeRequest(namespace="shop", max_events_per_response=10))
+        await subscribers(server, 1)
+        await stub.TrackEvents(events(["first"], "shop"))
+        (first,) = (await asyncio.wait_for(call.read(), 5)).events
+        await stub.TrackEvents(events([f"e{i}" for i in range(30)], "shop"))
+        late = await asyncio.wait_for(call.read(), 5)
+        # The ring holds the last 5: the 25 before them are dropped.
+        assert ([e.event.event_name for e in late.events], late.dropped) == (
+            ["e25", "e26", "e27", "e28", "e29"],
+            25,
+        )
+        call.cancel()
+        resumed = stub.Subscribe(
+            pb.SubscribeRequest(
+                namespace="shop", after_sequence=first.sequence, max_events_per_response=10
+            )
+        )
+        again = [await asyncio.wait_for(resumed.read(), 5) for _ in range(3)]
+        resumed.cancel()
+        assert [len(r.events) for r in again] == [10, 10, 10]
+        assert [e.event.event_name for r in again for e in r.events] == [f"e{i}" for i in range(30)]
+        assert all(e.replayed for r in again for e in r.events)
 
 
 # -- shutdown ----------------------------------------------------------------------------
