@@ -241,3 +241,19 @@ def test_history_is_bounded_per_flag_and_for_deleted_flags():
     with pytest.raises(NotFound):
         flags.changes("d0")
     assert len(flags.changes(f"d{MAX_DELETED_HISTORIES + 2}")) == 2
+
+
+def test_the_example_in_the_api_docs_answers_as_shown():
+    spec = check_spec(
+        FeatureSpec(
+            "new_pricing",
+            rollout_percentage=30,
+            stickiness="org_id",
+            variants=(Variant("monthly", 500), Variant("yearly", 500)),
+        )
+    )
+    hooli, acme = {"user_id": "u1", "org_id": "hooli"}, {"user_id": "u1", "org_id": "acme"}
+    assert normalized_value("new_pricing", "hooli", 100, 0) == 27
+    assert normalized_value("new_pricing", "acme", 100, 0) == 90
+    assert spec.evaluate(hooli, NOW, never) is True and spec.variant(hooli, never) == "yearly"
+    assert spec.evaluate(acme, NOW, never) is False
