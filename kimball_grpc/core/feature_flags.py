@@ -418,6 +418,11 @@ class FeatureFlags:
             return []
         return list(reversed(changes))
 
+    @property
+    def history_changes(self) -> int:
+        """The changes held in every flag's history (bounded, for a metric)."""
+        return sum(len(changes) for changes in self.history.values())
+
     def histories(self) -> dict[str, list[SpecChange]]:
         """Every flag's changes, oldest first (a copy, for a snapshot)."""
         return {name: list(changes) for name, changes in self.history.items()}

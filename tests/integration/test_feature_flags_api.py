@@ -12,6 +12,7 @@ import grpc
 import pytest
 from support.grpc_errors import error_metadata
 from support.in_process import crash, local_settings, running, started, stub_of
+from support.metrics import samples
 
 from kimball_grpc.api import ingest
 from kimball_grpc.codec.proto_mapping import flags_to_proto
@@ -378,4 +379,6 @@ async def test_history_survives_a_restart_from_a_snapshot_and_the_log(tmp_path):
         before = server.engine.flags.changes("a")
     async with running(settings) as again:
         assert again.engine.flags.changes("a") == before
+        held = samples(again.metrics.registry)[("kimball_feature_spec_history_changes", ())]
     assert [c.token_id for c in before] == ["2222cccc", "1111bbbb", "0000aaaa"]
+    assert held == 3
