@@ -214,7 +214,7 @@ class Metrics:
 
 
 class _EngineCollector(Collector):
-    """``kimball_counters``, ``kimball_feature_spec_history_changes`` and
+    """``kimball_counters``, the flag histories' changes and size, and
     ``memory_remaining_bytes``, computed when scraped."""
 
     def __init__(self, engine: Engine | None, memory_limit_bytes: int | None) -> None:
@@ -233,6 +233,12 @@ class _EngineCollector(Collector):
                 "Feature spec changes held in the flags' histories (the last 100 per flag; "
                 "the histories of the last 1,000 deleted flags).",
                 value=self._engine.flags.history_changes,
+            )
+            yield GaugeMetricFamily(
+                "kimball_feature_spec_history_size_bytes",
+                "About the bytes the flags' histories take (at most 16 MiB: past it, the "
+                "oldest changes are dropped).",
+                value=self._engine.flags.history_size,
             )
         if self._limit is not None:
             yield GaugeMetricFamily(

@@ -31,6 +31,7 @@ Plain Python, no I/O: the clock and the random draw are passed in.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +57,10 @@ STRATEGY_SEED = 0  # Unleash's seeds: the rollout bucket and the variant bucket
 VARIANT_SEED = 86028157
 MAX_HISTORY = 100  # changes kept per flag, the oldest dropped first
 MAX_DELETED_HISTORIES = 1_000  # deleted flags whose history is kept, the oldest dropped
+# The size of every history together (as ``spec_size`` counts it): past it, the oldest
+# changes of the flags changed least recently are dropped. 100 changes of a set of specs
+# at its 3 MiB limit would be 300 MiB of memory and snapshot.
+MAX_HISTORY_SIZE = 16 * 1024 * 1024
 ANONYMOUS = "anonymous"  # the token id of a change made without a token
 
 Json = Any
@@ -367,16 +372,31 @@ class SpecChange:
     old: FeatureSpec | None
     new: FeatureSpec | None
 
+    @property
+    def size(self) -> int:
+        """About the bytes this change takes (``spec_size`` of both specs)."""
+        return len(self.token_id) + sum(spec_size(s) for s in (self.old, self.new) if s) + 16
+
+
+def spec_size(spec: FeatureSpec) -> int:
+    """About the bytes a spec takes: its texts, JSON values and fixed fields."""
+    texts = [spec.name, spec.stickiness, spec.group_id]
+    texts += [c.property + json.dumps(c.value) for c in spec.user]
+    texts += [v.name + v.payload for v in spec.variants]
+    return sum(len(t) for t in texts) + 8 * (len(spec.user) + len(spec.variants)) + 32
+
 
 @dataclass
 class FeatureFlags:
     """Every spec, by name, a version that goes up with each change (for copies), and each
     flag's recent changes (``MAX_HISTORY`` per flag; ``MAX_DELETED_HISTORIES`` deleted
-    flags keep theirs)."""
+    flags keep theirs; ``MAX_HISTORY_SIZE`` for all of them)."""
 
     specs: dict[str, FeatureSpec] = field(default_factory=dict)
     version: int = 0
+    # By flag, the least recently changed first; each oldest change first.
     history: dict[str, deque[SpecChange]] = field(default_factory=dict)
+    history_size: int = 0  # the sum of the changes' sizes
 
     def check_room(self, name: str, maximum: int) -> None:
         """``LimitExceeded`` if a new spec ``name`` would make more than ``maximum`` specs
@@ -398,16 +418,28 @@ class FeatureFlags:
             self._forget_deleted()
 
     def _record(self, name: str, change: SpecChange) -> None:
-        changes = self.history.pop(name, None)  # re-inserted: the last changed come last
-        if changes is None:
-            changes = deque(maxlen=MAX_HISTORY)
-        changes.append(change)
+        changes = self.history.pop(name, None) or deque()  # re-inserted: changed last
         self.history[name] = changes
+        changes.append(change)
+        self.history_size += change.size
+        if len(changes) > MAX_HISTORY:
+            self.history_size -= changes.popleft().size
+        while self.history_size > MAX_HISTORY_SIZE:
+            oldest = next(iter(self.history))  # the flag changed least recently
+            if oldest == name and len(changes) == 1:
+                break  # the change just made is kept, whatever its size
+            self._drop_oldest(oldest)
+
+    def _drop_oldest(self, name: str) -> None:
+        changes = self.history[name]
+        self.history_size -= changes.popleft().size
+        if not changes:
+            del self.history[name]
 
     def _forget_deleted(self) -> None:
         deleted = [name for name in self.history if name not in self.specs]
         for name in deleted[: max(0, len(deleted) - MAX_DELETED_HISTORIES)]:
-            del self.history[name]
+            self.history_size -= sum(c.size for c in self.history.pop(name))
 
     def changes(self, name: str) -> list[SpecChange]:
         """The recorded changes of flag ``name``, newest first; ``NotFound`` if the flag
@@ -429,9 +461,8 @@ class FeatureFlags:
 
     def restore_histories(self, histories: Mapping[str, Iterable[SpecChange]]) -> None:
         """Take ``histories`` (as ``histories`` gave them) as the recorded changes."""
-        self.history = {
-            name: deque(changes, maxlen=MAX_HISTORY) for name, changes in histories.items()
-        }
+        self.history = {name: deque(changes) for name, changes in histories.items()}
+        self.history_size = sum(c.size for changes in self.history.values() for c in changes)
 
     def get(self, name: str) -> FeatureSpec:
         spec = self.specs.get(name)

@@ -13,6 +13,7 @@ from kimball_grpc.codec.state_codec import (
     spec_from_state,
     spec_to_state,
 )
+from kimball_grpc.core import feature_flags
 from kimball_grpc.core.errors import InvalidArgument, NotFound
 from kimball_grpc.core.feature_flags import (
     MAX_DELETED_HISTORIES,
@@ -257,3 +258,20 @@ def test_the_example_in_the_api_docs_answers_as_shown():
     assert normalized_value("new_pricing", "acme", 100, 0) == 90
     assert spec.evaluate(hooli, NOW, never) is True and spec.variant(hooli, never) == "yearly"
     assert spec.evaluate(acme, NOW, never) is False
+
+
+def test_history_is_bounded_in_size_dropping_the_least_recently_changed_first(monkeypatch):
+    monkeypatch.setattr(feature_flags, "MAX_HISTORY_SIZE", 20_000)
+    big = (UserCondition("country", "in", [f"c{i:04d}" for i in range(500)]),)
+    flags = FeatureFlags()
+    flags.put(FeatureSpec("old"), NOW, "first")
+    for i in range(6):
+        flags.put(FeatureSpec("big", bool(i % 2), user=big), NOW, str(i))
+    assert flags.history_size <= 20_000
+    assert "old" not in flags.history  # its change was the oldest of the least recent flag
+    kept = flags.changes("big")
+    assert 1 < len(kept) < 6 and kept[0].token_id == "5"  # the newest kept, the oldest gone
+    assert flags.history_size == sum(c.size for c in kept)
+    flags.put(FeatureSpec("huge", user=(UserCondition("p", "in", ["x" * 30_000]),)), NOW)
+    assert [c.new.name for c in flags.changes("huge")] == ["huge"]  # kept, alone
+    assert flags.history_size == flags.changes("huge")[0].size
