@@ -193,7 +193,12 @@ def feature_spec_history_response(
         ("GetFeatureSpecHistory", request.name), request.page_size, request.page_token
     )
     changes = flags.changes(request.name)
-    start = 0 if paging.after is None else int(paging.after[0]) + 1
+    start = 0
+    if paging.after is not None:
+        after = paging.after[0]
+        if not (after.isascii() and after.isdigit() and len(after) < 10):  # hand-made
+            raise InvalidArgument("page_token is not a page of this history", page_token="")
+        start = int(after) + 1
     response = pb.FeatureSpecHistory()
     response.next_page_token = yield from page(
         ((i, changes[i]) for i in range(start, len(changes))),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -366,6 +367,11 @@ async def test_history_over_rest_and_its_errors(http):
         assert response.status == 404
     async with http.get("/v0/featureSpecs/f/history", params={"page_size": "-1"}) as response:
         assert response.status == 400
+    scope = hashlib.sha256("\x1f".join(("GetFeatureSpecHistory", "f")).encode()).hexdigest()
+    forged = base64.urlsafe_b64encode(json.dumps([scope[:16], "x"]).encode()).decode()
+    async with http.get("/v0/featureSpecs/f/history", params={"page_token": forged}) as response:
+        assert response.status == 400
+        assert "not a page of this history" in await response.text()
 
 
 async def test_history_survives_a_restart_from_a_snapshot_and_the_log(tmp_path):
