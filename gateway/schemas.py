@@ -192,7 +192,8 @@ FEATURES: Json = _object(
     {
         "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
         "variants": {"type": "object", "additionalProperties": _STRING},
-    }
+    },
+    required=["features"],  # variants only when a flag answers one
 )
 FEATURE_SPEC_HISTORY: Json = _object(
     {
