@@ -119,7 +119,33 @@ def feature_spec_json(spec: pb.FeatureSpec) -> Json:
     if spec.HasField("rollout_start"):
         out["rollout_start"] = spec.rollout_start.ToJsonString()
         out["rollout_end"] = spec.rollout_end.ToJsonString()
+    # Only when set: a spec without them reads as before.
+    if spec.HasField("rollout_percentage"):
+        out["rollout_percentage"] = spec.rollout_percentage
+    if spec.stickiness:
+        out["stickiness"] = spec.stickiness
+    if spec.group_id:
+        out["group_id"] = spec.group_id
+    if spec.variants:
+        out["variants"] = [
+            {"name": v.name, "weight": v.weight, "payload": v.payload} for v in spec.variants
+        ]
     return out
+
+
+def feature_spec_history_json(history: pb.FeatureSpecHistory) -> Json:
+    """A flag's changes, newest first; ``old_spec`` or ``new_spec`` null when there was none
+    before (created) or after (deleted), ``time`` null when unknown."""
+    changes = [
+        {
+            "time": c.time.ToJsonString() if c.HasField("time") else None,
+            "token_id": c.token_id,
+            "old_spec": feature_spec_json(c.old_spec) if c.HasField("old_spec") else None,
+            "new_spec": feature_spec_json(c.new_spec) if c.HasField("new_spec") else None,
+        }
+        for c in history.changes
+    ]
+    return _paged({"changes": changes}, history)
 
 
 def feature_specs_json(specs: pb.FeatureSpecs) -> Json:
@@ -129,5 +155,9 @@ def feature_specs_json(specs: pb.FeatureSpecs) -> Json:
 
 
 def features_json(response: pb.EvaluateFeaturesResponse) -> Json:
-    """Every flag's value for a user, by name."""
-    return {"features": dict(sorted(response.features.items()))}
+    """Every flag's value for a user, by name, and the variants of those that have one
+    (only then: an answer without variants reads as before)."""
+    out: dict[str, Json] = {"features": dict(sorted(response.features.items()))}
+    if response.variants:
+        out["variants"] = dict(sorted(response.variants.items()))
+    return out

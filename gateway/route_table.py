@@ -158,6 +158,11 @@ ROUTE_TABLE: tuple[Route, ...] = (
     ),
     Route("DeleteFeatureSpec", "Delete a feature flag spec"),
     Route(
+        "GetFeatureSpecHistory",
+        "A feature flag's recent changes, newest first",
+        answer=Answer(response_shapes.feature_spec_history_json, schemas.FEATURE_SPEC_HISTORY),
+    ),
+    Route(
         "EvaluateFeatures",
         "Every feature flag for a user (counts a feature's usage)",
         request=ShapedQuery(request_shapes.features_query, schemas.FEATURES_QUERY),

@@ -94,6 +94,19 @@ COMPONENTS: Json = {
             "boolean": {"type": "boolean"},
             "rollout_start": {"type": "string", "format": "date-time"},
             "rollout_end": {"type": "string", "format": "date-time"},
+            "rollout_percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+            "stickiness": _STRING,
+            "group_id": _STRING,
+            "variants": _array(
+                _object(
+                    {
+                        "name": _GIVEN_NAME,
+                        "weight": {"type": "integer", "minimum": 0, "maximum": 1000},
+                        "payload": _STRING,
+                    },
+                    required=["name", "weight"],
+                )
+            ),
             "user": {
                 "type": "array",
                 "maxItems": 100,
@@ -176,7 +189,27 @@ FEATURE_SPECS: Json = _object(
     required=["featureSpecs", "version"],
 )
 FEATURES: Json = _object(
-    {"features": {"type": "object", "additionalProperties": {"type": "boolean"}}}
+    {
+        "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "variants": {"type": "object", "additionalProperties": _STRING},
+    },
+    required=["features"],  # variants only when a flag answers one
+)
+FEATURE_SPEC_HISTORY: Json = _object(
+    {
+        "changes": _array(
+            _object(
+                {
+                    "time": _STRING | {"format": "date-time", "nullable": True},
+                    "token_id": _STRING,
+                    "old_spec": {"allOf": [FEATURE_SPEC], "nullable": True},
+                    "new_spec": {"allOf": [FEATURE_SPEC], "nullable": True},
+                }
+            )
+        ),
+        **_NEXT_PAGE,
+    },
+    required=["changes"],
 )
 
 # Query parameters that are not the request's fields.

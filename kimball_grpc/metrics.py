@@ -214,7 +214,8 @@ class Metrics:
 
 
 class _EngineCollector(Collector):
-    """``kimball_counters`` and ``memory_remaining_bytes``, computed when scraped."""
+    """``kimball_counters``, the flag histories' changes and size, and
+    ``memory_remaining_bytes``, computed when scraped."""
 
     def __init__(self, engine: Engine | None, memory_limit_bytes: int | None) -> None:
         self._engine = engine
@@ -226,6 +227,18 @@ class _EngineCollector(Collector):
                 "kimball_counters",
                 "Counters registered (global, named and weekly).",
                 value=self._engine.all_counter_count,
+            )
+            yield GaugeMetricFamily(
+                "kimball_feature_spec_history_changes",
+                "Feature spec changes held in the flags' histories (the last 100 per flag; "
+                "the histories of the last 1,000 deleted flags).",
+                value=self._engine.flags.history_changes,
+            )
+            yield GaugeMetricFamily(
+                "kimball_feature_spec_history_size_bytes",
+                "About the bytes the flags' histories take (at most 16 MiB: past it, the "
+                "oldest changes are dropped).",
+                value=self._engine.flags.history_size,
             )
         if self._limit is not None:
             yield GaugeMetricFamily(

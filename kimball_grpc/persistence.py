@@ -111,6 +111,7 @@ class Persistence:
         for ns in restored.namespace_objects():
             self.engine.restore_namespace(ns)
         self.engine.flags.replace_all(restored.flags.listed(), restored.flags.version)
+        self.engine.flags.restore_histories(restored.flags.histories())
         self.snapshot_sequence = found.snapshot_sequence
         self.wal.continue_after(found.snapshot_sequence)
         log.info(

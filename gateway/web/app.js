@@ -926,11 +926,35 @@ function specBody(spec) {
     body.rollout_start = spec.rollout_start;
     body.rollout_end = spec.rollout_end;
   }
+  for (const key of ["rollout_percentage", "stickiness", "group_id", "variants"]) {
+    if (spec[key] !== undefined) body[key] = spec[key];
+  }
   return body;
 }
 
+/** A spec in one line: default, rollouts, conditions, variants. */
+function describeSpec(spec) {
+  const parts = [spec.boolean ? "on" : "off"];
+  if (spec.rollout_percentage !== undefined)
+    parts.push(`${spec.rollout_percentage}% by ${spec.stickiness || "default"}`);
+  if (spec.rollout_start) parts.push(`rollout ${spec.rollout_start} → ${spec.rollout_end}`);
+  const conditions = conditionsOf(spec);
+  if (conditions.length) parts.push(`${conditions.length} condition(s)`);
+  if (spec.variants?.length)
+    parts.push(`variants ${spec.variants.map((v) => `${v.name}:${v.weight}`).join(", ")}`);
+  return parts.join("; ");
+}
+
+function describePercentage(spec) {
+  if (spec.rollout_percentage === undefined) return null;
+  const by = spec.stickiness ? ` by ${spec.stickiness}` : "";
+  return h("span", { class: "badge percentage" }, `${spec.rollout_percentage}% of users${by}`);
+}
+
 function describeRollout(spec) {
-  if (!spec.rollout_start || !spec.rollout_end) return h("span", { class: "muted" }, "none");
+  const percentage = describePercentage(spec);
+  if (!spec.rollout_start || !spec.rollout_end)
+    return percentage ?? h("span", { class: "muted" }, "none");
   const start = new Date(spec.rollout_start);
   const end = new Date(spec.rollout_end);
   const now = Date.now();
@@ -948,6 +972,7 @@ function describeRollout(spec) {
     { title: `${spec.rollout_start} → ${spec.rollout_end}` },
     `${when(start)} → ${when(end)}`,
     progress ? h("span", { class: "badge" }, progress) : null,
+    percentage,
   );
 }
 
@@ -1009,6 +1034,13 @@ function renderFlags() {
                 ),
               )
             : h("span", { class: "muted" }, "none"),
+          spec.variants?.length
+            ? h(
+                "div",
+                { class: "variants" },
+                `Variants: ${spec.variants.map((v) => `${v.name} (${v.weight})`).join(", ")}`,
+              )
+            : null,
         ),
         h(
           "td",
@@ -1020,6 +1052,11 @@ function renderFlags() {
               "button",
               { type: "button", class: "secondary", onclick: () => editFlag(spec) },
               "Edit",
+            ),
+            h(
+              "button",
+              { type: "button", class: "secondary", onclick: () => showFlagHistory(spec.name) },
+              "History",
             ),
             remove,
           ),
@@ -1157,6 +1194,49 @@ function addConditionRow(condition = { property: "", comparator: "=", value: "" 
   return row;
 }
 
+function addVariantRow(variant = { name: "", weight: 1, payload: "" }) {
+  const row = h(
+    "div",
+    { class: "condition variant" },
+    h("input", {
+      class: "variant-name",
+      "aria-label": "Variant name",
+      placeholder: "name, e.g. blue",
+      value: variant.name ?? "",
+    }),
+    h("input", {
+      class: "variant-weight",
+      "aria-label": "Variant weight",
+      type: "number",
+      min: "0",
+      max: "1000",
+      step: "1",
+      value: String(variant.weight ?? 1),
+    }),
+    h("input", {
+      class: "variant-payload",
+      "aria-label": "Variant payload",
+      placeholder: "payload (optional)",
+      value: variant.payload ?? "",
+    }),
+  );
+  row.append(
+    h(
+      "button",
+      {
+        type: "button",
+        class: "secondary icon",
+        "aria-label": "Remove this variant",
+        title: "Remove",
+        onclick: () => row.remove(),
+      },
+      "✕",
+    ),
+  );
+  $("#flag-variants").append(row);
+  return row;
+}
+
 function resetFlagForm() {
   state.editing = null;
   $("#flag-form-title").textContent = "New flag";
@@ -1166,6 +1246,10 @@ function resetFlagForm() {
   $("#flag-boolean").checked = false;
   $("#flag-start").value = "";
   $("#flag-end").value = "";
+  $("#flag-percentage").value = "";
+  $("#flag-stickiness").value = "";
+  $("#flag-group-id").value = "";
+  clear($("#flag-variants"));
   clear($("#flag-conditions"));
   hideError($("#flag-form-error"));
   $("#flag-form-status").textContent = "";
@@ -1181,6 +1265,11 @@ function editFlag(spec) {
   $("#flag-boolean").checked = Boolean(spec.boolean);
   $("#flag-start").value = toLocalInput(spec.rollout_start);
   $("#flag-end").value = toLocalInput(spec.rollout_end);
+  $("#flag-percentage").value =
+    spec.rollout_percentage === undefined ? "" : String(spec.rollout_percentage);
+  $("#flag-stickiness").value = spec.stickiness ?? "";
+  $("#flag-group-id").value = spec.group_id ?? "";
+  (spec.variants ?? []).forEach((v) => addVariantRow(v));
   conditionsOf(spec).forEach((c) => addConditionRow(c));
   $("#flag-form").scrollIntoView({ behavior: "smooth", block: "start" });
   $("#flag-boolean").focus({ preventScroll: true });
@@ -1208,7 +1297,71 @@ function specFromForm() {
     if (!property) throw new Error("Each condition needs a property.");
     spec.user.push({ property, comparator, value: parseValue(valueText, comparator) });
   }
+  const percentage = $("#flag-percentage").value.trim();
+  if (percentage) {
+    const value = Number(percentage);
+    if (!Number.isInteger(value) || value < 0 || value > 100)
+      throw new Error(`The percentage must be a whole number from 0 to 100 (got ${percentage}).`);
+    spec.rollout_percentage = value;
+  }
+  const stickiness = $("#flag-stickiness").value.trim();
+  const groupId = $("#flag-group-id").value.trim();
+  if (stickiness) spec.stickiness = stickiness;
+  if (groupId) spec.group_id = groupId;
+  const variants = [];
+  for (const row of document.querySelectorAll("#flag-variants .variant")) {
+    const name = $(".variant-name", row).value.trim();
+    const weightText = $(".variant-weight", row).value.trim();
+    const payload = $(".variant-payload", row).value;
+    if (!name && !payload) continue; // an empty row
+    if (!name) throw new Error("Each variant needs a name.");
+    const weight = Number(weightText);
+    if (!Number.isInteger(weight) || weight < 0 || weight > 1000)
+      throw new Error(`The weight of ${name} must be a whole number from 0 to 1000.`);
+    variants.push({ name, weight, payload });
+  }
+  if (variants.length) spec.variants = variants;
   return spec;
+}
+
+async function showFlagHistory(name) {
+  const panel = $("#flag-history");
+  const box = $("#flag-history-error");
+  const body = clear($("#flag-history-table tbody"));
+  $("#flag-history-title").textContent = `History of “${name}”`;
+  panel.hidden = false;
+  panel.setAttribute("aria-busy", "true");
+  try {
+    const answer = await api(`${flagPath(name)}/history`);
+    hideError(box);
+    const changes = answer.changes ?? [];
+    if (!changes.length) {
+      body.append(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No recorded change.")));
+    }
+    for (const change of changes) {
+      const kind = !change.new_spec ? "deleted" : !change.old_spec ? "created" : "changed";
+      const when = change.time ? new Date(change.time) : null;
+      body.append(
+        h(
+          "tr",
+          { dataset: { change: kind } },
+          h(
+            "td",
+            { title: change.time ?? "" },
+            when ? when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) : "unknown",
+          ),
+          h("td", {}, h("code", {}, change.token_id || "unknown")),
+          h("td", {}, kind),
+          h("td", {}, describeSpec(change.new_spec ?? change.old_spec)),
+        ),
+      );
+    }
+  } catch (error) {
+    showError(box, error);
+  } finally {
+    panel.setAttribute("aria-busy", "false");
+  }
+  panel.scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
 async function saveFlag(event) {
@@ -1277,6 +1430,9 @@ async function tryFlags(event) {
             h("span", { class: on ? "state on" : "state off" }, on ? "on" : "off"),
             " ",
             name,
+            answer.variants?.[name]
+              ? h("span", { class: "badge variant" }, `variant ${answer.variants[name]}`)
+              : null,
           ),
         ),
       ),
@@ -1291,6 +1447,12 @@ function setupFlags() {
   $("#flag-add-condition").addEventListener("click", () =>
     $(".condition-property", addConditionRow()).focus(),
   );
+  $("#flag-add-variant").addEventListener("click", () =>
+    $(".variant-name", addVariantRow()).focus(),
+  );
+  $("#flag-history-close").addEventListener("click", () => {
+    $("#flag-history").hidden = true;
+  });
   $("#flag-cancel").addEventListener("click", resetFlagForm);
   $("#flag-new").addEventListener("click", () => {
     resetFlagForm();

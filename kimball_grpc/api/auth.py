@@ -30,6 +30,7 @@ from kimball_grpc.api.rate_limited_log import RateLimitedLog
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.config.tokens import TokenFileError, read_token_file, token_id
 from kimball_grpc.core.errors import ConfigError
+from kimball_grpc.core.feature_flags import ANONYMOUS
 from storage.fsutil import atomic_write, make_private_directory, tighten
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,10 @@ class TokenChecker:
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an ``authorization`` value carries an accepted token."""
-        if not authorization:
+        token = bearer_token(authorization)
+        if token is None:
             return False
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        given = token.strip().encode()
+        given = token.encode()
         # Compare against every token, without stopping early: no timing hint.
         matched = False
         for accepted in self._tokens.accepted:
@@ -265,6 +264,25 @@ def load_api_tokens(
         path,
     )
     return ApiTokens({f"the generated {path}": (token,)})
+
+
+def caller_token_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The ``token_id`` of the bearer token a call carries (checked already when the
+    server checks tokens), ``"anonymous"`` without one: who made a change, never the
+    token itself."""
+    values = [v for k, v in metadata or () if k == "authorization" and isinstance(v, str)]
+    token = bearer_token(values[0]) if len(values) == 1 else None
+    return ANONYMOUS if token is None else token_id(token)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of a ``Bearer <token>`` value (scheme in any case); None if it is not one."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

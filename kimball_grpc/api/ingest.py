@@ -20,7 +20,7 @@ from kimball_grpc.core.errors import (
     OutOfRange,
 )
 from kimball_grpc.core.events import AcceptedEvent, Event, iso_week, prepare_events, prepare_goal
-from kimball_grpc.core.feature_flags import FeatureSpec
+from kimball_grpc.core.feature_flags import ANONYMOUS, FeatureSpec
 from kimball_grpc.core.growth_limits import NOTHING, GrowthLimits, Reservation
 from kimball_grpc.core.limits import FEATURE_SPEC_BYTES, MAX_RELAYED_EVENTS, StateLimits
 from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, Record
@@ -187,9 +187,10 @@ class Ingestor:
         records = [prepare_goal(namespace, goal_name)]
         await self._commit(records, (), self._admit(records))
 
-    async def put_feature_spec(self, spec: FeatureSpec) -> None:
-        """Create or replace a (checked) feature spec; ``LimitExceeded`` if the set would
-        pass its limits (nothing logged)."""
+    async def put_feature_spec(self, spec: FeatureSpec, token_id: str = ANONYMOUS) -> None:
+        """Create or replace a (checked) feature spec, by the token ``token_id`` (recorded
+        in its history); ``LimitExceeded`` if the set would pass its limits (nothing
+        logged)."""
         # One change at a time (they are rare): each is checked against the set with every
         # earlier change applied.
         async with self._spec_change:
@@ -211,12 +212,14 @@ class Ingestor:
             except LimitExceeded as exc:
                 self._refused(exc)
                 raise
-            await self._commit([FeatureSpecRecord(spec.name, spec)], ())
+            record = FeatureSpecRecord(spec.name, spec, self._clock(), token_id)
+            await self._commit([record], ())
 
-    async def delete_feature_spec(self, name: str) -> None:
-        """Delete a feature spec; ``NotFound`` if there is none of that name."""
+    async def delete_feature_spec(self, name: str, token_id: str = ANONYMOUS) -> None:
+        """Delete a feature spec, by the token ``token_id``; ``NotFound`` if there is none
+        of that name."""
         self.engine.flags.get(name)
-        await self._commit([FeatureSpecRecord(name, None)], ())
+        await self._commit([FeatureSpecRecord(name, None, self._clock(), token_id)], ())
 
     async def _commit(
         self,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from kimball_grpc.api.auth import caller_token_id
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.counters import counter_key
@@ -24,7 +25,7 @@ from kimball_grpc.core.errors import (
     ShuttingDown,
 )
 from kimball_grpc.core.events import Event
-from kimball_grpc.core.feature_flags import FeatureFlags, feature_usage
+from kimball_grpc.core.feature_flags import FeatureFlags, SpecChange, feature_usage
 from kimball_grpc.core.limits import (
     MAX_EVENTS_PER_SUBSCRIBE_RESPONSE,
     MAX_SUBSCRIPTION_EVENT_NAMES,
@@ -186,6 +187,41 @@ def _names_page(
     )
 
 
+def feature_spec_history_response(
+    flags: FeatureFlags, request: pb.GetFeatureSpecHistoryRequest, max_bytes: int
+) -> Steps[pb.FeatureSpecHistory]:
+    """``GetFeatureSpecHistory``: the flag's changes, newest first, whole or the page asked
+    for (a change made between two pages shifts the later pages by one)."""
+    paging = page_request(
+        ("GetFeatureSpecHistory", request.name), request.page_size, request.page_token
+    )
+    changes = flags.changes(request.name)
+    start = 0
+    if paging.after is not None:
+        after = paging.after[0]
+        if not (after.isascii() and after.isdigit() and len(after) < 10):  # hand-made
+            raise InvalidArgument("page_token is not a page of this history", page_token="")
+        start = int(after) + 1
+    response = pb.FeatureSpecHistory()
+    response.next_page_token = yield from page(
+        ((i, changes[i]) for i in range(start, len(changes))),
+        _change_key,
+        paging,
+        response.changes,
+        _add_change,
+        max_bytes,
+    )
+    return response
+
+
+def _change_key(item: tuple[int, SpecChange]) -> tuple[str, ...]:
+    return (str(item[0]),)
+
+
+def _add_change(out: MutableSequence[pb.FeatureSpecChange], item: tuple[int, SpecChange]) -> int:
+    return proto_mapping.add_item(out, proto_mapping.spec_change_to_proto(item[1]))
+
+
 def _spec_name(spec: pb.FeatureSpec) -> str:
     return spec.name
 
@@ -208,13 +244,13 @@ async def evaluate_features(
     user = proto_mapping.json_value(request.user, "user")
     context = proto_mapping.json_value(request.context, "context")
     namespace, feature, user_id = feature_usage(user, context)
-    features = flags.evaluate(user, now, draw)
+    features, variants = flags.evaluate(user, now, draw, context)
     if feature:
         try:
             await accept([Event(feature, user_id, namespace)])
         except KimballError as exc:  # validated already: a limit or storage refused it
             usage_lost(exc)
-    return pb.EvaluateFeaturesResponse(features=features)
+    return pb.EvaluateFeaturesResponse(features=features, variants=variants)
 
 
 class KimballService(pb_grpc.KimballServiceServicer):
@@ -351,7 +387,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
 
     async def PutFeatureSpec(self, request: pb.PutFeatureSpecRequest, context: Context):
         spec = proto_mapping.spec_from_proto(request.spec)
-        await self.ingestor.put_feature_spec(spec)
+        await self.ingestor.put_feature_spec(spec, caller_token_id(context.invocation_metadata()))
         return proto_mapping.spec_to_proto(spec)
 
     async def GetFeatureSpec(self, request: pb.GetFeatureSpecRequest, context: Context):
@@ -363,8 +399,17 @@ class KimballService(pb_grpc.KimballServiceServicer):
         )
 
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
-        await self.ingestor.delete_feature_spec(request.name)
+        await self.ingestor.delete_feature_spec(
+            request.name, caller_token_id(context.invocation_metadata())
+        )
         return pb.DeleteFeatureSpecResponse()
+
+    async def GetFeatureSpecHistory(
+        self, request: pb.GetFeatureSpecHistoryRequest, context: Context
+    ):
+        return await between_requests(
+            feature_spec_history_response(self.engine.flags, request, self.max_response_bytes)
+        )
 
     async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
         return await evaluate_features(

@@ -491,6 +491,46 @@ def _nudges_table(response: pb.GetNudgesResponse) -> str:
     return format_table(["EVENT", "P(GOAL|EVENT)"], rows, right={1})
 
 
+def flag_history(connection: Connection, name: str, *, as_json: bool = False) -> None:
+    """Print a flag's recent changes, newest first: when, which token (by id), what."""
+    request = pb.GetFeatureSpecHistoryRequest(name=name)
+    _show(_every_page(connection, "GetFeatureSpecHistory", request, "changes"), as_json, _history)
+
+
+def _history(response: pb.FeatureSpecHistory) -> str:
+    if not response.changes:
+        return "no recorded changes"
+    rows = [
+        [
+            change.time.ToJsonString() if change.HasField("time") else "unknown",
+            change.token_id or "unknown",
+            "deleted"
+            if not change.HasField("new_spec")
+            else "created"
+            if not change.HasField("old_spec")
+            else "changed",
+            _spec_summary(change.new_spec if change.HasField("new_spec") else change.old_spec),
+        ]
+        for change in response.changes
+    ]
+    return format_table(["TIME", "TOKEN", "CHANGE", "SPEC (AFTER, OR AS DELETED)"], rows)
+
+
+def _spec_summary(spec: pb.FeatureSpec) -> str:
+    """A flag spec in one line: ``on``/``off``, its rollouts, conditions and variants."""
+    parts = ["on" if spec.boolean else "off"]
+    if spec.HasField("rollout_percentage"):
+        parts.append(f"{spec.rollout_percentage}% by {spec.stickiness or 'default'}")
+    if spec.HasField("rollout_start"):
+        start, end = spec.rollout_start.ToJsonString(), spec.rollout_end.ToJsonString()
+        parts.append(f"rollout {start} to {end}")
+    if spec.user:
+        parts.append(f"{len(spec.user)} user condition(s)")
+    if spec.variants:
+        parts.append("variants " + ",".join(f"{v.name}:{v.weight}" for v in spec.variants))
+    return "; ".join(parts)
+
+
 MAX_ORIGINAL_BYTES = 64 * 1024 * 1024  # far past any set of specs that fits a server
 
 

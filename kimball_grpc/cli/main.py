@@ -369,6 +369,19 @@ def _add_client_commands(
     nudges.add_argument("--user", required=True, help="the user id")
     nudges.add_argument("--json", action="store_true", help="print the response as JSON")
 
+    flags = commands.add_parser(
+        "flags", help="feature flags", description="read and change feature flags"
+    )
+    flag_commands = flags.add_subparsers(dest="flags_command", required=True)
+    history = flag_commands.add_parser(
+        "history",
+        help="print a flag's recent changes, newest first",
+        description="print a flag's recent changes, newest first: when, which token, what",
+    )
+    _add_connection_options(history, environ, 10.0)
+    history.add_argument("name", metavar="NAME", help="the flag's name")
+    history.add_argument("--json", action="store_true", help="print the response as JSON")
+
     original = add(
         "import-original",
         "set the feature specs kept by the original Erlang service: its features_store object "
@@ -428,6 +441,10 @@ def _run_client_command(args: argparse.Namespace) -> int:
         "import-original": lambda: client.import_original(
             connection, args.file, replace=args.replace
         ),
+        "flags": lambda: flag_commands[args.flags_command](),
+    }
+    flag_commands: dict[str, Callable[[], None]] = {
+        "history": lambda: client.flag_history(connection, args.name, as_json=args.json),
     }
     return client.run(connection, commands[args.command])
 

@@ -9,6 +9,11 @@ each ``Spec`` a map::
 
 (``Seconds`` since 1970, UTC; ``Value`` a JSON value as its JSON library decoded it:
 strings binaries, ``true``/``false``/``null`` atoms, objects maps with binary keys).
+A spec with a percentage rollout or variants, which the original did not have, adds
+the keys ``rollout_percentage => Integer``, ``stickiness => <<"field">>``,
+``group_id => <<"group">>`` and ``variants => [#{name => <<"v">>, weight =>
+Integer, payload => <<"text">>}]``, each only when set: sidecars reading the
+ConfigMap keep them, and a spec without them is written as the original wrote it.
 ``erlang:term_to_binary`` of it is the whole object in S3 and GCS
 (``<prefix>/features_store``); base64 of that is the ``data`` key of its ConfigMap
 and the content of the file its sidecars read. Earlier versions wrote the list of
@@ -30,7 +35,7 @@ from datetime import UTC, datetime
 from kimball_grpc.codec.erlang_external import ExternalTermError, decode_term, encode_term
 from kimball_grpc.codec.erlang_terms import Atom
 from kimball_grpc.core.errors import InvalidArgument
-from kimball_grpc.core.feature_flags import FeatureSpec, Json, UserCondition, check_spec
+from kimball_grpc.core.feature_flags import FeatureSpec, Json, UserCondition, Variant, check_spec
 
 __all__ = ["OriginalSpecsError", "decode_original_specs", "encode_original_specs"]
 
@@ -84,9 +89,31 @@ def encode_original_specs(specs: Iterable[FeatureSpec]) -> str:
                 [c.property.encode(), Atom(c.comparator), _to_term(c.value)] for c in spec.user
             ],
         }
+        | _bucketing_terms(spec)
         for spec in specs
     ]
     return base64.b64encode(encode_term({Atom("feature_maps"): maps})).decode("ascii")
+
+
+def _bucketing_terms(spec: FeatureSpec) -> dict[Atom, object]:
+    """The keys of the percentage rollout and the variants that ``spec`` sets."""
+    terms: dict[Atom, object] = {}
+    if spec.rollout_percentage is not None:
+        terms[Atom("rollout_percentage")] = spec.rollout_percentage
+    if spec.stickiness:
+        terms[Atom("stickiness")] = spec.stickiness.encode()
+    if spec.group_id:
+        terms[Atom("group_id")] = spec.group_id.encode()
+    if spec.variants:
+        terms[Atom("variants")] = [
+            {
+                Atom("name"): v.name.encode(),
+                Atom("weight"): v.weight,
+                Atom("payload"): v.payload.encode(),
+            }
+            for v in spec.variants
+        ]
+    return terms
 
 
 def _term(data: bytes) -> object:
@@ -142,7 +169,43 @@ def _spec(item: object) -> FeatureSpec:
             _rollout(_get(item, "rollout_start", None), "rollout_start"),
             _rollout(_get(item, "rollout_end", None), "rollout_end"),
             tuple(_condition(index, c) for index, c in enumerate(user)),
+            _whole(_get(item, "rollout_percentage", None), "rollout_percentage"),
+            _binary_text(_get(item, "stickiness", b""), "stickiness"),
+            _binary_text(_get(item, "group_id", b""), "group_id"),
+            tuple(_variant(index, v) for index, v in enumerate(_list(item, "variants"))),
         )
+    )
+
+
+def _whole(value: object, key: str) -> int | None:
+    if value in _UNSET:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{key} must be a whole number", key=key)
+    return value
+
+
+def _binary_text(value: object, key: str) -> str:
+    if not isinstance(value, bytes):
+        raise InvalidArgument(f"{key} must be a binary", key=key)
+    return _text(value, key)
+
+
+def _list(item: dict, key: str) -> list:
+    value = _get(item, key, [])
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{key} must be a list", key=key)
+    return value
+
+
+def _variant(index: int, item: object) -> Variant:
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"variant {index}: must be a map", key="variants")
+    weight = _whole(_get(item, "weight", None), f"variant {index} weight")
+    return Variant(
+        _binary_text(_get(item, "name", None), f"variant {index} name"),
+        0 if weight is None else weight,
+        _binary_text(_get(item, "payload", b""), f"variant {index} payload"),
     )
 
 

@@ -20,7 +20,9 @@ from kimball_grpc.core.feature_flags import (
     FeatureFlags,
     FeatureSpec,
     Json,
+    SpecChange,
     UserCondition,
+    Variant,
     check_spec,
 )
 from kimball_grpc.core.predictions import NaiveBayes
@@ -200,18 +202,43 @@ def spec_from_proto(message: pb.FeatureSpec) -> FeatureSpec:
                 UserCondition(c.property, c.comparator, json_value(c.value, f"user[{i}].value"))
                 for i, c in enumerate(message.user)
             ),
+            message.rollout_percentage if has("rollout_percentage") else None,
+            message.stickiness,
+            message.group_id,
+            tuple(Variant(v.name, v.weight, v.payload) for v in message.variants),
         )
     )
 
 
 def spec_to_proto(spec: FeatureSpec) -> pb.FeatureSpec:
-    message = pb.FeatureSpec(name=spec.name, boolean=spec.boolean)
+    message = pb.FeatureSpec(
+        name=spec.name,
+        boolean=spec.boolean,
+        stickiness=spec.stickiness,
+        group_id=spec.group_id,
+        variants=[
+            pb.Variant(name=v.name, weight=v.weight, payload=v.payload) for v in spec.variants
+        ],
+    )
+    if spec.rollout_percentage is not None:
+        message.rollout_percentage = spec.rollout_percentage
     if spec.rollout_start is not None and spec.rollout_end is not None:
         message.rollout_start.FromDatetime(spec.rollout_start)
         message.rollout_end.FromDatetime(spec.rollout_end)
     for condition in spec.user:
         added = message.user.add(property=condition.property, comparator=condition.comparator)
         json_format.ParseDict(condition.value, added.value)
+    return message
+
+
+def spec_change_to_proto(change: SpecChange) -> pb.FeatureSpecChange:
+    message = pb.FeatureSpecChange(token_id=change.token_id)
+    if change.time is not None:
+        message.time.FromDatetime(change.time)
+    if change.old is not None:
+        message.old_spec.CopyFrom(spec_to_proto(change.old))
+    if change.new is not None:
+        message.new_spec.CopyFrom(spec_to_proto(change.new))
     return message
 
 

@@ -25,7 +25,13 @@ from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.counters import NO_TALLY, Counter, CounterKind
 from kimball_grpc.core.engine import Engine, Freeze, Namespace
 from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData
-from kimball_grpc.core.feature_flags import FeatureSpec, UserCondition, check_spec
+from kimball_grpc.core.feature_flags import (
+    FeatureSpec,
+    SpecChange,
+    UserCondition,
+    Variant,
+    check_spec,
+)
 from kimball_grpc.core.names import check_text, check_value
 from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, GoalRecord, Record
 from kimball_grpc.core.steps import Steps
@@ -53,6 +59,12 @@ def state_in_steps(freeze: Freeze) -> Steps[list[bytes]]:
         format_version=FORMAT_VERSION,
         feature_specs=[spec_to_state(spec) for spec in freeze.flag_specs],
         feature_specs_version=freeze.flags_version,
+        feature_spec_histories=[
+            spb.FeatureSpecHistoryState(
+                name=name, changes=[_change_to_state(name, c) for c in changes]
+            )
+            for name, changes in freeze.flag_histories.items()
+        ],
     )
     pieces: list[bytes] = []
     pending = bytearray(head.SerializeToString(deterministic=True))
@@ -159,7 +171,41 @@ def decode_state(
     engine.flags.replace_all(
         [spec_from_state(state) for state in message.feature_specs], message.feature_specs_version
     )
+    engine.flags.restore_histories(
+        {
+            _stored_name("feature spec", h.name): [_change_from_state(c) for c in h.changes]
+            for h in message.feature_spec_histories
+        }
+    )
     return engine
+
+
+def _change_to_state(name: str, change: SpecChange) -> spb.FeatureSpecChange:
+    state = spb.FeatureSpecChange(name=name, token_id=change.token_id)
+    if change.time is not None:
+        state.time_us = _microseconds(change.time)
+    if change.old is not None:
+        state.old_spec.CopyFrom(spec_to_state(change.old))
+    if change.new is not None:
+        state.spec.CopyFrom(spec_to_state(change.new))
+    return state
+
+
+def _change_from_state(state: spb.FeatureSpecChange) -> SpecChange:
+    has = state.HasField
+    return SpecChange(
+        _stored_time(state) if has("time_us") else None,
+        state.token_id,
+        spec_from_state(state.old_spec) if has("old_spec") else None,
+        spec_from_state(state.spec) if has("spec") else None,
+    )
+
+
+def _stored_time(state: spb.FeatureSpecChange) -> datetime:
+    try:
+        return _from_microseconds(state.time_us)
+    except OverflowError:
+        raise InvalidStoredData(f"feature spec change {state.name!r}: time out of range") from None
 
 
 def _stored_name(field: str, value: str) -> str:
@@ -256,9 +302,11 @@ def encode_records(records: Sequence[Record]) -> bytes:
         if not all(isinstance(r, FeatureSpecRecord) for r in records):
             raise ValueError("a record batch holds one kind of record")
         for r in records:
-            change = batch.spec_changes.add(name=r.name)  # type: ignore[union-attr]
+            change = batch.spec_changes.add(name=r.name, token_id=r.token_id)  # type: ignore[union-attr]
             if r.spec is not None:  # type: ignore[union-attr]
                 change.spec.CopyFrom(spec_to_state(r.spec))  # type: ignore[union-attr]
+            if r.time is not None:  # type: ignore[union-attr]
+                change.time_us = _microseconds(r.time)  # type: ignore[union-attr]
         return batch.SerializeToString()
     if records and isinstance(records[0], GoalRecord):
         if not all(isinstance(r, GoalRecord) for r in records):
@@ -317,6 +365,8 @@ def decode_records(data: bytes) -> list[Record]:
             FeatureSpecRecord(
                 _stored_name("feature spec", change.name),
                 spec_from_state(change.spec) if change.HasField("spec") else None,
+                _stored_time(change) if change.HasField("time_us") else None,
+                change.token_id,
             )
             for change in batch.spec_changes
         ]
@@ -378,7 +428,14 @@ def spec_to_state(spec: FeatureSpec) -> spb.FeatureSpecState:
             )
             for c in spec.user
         ],
+        stickiness=spec.stickiness,
+        group_id=spec.group_id,
+        variants=[
+            spb.VariantState(name=v.name, weight=v.weight, payload=v.payload) for v in spec.variants
+        ],
     )
+    if spec.rollout_percentage is not None:
+        state.rollout_percentage = spec.rollout_percentage
     if spec.rollout_start is not None and spec.rollout_end is not None:
         state.rollout_start_us = _microseconds(spec.rollout_start)
         state.rollout_end_us = _microseconds(spec.rollout_end)
@@ -399,6 +456,10 @@ def spec_from_state(state: spb.FeatureSpecState) -> FeatureSpec:
             else None,
             _from_microseconds(state.rollout_end_us) if state.HasField("rollout_end_us") else None,
             user,
+            state.rollout_percentage if state.HasField("rollout_percentage") else None,
+            state.stickiness,
+            state.group_id,
+            tuple(Variant(v.name, v.weight, v.payload) for v in state.variants),
         )
         return check_spec(spec)
     except (ValueError, OverflowError) as exc:  # JSON, or a time out of range

@@ -163,9 +163,9 @@ class Engine:
         elif isinstance(record, GoalRecord):
             self.apply_goal(record)
         elif record.spec is None:
-            self.flags.delete(record.name)
+            self.flags.delete(record.name, record.time, record.token_id)
         else:
-            self.flags.put(record.spec)
+            self.flags.put(record.spec, record.time, record.token_id)
 
     def apply_goal(self, record: GoalRecord) -> None:
         self._add_goal(self._namespace(record.namespace), record.goal_name)
@@ -473,6 +473,7 @@ class Freeze:
         self.counter_count = engine.all_counter_count
         self.flag_specs = engine.flags.listed()  # specs are immutable: the list is a copy
         self.flags_version = engine.flags.version
+        self.flag_histories = engine.flags.histories()  # changes are immutable
         self._pending = set(self.namespaces)  # not read whole yet: changes there are kept
         self._copies: dict[Namespace, dict[Counter, Counter]] = {}  # as of the moment
         self._goals: dict[Namespace, set[str]] = {}

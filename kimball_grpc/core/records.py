@@ -7,6 +7,7 @@ gives the same state whenever it happens.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from kimball_grpc.core.bloom import KeyHash
@@ -35,10 +36,14 @@ class GoalRecord(NamedTuple):
 
 
 class FeatureSpecRecord(NamedTuple):
-    """A feature spec created or replaced (``spec``), or deleted (``spec`` None)."""
+    """A feature spec created or replaced (``spec``), or deleted (``spec`` None), at
+    ``time`` by the token ``token_id`` (None and empty in records logged before changes
+    were recorded)."""
 
     name: str
     spec: FeatureSpec | None
+    time: datetime | None = None
+    token_id: str = ""
 
 
 Record = EventRecord | GoalRecord | FeatureSpecRecord

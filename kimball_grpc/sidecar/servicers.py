@@ -109,6 +109,11 @@ class SidecarService(pb_grpc.KimballServiceServicer):
     async def DeleteFeatureSpec(self, request: pb.DeleteFeatureSpecRequest, context: Context):
         return await self.api.call(self.api.service.DeleteFeatureSpec, request, context)
 
+    async def GetFeatureSpecHistory(
+        self, request: pb.GetFeatureSpecHistoryRequest, context: Context
+    ):
+        return await self.api.call(self.api.service.GetFeatureSpecHistory, request, context)
+
     async def EvaluateFeatures(self, request: pb.EvaluateFeaturesRequest, context: Context):
         return await evaluate_features(
             request, self.specs.flags, self.spool.accept, self.usage_lost, self.clock(), self.draw

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from support.grpc_errors import error_metadata
-from support.in_process import crash, local_settings, running, started
+from support.in_process import crash, local_settings, running, started, stub_of
+from support.metrics import samples
 
 from kimball_grpc.api import ingest
 from kimball_grpc.codec.proto_mapping import flags_to_proto
+from kimball_grpc.config.tokens import token_id
 from kimball_grpc.core.errors import LimitExceeded
 from kimball_grpc.core.feature_flags import FeatureFlags, FeatureSpec, UserCondition, check_spec
 from kimball_grpc.core.limits import FEATURE_SPEC_BYTES
@@ -277,3 +280,111 @@ async def test_a_watch_sends_a_different_set_even_at_the_same_version():
     sent = await asyncio.wait_for(anext(watch), 5)
     assert [s.name for s in sent.specs] == ["x", "y"] and sent.version == 2
     await watch.aclose()
+
+
+async def test_a_percentage_rollout_and_variants_are_answered_over_rest_and_grpc(http, stub):
+    status, created = await post_spec(
+        http,
+        {
+            "name": "gr1",
+            "rollout_percentage": 73,
+            "variants": [{"name": "blue", "weight": 1}, {"name": "green", "weight": 0}],
+        },
+    )
+    assert status == 200, created
+    assert created["rollout_percentage"] == 73 and created["variants"][0]["name"] == "blue"
+    # Unleash's bucket of group "gr1" and id "123" is 73 (see the unit tests).
+    async with http.get("/v0/features", params={"user_obj": b64({"user_id": "123"})}) as response:
+        assert await response.json() == {"features": {"gr1": True}, "variants": {"gr1": "blue"}}
+    request = pb.EvaluateFeaturesRequest()
+    request.user.update({"user_id": "123"})
+    answer = await stub.EvaluateFeatures(request)
+    assert (dict(answer.features), dict(answer.variants)) == ({"gr1": True}, {"gr1": "blue"})
+    await post_spec(http, {"name": "gr1", "rollout_percentage": 72})
+    async with http.get("/v0/features", params={"user_obj": b64({"user_id": "123"})}) as response:
+        assert await response.json() == {"features": {"gr1": False}}  # no variants key
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": "f", "rollout_percentage": 101}, "rollout_percentage must be 0 to 100"),
+        ({"name": "f", "variants": [{"name": "v", "weight": -5}]}, "weight must be 0 to 1000"),
+        ({"name": "f", "stickiness": "org"}, "stickiness applies"),
+        ({"name": "f", "rollout_percentage": "half"}, "rollout_percentage"),
+    ],
+)
+async def test_a_bad_rollout_or_variant_is_a_400_and_changes_nothing(http, body, fragment):
+    status, answer = await post_spec(http, body)
+    assert status == 400, answer
+    assert fragment in json.dumps(answer["error"]), answer
+    async with http.get("/v0/featureSpecs") as response:
+        assert (await response.json())["featureSpecs"] == []
+
+
+async def test_history_over_grpc_names_the_token_and_pages(tmp_path):
+    settings = local_settings(tmp_path, api_auth=True, api_auth_tokens=("s3cret",))
+    token = [("authorization", "Bearer s3cret")]
+    async with running(settings) as server, stub_of(server) as stub:
+        for boolean in (False, True):
+            spec = pb.FeatureSpec(name="f", boolean=boolean)
+            await stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec), metadata=token)
+        await stub.DeleteFeatureSpec(pb.DeleteFeatureSpecRequest(name="f"), metadata=token)
+        request = pb.GetFeatureSpecHistoryRequest(name="f", page_size=2)
+        first = await stub.GetFeatureSpecHistory(request, metadata=token)
+        request.page_token = first.next_page_token
+        second = await stub.GetFeatureSpecHistory(request, metadata=token)
+    changes = [*first.changes, *second.changes]
+    assert len(first.changes) == 2 and not second.next_page_token
+    assert {c.token_id for c in changes} == {token_id("s3cret")}
+    deleted, replaced, created = changes
+    assert not deleted.HasField("new_spec") and deleted.old_spec.boolean is True
+    assert replaced.old_spec.boolean is False and replaced.new_spec.boolean is True
+    assert not created.HasField("old_spec") and created.new_spec.name == "f"
+    assert created.time.ToDatetime(UTC) <= deleted.time.ToDatetime(UTC)
+
+
+async def test_history_over_rest_and_its_errors(http):
+    await post_spec(http, {"name": "f", "boolean": True})
+    await post_spec(http, {"name": "f", "rollout_percentage": 10})
+    async with http.get("/v0/featureSpecs/f/history") as response:
+        assert response.status == 200
+        history = await response.json()
+    newest, created = history["changes"]
+    assert newest["token_id"] == created["token_id"] == "anonymous"  # no token sent
+    assert (
+        newest["old_spec"]
+        == created["new_spec"]
+        == {
+            "name": "f",
+            "boolean": True,
+            "user": [],
+        }
+    )
+    assert newest["new_spec"]["rollout_percentage"] == 10 and created["old_spec"] is None
+    assert datetime.fromisoformat(newest["time"]) <= datetime.now(UTC)
+    async with http.get("/v0/featureSpecs/nothing/history") as response:
+        assert response.status == 404
+    async with http.get("/v0/featureSpecs/f/history", params={"page_size": "-1"}) as response:
+        assert response.status == 400
+    scope = hashlib.sha256("\x1f".join(("GetFeatureSpecHistory", "f")).encode()).hexdigest()
+    forged = base64.urlsafe_b64encode(json.dumps([scope[:16], "x"]).encode()).decode()
+    async with http.get("/v0/featureSpecs/f/history", params={"page_token": forged}) as response:
+        assert response.status == 400
+        assert "not a page of this history" in await response.text()
+
+
+async def test_history_survives_a_restart_from_a_snapshot_and_the_log(tmp_path):
+    settings = local_settings(tmp_path)
+    async with running(settings) as server:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        await server.ingestor.put_feature_spec(_spec("a", start), "0000aaaa")
+        await server.persistence.snapshot()  # the snapshot holds the first change ...
+        await server.ingestor.put_feature_spec(FeatureSpec("a", rollout_percentage=5), "1111bbbb")
+        await server.ingestor.delete_feature_spec("a", "2222cccc")  # ... the log the others
+        before = server.engine.flags.changes("a")
+    async with running(settings) as again:
+        assert again.engine.flags.changes("a") == before
+        held = samples(again.metrics.registry)[("kimball_feature_spec_history_changes", ())]
+    assert [c.token_id for c in before] == ["2222cccc", "1111bbbb", "0000aaaa"]
+    assert held == 3

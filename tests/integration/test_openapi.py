@@ -77,6 +77,7 @@ async def test_the_routes_that_can_answer_429_document_it(http) -> None:
         ("get", "/v0/goals"),
         ("get", "/v0/namespaces"),
         ("get", "/v0/featureSpecs"),
+        ("get", "/v0/featureSpecs/{name}/history"),
     }
 
 

@@ -12,6 +12,7 @@ V0_PATHS: dict[str, dict[str, str]] = {
     "/v0/nudges": {"GET": "GetNudges"},
     "/v0/featureSpecs": {"POST": "PutFeatureSpec", "GET": "ListFeatureSpecs"},
     "/v0/featureSpecs/{name}": {"GET": "GetFeatureSpec", "DELETE": "DeleteFeatureSpec"},
+    "/v0/featureSpecs/{name}/history": {"GET": "GetFeatureSpecHistory"},
     "/v0/features": {"GET": "EvaluateFeatures"},
 }
 

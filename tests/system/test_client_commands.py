@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -202,3 +203,26 @@ def test_analytics_and_goals_print_every_page_of_an_answer_past_the_servers_limi
         assert len(big.ok("goals").splitlines()) == 1 + len(names)
     finally:
         stop(process)
+
+
+def test_flags_history_lists_the_changes_newest_first(server: Server) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.KimballServiceStub(channel)
+        token = [("authorization", f"Bearer {TOKEN}")]
+        for spec in (
+            pb.FeatureSpec(name="history_flag"),
+            pb.FeatureSpec(name="history_flag", rollout_percentage=30, stickiness="org"),
+        ):
+            stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec), metadata=token)
+    table = server.ok("flags", "history", "history_flag").splitlines()
+    assert table[0].split()[:3] == ["TIME", "TOKEN", "CHANGE"]
+    token_id = hashlib.sha256(TOKEN.encode()).hexdigest()[:8]
+    assert [line.split()[1:3] for line in table[1:]] == [
+        [token_id, "changed"],
+        [token_id, "created"],
+    ]
+    assert "30% by org" in table[1]
+    as_json = json.loads(server.ok("flags", "history", "history_flag", "--json"))
+    assert [c["token_id"] for c in as_json["changes"]] == [token_id, token_id]
+    missing = server.run("flags", "history", "no_such_flag")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

@@ -15,6 +15,7 @@ Screenshots (laptop 1280x800, phone 390x844) go to the test's tmp path and to
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -628,6 +629,59 @@ async def test_flags_try_it_and_delete(
     await expect(row).to_have_count(0)
     async with http.get(f"/v0/featureSpecs/{name}") as response:
         assert response.status == 404
+
+
+async def test_flags_percentage_variants_and_history(
+    page: Page, http: aiohttp.ClientSession, expect: Any, flag_routes: bool, tmp_path: Path
+) -> None:
+    name = "ui_rollout_flag"
+    await flags_page_or_xfail(page, expect, flag_routes)
+
+    # Create: 30% of users by org, two variants.
+    await page.get_by_role("button", name="New flag").click()
+    await page.locator("#flag-name").fill(name)
+    await page.locator("#flag-percentage").fill("30")
+    await page.locator("#flag-stickiness").fill("org")
+    for variant, weight in (("blue", "1"), ("green", "0")):
+        await page.get_by_role("button", name="Add variant").click()
+        await page.locator(".variant-name").last.fill(variant)
+        await page.locator(".variant-weight").last.fill(weight)
+    await page.get_by_role("button", name="Save flag").click()
+    row = page.locator(f'#flags-table tr[data-flag="{name}"]')
+    await expect(row.locator(".rollout")).to_contain_text("30% of users by org")
+    await expect(row).to_contain_text("Variants: blue (1), green (0)")
+    spec = await get_json(http, f"/v0/featureSpecs/{name}")
+    assert (spec["rollout_percentage"], spec["stickiness"]) == (30, "org")
+    assert [(v["name"], v["weight"]) for v in spec["variants"]] == [("blue", 1), ("green", 0)]
+
+    # Toggling the default keeps the rollout and the variants.
+    await row.get_by_role("switch").click()
+    await expect(row.get_by_role("switch")).to_have_attribute("aria-checked", "true")
+    assert await get_json(http, f"/v0/featureSpecs/{name}") == {**spec, "boolean": True}
+
+    # Try it: the flag is on (its default now) and answers its variant.
+    await page.locator("#try-user").fill('{"user_id": "u1"}')
+    await page.get_by_role("button", name="Evaluate").click()
+    await expect(page.locator(f'#try-result li[data-flag="{name}"]')).to_contain_text(
+        "variant blue"
+    )
+
+    # History: newest first, created then changed, by the page's token (its id only).
+    await row.get_by_role("button", name="History").click()
+    changes = page.locator("#flag-history-table tbody tr")
+    await expect(changes).to_have_count(2)
+    await expect(changes.nth(0)).to_contain_text(hashlib.sha256(TOKEN.encode()).hexdigest()[:8])
+    await expect(changes.nth(0)).to_contain_text("changed")
+    await expect(changes.nth(1)).to_contain_text("created")
+    await expect(changes.nth(0)).to_contain_text("30% by org")
+
+    # A percentage out of range is refused in the page, saying why.
+    await page.get_by_role("button", name="New flag").click()
+    await page.locator("#flag-name").fill("bad_percentage")
+    await page.locator("#flag-percentage").fill("150")
+    await page.get_by_role("button", name="Save flag").click()
+    await expect(page.locator("#flag-form-error")).to_contain_text("0 to 100")
+    await screenshot(page, tmp_path, "laptop-flags-rollout")
 
 
 # ------------------------------------------------------------------ screenshots

@@ -130,7 +130,7 @@ def test_the_set_of_specs_counts_its_changes():
     assert flags.version == 4
     with pytest.raises(NotFound):
         flags.get("b")
-    assert flags.evaluate({}, START, never) == {"a": False}
+    assert flags.evaluate({}, START, never) == ({"a": False}, {})
 
 
 def test_usage_is_counted_only_with_a_feature_and_a_user_id():

@@ -21,7 +21,7 @@ from kimball_grpc.codec.original_specs import (
     decode_original_specs,
     encode_original_specs,
 )
-from kimball_grpc.core.feature_flags import FeatureSpec, UserCondition
+from kimball_grpc.core.feature_flags import FeatureSpec, UserCondition, Variant, check_spec
 
 # The same term as OTP 25's term_to_binary/1 writes it (Latin-1 atoms: ATOM_EXT).
 ORIGINAL_DATA_OTP25 = (
@@ -149,6 +149,10 @@ def _spec_map(name: bytes = b"ok", **fields: object) -> dict:
         (_spec_map(user=[[b"p", Atom("="), Atom("maybe")]]), "the atom maybe"),
         (_spec_map(user=Atom("none")), "user must be a list"),
         (b"not a map", "a spec must be a map"),
+        (_spec_map(rollout_percentage=101), "rollout_percentage must be 0 to 100"),
+        (_spec_map(rollout_percentage=b"30"), "rollout_percentage must be a whole number"),
+        (_spec_map(variants=[{Atom("name"): b"v", Atom("weight"): -1}]), "weight must be 0"),
+        (_spec_map(variants=Atom("none")), "variants must be a list"),
     ],
 )
 def test_an_unusable_spec_is_left_out_and_named_the_rest_kept(bad, fragment):
@@ -205,3 +209,23 @@ def test_bad_terms_are_refused_naming_the_offset(data, fragment):
 def test_values_with_no_erlang_term_are_refused(value):
     with pytest.raises(TypeError):
         encode_term([value])
+
+
+def test_percentage_rollouts_and_variants_are_kept_by_the_configmap_form():
+    spec = check_spec(
+        FeatureSpec(
+            "pricing",
+            rollout_percentage=30,
+            stickiness="org_id",
+            group_id="g",
+            variants=(Variant("monthly", 1, '{"x": 1}'), Variant("yearly", 3)),
+        )
+    )
+    plain = FeatureSpec("plain", True)
+    assert decode_original_specs(encode_original_specs([spec, plain]).encode()) == (
+        [spec, plain],
+        [],
+    )
+    written = decode_term(base64.b64decode(encode_original_specs([plain])))
+    keys = {key.name for key in written[Atom("feature_maps")][0]}
+    assert keys == {"name", "boolean", "rollout_start", "rollout_end", "user"}  # as before
