@@ -316,6 +316,9 @@ class KimballService(pb_grpc.KimballServiceServicer):
         # From here on every accepted event reaches the ring; the log holds the earlier ones.
         live_from = self.ingestor.last_sequence
         try:
+            # Headers now, before any event: the caller learns the subscription is in place
+            # (the REST gateway then answers 200 and streams).
+            await context.send_initial_metadata(())
             if request.HasField("after_sequence") and request.after_sequence < live_from:
                 async for accepted in self.ingestor.replay(request.after_sequence, live_from):
                     if event_filter.matches(accepted.event):

@@ -13,6 +13,7 @@ V0_PATHS: dict[str, dict[str, str]] = {
     "/v0/featureSpecs": {"POST": "PutFeatureSpec", "GET": "ListFeatureSpecs"},
     "/v0/featureSpecs/{name}": {"GET": "GetFeatureSpec", "DELETE": "DeleteFeatureSpec"},
     "/v0/features": {"GET": "EvaluateFeatures"},
+    "/v0/events:stream": {"GET": "Subscribe"},
 }
 
 # (HTTP method, path) -> gRPC method name.
