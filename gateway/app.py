@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.connections import ConnectionGuard
+from gateway.event_stream import add_event_stream_shutdown, event_stream_handler
 from gateway.handlers import (
     Channel,
     Handler,
@@ -29,7 +30,7 @@ from gateway.handlers import (
     route_handler,
 )
 from gateway.openapi import openapi_document
-from gateway.route_table import ROUTE_TABLE
+from gateway.route_table import ROUTE_TABLE, EventStream
 from gateway.translate import MAX_BODY_BYTES
 from gateway.web_ui import add_web_ui
 from kimball_grpc.api.auth import TokenChecker
@@ -56,8 +57,12 @@ def build_app(
         middlewares.append(_request_metrics(metrics))
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     body_timeout = connections.limits.body_timeout_s
+    add_event_stream_shutdown(app)
     for route in ROUTE_TABLE:
-        handler = route_handler(route, channel, checker, body_timeout)
+        if isinstance(route.answer, EventStream):
+            handler = event_stream_handler(route, channel, checker, body_timeout)
+        else:
+            handler = route_handler(route, channel, checker, body_timeout)
         app.router.add_route(route.http_method, route.path, handler)
         app.router.add_route(route.http_method, route.path + "/", handler)  # as the original
     document = _json_document(openapi_document(ROUTE_TABLE))

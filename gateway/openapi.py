@@ -11,8 +11,10 @@ from collections.abc import Iterable
 
 from google.protobuf.descriptor import FieldDescriptor
 
+from gateway.event_stream import HEARTBEAT_SECONDS
 from gateway.proto_http import parameter_name
 from gateway.route_table import (
+    EventStream,
     FieldQuery,
     JsonBody,
     NdjsonBody,
@@ -125,6 +127,21 @@ def _operation(route: Route) -> Json:
         )
     if route.answer is None:
         responses["204"] = {"description": "Done"}
+    elif isinstance(route.answer, EventStream):
+        responses["200"] = {
+            "description": (
+                "Server-Sent Events until the client closes the stream or the server shuts "
+                "down: per event, `id:` (send it back as Last-Event-ID to resume) and "
+                "`data:` one line of JSON with the schema below; a comment line every "
+                f"{HEARTBEAT_SECONDS:g} s. A failure after the start is an `event: error` "
+                "with the error's JSON, then the end."
+            ),
+            "content": {"text/event-stream": {"schema": route.answer.schema}},
+        }
+        responses["429"] = _error(
+            "Too many streams or subscribers open at once (KIMBALL_MAX_STREAMS, "
+            "KIMBALL_MAX_SUBSCRIBERS)"
+        )
     else:
         responses["200"] = {
             "description": "OK",

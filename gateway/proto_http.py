@@ -32,6 +32,7 @@ class HttpRule:
     response_type: type[Message]
     body: str  # "*" for the whole request from the body, a field's name, "" for none
     client_streaming: bool = False  # the body is newline-delimited JSON, a message a line
+    server_streaming: bool = False  # the answer is Server-Sent Events, a message an event
 
     def in_path(self, field: FieldDescriptor) -> bool:
         """Whether ``field`` is a path parameter (``/v0/featureSpecs/{name}``), so not a
@@ -58,5 +59,6 @@ def http_rules(service: ServiceDescriptor) -> dict[str, HttpRule]:
             response_type=GetMessageClass(method.output_type),
             body=rule.body,
             client_streaming=method.client_streaming,
+            server_streaming=method.server_streaming,
         )
     return found

@@ -67,6 +67,27 @@ def stream_events_json(response: pb.StreamEventsResponse) -> Json:
     return {"accepted": response.accepted, "messages": response.messages}
 
 
+def subscribed_event_json(response: pb.SubscribeResponse) -> Json:
+    """One event of a subscription, flat: numbers as numbers. A replayed event has no
+    ``user_id`` and no ``datetime`` (the log keeps neither)."""
+    event = response.event
+    out: dict[str, Json] = {
+        "sequence": response.sequence,
+        "namespace": event.namespace,
+        "event_name": event.event_name,
+        "user_hash": response.user_hash,
+        "replayed": response.replayed,
+        "dropped": response.dropped,
+    }
+    if event.user_id:
+        out["user_id"] = event.user_id
+    if event.HasField("value"):
+        out["value"] = event.value
+    if event.HasField("datetime"):
+        out["datetime"] = event.datetime.ToJsonString()
+    return out
+
+
 def _goal_prediction(goal: pb.GoalPrediction) -> Json:
     out: dict[str, Json] = {}
     if goal.note:

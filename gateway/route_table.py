@@ -75,6 +75,17 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class EventStream:
+    """A server stream's answer: ``text/event-stream`` (Server-Sent Events), one event per
+    response message, its ``data`` the message's JSON and its ``id`` the resume position."""
+
+    render: Callable[[Message], Json]  # one response message -> its event's JSON
+    event_id: Callable[[Message], str]  # what a client sends back as Last-Event-ID
+    resume_field: str  # the request field Last-Event-ID fills
+    schema: Json  # the OpenAPI schema of one event's data
+
+
+@dataclass(frozen=True)
 class Route:
     """One REST route: the gRPC method it translates onto, its request and answer shapes,
     and its OpenAPI summary. HTTP method and path come from the method's proto option."""
@@ -82,7 +93,7 @@ class Route:
     method: str  # the gRPC method's short name in KimballService
     summary: str
     request: RequestShape = FieldQuery()
-    answer: Answer | None = None  # None: success is 204 with no body
+    answer: Answer | EventStream | None = None  # None: success is 204 with no body
 
     @property
     def rule(self) -> HttpRule:
@@ -129,6 +140,16 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "GetAnalytics",
         "The counters of a namespace",
         answer=Answer(response_shapes.analytics_json, schemas.ANALYTICS),
+    ),
+    Route(
+        "Subscribe",
+        "Accepted events, live, as Server-Sent Events (resume with Last-Event-ID)",
+        answer=EventStream(
+            response_shapes.subscribed_event_json,
+            lambda response: str(response.sequence),
+            "after_sequence",
+            schemas.SUBSCRIBED_EVENT,
+        ),
     ),
     Route("CreateGoal", "Mark an event name as a goal", request=JsonBody(schemas.CREATE_GOAL)),
     Route("ListGoals", "The goals of a namespace", answer=_strings("goals")),
@@ -185,7 +206,12 @@ def _check(table: tuple[Route, ...]) -> None:
             continue
         streams = isinstance(route.request, NdjsonBody)
         has_body = streams or isinstance(route.request, JsonBody)
-        if streams != rule.client_streaming or has_body != bool(rule.body):
+        answers_stream = isinstance(route.answer, EventStream)
+        if (
+            streams != rule.client_streaming
+            or has_body != bool(rule.body)
+            or answers_stream != rule.server_streaming
+        ):
             problems.append(f"{route.method}: {type(route.request).__name__} does not fit {rule}")
     if problems:
         raise ValueError("the route table does not match the proto: " + "; ".join(problems))

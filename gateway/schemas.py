@@ -184,6 +184,20 @@ NUDGES: Json = _object(
         "user_id": _STRING,
     }
 )
+SUBSCRIBED_EVENT: Json = _object(
+    {
+        "sequence": _COUNT,
+        "namespace": _STRING,
+        "event_name": _STRING,
+        "user_id": _STRING,
+        "user_hash": _STRING,
+        "value": _NUMBER,
+        "datetime": {"type": "string", "format": "date-time"},
+        "replayed": {"type": "boolean"},
+        "dropped": _COUNT,
+    },
+    required=["sequence", "namespace", "event_name", "user_hash", "replayed", "dropped"],
+)
 FEATURE_SPECS: Json = _object(
     {"featureSpecs": _array(FEATURE_SPEC), "version": _COUNT, **_NEXT_PAGE},
     required=["featureSpecs", "version"],

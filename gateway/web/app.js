@@ -1,17 +1,19 @@
-// Kimball's web UI: analytics, goals, predictions, nudges and feature flags over the REST API.
-import { ApiError, api, base64Json, getToken, onAuthChange, setToken } from "./api.js";
+// Kimball's web UI: analytics, live events, goals, predictions, nudges and feature flags over
+// the REST API.
+import { ApiError, api, base64Json, followEvents, getToken, onAuthChange, setToken } from "./api.js";
 import { barChart, lineChart, seriesStyle } from "./charts.js";
 import { $, clear, formatCount, formatNumber, formatPercent, formatRatio, h } from "./dom.js";
 
 const NAMESPACE_KEY = "kimball.namespace";
-const VIEWS = ["analytics", "goals", "predictions", "nudges", "flags"];
+const VIEWS = ["analytics", "live", "goals", "predictions", "nudges", "flags"];
 const MAX_CHIPS = 200; // what-if events shown at once (the filter finds the others)
 const TOP_COMBINATIONS = 10;
 const TOP_BARS = 15;
 const WEEKLY_SERIES_SHOWN = 6;
 
 const state = {
-  namespace: remembered(NAMESPACE_KEY) ?? "default",
+  // The URL's (a link to a view of a namespace) first, then this browser's last choice.
+  namespace: namespaceInUrl() ?? remembered(NAMESPACE_KEY) ?? "default",
   view: "analytics",
   counters: [], // the analytics view's named counters
   goals: [],
@@ -22,6 +24,23 @@ const state = {
   flags: [],
   editing: null, // the name of the flag in the form, or null for a new one
 };
+
+// ---------------------------------------------------------------- the namespace in the URL
+
+/** The namespace the URL names (`?namespace=`), or null. */
+function namespaceInUrl() {
+  return new URL(window.location.href).searchParams.get("namespace");
+}
+
+/** Put the namespace in the URL (the view stays in the hash), so the view can be linked;
+ * a new history entry when the user picked it, so Back returns to the previous one. */
+function namespaceToUrl(namespace, { replace = false } = {}) {
+  const url = new URL(window.location.href);
+  if (url.searchParams.get("namespace") === namespace) return;
+  url.searchParams.set("namespace", namespace);
+  if (replace) window.history.replaceState(null, "", url);
+  else window.history.pushState(null, "", url);
+}
 
 function remembered(key) {
   try {
@@ -155,9 +174,12 @@ async function loadNamespaces() {
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) showBanner(error);
   }
-  if (names && names.length && !names.includes(state.namespace)) {
+  // A namespace named by the URL is kept (a link to one with no data yet); a remembered one
+  // that no longer exists gives way to one that does.
+  if (names && names.length && !names.includes(state.namespace) && !namespaceInUrl()) {
     state.namespace = names.includes("default") ? "default" : names[0];
   }
+  namespaceToUrl(state.namespace, { replace: true });
   const all = names && names.length ? names : [state.namespace];
   if (!all.includes(state.namespace)) all.unshift(state.namespace);
   clear(select).append(
@@ -188,6 +210,7 @@ function showView() {
   const wanted = window.location.hash.replace(/^#/, "");
   state.view = VIEWS.includes(wanted) ? wanted : "analytics";
   for (const name of VIEWS) $(`#view-${name}`).hidden = name !== state.view;
+  if (state.view !== "live") stopLive(); // a stream only while it is watched
   for (const tab of document.querySelectorAll(".tabs a")) {
     if (tab.dataset.view === state.view) tab.setAttribute("aria-current", "page");
     else tab.removeAttribute("aria-current");
@@ -200,17 +223,32 @@ async function reloadAll() {
   showView();
 }
 
+function setNamespace(namespace) {
+  state.namespace = namespace;
+  remember(NAMESPACE_KEY, state.namespace);
+  state.whatif.clear();
+  state.whatifExtra = [];
+  state.weeklyHidden.clear();
+  clear($("#whatif-result"));
+  clear($("#nudge-result"));
+  resetLive();
+  showView();
+}
+
 function setupNavigation() {
   window.addEventListener("hashchange", showView);
   $("#namespace").addEventListener("change", (event) => {
-    state.namespace = event.target.value;
-    remember(NAMESPACE_KEY, state.namespace);
-    state.whatif.clear();
-    state.whatifExtra = [];
-    state.weeklyHidden.clear();
-    clear($("#whatif-result"));
-    clear($("#nudge-result"));
-    showView();
+    namespaceToUrl(event.target.value);
+    setNamespace(event.target.value);
+  });
+  window.addEventListener("popstate", () => {
+    const linked = namespaceInUrl();
+    if (linked === null || linked === state.namespace) return;
+    if (![...$("#namespace").options].some((o) => o.value === linked)) {
+      $("#namespace").append(h("option", { value: linked }, linked));
+    }
+    $("#namespace").value = linked;
+    setNamespace(linked);
   });
   $("#refresh").addEventListener("click", reloadAll);
 }
@@ -336,6 +374,15 @@ function weekAxis(weeks) {
   return axis;
 }
 
+/** The ISO week (UTC, as the server counts weeks) that holds `date`: [year, week]. */
+function isoWeekOf(date) {
+  const day = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()));
+  const weekday = day.getUTCDay() || 7;
+  day.setUTCDate(day.getUTCDate() + 4 - weekday); // the Thursday of its week decides the year
+  const yearStart = Date.UTC(day.getUTCFullYear(), 0, 1);
+  return [day.getUTCFullYear(), Math.ceil(((day - yearStart) / 86400000 + 1) / 7)];
+}
+
 function renderWeekly(weekly) {
   const root = clear($("#weekly"));
   if (!weekly.length) {
@@ -364,6 +411,9 @@ function renderWeekly(weekly) {
     byName.get(counter.name).set(key, counter.count);
   }
   const axis = weekAxis(seen.values()).map(([y, w]) => weekLabel(y, w));
+  const currentWeek = weekLabel(...isoWeekOf(new Date()));
+  // The week in progress has only its users so far: drawn as such, not as a drop.
+  const partialLast = axis[axis.length - 1] === currentWeek;
   const names = [...byName.keys()].sort((a, b) => {
     const total = (n) => [...byName.get(n).values()].reduce((x, y) => x + y, 0);
     return total(b) - total(a) || a.localeCompare(b);
@@ -384,6 +434,7 @@ function renderWeekly(weekly) {
     lineChart(chart, axis, series, {
       format: formatCount,
       caption: "Weekly unique users per event",
+      partialLast,
     });
   };
   names.forEach((name, index) => {
@@ -421,6 +472,13 @@ function renderWeekly(weekly) {
   root.append(
     legend,
     chart,
+    partialLast
+      ? h(
+          "p",
+          { class: "hint", id: "weekly-partial-note" },
+          `${currentWeek} is the current week and not over: its point (dashed) counts the users so far.`,
+        )
+      : null,
     h(
       "details",
       {},
@@ -450,6 +508,173 @@ function renderWeekly(weekly) {
   draw();
 }
 
+// ---------------------------------------------------------------- live events
+
+const LIVE_ROWS = 200; // rows kept on screen, newest first
+const RATE_WINDOW_SECONDS = 10;
+const LIVE_RETRY_MS = 3000;
+
+const live = {
+  controller: null, // the open stream's, to close it
+  paused: false,
+  lastId: null, // the last event's sequence: where a resume starts
+  arrivals: [], // arrival times (ms) within the rate window
+  timer: null,
+  retry: null,
+  received: 0,
+};
+
+function liveNames() {
+  return $("#live-filter")
+    .value.split(",")
+    .map((name) => name.trim())
+    .filter(Boolean);
+}
+
+function setLiveStatus(text, kind = "") {
+  const status = $("#live-status");
+  status.textContent = text;
+  status.dataset.kind = kind;
+}
+
+function showRate() {
+  const now = performance.now();
+  live.arrivals = live.arrivals.filter((t) => now - t < RATE_WINDOW_SECONDS * 1000);
+  const rate = live.arrivals.length / RATE_WINDOW_SECONDS;
+  const shown = $("#live-rate");
+  shown.textContent = rate < 10 ? rate.toFixed(1) : formatCount(rate);
+  shown.dataset.value = String(rate);
+}
+
+function addLiveEvent(data, id) {
+  live.lastId = id ?? live.lastId;
+  live.arrivals.push(performance.now());
+  live.received += 1;
+  $("#live-count").textContent = formatCount(live.received);
+  const body = $("#live-table tbody");
+  body.querySelector("tr.empty-row")?.remove();
+  const when = data.datetime ? new Date(data.datetime) : new Date();
+  body.prepend(
+    h(
+      "tr",
+      { class: "live-event", dataset: { name: data.event_name, sequence: data.sequence } },
+      h("td", {}, h("time", { datetime: when.toISOString() }, when.toLocaleTimeString())),
+      h("td", {}, h("span", { class: "chip" }, data.event_name)),
+      h(
+        "td",
+        { class: "user" },
+        data.user_id ?? h("span", { class: "muted", title: "replayed: the log keeps no user id" }, `#${data.user_hash.slice(0, 8)}`),
+      ),
+      h("td", {}, data.namespace),
+      h("td", { class: "num" }, formatCount(data.sequence)),
+    ),
+  );
+  while (body.rows.length > LIVE_ROWS) body.lastElementChild.remove();
+  showRate();
+}
+
+function liveEmptyRow() {
+  return h(
+    "tr",
+    { class: "empty-row" },
+    h("td", { colspan: 5, class: "empty" }, "Waiting for events… they appear here as they are tracked."),
+  );
+}
+
+/** Close the stream (leaving the view, pausing, a new filter); the rows stay. */
+function stopLive() {
+  clearTimeout(live.retry);
+  live.retry = null;
+  clearInterval(live.timer);
+  live.timer = null;
+  if (live.controller) live.controller.abort();
+  live.controller = null;
+}
+
+/** A new namespace: a new list, from now on. */
+function resetLive() {
+  stopLive();
+  live.lastId = null;
+  live.arrivals = [];
+  live.received = 0;
+  $("#live-count").textContent = "0";
+  clear($("#live-table tbody")).append(liveEmptyRow());
+  showRate();
+}
+
+/** Open the stream: from the last event seen when resuming (nothing missed while paused or
+ * disconnected), else from now. */
+function startLive({ resume = false } = {}) {
+  stopLive();
+  if (live.paused) {
+    setLiveStatus("Paused: new events are not shown until you resume.", "paused");
+    return;
+  }
+  const controller = new AbortController();
+  live.controller = controller;
+  live.timer = setInterval(showRate, 1000);
+  setLiveStatus("Connecting…");
+  const names = liveNames();
+  followEvents("/v0/events:stream", {
+    query: { namespace: state.namespace, event_names: names },
+    lastEventId: resume ? live.lastId : null,
+    signal: controller.signal,
+    onOpen: () => {
+      hideError(viewError("live"));
+      setLiveStatus(
+        names.length ? `Live: showing ${names.join(", ")} as they arrive.` : "Live: showing every event as it arrives.",
+        "live",
+      );
+    },
+    onEvent: ({ event, id, data }) => {
+      if (event === "error") throw new ApiError(data.status, `The stream ended: ${data.error.what}`);
+      addLiveEvent(data, id);
+    },
+  })
+    .then(() => {
+      if (live.controller === controller) reconnectLive(controller, "The stream ended.");
+    })
+    .catch((error) => {
+      if (error.name === "AbortError" || live.controller !== controller) return;
+      if (error instanceof ApiError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+        stopLive();
+        showError(viewError("live"), error);
+        setLiveStatus("Stopped.", "error");
+        return;
+      }
+      reconnectLive(controller, error.message);
+    });
+}
+
+/** A stream that ended or failed (the server restarting, too many streams): try again in a
+ * moment from the last event seen. */
+function reconnectLive(controller, why) {
+  if (live.controller !== controller) return;
+  controller.abort();
+  live.controller = null;
+  setLiveStatus(`${why} Reconnecting in ${LIVE_RETRY_MS / 1000} s…`, "error");
+  live.retry = setTimeout(() => startLive({ resume: true }), LIVE_RETRY_MS);
+}
+
+async function loadLive() {
+  if (!live.controller && !live.retry) startLive({ resume: live.lastId !== null });
+}
+
+function setupLive() {
+  resetLive();
+  $("#live-pause").addEventListener("click", (event) => {
+    live.paused = !live.paused;
+    event.currentTarget.setAttribute("aria-pressed", String(live.paused));
+    event.currentTarget.textContent = live.paused ? "Resume" : "Pause";
+    startLive({ resume: true });
+  });
+  $("#live-filter-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    resetLive();
+    startLive();
+  });
+}
+
 // ---------------------------------------------------------------- goals
 
 function combinationOrder(a, b) {
@@ -470,6 +695,7 @@ async function loadGoals(isCurrent) {
     (analytics.counts ?? []).filter((c) => c.type === "named").map((c) => [c.name, c]),
   );
   const list = clear($("#goals-list"));
+  const eventUsers = new Map([...named].map(([name, c]) => [name, c.count]));
   const names = [...(goals.goals ?? [])].sort((a, b) => a.localeCompare(b));
   if (!names.length) {
     list.append(
@@ -484,10 +710,71 @@ async function loadGoals(isCurrent) {
       ),
     );
   }
-  for (const goal of names) list.append(goalCard(goal, named.get(goal)));
+  for (const goal of names) list.append(goalCard(goal, named.get(goal), eventUsers));
 }
 
-function goalCard(goal, counter) {
+/**
+ * Each event's conversion to a goal: of the users who did the event, the share who reached
+ * the goal after it. The goal's counter holds, per event, how many of its users had done
+ * that event first (single_event_counts); the event's own counter, how many did it. This is
+ * one division of two numbers the API already gives, for display, so it stays here; the
+ * model's smoothed probabilities are the server's (Predictions). Both counts are estimates
+ * (Bloom filters), so a share is capped at 100%.
+ */
+function conversions(counter, eventUsers) {
+  return (counter.single_event_counts ?? [])
+    .filter((single) => eventUsers.get(single.name) > 0)
+    .map((single) => {
+      const users = eventUsers.get(single.name);
+      return { name: single.name, reached: single.count, users, share: Math.min(1, single.count / users) };
+    })
+    .sort((a, b) => b.share - a.share || b.reached - a.reached || a.name.localeCompare(b.name));
+}
+
+function conversionTable(rows) {
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      { class: "data conversions" },
+      h("caption", { class: "visually-hidden" }, "Conversion to the goal by event"),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col" }, "Event"),
+          h("th", { scope: "col", class: "num" }, "Conversion"),
+          h("th", { scope: "col", class: "num" }, "Reached the goal"),
+          h("th", { scope: "col", class: "num" }, "Users of the event"),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        rows.map((row) =>
+          h(
+            "tr",
+            { class: "conversion", dataset: { name: row.name } },
+            h("td", {}, h("span", { class: "chip" }, row.name)),
+            h(
+              "td",
+              { class: "num share", dataset: { value: row.share } },
+              h("span", { class: "meter", style: { "--share": `${row.share * 100}%` } }),
+              formatPercent(row.share),
+            ),
+            h("td", { class: "num reached", dataset: { value: row.reached } }, formatCount(row.reached)),
+            h("td", { class: "num users", dataset: { value: row.users } }, formatCount(row.users)),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+function goalCard(goal, counter, eventUsers) {
   const card = h("article", { class: "panel goal", dataset: { goal } }, h("h2", {}, goal));
   if (!counter || counter.count === 0) {
     card.append(h("p", { class: "empty" }, "No user has reached this goal yet."));
@@ -506,6 +793,13 @@ function goalCard(goal, counter) {
       counter.count === 1 ? " user reached it" : " users reached it",
       sum ? ` · value sum ${formatNumber(sum)}` : "",
     ),
+  );
+  const converting = conversions(counter, eventUsers);
+  card.append(
+    h("h3", {}, "Conversion: of each event's users, the share who reached the goal"),
+    converting.length
+      ? conversionTable(converting)
+      : h("p", { class: "empty" }, "Its users did no other event before reaching it."),
   );
   const combinations = [...(counter.event_counts ?? [])].sort(combinationOrder);
   const body = h("tbody");
@@ -544,10 +838,14 @@ function goalCard(goal, counter) {
     }
   };
   fill(TOP_COMBINATIONS);
-  card.append(
-    h("h3", {}, "Combinations of prior events, most common first"),
+  const details = h(
+    "details",
+    { class: "combinations-details" },
+    h("summary", {}, `Combinations of events done before it (${formatCount(combinations.length)})`),
+    h("p", { class: "hint" }, "The sets of other events its users had done when they first reached it, most common first."),
     h("div", { class: "table-wrap" }, table),
   );
+  card.append(details);
   if (combinations.length > TOP_COMBINATIONS) {
     const more = h(
       "button",
@@ -558,28 +856,7 @@ function goalCard(goal, counter) {
       fill(combinations.length);
       more.remove();
     });
-    card.append(more);
-  }
-  const singles = [...(counter.single_event_counts ?? [])].sort(
-    (a, b) => b.count - a.count || a.name.localeCompare(b.name),
-  );
-  if (singles.length) {
-    card.append(
-      h("h3", {}, "Each event before it"),
-      h(
-        "ul",
-        { class: "singles" },
-        singles.map((single) =>
-          h(
-            "li",
-            { dataset: { name: single.name } },
-            h("span", { class: "chip" }, single.name),
-            " ",
-            h("span", { class: "count" }, formatCount(single.count)),
-          ),
-        ),
-      ),
-    );
+    details.append(more);
   }
   return card;
 }
@@ -1465,6 +1742,7 @@ function setupFlags() {
 
 const LOADERS = {
   analytics: loadAnalytics,
+  live: loadLive,
   goals: loadGoals,
   predictions: loadPredictions,
   nudges: loadNudges,
@@ -1474,6 +1752,7 @@ const LOADERS = {
 addViewErrors();
 setupToken();
 setupNavigation();
+setupLive();
 setupGoals();
 setupPredictions();
 setupFlags();

@@ -125,10 +125,12 @@ export function barChart(container, items, options = {}) {
 
 /**
  * Lines over a shared x axis: labels [x0, x1, ...], series [{name, values: [..], colour?}].
- * options: {format(value), caption}
+ * options: {format(value), caption, partialLast}: with partialLast the last x is a period
+ * still running (the current week): its segment is dashed, its dot hollow, its label
+ * marked "(partial)", so a low count there reads as "so far", not as a drop.
  */
 export function lineChart(container, labels, series, options = {}) {
-  const { format = String, caption = "" } = options;
+  const { format = String, caption = "", partialLast = false } = options;
   mount(container, () => {
     clear(container);
     const width = widthOf(container);
@@ -168,24 +170,41 @@ export function lineChart(container, labels, series, options = {}) {
     for (const i of shown) {
       const anchor = i === last && labels.length > 1 ? "end" : "middle";
       const at = anchor === "end" ? width - 2 : x(i);
+      const partial = partialLast && i === last;
       svg.append(
         s(
           "text",
-          { x: at, y: height - margin.bottom + 18, class: "axis-label", "text-anchor": anchor },
-          labels[i],
+          {
+            x: at,
+            y: height - margin.bottom + 18,
+            class: partial ? "axis-label partial-label" : "axis-label",
+            "text-anchor": anchor,
+          },
+          partial ? `${labels[i]} (partial)` : labels[i],
         ),
       );
     }
+    const pointsOf = (values, from) =>
+      values.map((v, i) => `${x(from + i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
     series.forEach((line, index) => {
-      const points = line.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
       const group = s("g", { class: "series", style: seriesStyle(line.colour ?? index) });
-      if (line.values.length > 1) group.append(s("polyline", { points, class: "line" }));
+      const solidEnd = partialLast ? line.values.length - 1 : line.values.length;
+      if (solidEnd > 1) {
+        group.append(s("polyline", { points: pointsOf(line.values.slice(0, solidEnd), 0), class: "line" }));
+      }
+      if (partialLast && line.values.length > 1) {
+        const from = line.values.length - 2;
+        group.append(
+          s("polyline", { points: pointsOf(line.values.slice(from), from), class: "line partial" }),
+        );
+      }
       line.values.forEach((v, i) => {
+        const partial = partialLast && i === last;
         group.append(
           s(
             "circle",
-            { cx: x(i), cy: y(v), r: 3.5, class: "dot" },
-            s("title", {}, `${line.name}, ${labels[i]}: ${format(v)}`),
+            { cx: x(i), cy: y(v), r: 3.5, class: partial ? "dot partial" : "dot" },
+            s("title", {}, `${line.name}, ${labels[i]}${partial ? " (so far)" : ""}: ${format(v)}`),
           ),
         );
       });

@@ -8,8 +8,8 @@ handler in the same process. Like grpc-gateway's ``RegisterXHandlerServer``,
 server's interceptors (authentication, status mapping, request metrics), with
 the request and response serialized as on the wire. Failures surface as
 ``grpc.aio.AioRpcError``, as they would from a network channel, so the gateway
-cannot tell the difference. Unary and client-streaming methods: the gateway needs
-no other (server-streaming calls fail with UNIMPLEMENTED).
+cannot tell the difference. Unary, client-streaming and server-streaming methods (the
+last for the gateway's Server-Sent Events); bidirectional calls fail with UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class _LocalContext:
     trailing: Metadata = ()
     code: grpc.StatusCode | None = None
     details: str = ""
+    on_headers: Callable[[], None] = lambda: None  # a response stream's headers went out
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
 
     def invocation_metadata(self) -> Metadata:
@@ -103,6 +104,9 @@ class _LocalContext:
     ) -> None:
         raise _Aborted(code, details, tuple(trailing_metadata))
 
+    async def send_initial_metadata(self, metadata: Metadata) -> None:
+        self.on_headers()
+
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code
 
@@ -113,9 +117,65 @@ class _LocalContext:
         self.trailing = tuple(trailing_metadata)
 
 
+class LocalStreamCall:
+    """A server-streaming call in this process, used as ``grpc.aio.UnaryStreamCall`` is:
+    ``initial_metadata``, ``read`` (``grpc.aio.EOF`` at the end), ``done``, ``cancel``.
+
+    The handler runs in a task of its own, as on a server: shutdown cancels that task
+    where it waits (``OpenCalls``), and ``cancel`` ends it as a client's cancel would. At
+    most one response waits to be read, so a slow reader holds the handler back (a
+    subscription then falls behind and counts what it drops) rather than memory growing.
+    """
+
+    def __init__(self, responses: Callable[[_LocalContext], AsyncIterator[Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        self._headers: asyncio.Future[None] = loop.create_future()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self._task = asyncio.create_task(self._serve(responses))
+
+    def _headers_sent(self) -> None:
+        if not self._headers.done():
+            self._headers.set_result(None)
+
+    async def _serve(self, responses: Callable[[_LocalContext], AsyncIterator[Any]]) -> None:
+        context = _LocalContext((), None, on_headers=self._headers_sent)
+        outcome: Any = grpc.aio.EOF
+        try:
+            async for response in responses(context):
+                self._headers_sent()
+                await self._queue.put(response)
+        except grpc.aio.AioRpcError as error:
+            outcome = error
+        self._headers_sent()
+        await self._queue.put(outcome)
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        """Once the handler sent its headers, its first response, or ended."""
+        await asyncio.shield(self._headers)
+        return grpc.aio.Metadata()
+
+    def done(self) -> bool:
+        """Whether the handler ended (its last responses may still wait to be read)."""
+        return self._task.done()
+
+    async def read(self) -> Any:
+        """The next response; ``grpc.aio.EOF`` after the last; the call's error if it failed."""
+        item = await self._queue.get()
+        if isinstance(item, grpc.aio.AioRpcError):
+            self._queue.put_nowait(item)  # read again: the same error, as grpc.aio does
+            raise item
+        if item is grpc.aio.EOF:
+            self._queue.put_nowait(item)
+        return item
+
+    def cancel(self) -> bool:
+        """End the call; the handler's cleanup runs where it waits."""
+        return self._task.cancel()
+
+
 class LocalChannel:
-    """The unary and client-streaming part of ``grpc.aio.Channel``, served by handlers in
-    this process."""
+    """The unary, client-streaming and server-streaming part of ``grpc.aio.Channel``,
+    served by handlers in this process."""
 
     def __init__(
         self,
@@ -125,12 +185,58 @@ class LocalChannel:
         self._handlers = tuple(generic_handlers)
         self._interceptors = tuple(interceptors)
 
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        """Server-streaming calls are refused: generated stubs can still be built on this
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        """Bidirectional calls are refused: generated stubs can still be built on this
         channel."""
         return _streaming_refused
 
-    stream_stream = unary_stream
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool = False,
+    ) -> Callable[..., LocalStreamCall]:
+        """A callable like a stub's: ``call(request, metadata=...)`` is a
+        ``LocalStreamCall`` (no deadline: the stream lasts until cancelled or ended)."""
+
+        def call(request: Any, *, metadata: Metadata | None = None) -> LocalStreamCall:
+            def responses(context: _LocalContext) -> AsyncIterator[Any]:
+                context.metadata = tuple(metadata or ())
+                return self._responses(
+                    method, request, request_serializer, response_deserializer, context
+                )
+
+            return LocalStreamCall(responses)
+
+        return call
+
+    async def _responses(
+        self,
+        method: str,
+        request: Any,
+        request_serializer: Callable[[Any], bytes] | None,
+        response_deserializer: Callable[[bytes], Any] | None,
+        context: _LocalContext,
+    ) -> AsyncIterator[Any]:
+        """One server-streaming call of ``method``, as the server would make it."""
+        details = _CallDetails(method, context.metadata)
+        handler = await self._intercepted(iter(self._interceptors), details)
+        if handler is None or handler.unary_stream is None:
+            raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        received = _as_received(handler, request_serializer, request)
+        try:
+            async for response in handler.unary_stream(received, context):
+                if handler.response_serializer:
+                    response = handler.response_serializer(response)
+                yield response_deserializer(response) if response_deserializer else response
+        except _Aborted as aborted:
+            raise _error(aborted.code, aborted.details, aborted.trailing) from None
+        except Exception as exc:
+            log.exception("Unexpected error in %s", method)
+            raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
+        if context.code not in (None, grpc.StatusCode.OK):
+            raise _error(context.code, context.details, context.trailing)
 
     def _callable(
         self,
@@ -236,9 +342,7 @@ async def _stream_as_received(
 
 
 def _streaming_refused(*args: Any, **kwargs: Any) -> Any:
-    raise _error(
-        grpc.StatusCode.UNIMPLEMENTED, "the local channel carries no server-streaming calls"
-    )
+    raise _error(grpc.StatusCode.UNIMPLEMENTED, "the local channel carries no bidirectional calls")
 
 
 def _error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:

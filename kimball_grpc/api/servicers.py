@@ -369,6 +369,9 @@ class KimballService(pb_grpc.KimballServiceServicer):
         live_from = self.ingestor.last_sequence
         wire = proto_mapping.subscribe_response_wire
         try:
+            # Headers now, before any event: the caller learns the subscription is in place
+            # (the REST gateway then answers 200 and streams).
+            await context.send_initial_metadata(())
             if request.HasField("after_sequence") and request.after_sequence < live_from:
                 replayed: list[bytes] = []
                 async for accepted in self.ingestor.replay(request.after_sequence, live_from):

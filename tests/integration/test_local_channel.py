@@ -7,6 +7,7 @@ import logging
 
 import grpc
 import pytest
+from support.polling import until
 
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.app import RunningServer
@@ -58,14 +59,38 @@ async def test_an_unknown_method_is_unimplemented(server: RunningServer):
     assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_streaming_calls_are_refused_clearly(server: RunningServer):
+async def test_a_subscription_over_it_answers_as_over_the_network(server: RunningServer):
     local = pb_grpc.KimballServiceStub(server.local_channel)
+    call = local.Subscribe(pb.SubscribeRequest(event_names=["signup"]))
+    await call.initial_metadata()  # the subscription is in place before any event
+
+    await local.TrackEvent(pb.TrackEventRequest(event=pb.Event(event_name="signup", user_id="u")))
+    first = await call.read()
+    call.cancel()
+
+    assert (first.event.event_name, first.event.user_id) == ("signup", "u")
+    await until(lambda: server.hub.subscriber_count == 0, "the cancelled call to unsubscribe")
+
+
+async def test_a_refused_subscription_fails_as_over_the_network(server: RunningServer, stub):
+    bad = pb.SubscribeRequest(after_sequence=server.ingestor.last_sequence + 5)
+    with pytest.raises(grpc.aio.AioRpcError) as over_network:
+        await stub.Subscribe(bad).read()
+    call = pb_grpc.KimballServiceStub(server.local_channel).Subscribe(bad)
+    with pytest.raises(grpc.aio.AioRpcError) as locally:
+        await call.read()
+
+    assert _failure(locally.value) == _failure(over_network.value)
+    assert locally.value.code() is grpc.StatusCode.OUT_OF_RANGE
+
+
+async def test_bidirectional_calls_are_refused_clearly():
+    call = LocalChannel([], []).stream_stream("/test.Any/Call")
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        local.Subscribe(pb.SubscribeRequest())
+        call(iter(()))
 
     assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "no server-streaming calls" in refused.value.details()
 
 
 def _channel_to(behavior) -> LocalChannel:

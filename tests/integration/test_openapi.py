@@ -62,7 +62,8 @@ class TestWithAuthentication:
 
 
 async def test_the_routes_that_can_answer_429_document_it(http) -> None:
-    """Routes that add to the state (growth limits) and paged reads (the answer size limit)."""
+    """Routes that add to the state (growth limits), paged reads (the answer size limit) and
+    the event stream (streams open at once)."""
     async with http.get("/api-docs/openapi.json") as response:
         paths = (await response.json())["paths"]
     refusing = {
@@ -78,6 +79,7 @@ async def test_the_routes_that_can_answer_429_document_it(http) -> None:
         ("get", "/v0/namespaces"),
         ("get", "/v0/featureSpecs"),
         ("get", "/v0/featureSpecs/{name}/history"),
+        ("get", "/v0/events:stream"),  # streams and subscribers open at once
     }
 
 

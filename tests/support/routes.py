@@ -14,6 +14,7 @@ V0_PATHS: dict[str, dict[str, str]] = {
     "/v0/featureSpecs/{name}": {"GET": "GetFeatureSpec", "DELETE": "DeleteFeatureSpec"},
     "/v0/featureSpecs/{name}/history": {"GET": "GetFeatureSpecHistory"},
     "/v0/features": {"GET": "EvaluateFeatures"},
+    "/v0/events:stream": {"GET": "Subscribe"},
 }
 
 # (HTTP method, path) -> gRPC method name.

@@ -232,7 +232,10 @@ def request(
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        response.read()
+        if response.getheader("Content-Type") == "text/event-stream":
+            response.readline()  # the stream's opening line: it would go on until closed
+        else:
+            response.read()
         return response.status
     finally:
         connection.close()
@@ -258,6 +261,7 @@ def call_every_rest_route(port: int) -> None:
         "/v0/goals": f"?namespace={MARK}-ns",
         "/v0/predictions": f"?namespace={MARK}-ns&user_id={user}",
         "/v0/nudges": f"?goal={MARK}-goal&user_id={user}",
+        "/v0/events:stream": f"?namespace={MARK}-ns&after_sequence=0",
         "/v0/features": "?user_obj="
         + b64({"user_id": user})
         + "&context_obj="

@@ -9,7 +9,8 @@ they are skipped with the reason; without Playwright they are skipped with how t
 One Kimball server (authentication on) and one browser serve the whole module; each test
 gets a fresh browser context (empty localStorage), so it types the token as a user would.
 Screenshots (laptop 1280x800, phone 390x844) go to the test's tmp path and to
-``test-artifacts/screenshots/`` at the repository root.
+``test-artifacts/screenshots/`` at the repository root; with ``UPDATE_SCREENSHOTS=1`` the
+laptop ones also replace those in ``docs/screenshots/``, which the README shows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,9 @@ TOKEN = "web-ui-secret"
 TIMEOUT_MS = 10_000
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+NARROW = {"width": 360, "height": 740}  # the narrowest phones in use
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FLAG_ROUTES_PENDING = "flag routes not built yet"
 FLAG = "ui_test_flag"
@@ -255,6 +258,8 @@ async def screenshot(page: Page, directory: Path, name: str) -> None:
     await page.screenshot(path=str(path), full_page=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, ARTIFACTS / path.name)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1" and name.startswith("laptop-"):
+        shutil.copyfile(path, DOCS_SCREENSHOTS / f"{name.removeprefix('laptop-')}.png")
 
 
 async def assert_fits(page: Page, what: str) -> None:
@@ -389,6 +394,161 @@ async def test_namespace_picker_is_remembered_and_weekly_has_an_empty_state(
     await expect(page.get_by_test_id("total-users")).to_have_text("3")
 
 
+async def test_the_namespace_is_in_the_url_for_every_page(
+    browser: Browser, base_url: str, expect: Any
+) -> None:
+    async with open_page(browser, base_url, LAPTOP) as page:
+        await enter_token(page, expect)
+        await expect(page).to_have_url(f"{base_url}/?namespace=default")
+        await page.locator("#namespace").select_option("mobile")
+        await expect(page).to_have_url(f"{base_url}/?namespace=mobile")
+        # Every page keeps it: the tabs change only the view.
+        await page.get_by_role("link", name="Goals").click()
+        await expect(page).to_have_url(f"{base_url}/?namespace=mobile#goals")
+        await expect(page.locator("#goals-list")).to_contain_text("No goal in this namespace")
+        # Back returns to the previous namespace.
+        await page.go_back()
+        await page.go_back()
+        await expect(page.locator("#namespace")).to_have_value("default")
+        await expect(page.get_by_test_id("total-users")).to_have_text("21")
+    # A link opens that namespace's view, whatever the browser chose before.
+    async with open_page(browser, base_url, LAPTOP) as page:
+        await enter_token(page, expect)
+        await page.goto("/?namespace=mobile#analytics")
+        await expect(page.locator("#namespace")).to_have_value("mobile")
+        await expect(page.get_by_test_id("total-users")).to_have_text("3")
+        await page.goto("/?namespace=default#goals")
+        await expect(page.locator("#namespace")).to_have_value("default")
+        await expect(page.locator('article.goal[data-goal="checkout"]')).to_be_visible()
+
+
+async def test_the_current_week_is_drawn_as_partial(
+    page: Page, http: aiohttp.ClientSession, expect: Any
+) -> None:
+    now = datetime.now(UTC)
+    events = [
+        {
+            "event_name": "checkout",
+            "user_id": f"w{i}",
+            "namespace": "thisweek",
+            "datetime": (now - timedelta(days=7 * (i % 2))).isoformat(),
+        }
+        for i in range(5)
+    ]
+    async with http.post("/v0/analytics", json=events) as response:
+        assert response.status == 204, await response.text()
+    year, week, _ = now.isocalendar()
+    await enter_token(page, expect)
+    await page.goto("/?namespace=thisweek#analytics")
+    chart = page.locator("#weekly-chart")
+    await expect(chart.locator("circle")).to_have_count(2)
+    await expect(chart.locator("polyline.partial")).to_have_count(1)  # the last segment, dashed
+    await expect(chart.locator("circle.partial")).to_have_count(1)
+    await expect(chart.locator(".partial-label")).to_have_text(f"{year}-W{week:02d} (partial)")
+    await expect(page.locator("#weekly-partial-note")).to_contain_text("not over")
+    # Weeks that are over are drawn whole.
+    await page.goto("/?namespace=default#analytics")
+    await expect(page.locator("#weekly-chart circle")).to_have_count(4)
+    await expect(page.locator("#weekly-chart .partial")).to_have_count(0)
+
+
+async def test_live_events_arrive_pause_and_filter(
+    page: Page, http: aiohttp.ClientSession, expect: Any
+) -> None:
+    async def track(*names: str) -> None:
+        body = [
+            {"event_name": n, "user_id": f"live{i}", "namespace": "live"}
+            for i, n in enumerate(names)
+        ]
+        async with http.post("/v0/analytics", json=body) as response:
+            assert response.status == 204, await response.text()
+
+    await enter_token(page, expect)
+    await page.goto("/?namespace=live#live")
+    await expect(page.locator("#live-status")).to_contain_text("Live")
+    rows = page.locator("#live-table tr.live-event")
+    await expect(page.locator("#live-table")).to_contain_text("Waiting for events")
+    await track("signup", "purchase")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text("purchase")  # newest first
+    await expect(rows.first).to_contain_text("live1")
+    await expect(page.locator("#live-count")).to_have_text("2")
+    rate = float(await page.get_by_test_id("live-rate").get_attribute("data-value"))
+    assert rate > 0
+
+    # Paused, nothing shows; resumed, the events of the pause are read back.
+    await page.get_by_role("button", name="Pause").click()
+    await expect(page.locator("#live-status")).to_contain_text("Paused")
+    await track("during_pause")
+    await expect(rows).to_have_count(2)
+    await page.get_by_role("button", name="Resume").click()
+    await expect(rows).to_have_count(3)
+    await expect(rows.first).to_contain_text("during_pause")
+
+    # Filtered by event name.
+    await page.get_by_label("Event names").fill("buy, pay")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page.locator("#live-status")).to_contain_text("buy, pay")
+    await track("browse", "buy", "pay", "browse")
+    await expect(rows).to_have_count(2)
+    names = await rows.evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names == ["pay", "buy"]
+
+    # Leaving the page closes the stream.
+    await page.get_by_role("link", name="Analytics").click()
+    await expect(page.locator("#live-status")).to_be_hidden()
+    await track("after_leaving")
+    await page.get_by_role("link", name="Live").click()
+    await expect(rows).to_have_count(2)  # a new stream from now on, with the same filter
+
+
+async def test_usable_at_360_px_and_with_the_keyboard(
+    browser: Browser, base_url: str, expect: Any
+) -> None:
+    async with open_page(browser, base_url, NARROW) as page:
+        await enter_token(page, expect)
+        await expect(page.get_by_test_id("total-users")).to_have_text("21")
+        for view in ("analytics", "live", "goals", "predictions", "nudges", "flags"):
+            await page.goto(f"/?namespace=default#{view}")
+            await expect(page.locator(f"#view-{view}")).to_have_attribute("aria-busy", "false")
+            await assert_fits(page, f"360 px {view}")
+            # Every control a person can reach has a name a screen reader says.
+            unnamed = await page.evaluate(
+                """view => [...document.querySelectorAll(
+                    `header input, header select, header button, nav a,
+                     #view-${view} input, #view-${view} select, #view-${view} button,
+                     #view-${view} textarea`)]
+                  .filter(el => el.offsetParent !== null)
+                  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                                && !el.textContent.trim())
+                  .map(el => el.outerHTML.slice(0, 80))""",
+                view,
+            )
+            assert unnamed == [], f"{view}: controls without a name: {unnamed}"
+
+        # The keyboard alone: Tab reaches the namespace, the tabs, and Enter follows one.
+        await page.goto("/?namespace=default#analytics")
+        await page.reload()  # focus starts at the top of the page
+        await expect(page.get_by_test_id("total-users")).to_have_text("21")
+        reached = []
+        for _ in range(12):
+            await page.keyboard.press("Tab")
+            reached.append(
+                await page.evaluate(
+                    "document.activeElement.id || document.activeElement.textContent.trim()"
+                )
+            )
+            if reached[-1] == "Live":
+                break
+        assert "namespace" in reached and reached[-1] == "Live", reached
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#view-live")).to_be_visible()
+        await expect(page.locator("#live-status")).to_contain_text("Live")
+        # Focus is visible where it is.
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"
+
+
 async def test_goals_show_their_combinations_and_a_goal_can_be_created(
     page: Page, http: aiohttp.ClientSession, expect: Any
 ) -> None:
@@ -411,6 +571,26 @@ async def test_goals_show_their_combinations_and_a_goal_can_be_created(
     assert shown[0][1] == 2
     assert ([], 1) in [(e, c) for e, c in shown]  # u_new: no prior event
     await expect(card).to_contain_text("no prior event")
+
+    # Conversion: of each event's users, the share who reached the goal, counts beside.
+    users = {c["name"]: c["count"] for c in counters(analytics, "named")}
+    conversions = card.locator("tr.conversion")
+    await expect(conversions).to_have_count(len(checkout["single_event_counts"]))
+    await expect(card).to_contain_text("Conversion")
+    shown = await conversions.evaluate_all(
+        """rows => rows.map(r => [r.dataset.name,
+            Number(r.querySelector('.share').dataset.value), r.querySelector('.share').textContent,
+            Number(r.querySelector('.reached').dataset.value),
+            Number(r.querySelector('.users').dataset.value)])"""
+    )
+    expected = {s["name"]: (s["count"], users[s["name"]]) for s in checkout["single_event_counts"]}
+    assert {name: (reached, of) for name, _, _, reached, of in shown} == expected
+    for _, share, text, reached, of in shown:
+        assert share == pytest.approx(min(1, reached / of))
+        assert text == f"{share * 100:.1f}%"
+    assert [row[1] for row in shown] == sorted((row[1] for row in shown), reverse=True)
+    assert shown[0][0] == "café_visit"  # u0-u4 all reached it: 5 of 5
+    assert shown[0][2] == "100.0%"
 
     await page.locator("#goal-name").fill("upgrade")
     await page.get_by_role("button", name="Create goal").click()
@@ -688,7 +868,7 @@ async def test_flags_percentage_variants_and_history(
 
 
 async def test_screenshots_at_laptop_and_phone_sizes(
-    browser: Browser, base_url: str, expect: Any, tmp_path: Path
+    browser: Browser, base_url: str, http: aiohttp.ClientSession, expect: Any, tmp_path: Path
 ) -> None:
     """Every page at both sizes, for people to look at; also checks nothing overflows the
     phone's width (the tables scroll inside their own box)."""
@@ -700,7 +880,7 @@ async def test_screenshots_at_laptop_and_phone_sizes(
             await screenshot(page, tmp_path, f"{size}-analytics")
             await assert_fits(page, f"{size} analytics")
             for view, ready in (
-                ("goals", 'article.goal[data-goal="checkout"] tr.combination'),
+                ("goals", 'article.goal[data-goal="checkout"] tr.conversion'),
                 ("predictions", "#ranking-table tbody tr"),
             ):
                 await page.goto(f"/#{view}")
@@ -722,4 +902,23 @@ async def test_screenshots_at_laptop_and_phone_sizes(
             await expect(page.locator("#view-flags")).to_have_attribute("aria-busy", "false")
             await screenshot(page, tmp_path, f"{size}-flags")
             await assert_fits(page, f"{size} flags")
-    assert len(list(tmp_path.glob("*.png"))) == 10
+            await page.goto("/?namespace=shop#live")
+            await expect(page.locator("#live-status")).to_contain_text("Live")
+            async with http.post("/v0/analytics", json=screenshot_events(size)) as response:
+                assert response.status == 204
+            await expect(page.locator("#live-table tr.live-event")).to_have_count(6)
+            await screenshot(page, tmp_path, f"{size}-live")
+            await assert_fits(page, f"{size} live")
+    assert len(list(tmp_path.glob("*.png"))) == 12
+
+
+def screenshot_events(size: str) -> list[dict]:
+    names = ["signup", "page_view", "feature_a", "page_view", "checkout", "signup"]
+    return [
+        {
+            "event_name": name,
+            "user_id": f"{size}-user{i}",
+            "namespace": "shop",
+        }
+        for i, name in enumerate(names)
+    ]
