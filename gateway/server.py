@@ -66,6 +66,7 @@ async def start_gateway(
     checker: TokenChecker | None,
     limits: HttpLimits | None = None,
     tls: ssl.SSLContext | None = None,
+    shared: list[socket.socket] | None = None,
 ) -> RunningGateway:
     """Serve the REST API on ``host:port`` onto the gRPC methods reached over ``channel``
     (with ``/metrics`` when the server's ``metrics`` are in this process), within
@@ -87,7 +88,7 @@ async def start_gateway(
     sockets: list[socket.socket] = []
     listeners: list[asyncio.Server] = []
     try:
-        sockets = _listening_sockets(host, port)
+        sockets = shared or listening_sockets(host, port)
         for sock in sockets:
             listeners.append(
                 await loop.create_server(
@@ -121,7 +122,7 @@ EVERY_ADDRESS = ("", "::", "0.0.0.0")
 _NO_SUCH_ADDRESS = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
 
-def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """Bound sockets for ``host:port``: one on every address for a wildcard; else one per
     address ``host`` resolves to (all on the port the first got, when ``port`` is 0),
     skipping addresses this host lacks (``::1`` without IPv6) as long as one is left."""

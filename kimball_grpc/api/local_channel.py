@@ -107,7 +107,7 @@ class LocalChannel:
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         """Server-streaming calls are refused: generated stubs can still be built on this
         channel."""
-        return _streaming_refused
+        return streaming_refused
 
     stream_stream = unary_stream
 
@@ -151,7 +151,7 @@ class LocalChannel:
         details = _CallDetails(method, tuple(metadata or ()))
         handler = await self._intercepted(iter(self._interceptors), details)
         if handler is None or getattr(handler, kind) is None:
-            raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         if kind == "stream_unary":
             received = _stream_as_received(handler, request_serializer, request)
         else:
@@ -163,15 +163,15 @@ class LocalChannel:
             async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
                 response = await getattr(handler, kind)(received, context)
         except _Aborted as aborted:
-            raise _error(aborted.code, aborted.details, aborted.trailing) from None
+            raise rpc_error(aborted.code, aborted.details, aborted.trailing) from None
         except TimeoutError:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except Exception as exc:
             # As grpc.aio's server does: the caller gets UNKNOWN, the log gets the trace.
             log.exception("Unexpected error in %s", method)
-            raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
+            raise rpc_error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
         if context.code not in (None, grpc.StatusCode.OK):
-            raise _error(context.code, context.details, context.trailing)
+            raise rpc_error(context.code, context.details, context.trailing)
         if handler.response_serializer:
             response = handler.response_serializer(response)
         return response_deserializer(response) if response_deserializer else response
@@ -214,13 +214,15 @@ async def _stream_as_received(
         yield _as_received(handler, serializer, request)
 
 
-def _streaming_refused(*args: Any, **kwargs: Any) -> Any:
-    raise _error(
+def streaming_refused(*args: Any, **kwargs: Any) -> Any:
+    """Stands for a server-streaming method, which a channel in-process cannot carry."""
+    raise rpc_error(
         grpc.StatusCode.UNIMPLEMENTED, "the local channel carries no server-streaming calls"
     )
 
 
-def _error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
+def rpc_error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
+    """A failed call as a network channel raises it."""
     return grpc.aio.AioRpcError(
         code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
     )
