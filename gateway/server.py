@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import Exposition, build_app
 from gateway.connections import ConnectionGuard
 from gateway.http_log import RequestFreeLog
 from kimball_grpc.api.auth import TokenChecker
@@ -67,6 +67,7 @@ async def start_gateway(
     limits: HttpLimits | None = None,
     tls: ssl.SSLContext | None = None,
     shared: list[socket.socket] | None = None,
+    exposition: Exposition | None = None,
 ) -> RunningGateway:
     """Serve the REST API on ``host:port`` onto the gRPC methods reached over ``channel``
     (with ``/metrics`` when the server's ``metrics`` are in this process), within
@@ -76,7 +77,7 @@ async def start_gateway(
     limits = limits or HttpLimits()
     guard = ConnectionGuard(limits, metrics)
     runner = web.AppRunner(
-        build_app(channel, metrics, checker, guard),
+        build_app(channel, metrics, checker, guard, exposition),
         access_log=None,  # an access log line holds the path and query: user ids
         logger=RequestFreeLog(),
         keepalive_timeout=limits.keepalive_timeout_s,

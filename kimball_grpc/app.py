@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 
-from gateway.server import RunningGateway, listening_sockets, network_channel, start_gateway
+from gateway.server import (
+    BACKLOG,
+    RunningGateway,
+    listening_sockets,
+    network_channel,
+    start_gateway,
+)
 from kimball_grpc.api.auth import TokenChecker, load_api_tokens
 from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
 from kimball_grpc.api.grpc_front import (
@@ -328,11 +334,14 @@ async def start_rest_workers(settings: Settings, running: RunningServer) -> Rest
             f"cannot listen for REST on {target_address(settings.rest_host, settings.api_port)} "
             f"(--api-host, --api-port): {exc.strerror or exc}"
         ) from None
+    for sock in sockets:  # connections wait in the kernel until a worker takes them
+        sock.listen(BACKLOG)
     intake = IntakeServer(
         running.ingestor,
         running.local_channel,
         lambda: running.front.gate.is_open,
         running.metrics.observe_request,
+        running.metrics.exposition,
     )
     # spawn, not fork: this process already runs threads (gRPC, the log's fsync).
     context = multiprocessing.get_context("spawn")
@@ -395,6 +404,7 @@ async def _rest_worker(
         settings.http_limits,
         tls.context if tls else None,
         sockets,
+        channel.exposition,
     )
     await stop.wait()
     await gateway.stop()

@@ -11,6 +11,7 @@ which:
   growth limits, appends those bytes to its log as they are (fsync, group commit), applies
   them and answers; the worker answers its client only then, so an acknowledged event is in
   the log as with the in-process gateway;
+- a scrape of ``/metrics`` is answered with the engine's metrics;
 - any other call of the gateway is forwarded whole (method, metadata, request bytes) and
   made on the engine's in-process channel, behind the server's own interceptors (tokens,
   start-up gate, error mapping, request metrics).
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 TRACK_EVENTS = "/kimball.v1.KimballService/TrackEvents"
 STREAM_EVENTS = "/kimball.v1.KimballService/StreamEvents"
-BATCH, CALL = 1, 2  # request kinds
+BATCH, CALL, METRICS = 1, 2, 3  # request kinds
 _REQUEST = struct.Struct("!BII")  # kind, call id, body length
 _ANSWER = struct.Struct("!IBI")  # call id, outcome, body length
 OK, REFUSED, FAILED = (
@@ -71,6 +72,7 @@ class IntakeServer:
         channel: LocalChannel,
         is_open: Callable[[], bool],
         observe: Observer = lambda method, code, seconds: None,
+        exposition: Callable[[str], bytes] = lambda path: b"",
     ) -> None:
         self._ingestor = ingestor
         self._channel = channel
@@ -78,6 +80,7 @@ class IntakeServer:
         # Each batch counted in the request metrics as the TrackEvents call it stands for
         # (forwarded calls are counted by the interceptors they pass).
         self._observe = observe
+        self._exposition = exposition  # a metrics path's text (Metrics.exposition)
         self._calls: set[asyncio.Task] = set()
 
     async def serve(self, sock: socket.socket) -> None:
@@ -105,7 +108,12 @@ class IntakeServer:
         start = time.perf_counter()
         code = "OK"
         try:
-            answer = await (self._batch(body) if kind == BATCH else self._call(body))
+            if kind == BATCH:
+                answer = await self._batch(body)
+            elif kind == CALL:
+                answer = await self._call(body)
+            else:  # the metrics are here: in a thread, as the in-process gateway does
+                answer = await asyncio.to_thread(self._exposition, body.decode())
             outcome = OK
         except KimballError as exc:  # the worker raises it again: its message as here
             answer, outcome, code = pickle.dumps(exc), REFUSED, exc.grpc_code
@@ -275,6 +283,11 @@ class IntakeChannel:
             return deserialize(response.SerializeToString())
 
         return stream
+
+    async def exposition(self, path: str) -> bytes:
+        """The text of the metrics ``path`` in the engine process (every process's metrics
+        are counted there: the workers hand it their batches and calls)."""
+        return await self._send(METRICS, path.encode(), timeout=None)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         """Server-streaming calls are refused, as on the in-process channel."""
