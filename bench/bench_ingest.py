@@ -62,6 +62,10 @@ class Ours:
     def cpu_seconds(self) -> float:
         return self.server.tree_cpu_seconds()
 
+    def engine_cpu_seconds(self) -> float:
+        """The engine process alone (its REST workers left out)."""
+        return self.server.cpu_seconds()
+
 
 class Original:
     """The original Kimball API, started by its ``start.sh`` on a free port, with its
@@ -95,20 +99,28 @@ class Original:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self._pid)
 
+    def engine_cpu_seconds(self) -> float:
+        return self.cpu_seconds()  # one process
+
     def stop(self) -> None:
         subprocess.run([str(self._source / "stop.sh")], env=self._env, check=False)
 
 
-def posts(target: Ours | Original, bodies: list, clients: int, seconds: float) -> Sample:
-    """One measurement: the bodies posted by ``clients`` connections, with the server's CPU."""
-    before = target.cpu_seconds()
+def posts(
+    target: Ours | Original, bodies: list, clients: int, seconds: float
+) -> tuple[Sample, float]:
+    """One measurement: the bodies posted by ``clients`` connections, with the server's CPU;
+    and the engine process's CPU per event alone (the one process that cannot be spread)."""
+    before, engine_before = target.cpu_seconds(), target.engine_cpu_seconds()
     client_before = time.process_time()
     start = time.perf_counter()
     events = run_posts(target.port, bodies, clients, seconds)
     elapsed = time.perf_counter() - start
-    return Sample(
+    engine = (target.engine_cpu_seconds() - engine_before) / events * 1e6
+    sample = Sample(
         elapsed, events, target.cpu_seconds() - before, time.process_time() - client_before
     )
+    return sample, engine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,13 +171,17 @@ def main(argv: list[str] | None = None) -> int:
             for target in targets:  # warm-up: imports, first connections, JIT-free but cold
                 run_posts(target.port, bodies("warm-up", warm), 4, 30.0)
             results: dict[tuple[str, int], list[Sample]] = {}
+            engine_us: dict[tuple[str, int], list[float]] = {}
             for r in range(args.rounds):
                 for c in clients:
                     order = targets[r % len(targets) :] + targets[: r % len(targets)]
                     for i, target in enumerate(order):
                         namespace = f"r{r}-c{c}-{i}"
-                        sample = posts(target, bodies(namespace, template), c, args.max_seconds)
+                        sample, engine = posts(
+                            target, bodies(namespace, template), c, args.max_seconds
+                        )
                         results.setdefault((target.name, c), []).append(sample)
+                        engine_us.setdefault((target.name, c), []).append(engine)
         finally:
             for target in ours:
                 target.server.stop()
@@ -177,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.batch} events per POST, {args.rounds} rounds; fsync always (ours)"
     )
     print(
-        "\n| clients | server | events/s | spread | server CPU per event | cores used "
-        "| vs original |"
+        "\n| clients | server | events/s | spread | server CPU per event "
+        "| of which the engine process | cores used | vs original |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     verdicts = []
     for c in clients:
         reference = None
@@ -192,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             cpu = median([s.server_cpu / s.units * 1e6 for s in samples])
             cores = median([s.server_cpu / s.seconds for s in samples])
             ratio = f"{rate / reference:.2f}x" if reference else "-"
+            engine = median(engine_us[(target.name, c)])
             print(
                 f"| {c} | {target.name} | {rate:,.0f} | {spread([s.rate for s in samples])} "
-                f"| {cpu:.1f} µs | {cores:.2f} | {ratio} |"
+                f"| {cpu:.1f} µs | {engine:.1f} µs | {cores:.2f} | {ratio} |"
             )
             if target is ours[-1]:
                 verdicts.append((c, rate, reference, cpu))
