@@ -406,7 +406,14 @@ async def _rest_worker(
         sockets,
         channel.exposition,
     )
-    await stop.wait()
+    # SIGTERM from the server process; or the link gone (the server died): a worker never
+    # outlives its server, which could not bind the port again while one listens.
+    ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(channel.gone())]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    if not ends[0].done():
+        log.error("REST worker: the server process is gone; stopping")
+    for end in ends:
+        end.cancel()
     await gateway.stop()
 
 

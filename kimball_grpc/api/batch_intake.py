@@ -81,11 +81,11 @@ class IntakeServer:
         # (forwarded calls are counted by the interceptors they pass).
         self._observe = observe
         self._exposition = exposition  # a metrics path's text (Metrics.exposition)
-        self._calls: set[asyncio.Task] = set()
 
     async def serve(self, sock: socket.socket) -> None:
         """Answer the frames from one worker until it closes its end."""
         reader, writer = await asyncio.open_connection(sock=sock)
+        calls: set[asyncio.Task] = set()
         try:
             while True:
                 try:
@@ -95,11 +95,11 @@ class IntakeServer:
                     return  # the worker stopped
                 # Each in its own task: the batches of many requests share an fsync.
                 task = asyncio.ensure_future(self._answer(writer, kind, call_id, body))
-                self._calls.add(task)
-                task.add_done_callback(self._calls.discard)
+                calls.add(task)
+                task.add_done_callback(calls.discard)
         finally:
-            if self._calls:
-                await asyncio.wait(set(self._calls))
+            if calls:
+                await asyncio.wait(set(calls))
             writer.close()
 
     async def _answer(
@@ -283,6 +283,11 @@ class IntakeChannel:
             return deserialize(response.SerializeToString())
 
         return stream
+
+    async def gone(self) -> None:
+        """Return once the link to the engine process is closed (it stopped or died)."""
+        if self._reading is not None:
+            await asyncio.shield(self._reading)
 
     async def exposition(self, path: str) -> bytes:
         """The text of the metrics ``path`` in the engine process (every process's metrics

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.kimball_process import read_until_listening, start, stop, token_config
+from support.polling import until
 
 TOKEN = "rest-workers-token"
 EVENTS = [{"namespace": "w", "user_id": f"user-{i}", "event_name": "signup"} for i in range(50)]
@@ -68,11 +69,7 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
     )
     try:
         port = read_until_listening(server).rest_port
-        workers = [
-            pid
-            for pid in children(server.pid)
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        workers = workers_of(server.pid)
         assert len(workers) == 2
         # Each on a connection of its own: the kernel spreads them over the workers.
         for start_at in range(0, 50, 10):
@@ -114,6 +111,35 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
         assert signups(read_until_listening(again).rest_port) == 50
     finally:
         stop(again)
+
+
+def workers_of(pid: int) -> list[int]:
+    """The REST worker processes of server ``pid``."""
+    return [
+        child
+        for child in children(pid)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+async def test_workers_end_when_the_server_process_dies(tmp_path: Path, config: Path) -> None:
+    server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
+    try:
+        port = read_until_listening(server).rest_port
+        workers = workers_of(server.pid)
+        assert len(workers) == 2
+        server.kill()  # no SIGTERM passed on: the workers learn it from their link
+        server.wait()
+        await until(
+            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers),
+            "the workers of a dead server end",
+            timeout=20,
+        )
+        # Nothing listens any more: the port is free for the next start.
+        with pytest.raises(urllib.error.URLError):
+            call(port, "GET", "/alive")
+    finally:
+        stop(server)
 
 
 def test_a_bad_rest_workers_flag_is_refused(config: Path) -> None:
