@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="REST worker processes (N)")
     parser.add_argument("--original", type=Path, default=ORIGINAL, help="its build scripts")
     parser.add_argument("--no-original", action="store_true", help="ours only")
+    parser.add_argument(
+        "--wal-fsync", default="always", help="ours: the log's fsync policy (always)"
+    )
     args = parse(parser, argv)
     clients = [int(c) for c in args.clients.split(",")]
     print_header("bench_ingest", "gateway")
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"kimball serve --rest-workers {workers}"
             server = ServerProcess(name, [], None, tmp)
             data = os.path.join(tmp, f"data-{workers}")
-            server.argv = kimball_argv(server, data, "--rest-workers", str(workers))
+            flags = ("--rest-workers", str(workers), "--wal-fsync", args.wal_fsync)
+            server.argv = kimball_argv(server, data, *flags)
             ours.append(Ours(name, server))
         targets.extend(ours)
         original = None
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nworkload: {args.events:,} events per measurement at most {args.max_seconds:g} s, "
-        f"{args.batch} events per POST, {args.rounds} rounds; fsync always (ours)"
+        f"{args.batch} events per POST, {args.rounds} rounds; fsync {args.wal_fsync} (ours)"
     )
     print(
         "\n| clients | server | events/s | spread | server CPU per event "
