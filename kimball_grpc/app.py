@@ -12,6 +12,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
+from typing import Any
+
+import grpc
 
 from gateway.server import (
     BACKLOG,
@@ -31,9 +34,10 @@ from kimball_grpc.api.grpc_front import (
     RunningFront,
 )
 from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
-from kimball_grpc.config.tls import load_server_tls
+from kimball_grpc.config.tls import ServerTls, load_server_tls
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -244,14 +248,12 @@ async def serve(settings: Settings) -> None:
             gateway = await start_rest_workers(settings, running)
             hangup.action = gateway.hang_up(running.reload_tokens)
         else:
-            gateway = await start_gateway(
-                settings.rest_host,
-                settings.api_port,
+            gateway = await _start_rest(
+                settings,
                 running.local_channel,
                 running.metrics,
                 running.checker,
-                settings.http_limits,
-                settings.server_tls.context if settings.server_tls else None,
+                settings.server_tls,
             )
     except ConfigError:
         await running.stop(grace=None)
@@ -278,6 +280,28 @@ async def serve(settings: Settings) -> None:
     await gateway.stop()
     await running.stop()
     log.info("Stopped")
+
+
+async def _start_rest(
+    settings: Settings,
+    channel: grpc.aio.Channel | LocalChannel | IntakeChannel,
+    metrics: Metrics | None,
+    checker: TokenChecker | None,
+    tls: ServerTls | None,
+    **more: Any,
+) -> RunningGateway:
+    """The REST gateway where ``settings`` say, within their limits, over ``channel``;
+    ``more``: ``start_gateway``'s shared sockets and metrics source."""
+    return await start_gateway(
+        settings.rest_host,
+        settings.api_port,
+        channel,
+        metrics,
+        checker,
+        settings.http_limits,
+        tls.context if tls else None,
+        **more,
+    )
 
 
 # A REST worker ends its requests within this (aiohttp's shutdown, its calls' timeout);
@@ -395,16 +419,8 @@ async def _rest_worker(
     )
     channel = IntakeChannel(intake)
     await channel.connect()
-    gateway = await start_gateway(
-        settings.rest_host,
-        settings.api_port,
-        channel,
-        None,
-        checker,
-        settings.http_limits,
-        tls.context if tls else None,
-        sockets,
-        channel.exposition,
+    gateway = await _start_rest(
+        settings, channel, None, checker, tls, shared=sockets, exposition=channel.exposition
     )
     # SIGTERM from the server process; or the link gone (the server died): a worker never
     # outlives its server, which could not bind the port again while one listens.
@@ -462,15 +478,7 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     tokens = load_api_tokens(settings, generate=False) if settings.api_auth else None
     checker = TokenChecker(tokens.tokens) if tokens else None
     channel = network_channel(grpc_target, settings.max_response_bytes, settings.client_tls)
-    gateway = await start_gateway(
-        settings.rest_host,
-        settings.api_port,
-        channel,
-        None,
-        checker,
-        settings.http_limits,
-        settings.server_tls.context if settings.server_tls else None,
-    )
+    gateway = await _start_rest(settings, channel, None, checker, settings.server_tls)
     if tokens is None:
         hangup.action = lambda: log.info("SIGHUP: this gateway checks no tokens to re-read")
     else:

@@ -30,14 +30,20 @@ import pickle
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from kimball_grpc.api.ingest import Ingestor
-from kimball_grpc.api.local_channel import LocalChannel, Metadata, rpc_error, streaming_refused
+from kimball_grpc.api.local_channel import (
+    ChannelCalls,
+    LocalChannel,
+    Metadata,
+    rpc_error,
+    streaming_refused,
+)
 from kimball_grpc.api.readiness import STARTING_MESSAGE
 from kimball_grpc.api.servicers import accept_stream
 from kimball_grpc.api.status_mapping import Observer, status_for
@@ -143,7 +149,7 @@ class IntakeServer:
         return await call(request, metadata=metadata, timeout=timeout)
 
 
-class IntakeChannel:
+class IntakeChannel(ChannelCalls):
     """A worker's end, shaped as the part of ``grpc.aio.Channel`` the REST gateway uses:
     ``TrackEvents`` and ``StreamEvents`` validated here and sent as batches, any other
     unary call forwarded. Failures are raised as ``grpc.aio.AioRpcError``, as a channel's."""
@@ -204,7 +210,7 @@ class IntakeChannel:
         code, details, trailing = pickle.loads(data)
         raise rpc_error(grpc.StatusCode[code], details, trailing)
 
-    async def _accept(self, events: Sequence[Event], timeout: float | None = None) -> int:
+    async def _accept(self, events: Sequence[Event]) -> int:
         """Validate ``events`` here (the core's rules), then have the engine log and apply
         them; the number accepted once they are in the log."""
         records = prepare_events(events, iso_week(self._clock()))
@@ -214,75 +220,40 @@ class IntakeChannel:
             (encode_records(records), [(e.user_id, e.datetime) for e in events]),
             pickle.HIGHEST_PROTOCOL,
         )
-        answer = await self._send(BATCH, body, timeout)
+        answer = await self._send(BATCH, body, timeout=None)  # the call's own timeout holds
         return pb.TrackEventsResponse.FromString(answer).accepted
 
-    def unary_unary(
+    async def _call(
         self,
         method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
-        """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``."""
+        kind: str,
+        request: Any,
+        request_serializer: Callable[[Any], bytes] | None,
+        response_deserializer: Callable[[bytes], Any] | None,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> Any:
+        """``TrackEvents`` and ``StreamEvents`` (each message one batch, in order, as the
+        server's own handler takes them) validated here; any other unary call forwarded."""
         deserialize = response_deserializer or (lambda data: data)
-
-        if method == TRACK_EVENTS:
-
-            async def track(
-                request: pb.TrackEventsRequest,
-                *,
-                timeout: float | None = None,
-                metadata: Metadata | None = None,
-            ) -> Any:
-                try:
-                    events = [event_from_proto(e) for e in request.events]
-                    accepted = await self._accept(events, timeout)
-                except KimballError as exc:
-                    raise rpc_error(*_as_status(exc)) from None
-                return deserialize(pb.TrackEventsResponse(accepted=accepted).SerializeToString())
-
-            return track
-
-        serialize = request_serializer or (lambda message: message)
-
-        async def forward(
-            request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
-        ) -> Any:
+        if kind == "unary_unary" and method != TRACK_EVENTS:
+            serialize = request_serializer or (lambda message: message)
             body = pickle.dumps((method, tuple(metadata or ()), timeout, serialize(request)))
             return deserialize(await self._send(CALL, body, timeout))
-
-        return forward
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
-        """``StreamEvents`` only (the one client stream the gateway makes): each message
-        sent as one batch, in order, as the server's own handler accepts them."""
-        if method != STREAM_EVENTS:
-            return streaming_refused
-        deserialize = response_deserializer or (lambda data: data)
-
-        async def stream(
-            requests: AsyncIterator[pb.TrackEventsRequest],
-            *,
-            timeout: float | None = None,
-            metadata: Metadata | None = None,
-        ) -> Any:
-            try:
-                async with asyncio.timeout(timeout):
-                    response = await accept_stream(requests, self._accept)
-            except KimballError as exc:
-                raise rpc_error(*_as_status(exc)) from None
-            except TimeoutError:
-                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-            return deserialize(response.SerializeToString())
-
-        return stream
+        if kind == "stream_unary" and method != STREAM_EVENTS:
+            streaming_refused()
+        try:
+            async with asyncio.timeout(timeout):
+                if kind == "unary_unary":
+                    events = [event_from_proto(e) for e in request.events]
+                    response = pb.TrackEventsResponse(accepted=await self._accept(events))
+                else:
+                    response = await accept_stream(request, self._accept)
+        except KimballError as exc:
+            raise rpc_error(*_as_status(exc)) from None
+        except TimeoutError:
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        return deserialize(response.SerializeToString())
 
     async def gone(self) -> None:
         """Return once the link to the engine process is closed (it stopped or died)."""
@@ -293,12 +264,6 @@ class IntakeChannel:
         """The text of the metrics ``path`` in the engine process (every process's metrics
         are counted there: the workers hand it their batches and calls)."""
         return await self._send(METRICS, path.encode(), timeout=None)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        """Server-streaming calls are refused, as on the in-process channel."""
-        return streaming_refused
-
-    stream_stream = unary_stream
 
     async def close(self) -> None:
         """Close this end: the engine sees the worker go."""

@@ -92,21 +92,15 @@ class _LocalContext:
         self.trailing = tuple(trailing_metadata)
 
 
-class LocalChannel:
-    """The unary and client-streaming part of ``grpc.aio.Channel``, served by handlers in
-    this process."""
+class ChannelCalls:
+    """The unary and client-streaming part of ``grpc.aio.Channel``, each call made by the
+    subclass's ``_call`` (method, kind, request, request serializer, response deserializer,
+    timeout, metadata); server-streaming calls are refused (generated stubs can still be
+    built on such a channel)."""
 
-    def __init__(
-        self,
-        generic_handlers: Sequence[grpc.GenericRpcHandler],
-        interceptors: Sequence[grpc.aio.ServerInterceptor],
-    ) -> None:
-        self._handlers = tuple(generic_handlers)
-        self._interceptors = tuple(interceptors)
+    _call: Callable[..., Awaitable[Any]]
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        """Server-streaming calls are refused: generated stubs can still be built on this
-        channel."""
         return streaming_refused
 
     stream_stream = unary_stream
@@ -135,6 +129,19 @@ class LocalChannel:
     # grpc.aio.Channel's methods, as generated stubs call them.
     unary_unary = partialmethod(_callable, "unary_unary")
     stream_unary = partialmethod(_callable, "stream_unary")
+
+
+class LocalChannel(ChannelCalls):
+    """The unary and client-streaming part of ``grpc.aio.Channel``, served by handlers in
+    this process."""
+
+    def __init__(
+        self,
+        generic_handlers: Sequence[grpc.GenericRpcHandler],
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+    ) -> None:
+        self._handlers = tuple(generic_handlers)
+        self._interceptors = tuple(interceptors)
 
     async def _call(
         self,
