@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -317,6 +317,28 @@ class RestWorkers:
     processes: list[BaseProcess]
     serving: list[asyncio.Task]
     port: int
+    stopping: bool = False
+    _reaping: set[asyncio.Task] = field(default_factory=set)
+
+    def watch(self) -> None:
+        """Log a worker that ends before the server stops (it is not restarted; the others
+        keep serving the port)."""
+        for process, serving in zip(self.processes, self.serving, strict=True):
+            serving.add_done_callback(lambda _, process=process: self._ended(process))
+
+    def _ended(self, process: BaseProcess) -> None:
+        if not self.stopping:
+            self._reaping.add(asyncio.ensure_future(self._reap(process)))
+
+    async def _reap(self, process: BaseProcess) -> None:
+        """Collect a worker whose link closed (its exit code, and no zombie left)."""
+        await asyncio.to_thread(process.join, REST_WORKER_STOP_SECONDS)
+        log.error(
+            "REST worker %s ended (exit code %s); %d left serving REST",
+            process.pid,
+            process.exitcode,
+            sum(not task.done() for task in self.serving),
+        )
 
     def hang_up(self, reload_tokens: Callable[[], None]) -> Callable[[], None]:
         """What SIGHUP does: re-read the tokens here and in every worker."""
@@ -332,11 +354,12 @@ class RestWorkers:
     async def stop(self) -> None:
         """Stop the workers first (SIGTERM: each finishes its requests, whose batches this
         process still takes), then stop taking batches."""
+        self.stopping = True
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
         await asyncio.to_thread(_join, self.processes, REST_WORKER_STOP_SECONDS)
-        await asyncio.gather(*self.serving, return_exceptions=True)
+        await asyncio.gather(*self.serving, *self._reaping, return_exceptions=True)
 
 
 def _join(processes: list[BaseProcess], seconds: float) -> None:
@@ -387,7 +410,9 @@ async def start_rest_workers(settings: Settings, running: RunningServer) -> Rest
     port = sockets[0].getsockname()[1]
     for sock in sockets:  # the workers hold their own copies
         sock.close()
-    return RestWorkers(processes, serving, port)
+    workers = RestWorkers(processes, serving, port)
+    workers.watch()
+    return workers
 
 
 def run_rest_worker(

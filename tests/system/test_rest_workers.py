@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -140,6 +141,24 @@ async def test_workers_end_when_the_server_process_dies(tmp_path: Path, config: 
             call(port, "GET", "/alive")
     finally:
         stop(server)
+
+
+async def test_a_worker_that_dies_is_logged_and_the_other_serves(config: Path) -> None:
+    server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
+    try:
+        port = read_until_listening(server).rest_port
+        dead, alive = workers_of(server.pid)
+        os.kill(dead, signal.SIGKILL)
+        await until(lambda: not os.path.exists(f"/proc/{dead}"), "the worker is gone", 20)
+        body = json.dumps({"events": EVENTS[:5]}).encode()
+        for _ in range(4):  # connections of their own: each taken by the live worker
+            assert call(port, "POST", "/v0/analytics", body) == (204, b"")
+        assert workers_of(server.pid) == [alive]
+    finally:
+        assert stop(server) == 0
+    assert server.stdout is not None
+    log = server.stdout.read()
+    assert f"REST worker {dead} ended (exit code -9); 1 left serving REST" in log
 
 
 def test_a_bad_rest_workers_flag_is_refused(config: Path) -> None:
