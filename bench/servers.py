@@ -51,6 +51,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and every live process below it (a server's worker
+    processes), from /proc: each read while it runs, so nothing is counted twice."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += process_cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+    return total
+
+
 def cpu_busy_seconds() -> dict[str, float]:
     """User + nice + system time of each CPU ("cpu0", ...) and of all ("all"), from
     /proc/stat: whatever ran there, other tenants' processes and kernel threads included."""
@@ -168,6 +184,11 @@ class ServerProcess:
         """User + system CPU of the whole server process (all threads)."""
         assert self.process is not None
         return process_cpu_seconds(self.process.pid)
+
+    def tree_cpu_seconds(self) -> float:
+        """The same, with every process it started (``--rest-workers``)."""
+        assert self.process is not None
+        return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

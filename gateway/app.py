@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import grpc
 import swagger_ui_bundle
 from aiohttp import web
 from grpc_health.v1 import health_pb2
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.connections import ConnectionGuard
 from gateway.event_stream import add_event_stream_shutdown, event_stream_handler
@@ -35,11 +36,12 @@ from gateway.translate import MAX_BODY_BYTES
 from gateway.web_ui import add_web_ui
 from kimball_grpc.api.auth import TokenChecker
 from kimball_grpc.config.settings import HttpLimits
-from kimball_grpc.metrics import Metrics
+from kimball_grpc.metrics import METRICS_PATHS, Metrics
 
 __all__ = ["MAX_BODY_BYTES", "build_app"]
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+Exposition = Callable[[str], Awaitable[bytes]]  # a metrics path's text, from wherever it is
 
 
 def build_app(
@@ -47,10 +49,15 @@ def build_app(
     metrics: Metrics | None,
     checker: TokenChecker | None,
     connections: ConnectionGuard | None = None,
+    exposition: Exposition | None = None,
 ) -> web.Application:
     """The gateway for a Kimball gRPC server reachable over ``channel`` (network or local),
     its requests timed within the limits of ``connections`` (the defaults if None), which
-    learns from it when each request's headers came."""
+    learns from it when each request's headers came. ``/metrics`` shows the server's
+    ``metrics`` when they are in this process, else what ``exposition`` fetches (a REST
+    worker process's), else is not served (a standalone gateway)."""
+    if metrics is not None:
+        exposition = partial(asyncio.to_thread, metrics.exposition)
     connections = connections or ConnectionGuard(HttpLimits(), metrics)
     middlewares = [connections.middleware]
     if metrics is not None:
@@ -73,13 +80,9 @@ def build_app(
     app.router.add_static("/api-docs/static/", swagger_ui_bundle.swagger_ui_path)
     app.router.add_get("/alive", _alive)
     app.router.add_get("/ready", _ready_handler(channel))
-    if metrics is not None:  # a standalone gateway has none: the server's are elsewhere
-        for path, registry in (
-            ("/metrics", metrics.registry),
-            ("/metrics/counters", metrics.counters_registry),
-            ("/metrics/predictions", metrics.predictions_registry),
-        ):
-            app.router.add_get(path, guarded(checker, _metrics_handler(registry)))
+    if exposition is not None:
+        for path in METRICS_PATHS:
+            app.router.add_get(path, guarded(checker, _metrics_handler(exposition, path)))
     add_web_ui(app)
     return app
 
@@ -157,12 +160,9 @@ def _ready_handler(channel: Channel) -> Handler:
     return ready
 
 
-def _metrics_handler(registry: CollectorRegistry) -> Serve:
+def _metrics_handler(exposition: Exposition, path: str) -> Serve:
     async def metrics(request: web.Request, metadata: Metadata) -> web.Response:
-        # A sample per counter: seconds for a large state. In a worker thread, which lets the
-        # event loop run every few ms (the GIL's switch interval); the collectors only read
-        # the engine, whose dicts and sets are copied in single C calls and only grow.
-        body = await asyncio.to_thread(generate_latest, registry)
+        body = await exposition(path)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return metrics

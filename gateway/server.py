@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import Exposition, build_app
 from gateway.connections import ConnectionGuard
 from gateway.http_log import RequestFreeLog
 from kimball_grpc.api.auth import TokenChecker
@@ -66,6 +66,8 @@ async def start_gateway(
     checker: TokenChecker | None,
     limits: HttpLimits | None = None,
     tls: ssl.SSLContext | None = None,
+    shared: list[socket.socket] | None = None,
+    exposition: Exposition | None = None,
 ) -> RunningGateway:
     """Serve the REST API on ``host:port`` onto the gRPC methods reached over ``channel``
     (with ``/metrics`` when the server's ``metrics`` are in this process), within
@@ -75,7 +77,7 @@ async def start_gateway(
     limits = limits or HttpLimits()
     guard = ConnectionGuard(limits, metrics)
     runner = web.AppRunner(
-        build_app(channel, metrics, checker, guard),
+        build_app(channel, metrics, checker, guard, exposition),
         access_log=None,  # an access log line holds the path and query: user ids
         logger=RequestFreeLog(),
         keepalive_timeout=limits.keepalive_timeout_s,
@@ -87,7 +89,7 @@ async def start_gateway(
     sockets: list[socket.socket] = []
     listeners: list[asyncio.Server] = []
     try:
-        sockets = _listening_sockets(host, port)
+        sockets = shared or listening_sockets(host, port)
         for sock in sockets:
             listeners.append(
                 await loop.create_server(
@@ -121,7 +123,7 @@ EVERY_ADDRESS = ("", "::", "0.0.0.0")
 _NO_SUCH_ADDRESS = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
 
-def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """Bound sockets for ``host:port``: one on every address for a wildcard; else one per
     address ``host`` resolves to (all on the port the first got, when ``port`` is 0),
     skipping addresses this host lacks (``::1`` without IPv6) as long as one is left."""

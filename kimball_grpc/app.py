@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import signal
+import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from multiprocessing.process import BaseProcess
+from typing import Any
 
-from gateway.server import network_channel, start_gateway
+import grpc
+
+from gateway.server import (
+    BACKLOG,
+    RunningGateway,
+    listening_sockets,
+    network_channel,
+    start_gateway,
+)
 from kimball_grpc.api.auth import TokenChecker, load_api_tokens
+from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
 from kimball_grpc.api.grpc_front import (
     API_SERVICE,
     INTEGRATION_SERVICE,
@@ -20,8 +34,10 @@ from kimball_grpc.api.grpc_front import (
     RunningFront,
 )
 from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
+from kimball_grpc.config.tls import ServerTls, load_server_tls
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -226,16 +242,19 @@ async def serve(settings: Settings) -> None:
     else:
         running = await start_server(settings)
     hangup.action = running.reload_tokens
+    gateway: RunningGateway | RestWorkers
     try:
-        gateway = await start_gateway(
-            settings.rest_host,
-            settings.api_port,
-            running.local_channel,
-            running.metrics,
-            running.checker,
-            settings.http_limits,
-            settings.server_tls.context if settings.server_tls else None,
-        )
+        if settings.rest_workers and isinstance(running, RunningServer):
+            gateway = await start_rest_workers(settings, running)
+            hangup.action = gateway.hang_up(running.reload_tokens)
+        else:
+            gateway = await _start_rest(
+                settings,
+                running.local_channel,
+                running.metrics,
+                running.checker,
+                settings.server_tls,
+            )
     except ConfigError:
         await running.stop(grace=None)
         raise
@@ -261,6 +280,182 @@ async def serve(settings: Settings) -> None:
     await gateway.stop()
     await running.stop()
     log.info("Stopped")
+
+
+async def _start_rest(
+    settings: Settings,
+    channel: grpc.aio.Channel | LocalChannel | IntakeChannel,
+    metrics: Metrics | None,
+    checker: TokenChecker | None,
+    tls: ServerTls | None,
+    **more: Any,
+) -> RunningGateway:
+    """The REST gateway where ``settings`` say, within their limits, over ``channel``;
+    ``more``: ``start_gateway``'s shared sockets and metrics source."""
+    return await start_gateway(
+        settings.rest_host,
+        settings.api_port,
+        channel,
+        metrics,
+        checker,
+        settings.http_limits,
+        tls.context if tls else None,
+        **more,
+    )
+
+
+# A REST worker ends its requests within this (aiohttp's shutdown, its calls' timeout);
+# one that has not ended by then is killed.
+REST_WORKER_STOP_SECONDS = 35.0
+
+
+@dataclass
+class RestWorkers:
+    """REST served by worker processes sharing the REST socket (``rest_workers``); their
+    batches and calls are taken in this process."""
+
+    processes: list[BaseProcess]
+    serving: list[asyncio.Task]
+    port: int
+    stopping: bool = False
+    _reaping: set[asyncio.Task] = field(default_factory=set)
+
+    def watch(self) -> None:
+        """Log a worker that ends before the server stops (it is not restarted; the others
+        keep serving the port)."""
+        for process, serving in zip(self.processes, self.serving, strict=True):
+            serving.add_done_callback(lambda _, process=process: self._ended(process))
+
+    def _ended(self, process: BaseProcess) -> None:
+        if not self.stopping:
+            self._reaping.add(asyncio.ensure_future(self._reap(process)))
+
+    async def _reap(self, process: BaseProcess) -> None:
+        """Collect a worker whose link closed (its exit code, and no zombie left)."""
+        await asyncio.to_thread(process.join, REST_WORKER_STOP_SECONDS)
+        log.error(
+            "REST worker %s ended (exit code %s); %d left serving REST",
+            process.pid,
+            process.exitcode,
+            sum(not task.done() for task in self.serving),
+        )
+
+    def hang_up(self, reload_tokens: Callable[[], None]) -> Callable[[], None]:
+        """What SIGHUP does: re-read the tokens here and in every worker."""
+
+        def hang_up() -> None:
+            reload_tokens()
+            for process in self.processes:
+                if process.pid is not None and process.is_alive():
+                    os.kill(process.pid, signal.SIGHUP)
+
+        return hang_up
+
+    async def stop(self) -> None:
+        """Stop the workers first (SIGTERM: each finishes its requests, whose batches this
+        process still takes), then stop taking batches."""
+        self.stopping = True
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        await asyncio.to_thread(_join, self.processes, REST_WORKER_STOP_SECONDS)
+        await asyncio.gather(*self.serving, *self._reaping, return_exceptions=True)
+
+
+def _join(processes: list[BaseProcess], seconds: float) -> None:
+    for process in processes:
+        process.join(seconds)
+        if process.is_alive():
+            log.warning("REST worker %s did not stop in %.0f s: killed", process.pid, seconds)
+            process.kill()
+            process.join()
+
+
+async def start_rest_workers(settings: Settings, running: RunningServer) -> RestWorkers:
+    """Bind the REST socket here, then start ``settings.rest_workers`` processes serving it,
+    each linked to this process by a socket pair for its batches and calls."""
+    try:
+        sockets = listening_sockets(settings.rest_host, settings.api_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen for REST on {target_address(settings.rest_host, settings.api_port)} "
+            f"(--api-host, --api-port): {exc.strerror or exc}"
+        ) from None
+    for sock in sockets:  # connections wait in the kernel until a worker takes them
+        sock.listen(BACKLOG)
+    intake = IntakeServer(
+        running.ingestor,
+        running.local_channel,
+        lambda: running.front.gate.is_open,
+        running.metrics.observe_request,
+        running.metrics.exposition,
+    )
+    # spawn, not fork: this process already runs threads (gRPC, the log's fsync).
+    context = multiprocessing.get_context("spawn")
+    processes: list[BaseProcess] = []
+    serving: list[asyncio.Task] = []
+    for _ in range(settings.rest_workers):
+        engine_end, worker_end = socket.socketpair()
+        process = context.Process(
+            target=run_rest_worker,
+            # TLS contexts do not cross processes: the worker loads its own from the files.
+            args=(replace(settings, server_tls=None, client_tls=None), sockets, worker_end),
+            name="kimball-rest-worker",
+            daemon=True,  # never outlives this process
+        )
+        process.start()
+        worker_end.close()
+        processes.append(process)
+        serving.append(asyncio.ensure_future(intake.serve(engine_end)))
+    port = sockets[0].getsockname()[1]
+    for sock in sockets:  # the workers hold their own copies
+        sock.close()
+    workers = RestWorkers(processes, serving, port)
+    workers.watch()
+    return workers
+
+
+def run_rest_worker(
+    settings: Settings, sockets: list[socket.socket], intake: socket.socket
+) -> None:
+    """A REST worker process: the gateway on the shared ``sockets``, over the link
+    ``intake`` to the server process, until SIGTERM."""
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_rest_worker(settings, sockets, intake))
+
+
+async def _rest_worker(
+    settings: Settings, sockets: list[socket.socket], intake: socket.socket
+) -> None:
+    stop = stop_signals()
+    hangup = HangUp()
+    checker = None
+    if settings.api_auth:
+        # The server process made or read every token source already: the same tokens.
+        tokens = load_api_tokens(settings)
+        if tokens is not None:
+            checker = TokenChecker(tokens.tokens)
+            tokens.start_watching(settings.api_tokens_file_poll_s)
+            hangup.action = lambda: tokens.reload("SIGHUP")
+    tls = load_server_tls(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    )
+    channel = IntakeChannel(intake)
+    await channel.connect()
+    gateway = await _start_rest(
+        settings, channel, None, checker, tls, shared=sockets, exposition=channel.exposition
+    )
+    # SIGTERM from the server process; or the link gone (the server died): a worker never
+    # outlives its server, which could not bind the port again while one listens.
+    ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(channel.gone())]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    if not ends[0].done():
+        log.error("REST worker: the server process is gone; stopping")
+    for end in ends:
+        end.cancel()
+    await gateway.stop()
 
 
 def stop_signals() -> asyncio.Event:
@@ -308,15 +503,7 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     tokens = load_api_tokens(settings, generate=False) if settings.api_auth else None
     checker = TokenChecker(tokens.tokens) if tokens else None
     channel = network_channel(grpc_target, settings.max_response_bytes, settings.client_tls)
-    gateway = await start_gateway(
-        settings.rest_host,
-        settings.api_port,
-        channel,
-        None,
-        checker,
-        settings.http_limits,
-        settings.server_tls.context if settings.server_tls else None,
-    )
+    gateway = await _start_rest(settings, channel, None, checker, settings.server_tls)
     if tokens is None:
         hangup.action = lambda: log.info("SIGHUP: this gateway checks no tokens to re-read")
     else:

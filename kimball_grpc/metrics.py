@@ -19,6 +19,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Summary,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
@@ -34,6 +35,11 @@ from storage.snapshots import SnapshotStore
 from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
+
+
+# The paths the REST server serves metrics on: everything, then one sample per counter and
+# per prediction (large: scraped apart, or not at all).
+METRICS_PATHS = ("/metrics", "/metrics/counters", "/metrics/predictions")
 
 
 class Metrics:
@@ -167,6 +173,18 @@ class Metrics:
         if engine is not None:
             self.counters_registry.register(_CounterCollector(engine))
             self.predictions_registry.register(_PredictionCollector(engine))
+
+    def exposition(self, path: str) -> bytes:
+        """The text a scrape of ``path`` (one of ``METRICS_PATHS``) gets. A sample per
+        counter: seconds for a large state; callers run it in a worker thread, which lets
+        the event loop run every few ms (the GIL's switch interval); the collectors only
+        read the engine, whose dicts and sets are copied in single C calls and only grow."""
+        registries = {
+            "/metrics": self.registry,
+            "/metrics/counters": self.counters_registry,
+            "/metrics/predictions": self.predictions_registry,
+        }
+        return generate_latest(registries[path])
 
     def watch_log(self, wal: WriteAheadLog) -> None:
         """Expose the write-ahead log's figures (read when scraped)."""

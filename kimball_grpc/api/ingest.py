@@ -80,6 +80,22 @@ class Ingestor:
             await self._commit(records, events, self._admit(records))
         return len(records)
 
+    async def accept_encoded(
+        self, payload: bytes, origins: Sequence[tuple[str, datetime | None]]
+    ) -> int:
+        """Apply events validated by ``prepare_events`` in a REST worker process of this
+        server: ``payload`` is their ``RecordBatch`` as the log keeps it (appended as it
+        is), ``origins`` each event's user id and datetime, for subscribers and event
+        targets. As ``accept`` from the growth limits on."""
+        records = decode_records(payload)
+        events = [
+            Event(r.event_name, user_id, r.namespace, r.value, when, r.ensure_goal)
+            for r, (user_id, when) in zip(records, origins, strict=True)
+        ]
+        if records:
+            await self._commit(records, events, self._admit(records), payload)
+        return len(records)
+
     def _admit(self, records: Sequence[Record]) -> Reservation:
         try:
             return self.growth.admit(records)
@@ -226,12 +242,14 @@ class Ingestor:
         records: Sequence[Record],
         events: Sequence[Event],
         reserved: Reservation = NOTHING,
+        encoded: bytes | None = None,  # the records' RecordBatch, when the caller has it
     ) -> None:
         if self._log is None:
             self._apply(records, events, reserved, self._sequence + 1)
             return
         apply = partial(self._apply, records, events, reserved)
-        append = self._log.append(encode_records(records), len(records), apply)
+        payload = encode_records(records) if encoded is None else encoded
+        append = self._log.append(payload, len(records), apply)
         if reserved.released:  # reserves nothing (the common case): no task needed
             await append
             return

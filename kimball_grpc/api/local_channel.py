@@ -173,7 +173,46 @@ class LocalStreamCall:
         return self._task.cancel()
 
 
-class LocalChannel:
+class ChannelCalls:
+    """The unary and client-streaming part of ``grpc.aio.Channel``, each call made by the
+    subclass's ``_call`` (method, kind, request, request serializer, response deserializer,
+    timeout, metadata); streaming calls from the server are refused unless a subclass
+    carries them (generated stubs can still be built on such a channel)."""
+
+    _call: Callable[..., Awaitable[Any]]
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return streaming_refused
+
+    stream_stream = unary_stream
+
+    def _callable(
+        self,
+        kind: str,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool = False,
+    ) -> Callable[..., Awaitable[Any]]:
+        """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``, where
+        ``request`` is a message (``unary_unary``) or an async iterator of messages
+        (``stream_unary``)."""
+
+        async def call(
+            request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
+        ) -> Any:
+            return await self._call(
+                method, kind, request, request_serializer, response_deserializer, timeout, metadata
+            )
+
+        return call
+
+    # grpc.aio.Channel's methods, as generated stubs call them.
+    unary_unary = partialmethod(_callable, "unary_unary")
+    stream_unary = partialmethod(_callable, "stream_unary")
+
+
+class LocalChannel(ChannelCalls):
     """The unary, client-streaming and server-streaming part of ``grpc.aio.Channel``,
     served by handlers in this process."""
 
@@ -184,11 +223,6 @@ class LocalChannel:
     ) -> None:
         self._handlers = tuple(generic_handlers)
         self._interceptors = tuple(interceptors)
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        """Bidirectional calls are refused: generated stubs can still be built on this
-        channel."""
-        return _streaming_refused
 
     def unary_stream(
         self,
@@ -223,7 +257,7 @@ class LocalChannel:
         details = _CallDetails(method, context.metadata)
         handler = await self._intercepted(iter(self._interceptors), details)
         if handler is None or handler.unary_stream is None:
-            raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         received = _as_received(handler, request_serializer, request)
         try:
             async for response in handler.unary_stream(received, context):
@@ -231,37 +265,12 @@ class LocalChannel:
                     response = handler.response_serializer(response)
                 yield response_deserializer(response) if response_deserializer else response
         except _Aborted as aborted:
-            raise _error(aborted.code, aborted.details, aborted.trailing) from None
+            raise rpc_error(aborted.code, aborted.details, aborted.trailing) from None
         except Exception as exc:
             log.exception("Unexpected error in %s", method)
-            raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
+            raise rpc_error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
         if context.code not in (None, grpc.StatusCode.OK):
-            raise _error(context.code, context.details, context.trailing)
-
-    def _callable(
-        self,
-        kind: str,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
-        """A callable like a stub's: ``await call(request, metadata=..., timeout=...)``, where
-        ``request`` is a message (``unary_unary``) or an async iterator of messages
-        (``stream_unary``)."""
-
-        async def call(
-            request: Any, *, timeout: float | None = None, metadata: Metadata | None = None
-        ) -> Any:
-            return await self._call(
-                method, kind, request, request_serializer, response_deserializer, timeout, metadata
-            )
-
-        return call
-
-    # grpc.aio.Channel's methods, as generated stubs call them.
-    unary_unary = partialmethod(_callable, "unary_unary")
-    stream_unary = partialmethod(_callable, "stream_unary")
+            raise rpc_error(context.code, context.details, context.trailing)
 
     async def _call(
         self,
@@ -278,7 +287,7 @@ class LocalChannel:
         details = _CallDetails(method, tuple(metadata or ()))
         handler = await self._intercepted(iter(self._interceptors), details)
         if handler is None or getattr(handler, kind) is None:
-            raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         if kind == "stream_unary":
             received = _stream_as_received(handler, request_serializer, request)
         else:
@@ -290,15 +299,15 @@ class LocalChannel:
             async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
                 response = await getattr(handler, kind)(received, context)
         except _Aborted as aborted:
-            raise _error(aborted.code, aborted.details, aborted.trailing) from None
+            raise rpc_error(aborted.code, aborted.details, aborted.trailing) from None
         except TimeoutError:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except Exception as exc:
             # As grpc.aio's server does: the caller gets UNKNOWN, the log gets the trace.
             log.exception("Unexpected error in %s", method)
-            raise _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
+            raise rpc_error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from None
         if context.code not in (None, grpc.StatusCode.OK):
-            raise _error(context.code, context.details, context.trailing)
+            raise rpc_error(context.code, context.details, context.trailing)
         if handler.response_serializer:
             response = handler.response_serializer(response)
         return response_deserializer(response) if response_deserializer else response
@@ -341,11 +350,13 @@ async def _stream_as_received(
         yield _as_received(handler, serializer, request)
 
 
-def _streaming_refused(*args: Any, **kwargs: Any) -> Any:
-    raise _error(grpc.StatusCode.UNIMPLEMENTED, "the local channel carries no bidirectional calls")
+def streaming_refused(*args: Any, **kwargs: Any) -> Any:
+    """Stands for a streaming method that a channel cannot carry."""
+    raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, "this channel carries no such streaming call")
 
 
-def _error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
+def rpc_error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
+    """A failed call as a network channel raises it."""
     return grpc.aio.AioRpcError(
         code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
     )

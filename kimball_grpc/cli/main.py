@@ -35,6 +35,7 @@ from kimball_grpc.config.settings import (
     parse_listen_host,
     parse_max_response_bytes,
     parse_port,
+    parse_rest_workers,
     parse_seconds,
     parse_snapshots_kept,
 )
@@ -139,6 +140,13 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--wal-fsync",
         type=_flag(parse_fsync_policy, "--wal-fsync"),
         help="write-ahead log fsync: always (default), interval or never (env KIMBALL_WAL_FSYNC)",
+    )
+    run.add_argument(
+        "--rest-workers",
+        type=_flag(parse_rest_workers, "--rest-workers"),
+        metavar="N",
+        help="REST worker processes that parse and validate requests beside this one, "
+        "sharing the REST port (env KIMBALL_REST_WORKERS; default 0: REST in this process)",
     )
     for limit in STATE_LIMITS:
         run.add_argument(
@@ -568,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": args.data_dir,
             "storage_uri": args.storage_uri,
             "wal_fsync": args.wal_fsync,
+            "rest_workers": args.rest_workers,
             "snapshots_kept": args.snapshots_kept,
             "wal_skip_damaged": args.wal_skip_damaged,
             "feature_spec_store": args.feature_spec_store,

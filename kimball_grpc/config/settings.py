@@ -190,6 +190,9 @@ class Settings:
     http_body_timeout_s: float = HttpLimits.body_timeout_s
     http_keepalive_timeout_s: float = HttpLimits.keepalive_timeout_s
     http_max_connections: int = HttpLimits.max_connections
+    # REST worker processes sharing the REST socket (api mode): they parse and validate
+    # ingest requests and hand the batches to this process; 0 serves REST in-process.
+    rest_workers: int = 0
     grpc_handshake_timeout_s: float = 60.0
     grpc_min_ping_interval_s: float = 30.0
     grpc_max_ping_strikes: int = 2
@@ -356,6 +359,18 @@ def parse_subscriber_buffer(name: str, value: str) -> int:
     return events
 
 
+MAX_REST_WORKERS = 64
+
+
+def parse_rest_workers(name: str, value: str) -> int:
+    """How many REST worker processes, from text: 0 (REST in the server process) to
+    ``MAX_REST_WORKERS``; ``ConfigError`` otherwise."""
+    workers = _whole_number(name, value, "a whole number of processes (0: none)")
+    if workers > MAX_REST_WORKERS:
+        raise ConfigError(f"{name} must be at most {MAX_REST_WORKERS}, got {value!r}")
+    return workers
+
+
 def parse_port(name: str, value: str) -> int:
     """A port number from text (a flag or a variable called ``name``), or ``ConfigError``."""
     port = _whole_number(name, value, "a port number")
@@ -430,6 +445,10 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     if environ.get("KIMBALL_SUBSCRIBER_BUFFER_EVENTS"):
         out["subscriber_buffer_events"] = parse_subscriber_buffer(
             "KIMBALL_SUBSCRIBER_BUFFER_EVENTS", environ["KIMBALL_SUBSCRIBER_BUFFER_EVENTS"]
+        )
+    if environ.get("KIMBALL_REST_WORKERS"):
+        out["rest_workers"] = parse_rest_workers(
+            "KIMBALL_REST_WORKERS", environ["KIMBALL_REST_WORKERS"]
         )
     if environ.get("NAMESPACE"):
         out["namespace"] = environ["NAMESPACE"]

@@ -7,6 +7,8 @@ that code onward to HTTP.
 
 from __future__ import annotations
 
+from functools import partial
+
 
 class KimballError(Exception):
     """Base of every error the core raises on purpose.
@@ -20,6 +22,11 @@ class KimballError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def __reduce__(self) -> tuple:
+        # Pickled whole, details included (the REST worker processes receive the engine's
+        # refusals so): the default keeps only the message.
+        return partial(type(self), **self.details), (self.message,)
 
     @property
     def reason(self) -> str:

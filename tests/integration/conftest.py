@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from support.in_process import gateway_of, local_settings, rest_client, running
+from support.in_process import gateway_of, intake_channel, local_settings, rest_client, running
 from support.object_servers import ObjectServer, gcs_emulator, moto_server
 
 from gateway.server import RunningGateway, network_channel
@@ -47,10 +47,16 @@ def integration(channel: grpc.aio.Channel) -> integration_grpc.KimballIntegratio
     return integration_grpc.KimballIntegrationStub(channel)
 
 
-@pytest.fixture(params=["local", "network"])
+@pytest.fixture(params=["local", "network", "workers"])
 async def rest(server: RunningServer, request) -> AsyncIterator[RunningGateway]:
-    """The gateway as ``kimball serve`` runs it (local channel) and as ``kimball gateway``
-    does (a gRPC channel over loopback): every REST test runs over both."""
+    """The gateway as ``kimball serve`` runs it (local channel), as ``kimball gateway``
+    does (a gRPC channel over loopback) and as a REST worker process of ``kimball serve
+    --rest-workers`` does (the intake channel to the engine): every REST test runs over
+    all three."""
+    if request.param == "workers":
+        async with intake_channel(server) as channel, gateway_of(server, channel) as gateway:
+            yield gateway
+        return
     channel = (
         server.local_channel
         if request.param == "local"

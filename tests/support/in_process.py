@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,6 +12,7 @@ import aiohttp
 import grpc
 
 from gateway.server import RunningGateway, start_gateway
+from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
 from kimball_grpc.app import RunningServer, start_server
 from kimball_grpc.config.settings import Mode, Settings
 from kimball_grpc.core.counter_config import CounterConfig
@@ -93,6 +96,28 @@ async def gateway_of(server, channel=None) -> AsyncIterator[RunningGateway]:
         yield gateway
     finally:
         await gateway.stop()
+
+
+@asynccontextmanager
+async def intake_channel(server: RunningServer) -> AsyncIterator[IntakeChannel]:
+    """The channel a REST worker process uses (``rest_workers``), over a socket pair to the
+    engine's intake in this process: batches validated on the channel's side, other calls
+    forwarded. Closing it (the gateway's stop does) ends the intake's side."""
+    engine_end, worker_end = socket.socketpair()
+    intake = IntakeServer(
+        server.ingestor,
+        server.local_channel,
+        lambda: server.front.gate.is_open,
+        server.metrics.observe_request,
+    )
+    serving = asyncio.ensure_future(intake.serve(engine_end))
+    channel = IntakeChannel(worker_end)
+    await channel.connect()
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        await serving
 
 
 @asynccontextmanager

@@ -5,10 +5,9 @@ refused at start; and no token anywhere in the process's log."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
-import time
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,18 +48,25 @@ def accepted(token: str, grpc_port: int, rest_port: int) -> tuple[bool, bool]:
 
 
 def read_until(process: subprocess.Popen[str], fragment: str, log: list[str]) -> None:
-    """Read the process's log into ``log`` up to a line holding ``fragment`` (20 s at most)."""
+    """Read the process's log into ``log`` up to a line holding ``fragment`` (20 s at most).
+    Read in a thread, line by line: select() on the pipe would miss lines already taken
+    into the file object's buffer by an earlier read."""
     assert process.stdout is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline()
-            assert line, f"the process ended: {''.join(log)}"
+    stdout = process.stdout
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stdout:
             log.append(line)
             if fragment in line:
+                found.set()
                 return
-    raise AssertionError(f"no line with {fragment!r} in time: {''.join(log)}")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)
+    if not found.is_set():
+        raise AssertionError(f"no line with {fragment!r} in time: {''.join(log)}")
 
 
 def test_tokens_from_the_environment_and_a_file_reloaded_on_sighup(tmp_path: Path) -> None:

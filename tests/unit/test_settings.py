@@ -391,6 +391,14 @@ def test_snapshots_kept_and_skipping_damage_from_environment_and_flags():
     assert (s.snapshots_kept, s.wal_skip_damaged) == (5, True)
 
 
+def test_rest_workers_from_environment_and_flags():
+    assert load_settings({}).rest_workers == 0  # REST in the server process, as before
+    assert load_settings({"KIMBALL_REST_WORKERS": "2"}).rest_workers == 2
+    assert load_settings({"KIMBALL_REST_WORKERS": "64"}).rest_workers == 64
+    s = load_settings({"KIMBALL_REST_WORKERS": "2"}, overrides={"rest_workers": 0})
+    assert s.rest_workers == 0
+
+
 # --- bad environment values ---------------------------------------------------------
 
 
@@ -467,6 +475,9 @@ def test_snapshots_kept_and_skipping_damage_from_environment_and_flags():
         ({"KIMBALL_MAX_SUBSCRIBERS": "0"}, ["KIMBALL_MAX_SUBSCRIBERS", "at least 1"]),
         ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "0"}, ["BUFFER_EVENTS", "at least 1"]),
         ({"KIMBALL_SUBSCRIBER_BUFFER_EVENTS": "100001"}, ["BUFFER_EVENTS", "at most 100,000"]),
+        ({"KIMBALL_REST_WORKERS": "-1"}, ["KIMBALL_REST_WORKERS", "'-1'"]),
+        ({"KIMBALL_REST_WORKERS": "two"}, ["KIMBALL_REST_WORKERS", "'two'"]),
+        ({"KIMBALL_REST_WORKERS": "65"}, ["KIMBALL_REST_WORKERS", "at most 64"]),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )

@@ -1,0 +1,168 @@
+"""``kimball serve --rest-workers N``: REST served by worker processes beside the engine
+process, sharing the REST port; what they acknowledge is in the log, the API answers as
+without them, and SIGTERM ends the workers and then the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support.kimball_process import read_until_listening, start, stop, token_config
+from support.polling import until
+
+TOKEN = "rest-workers-token"
+EVENTS = [{"namespace": "w", "user_id": f"user-{i}", "event_name": "signup"} for i in range(50)]
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    token: str | None = TOKEN,
+    content_type: str = "application/json",
+) -> tuple[int, bytes]:
+    """One request on a connection of its own: (status, body)."""
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def children(pid: int) -> list[int]:
+    """The live processes ``pid`` started."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.extend(int(child) for child in (task / "children").read_text().split())
+    return out
+
+
+def signups(port: int) -> int:
+    status, body = call(port, "GET", "/v0/analytics?namespace=w")
+    assert status == 200, body
+    counts = {c["name"]: c["count"] for c in json.loads(body)["counts"]}
+    return counts.get("signup", 0)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return token_config(tmp_path, TOKEN)
+
+
+def test_workers_take_events_into_the_log_and_stop_before_the_engine(
+    tmp_path: Path, config: Path
+) -> None:
+    data = str(tmp_path / "data")
+    server = start(
+        "--grpc-port", "0", "--data-dir", data, "--config", str(config), "--rest-workers", "2"
+    )
+    try:
+        port = read_until_listening(server).rest_port
+        workers = workers_of(server.pid)
+        assert len(workers) == 2
+        # Each on a connection of its own: the kernel spreads them over the workers.
+        for start_at in range(0, 50, 10):
+            body = json.dumps({"events": EVENTS[start_at : start_at + 10]}).encode()
+            assert call(port, "POST", "/v0/analytics", body) == (204, b"")
+        stream = b"\n".join(json.dumps({"events": [e]}).encode() for e in EVENTS[:3])
+        status, answer = call(
+            port, "POST", "/v0/analytics:stream", stream, content_type="application/x-ndjson"
+        )
+        assert (status, json.loads(answer)) == (200, {"accepted": 3, "messages": 3})
+        assert signups(port) == 50  # a forwarded call sees what the batches applied
+
+        bad = json.dumps({"events": [EVENTS[0], {**EVENTS[1], "user_id": ""}]}).encode()
+        status, answer = call(port, "POST", "/v0/analytics", bad)
+        assert status == 400
+        assert json.loads(answer)["error"]["index"] == "1"
+        assert call(port, "POST", "/v0/analytics", bad, token=None)[0] == 401
+        assert call(port, "POST", "/v0/analytics", bad, token="wrong")[0] == 401
+        assert signups(port) == 50  # nothing of the refused batches applied
+
+        # The engine's metrics, through whichever worker takes the scrape; each batch a
+        # worker handed over counted as the TrackEvents call it stands for.
+        status, text = call(port, "GET", "/metrics")
+        assert status == 200
+        track = (
+            'kimball_grpc_requests_total{code="OK",method="/kimball.v1.KimballService/TrackEvents"}'
+        )
+        assert f"{track} 8.0" in text.decode()
+        assert call(port, "GET", "/metrics", token=None)[0] == 401
+    finally:
+        assert stop(server) == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}")
+
+    # What the workers acknowledged is in the log and the last snapshot: a server without
+    # workers, on the same data, counts it.
+    again = start("--grpc-port", "0", "--data-dir", data, "--config", str(config))
+    try:
+        assert signups(read_until_listening(again).rest_port) == 50
+    finally:
+        stop(again)
+
+
+def workers_of(pid: int) -> list[int]:
+    """The REST worker processes of server ``pid``."""
+    return [
+        child
+        for child in children(pid)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+async def test_workers_end_when_the_server_process_dies(tmp_path: Path, config: Path) -> None:
+    server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
+    try:
+        port = read_until_listening(server).rest_port
+        workers = workers_of(server.pid)
+        assert len(workers) == 2
+        server.kill()  # no SIGTERM passed on: the workers learn it from their link
+        server.wait()
+        await until(
+            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers),
+            "the workers of a dead server end",
+            timeout=20,
+        )
+        # Nothing listens any more: the port is free for the next start.
+        with pytest.raises(urllib.error.URLError):
+            call(port, "GET", "/alive")
+    finally:
+        stop(server)
+
+
+async def test_a_worker_that_dies_is_logged_and_the_other_serves(config: Path) -> None:
+    server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
+    try:
+        port = read_until_listening(server).rest_port
+        dead, alive = workers_of(server.pid)
+        os.kill(dead, signal.SIGKILL)
+        await until(lambda: not os.path.exists(f"/proc/{dead}"), "the worker is gone", 20)
+        body = json.dumps({"events": EVENTS[:5]}).encode()
+        for _ in range(4):  # connections of their own: each taken by the live worker
+            assert call(port, "POST", "/v0/analytics", body) == (204, b"")
+        assert workers_of(server.pid) == [alive]
+    finally:
+        assert stop(server) == 0
+    assert server.stdout is not None
+    log = server.stdout.read()
+    assert f"REST worker {dead} ended (exit code -9); 1 left serving REST" in log
+
+
+def test_a_bad_rest_workers_flag_is_refused(config: Path) -> None:
+    server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "many")
+    output, _ = server.communicate(timeout=30)
+    assert server.returncode != 0
+    assert "--rest-workers" in output and "'many'" in output
