@@ -47,12 +47,17 @@ class HandlerRecorder:
         return HandlerRecorder(self._server, self.generic_handlers, methods)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self.generic_handlers.extend(handlers)
+        if self._serialized_by_servicer:
+            self.generic_handlers.extend(
+                _SerializedBy(h, self._serialized_by_servicer) for h in handlers
+            )
+        else:
+            self.generic_handlers.extend(handlers)
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        # The server looks registered methods up first: the generic handlers' copies of
-        # these (with a serializer) serve only LocalChannel, which takes no server streams.
+        # The server looks registered methods up first; LocalChannel finds the same
+        # methods through the recorded generic handlers.
         self._server.add_registered_method_handlers(
             service,
             {
@@ -62,6 +67,22 @@ class HandlerRecorder:
                 for name, handler in handlers.items()
             },
         )
+
+
+class _SerializedBy(grpc.GenericRpcHandler):
+    """``inner``, but its ``methods`` (method names) have no response serializer: their
+    servicer sends its responses' bytes itself."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, methods: frozenset[str]) -> None:
+        self._inner = inner
+        self._methods = methods
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        name = handler_call_details.method.rpartition("/")[2]
+        if handler is not None and name in self._methods:
+            return handler._replace(response_serializer=None)
+        return handler
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ READ_SECONDS = 10.0
 
 
 @pytest.fixture
+def rest(rest, request):
+    """The conftest's gateways but REST worker processes, which do not carry the event
+    stream (a 501: tests/system/test_rest_workers.py)."""
+    if request.node.callspec.params.get("rest") == "workers":
+        pytest.skip("REST worker processes do not carry the event stream")
+    return rest
+
+
+@pytest.fixture
 def settings(tmp_path) -> Settings:
     return local_settings(
         tmp_path, api_auth=True, api_auth_tokens=(TOKEN,), max_subscribers=2, max_streams=3
@@ -218,3 +227,4 @@ async def test_gateway_shutdown_ends_open_streams_at_once(server):
         assert "Last-Event-ID" in last.data["error"]["what"]
         await asyncio.wait_for(stopping, READ_SECONDS)
     await until(lambda: server.hub.subscriber_count == 0, "the subscription to end")
+

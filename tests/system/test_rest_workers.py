@@ -100,6 +100,11 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
         )
         assert f"{track} 8.0" in text.decode()
         assert call(port, "GET", "/metrics", token=None)[0] == 401
+
+        # The live event stream is not carried by the workers: refused, saying so.
+        status, answer = call(port, "GET", "/v0/events:stream")
+        assert status == 501
+        assert "no such streaming call" in json.loads(answer)["error"]["what"]
     finally:
         assert stop(server) == 0
     for pid in workers:
