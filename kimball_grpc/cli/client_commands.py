@@ -291,7 +291,7 @@ class _PlainProgress:
             return
         self._last = now
         rate = sent / max(now - self._start, 1e-9)
-        parts = [f"sent {_events_count(sent)}"]
+        parts = [f"sent {sent:,} " + ("event" if sent == 1 else "events")]
         if self._size:
             share = min(read / self._size, 1.0)
             parts.append(f"{share:.0%} of the input")
