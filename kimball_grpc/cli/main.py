@@ -487,8 +487,10 @@ def _add_connection_options(
 
 def _run_client_command(args: argparse.Namespace) -> int:
     # Ctrl-C ends the command at once, like any Unix tool: no traceback, and no wait for
-    # gRPC's request thread, which may be blocked reading stdin.
+    # gRPC's request thread, which may be blocked reading stdin. So does a closed pipe
+    # (`kimball tail | head`), which Python would report as a BrokenPipeError traceback.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     connection = client.Connection(
         args.target, args.namespace, args.token, args.timeout, _client_tls(args)
     )

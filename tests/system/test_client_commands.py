@@ -380,6 +380,18 @@ def test_tail_replays_then_follows_live_events_and_ctrl_c_ends_it(server: Server
     assert tail.process.stderr is not None and tail.process.stderr.read() == b""
 
 
+def test_tail_into_a_closed_pipe_ends_quietly(server: Server) -> None:
+    ns = ["--namespace", "tail-pipe"]
+    server.ok("track", "first", "u1", *ns)
+    tail = Tail(server, *ns, "--after-sequence", "0")
+    assert "first" in tail.line()
+    assert tail.process.stdout is not None
+    tail.process.stdout.close()  # as `kimball tail | head -n 1` does
+    server.ok("track", "second", "u1", *ns)
+    assert tail.process.wait(timeout=20) == -signal.SIGPIPE
+    assert tail.process.stderr is not None and tail.process.stderr.read() == b""
+
+
 def test_tail_prints_one_line_per_event(server: Server) -> None:
     ns = ["--namespace", "tail-text"]
     server.ok("track", "other", "u0", *ns)
