@@ -148,6 +148,7 @@ class Reader:
     environment: dict[str, str]
     ports: dict[str, str]
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    ran: set[int] = field(default_factory=set)  # the lines of the blocks run so far
 
     def copied(self, text: str) -> str:
         """``text`` with the docs' ports replaced by this reader's."""
@@ -266,6 +267,7 @@ def test_the_example_runs_as_copied(block: Block, readers: dict[Path, Reader]) -
     tool = _missing_tool(block, reader.environment["PATH"])
     if tool is not None:
         pytest.skip(f"{block.where}: {tool} is not installed: not run")
+    _catch_up(block, reader)
     process = reader.shell(block.text)
     if block.marker == "background":
         reader.processes.append(process)
@@ -285,6 +287,21 @@ def test_the_example_runs_as_copied(block: Block, readers: dict[Path, Reader]) -
         _stop_group(process)
         pytest.fail(f"still running after {BLOCK_SECONDS} s" + _advice(block))
     assert process.returncode == 0, f"exit {process.returncode}:\n{output}" + _advice(block)
+
+
+def _catch_up(block: Block, reader: Reader) -> None:
+    """Run the blocks before ``block`` that have not run on this reader's server (pytest-xdist
+    may run the tests out of order), each checked in its own test: an example may use
+    what the ones before it made."""
+    reader.ran.add(block.line)
+    for earlier in blocks(block.document):
+        if earlier.line >= block.line:
+            return
+        if earlier.tag != "sh" or earlier.line in reader.ran or earlier.marker:
+            continue
+        if _missing_tool(earlier, reader.environment["PATH"]) is None:
+            reader.ran.add(earlier.line)
+            reader.shell(earlier.text).communicate(timeout=BLOCK_SECONDS)
 
 
 def _wait_for_ports(process: subprocess.Popen[str], ports: list[str], reader: Reader) -> None:
