@@ -270,8 +270,7 @@ def test_the_example_runs_as_copied(block: Block, readers: dict[Path, Reader]) -
     _catch_up(block, reader)
     process = reader.shell(block.text)
     if block.marker == "background":
-        reader.processes.append(process)
-        _wait_for_ports(process, re.findall(DOC_PORT, block.text), reader)
+        _in_background(block, process, reader)
         return
     if block.marker == "follows":
         reader.processes.append(process)
@@ -297,11 +296,22 @@ def _catch_up(block: Block, reader: Reader) -> None:
     for earlier in blocks(block.document):
         if earlier.line >= block.line:
             return
-        if earlier.tag != "sh" or earlier.line in reader.ran or earlier.marker:
+        nothing_for_later = earlier.marker in ("skip", "follows")
+        if earlier.tag != "sh" or earlier.line in reader.ran or nothing_for_later:
             continue
         if _missing_tool(earlier, reader.environment["PATH"]) is None:
             reader.ran.add(earlier.line)
-            reader.shell(earlier.text).communicate(timeout=BLOCK_SECONDS)
+            process = reader.shell(earlier.text)
+            if earlier.marker == "background":
+                _in_background(earlier, process, reader)
+            else:
+                process.communicate(timeout=BLOCK_SECONDS)
+
+
+def _in_background(block: Block, process: subprocess.Popen[str], reader: Reader) -> None:
+    """``block``'s server running, until every port it names answers."""
+    reader.processes.append(process)
+    _wait_for_ports(process, re.findall(DOC_PORT, block.text), reader)
 
 
 def _wait_for_ports(process: subprocess.Popen[str], ports: list[str], reader: Reader) -> None:
