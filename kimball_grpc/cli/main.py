@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import importlib.metadata
 import logging
 import os
 import signal
@@ -117,6 +118,9 @@ def _rfc3339(value: str) -> Timestamp:
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kimball", description="Kimball analytics service")
+    parser.add_argument(
+        "--version", action="version", version=f"kimball {importlib.metadata.version('kimball')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the server")
     _add_listen_hosts(run)
@@ -356,6 +360,14 @@ def _add_client_commands(
     load.add_argument(
         "--batch", type=_batch_size, default=1000, help="events per message (default 1000)"
     )
+    load.add_argument(
+        "--progress-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal, a progress line at most this often (default 10; "
+        "on a terminal, a progress bar)",
+    )
 
     add("analytics", "print the counters of the namespace").add_argument(
         "--json", action="store_true", help="print the response as JSON"
@@ -377,19 +389,6 @@ def _add_client_commands(
     nudges.add_argument("--user", required=True, help="the user id")
     nudges.add_argument("--json", action="store_true", help="print the response as JSON")
 
-    flags = commands.add_parser(
-        "flags", help="feature flags", description="read and change feature flags"
-    )
-    flag_commands = flags.add_subparsers(dest="flags_command", required=True)
-    history = flag_commands.add_parser(
-        "history",
-        help="print a flag's recent changes, newest first",
-        description="print a flag's recent changes, newest first: when, which token, what",
-    )
-    _add_connection_options(history, environ, 10.0)
-    history.add_argument("name", metavar="NAME", help="the flag's name")
-    history.add_argument("--json", action="store_true", help="print the response as JSON")
-
     original = add(
         "import-original",
         "set the feature specs kept by the original Erlang service: its features_store object "
@@ -399,6 +398,83 @@ def _add_client_commands(
     original.add_argument(
         "--replace", action="store_true", help="overwrite specs of the same name set here"
     )
+
+    _add_flags_commands(commands, environ)
+
+    tail = add(
+        "tail",
+        "print events as Kimball accepts them, one line each, until Ctrl-C "
+        "(--namespace: only that namespace; none: every namespace)",
+        timeout=None,
+    )
+    tail.add_argument(
+        "--event", dest="events", action="append", default=[], help="only this event (repeatable)"
+    )
+    tail.add_argument("--prefix", default="", help="only events whose name starts with this")
+    tail.add_argument(
+        "--after-sequence",
+        type=_sequence,
+        metavar="N",
+        help="first the events after sequence number N, read back from the write-ahead log "
+        "(0: from the first), then live ones (default: live events only)",
+    )
+    tail.add_argument("--json", action="store_true", help="print each event as a JSON line")
+
+
+def _sequence(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) < 2**64):
+        raise argparse.ArgumentTypeError(f"must be a sequence number, 0 or more, got {value!r}")
+    return int(value)
+
+
+def _add_flags_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    environ: Mapping[str, str],
+) -> None:
+    """``kimball flags list|get|set|evaluate|history``: the feature specs (flags) over gRPC."""
+    flags = commands.add_parser(
+        "flags",
+        help="list, show, set and evaluate feature flags, and show their history",
+        description="feature flags",
+    )
+    actions = flags.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        command = actions.add_parser(name, help=summary, description=summary)
+        _add_connection_options(command, environ, 10.0)
+        return command
+
+    action("list", "print every flag").add_argument(
+        "--json", action="store_true", help="print the response as JSON"
+    )
+    action("get", "print a flag's spec as JSON, the form `flags set` takes").add_argument(
+        "name", metavar="NAME", help="the flag"
+    )
+    action(
+        "set",
+        "set a flag from its spec as a JSON object, as `flags get` prints it "
+        "(fields left out take their defaults)",
+    ).add_argument("file", metavar="FILE", nargs="?", default="-", help="the spec; - for stdin")
+    history = action(
+        "history", "print a flag's recent changes, newest first: when, which token, what"
+    )
+    history.add_argument("name", metavar="NAME", help="the flag's name")
+    history.add_argument("--json", action="store_true", help="print the response as JSON")
+    evaluate = action("evaluate", "print every flag's value for a user")
+    evaluate.add_argument(
+        "--user",
+        default="{}",
+        metavar="JSON",
+        help='the user object, e.g. \'{"user_id": "u1", "plan": "pro"}\' (default {})',
+    )
+    evaluate.add_argument(
+        "--context",
+        default="{}",
+        metavar="JSON",
+        help='e.g. \'{"namespace": "shop", "feature": "checkout"}\' to count the '
+        "evaluation as the user's event (default {})",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the response as JSON")
 
 
 def _add_connection_options(
@@ -426,8 +502,10 @@ def _add_connection_options(
 
 def _run_client_command(args: argparse.Namespace) -> int:
     # Ctrl-C ends the command at once, like any Unix tool: no traceback, and no wait for
-    # gRPC's request thread, which may be blocked reading stdin.
+    # gRPC's request thread, which may be blocked reading stdin. So does a closed pipe
+    # (`kimball tail | head`), which Python would report as a BrokenPipeError traceback.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     connection = client.Connection(
         args.target, args.namespace, args.token, args.timeout, _client_tls(args)
     )
@@ -438,7 +516,9 @@ def _run_client_command(args: argparse.Namespace) -> int:
         "load": lambda: client.load(
             connection,
             args.file,
-            client.LoadOptions(args.format, args.goal, args.prefix, args.batch),
+            client.LoadOptions(
+                args.format, args.goal, args.prefix, args.batch, args.progress_interval
+            ),
         ),
         "analytics": lambda: client.analytics(connection, as_json=args.json),
         "goals": lambda: client.goals(connection, as_json=args.json),
@@ -449,12 +529,21 @@ def _run_client_command(args: argparse.Namespace) -> int:
         "import-original": lambda: client.import_original(
             connection, args.file, replace=args.replace
         ),
-        "flags": lambda: flag_commands[args.flags_command](),
+        "tail": lambda: client.tail(
+            connection,
+            client.TailFilter(args.events, args.prefix, args.after_sequence),
+            as_json=args.json,
+        ),
+        "flags list": lambda: client.flags_list(connection, as_json=args.json),
+        "flags get": lambda: client.flags_get(connection, args.name),
+        "flags set": lambda: client.flags_set(connection, args.file),
+        "flags evaluate": lambda: client.flags_evaluate(
+            connection, args.user, args.context, as_json=args.json
+        ),
+        "flags history": lambda: client.flag_history(connection, args.name, as_json=args.json),
     }
-    flag_commands: dict[str, Callable[[], None]] = {
-        "history": lambda: client.flag_history(connection, args.name, as_json=args.json),
-    }
-    return client.run(connection, commands[args.command])
+    name = f"flags {args.flags_command}" if args.command == "flags" else args.command
+    return client.run(connection, commands[name])
 
 
 def _client_tls(args: argparse.Namespace) -> ClientTls | None:

@@ -227,4 +227,3 @@ async def test_gateway_shutdown_ends_open_streams_at_once(server):
         assert "Last-Event-ID" in last.data["error"]["what"]
         await asyncio.wait_for(stopping, READ_SECONDS)
     await until(lambda: server.hub.subscriber_count == 0, "the subscription to end")
-

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
+import pty
+import re
+import selectors
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,7 +153,10 @@ def test_goals_lists_the_goals_of_a_namespace(server: Server) -> None:
     server.ok("track", "signup", "u1", "--goal", *ns)
     server.ok("track", "purchase", "u1", "--goal", *ns)
     assert server.ok("goals", *ns) == "GOAL\npurchase\nsignup\n"
-    assert json.loads(server.ok("goals", "--json", *ns)) == {"goals": ["purchase", "signup"]}
+    assert json.loads(server.ok("goals", "--json", *ns)) == {
+        "goals": ["purchase", "signup"],
+        "next_page_token": "",  # every page was read
+    }
 
 
 def test_an_unreachable_server_is_one_clear_line(server: Server) -> None:
@@ -199,7 +207,7 @@ def test_analytics_and_goals_print_every_page_of_an_answer_past_the_servers_limi
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         counts = json.loads(big.ok("analytics", "--json"))["counts"]
         assert [c["name"] for c in counts] == ["global_counter", *names]
-        assert json.loads(big.ok("goals", "--json")) == {"goals": names}
+        assert json.loads(big.ok("goals", "--json"))["goals"] == names
         assert len(big.ok("goals").splitlines()) == 1 + len(names)
     finally:
         stop(process)
@@ -226,3 +234,217 @@ def test_flags_history_lists_the_changes_newest_first(server: Server) -> None:
     assert [c["token_id"] for c in as_json["changes"]] == [token_id, token_id]
     missing = server.run("flags", "history", "no_such_flag")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_version_is_the_installed_packages(server: Server) -> None:
+    assert server.ok("--version") == f"kimball {importlib.metadata.version('kimball')}\n"
+
+
+def test_json_numbers_are_numbers(server: Server) -> None:
+    ns = ["--namespace", "numbers"]
+    server.ok("track", "signup", "u1", *ns)
+    server.ok("track", "signup", "u2", *ns)
+    counts = {c["name"]: c for c in json.loads(server.ok("analytics", "--json", *ns))["counts"]}
+    assert counts["signup"]["count"] == 2  # protobuf's JSON would say "2"
+    assert counts["signup"]["year"] == 0  # defaults are printed too
+
+
+PROGRESS = re.compile(
+    r"kimball: sent [\d,]+ events, \d+% of the input, [\d,]+ events/s, about \d+ s left"
+)
+
+
+def test_load_from_a_file_prints_plain_progress_lines_when_not_on_a_terminal(
+    server: Server, tmp_path: Path
+) -> None:
+    source = tmp_path / "events.csv"
+    source.write_text("".join(f"u{i},progress\n" for i in range(3000)))
+    result = server.run(
+        "load", str(source), "--batch", "100", "--progress-interval", "0.000001",
+        "--namespace", "progress",
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "loaded 3000 events\n")
+    lines = result.stderr.splitlines()
+    assert len(lines) >= 2 and all(PROGRESS.fullmatch(line) for line in lines), lines
+    assert lines[-1].startswith("kimball: sent 3,000 events, 100% of the input")
+    piped = server.run("load", "--progress-interval", "0.000001", stdin="u1,piped\n")
+    assert piped.stderr == "kimball: sent 1 event, " + piped.stderr.split(", ", 1)[1]
+    assert "% of the input" not in piped.stderr  # a pipe's size is unknown
+
+
+def test_load_draws_a_progress_bar_on_a_terminal(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "events.csv"
+    source.write_text("".join(f"u{i},bar\n" for i in range(2000)))
+    leader, follower = pty.openpty()
+    environ = {**os.environ, "KIMBALL_TARGET": server.target, "KIMBALL_TOKEN": TOKEN}
+    with subprocess.Popen(
+        [*KIMBALL, "load", str(source), "--batch", "100", "--namespace", "bar"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**environ, "COLUMNS": "120", "TERM": "xterm"},
+    ) as process:
+        os.close(follower)
+        drawn = b""
+        while chunk := _read_pty(leader):
+            drawn += chunk
+        assert process.wait(timeout=30) == 0
+        assert process.stdout is not None and process.stdout.read() == b"loaded 2000 events\n"
+    os.close(leader)
+    screen = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", drawn).decode()
+    assert "100%" in screen and "2,000 events" in screen and "events/s" in screen, screen
+
+
+def _read_pty(fd: int) -> bytes:
+    """What a pseudo-terminal shows next; empty once the other side has closed it."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the process ended
+        return b""
+
+
+def test_load_progress_interval_must_be_positive(server: Server) -> None:
+    result = server.run("load", "--progress-interval", "0", stdin="u1,x\n")
+    assert result.returncode == 2
+    assert "--progress-interval: must be a positive number of seconds" in result.stderr
+
+
+def test_flags_set_get_list_and_evaluate(server: Server, tmp_path: Path) -> None:
+    assert server.ok("flags", "set", stdin='{"name": "beta", "boolean": true}') == "set beta\n"
+    spec = {
+        "name": "pro",
+        "boolean": False,
+        "user": [{"property": "plan", "comparator": "=", "value": "pro"}],
+    }
+    path = tmp_path / "pro.json"
+    path.write_text(json.dumps(spec))
+    assert server.ok("flags", "set", str(path)) == "set pro\n"
+    got = json.loads(server.ok("flags", "get", "pro"))
+    assert {key: got[key] for key in spec} == spec
+    path.write_text(json.dumps(got))  # what `get` prints, `set` takes back
+    assert server.ok("flags", "set", str(path)) == "set pro\n"
+    assert rows(server.ok("flags", "list")) == {"beta": ["true", "0"], "pro": ["false", "1"]}
+    listed = json.loads(server.ok("flags", "list", "--json"))
+    assert [s["name"] for s in listed["specs"]] == ["beta", "pro"]
+    assert isinstance(listed["version"], int)
+    user = ["--user", '{"user_id": "u1", "plan": "pro"}']
+    assert rows(server.ok("flags", "evaluate", *user)) == {"beta": ["true"], "pro": ["true"]}
+    evaluated = json.loads(server.ok("flags", "evaluate", "--json"))
+    assert evaluated["features"] == {"beta": True, "pro": False}
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "error"),
+    [
+        (["set"], '{"name": "x", "colour": 1}', 'kimball: -: Message type "kimball.v1.'),
+        (["set"], "{", "kimball: -: not JSON: Expecting property name enclosed in double quotes"),
+        (["set"], "[1]", "kimball: -: expected a JSON object\n"),
+        (["set"], '{"name": "x", "boolean": "yes"}', "kimball: -: Failed to parse boolean"),
+        (["set", "/no/such/file"], None, "kimball: cannot read /no/such/file: No such file"),
+        (
+            ["set"],
+            '{"name": "x", "rollout_start": "2024-01-01T00:00:00Z"}',
+            "kimball: INVALID_ARGUMENT: ",
+        ),
+        (["get", "missing"], None, "kimball: NOT_FOUND: no feature spec named 'missing'"),
+        (["evaluate", "--user", "["], None, "kimball: --user: not JSON: "),
+        (["evaluate", "--context", "1"], None, "kimball: --context: expected a JSON object\n"),
+    ],
+)
+def test_flags_bad_inputs_are_one_line_and_change_nothing(
+    server: Server, args: list[str], stdin: str | None, error: str
+) -> None:
+    before = server.ok("flags", "list", "--json")
+    result = server.run("flags", *args, stdin=stdin)
+    assert result.returncode == 1
+    assert result.stderr.startswith(error) and result.stderr.count("\n") == 1, result.stderr
+    assert server.ok("flags", "list", "--json") == before
+
+
+class Tail:
+    """A running ``kimball tail``, its lines read with a deadline."""
+
+    def __init__(self, server: Server, *args: str) -> None:
+        environ = {**os.environ, "KIMBALL_TARGET": server.target, "KIMBALL_TOKEN": TOKEN}
+        self.process = subprocess.Popen(
+            [*KIMBALL, "tail", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
+        )
+        self.selector = selectors.DefaultSelector()
+        assert self.process.stdout is not None
+        self.selector.register(self.process.stdout, selectors.EVENT_READ)
+
+    def line(self, deadline: float = 20) -> str:
+        assert self.process.stdout is not None
+        assert self.selector.select(deadline), "no event line in time"
+        return self.process.stdout.readline().decode()
+
+
+def test_tail_replays_then_follows_live_events_and_ctrl_c_ends_it(server: Server) -> None:
+    ns = ["--namespace", "tail"]
+    server.ok("track", "keep", "u1", *ns)
+    server.ok("track", "skip", "u1", *ns)
+    server.ok("track", "keep", "u2", "--value", "2.5", *ns)
+    tail = Tail(server, *ns, "--event", "keep", "--after-sequence", "0", "--json")
+    try:
+        replayed = [json.loads(tail.line()) for _ in range(2)]
+        assert [r["replayed"] for r in replayed] == [True, True]
+        assert replayed[1]["event"]["value"] == 2.5
+        assert isinstance(replayed[1]["sequence"], int)
+        assert replayed[0]["sequence"] < replayed[1]["sequence"]
+        server.ok("track", "skip", "u3", *ns)
+        server.ok("track", "keep", "u3", "--goal", *ns)
+        live = json.loads(tail.line())
+        assert (live["event"]["user_id"], live["replayed"], live["event"]["ensure_goal"]) == (
+            "u3",
+            False,
+            True,
+        )
+    finally:
+        tail.process.send_signal(signal.SIGINT)
+    assert tail.process.wait(timeout=20) == -signal.SIGINT
+    assert tail.process.stderr is not None and tail.process.stderr.read() == b""
+
+
+def test_tail_into_a_closed_pipe_ends_quietly(server: Server) -> None:
+    ns = ["--namespace", "tail-pipe"]
+    server.ok("track", "first", "u1", *ns)
+    tail = Tail(server, *ns, "--after-sequence", "0")
+    assert "first" in tail.line()
+    assert tail.process.stdout is not None
+    tail.process.stdout.close()  # as `kimball tail | head -n 1` does
+    server.ok("track", "second", "u1", *ns)
+    assert tail.process.wait(timeout=20) == -signal.SIGPIPE
+    assert tail.process.stderr is not None and tail.process.stderr.read() == b""
+
+
+def test_tail_prints_one_line_per_event(server: Server) -> None:
+    ns = ["--namespace", "tail-text"]
+    server.ok("track", "other", "u0", *ns)
+    server.ok("track", "sign-in", "u0", *ns)
+    tail = Tail(server, *ns, "--prefix", "sig", "--after-sequence", "0")
+    try:
+        replayed = tail.line().split()  # read back from the log: no user id kept there
+        assert replayed[1:3] == ["tail-text", "sign-in"]
+        assert replayed[3].startswith("user_hash=") and replayed[-1] == "replayed"
+        server.ok("track", "signup", "u1", "--value", "3", "--goal", *ns)
+        line = tail.line().split()
+        assert line[1:] == ["tail-text", "signup", "user=u1", "value=3", "goal"]
+        assert line[0].isdigit()
+    finally:
+        tail.process.kill()
+        tail.process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "error"),
+    [
+        (["--after-sequence", "999999999"], 1, "kimball: OUT_OF_RANGE: "),
+        (["--after-sequence", "-1"], 2, "--after-sequence: must be a sequence number"),
+        (["--token", "wrong"], 1, "kimball: UNAUTHENTICATED: "),
+    ],
+)
+def test_tail_bad_inputs_are_one_line(
+    server: Server, args: list[str], code: int, error: str
+) -> None:
+    result = server.run("tail", *args)
+    assert result.returncode == code
+    assert error in result.stderr and "Traceback" not in result.stderr, result.stderr
