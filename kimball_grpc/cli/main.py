@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -15,12 +14,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.app import serve, serve_gateway
 from kimball_grpc.cli import client_commands as client
+from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import (
     environment,
     limit_field,
     load_settings,
     parse_fsync_policy,
     parse_limit,
+    parse_log_format,
+    parse_log_level,
     parse_max_response_bytes,
     parse_port,
     parse_seconds,
@@ -65,6 +67,26 @@ def _add_max_response_bytes(command: argparse.ArgumentParser) -> None:
         help="the largest answer sent or taken from a Kimball server; a whole answer past it "
         "is refused, telling the client to page (env KIMBALL_MAX_RESPONSE_BYTES; "
         "default 67108864, 64 MiB)",
+    )
+
+
+def _add_log_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-level",
+        type=_flag(parse_log_level, "--log-level"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env LOG_LEVEL; default INFO)",
+    )
+    command.add_argument(
+        "--log-format",
+        type=_flag(parse_log_format, "--log-format"),
+        help="text, or json: one object per line (env KIMBALL_LOG_FORMAT; default text)",
+    )
+    command.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line per REST request and gRPC call on the kimball.access logger "
+        "(env KIMBALL_ACCESS_LOG; default on)",
     )
 
 
@@ -124,6 +146,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             f"see docs/operations.md)",
         )
     _add_max_response_bytes(run)
+    _add_log_options(run)
     run.add_argument(
         "--snapshots-kept",
         type=_snapshots_kept,
@@ -147,6 +170,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     gateway.add_argument("--config", type=Path, help="app.config file (for api_auth_tokens)")
     _add_max_response_bytes(gateway)
+    _add_log_options(gateway)
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument(
         "--target",
@@ -278,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "grpc_host": args.grpc_host,
         "api_port": args.api_port,
         "max_response_bytes": args.max_response_bytes,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "access_log": args.access_log,
     }
     if args.command == "serve":
         overrides |= {
@@ -293,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     try:
         settings = load_settings(environ, config_path=args.config, overrides=overrides)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             asyncio.run(serve(settings))
         else:
