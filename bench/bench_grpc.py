@@ -42,6 +42,7 @@ from run_options import add_server_options, add_size, new_parser, parse, pinned,
 from servers import AUTH, CHANNEL_OPTIONS, SERVICE, ServerProcess, kimball_argv
 from workload import in_namespace, make_plain_workload, track_events_requests
 
+from kimball_grpc.api.call_observer import CallObserver
 from kimball_grpc.api.status_mapping import StatusInterceptor
 from kimball_grpc.app import stop_signals
 from kimball_grpc.core.engine import Engine
@@ -72,8 +73,9 @@ class NoopService(pb_grpc.KimballServiceServicer):
 async def serve_noop(port: int, interceptor: bool) -> None:
     """A grpc.aio server built like Kimball's (same options), with the no-op servicer."""
     stop = stop_signals()
-    observe = Metrics(Engine()).observe_request  # as in Kimball: metrics are recorded
-    interceptors = [StatusInterceptor({SERVICE.strip("/")}, observe)] if interceptor else []
+    # As in Kimball: metrics recorded (and no access log, as with LOG_LEVEL=WARNING).
+    observer = CallObserver(Metrics(Engine()), False, frozenset())
+    interceptors = [observer, StatusInterceptor({SERVICE.strip("/")})] if interceptor else []
     server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
     pb_grpc.add_KimballServiceServicer_to_server(NoopService(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")

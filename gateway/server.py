@@ -4,6 +4,7 @@ guarded (``connections``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from dataclasses import dataclass
 
@@ -12,9 +13,10 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.connections import ConnectionGuard
-from gateway.http_log import RequestFreeLog
+from gateway.http_log import AccessLog, RequestFreeLog
 from kimball_grpc.api.auth import TokenChecker
 from kimball_grpc.api.local_channel import LocalChannel
+from kimball_grpc.config.logs import ACCESS_LOGGER
 from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.metrics import Metrics
@@ -56,15 +58,19 @@ async def start_gateway(
     metrics: Metrics | None,
     checker: TokenChecker | None,
     limits: HttpLimits | None = None,
+    access_log: bool = True,
 ) -> RunningGateway:
     """Serve the REST API on ``host:port`` onto the gRPC methods reached over ``channel``
     (with ``/metrics`` when the server's ``metrics`` are in this process), within
-    ``limits`` (the defaults if None)."""
+    ``limits`` (the defaults if None), writing a line per request to the ``kimball.access``
+    logger if ``access_log``."""
     limits = limits or HttpLimits()
     guard = ConnectionGuard(limits, metrics)
     runner = web.AppRunner(
         build_app(channel, metrics, checker, guard),
-        access_log=None,  # an access log line holds the path and query: user ids
+        # Not aiohttp's own access log: its line holds the path and query (user ids).
+        access_log_class=AccessLog,
+        access_log=logging.getLogger(ACCESS_LOGGER) if access_log else None,
         logger=RequestFreeLog(),
         keepalive_timeout=limits.keepalive_timeout_s,
         lingering_time=LINGER_SECONDS,

@@ -111,6 +111,7 @@ async def start_server(settings: Settings) -> RunningServer:
         forwarding=forwarding,
         limits=settings.state_limits,
         refused=metrics.refuse,
+        counted=metrics,
     )
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
     external = ExternalPredictions(
@@ -177,6 +178,7 @@ async def serve(settings: Settings) -> None:
             running.metrics,
             running.checker,
             settings.http_limits,
+            settings.access_log,
         )
     except ConfigError:
         await running.stop(grace=None)
@@ -227,7 +229,13 @@ async def serve_gateway(settings: Settings, grpc_target: str) -> None:
     channel = network_channel(grpc_target, settings.max_response_bytes)
     stop = stop_signals()
     gateway = await start_gateway(
-        rest_host, settings.api_port, channel, None, checker, settings.http_limits
+        rest_host,
+        settings.api_port,
+        channel,
+        None,
+        checker,
+        settings.http_limits,
+        settings.access_log,
     )
     log.info(
         "Kimball gateway listening: REST on %s:%d for gRPC at %s",
