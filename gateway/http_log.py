@@ -122,6 +122,7 @@ class AccessLog(AbstractAccessLogger):
             request_id,
             extra={
                 "api": "rest",
+                "request_id": request_id,
                 "method": method,
                 "route": route,
                 "status": response.status,

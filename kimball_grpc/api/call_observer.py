@@ -148,6 +148,7 @@ class _Call:
         "bytes_out",
         "code",
         "context",
+        "grpc_context",
         "method",
         "observer",
         "series",
@@ -159,6 +160,7 @@ class _Call:
         self.method = method
         self.context = CallContext(request_id, "grpc")
         self.series: _Series  # set once the handler's kind is known
+        self.grpc_context: grpc.aio.ServicerContext  # set as the handler starts
         self.bytes_in = 0
         self.bytes_out = 0
         self.code = "UNKNOWN"  # until the handler ends
@@ -223,32 +225,31 @@ class _Call:
             },
         )
 
+    def serving(self, context: grpc.aio.ServicerContext) -> _Call:
+        """``with call.serving(context):`` around the handler: the call starts, and ends
+        with what the block raised, if anything."""
+        self._begin(context)
+        self.grpc_context = context
+        return self
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        self._end(self.grpc_context, error)
+
     def one_response(self, behavior: Behavior) -> Behavior:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._begin(context)
-            error: BaseException | None = None
-            try:
+            with self.serving(context):
                 return await behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._end(context, error)
 
         return handle
 
     def response_stream(self, behavior: Behavior) -> Behavior:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            self._begin(context)
-            error: BaseException | None = None
-            try:
+            with self.serving(context):
                 async for response in behavior(request, context):
                     yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._end(context, error)
 
         return handle
 
