@@ -100,6 +100,7 @@ class ServerProcess:
     cpu: int | None
     cwd: str
     env: dict[str, str] = field(default_factory=dict)  # on top of ours, less STRIPPED_ENV
+    log: str | None = None  # a file for its output (None: this script's own)
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -108,9 +109,20 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
         env["LOG_LEVEL"] = "WARNING"
         env.update(self.env)
-        self.process = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=env, preexec_fn=pin_to(self.cpu), stdin=subprocess.DEVNULL
-        )
+        output = open(self.log, "w") if self.log else None  # noqa: SIM115 (the child's)
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=env,
+                preexec_fn=pin_to(self.cpu),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+            )
+        finally:
+            if output:
+                output.close()  # the child has its own copy
 
     def wait_for(self, check: Callable[[], object], timeout: float, what: str) -> None:
         """Poll ``check`` until it returns true; raise if the process exits first or
