@@ -1,10 +1,12 @@
 """Prometheus metrics, in registries owned by one app instance.
 
-``Metrics.registry`` is ``/metrics``: process metrics, request counts and
-latencies per gRPC method, and Kimball's own series. ``counters_registry``
-(``/metrics/counters``) and ``predictions_registry`` (``/metrics/predictions``)
-are read from the engine when scraped. A fresh ``Metrics`` per server (and per
-test) shares nothing with any other.
+``Metrics.registry`` is ``/metrics``: process metrics, the gRPC server metrics under
+the grpc-ecosystem names, REST request metrics, and Kimball's own series, all in
+Prometheus's conventions (``promtool check metrics`` finds nothing). ``counters_registry``
+(``/metrics/counters``) and ``predictions_registry`` (``/metrics/predictions``) are read
+from the engine when scraped, under the original service's names (with its two other
+names that the conventions flag). A fresh ``Metrics`` per server (and per test) shares
+nothing with any other.
 """
 
 from __future__ import annotations
