@@ -16,6 +16,7 @@ import grpc
 import pytest
 from support.kimball_process import (
     KIMBALL,
+    output_after_listening,
     read_until_listening,
     start,
     start_command,
@@ -267,7 +268,8 @@ def test_serve_writes_json_lines_and_the_access_log_as_told(tmp_path: Path, acce
             assert response.status == 200
             request_id = response.headers["X-Request-Id"]
         assert stop(process) == 0
-        lines = [json.loads(line) for line in [*listening.lines, *process.stdout]]
+        output = [*listening.lines, *output_after_listening(process)]
+        lines = [json.loads(line) for line in output]
     finally:
         stop(process)
     assert {"time", "level", "logger", "message"} <= lines[0].keys()

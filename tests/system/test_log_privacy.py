@@ -13,7 +13,6 @@ import json
 import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -24,7 +23,13 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from support.kimball_process import read_until_listening, start, stop, token_config
+from support.kimball_process import (
+    output_after_listening,
+    read_until_listening,
+    start,
+    stop,
+    token_config,
+)
 from support.routes import V0_PATHS
 
 from kimball_grpc.generated import features_proto_pb2 as ipb
@@ -72,18 +77,13 @@ def log_of_a_busy_server(tmp_path_factory, request) -> str:
         request.param,
         env=env,
     )
-    output: list[str] = []
     try:
         listening = read_until_listening(process)
-        output.extend(listening.lines)
-        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
-        reader.start()  # keep the pipe drained: a full pipe would stall the server
         call_every_grpc_method(listening.grpc_port)
         call_every_rest_route(listening.rest_port)
     finally:
         stop(process)
-    reader.join(timeout=10)
-    return "".join(output)
+    return "".join(listening.lines + output_after_listening(process))
 
 
 @pytest.fixture
