@@ -85,21 +85,27 @@ class JsonFormatter(logging.Formatter):
         call = current_call.get()
         if call is not None:
             entry["request_id"] = call.request_id
-        for key, value in record.__dict__.items():
+        for key, value in record.__dict__.items():  # in the order given
             if key not in _RECORD_ATTRIBUTES:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _encode(entry)
+
+
+# One encoder for every line (json.dumps with options builds one per call).
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_second: list = [None, ""]  # the last whole second formatted, and its text
 
 
 def _rfc3339(created: float) -> str:
     """``2026-01-02T03:04:05.678Z``: UTC, milliseconds."""
     seconds = int(created)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{stamp}.{int((created - seconds) * 1000):03d}Z"
+    if _second[0] != seconds:  # lines come many a second: format each second once
+        _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    return f"{_second[1]}.{int((created - seconds) * 1000):03d}Z"
 
 
 def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None = None) -> None:
