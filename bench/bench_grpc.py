@@ -42,7 +42,7 @@ from collections.abc import Iterator
 import grpc
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, measure, row, table_head
+from figures import Sample, measure, median, row, table_head
 from load import (
     FOREVER,
     in_flight,
@@ -197,6 +197,19 @@ def access_log_cost(
     for name in ACCESS_LOG_SERVERS:
         rate = row(f"kimball serve, {name}", results[f"rest:{name}"], "ev", "event", off)
         off = off or rate
+    print("\nserver CPU an access line adds (median over rounds of each round's difference):")
+    for kind, per in (("unary", "call"), ("rest", f"POST of {args.batch} events")):
+        off = results[f"{kind}:access log off"]
+        for name in list(ACCESS_LOG_SERVERS)[1:]:
+            added = median(
+                [
+                    (on.server_cpu / on.units - base.server_cpu / base.units)
+                    * (1 if kind == "unary" else args.batch)
+                    * 1e6
+                    for on, base in zip(results[f"{kind}:{name}"], off, strict=True)
+                ]
+            )
+            print(f"- {name}: {added:+.1f} µs per {per}")
     print()
     for name, size in line_bytes.items():
         print(f"{name}: {size:.0f} bytes of log per unary call")
