@@ -102,13 +102,13 @@ class Metrics:
         )
         self.grpc_received = Counter(
             "grpc_server_msg_received",
-            "Total number of RPC stream messages received on the server.",
+            "Total number of RPC stream messages received on the server (streaming calls).",
             GRPC_LABELS,
             registry=self.registry,
         )
         self.grpc_sent = Counter(
             "grpc_server_msg_sent",
-            "Total number of gRPC stream messages sent by the server.",
+            "Total number of gRPC stream messages sent by the server (streaming calls).",
             GRPC_LABELS,
             registry=self.registry,
         )

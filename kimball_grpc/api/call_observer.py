@@ -102,12 +102,13 @@ class CallObserver(grpc.aio.ServerInterceptor):
                 return call.response_stream(behavior)
             return call.one_response(behavior)
 
-        return rewrapped(
-            handler,
-            wrap,
-            call.counting_deserializer(handler.request_deserializer),
-            call.counting_serializer(handler.response_serializer),
-        )
+        decode, encode = handler.request_deserializer, handler.response_serializer
+        # The messages of a stream are counted as they pass (grpc_server_msg_*: for streams
+        # only, a unary call has one each way), and every call's bytes for its access line.
+        call.streams = handler.unary_unary is None
+        if call.streams or self.access:
+            decode, encode = call.counting_deserializer(decode), call.counting_serializer(encode)
+        return rewrapped(handler, wrap, decode, encode)
 
     def _series_of(self, method: str, grpc_type: str) -> _Series:
         series = self._series.get((method, grpc_type))
@@ -153,6 +154,7 @@ class _Call:
         "observer",
         "series",
         "start",
+        "streams",
     )
 
     def __init__(self, observer: CallObserver, method: str, request_id: str) -> None:
@@ -165,24 +167,27 @@ class _Call:
         self.bytes_out = 0
         self.code = "UNKNOWN"  # until the handler ends
         self.start = 0.0
+        self.streams = False  # its requests or responses: its messages are counted
 
     def counting_deserializer(self, deserialize: Serializer) -> Serializer:
-        """``deserialize`` (None: the bytes as they are), counting each message received."""
+        """``deserialize`` (None: the bytes as they are), counting what is received."""
 
         def received(data: bytes) -> Any:
             self.bytes_in += len(data)
-            self.series.received.inc()
+            if self.streams:
+                self.series.received.inc()
             return deserialize(data) if deserialize is not None else data
 
         return received
 
     def counting_serializer(self, serialize: Serializer) -> Serializer:
-        """``serialize`` (None: the bytes as they are), counting each message sent."""
+        """``serialize`` (None: the bytes as they are), counting what is sent."""
 
         def sent(message: Any) -> bytes:
             data = serialize(message) if serialize is not None else message
             self.bytes_out += len(data)
-            self.series.sent.inc()
+            if self.streams:
+                self.series.sent.inc()
             return data
 
         return sent
