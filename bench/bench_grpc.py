@@ -179,24 +179,29 @@ def access_log_cost(
             / max(1, sum(x.units for x in results[f"unary:{s.name}"]))
             for s in servers
         }
-    print(
-        f"\n## the access log: unary TrackEvent ({args.inflight} in flight, "
-        f"{args.unary_seconds:g} s per run), calls/s\n"
+    tables = (
+        (
+            "unary",
+            f"unary TrackEvent ({args.inflight} in flight, {args.unary_seconds:g} s "
+            "per run), calls/s",
+            "calls",
+            "call",
+        ),
+        (
+            "rest",
+            f"REST POST /v0/analytics, {args.batch} events per POST, {args.connections} "
+            "connections, events/s",
+            "ev",
+            "event",
+        ),
     )
-    table_head()
-    off = None
-    for name in ACCESS_LOG_SERVERS:
-        rate = row(f"kimball serve, {name}", results[f"unary:{name}"], "calls", "call", off)
-        off = off or rate
-    print(
-        f"\n## the access log: REST POST /v0/analytics, {args.batch} events per POST, "
-        f"{args.connections} connections, events/s\n"
-    )
-    table_head()
-    off = None
-    for name in ACCESS_LOG_SERVERS:
-        rate = row(f"kimball serve, {name}", results[f"rest:{name}"], "ev", "event", off)
-        off = off or rate
+    for kind, title, unit, per in tables:
+        print(f"\n## the access log: {title}\n")
+        table_head()
+        off = None
+        for name in ACCESS_LOG_SERVERS:
+            rate = row(f"kimball serve, {name}", results[f"{kind}:{name}"], unit, per, off)
+            off = off or rate
     print("\nserver CPU an access line adds (median over rounds of each round's difference):")
     for kind, per in (("unary", "call"), ("rest", f"POST of {args.batch} events")):
         off = results[f"{kind}:access log off"]
