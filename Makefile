@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint protos bench clean chromium
+.PHONY: run test lint protos bench clean chromium promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,16 @@ chromium:
 	  else echo "make: /usr/bin/chromium missing (apt-get install -y chromium as root): web UI tests will skip"; fi; \
 	fi
 
+# `promtool check metrics` lints /metrics in the tests: Debian's prometheus package has it.
+promtool:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  else echo "make: promtool missing (apt-get install -y prometheus as root): the metrics lint test will fail"; fi; \
+	fi
+
 # pytest exits 5 when it ran no test; make treats any non-zero exit as failure.
-test: lint chromium
+test: lint chromium promtool
 	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 protos: $(STAMP)

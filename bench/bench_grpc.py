@@ -15,6 +15,12 @@ What it measures, in one run, in interleaved rounds (medians reported):
   ``KimballService`` servicer on a grpc.aio server started the same way (a subprocess of
   this script). Target: at least 60% of the no-op server's call rate.
 
+With ``--access-log``, instead: what the access log costs. Three ``kimball serve`` at
+LOG_LEVEL=INFO, their output to a file each (as a container runtime takes it): the access
+log off (``--no-access-log``), on in text, and on in JSON (``--log-format json``); unary
+TrackEvent (one event, one line per call: the most a line can cost per event) and REST
+``POST /v0/analytics`` of ``--batch`` events (``--connections`` at once) into each.
+
 Each server is a subprocess pinned to one CPU (``--server-cpu``), the load generator to
 another (``--client-cpu``). Requests are serialized before the clock starts; each round
 streams into its own namespace so every round does the same Bloom work from empty
@@ -36,12 +42,28 @@ from collections.abc import Iterator
 import grpc
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, cpu_per_unit, measure, row, table_head, verdict
-from load import in_flight, in_process, ours_accept, rpc, run_stream, servicer_steps
+from figures import Sample, cpu_per_unit, measure, median, row, table_head, verdict
+from load import (
+    FOREVER,
+    in_flight,
+    in_process,
+    ours_accept,
+    rpc,
+    run_posts,
+    run_stream,
+    servicer_steps,
+)
 from run_options import add_server_options, add_size, new_parser, parse, pinned, start_run
 from servers import AUTH, CHANNEL_OPTIONS, SERVICE, ServerProcess, kimball_argv
-from workload import in_namespace, make_plain_workload, track_events_requests
+from workload import (
+    GOAL_NAMES,
+    in_namespace,
+    json_bodies,
+    make_plain_workload,
+    track_events_requests,
+)
 
+from kimball_grpc.api.call_observer import CallObserver
 from kimball_grpc.api.status_mapping import StatusInterceptor
 from kimball_grpc.app import stop_signals
 from kimball_grpc.core.engine import Engine
@@ -72,8 +94,9 @@ class NoopService(pb_grpc.KimballServiceServicer):
 async def serve_noop(port: int, interceptor: bool) -> None:
     """A grpc.aio server built like Kimball's (same options), with the no-op servicer."""
     stop = stop_signals()
-    observe = Metrics(Engine()).observe_request  # as in Kimball: metrics are recorded
-    interceptors = [StatusInterceptor({SERVICE.strip("/")}, observe)] if interceptor else []
+    # As in Kimball: metrics recorded (and no access log, as with LOG_LEVEL=WARNING).
+    observer = CallObserver(Metrics(Engine()), False, frozenset())
+    interceptors = [observer, StatusInterceptor({SERVICE.strip("/")})] if interceptor else []
     server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
     pb_grpc.add_KimballServiceServicer_to_server(NoopService(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -106,6 +129,97 @@ def run_unary(port: int, requests: list[bytes], inflight: int, seconds: float) -
     return asyncio.run(go())
 
 
+# -- the access log's cost ---------------------------------------------------------
+
+
+ACCESS_LOG_SERVERS = {  # name: kimball serve flags
+    "access log off": ["--no-access-log"],
+    "access log on, text": [],
+    "access log on, json": ["--log-format", "json"],
+}
+
+
+def access_log_cost(
+    args: argparse.Namespace, server_cpu: int | None, events: list, unary_rounds: list
+) -> None:
+    """Unary calls and REST POSTs into kimball serve with the access log off, text, json."""
+    posts = [
+        json_bodies(in_namespace(events, f"rest-{r}", GOAL_NAMES), args.batch)
+        for r in range(args.rounds)
+    ]
+    results: dict[str, list[Sample]] = {}
+    with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
+        servers = []
+        for i, (name, flags) in enumerate(ACCESS_LOG_SERVERS.items()):
+            server = ServerProcess(name, [], server_cpu, tmp, env={"LOG_LEVEL": "INFO"})
+            server.argv = kimball_argv(server, os.path.join(tmp, f"data-{i}"), *flags)
+            server.log = os.path.join(tmp, f"log-{i}")
+            servers.append(server)
+        try:
+            for s in servers:
+                s.start()
+            for s in servers:
+                s.wait_serving()
+                run_unary(s.port, unary_rounds[0][:200], 8, 0.2)
+            for r in range(args.rounds):
+                for s in servers[r % 3 :] + servers[: r % 3]:  # each goes first once
+                    unary = lambda s=s, r=r: run_unary(  # noqa: E731
+                        s.port, unary_rounds[r], args.inflight, args.unary_seconds
+                    )
+                    results.setdefault(f"unary:{s.name}", []).append(measure(s, unary))
+                    rest = lambda s=s, r=r: run_posts(  # noqa: E731
+                        s.http_port, posts[r], args.connections, FOREVER
+                    )
+                    results.setdefault(f"rest:{s.name}", []).append(measure(s, rest))
+        finally:
+            for s in servers:
+                s.stop()
+        line_bytes = {
+            s.name: os.path.getsize(s.log)
+            / max(1, sum(x.units for x in results[f"unary:{s.name}"]))
+            for s in servers
+        }
+    tables = (
+        (
+            "unary",
+            f"unary TrackEvent ({args.inflight} in flight, {args.unary_seconds:g} s "
+            "per run), calls/s",
+            "calls",
+            "call",
+        ),
+        (
+            "rest",
+            f"REST POST /v0/analytics, {args.batch} events per POST, {args.connections} "
+            "connections, events/s",
+            "ev",
+            "event",
+        ),
+    )
+    for kind, title, unit, per in tables:
+        print(f"\n## the access log: {title}\n")
+        table_head()
+        off = None
+        for name in ACCESS_LOG_SERVERS:
+            rate = row(f"kimball serve, {name}", results[f"{kind}:{name}"], unit, per, off)
+            off = off or rate
+    print("\nserver CPU an access line adds (median over rounds of each round's difference):")
+    for kind, per in (("unary", "call"), ("rest", f"POST of {args.batch} events")):
+        off = results[f"{kind}:access log off"]
+        for name in list(ACCESS_LOG_SERVERS)[1:]:
+            added = median(
+                [
+                    (on.server_cpu / on.units - base.server_cpu / base.units)
+                    * (1 if kind == "unary" else args.batch)
+                    * 1e6
+                    for on, base in zip(results[f"{kind}:{name}"], off, strict=True)
+                ]
+            )
+            print(f"- {name}: {added:+.1f} µs per {per}")
+    print()
+    for name, size in line_bytes.items():
+        print(f"{name}: {size:.0f} bytes of log per unary call")
+
+
 # -- main -----------------------------------------------------------------------
 
 
@@ -115,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     add_size(parser, "--stream-events", 100_000, 20_000, "events per stream")
     parser.add_argument("--inflight", type=int, default=64, help="unary calls in flight")
     add_size(parser, "--unary-seconds", 3.0, 1.0, "seconds per unary run")
+    parser.add_argument(
+        "--access-log", action="store_true", help="measure the access log's cost (only that)"
+    )
+    parser.add_argument("--connections", type=int, default=16, help="REST connections")
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--interceptor", action="store_true", help=argparse.SUPPRESS)
     args = parse(parser, argv)
@@ -141,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in range(args.rounds)
     ]
+
+    if args.access_log:
+        access_log_cost(args, server_cpu, w.events, unary_rounds)
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
         kimball = ServerProcess("kimball serve", [], server_cpu, tmp)

@@ -116,6 +116,7 @@ class ServerProcess:
     cpu: int | None
     cwd: str
     env: dict[str, str] = field(default_factory=dict)  # on top of ours, less STRIPPED_ENV
+    log: str | None = None  # a file for its output (None: this script's own)
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None

@@ -30,11 +30,14 @@ from gateway.handlers import (
     guarded,
     route_handler,
 )
+from gateway.http_log import OBSERVED
 from gateway.openapi import openapi_document
 from gateway.route_table import ROUTE_TABLE, EventStream
 from gateway.translate import MAX_BODY_BYTES
 from gateway.web_ui import add_web_ui
 from kimball_grpc.api.auth import TokenChecker
+from kimball_grpc.api.grpc_front import INGESTION_METHODS
+from kimball_grpc.config.logs import REQUEST_ID_HEADER, CallContext, current_call, request_id_from
 from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.metrics import METRICS_PATHS, Metrics
 
@@ -59,9 +62,13 @@ def build_app(
     if metrics is not None:
         exposition = partial(asyncio.to_thread, metrics.exposition)
     connections = connections or ConnectionGuard(HttpLimits(), metrics)
-    middlewares = [connections.middleware]
-    if metrics is not None:
-        middlewares.append(_request_metrics(metrics))
+    ingestion = frozenset(
+        (route.http_method, path)
+        for route in ROUTE_TABLE
+        if route.rule.grpc_method in INGESTION_METHODS
+        for path in (route.path, route.path + "/")
+    )
+    middlewares = [connections.middleware, _observed(metrics, ingestion)]
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     body_timeout = connections.limits.body_timeout_s
     add_event_stream_shutdown(app)
@@ -87,23 +94,38 @@ def build_app(
     return app
 
 
-def _request_metrics(metrics: Metrics) -> Callable:
-    """Counts and times every request by its declared route (unknown paths: "other")."""
+def _observed(metrics: Metrics | None, ingestion: frozenset[tuple[str, str]]) -> Callable:
+    """Each request's request id: the caller's ``X-Request-Id`` if it is a sane short token,
+    else a fresh one; on every log line written while the request is served, sent on to
+    the gRPC call, and echoed in the answer. With ``metrics``, each request is counted and
+    timed by its declared route (unknown paths: "other"), and a request to an ``ingestion``
+    route (method, declared path) refused before its events reached the ingestion path
+    counts as one refused event."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         route = declared_route(request)
+        given = request.headers.getall(REQUEST_ID_HEADER, ())
+        call = CallContext(request_id_from(given[0] if len(given) == 1 else None), "rest")
+        current_call.set(call)  # aiohttp serves each request in a task of its own
+        request[OBSERVED] = (call, route)
         status = 500
         try:
             response = await handler(request)
             status = response.status
+            response.headers[REQUEST_ID_HEADER] = call.request_id
             return response
         except web.HTTPException as exc:
             status = exc.status
+            exc.headers[REQUEST_ID_HEADER] = call.request_id
             raise
         finally:
-            metrics.observe_http(route, request.method, status, time.perf_counter() - start)
+            if metrics is not None:
+                metrics.observe_http(route, request.method, status, time.perf_counter() - start)
+                refused = status >= 400 and not call.events_counted
+                if refused and (request.method, route) in ingestion:
+                    metrics.refuse_request(status)
 
     return observe
 

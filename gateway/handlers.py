@@ -25,6 +25,7 @@ from gateway.translate import (
 from kimball_grpc.api.auth import UNAUTHORIZED_MESSAGE, TokenChecker
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.codec.error_details import error_metadata
+from kimball_grpc.config.logs import REQUEST_ID_HEADER, current_call
 from kimball_grpc.core.steps import between_requests
 from kimball_grpc.outbound.channels import is_over_receive_limit
 
@@ -72,7 +73,8 @@ def failed_call_response(error: grpc.aio.AioRpcError) -> web.Response:
 
 
 def guarded(checker: TokenChecker | None, serve: Serve) -> Handler:
-    """``serve`` for callers with a valid token, given the header as gRPC metadata.
+    """``serve`` for callers with a valid token, given the header (and the request id) as
+    gRPC metadata.
 
     The token is checked before the body is read, so a caller without one learns nothing
     more; the gRPC server checks the forwarded header again with the same TokenChecker
@@ -89,6 +91,9 @@ def guarded(checker: TokenChecker | None, serve: Serve) -> Handler:
                 checker.note_refused("rest", _route_of(request), request.remote or "?", refusal)
                 return unauthorized(refusal)
         metadata: Metadata = tuple(("authorization", value) for value in values)
+        call = current_call.get()
+        if call is not None:  # the same request id in the gRPC server's log
+            metadata += ((REQUEST_ID_HEADER, call.request_id),)
         try:
             return await serve(request, metadata)
         except ClientError as error:

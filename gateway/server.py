@@ -15,9 +15,10 @@ from aiohttp import web
 
 from gateway.app import Exposition, build_app
 from gateway.connections import ConnectionGuard
-from gateway.http_log import RequestFreeLog
+from gateway.http_log import AccessLog, RequestFreeLog
 from kimball_grpc.api.auth import TokenChecker
 from kimball_grpc.api.local_channel import LocalChannel
+from kimball_grpc.config.logs import ACCESS_LOGGER
 from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.core.errors import ConfigError
@@ -68,17 +69,21 @@ async def start_gateway(
     tls: ssl.SSLContext | None = None,
     shared: list[socket.socket] | None = None,
     exposition: Exposition | None = None,
+    access_log: bool = True,
 ) -> RunningGateway:
     """Serve the REST API on ``host:port`` onto the gRPC methods reached over ``channel``
     (with ``/metrics`` when the server's ``metrics`` are in this process), within
     ``limits`` (the defaults if None), over TLS with ``tls``. ``host`` is ``::`` or
     ``0.0.0.0`` for every address (IPv4 and IPv6), an IP address, or a host name (every
-    address it resolves to)."""
+    address it resolves to). A line per request goes to the ``kimball.access`` logger if
+    ``access_log``."""
     limits = limits or HttpLimits()
     guard = ConnectionGuard(limits, metrics)
     runner = web.AppRunner(
         build_app(channel, metrics, checker, guard, exposition),
-        access_log=None,  # an access log line holds the path and query: user ids
+        # Not aiohttp's own access log: its line holds the path and query (user ids).
+        access_log_class=AccessLog,
+        access_log=logging.getLogger(ACCESS_LOGGER) if access_log else None,
         logger=RequestFreeLog(),
         keepalive_timeout=limits.keepalive_timeout_s,
         lingering_time=LINGER_SECONDS,

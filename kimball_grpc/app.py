@@ -149,6 +149,7 @@ async def start_server(settings: Settings) -> RunningServer:
         forwarding=forwarding,
         limits=settings.state_limits,
         refused=metrics.refuse,
+        counted=metrics,
     )
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
     external = ExternalPredictions(
@@ -300,6 +301,7 @@ async def _start_rest(
         checker,
         settings.http_limits,
         tls.context if tls else None,
+        access_log=settings.access_log,
         **more,
     )
 
@@ -387,7 +389,6 @@ async def start_rest_workers(settings: Settings, running: RunningServer) -> Rest
         running.ingestor,
         running.local_channel,
         lambda: running.front.gate.is_open,
-        running.metrics.observe_request,
         running.metrics.exposition,
     )
     # spawn, not fork: this process already runs threads (gRPC, the log's fsync).

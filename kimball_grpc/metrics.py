@@ -1,17 +1,21 @@
 """Prometheus metrics, in registries owned by one app instance.
 
-``Metrics.registry`` is ``/metrics``: process metrics, request counts and
-latencies per gRPC method, and Kimball's own series. ``counters_registry``
-(``/metrics/counters``) and ``predictions_registry`` (``/metrics/predictions``)
-are read from the engine when scraped. A fresh ``Metrics`` per server (and per
-test) shares nothing with any other.
+``Metrics.registry`` is ``/metrics``: process metrics, the gRPC server metrics under
+the grpc-ecosystem names, REST request metrics, and Kimball's own series, all in
+Prometheus's conventions (``promtool check metrics`` finds nothing). ``counters_registry``
+(``/metrics/counters``) and ``predictions_registry`` (``/metrics/predictions``) are read
+from the engine when scraped, under the original service's names (with its two other
+names that the conventions flag). A fresh ``Metrics`` per server (and per test) shares
+nothing with any other.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 from collections.abc import Callable, Iterator
+from importlib import metadata
 
 from prometheus_client import (
     CollectorRegistry,
@@ -36,6 +40,28 @@ from storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
+GRPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
+INGESTING_APIS = ("rest", "grpc", "sidecar")  # the api label of kimball_events_ingested_total
+# The reason label of kimball_events_refused_total: a bounded set, as every label's.
+REFUSAL_REASONS = ("invalid", "limit", "unauthenticated", "too_large", "unavailable")
+# What the status of a refused ingestion call says, for calls refused before their events
+# reached the ingestion path (which counts the others itself, with their events): by gRPC
+# status code name, and by REST status.
+REFUSAL_BY_GRPC_CODE = {
+    "INVALID_ARGUMENT": "invalid",
+    "OUT_OF_RANGE": "invalid",
+    "RESOURCE_EXHAUSTED": "limit",  # a limit on open streams
+    "UNAUTHENTICATED": "unauthenticated",
+    "UNAVAILABLE": "unavailable",
+}
+REFUSAL_BY_HTTP_STATUS = {
+    400: "invalid",
+    401: "unauthenticated",
+    413: "too_large",
+    429: "limit",
+    503: "unavailable",
+}
+
 
 # The paths the REST server serves metrics on: everything, then one sample per counter and
 # per prediction (large: scraped apart, or not at all).
@@ -51,18 +77,52 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.requests = Counter(
-            "kimball_grpc_requests",
-            "gRPC calls handled, by method and final status code.",
-            ["method", "code"],
+        self.build_info = Gauge(
+            "kimball_build_info",
+            "1, labelled with the version of Kimball and of Python this server runs.",
+            ["version", "python_version"],
             registry=self.registry,
         )
-        self.request_seconds = Histogram(
-            "kimball_grpc_request_duration_seconds",
-            "Time to handle a gRPC call, by method.",
-            ["method"],
+        self.build_info.labels(_version(), platform.python_version()).set(1)
+        # gRPC server metrics under the names of the grpc-ecosystem interceptors
+        # (go-grpc-prometheus, py-grpc-prometheus), so their dashboards and alerts work.
+        # grpc_code is the status code's name as Python's grpc spells it (INVALID_ARGUMENT).
+        self.grpc_started = Counter(
+            "grpc_server_started",
+            "Total number of RPCs started on the server.",
+            GRPC_LABELS,
             registry=self.registry,
         )
+        self.grpc_handled = Counter(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            [*GRPC_LABELS, "grpc_code"],
+            registry=self.registry,
+        )
+        self.grpc_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            GRPC_LABELS,
+            registry=self.registry,
+        )
+        self.grpc_received = Counter(
+            "grpc_server_msg_received",
+            "Total number of RPC stream messages received on the server (streaming calls).",
+            GRPC_LABELS,
+            registry=self.registry,
+        )
+        self.grpc_sent = Counter(
+            "grpc_server_msg_sent",
+            "Total number of gRPC stream messages sent by the server (streaming calls).",
+            GRPC_LABELS,
+            registry=self.registry,
+        )
+        # Events are counted where they are applied: on an api server (a sidecar's are
+        # counted there when relayed, api="sidecar"; its spool has its own metrics).
+        self.counts_events = engine is not None
+        if self.counts_events:
+            self._events_metrics()
         self.streams_open = Gauge(
             "kimball_streams_open",
             "Long-lived streams open (subscriptions, spec watches, event streams, relays), "
@@ -119,9 +179,10 @@ class Metrics:
         )
         for result in ("ok", "failed"):
             self.api_token_reloads.labels(result)
-        self.event_add = Summary(
-            "kimball_event_add_duration_microseconds",
-            "Time to apply an event to its counters, in microseconds (averaged per batch).",
+        self.event_add = Histogram(
+            "kimball_event_add_duration_seconds",
+            "Time to apply an event to its counters (averaged over each batch).",
+            buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
             registry=self.registry,
         )
         self.persist_counters_managed = Gauge(
@@ -167,9 +228,27 @@ class Metrics:
             "1 if the last call to the snapshot storage worked, 0 if it failed.",
             registry=self.registry,
         )
-        self.registry.register(_EngineCollector(engine, memory_limit_bytes))
+        if engine is not None:
+            self.registry.register(_EngineCollector(engine))
         self.counters_registry = CollectorRegistry()
         self.predictions_registry = CollectorRegistry()
+        # The original service's names that Prometheus's conventions flag (a unit other
+        # than seconds, no kimball_ prefix) are kept where its users scrape them beside
+        # kimball_counter (itself flagged: the type in its name), on /metrics/counters;
+        # /metrics has the same figures under names that follow the conventions.
+        self.event_add_microseconds = Summary(
+            "kimball_event_add_duration_microseconds",
+            "Time to apply an event to its counters, in microseconds (averaged per batch); "
+            "the original service's name (/metrics: kimball_event_add_duration_seconds).",
+            registry=self.counters_registry,
+        )
+        if memory_limit_bytes is not None:
+            self.registry.register(
+                _MemoryCollector("kimball_memory_remaining_bytes", memory_limit_bytes)
+            )
+            self.counters_registry.register(
+                _MemoryCollector("memory_remaining_bytes", memory_limit_bytes)
+            )
         if engine is not None:
             self.counters_registry.register(_CounterCollector(engine))
             self.predictions_registry.register(_PredictionCollector(engine))
@@ -186,6 +265,26 @@ class Metrics:
         }
         return generate_latest(registries[path])
 
+    def _events_metrics(self) -> None:
+        self.events_ingested = Counter(
+            "kimball_events_ingested",
+            "Events accepted into the state, by the API they came through: rest, grpc, or "
+            "sidecar (relayed by sidecars).",
+            ["api"],
+            registry=self.registry,
+        )
+        self.events_refused = Counter(
+            "kimball_events_refused",
+            "Events refused, by reason: invalid, limit, unauthenticated, too_large, "
+            "unavailable. A request refused before its events were read counts as one.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for api in INGESTING_APIS:  # every series from the start, at 0: ready for rate()
+            self.events_ingested.labels(api)
+        for reason in REFUSAL_REASONS:
+            self.events_refused.labels(reason)
+
     def watch_log(self, wal: WriteAheadLog) -> None:
         """Expose the write-ahead log's figures (read when scraped)."""
         self.registry.register(_WalCollector(wal))
@@ -193,11 +292,6 @@ class Metrics:
     def watch_snapshots(self, snapshots: SnapshotStore) -> None:
         """Expose the snapshot store's figures (read when scraped)."""
         self.registry.register(_SnapshotsCollector(snapshots))
-
-    def observe_request(self, method: str, code: str, seconds: float) -> None:
-        """One gRPC call finished with status ``code`` after ``seconds``."""
-        self.requests.labels(method, code).inc()
-        self.request_seconds.labels(method).observe(seconds)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """One REST request to ``route`` (its declared path) answered ``status``."""
@@ -228,42 +322,69 @@ class Metrics:
     def observe_events(self, count: int, seconds: float) -> None:
         """``count`` events were applied in ``seconds``."""
         if count:
-            self.event_add.observe(seconds * 1e6 / count)
+            self.event_add.observe(seconds / count)
+            self.event_add_microseconds.observe(seconds * 1e6 / count)
+
+    def ingest_events(self, api: str, count: int) -> None:
+        """``count`` events came in through ``api`` (one of ``INGESTING_APIS``)."""
+        if self.counts_events:
+            self.events_ingested.labels(api).inc(count)
+
+    def refuse_events(self, code: str, count: int = 1) -> None:
+        """``count`` events were refused with the gRPC status named ``code``. A status that
+        is no refusal (the caller cancelled, its deadline passed) is not counted."""
+        reason = REFUSAL_BY_GRPC_CODE.get(code)
+        if reason is not None and self.counts_events:
+            self.events_refused.labels(reason).inc(count)
+
+    def refuse_request(self, status: int) -> None:
+        """A REST request carrying events was answered ``status`` before its events were
+        read (or reached the ingestion path): one refused event, if ``status`` refuses."""
+        reason = REFUSAL_BY_HTTP_STATUS.get(status)
+        if reason is not None and self.counts_events:
+            self.events_refused.labels(reason).inc()
 
 
 class _EngineCollector(Collector):
-    """``kimball_counters``, the flag histories' changes and size, and
-    ``memory_remaining_bytes``, computed when scraped."""
+    """``kimball_counters`` and the flag histories' changes and size, computed when
+    scraped."""
 
-    def __init__(self, engine: Engine | None, memory_limit_bytes: int | None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._limit = memory_limit_bytes
 
     def collect(self) -> Iterator[Metric]:
-        if self._engine is not None:
-            yield GaugeMetricFamily(
-                "kimball_counters",
-                "Counters registered (global, named and weekly).",
-                value=self._engine.all_counter_count,
-            )
-            yield GaugeMetricFamily(
-                "kimball_feature_spec_history_changes",
-                "Feature spec changes held in the flags' histories (the last 100 per flag; "
-                "the histories of the last 1,000 deleted flags).",
-                value=self._engine.flags.history_changes,
-            )
-            yield GaugeMetricFamily(
-                "kimball_feature_spec_history_size_bytes",
-                "About the bytes the flags' histories take (at most 16 MiB: past it, the "
-                "oldest changes are dropped).",
-                value=self._engine.flags.history_size,
-            )
-        if self._limit is not None:
-            yield GaugeMetricFamily(
-                "memory_remaining_bytes",
-                "KUBERNETES_MEMORY_LIMIT minus this process's resident memory.",
-                value=self._limit - resident_bytes(),
-            )
+        yield GaugeMetricFamily(
+            "kimball_counters",
+            "Counters registered (global, named and weekly).",
+            value=self._engine.all_counter_count,
+        )
+        yield GaugeMetricFamily(
+            "kimball_feature_spec_history_changes",
+            "Feature spec changes held in the flags' histories (the last 100 per flag; "
+            "the histories of the last 1,000 deleted flags).",
+            value=self._engine.flags.history_changes,
+        )
+        yield GaugeMetricFamily(
+            "kimball_feature_spec_history_size_bytes",
+            "About the bytes the flags' histories take (at most 16 MiB: past it, the "
+            "oldest changes are dropped).",
+            value=self._engine.flags.history_size,
+        )
+
+
+class _MemoryCollector(Collector):
+    """The memory left below ``KUBERNETES_MEMORY_LIMIT``, as ``name``, read when scraped."""
+
+    def __init__(self, name: str, limit_bytes: int) -> None:
+        self._name = name
+        self._limit = limit_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            self._name,
+            "KUBERNETES_MEMORY_LIMIT minus this process's resident memory.",
+            value=self._limit - resident_bytes(),
+        )
 
 
 class _WalCollector(Collector):
@@ -358,6 +479,14 @@ class _PredictionCollector(Collector):
                 for event, bayes in per_event.items():
                     family.add_metric([namespace, goal, event], bayes)
         yield family
+
+
+def _version() -> str:
+    """The installed distribution's version ("unknown" when run from a source tree)."""
+    try:
+        return metadata.version("kimball")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -29,7 +29,6 @@ import logging
 import pickle
 import socket
 import struct
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +45,7 @@ from kimball_grpc.api.local_channel import (
 )
 from kimball_grpc.api.readiness import STARTING_MESSAGE
 from kimball_grpc.api.servicers import accept_stream
-from kimball_grpc.api.status_mapping import Observer, status_for
+from kimball_grpc.api.status_mapping import status_for
 from kimball_grpc.codec.error_details import STATUS_DETAILS_KEY
 from kimball_grpc.codec.proto_mapping import event_from_proto
 from kimball_grpc.codec.state_codec import encode_records
@@ -77,15 +76,11 @@ class IntakeServer:
         ingestor: Ingestor,
         channel: LocalChannel,
         is_open: Callable[[], bool],
-        observe: Observer = lambda method, code, seconds: None,
         exposition: Callable[[str], bytes] = lambda path: b"",
     ) -> None:
         self._ingestor = ingestor
         self._channel = channel
         self._is_open = is_open  # False until the state is restored
-        # Each batch counted in the request metrics as the TrackEvents call it stands for
-        # (forwarded calls are counted by the interceptors they pass).
-        self._observe = observe
         self._exposition = exposition  # a metrics path's text (Metrics.exposition)
 
     async def serve(self, sock: socket.socket) -> None:
@@ -111,8 +106,6 @@ class IntakeServer:
     async def _answer(
         self, writer: asyncio.StreamWriter, kind: int, call_id: int, body: bytes
     ) -> None:
-        start = time.perf_counter()
-        code = "OK"
         try:
             if kind == BATCH:
                 answer = await self._batch(body)
@@ -122,17 +115,15 @@ class IntakeServer:
                 answer = await asyncio.to_thread(self._exposition, body.decode())
             outcome = OK
         except KimballError as exc:  # the worker raises it again: its message as here
-            answer, outcome, code = pickle.dumps(exc), REFUSED, exc.grpc_code
+            answer, outcome = pickle.dumps(exc), REFUSED
         except grpc.aio.AioRpcError as exc:
             trailing = tuple(exc.trailing_metadata() or ())
-            code = exc.code().name
-            answer, outcome = pickle.dumps((code, exc.details() or "", trailing)), FAILED
+            answer = pickle.dumps((exc.code().name, exc.details() or "", trailing))
+            outcome = FAILED
         except Exception as exc:
             log.exception("REST worker intake: unexpected error")
             answer = pickle.dumps(("UNKNOWN", f"Unexpected {type(exc)}: {exc}", ()))
-            outcome, code = FAILED, "UNKNOWN"
-        if kind == BATCH:
-            self._observe(TRACK_EVENTS, code, time.perf_counter() - start)
+            outcome = FAILED
         if not writer.is_closing():
             writer.write(_ANSWER.pack(call_id, outcome, len(answer)) + answer)
 

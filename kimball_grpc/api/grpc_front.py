@@ -1,6 +1,6 @@
-"""The gRPC server both modes run, before any of their services: authentication, the
-start-up gate, status mapping and request metrics, health, reflection, and the
-in-process channel the REST gateway calls through."""
+"""The gRPC server both modes run, before any of their services: request ids, metrics and
+the access log, authentication, the start-up gate, status mapping, health, reflection,
+and the in-process channel the REST gateway calls through."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kimball_grpc.api.auth import ApiTokens, AuthInterceptor, TokenChecker, load_api_tokens
+from kimball_grpc.api.call_observer import CallObserver
 from kimball_grpc.api.local_channel import HandlerRecorder, LocalChannel
 from kimball_grpc.api.open_calls import OpenCalls
 from kimball_grpc.api.readiness import StartupGate
@@ -35,6 +36,11 @@ RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
 # In-flight calls get this long to finish at shutdown; long-lived streams are ended first.
 SHUTDOWN_GRACE_SECONDS = 10.0
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The methods that carry events (the REST routes onto them too).
+INGESTION_METHODS = frozenset(
+    [f"/{API_SERVICE}/{name}" for name in ("TrackEvent", "TrackEvents", "StreamEvents")]
+    + [f"/{INTEGRATION_SERVICE}/EventStream", f"/{RELAY_SERVICE}/Relay"]
+)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -91,6 +97,9 @@ class GrpcFront:
         self.services = services
         self.api_tokens: ApiTokens | None = None
         self.checker: TokenChecker | None = None
+        # First: it sees every call from the network, refused ones too. The gateway's
+        # in-process calls skip it: they are REST requests, observed there.
+        observer = CallObserver(metrics, settings.access_log, INGESTION_METHODS)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if settings.api_auth:
             self.api_tokens = load_api_tokens(settings, metrics.observe_token_reload)
@@ -105,14 +114,16 @@ class GrpcFront:
         # Health and reflection too: a malformed request to them is INVALID_ARGUMENT, not a
         # traceback in the log (and their calls are counted like the others).
         decoded = {*services, HEALTH_SERVICE, reflection.SERVICE_NAME}
-        interceptors.append(StatusInterceptor(decoded, metrics.observe_request))
+        interceptors.append(StatusInterceptor(decoded))
         # After the status mapping: its refusals are domain errors.
         self.calls = OpenCalls(
             set(services), settings.max_streams, settings.max_subscribers, metrics
         )
         interceptors.append(self.calls)
         self._interceptors = interceptors
-        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+        self.server = grpc.aio.server(
+            interceptors=[observer, *interceptors], options=server_options(settings)
+        )
         self.handlers = HandlerRecorder(self.server)
         self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)

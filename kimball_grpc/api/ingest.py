@@ -8,14 +8,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from typing import Protocol
 
 from kimball_grpc.codec.proto_mapping import spec_message_size
 from kimball_grpc.codec.state_codec import decode_records, encode_records
+from kimball_grpc.config.logs import CallContext, current_call
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     InvalidStoredData,
+    KimballError,
     LimitExceeded,
     OutOfRange,
 )
@@ -28,6 +31,17 @@ from kimball_grpc.streaming.event_forwarding import EventForwarding
 from kimball_grpc.streaming.spec_changes import SpecChanges
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 from storage.wal import WriteAheadLog
+
+
+class EventCounts(Protocol):
+    """Where the events that came in are counted (the metrics)."""
+
+    def ingest_events(self, api: str, count: int) -> None:
+        """``count`` events were accepted through ``api`` (rest, grpc, sidecar)."""
+
+    def refuse_events(self, code: str, count: int) -> None:
+        """``count`` events were refused with the gRPC status named ``code``."""
+
 
 RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
 logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
@@ -54,10 +68,12 @@ class Ingestor:
         forwarding: EventForwarding | None = None,
         limits: StateLimits = StateLimits(),  # noqa: B008 (frozen: shared safely)
         refused: Callable[[LimitExceeded], None] = lambda error: None,
+        counted: EventCounts | None = None,
     ) -> None:
         self.engine = engine
         self.growth = GrowthLimits(engine, limits)
         self._refused = refused  # each refusal by a limit (metrics)
+        self._counted = counted  # events ingested and refused, by API and status (metrics)
         self._spec_change = asyncio.Lock()  # spec limits are checked against applied specs
         self._relay_refusals = 0  # relayed batches refused since the last log line about it
         self._relay_refusals_logged = -RELAY_REFUSALS_LOG_SECONDS
@@ -75,9 +91,15 @@ class Ingestor:
         ``InvalidArgument`` for a bad event, ``LimitExceeded`` if the batch would grow the
         state past a limit, ``StorageError`` when the log cannot take the batch (in each
         case nothing applied)."""
-        records = prepare_events(events, iso_week(self._clock()))
-        if records:
-            await self._commit(records, events, self._admit(records))
+        call = current_call.get()
+        try:
+            records = prepare_events(events, iso_week(self._clock()))
+            if records:
+                await self._commit(records, events, self._admit(records))
+        except KimballError as error:
+            self._count(call, error.grpc_code, len(events))
+            raise
+        self._count(call, "OK", len(records), call.api if call is not None else "grpc")
         return len(records)
 
     async def accept_encoded(
@@ -92,9 +114,26 @@ class Ingestor:
             Event(r.event_name, user_id, r.namespace, r.value, when, r.ensure_goal)
             for r, (user_id, when) in zip(records, origins, strict=True)
         ]
-        if records:
-            await self._commit(records, events, self._admit(records), payload)
+        try:
+            if records:
+                await self._commit(records, events, self._admit(records), payload)
+        except KimballError as error:
+            self._count(None, error.grpc_code, len(records))
+            raise
+        self._count(None, "OK", len(records), "rest")
         return len(records)
+
+    def _count(self, call: CallContext | None, code: str, events: int, api: str = "") -> None:
+        """Count ``events`` ingested through ``api`` (``code`` OK) or refused with status
+        ``code``, and mark the call being served as counted."""
+        if self._counted is None or not events:
+            return
+        if call is not None:
+            call.events_counted = True
+        if code == "OK":
+            self._counted.ingest_events(api, events)
+        else:
+            self._counted.refuse_events(code, events)
 
     def _admit(self, records: Sequence[Record]) -> Reservation:
         try:
@@ -147,27 +186,7 @@ class Ingestor:
         caller long ago, and sending it again would be refused again. The others are
         logged and applied as one batch. The events passed on to subscribers and event
         targets have no ``user_id`` and no ``datetime``, as replayed ones."""
-        decoded_batches: list[list[EventRecord]] = []
-        for index, payload in enumerate(batches):
-            try:
-                decoded = decode_records(payload)
-            except InvalidStoredData as exc:
-                raise InvalidArgument(
-                    f"relayed batch {index}: {exc.message}", index=str(index)
-                ) from None
-            events = [r for r in decoded if isinstance(r, EventRecord)]
-            if len(events) != len(decoded):
-                raise InvalidArgument(
-                    f"relayed batch {index} holds more than events: a relay sends events only",
-                    index=str(index),
-                )
-            decoded_batches.append(events)
-        total = sum(map(len, decoded_batches))
-        if total > MAX_RELAYED_EVENTS:
-            raise InvalidArgument(
-                f"a relay message holds at most {MAX_RELAYED_EVENTS} events, got {total}",
-                key="batches",
-            )
+        decoded_batches = _relayed_events(batches)
         records: list[EventRecord] = []
         reserved: list[Reservation] = []
         refused = 0
@@ -179,9 +198,18 @@ class Ingestor:
                 self._log_relay_refusal(exc)
                 continue
             records.extend(events)
+        call = current_call.get()
+        self._count(call, LimitExceeded.grpc_code, refused)
         if records:
             growth = [thing for reservation in reserved for thing in reservation.growth]
-            await self._commit(records, [_stored_event(r) for r in records], Reservation(growth))
+            try:
+                await self._commit(
+                    records, [_stored_event(r) for r in records], Reservation(growth)
+                )
+            except KimballError as error:
+                self._count(call, error.grpc_code, len(records))
+                raise
+            self._count(call, "OK", len(records), "sidecar")
         return refused
 
     def _log_relay_refusal(self, error: LimitExceeded) -> None:
@@ -301,6 +329,34 @@ class Ingestor:
                         )
                     ]
                 )
+
+
+def _relayed_events(batches: Sequence[bytes]) -> list[list[EventRecord]]:
+    """The events of each relayed ``RecordBatch``; ``InvalidArgument`` (nothing counted:
+    the events cannot be told) if one cannot be read, holds anything but events, or if
+    they are more than a relay message may hold."""
+    decoded_batches: list[list[EventRecord]] = []
+    for index, payload in enumerate(batches):
+        try:
+            decoded = decode_records(payload)
+        except InvalidStoredData as exc:
+            raise InvalidArgument(
+                f"relayed batch {index}: {exc.message}", index=str(index)
+            ) from None
+        events = [r for r in decoded if isinstance(r, EventRecord)]
+        if len(events) != len(decoded):
+            raise InvalidArgument(
+                f"relayed batch {index} holds more than events: a relay sends events only",
+                index=str(index),
+            )
+        decoded_batches.append(events)
+    total = sum(map(len, decoded_batches))
+    if total > MAX_RELAYED_EVENTS:
+        raise InvalidArgument(
+            f"a relay message holds at most {MAX_RELAYED_EVENTS} events, got {total}",
+            key="batches",
+        )
+    return decoded_batches
 
 
 def _stored_event(record: EventRecord) -> Event:

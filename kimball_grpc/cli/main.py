@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.app import serve, serve_gateway
 from kimball_grpc.cli import client_commands as client
+from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import (
     Settings,
     environment,
@@ -34,6 +35,8 @@ from kimball_grpc.config.settings import (
     parse_kubernetes_namespace,
     parse_limit,
     parse_listen_host,
+    parse_log_format,
+    parse_log_level,
     parse_max_response_bytes,
     parse_port,
     parse_rest_workers,
@@ -80,6 +83,26 @@ def _add_max_response_bytes(command: argparse.ArgumentParser) -> None:
         help="the largest answer sent or taken from a Kimball server; a whole answer past it "
         "is refused, telling the client to page (env KIMBALL_MAX_RESPONSE_BYTES; "
         "default 67108864, 64 MiB)",
+    )
+
+
+def _add_log_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-level",
+        type=_flag(parse_log_level, "--log-level"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env LOG_LEVEL; default INFO)",
+    )
+    command.add_argument(
+        "--log-format",
+        type=_flag(parse_log_format, "--log-format"),
+        help="text, or json: one object per line (env KIMBALL_LOG_FORMAT; default text)",
+    )
+    command.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line per REST request and gRPC call on the kimball.access logger "
+        "(env KIMBALL_ACCESS_LOG; default on)",
     )
 
 
@@ -162,6 +185,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             f"see docs/operations.md)",
         )
     _add_max_response_bytes(run)
+    _add_log_options(run)
     run.add_argument(
         "--snapshots-kept",
         type=_snapshots_kept,
@@ -198,6 +222,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_tokens_file(gateway)
     _add_server_tls(gateway)
     _add_client_tls(gateway, None, "the gRPC target")
+    _add_log_options(gateway)
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING")
     health.add_argument(
         "--target",
@@ -647,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
         "api_port": args.api_port,
         "max_response_bytes": args.max_response_bytes,
         "api_tokens_file": args.api_tokens_file,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "access_log": args.access_log,
     }
     overrides |= {
         name: getattr(args, name)
@@ -678,9 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     try:
         settings = load_settings(environ, config_path=args.config, overrides=overrides)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format)
         for warning in settings.config_warnings:
             logging.getLogger("kimball_grpc.config").warning("%s", warning)
         if args.command == "serve":

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
+from kimball_grpc.config.logs import LogFormat
 from kimball_grpc.config.tls import ClientTls, ServerTls, load_client_tls, load_server_tls
 from kimball_grpc.config.tokens import parse_token_list
 from kimball_grpc.core.counter_config import CounterConfig
@@ -122,6 +123,8 @@ class Settings:
     additional_namespaces: tuple[str, ...] = ()
     storage_path_prefix: str = ""
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    access_log: bool = True  # a line per REST request and gRPC call, on kimball.access
     kubernetes_memory_limit: int | None = None
     site: str = ""
     cluster: str = ""
@@ -391,6 +394,24 @@ def parse_max_response_bytes(name: str, value: str) -> int:
     return limit
 
 
+def parse_log_level(name: str, value: str) -> str:
+    """A log level's name from text (any case: debug, INFO, ...), or ``ConfigError``."""
+    level = value.strip().upper()
+    if level not in logging.getLevelNamesMapping() or level == "NOTSET":
+        choices = "DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        raise ConfigError(f"{name} must be a log level ({choices}), got {value!r}")
+    return level
+
+
+def parse_log_format(name: str, value: str) -> LogFormat:
+    """``text`` or ``json`` from text (any case), or ``ConfigError``."""
+    try:
+        return LogFormat(value.strip().lower())
+    except ValueError:
+        choices = " or ".join(f.value for f in LogFormat)
+        raise ConfigError(f"{name} must be {choices}, got {value!r}") from None
+
+
 def parse_analytics_host(name: str, value: str) -> str:
     """The api server's gRPC address from text: ``host:port``, ``[v6]:port``, or a host
     alone (port 50051), optionally as ``grpc://...``; ``ConfigError`` otherwise."""
@@ -458,10 +479,11 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     if environ.get("STORAGE_PATH_PREFIX"):
         out["storage_path_prefix"] = environ["STORAGE_PATH_PREFIX"]
     if environ.get("LOG_LEVEL"):
-        level = environ["LOG_LEVEL"].upper()
-        if level not in logging.getLevelNamesMapping():
-            raise ConfigError(f"LOG_LEVEL {environ['LOG_LEVEL']!r} is not a log level")
-        out["log_level"] = level
+        out["log_level"] = parse_log_level("LOG_LEVEL", environ["LOG_LEVEL"])
+    if environ.get("KIMBALL_LOG_FORMAT"):
+        out["log_format"] = parse_log_format("KIMBALL_LOG_FORMAT", environ["KIMBALL_LOG_FORMAT"])
+    if environ.get("KIMBALL_ACCESS_LOG"):
+        out["access_log"] = parse_switch("KIMBALL_ACCESS_LOG", environ["KIMBALL_ACCESS_LOG"])
     if environ.get("KUBERNETES_MEMORY_LIMIT"):
         limit = _whole_number(
             "KUBERNETES_MEMORY_LIMIT", environ["KUBERNETES_MEMORY_LIMIT"], "a number of bytes"

@@ -322,6 +322,11 @@ async def test_batches_past_the_api_servers_limits_are_dropped_and_delivery_goes
     assert api.engine.namespaces() == ["default"]
     refused = {"limit": "namespaces"}
     assert api.metrics.registry.get_sample_value("kimball_limit_refusals_total", refused) == 1
+    # Relayed events are counted by the api server as the sidecars' (the refused ones too).
+    counted = api.metrics.registry.get_sample_value
+    assert counted("kimball_events_ingested_total", {"api": "sidecar"}) == 4
+    assert counted("kimball_events_ingested_total", {"api": "grpc"}) == 0
+    assert counted("kimball_events_refused_total", {"reason": "limit"}) == 3
     registry = sidecar.metrics.registry
     assert registry.get_sample_value("kimball_relay_refused_events_total") == 3
     assert registry.get_sample_value("kimball_relay_delivered_events_total") == 4
@@ -421,6 +426,8 @@ async def test_sidecar_metrics_show_the_spool_and_the_stream(deployment):
     assert registry.get_sample_value("kimball_relay_spool_events") == 0
     assert registry.get_sample_value("kimball_relay_connected") == 1
     assert registry.get_sample_value("kimball_counters") is None  # a sidecar keeps none
+    # Its events are counted where they are applied: on the api server, when relayed.
+    assert registry.get_sample_value("kimball_events_ingested_total", {"api": "grpc"}) is None
 
 
 async def test_a_sidecar_without_analytics_host_does_not_start(tmp_path):

@@ -108,7 +108,6 @@ async def intake_channel(server: RunningServer) -> AsyncIterator[IntakeChannel]:
         server.ingestor,
         server.local_channel,
         lambda: server.front.gate.is_open,
-        server.metrics.observe_request,
     )
     serving = asyncio.ensure_future(intake.serve(engine_end))
     channel = IntakeChannel(worker_end)

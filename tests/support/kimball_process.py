@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +51,18 @@ def start_command(*args: str, env: dict[str, str] | None = None) -> subprocess.P
     )
 
 
+# The thread reading each process's output after ``read_until_listening``: a process
+# writes a line per request (the access log) and would stall on a full pipe.
+_drains: weakref.WeakKeyDictionary[subprocess.Popen[str], tuple[threading.Thread, list[str]]]
+_drains = weakref.WeakKeyDictionary()
+
+
 def read_until_listening(
     process: subprocess.Popen[str], deadline: float = 30, ready: bool = True
 ) -> Listening:
     """Read the log up to the line saying where the process listens, and for a server
-    (unless ``ready`` is false) on to the line saying its state is restored."""
+    (unless ``ready`` is false) on to the line saying its state is restored; then a thread
+    goes on reading it (``output_after_listening``), so the pipe never fills."""
     assert process.stdout is not None
     end = time.monotonic() + deadline
     lines = []
@@ -69,11 +78,29 @@ def read_until_listening(
                 lines,
             )
             if not ready or "gateway listening" in line:
-                return listening
+                return _drained(process, listening)
         if listening is not None and "Kimball ready" in line:
-            return listening
+            return _drained(process, listening)
         assert time.monotonic() < end, "no listening or ready line in time"
     raise AssertionError(f"exited with {process.wait()} before ready: {''.join(lines)}")
+
+
+def _drained(process: subprocess.Popen[str], listening: Listening) -> Listening:
+    assert process.stdout is not None
+    stdout, rest = process.stdout, []
+    thread = threading.Thread(target=lambda: rest.extend(stdout), daemon=True)
+    thread.start()
+    _drains[process] = (thread, rest)
+    return listening
+
+
+def output_after_listening(process: subprocess.Popen[str], timeout: float = 30) -> list[str]:
+    """The lines a process wrote after ``read_until_listening`` returned, once it has
+    exited (its pipe ended)."""
+    thread, rest = _drains.pop(process)
+    thread.join(timeout)
+    assert not thread.is_alive(), "the process's output did not end"
+    return rest
 
 
 def wait_for_port(process: subprocess.Popen[str], deadline: float = 30) -> int:

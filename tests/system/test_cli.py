@@ -16,6 +16,7 @@ import grpc
 import pytest
 from support.kimball_process import (
     KIMBALL,
+    output_after_listening,
     read_until_listening,
     start,
     start_command,
@@ -122,6 +123,16 @@ def test_serve_refuses_a_bad_port_flag(flag: str, value: str) -> None:
     assert flag in result.stderr and value in result.stderr
 
 
+@pytest.mark.parametrize("command", [["serve"], ["gateway", "--grpc-target", "h:1"]])
+@pytest.mark.parametrize(
+    ("flag", "says"), [("--log-format=xml", "text or json"), ("--log-level=loud", "DEBUG, INFO")]
+)
+def test_serve_and_gateway_refuse_a_bad_log_flag(command: list[str], flag: str, says: str):
+    result = subprocess.run([*KIMBALL, *command, flag], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert flag.split("=")[0] in result.stderr and says in result.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "many"])
 def test_serve_refuses_a_bad_limit_flag(value: str) -> None:
     result = subprocess.run(
@@ -220,3 +231,29 @@ def test_standalone_gateway_in_front_of_a_remote_server(tmp_path: Path) -> None:
     finally:
         stop(gateway)
         stop(server)
+
+
+@pytest.mark.parametrize("access_log", ["--access-log", "--no-access-log"])
+def test_serve_writes_json_lines_and_the_access_log_as_told(tmp_path: Path, access_log: str):
+    process = start(
+        "--grpc-port", "0", "--data-dir", str(tmp_path), "--log-format", "json", access_log
+    )
+    try:
+        listening = read_until_listening(process)
+        base = f"http://127.0.0.1:{listening.rest_port}"
+        with urllib.request.urlopen(f"{base}/alive", timeout=10) as response:
+            assert response.status == 200
+            request_id = response.headers["X-Request-Id"]
+        assert stop(process) == 0
+        output = [*listening.lines, *output_after_listening(process)]
+        lines = [json.loads(line) for line in output]
+    finally:
+        stop(process)
+    assert {"time", "level", "logger", "message"} <= lines[0].keys()
+    access = [line for line in lines if line["logger"] == "kimball.access"]
+    if access_log == "--access-log":
+        assert [(a["route"], a["status"], a["request_id"]) for a in access] == [
+            ("/alive", 200, request_id)
+        ]
+    else:
+        assert access == []

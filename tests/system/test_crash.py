@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from support.kimball_process import read_until_listening, start
+from support.kimball_process import output_after_listening, read_until_listening, start
 
 from kimball_grpc.codec.proto_mapping import event_to_proto
 from kimball_grpc.core.bloom import first_slice_error_probability, optimal_bits, optimal_hashes
@@ -400,8 +400,7 @@ async def ready(process: subprocess.Popen[str], result: Round) -> tuple[int, int
 async def reap(process: subprocess.Popen[str], result: Round) -> None:
     """After the SIGKILL: its exit code and the rest of its log (the pipe ends with it)."""
     result.return_code = await asyncio.to_thread(process.wait, 30)
-    assert process.stdout is not None
-    result.log.extend(await asyncio.to_thread(process.stdout.readlines))
+    result.log.extend(await asyncio.to_thread(output_after_listening, process))
 
 
 def failure_report(rounds: list[Round], problems: list[str], tail: int = 12) -> str:

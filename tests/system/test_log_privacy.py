@@ -1,16 +1,18 @@
 """No log line, at any level, holds a user id or an event: ``kimball serve`` runs with every
 logger at DEBUG (and gRPC's own at debug), every REST route and every gRPC method is
 called with known ids, with a right token and failing in every way a client can make it
-fail, and the whole log, as the process wrote it, is searched for them."""
+fail, and the whole log, as the process wrote it, is searched for them. Once with text
+lines and once with JSON lines (``--log-format json``), the access log on (its default):
+it has a line per request and per call, and they are as private as the rest."""
 
 from __future__ import annotations
 
 import base64
 import http.client
 import json
+import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -21,15 +23,27 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from support.kimball_process import read_until_listening, start, stop, token_config
+from support.kimball_process import (
+    output_after_listening,
+    read_until_listening,
+    start,
+    stop,
+    token_config,
+)
 from support.routes import V0_PATHS
 
 from kimball_grpc.generated import features_proto_pb2 as ipb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as rpb
 
-# Both tests read one server's log: keep them on one worker, so it runs once.
-pytestmark = pytest.mark.xdist_group("log_privacy")
+# The tests of one format read one server's log: they share a worker, so it runs once.
+FORMATS = [
+    pytest.param(log_format, marks=pytest.mark.xdist_group(f"log_privacy_{log_format}"))
+    for log_format in ("text", "json")
+]
+# What gRPC's C core writes itself (GRPC_VERBOSITY), in its own format, in either run.
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+GRPC_CORE_LINE = re.compile(r"[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 
 TOKEN = "log-privacy-token"
 # Every id and name sent starts with this: found in the log, it is a leak.
@@ -41,9 +55,9 @@ SERVICES = (
 )
 
 
-@pytest.fixture(scope="module")
-def log_of_a_busy_server(tmp_path_factory) -> str:
-    """The whole output of a ``kimball serve`` that was sent every call below."""
+@pytest.fixture(scope="module", params=FORMATS)
+def log_of_a_busy_server(tmp_path_factory, request) -> str:
+    """The whole output of a ``kimball serve`` that was sent every call below, in a format."""
     data_dir = tmp_path_factory.mktemp("privacy")
     env = {
         "LOG_LEVEL": "DEBUG",
@@ -53,25 +67,34 @@ def log_of_a_busy_server(tmp_path_factory) -> str:
     }
     config = token_config(data_dir, TOKEN)
     process = start(
-        "--grpc-port", "0", "--data-dir", str(data_dir), "--config", str(config), env=env
+        "--grpc-port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--config",
+        str(config),
+        "--log-format",
+        request.param,
+        env=env,
     )
-    output: list[str] = []
     try:
         listening = read_until_listening(process)
-        output.extend(listening.lines)
-        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
-        reader.start()  # keep the pipe drained: a full pipe would stall the server
         call_every_grpc_method(listening.grpc_port)
         call_every_rest_route(listening.rest_port)
     finally:
         stop(process)
-    reader.join(timeout=10)
-    return "".join(output)
+    return "".join(listening.lines + output_after_listening(process))
+
+
+@pytest.fixture
+def log_format(request) -> str:
+    """The format of the log the test reads: text or json."""
+    return request.node.callspec.params["log_of_a_busy_server"]
 
 
 def test_no_log_line_holds_a_user_id_or_an_event(log_of_a_busy_server):
     log = log_of_a_busy_server
-    assert " DEBUG " in log  # every level was written
+    assert re.search(r' DEBUG |"level": "DEBUG"', log)  # every level was written
     assert "refused a grpc call" in log  # failures were too (lines rate-limited)
     leaks = [line for line in log.splitlines() if MARK in line]
     assert leaks == []
@@ -79,6 +102,59 @@ def test_no_log_line_holds_a_user_id_or_an_event(log_of_a_busy_server):
 
 def test_nothing_a_client_sent_logged_a_traceback(log_of_a_busy_server):
     assert "Traceback" not in log_of_a_busy_server
+
+
+def access_lines(log: str) -> list[dict]:
+    """The access log's lines: JSON objects as written, or text lines read into fields."""
+    out = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry["logger"] == "kimball.access":
+                out.append(entry)
+        elif " INFO kimball.access: " in line:
+            message = line.split(" INFO kimball.access: ", 1)[1]
+            api = "grpc" if message.startswith("gRPC ") else "rest"
+            request_id = message.rsplit("request_id=", 1)[1]
+            out.append({"api": api, "message": message, "request_id": request_id})
+    return out
+
+
+def test_every_request_and_call_has_an_access_line(log_of_a_busy_server):
+    lines = access_lines(log_of_a_busy_server)
+    rest = [line for line in lines if line["api"] == "rest"]
+    grpc_calls = [line for line in lines if line["api"] == "grpc"]
+    routes = {line["message"].split()[1] for line in rest}
+    assert set(V0_PATHS) <= routes  # declared, not as sent
+    assert {"/v0/featureSpecs/{name}", "other", "-"} <= routes  # unknown, unparsable
+    methods = {line["message"].split()[1] for line in grpc_calls}
+    every = {f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods}
+    assert every <= methods
+    assert all(line["request_id"] for line in lines)
+
+
+def test_every_line_is_in_the_format_chosen(log_of_a_busy_server, log_format):
+    """Text: time, level, logger, message; JSON: an object with those fields (and the
+    access lines' own). gRPC's C core writes its own lines, in its own format."""
+    log = log_of_a_busy_server
+    json_run = log_format == "json"
+    for line in log.splitlines():
+        if GRPC_CORE_LINE.match(line):
+            continue
+        if json_run:
+            entry = json.loads(line)
+            assert {"time", "level", "logger", "message"} <= entry.keys(), line
+        else:
+            assert TEXT_LINE.match(line), line
+    if not json_run:
+        return
+    access = access_lines(log)
+    assert {"method", "route", "status", "duration_ms", "bytes_in", "bytes_out"} <= next(
+        line for line in access if line["api"] == "rest"
+    ).keys()
+    assert {"grpc_method", "grpc_code", "duration_ms", "bytes_in", "bytes_out"} <= next(
+        line for line in access if line["api"] == "grpc"
+    ).keys()
 
 
 # -- gRPC ------------------------------------------------------------------------------
@@ -140,6 +216,8 @@ def call_every_grpc_method(port: int) -> None:
         (("authorization", f"Bearer {MARK}-wrong-token"),),
         (("authorization", f"Bearer {TOKEN}"), ("authorization", f"Bearer {TOKEN}")),
         (("authorization", f"Bearer {TOKEN}"), ("x-user", f"{MARK}-in-metadata")),
+        # A request id that is no sane token is replaced, never logged.
+        (("authorization", f"Bearer {TOKEN}"), ("x-request-id", f"{MARK} not an id")),
     ]
     bad_payloads = [
         b"\xff\xff" + MARK.encode(),  # malformed protobuf
@@ -279,6 +357,7 @@ def call_every_rest_route(port: int) -> None:
                 {},
                 {"Authorization": f"Bearer {MARK}-wrong-token"},
                 {"Authorization": f"Basic {MARK}"},
+                {**right, "X-Request-Id": f"{MARK}/{'x' * 200}"},
             ):
                 request(port, verb, target, body, {**headers, "Content-Type": kind})
             unknown = ("&" if "?" in target else "?") + f"{MARK}-unknown=1"

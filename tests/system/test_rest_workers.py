@@ -91,14 +91,11 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
         assert call(port, "POST", "/v0/analytics", bad, token="wrong")[0] == 401
         assert signups(port) == 50  # nothing of the refused batches applied
 
-        # The engine's metrics, through whichever worker takes the scrape; each batch a
-        # worker handed over counted as the TrackEvents call it stands for.
+        # The engine's metrics, through whichever worker takes the scrape; the events the
+        # workers handed over counted as ingested through REST.
         status, text = call(port, "GET", "/metrics")
         assert status == 200
-        track = (
-            'kimball_grpc_requests_total{code="OK",method="/kimball.v1.KimballService/TrackEvents"}'
-        )
-        assert f"{track} 8.0" in text.decode()
+        assert 'kimball_events_ingested_total{api="rest"} 50.0' in text.decode()
         assert call(port, "GET", "/metrics", token=None)[0] == 401
 
         # The live event stream is not carried by the workers: refused, saying so.

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from support.kimball_process import read_until_listening, start_command
+from support.kimball_process import output_after_listening, read_until_listening, start_command
 from support.polling import until
 from support.ports import free_port
 
@@ -127,8 +127,8 @@ class Processes:
             self.sidecar = None
 
     def _drain_output(self, name: str, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        self.log.append(f"--- {name} killed, its last lines:\n" + "".join(process.stdout)[-2000:])
+        last = "".join(output_after_listening(process))[-2000:]
+        self.log.append(f"--- {name} killed, its last lines:\n" + last)
 
     def spool_pending(self) -> float | None:
         request = urllib.request.Request(

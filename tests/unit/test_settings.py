@@ -11,6 +11,7 @@ from support import app_configs
 
 from kimball_grpc.api.grpc_front import server_options
 from kimball_grpc.config import settings as settings_module
+from kimball_grpc.config.logs import LogFormat
 from kimball_grpc.config.settings import (
     HttpLimits,
     Mode,
@@ -377,6 +378,17 @@ def test_connection_limits_from_the_environment():
     assert options["grpc.max_connection_age_grace_ms"] == 120_000
 
 
+def test_log_settings_from_environment_and_flags():
+    s = load_settings({})
+    assert (s.log_level, s.log_format, s.access_log) == ("INFO", LogFormat.TEXT, True)
+    env = {"LOG_LEVEL": "warning", "KIMBALL_LOG_FORMAT": "JSON", "KIMBALL_ACCESS_LOG": "off"}
+    s = load_settings(env)
+    assert (s.log_level, s.log_format, s.access_log) == ("WARNING", LogFormat.JSON, False)
+    flags = {"log_level": "DEBUG", "log_format": LogFormat.TEXT, "access_log": True}
+    s = load_settings(env, overrides=flags)
+    assert (s.log_level, s.log_format, s.access_log) == ("DEBUG", LogFormat.TEXT, True)
+
+
 def test_snapshots_kept_and_skipping_damage_from_environment_and_flags():
     s = load_settings({})
     assert (s.snapshots_kept, s.wal_skip_damaged) == (2, False)
@@ -416,6 +428,9 @@ def test_rest_workers_from_environment_and_flags():
         ({"PORT": "x"}, ["PORT", "'x'"]),
         ({"FEATURES_MODE": "nope"}, ["FEATURES_MODE", "'nope'", "api", "sidecar"]),
         ({"LOG_LEVEL": "loud"}, ["LOG_LEVEL", "'loud'"]),
+        ({"LOG_LEVEL": "notset"}, ["LOG_LEVEL", "DEBUG, INFO", "'notset'"]),
+        ({"KIMBALL_LOG_FORMAT": "xml"}, ["KIMBALL_LOG_FORMAT", "text or json", "'xml'"]),
+        ({"KIMBALL_ACCESS_LOG": "quiet"}, ["KIMBALL_ACCESS_LOG", "true or false", "'quiet'"]),
         ({"KUBERNETES_MEMORY_LIMIT": "x"}, ["KUBERNETES_MEMORY_LIMIT", "'x'"]),
         ({"KUBERNETES_MEMORY_LIMIT": "512Mi"}, ["KUBERNETES_MEMORY_LIMIT", "'512Mi'"]),
         ({"KUBERNETES_MEMORY_LIMIT": "0"}, ["KUBERNETES_MEMORY_LIMIT", "'0'"]),
