@@ -179,7 +179,7 @@ async def _gateway_without_access_log(server: RunningServer):
     from gateway.server import start_gateway
 
     return await start_gateway(
-        "127.0.0.1", 0, server.local_channel, server.metrics, server.checker, None, False
+        "127.0.0.1", 0, server.local_channel, server.metrics, server.checker, access_log=False
     )
 
 

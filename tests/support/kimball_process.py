@@ -94,6 +94,21 @@ def _drained(process: subprocess.Popen[str], listening: Listening) -> Listening:
     return listening
 
 
+def wait_for_output(process: subprocess.Popen[str], fragment: str, timeout: float = 20) -> str:
+    """The first line holding ``fragment`` that the process wrote after
+    ``read_until_listening`` returned, as its output comes (``AssertionError`` after
+    ``timeout`` seconds, with what came)."""
+    _, rest = _drains[process]
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in list(rest):
+            if fragment in line:
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line with {fragment!r} in time: {''.join(rest)}")
+        time.sleep(0.05)
+
+
 def output_after_listening(process: subprocess.Popen[str], timeout: float = 30) -> list[str]:
     """The lines a process wrote after ``read_until_listening`` returned, once it has
     exited (its pipe ended)."""

@@ -7,14 +7,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from support.kimball_process import KIMBALL, read_until_listening, start, start_command, stop
+from support.kimball_process import (
+    KIMBALL,
+    output_after_listening,
+    read_until_listening,
+    start,
+    start_command,
+    stop,
+    wait_for_output,
+)
 
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -47,28 +54,6 @@ def accepted(token: str, grpc_port: int, rest_port: int) -> tuple[bool, bool]:
     return on_grpc, on_rest
 
 
-def read_until(process: subprocess.Popen[str], fragment: str, log: list[str]) -> None:
-    """Read the process's log into ``log`` up to a line holding ``fragment`` (20 s at most).
-    Read in a thread, line by line: select() on the pipe would miss lines already taken
-    into the file object's buffer by an earlier read."""
-    assert process.stdout is not None
-    stdout = process.stdout
-    found = threading.Event()
-
-    def read() -> None:
-        for line in stdout:
-            log.append(line)
-            if fragment in line:
-                found.set()
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(20)
-    if not found.is_set():
-        raise AssertionError(f"no line with {fragment!r} in time: {''.join(log)}")
-
-
 def test_tokens_from_the_environment_and_a_file_reloaded_on_sighup(tmp_path: Path) -> None:
     tokens = tmp_path / "api-tokens"
     tokens.write_text("# rotate me\nfile-token-a\n")
@@ -97,20 +82,19 @@ def test_tokens_from_the_environment_and_a_file_reloaded_on_sighup(tmp_path: Pat
 
         tokens.write_text("file-token-b\n")
         process.send_signal(signal.SIGHUP)
-        read_until(process, "API tokens reloaded (SIGHUP)", log)
+        wait_for_output(process, "API tokens reloaded (SIGHUP)")
         assert accepted("file-token-b", *ports) == (True, True)
         assert accepted("file-token-a", *ports) == (False, False)
         assert accepted("env-token-1", *ports) == (True, True)
 
         tokens.write_text("# emptied by mistake\n")
         process.send_signal(signal.SIGHUP)
-        read_until(process, "API tokens not reloaded (SIGHUP)", log)
+        wait_for_output(process, "API tokens not reloaded (SIGHUP)")
         assert accepted("file-token-b", *ports) == (True, True)
         assert process.poll() is None  # SIGHUP does not end the process
     finally:
         code = stop(process)
-        assert process.stdout is not None
-        log.append(process.stdout.read())
+        log += output_after_listening(process)
     assert code == 0
     text = "".join(log)
     assert "WARNING" in text and "holds no token" in text
@@ -185,10 +169,11 @@ def test_the_gateway_checks_its_token_file_and_reloads_it_on_sighup(tmp_path: Pa
         assert (status("env-token-1"), status("env-token-2")) == (200, 401)
         tokens.write_text("env-token-2\n")
         gateway.send_signal(signal.SIGHUP)
-        read_until(gateway, "API tokens reloaded (SIGHUP)", log)
+        wait_for_output(gateway, "API tokens reloaded (SIGHUP)")
         assert (status("env-token-1"), status("env-token-2")) == (401, 200)
     finally:
         stop(gateway)
         stop(server)
+    log += output_after_listening(gateway)
     for secret in SECRETS:
         assert secret not in "".join(log)
