@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from kimball_grpc.codec.erlang_terms import Atom, ErlangTermError, parse_terms_with_lines
 from kimball_grpc.config.logs import LogFormat
@@ -405,11 +406,20 @@ def parse_log_level(name: str, value: str) -> str:
 
 def parse_log_format(name: str, value: str) -> LogFormat:
     """``text`` or ``json`` from text (any case), or ``ConfigError``."""
+    return _choice(LogFormat, name, value)
+
+
+C = TypeVar("C", bound=StrEnum)
+
+
+def _choice(choices: type[C], name: str, value: str) -> C:
+    """One of ``choices`` from text (any case, spaces around ignored), or ``ConfigError``
+    naming the setting ``name`` and every choice."""
     try:
-        return LogFormat(value.strip().lower())
+        return choices(value.strip().lower())
     except ValueError:
-        choices = " or ".join(f.value for f in LogFormat)
-        raise ConfigError(f"{name} must be {choices}, got {value!r}") from None
+        listed = " or ".join(choice.value for choice in choices)
+        raise ConfigError(f"{name} must be {listed}, got {value!r}") from None
 
 
 def parse_analytics_host(name: str, value: str) -> str:
@@ -584,11 +594,7 @@ def _spec_store_from_environment(environ: Mapping[str, str]) -> dict[str, object
 
 def parse_feature_spec_store(name: str, value: str) -> FeatureSpecStore:
     """A feature spec store from text, or ``ConfigError``."""
-    try:
-        return FeatureSpecStore(value.strip().lower())
-    except ValueError:
-        choices = " or ".join(store.value for store in FeatureSpecStore)
-        raise ConfigError(f"{name} must be {choices}, got {value!r}") from None
+    return _choice(FeatureSpecStore, name, value)
 
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
