@@ -577,15 +577,21 @@ def _field_value(field: FieldDescriptor, item: Any, value: Any) -> Any:
 def format_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
 ) -> str:
-    """Rows under headers in aligned columns; the columns numbered in ``right`` align right."""
-    widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(
-            cell.rjust(width) if index in right else cell.ljust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in (headers, *rows)
-    )
+    """Rows under headers in aligned columns, as kubectl prints them (rich lays them out);
+    the columns numbered in ``right`` align right."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="right" if index in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    # Plain text whatever the cells hold: no colour, markup, emoji codes or wrapping.
+    console = Console(width=10_000, color_system=None, highlight=False, markup=False, emoji=False)
+    with console.capture() as captured:
+        console.print(table)
+    return "\n".join(line.rstrip() for line in captured.get().splitlines())
 
 
 def _counters_table(response: pb.GetAnalyticsResponse) -> str:
