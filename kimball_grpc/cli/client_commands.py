@@ -679,7 +679,7 @@ def _history(response: pb.FeatureSpecHistory) -> str:
         ]
         for change in response.changes
     ]
-    return format_table(["TIME", "TOKEN", "CHANGE", "SPEC (AFTER, OR AS DELETED)"], rows)
+    return format_table(["TIME", "TOKEN", "CHANGE", "FLAG (AFTER, OR AS DELETED)"], rows)
 
 
 def _spec_summary(spec: pb.FeatureSpec) -> str:
