@@ -488,12 +488,14 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         out["additional_namespaces"] = tuple(n for n in names if n)
     if environ.get("STORAGE_PATH_PREFIX"):
         out["storage_path_prefix"] = environ["STORAGE_PATH_PREFIX"]
-    if environ.get("LOG_LEVEL"):
-        out["log_level"] = parse_log_level("LOG_LEVEL", environ["LOG_LEVEL"])
-    if environ.get("KIMBALL_LOG_FORMAT"):
-        out["log_format"] = parse_log_format("KIMBALL_LOG_FORMAT", environ["KIMBALL_LOG_FORMAT"])
-    if environ.get("KIMBALL_ACCESS_LOG"):
-        out["access_log"] = parse_switch("KIMBALL_ACCESS_LOG", environ["KIMBALL_ACCESS_LOG"])
+    out |= _parsed(
+        environ,
+        {
+            "LOG_LEVEL": ("log_level", parse_log_level),
+            "KIMBALL_LOG_FORMAT": ("log_format", parse_log_format),
+            "KIMBALL_ACCESS_LOG": ("access_log", parse_switch),
+        },
+    )
     if environ.get("KUBERNETES_MEMORY_LIMIT"):
         limit = _whole_number(
             "KUBERNETES_MEMORY_LIMIT", environ["KUBERNETES_MEMORY_LIMIT"], "a number of bytes"
@@ -561,12 +563,14 @@ _TLS_FILES = {  # variable: setting, a path
 def _listeners_and_secrets_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     """Listen addresses, API tokens and TLS files."""
     out = _from_table(environ, _TLS_FILES, Path)
-    if environ.get("KIMBALL_HOST"):
-        out["grpc_host"] = parse_listen_host("KIMBALL_HOST", environ["KIMBALL_HOST"])
-    if environ.get("KIMBALL_API_HOST"):
-        out["api_host"] = parse_listen_host("KIMBALL_API_HOST", environ["KIMBALL_API_HOST"])
-    if environ.get("KIMBALL_API_TOKENS"):
-        out["api_tokens"] = parse_token_list("KIMBALL_API_TOKENS", environ["KIMBALL_API_TOKENS"])
+    out |= _parsed(
+        environ,
+        {
+            "KIMBALL_HOST": ("grpc_host", parse_listen_host),
+            "KIMBALL_API_HOST": ("api_host", parse_listen_host),
+            "KIMBALL_API_TOKENS": ("api_tokens", parse_token_list),
+        },
+    )
     if environ.get("KIMBALL_API_TOKENS_FILE"):
         out["api_tokens_file"] = Path(environ["KIMBALL_API_TOKENS_FILE"])
     if environ.get("KIMBALL_API_TOKENS_FILE_POLL"):
@@ -580,9 +584,7 @@ def _spec_store_from_environment(environ: Mapping[str, str]) -> dict[str, object
     out: dict[str, object] = {}
     if environ.get("NAMESPACE"):  # the original's namespace for its ConfigMap
         out["feature_spec_configmap_namespace"] = environ["NAMESPACE"]
-    for name, (setting, parse) in _SPEC_STORE.items():
-        if environ.get(name):
-            out[setting] = parse(name, environ[name])
+    out |= _parsed(environ, _SPEC_STORE)
     if environ.get("KUBECONFIG"):
         # kubectl takes a list (a:b); the first file is the one read here.
         out["kubeconfig"] = Path(environ["KUBECONFIG"].split(os.pathsep)[0])
@@ -703,6 +705,18 @@ def _from_table(
     return {setting: convert(environ[name]) for name, setting in table.items() if environ.get(name)}
 
 
+def _parsed(
+    environ: Mapping[str, str], table: Mapping[str, tuple[str, Callable[[str, str], object]]]
+) -> dict[str, object]:
+    """The settings of ``table`` (``{variable: (setting, parse)}``) whose variables are
+    set, each value through ``parse(variable, value)``."""
+    return {
+        setting: parse(name, environ[name])
+        for name, (setting, parse) in table.items()
+        if environ.get(name)
+    }
+
+
 def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out = _from_table(environ, _STORAGE_TEXT)
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
@@ -710,9 +724,7 @@ def _storage_from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         out["aws_region"] = region
     if environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         out["gcs_credentials_file"] = Path(environ["GOOGLE_APPLICATION_CREDENTIALS"])
-    for name, (setting, parse) in _DURABILITY.items():
-        if environ.get(name):
-            out[setting] = parse(name, environ[name])
+    out |= _parsed(environ, _DURABILITY)
     return out
 
 
