@@ -38,10 +38,14 @@ from kimball_grpc.config.settings import (
     parse_log_format,
     parse_log_level,
     parse_max_response_bytes,
+    parse_nats_urls,
+    parse_partitions,
     parse_port,
+    parse_replica_id,
     parse_rest_workers,
     parse_seconds,
     parse_snapshots_kept,
+    parse_stream_replicas,
 )
 from kimball_grpc.config.tls import ClientTls, load_client_tls
 from kimball_grpc.core.errors import ConfigError
@@ -200,6 +204,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
     _add_feature_spec_store(run)
+    _add_cluster_options(run)
     _add_tokens_file(run)
     _add_server_tls(run)
     _add_client_tls(run, None, "the api server (sidecar mode)")
@@ -240,6 +245,41 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_client_tls(health, environ, "the server")
     _add_client_commands(commands, environ)
     return parser
+
+
+def _add_cluster_options(run: argparse.ArgumentParser) -> None:
+    """Cluster mode (docs/scale-out.md): the NATS servers and this replica's place."""
+    run.add_argument(
+        "--nats-url",
+        dest="nats_urls",
+        type=_flag(parse_nats_urls, "--nats-url"),
+        metavar="URL[,URL...]",
+        help="run as a cluster replica on these NATS JetStream servers (env KIMBALL_NATS_URL; "
+        "default: none, a single node with its own write-ahead log)",
+    )
+    run.add_argument(
+        "--nats-creds-file",
+        type=Path,
+        help="NATS credentials file (user JWT and NKey seed; env KIMBALL_NATS_CREDS_FILE)",
+    )
+    run.add_argument(
+        "--replica-id",
+        type=_flag(parse_replica_id, "--replica-id"),
+        help="this replica's stable name (env KIMBALL_REPLICA_ID; default the host name)",
+    )
+    run.add_argument(
+        "--partitions",
+        type=_flag(parse_partitions, "--partitions"),
+        metavar="N",
+        help="user partitions of the event stream, fixed when it is created "
+        "(env KIMBALL_PARTITIONS; default 64)",
+    )
+    run.add_argument(
+        "--nats-stream-replicas",
+        type=_flag(parse_stream_replicas, "--nats-stream-replicas"),
+        metavar="N",
+        help="NATS servers keeping each event (env KIMBALL_NATS_STREAM_REPLICAS; default 3)",
+    )
 
 
 def _add_feature_spec_store(run: argparse.ArgumentParser) -> None:
@@ -700,6 +740,16 @@ def main(argv: list[str] | None = None) -> int:
             "feature_spec_configmap": args.feature_spec_configmap,
             "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
             "feature_spec_file": args.feature_spec_file,
+        }
+        overrides |= {
+            name: getattr(args, name)
+            for name in (
+                "nats_urls",
+                "nats_creds_file",
+                "replica_id",
+                "partitions",
+                "nats_stream_replicas",
+            )
         }
         overrides |= {
             limit_field(limit): getattr(args, limit_field(limit)) for limit in STATE_LIMITS

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -52,6 +53,10 @@ from storage.wal import FsyncPolicy
 DEFAULT_CONFIG_PATH = Path("/kimball/app.config")
 DEFAULT_GRPC_PORT = 50051
 MAX_SNAPSHOTS_KEPT = 100
+DEFAULT_PARTITIONS = 64
+MAX_PARTITIONS = 1024  # each owned partition is an engine and a consumer on every replica
+DEFAULT_STREAM_REPLICAS = 3
+MAX_STREAM_REPLICAS = 5  # JetStream's own bound on a stream's replicas
 
 
 class Mode(StrEnum):
@@ -215,6 +220,19 @@ class Settings:
     kubeconfig: Path | None = None
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
+    # Cluster mode (docs/scale-out.md): set NATS URLs turn it on. Events go to the JetStream
+    # stream KIMBALL_EVENTS in ``partitions`` subjects (fixed when the stream is created),
+    # kept on ``nats_stream_replicas`` NATS servers; ``replica_id`` names this replica.
+    nats_urls: tuple[str, ...] = ()
+    nats_creds_file: Path | None = None
+    replica_id: str = field(default_factory=lambda: socket.gethostname())
+    partitions: int = DEFAULT_PARTITIONS
+    nats_stream_replicas: int = DEFAULT_STREAM_REPLICAS
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Cluster mode: the event log is NATS JetStream, not the local write-ahead log."""
+        return bool(self.nats_urls)
 
     @property
     def rest_host(self) -> str:
@@ -264,6 +282,7 @@ def load_settings(
     settings = replace(settings, **_from_environment(environ))
     settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
     check_feature_spec_store(settings)
+    check_cluster(settings)
     return replace(
         settings,
         storage=storage_config(settings),
@@ -521,7 +540,90 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out |= _edges_from_environment(environ)
     out |= _spec_store_from_environment(environ)
     out |= _listeners_and_secrets_from_environment(environ)
+    out |= _parsed(environ, _CLUSTER)
     return out
+
+
+def parse_nats_urls(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated NATS server URLs (nats://, tls://, ws:// or wss://, host and port)."""
+    urls = tuple(url.strip() for url in value.split(",") if url.strip())
+    if not urls:
+        raise ConfigError(f"{name} must be one or more NATS URLs (nats://host:4222), got {value!r}")
+    for url in urls:
+        scheme, separator, rest = url.partition("://")
+        host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
+        if not separator or scheme not in _NATS_SCHEMES or not host or host.startswith(":"):
+            raise ConfigError(
+                f"{name} must be NATS URLs such as nats://host:4222 (schemes "
+                f"{', '.join(_NATS_SCHEMES)}), comma-separated; got {url!r}"
+            )
+    return urls
+
+
+_NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+
+
+def parse_replica_id(name: str, value: str) -> str:
+    """A replica id: letters, digits, '-', '_' and '.', at most 63, a letter or digit at
+    each end (a NATS key and an object store key as it is; a pod's name fits)."""
+    if not _REPLICA_ID.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be letters, digits, '-', '_' and '.' (at most 63, a letter or digit "
+            f"at each end), got {value!r}"
+        )
+    return value
+
+
+def parse_partitions(name: str, value: str) -> int:
+    count = _whole_number(name, value, "a number of partitions")
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise ConfigError(f"{name} must be from 1 to {MAX_PARTITIONS}, got {count}")
+    return count
+
+
+def parse_stream_replicas(name: str, value: str) -> int:
+    count = _whole_number(name, value, "a number of NATS servers")
+    if not 1 <= count <= MAX_STREAM_REPLICAS:
+        raise ConfigError(
+            f"{name} must be from 1 to {MAX_STREAM_REPLICAS} (3 keeps every acknowledged event "
+            f"through the loss of one NATS server; 1 is for a single NATS server), got {count}"
+        )
+    return count
+
+
+def check_cluster(settings: Settings) -> None:
+    """``ConfigError`` for settings that cluster mode cannot honour, or cluster settings
+    given without it; the replica id (by default the host name) must be usable."""
+    if not settings.cluster_mode:
+        if settings.nats_creds_file is not None:
+            raise ConfigError(
+                "--nats-creds-file (KIMBALL_NATS_CREDS_FILE) is set without --nats-url "
+                "(KIMBALL_NATS_URL): set both for cluster mode, or neither"
+            )
+        return
+    refused = {
+        "sidecar mode (FEATURES_MODE=sidecar)": settings.mode is Mode.SIDECAR,
+        "--rest-workers (KIMBALL_REST_WORKERS)": settings.rest_workers > 0,
+        "the configmap feature spec store (--feature-spec-store)": (
+            settings.feature_spec_store is FeatureSpecStore.CONFIGMAP
+        ),
+    }
+    for what, chosen in refused.items():
+        if chosen:
+            raise ConfigError(
+                f"cluster mode (--nats-url, KIMBALL_NATS_URL) cannot be combined with {what} "
+                f"yet (docs/scale-out.md says what cluster mode runs so far)"
+            )
+    parse_replica_id(
+        "the replica id (--replica-id, KIMBALL_REPLICA_ID; default the host name)",
+        settings.replica_id,
+    )
+    if settings.nats_creds_file is not None and not settings.nats_creds_file.is_file():
+        raise ConfigError(
+            f"--nats-creds-file (KIMBALL_NATS_CREDS_FILE): no such file "
+            f"{str(settings.nats_creds_file)!r}"
+        )
 
 
 # An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
@@ -1070,3 +1172,12 @@ def _target(fail, value: object, *, named: bool) -> tuple:
 def environment() -> Mapping[str, str]:
     """The process environment: read here, at start-up, and nowhere else."""
     return os.environ
+
+
+_CLUSTER = {  # variable: (setting, parse)
+    "KIMBALL_NATS_URL": ("nats_urls", parse_nats_urls),
+    "KIMBALL_NATS_CREDS_FILE": ("nats_creds_file", _file),
+    "KIMBALL_REPLICA_ID": ("replica_id", parse_replica_id),
+    "KIMBALL_PARTITIONS": ("partitions", parse_partitions),
+    "KIMBALL_NATS_STREAM_REPLICAS": ("nats_stream_replicas", parse_stream_replicas),
+}
