@@ -25,6 +25,7 @@ from gateway.server import (
 )
 from kimball_grpc.api.auth import TokenChecker, load_api_tokens
 from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
+from kimball_grpc.api.cluster_service import ClusterIntegration, ClusterKimballService
 from kimball_grpc.api.grpc_front import (
     API_SERVICE,
     INTEGRATION_SERVICE,
@@ -36,6 +37,9 @@ from kimball_grpc.api.grpc_front import (
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
+from kimball_grpc.cluster import event_log
+from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
+from kimball_grpc.cluster.partition_state import PartitionEngines
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.config.tls import ServerTls, load_server_tls
 from kimball_grpc.core.engine import Engine
@@ -104,9 +108,12 @@ class RunningServer(RunningFront):
             await self.persistence.close()
 
 
-async def start_server(settings: Settings) -> RunningServer:
+async def start_server(settings: Settings) -> RunningServer | RunningReplica:
     """Build and start the gRPC server. It answers at once; health says NOT_SERVING and the
-    API answers UNAVAILABLE until the state is restored (``RunningServer.ready``)."""
+    API answers UNAVAILABLE until the state is restored (``RunningServer.ready``). With NATS
+    URLs set, a cluster replica (``start_replica``)."""
+    if settings.cluster_mode:
+        return await start_replica(settings)
     configmaps = None
     if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP:
         configmaps = await ConfigMaps.connect(
@@ -194,6 +201,124 @@ async def start_server(settings: Settings) -> RunningServer:
     )
 
 
+@dataclass
+class RunningReplica(RunningFront):
+    """A started cluster replica (docs/scale-out.md): the APIs' writes published to the
+    JetStream stream, the partitions applied from it into their engines."""
+
+    ingestor: Ingestor
+    partitions: PartitionEngines
+    connection: Any  # the NATS connection
+    forwarding: EventForwarding
+    replica_id: str
+
+    @property
+    def state_location(self) -> str:
+        return (
+            f"cluster replica {self.replica_id} on NATS {self.connection.connected_url.netloc}, "
+            f"partition snapshots in {self.partitions.blobs.uri}"
+        )
+
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop taking calls, let in-flight ones finish, stop applying the stream, store a
+        last snapshot of each partition that changed, then close the NATS connection."""
+        await self.front.stop(grace)
+        await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
+        await self.partitions.stop()
+        if not self.ready.done():
+            self.ready.cancel()
+        elif not self.ready.cancelled() and self.ready.exception() is None and grace:
+            await self.partitions.snapshot()
+        await self.connection.close()
+
+
+async def start_replica(settings: Settings) -> RunningReplica:
+    """Connect to NATS, create or check the stream (``ConfigError`` if it cannot be used),
+    start the gRPC server, then load each partition's snapshot and consume the stream after
+    it before taking calls."""
+    options = NatsOptions(settings.nats_urls, settings.nats_creds_file, settings.replica_id)
+    connection = await event_log.connect(options)
+    try:
+        js = connection.jetstream(publish_async_max_pending=event_log.MAX_IN_FLIGHT)
+        await event_log.ensure_stream(js, settings.partitions, settings.nats_stream_replicas)
+        blobs = open_blob_store(settings.storage or storage_config(settings))
+    except (ValueError, StorageError) as exc:
+        await connection.close()
+        raise ConfigError(f"storage: {exc}") from None
+    except BaseException:
+        await connection.close()
+        raise
+    # Holds nothing: the partitions' engines do. The limits are checked against it.
+    engine = Engine(settings.counter_config)
+    metrics = Metrics(engine, settings.kubernetes_memory_limit)
+    partitions = PartitionEngines(
+        settings.partitions,
+        settings.counter_config,
+        blobs,
+        f"cluster/{settings.replica_id}/partitions/",
+        keep=settings.snapshots_kept,
+    )
+    hub = SubscriptionHub(settings.subscriber_buffer_events)
+    forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
+    ingestor = Ingestor(
+        engine,
+        hub,
+        observe_events=metrics.observe_events,
+        log=JetStreamLog(js, settings.partitions, settings.replica_id),
+        forwarding=forwarding,
+        limits=settings.state_limits,
+        refused=metrics.refuse,
+        counted=metrics,
+        applied_elsewhere=True,
+    )
+    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
+    external = ExternalPredictions(
+        settings.external_grpc_prediction_targets,
+        metrics.registry,
+        deadline=settings.external_prediction_deadline_ms / 1000,
+    )
+    pb_grpc.add_KimballServiceServicer_to_server(
+        ClusterKimballService(
+            engine,
+            ingestor,
+            hub,
+            external,
+            metrics.lose_feature_usage,
+            settings.max_response_bytes,
+        ),
+        front.handlers.serializing(KimballService.SERIALIZED_RESPONSES),
+    )
+    integration_grpc.add_KimballIntegrationServicer_to_server(
+        ClusterIntegration(engine, ingestor), front.handlers
+    )
+    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
+    await front.start()
+    forwarding.start()
+    ready = asyncio.get_running_loop().create_task(
+        _replica_ready(partitions, js, front, settings.snapshot_interval_s)
+    )
+    return RunningReplica(
+        front=front,
+        metrics=metrics,
+        ready=ready,
+        ingestor=ingestor,
+        partitions=partitions,
+        connection=connection,
+        forwarding=forwarding,
+        replica_id=settings.replica_id,
+    )
+
+
+async def _replica_ready(
+    partitions: PartitionEngines, js: Any, front: GrpcFront, interval: float
+) -> None:
+    """Load the partitions' snapshots and consume the stream after them, then take calls
+    and snapshot the partitions every ``interval`` seconds."""
+    await partitions.start(js)
+    await front.open()
+    partitions.start_snapshots(interval)
+
+
 def _spec_configmaps(
     settings: Settings, engine: Engine, ingestor: Ingestor, configmaps: ConfigMaps, metrics: Metrics
 ) -> SpecConfigMaps:
@@ -237,7 +362,7 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     stop = stop_signals()  # from the start: a signal during start-up stops it too
     hangup = HangUp()
-    running: RunningServer | RunningSidecar
+    running: RunningServer | RunningReplica | RunningSidecar
     if settings.mode is Mode.SIDECAR:
         running = await start_sidecar(settings)
     else:

@@ -39,7 +39,6 @@ VERSION = 1
 _HEADER = struct.Struct("<8sIQQI")
 PREFIX = "snapshots/"
 SUFFIX = ".snapshot"
-DAMAGED_PREFIX = f"{PREFIX}damaged/"
 DEFAULT_KEEP = 2  # verified snapshots kept: the newest and one to fall back on
 
 State = TypeVar("State")
@@ -57,8 +56,8 @@ class Snapshot:
     sequence: int
 
 
-def snapshot_key(sequence: int) -> str:
-    return f"{PREFIX}{sequence:020d}{SUFFIX}"
+def snapshot_key(sequence: int, prefix: str = PREFIX) -> str:
+    return f"{prefix}{sequence:020d}{SUFFIX}"
 
 
 def encode_snapshot(sequence: int, state: bytes) -> bytes:
@@ -111,10 +110,13 @@ class SnapshotStore:
     """Snapshots in ``blobs``: write and verify, prune, load the newest usable one, move
     damaged ones aside."""
 
-    def __init__(self, blobs: BlobStore, keep: int = DEFAULT_KEEP) -> None:
+    def __init__(self, blobs: BlobStore, keep: int = DEFAULT_KEEP, prefix: str = PREFIX) -> None:
+        """``prefix``: where in ``blobs`` these snapshots live (``snapshots/``; in cluster
+        mode, one such place per partition)."""
         if keep < 1:
             raise ValueError(f"keep at least one snapshot, not {keep}")
         self.blobs = blobs
+        self.prefix = prefix
         self.keep = keep
         self.moved_aside = 0  # damaged snapshots moved aside since start (metrics)
         # Read back whole by this process, oldest first, at most ``keep``.
@@ -123,8 +125,8 @@ class SnapshotStore:
     def list(self) -> list[Snapshot]:
         """Stored snapshots, oldest first (blob store errors propagate)."""
         out = []
-        for key in self.blobs.list(PREFIX):
-            digits = key[len(PREFIX) : -len(SUFFIX)] if key.endswith(SUFFIX) else ""
+        for key in self.blobs.list(self.prefix):
+            digits = key[len(self.prefix) : -len(SUFFIX)] if key.endswith(SUFFIX) else ""
             if digits.isdigit() and len(digits) == 20:
                 out.append(Snapshot(key, int(digits)))
         return sorted(out, key=lambda s: s.sequence)
@@ -134,7 +136,7 @@ class SnapshotStore:
         than the newest ``keep`` verified ones. ``DamagedSnapshot`` if it does not read
         back (it is moved aside, logged, and nothing is deleted); ``StorageError`` if the
         backend fails (nothing is deleted)."""
-        snapshot = Snapshot(snapshot_key(sequence), sequence)
+        snapshot = Snapshot(snapshot_key(sequence, self.prefix), sequence)
         stored = encode_snapshot(sequence, state)
         self.blobs.put(snapshot.key, stored)
         header = stored[: _HEADER.size]
@@ -224,7 +226,8 @@ class SnapshotStore:
     def _move_aside(self, snapshot: Snapshot, data: bytes) -> str:
         """Put ``data`` (what ``snapshot`` holds) under ``snapshots/damaged/`` and remove
         it from where start-up looks; the key it went to."""
-        moved = f"{DAMAGED_PREFIX}{snapshot.key[len(PREFIX) :]}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        name = snapshot.key[len(self.prefix) :]
+        moved = f"{self.prefix}damaged/{name}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
         self.blobs.put(moved, data)
         self.blobs.delete(snapshot.key)
         self.moved_aside += 1

@@ -43,6 +43,19 @@ class EventCounts(Protocol):
         """``count`` events were refused with the gRPC status named ``code``."""
 
 
+class RecordLog(Protocol):
+    """Where the Ingestor makes a batch durable before answering: the write-ahead log, or
+    in cluster mode the JetStream stream."""
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the last record appended."""
+
+    async def append(self, payload: bytes, count: int, on_durable: Callable[[int], None]) -> int:
+        """Make the ``count`` records of ``payload`` (a ``RecordBatch``) durable, then call
+        ``on_durable`` with the first one's sequence number, and return it."""
+
+
 RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
 logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
 
@@ -64,11 +77,12 @@ class Ingestor:
         hub: SubscriptionHub,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         observe_events: Callable[[int, float], None] = lambda count, seconds: None,
-        log: WriteAheadLog | None = None,
+        log: RecordLog | None = None,
         forwarding: EventForwarding | None = None,
         limits: StateLimits = StateLimits(),  # noqa: B008 (frozen: shared safely)
         refused: Callable[[LimitExceeded], None] = lambda error: None,
         counted: EventCounts | None = None,
+        applied_elsewhere: bool = False,
     ) -> None:
         self.engine = engine
         self.growth = GrowthLimits(engine, limits)
@@ -83,6 +97,9 @@ class Ingestor:
         self._clock = clock
         self._observe_events = observe_events
         self._log = log  # None: nothing is durable (benchmarks, engine tests)
+        # Cluster mode: the records are applied by the replicas consuming the stream, not
+        # to ``engine`` (which then holds nothing but is what the limits are checked on).
+        self._applied_elsewhere = applied_elsewhere
         self._sequence = 0  # without a log: records applied so far
 
     async def accept(self, events: Sequence[Event]) -> int:
@@ -153,7 +170,7 @@ class Ingestor:
         log, in order (read in a worker thread). The log keeps hashes, not user ids: the
         events have no ``user_id`` and no ``datetime``. ``OutOfRange`` if the log no
         longer holds record ``after + 1``; ``FailedPrecondition`` without a log."""
-        if self._log is None:
+        if not isinstance(self._log, WriteAheadLog):
             raise FailedPrecondition("this server keeps no write-ahead log to replay from")
         entries = self._log.entries(after)
         expected = after + 1
@@ -302,9 +319,10 @@ class Ingestor:
         """The one place validated records change the state: ``first`` is the sequence
         number of the first record (the log's, when there is one)."""
         start = time.perf_counter()
-        apply = self.engine.apply
-        for record in records:
-            apply(record)
+        if not self._applied_elsewhere:
+            apply = self.engine.apply
+            for record in records:
+                apply(record)
         self.growth.release(reserved)  # in the engine now: counted there
         self._sequence = first + len(records) - 1
         if records[0].__class__ is FeatureSpecRecord:

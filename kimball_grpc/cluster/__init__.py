@@ -1,0 +1,1 @@
+"""Cluster mode: the NATS JetStream parts (docs/scale-out.md). nats-py is imported only here."""

@@ -1,0 +1,209 @@
+"""The cluster's event log: the JetStream stream ``KIMBALL_EVENTS``, one subject per user
+partition (``kimball.events.<p>``), replicated on ``nats_stream_replicas`` NATS servers.
+
+It takes the write-ahead log's place for the ``Ingestor``: ``append`` splits a batch by
+partition, publishes the parts with bounded in-flight acknowledgements (never one round trip
+per event) and returns once JetStream acknowledged every part, so an acknowledged event is
+on a majority of the stream's servers. A part whose acknowledgement does not come is
+published again with the same message id, which JetStream's duplicate window turns into one
+stored message. Records about no one user (goals, feature specs) go to every partition, so
+each partition's engine sees them in order with its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kimball_grpc.codec.state_codec import decode_records, encode_records
+from kimball_grpc.core.errors import ConfigError, KimballError
+from kimball_grpc.core.partitions import partition_of
+from kimball_grpc.core.records import EventRecord, Record
+
+log = logging.getLogger(__name__)
+
+STREAM = "KIMBALL_EVENTS"
+SUBJECT_PREFIX = "kimball.events."
+# Acknowledgements awaited at once on one connection: enough to keep the servers busy,
+# bounded so a slow NATS cluster makes callers wait instead of growing a queue.
+MAX_IN_FLIGHT = 1024
+ACK_SECONDS = 5.0  # one publish's acknowledgement; then it is published again
+APPEND_SECONDS = 30.0  # all of a batch's parts; then the caller gets UNAVAILABLE
+# JetStream drops a message whose id it stored within this long: published again after a
+# lost acknowledgement, a part is stored once.
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+class EventLogUnavailable(KimballError):
+    """NATS did not acknowledge the batch in time: it may be stored in part; send it again."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+def subject(partition: int) -> str:
+    return f"{SUBJECT_PREFIX}{partition}"
+
+
+def split_by_partition(records: Sequence[Record], partitions: int) -> dict[int, list[Record]]:
+    """The records of each partition, in order; a record about no one user in every one."""
+    parts: dict[int, list[Record]] = {}
+    for record in records:
+        if isinstance(record, EventRecord):
+            parts.setdefault(partition_of(record.user_hash, partitions), []).append(record)
+        else:
+            for partition in range(partitions):
+                parts.setdefault(partition, []).append(record)
+    return parts
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    """How to reach NATS: the servers, a credentials file, this replica's name."""
+
+    urls: tuple[str, ...]
+    creds_file: Path | None
+    name: str
+
+
+async def connect(options: NatsOptions) -> Any:
+    """A NATS connection that reconnects by itself (forever, every server in turn)."""
+    import nats  # the cluster extra: imported only in cluster mode
+
+    async def disconnected() -> None:
+        log.warning("NATS: disconnected; reconnecting")
+
+    async def reconnected() -> None:
+        log.info("NATS: reconnected to %s", connection.connected_url.netloc)
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS: %s", exc)
+
+    try:
+        connection = await nats.connect(
+            list(options.urls),
+            name=f"kimball {options.name}",
+            user_credentials=str(options.creds_file) if options.creds_file else None,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+    except Exception as exc:  # nats-py raises its own and OSErrors alike
+        raise ConfigError(
+            f"cannot connect to NATS at {', '.join(options.urls)} (--nats-url): {exc}"
+        ) from None
+    return connection
+
+
+async def ensure_stream(js: Any, partitions: int, replicas: int) -> None:
+    """Create the stream, or check the one there: ``ConfigError`` if it was made with
+    another partition count (the users' partitions would change under the snapshots)."""
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    wanted = [f"{SUBJECT_PREFIX}*"]
+    try:
+        info = await js.stream_info(STREAM)
+    except NotFoundError:
+        config = StreamConfig(
+            name=STREAM,
+            subjects=wanted,
+            num_replicas=replicas,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            metadata={"kimball_partitions": str(partitions)},
+        )
+        await js.add_stream(config)
+        log.info(
+            "created the JetStream stream %s: %d partitions, %d replicas",
+            STREAM,
+            partitions,
+            replicas,
+        )
+        return
+    made_with = (info.config.metadata or {}).get("kimball_partitions")
+    if made_with != str(partitions):
+        raise ConfigError(
+            f"the JetStream stream {STREAM} was created with {made_with} partitions, and this "
+            f"replica is set to {partitions} (--partitions, KIMBALL_PARTITIONS): set it to "
+            f"{made_with}, as every replica; the count is fixed when the stream is created"
+        )
+    if info.config.num_replicas != replicas:
+        log.warning(
+            "the JetStream stream %s keeps %d replicas, not the %d set "
+            "(--nats-stream-replicas): the stream's own setting stays",
+            STREAM,
+            info.config.num_replicas,
+            replicas,
+        )
+
+
+class JetStreamLog:
+    """The ``Ingestor``'s log in cluster mode (``RecordLog``): a batch is durable once every
+    partition's part of it is acknowledged by JetStream."""
+
+    def __init__(self, js: Any, partitions: int, replica_id: str) -> None:
+        self._js = js
+        self.partitions = partitions
+        self.last_sequence = 0  # records appended through this replica (subscribers' numbers)
+        # Message ids: unique per part, the same when a part is published again.
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{replica_id}-{time.time_ns():x}-"
+
+    async def append(self, payload: bytes, count: int, on_durable: Callable[[int], None]) -> int:
+        """Publish the ``count`` records of ``payload`` (a ``RecordBatch``), each partition's
+        as one message; once all are acknowledged, ``on_durable(first)`` and ``first``.
+        ``EventLogUnavailable`` if they are not acknowledged within ``APPEND_SECONDS``."""
+        records = decode_records(payload)
+        parts = split_by_partition(records, self.partitions)
+        if len(parts) == 1:
+            ((partition, _),) = parts.items()
+            messages = [(subject(partition), payload)]  # already the part's encoding
+        else:
+            messages = [(subject(p), encode_records(part)) for p, part in parts.items()]
+        await self._publish_all(messages)
+        first = self.last_sequence + 1
+        self.last_sequence += count
+        on_durable(first)
+        return first
+
+    async def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
+        from nats.js.api import Header
+
+        pending = {next(self._ids): message for message in messages}
+        deadline = time.monotonic() + APPEND_SECONDS
+        while pending:
+            acks = {}
+            try:
+                for number, (to, data) in pending.items():
+                    headers = {Header.MSG_ID: f"{self._id_prefix}{number}"}
+                    acks[number] = await self._js.publish_async(
+                        to, data, wait_stall=ACK_SECONDS, stream=STREAM, headers=headers
+                    )
+            except Exception as exc:  # not sent: those left go again
+                log.warning("NATS: publishing failed (%s); trying again", exc)
+            if acks:
+                await asyncio.wait(acks.values(), timeout=ACK_SECONDS)
+            for number, ack in acks.items():
+                if ack.done() and not ack.cancelled() and ack.exception() is None:
+                    del pending[number]
+                elif not ack.done():
+                    ack.cancel()
+                else:
+                    log.warning("NATS: a publish was refused (%s); trying again", ack.exception())
+            if pending and time.monotonic() > deadline:
+                raise EventLogUnavailable(
+                    f"the event log (NATS JetStream) did not acknowledge the batch within "
+                    f"{APPEND_SECONDS:g} s: part of it may be stored; send it again",
+                    stream=STREAM,
+                )
+            if pending:
+                await asyncio.sleep(0.1)
