@@ -34,7 +34,7 @@ from kimball_grpc.api.grpc_front import (
     GrpcFront,
     RunningFront,
 )
-from kimball_grpc.api.ingest import Ingestor
+from kimball_grpc.api.ingest import Ingestor, RecordLog
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
@@ -146,39 +146,7 @@ async def start_server(settings: Settings) -> RunningServer | RunningReplica:
         interval=settings.snapshot_interval_s,
         counter_startup_delay=settings.counter_startup_delay_ms / 1000,
     )
-    hub = SubscriptionHub(settings.subscriber_buffer_events)
-    forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
-    ingestor = Ingestor(
-        engine,
-        hub,
-        observe_events=metrics.observe_events,
-        log=wal,
-        forwarding=forwarding,
-        limits=settings.state_limits,
-        refused=metrics.refuse,
-        counted=metrics,
-    )
-    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
-    external = ExternalPredictions(
-        settings.external_grpc_prediction_targets,
-        metrics.registry,
-        deadline=settings.external_prediction_deadline_ms / 1000,
-    )
-    pb_grpc.add_KimballServiceServicer_to_server(
-        KimballService(
-            engine,
-            ingestor,
-            hub,
-            external,
-            metrics.lose_feature_usage,
-            settings.max_response_bytes,
-        ),
-        front.handlers.serializing(KimballService.SERIALIZED_RESPONSES),
-    )
-    integration_grpc.add_KimballIntegrationServicer_to_server(
-        KimballIntegration(engine, ingestor), front.handlers
-    )
-    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
+    front, ingestor, hub, external, forwarding = _api_services(settings, engine, metrics, wal)
     spec_configmaps = None
     if configmaps is not None:
         spec_configmaps = _spec_configmaps(settings, engine, ingestor, configmaps, metrics)
@@ -210,6 +178,7 @@ class RunningReplica(RunningFront):
     partitions: PartitionEngines
     connection: Any  # the NATS connection
     forwarding: EventForwarding
+    external: ExternalPredictions
     replica_id: str
 
     @property
@@ -224,6 +193,7 @@ class RunningReplica(RunningFront):
         last snapshot of each partition that changed, then close the NATS connection."""
         await self.front.stop(grace)
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
+        await self.external.close()
         await self.partitions.stop()
         if not self.ready.done():
             self.ready.cancel()
@@ -258,40 +228,10 @@ async def start_replica(settings: Settings) -> RunningReplica:
         f"cluster/{settings.replica_id}/partitions/",
         keep=settings.snapshots_kept,
     )
-    hub = SubscriptionHub(settings.subscriber_buffer_events)
-    forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
-    ingestor = Ingestor(
-        engine,
-        hub,
-        observe_events=metrics.observe_events,
-        log=JetStreamLog(js, settings.partitions, settings.replica_id),
-        forwarding=forwarding,
-        limits=settings.state_limits,
-        refused=metrics.refuse,
-        counted=metrics,
-        applied_elsewhere=True,
+    log = JetStreamLog(js, settings.partitions, settings.replica_id)
+    front, ingestor, _, external, forwarding = _api_services(
+        settings, engine, metrics, log, cluster=True
     )
-    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
-    external = ExternalPredictions(
-        settings.external_grpc_prediction_targets,
-        metrics.registry,
-        deadline=settings.external_prediction_deadline_ms / 1000,
-    )
-    pb_grpc.add_KimballServiceServicer_to_server(
-        ClusterKimballService(
-            engine,
-            ingestor,
-            hub,
-            external,
-            metrics.lose_feature_usage,
-            settings.max_response_bytes,
-        ),
-        front.handlers.serializing(KimballService.SERIALIZED_RESPONSES),
-    )
-    integration_grpc.add_KimballIntegrationServicer_to_server(
-        ClusterIntegration(engine, ingestor), front.handlers
-    )
-    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
     await front.start()
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(
@@ -305,6 +245,7 @@ async def start_replica(settings: Settings) -> RunningReplica:
         partitions=partitions,
         connection=connection,
         forwarding=forwarding,
+        external=external,
         replica_id=settings.replica_id,
     )
 
@@ -317,6 +258,50 @@ async def _replica_ready(
     await partitions.start(js)
     await front.open()
     partitions.start_snapshots(interval)
+
+
+def _api_services(
+    settings: Settings, engine: Engine, metrics: Metrics, log: RecordLog, *, cluster: bool = False
+) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
+    """The gRPC front with the api mode's services registered, and the parts behind them;
+    ``cluster``: a replica's (the records applied by the partitions, the reads refused)."""
+    hub = SubscriptionHub(settings.subscriber_buffer_events)
+    forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
+    ingestor = Ingestor(
+        engine,
+        hub,
+        observe_events=metrics.observe_events,
+        log=log,
+        forwarding=forwarding,
+        limits=settings.state_limits,
+        refused=metrics.refuse,
+        counted=metrics,
+        applied_elsewhere=cluster,
+    )
+    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
+    external = ExternalPredictions(
+        settings.external_grpc_prediction_targets,
+        metrics.registry,
+        deadline=settings.external_prediction_deadline_ms / 1000,
+    )
+    service = ClusterKimballService if cluster else KimballService
+    pb_grpc.add_KimballServiceServicer_to_server(
+        service(
+            engine,
+            ingestor,
+            hub,
+            external,
+            metrics.lose_feature_usage,
+            settings.max_response_bytes,
+        ),
+        front.handlers.serializing(KimballService.SERIALIZED_RESPONSES),
+    )
+    integration = ClusterIntegration if cluster else KimballIntegration
+    integration_grpc.add_KimballIntegrationServicer_to_server(
+        integration(engine, ingestor), front.handlers
+    )
+    relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
+    return front, ingestor, hub, external, forwarding
 
 
 def _spec_configmaps(

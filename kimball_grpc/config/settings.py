@@ -567,12 +567,12 @@ _REPLICA_ID = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?")
 def parse_replica_id(name: str, value: str) -> str:
     """A replica id: letters, digits, '-', '_' and '.', at most 63, a letter or digit at
     each end (a NATS key and an object store key as it is; a pod's name fits)."""
-    if not _REPLICA_ID.fullmatch(value):
-        raise ConfigError(
-            f"{name} must be letters, digits, '-', '_' and '.' (at most 63, a letter or digit "
-            f"at each end), got {value!r}"
-        )
-    return value
+    return _matching(
+        _REPLICA_ID,
+        name,
+        value,
+        "letters, digits, '-', '_' and '.' (at most 63, a letter or digit at each end)",
+    )
 
 
 def parse_partitions(name: str, value: str) -> int:
@@ -707,11 +707,19 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 def parse_kubernetes_namespace(name: str, value: str) -> str:
     """A Kubernetes namespace name (an RFC 1123 label: at most 63 lower-case letters,
     digits and ``-``, a letter or digit at each end), or ``ConfigError``."""
-    if not _DNS_LABEL.fullmatch(value):
-        raise ConfigError(
-            f"{name} must be a Kubernetes namespace name (lower-case letters, digits and '-', "
-            f"at most 63, a letter or digit at each end), got {value!r}"
-        )
+    return _matching(
+        _DNS_LABEL,
+        name,
+        value,
+        "a Kubernetes namespace name (lower-case letters, digits and '-', at most 63, a "
+        "letter or digit at each end)",
+    )
+
+
+def _matching(pattern: re.Pattern[str], name: str, value: str, rule: str) -> str:
+    """``value`` if ``pattern`` matches all of it, else ``ConfigError`` saying ``rule``."""
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{name} must be {rule}, got {value!r}")
     return value
 
 
