@@ -134,6 +134,17 @@ async def test_events_over_rest_and_grpc_reach_every_replicas_partitions(fresh_s
         assert len(want) == PARTITIONS  # the users are spread over every partition
         for server in (a, b):
             await until(lambda server=server: applied(server) == want, "all applied", 20)
+        async with stub_of(a) as stub:
+            await stub.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="buy"))
+
+        def goal_everywhere() -> bool:
+            return all(
+                state.engine.goals("shop") == ["buy"]
+                for server in (a, b)
+                for state in server.partitions.states.values()
+            )
+
+        await until(goal_everywhere, "the goal in every partition of both replicas", 20)
 
 
 async def test_the_reads_are_refused_clearly_until_answered_from_every_partition(
@@ -165,7 +176,6 @@ async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fres
         await asyncio.to_thread(fresh_stream.kill, 0)
         await ingesting
         assert len(acknowledged) >= 600  # most went on while one NATS node was down
-        await asyncio.to_thread(fresh_stream.restart, 0)
         want = expected_counts(acknowledged)
         await until(
             lambda: all(
@@ -173,9 +183,10 @@ async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fres
                 for p, names in want.items()
                 for name, count in names.items()
             ),
-            "every acknowledged event applied",
+            "every acknowledged event applied, one NATS node still down",
             30,
         )
+        await asyncio.to_thread(fresh_stream.restart, 0)
 
 
 async def test_a_restarted_replica_loads_its_snapshots_and_replays_the_rest(fresh_stream, tmp_path):
