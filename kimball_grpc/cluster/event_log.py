@@ -38,6 +38,7 @@ APPEND_SECONDS = 30.0  # all of a batch's parts; then the caller gets UNAVAILABL
 # JetStream drops a message whose id it stored within this long: published again after a
 # lost acknowledgement, a part is stored once.
 DUPLICATE_WINDOW_SECONDS = 120.0
+CONNECT_SECONDS = 20.0  # at start: then the replica stops, saying which servers
 
 
 class EventLogUnavailable(KimballError):
@@ -85,20 +86,23 @@ async def connect(options: NatsOptions) -> Any:
         log.warning("NATS: %s", exc)
 
     try:
-        connection = await nats.connect(
-            list(options.urls),
-            name=f"kimball {options.name}",
-            user_credentials=str(options.creds_file) if options.creds_file else None,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-        )
+        # Bounded: the client retries a server that refuses for as long as it reconnects.
+        async with asyncio.timeout(CONNECT_SECONDS):
+            connection = await nats.connect(
+                list(options.urls),
+                name=f"kimball {options.name}",
+                user_credentials=str(options.creds_file) if options.creds_file else None,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
     except Exception as exc:  # nats-py raises its own and OSErrors alike
         raise ConfigError(
-            f"cannot connect to NATS at {', '.join(options.urls)} (--nats-url): {exc}"
+            f"cannot connect to NATS at {', '.join(options.urls)} (--nats-url): "
+            f"{exc or f'no answer within {CONNECT_SECONDS:g} s'}"
         ) from None
     return connection
 
