@@ -33,6 +33,7 @@ from kimball_grpc.config.settings import (
     parse_feature_spec_store,
     parse_fsync_policy,
     parse_kubernetes_namespace,
+    parse_lease_seconds,
     parse_limit,
     parse_listen_host,
     parse_log_format,
@@ -200,6 +201,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "skipping them (counted and logged) instead of stopping (env KIMBALL_WAL_SKIP_DAMAGED)",
     )
     _add_feature_spec_store(run)
+    _add_cluster(run)
     _add_tokens_file(run)
     _add_server_tls(run)
     _add_client_tls(run, None, "the api server (sidecar mode)")
@@ -240,6 +242,17 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_client_tls(health, environ, "the server")
     _add_client_commands(commands, environ)
     return parser
+
+
+def _add_cluster(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--lease-seconds",
+        type=_flag(parse_lease_seconds, "--lease-seconds"),
+        metavar="SECONDS",
+        help="cluster mode: the membership lease, 1 to 3600; a replica not heard from for "
+        "this long loses its partitions; the same on every replica "
+        "(env KIMBALL_LEASE_SECONDS; default 10)",
+    )
 
 
 def _add_feature_spec_store(run: argparse.ArgumentParser) -> None:
@@ -700,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             "feature_spec_configmap": args.feature_spec_configmap,
             "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
             "feature_spec_file": args.feature_spec_file,
+            "lease_seconds": args.lease_seconds,
         }
         overrides |= {
             limit_field(limit): getattr(args, limit_field(limit)) for limit in STATE_LIMITS

@@ -98,6 +98,9 @@ class HttpLimits:
     max_connections: int = 512
 
 
+DEFAULT_LEASE_SECONDS = 10.0  # cluster mode: the membership lease
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to start."""
@@ -215,6 +218,9 @@ class Settings:
     kubeconfig: Path | None = None
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
+    # Cluster mode: a replica's membership lease (the members bucket's TTL; renewed every
+    # third of it). Every replica of a cluster must use the same.
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @property
     def rest_host(self) -> str:
@@ -520,6 +526,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     out |= _storage_from_environment(environ)
     out |= _edges_from_environment(environ)
     out |= _spec_store_from_environment(environ)
+    out |= _parsed(environ, _CLUSTER)
     out |= _listeners_and_secrets_from_environment(environ)
     return out
 
@@ -758,6 +765,21 @@ def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}") from None
 
 
+# Below a second the renewals (a third of the lease) would race NATS round trips and
+# replicas would lose their partitions on any hiccup; past an hour a dead replica's
+# partitions would wait that long for a new owner.
+LEASE_SECONDS_RANGE = (1.0, 3600.0)
+
+
+def parse_lease_seconds(name: str, value: str) -> float:
+    """A membership lease in seconds, within ``LEASE_SECONDS_RANGE``, or ``ConfigError``."""
+    seconds = parse_seconds(name, value)
+    low, high = LEASE_SECONDS_RANGE
+    if not low <= seconds <= high:
+        raise ConfigError(f"{name} must be from {low:g} to {high:g} seconds, got {value!r}")
+    return seconds
+
+
 def parse_seconds(name: str, value: str) -> float:
     """A positive, finite number of seconds from text, or ``ConfigError``."""
     try:
@@ -776,6 +798,11 @@ _DURABILITY: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "KIMBALL_SNAPSHOT_INTERVAL": ("snapshot_interval_s", parse_seconds),
     "KIMBALL_SNAPSHOTS_KEPT": ("snapshots_kept", parse_snapshots_kept),
     "KIMBALL_WAL_SKIP_DAMAGED": ("wal_skip_damaged", parse_switch),
+}
+
+# Cluster mode variables: each to its setting, through a parser given the name.
+_CLUSTER: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "KIMBALL_LEASE_SECONDS": ("lease_seconds", parse_lease_seconds),
 }
 
 # Feature spec store variables: each to its setting, through a parser given the name.
