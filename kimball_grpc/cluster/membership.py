@@ -213,29 +213,36 @@ class Membership:
         self._members = await self._read_members()
         claims = await self._read_claims()
         wanted = owned_by(self.replica_id, self._members, self._partitions)
-        changed = False
+        # The claims under this incarnation, as the bucket has them: a reconcile cut
+        # short (a timeout) may have left one written but not yet recorded here.
+        mine = {
+            p: c.revision
+            for p, c in claims.items()
+            if c.replica_id == self.replica_id and c.incarnation == self._incarnation
+        }
         # Claims lost to anyone (never expected while the lease is live): stop at once.
-        for partition, revision in list(self._owned.items()):
-            claim = claims.get(partition)
-            if claim is None or claim.revision != revision:
+        lost = [p for p, revision in self._owned.items() if mine.get(p) != revision]
+        if lost:
+            for partition in lost:
                 del self._owned[partition]
-                changed = True
-        if changed:
             await self._notify()
         # Release first: the consumer stops applying (listeners awaited), then the
         # claim goes, so the next owner can take it.
-        leaving = {p: r for p, r in self._owned.items() if p not in wanted}
-        if leaving:
-            for partition in leaving:
+        leaving = {p: r for p, r in mine.items() if p not in wanted}
+        if leaving.keys() & self._owned.keys():
+            for partition in leaving.keys() & self._owned.keys():
                 del self._owned[partition]
             await self._notify()
-            for partition, revision in leaving.items():
-                await self._claims_kv.delete(_key(partition), last=revision)
+        for partition, revision in leaving.items():
+            await self._claims_kv.delete(_key(partition), last=revision)
         taken = False
         for partition in sorted(wanted - self._owned.keys()):
             if not self.lease_live():
                 break
-            revision = await self._claim(partition, claims.get(partition))
+            if partition in mine:
+                revision: int | None = mine[partition]
+            else:
+                revision = await self._claim(partition, claims.get(partition))
             if revision is not None:
                 self._owned[partition] = revision
                 taken = True

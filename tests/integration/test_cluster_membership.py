@@ -4,6 +4,7 @@ partition held by two at any moment, and a replica whose lease expires stops app
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -150,3 +151,29 @@ async def test_a_replica_registering_with_another_lease_is_refused(replicas):
     await replicas.start("kimball-0")
     with pytest.raises(LeaseMismatch, match="--lease-seconds is 3: every replica"):
         await replicas.start("kimball-1", lease=3)
+
+
+async def test_a_paused_replica_stops_by_its_clock_and_rejoins_after_its_lease(replicas):
+    victim = await replicas.start("kimball-0")
+    survivor = await replicas.start("kimball-1")
+    both = ["kimball-0", "kimball-1"]
+    await until(lambda: replicas.split(both), "two replicas to split")
+    held = victim.owned()
+    # Pause its renewals (as a stopped process would: nothing of it runs, not even a
+    # timer): may_apply turns false by its clock alone, before the server drops the key.
+    assert victim._task is not None
+    victim._task.cancel()
+    await until(lambda: not any(victim.may_apply(p, r) for p, r in held.items()), "fencing")
+    assert set(survivor.owned()) == owned_by("kimball-1", both, PARTITIONS)  # not yet taken
+    await until(lambda: set(survivor.owned()) == set(range(PARTITIONS)), "the takeover", timeout=10)
+    # Resumed, it finds its key gone, registers again and gets its share back.
+    victim._task = asyncio.create_task(victim._run())
+    overlaps: list[set[int]] = []
+
+    def settled() -> bool:
+        overlaps.append(replicas.overlap())
+        return replicas.split(both)
+
+    await until(settled, "the resumed replica to get its share", timeout=10, interval=0.001)
+    assert not any(overlaps)
+    assert all(victim.owned()[p] > held[p] for p in held)  # new claims, new revisions
