@@ -98,7 +98,6 @@ class Membership:
         self._members: dict[str, Member] = {}
         self._listeners: list[OwnershipListener] = []
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._members_kv: Any = None
         self._claims_kv: Any = None
 
@@ -177,10 +176,6 @@ class Membership:
         self._member_revision = None
         self._deadline = 0.0
 
-    def poke(self) -> None:
-        """Reconcile now rather than at the next renewal."""
-        self._wake.set()
-
     # -- the loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -193,12 +188,10 @@ class Membership:
             except Exception as exc:  # NATS unreachable, timeouts: the lease decides
                 log.warning("membership of %s: %s", self.replica_id, exc or type(exc).__name__)
             await self._fence_if_expired()
-            self._wake.clear()
             wait = interval
             if self._owned:  # wake at the deadline, to fence without a renewal
                 wait = max(0.0, min(interval, self._deadline - time.monotonic()))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await asyncio.sleep(wait)
 
     async def _fence_if_expired(self) -> None:
         if self._owned and not self.lease_live():
