@@ -35,14 +35,16 @@ class Replica:
         self.store = SpecStore(nc)
         self.engine = Engine()
         self.task: asyncio.Task[None] | None = None
+        self.applied = 0  # the revision of the last change applied
 
     async def start(self) -> None:
         await self.store.open()
         self.task = asyncio.create_task(self._apply())
 
     async def _apply(self) -> None:
-        async for _, change in self.store.watch():
+        async for revision, change in self.store.watch():
             self.engine.apply(change)
+            self.applied = revision
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -89,9 +91,9 @@ async def test_specs_put_on_one_replica_are_seen_by_another_with_their_history(r
     await writer.store.put(FeatureSpecRecord(name, on, T0, "token-a"))
     await writer.store.put(FeatureSpecRecord(name, half, T0.replace(hour=1), "token-b"))
     await writer.store.put(FeatureSpecRecord("other", on.__class__("other"), T0, "token-a"))
-    await writer.store.put(FeatureSpecRecord("other", None, T0.replace(hour=2), "token-c"))
-    await until(lambda: len(reader.engine.flags.histories()) == 2, "the reader to apply all")
-    await until(lambda: view(reader.engine) == view(writer.engine), "the same specs")
+    last = await writer.store.put(FeatureSpecRecord("other", None, T0.replace(hour=2), "token-c"))
+    await until(lambda: writer.applied == reader.applied == last, "both to apply every change")
+    assert view(reader.engine) == view(writer.engine)
     assert [s.name for s in reader.engine.flags.listed()] == [name]
     assert reader.engine.flags.get(name) == half
     # The deletion keeps its token and time, as the single node's log does.
@@ -99,7 +101,8 @@ async def test_specs_put_on_one_replica_are_seen_by_another_with_their_history(r
     assert (deleted.token_id, deleted.new) == ("token-c", None)
     # A replica that starts later replays the same history.
     late = await replicas()
-    await until(lambda: view(late.engine) == view(writer.engine), "the late replica to catch up")
+    await until(lambda: late.applied == last, "the late replica to catch up")
+    assert view(late.engine) == view(writer.engine)
 
 
 async def test_a_value_that_is_no_spec_change_is_skipped(replicas, nats_server):
