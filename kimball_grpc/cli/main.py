@@ -33,6 +33,7 @@ from kimball_grpc.config.settings import (
     parse_feature_spec_store,
     parse_fsync_policy,
     parse_kubernetes_namespace,
+    parse_lease_seconds,
     parse_limit,
     parse_listen_host,
     parse_log_format,
@@ -279,6 +280,14 @@ def _add_cluster_options(run: argparse.ArgumentParser) -> None:
         type=_flag(parse_stream_replicas, "--nats-stream-replicas"),
         metavar="N",
         help="NATS servers keeping each event (env KIMBALL_NATS_STREAM_REPLICAS; default 3)",
+    )
+    run.add_argument(
+        "--lease-seconds",
+        type=_flag(parse_lease_seconds, "--lease-seconds"),
+        metavar="SECONDS",
+        help="cluster mode: the membership lease, 1 to 3600; a replica not heard from for "
+        "this long loses its partitions; the same on every replica "
+        "(env KIMBALL_LEASE_SECONDS; default 10)",
     )
 
 
@@ -740,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             "feature_spec_configmap": args.feature_spec_configmap,
             "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
             "feature_spec_file": args.feature_spec_file,
+            "lease_seconds": args.lease_seconds,
         }
         overrides |= {
             name: getattr(args, name)

@@ -103,6 +103,9 @@ class HttpLimits:
     max_connections: int = 512
 
 
+DEFAULT_LEASE_SECONDS = 10.0  # cluster mode: the membership lease
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to start."""
@@ -233,6 +236,9 @@ class Settings:
     def cluster_mode(self) -> bool:
         """Cluster mode: the event log is NATS JetStream, not the local write-ahead log."""
         return bool(self.nats_urls)
+    # Cluster mode: a replica's membership lease (the members bucket's TTL; renewed every
+    # third of it). Every replica of a cluster must use the same.
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @property
     def rest_host(self) -> str:
@@ -868,6 +874,21 @@ def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}") from None
 
 
+# Below a second the renewals (a third of the lease) would race NATS round trips and
+# replicas would lose their partitions on any hiccup; past an hour a dead replica's
+# partitions would wait that long for a new owner.
+LEASE_SECONDS_RANGE = (1.0, 3600.0)
+
+
+def parse_lease_seconds(name: str, value: str) -> float:
+    """A membership lease in seconds, within ``LEASE_SECONDS_RANGE``, or ``ConfigError``."""
+    seconds = parse_seconds(name, value)
+    low, high = LEASE_SECONDS_RANGE
+    if not low <= seconds <= high:
+        raise ConfigError(f"{name} must be from {low:g} to {high:g} seconds, got {value!r}")
+    return seconds
+
+
 def parse_seconds(name: str, value: str) -> float:
     """A positive, finite number of seconds from text, or ``ConfigError``."""
     try:
@@ -888,6 +909,7 @@ _DURABILITY: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "KIMBALL_WAL_SKIP_DAMAGED": ("wal_skip_damaged", parse_switch),
 }
 
+# Cluster mode variables: each to its setting, through a parser given the name.
 # Feature spec store variables: each to its setting, through a parser given the name.
 _SPEC_STORE: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "KIMBALL_FEATURE_SPEC_STORE": ("feature_spec_store", parse_feature_spec_store),
@@ -1188,4 +1210,5 @@ _CLUSTER = {  # variable: (setting, parse)
     "KIMBALL_REPLICA_ID": ("replica_id", parse_replica_id),
     "KIMBALL_PARTITIONS": ("partitions", parse_partitions),
     "KIMBALL_NATS_STREAM_REPLICAS": ("nats_stream_replicas", parse_stream_replicas),
+    "KIMBALL_LEASE_SECONDS": ("lease_seconds", parse_lease_seconds),
 }
