@@ -10,13 +10,19 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from kimball_grpc.api.cluster_service import ClusterService
-from kimball_grpc.api.servicers import analytics_response
+from kimball_grpc.api.servicers import KimballService, analytics_response
 from kimball_grpc.api.status_mapping import StatusInterceptor
 from kimball_grpc.core.bloom import hash_key
 from kimball_grpc.core.engine import Engine
-from kimball_grpc.core.errors import InvalidArgument, NotFound, PartitionsUnavailable
+from kimball_grpc.core.errors import (
+    InvalidArgument,
+    KimballError,
+    NotFound,
+    PartitionsUnavailable,
+)
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.core.partitions import partition_of
 from kimball_grpc.core.steps import finish
@@ -24,6 +30,7 @@ from kimball_grpc.generated.kimball.v1 import cluster_pb2 as cluster_pb
 from kimball_grpc.generated.kimball.v1 import cluster_pb2_grpc as cluster_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.outbound.cluster_fanout import ClusterFanOut
+from kimball_grpc.outbound.external_predictions import ExternalPredictions
 from tests.support.partitioned_engines import GOALS, NAMESPACES, counter_config, engines, workload
 from tests.support.ports import reserved_port
 
@@ -209,3 +216,60 @@ async def test_a_replica_refuses_partitions_that_do_not_exist_and_users_it_does_
 
 def _partition(user: str) -> int:
     return partition_of(hash_key(user), PARTITIONS)
+
+
+def service(engine: Engine, cluster: ClusterFanOut | None = None) -> KimballService:
+    """The public service as app.py builds it; in cluster mode over an empty local engine,
+    so that every count must come from the replicas."""
+    external = ExternalPredictions((), CollectorRegistry())
+    return KimballService(
+        engine, None, None, external, lambda _: None, MAX_MESSAGE_BYTES, cluster=cluster
+    )
+
+
+async def answer_or_error(call):
+    try:
+        return await call
+    except KimballError as exc:
+        return type(exc).__name__, exc.message, exc.details
+
+
+async def test_the_public_service_in_cluster_mode_answers_as_a_single_node(
+    cluster: Cluster, fan_out: ClusterFanOut
+) -> None:
+    one = service(cluster.single)
+    many = service(Engine(), fan_out)
+    requests = [
+        ("ListNamespaces", pb.ListNamespacesRequest(page_size=1)),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace="nope")),
+        ("GetPredictions", pb.GetPredictionsRequest(events=["view"], user_id="user-0")),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace="shop", events=["nope"])),
+        ("GetPredictions", pb.GetPredictionsRequest(namespace="shop", user_id="never-seen")),
+        ("GetNudges", pb.GetNudgesRequest(namespace="shop", goal="bad\ngoal", user_id="user-0")),
+    ]
+    for namespace in NAMESPACES:
+        requests += [
+            ("GetAnalytics", pb.GetAnalyticsRequest(namespace=namespace, page_size=4)),
+            ("GetAnalytics", pb.GetAnalyticsRequest(namespace=namespace, name_prefix="week_")),
+            ("ListGoals", pb.ListGoalsRequest(namespace=namespace)),
+            ("GetPredictions", pb.GetPredictionsRequest(namespace=namespace)),
+            ("GetPredictions", pb.GetPredictionsRequest(namespace=namespace, events=["cart"])),
+        ]
+        for user in USERS:
+            requests.append(
+                ("GetPredictions", pb.GetPredictionsRequest(namespace=namespace, user_id=user))
+            )
+            requests += [
+                ("GetNudges", pb.GetNudgesRequest(namespace=namespace, goal=g, user_id=user))
+                for g in GOALS
+            ]
+    for method, request in requests:
+        expected = await answer_or_error(getattr(one, method)(request, None))
+        got = await answer_or_error(getattr(many, method)(request, None))
+        assert got == expected, (method, request)
+    nudged = [
+        await many.GetNudges(request, None)
+        for method, request in requests[-10:]
+        if method == "GetNudges"
+    ]
+    assert any(n.nudges for n in nudged)
