@@ -25,7 +25,7 @@ from gateway.server import (
 )
 from kimball_grpc.api.auth import TokenChecker, load_api_tokens
 from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
-from kimball_grpc.api.cluster_service import ClusterIntegration, ClusterKimballService
+from kimball_grpc.api.cluster_refusals import ClusterIntegration, ClusterKimballService
 from kimball_grpc.api.grpc_front import (
     API_SERVICE,
     INTEGRATION_SERVICE,

@@ -6,6 +6,7 @@ server's interceptor (``status_mapping``), so no handler catches anything.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableSequence, Sequence
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from kimball_grpc.core.limits import (
     MAX_EVENTS_PER_SUBSCRIBE_RESPONSE,
     MAX_SUBSCRIPTION_EVENT_NAMES,
 )
+from kimball_grpc.core.merged_counts import MergedCounts, check_prediction_request
 from kimball_grpc.core.names import check_name, check_namespace
 from kimball_grpc.core.paging import (
     PageRequest,
@@ -46,6 +48,7 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
+from kimball_grpc.outbound.cluster_fanout import ClusterFanOut
 from kimball_grpc.outbound.external_predictions import ExternalPredictions
 from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
 
@@ -105,10 +108,11 @@ async def accept_integration_stream(
 
 
 def analytics_response(
-    engine: Engine, request: pb.GetAnalyticsRequest, max_bytes: int
+    engine: Engine | MergedCounts, request: pb.GetAnalyticsRequest, max_bytes: int
 ) -> Steps[pb.GetAnalyticsResponse]:
     """``GetAnalytics``: the namespace's counters, of events with ``name_prefix`` if given,
-    whole or the page asked for, within ``max_bytes``."""
+    whole or the page asked for, within ``max_bytes`` (from one node's engine or a
+    cluster's merged counts)."""
     namespace = check_namespace(request.namespace)
     prefix = check_name("name_prefix", request.name_prefix, required=False)
     paging = page_request(
@@ -128,7 +132,7 @@ def analytics_response(
 
 
 def goals_response(
-    engine: Engine, request: pb.ListGoalsRequest, max_bytes: int
+    engine: Engine | MergedCounts, request: pb.ListGoalsRequest, max_bytes: int
 ) -> Steps[pb.ListGoalsResponse]:
     """``ListGoals``: the namespace's goals by name, whole or the page asked for."""
     namespace = check_namespace(request.namespace)
@@ -141,13 +145,13 @@ def goals_response(
 
 
 def namespaces_response(
-    engine: Engine, request: pb.ListNamespacesRequest, max_bytes: int
+    namespaces: Sequence[str], request: pb.ListNamespacesRequest, max_bytes: int
 ) -> Steps[pb.ListNamespacesResponse]:
-    """``ListNamespaces``: the namespaces by name, whole or the page asked for."""
+    """``ListNamespaces``: the ``namespaces`` (sorted), whole or the page asked for."""
     paging = page_request(("ListNamespaces",), request.page_size, request.page_token)
     response = pb.ListNamespacesResponse()
     response.next_page_token = yield from _names_page(
-        engine.namespaces(), paging, response.namespaces, max_bytes
+        namespaces, paging, response.namespaces, max_bytes
     )
     return response
 
@@ -253,6 +257,41 @@ async def evaluate_features(
     return pb.EvaluateFeaturesResponse(features=features, variants=variants)
 
 
+async def cluster_predictions(
+    cluster: ClusterFanOut, request: pb.GetPredictionsRequest
+) -> tuple[pb.GetPredictionsResponse, list[str] | None]:
+    """``GetPredictions`` from the merged counts of every partition of a cluster, and the
+    user's events when asked by user (from the user's partition)."""
+    namespace, events, user_id = request.namespace, list(request.events), request.user_id
+    if not (user_id or events):
+        merged = await cluster.merged_counts(namespace)
+        return proto_mapping.event_predictions_to_proto(merged.event_predictions(namespace)), None
+    check_prediction_request(events, user_id)  # before asking any replica
+    if not user_id:
+        merged = await cluster.merged_counts(namespace)
+        return proto_mapping.naive_bayes_to_proto(
+            merged.predict_for_events(namespace, events)
+        ), None
+    merged, user_events = await asyncio.gather(
+        cluster.merged_counts(namespace), cluster.user_events(namespace, user_id)
+    )
+    answers = merged.predict_for_user(namespace, user_id, user_events)
+    return proto_mapping.naive_bayes_to_proto(answers), user_events
+
+
+async def cluster_nudges(
+    cluster: ClusterFanOut, request: pb.GetNudgesRequest
+) -> pb.GetNudgesResponse:
+    """``GetNudges`` from the merged counts of every partition and the user's events."""
+    goal = check_name("goal", request.goal)  # before asking any replica
+    merged, user_events = await asyncio.gather(
+        cluster.merged_counts(request.namespace),
+        cluster.user_events(request.namespace, request.user_id),
+    )
+    nudges = merged.nudges(request.namespace, goal, user_events)
+    return proto_mapping.nudges_to_proto(nudges, request.goal, request.user_id)
+
+
 class KimballService(pb_grpc.KimballServiceServicer):
     """The versioned API, ``kimball.v1.KimballService``."""
 
@@ -269,8 +308,11 @@ class KimballService(pb_grpc.KimballServiceServicer):
         max_response_bytes: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         draw: Callable[[], float] = random.random,
+        cluster: ClusterFanOut | None = None,
     ) -> None:
         self.engine = engine
+        # In cluster mode: the queries about counts go to every partition's owner, merged.
+        self.cluster = cluster
         self.ingestor = ingestor
         self.hub = hub
         self.external = external
@@ -295,23 +337,42 @@ class KimballService(pb_grpc.KimballServiceServicer):
 
     async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
         return await between_requests(
-            analytics_response(self.engine, request, self.max_response_bytes)
+            analytics_response(
+                await self._counts(request.namespace), request, self.max_response_bytes
+            )
         )
+
+    async def _counts(self, namespace: str) -> Engine | MergedCounts:
+        """Where the namespace's counts are: this node's engine, or every partition's."""
+        if self.cluster is None:
+            return self.engine
+        return await self.cluster.merged_counts(namespace)
 
     async def CreateGoal(self, request: pb.CreateGoalRequest, context: Context):
         await self.ingestor.create_goal(request.namespace, request.goal_name)
         return pb.CreateGoalResponse()
 
     async def ListGoals(self, request: pb.ListGoalsRequest, context: Context):
-        return await between_requests(goals_response(self.engine, request, self.max_response_bytes))
+        return await between_requests(
+            goals_response(await self._counts(request.namespace), request, self.max_response_bytes)
+        )
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Context):
         return await between_requests(
-            namespaces_response(self.engine, request, self.max_response_bytes)
+            namespaces_response(
+                self.engine.namespaces()
+                if self.cluster is None
+                else await self.cluster.namespaces(),
+                request,
+                self.max_response_bytes,
+            )
         )
 
     async def GetPredictions(self, request: pb.GetPredictionsRequest, context: Context):
-        if request.user_id or request.events:
+        user_events: list[str] | None = None
+        if self.cluster is not None:
+            response, user_events = await cluster_predictions(self.cluster, request)
+        elif request.user_id or request.events:
             answers = self.engine.predict(request.namespace, list(request.events), request.user_id)
             response = proto_mapping.naive_bayes_to_proto(answers)
         else:
@@ -323,7 +384,11 @@ class KimballService(pb_grpc.KimballServiceServicer):
         if request.user_id and self.external.targets:
             # The user's own events, as the original sent them: models that predict from
             # events work for requests by user too.
-            event_names = self.engine.events_for_user(request.namespace, request.user_id)
+            event_names = (
+                user_events
+                if user_events is not None
+                else self.engine.events_for_user(request.namespace, request.user_id)
+            )
         external = await self.external.ask(
             check_namespace(request.namespace), request.user_id, event_names
         )
@@ -331,6 +396,8 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return response
 
     async def GetNudges(self, request: pb.GetNudgesRequest, context: Context):
+        if self.cluster is not None:
+            return await cluster_nudges(self.cluster, request)
         nudges = self.engine.nudges(request.namespace, request.goal, request.user_id)
         return proto_mapping.nudges_to_proto(nudges, request.goal, request.user_id)
 

@@ -12,8 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kimball_grpc.core.counters import Counter, CounterKind
-from kimball_grpc.core.engine import Nudge
+from kimball_grpc.core.counters import CounterKind
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.events import AcceptedEvent, Event
 from kimball_grpc.core.feature_flags import (
@@ -25,6 +24,7 @@ from kimball_grpc.core.feature_flags import (
     Variant,
     check_spec,
 )
+from kimball_grpc.core.merged_counts import Counts, Nudge
 from kimball_grpc.core.predictions import NaiveBayes
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
@@ -130,7 +130,7 @@ def subscribe_response_wire(entries: Sequence[bytes], dropped: int, batched: boo
     return body + _DROPPED_TAG + _varint(dropped) if dropped else body
 
 
-def add_counter(out: MutableSequence[pb.Counter], counter: Counter, goals: AbstractSet[str]) -> int:
+def add_counter(out: MutableSequence[pb.Counter], counter: Counts, goals: AbstractSet[str]) -> int:
     """``counter`` appended to ``out``, built in place (a message built and then copied in
     costs 3x); its bytes there."""
     target = out.add()

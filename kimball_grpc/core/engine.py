@@ -6,13 +6,13 @@ of records replayed into a restored snapshot rebuilds the same state.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
+from kimball_grpc.core import merged_counts
 from kimball_grpc.core.bloom import KeyHash, hash_key
 from kimball_grpc.core.counter_config import (
     DEFAULT_RULE,
@@ -21,22 +21,12 @@ from kimball_grpc.core.counter_config import (
     CounterRule,
     DateCohort,
 )
-from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind, counter_key
-from kimball_grpc.core.errors import InvalidArgument, NotFound
+from kimball_grpc.core.counters import GLOBAL_COUNTER_NAME, Counter, CounterKind
 from kimball_grpc.core.feature_flags import FeatureFlags
-from kimball_grpc.core.limits import MAX_EVENTS_PER_PREDICTION
+from kimball_grpc.core.merged_counts import NamespaceCounts, Nudge, WeekKey
 from kimball_grpc.core.names import check_name, check_namespace, check_text
-from kimball_grpc.core.paging import itself, name_key
-from kimball_grpc.core.predictions import (
-    GOAL_AMONG_EVENTS_NOTE,
-    EventEvidence,
-    NaiveBayes,
-    bayes,
-    naive_bayes,
-)
+from kimball_grpc.core.predictions import NaiveBayes
 from kimball_grpc.core.records import EventRecord, FeatureSpecRecord, GoalRecord, Record
-
-WeekKey = tuple[str, int, int]
 
 
 @dataclass(eq=False)
@@ -86,38 +76,6 @@ def _caught_up(sorted_keys: list[K], keys: dict[K, Counter]) -> list[K]:
     return sorted(sorted_keys + sorted(added))
 
 
-def _week_key(week: WeekKey) -> tuple[str, ...]:
-    """A weekly counter's ``counter_key`` without its section."""
-    name, year, number = week
-    return (name, f"{year:04d}", f"{number:02d}")
-
-
-def _week_name(week: WeekKey) -> str:
-    return week[0]
-
-
-def _start_after(
-    keys: list[K], section: str, after: tuple[str, ...] | None, key: Callable[[K], object]
-) -> int:
-    """Where the keys of a ``counter_key`` section (sorted ``keys``, compared by ``key``
-    without the section) pass ``after``."""
-    if after is None or after[0] < section:
-        return 0
-    if after[0] > section:
-        return len(keys)
-    return bisect.bisect_right(keys, after[1:], key=key)
-
-
-def _with_prefix(keys: list[K], start: int, prefix: str, name: Callable[[K], str]) -> Iterator[K]:
-    """``keys[start:]`` (sorted, by name first) whose name starts with ``prefix``."""
-    if prefix:
-        start = max(start, bisect.bisect_left(keys, prefix, key=name))
-    for index in range(start, len(keys)):
-        if not name(keys[index]).startswith(prefix):
-            return
-        yield keys[index]
-
-
 class GrowthKind(StrEnum):
     NAMESPACE = "namespace"
     EVENT_NAME = "event_name"  # a new event name in a namespace: a new named counter
@@ -132,14 +90,6 @@ class Growth(NamedTuple):
     namespace: str
     name: str = ""
     week: tuple[int, int] = (0, 0)
-
-
-@dataclass(frozen=True)
-class Nudge:
-    """An event a user has not done yet, with P(goal | event)."""
-
-    event_name: str
-    prediction: float
 
 
 class Engine:
@@ -335,16 +285,13 @@ class Engine:
         whose name starts with it (not the global counter). Each step costs a lookup,
         whatever the namespace's size."""
         ns = self._namespaces.get(check_namespace(namespace))
-        if ns is None:
-            return
-        if not name_prefix and (after is None or counter_key(ns.global_counter) > after):
-            yield ns.global_counter
-        names = ns.sorted_names()
-        start = _start_after(names, "1", after, name_key)
-        yield from (ns.named[n] for n in _with_prefix(names, start, name_prefix, itself))
-        weeks = ns.sorted_weeks()
-        start = _start_after(weeks, "2", after, _week_key)
-        yield from (ns.weekly[k] for k in _with_prefix(weeks, start, name_prefix, _week_name))
+        return merged_counts.counters_after(ns, name_prefix, after) if ns else iter(())
+
+    def namespace_counts(self, namespace: str) -> NamespaceCounts | None:
+        """The namespace's counts as plain data, as of now (None for an unknown one): what
+        a replica sends of its partitions, to be merged with the others'."""
+        ns = self._namespaces.get(check_namespace(namespace))
+        return NamespaceCounts.of(ns, ns.name) if ns else None
 
     def events_for_user(self, namespace: str, user_id: str) -> list[str]:
         """Named events whose counters contain the user."""
@@ -357,76 +304,32 @@ class Engine:
     def event_predictions(self, namespace: str) -> dict[str, dict[str, float]]:
         """Per goal with prior events, P(goal | event) for each of those events."""
         ns = self._namespaces.get(check_namespace(namespace))
-        if ns is None:
-            return {}
-        out: dict[str, dict[str, float]] = {}
-        for goal in sorted(ns.goals):
-            counter = ns.named.get(goal)
-            if counter is None or not counter.single_event_counts:
-                continue
-            out[goal] = {
-                event: bayes(n, self._users(ns, event))
-                for event, n in sorted(counter.single_event_counts.items())
-            }
-        return out
+        return merged_counts.event_predictions(ns) if ns else {}
 
     def predict(self, namespace: str, events: list[str], user_id: str) -> dict[str, NaiveBayes]:
         """Naive Bayes per goal for ``events`` or for ``user_id``'s events (one of them)."""
-        if user_id and events:
-            raise InvalidArgument("user_id and event cannot both be specified", user=user_id)
+        merged_counts.check_prediction_request(events, user_id)
         if user_id:
             return self.predict_for_user(namespace, user_id)
-        # Limits on what a client names; a user's own events may be any number.
-        if not events:
-            raise InvalidArgument("at least one event is required", key="event")
-        if len(events) > MAX_EVENTS_PER_PREDICTION:
-            raise InvalidArgument(
-                f"at most {MAX_EVENTS_PER_PREDICTION} events per prediction", key="event"
-            )
         return self.predict_for_events(namespace, events)
 
     def predict_for_events(self, namespace: str, events: list[str]) -> dict[str, NaiveBayes]:
         """Naive Bayes per goal given that a user did ``events`` (at least one)."""
-        namespace = check_namespace(namespace)
-        ns = self._namespaces.get(namespace)
-        wanted = list(dict.fromkeys(check_name("event", e) for e in events))
-        for event in wanted:
-            if ns is None or event not in ns.named:
-                raise InvalidArgument("Event is not known in this namespace", event=event)
-        assert ns is not None
-        total = ns.global_counter.count
-        out: dict[str, NaiveBayes] = {}
-        for goal in sorted(ns.goals):
-            if goal in wanted:
-                out[goal] = NaiveBayes(note=GOAL_AMONG_EVENTS_NOTE)
-                continue
-            counter = ns.named.get(goal)
-            goal_users = counter.count if counter else 0
-            tallies = counter.single_event_counts if counter else {}
-            evidence = [EventEvidence(ns.named[e].count, tallies.get(e, 0)) for e in wanted]
-            out[goal] = naive_bayes(total, goal_users, evidence)
-        return out
+        ns = self._namespaces.get(check_namespace(namespace))
+        return merged_counts.predict_for_events(ns, events)
 
     def predict_for_user(self, namespace: str, user_id: str) -> dict[str, NaiveBayes]:
         """Naive Bayes per goal given the events the user has done."""
         events = self.events_for_user(namespace, user_id)
-        if not events:
-            raise NotFound("No events found for user", user=user_id)
-        return self.predict_for_events(namespace, events)
+        return merged_counts.predict_for_user(
+            self._namespaces.get(check_namespace(namespace)), user_id, events
+        )
 
     def nudges(self, namespace: str, goal: str, user_id: str) -> list[Nudge]:
         """The goal's events the user has not done, best P(goal | event) first."""
         goal = check_name("goal", goal)
         done = set(self.events_for_user(namespace, user_id))
-        per_event = self.event_predictions(namespace).get(goal, {})
-        nudges = [Nudge(e, p) for e, p in per_event.items() if e not in done]
-        nudges.sort(key=lambda n: (-n.prediction, n.event_name))
-        return nudges
-
-    @staticmethod
-    def _users(ns: Namespace, event: str) -> int:
-        counter = ns.named.get(event)
-        return counter.count if counter else 0
+        return merged_counts.nudges(self._namespaces.get(check_namespace(namespace)), goal, done)
 
     # -- whole state ---------------------------------------------------
 

@@ -96,3 +96,11 @@ class InvalidStoredData(KimballError):
     """Stored state or a record cannot be decoded."""
 
     grpc_code = "DATA_LOSS"
+
+
+class PartitionsUnavailable(KimballError):
+    """In a cluster, the owners of some user partitions did not answer (or own none of
+    them now): the query fails whole rather than answer for part of the users. Asking
+    again once the partitions have owners answers it."""
+
+    grpc_code = "UNAVAILABLE"
