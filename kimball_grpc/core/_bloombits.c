@@ -94,10 +94,11 @@ static inline uint64_t position(Positions *p, uint64_t i) {
     if (i < 4) return load32(p->digest + 4 * i) % m;
     if (m > SMALL_SLICE_BITS) {
         if (!p->stepping) {
-            /* (words[0] + i * step) % m without overflow: each factor is below 2**32. */
+            /* (words[0] + i * high) % m, with high reduced first: step < 2**32 and
+             * i <= MAX_HASHES, so nothing overflows. */
             p->stepping = 1;
             p->step = load64(p->digest + 8) % m;
-            p->next = (load32(p->digest) % m + (i % m) * p->step % m) % m;
+            p->next = (load32(p->digest) + i * p->step) % m;
         } else {
             p->next += p->step;
             if (p->next >= m) p->next -= m;
