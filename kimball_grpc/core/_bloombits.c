@@ -122,31 +122,30 @@ typedef struct {
     uint64_t hashes;
 } Slice;
 
+/* ``*out`` = the int ``value`` if it is 1 to ``most``; else raises and returns -1. */
+static int count_of(PyObject *value, uint64_t most, const char *what, uint64_t *out) {
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "a slice's %s is an int", what);
+        return -1;
+    }
+    uint64_t n = PyLong_AsUnsignedLongLong(value);
+    if (n == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* negative or past 64 bits: out of range below */
+        n = 0;
+    }
+    if (n == 0 || n > most) {
+        PyErr_Format(PyExc_ValueError, "a slice's %s is 1 to %llu", what, (unsigned long long)most);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
 /* Fills ``s`` from (array, bits, hashes); on error raises and returns -1 (nothing held). */
 static int slice_open(Slice *s, PyObject *array, PyObject *bits, PyObject *hashes) {
-    if (!PyLong_Check(bits) || !PyLong_Check(hashes)) {
-        PyErr_SetString(PyExc_TypeError, "a slice's bits and hashes are ints");
+    if (count_of(bits, MAX_SLICE_BITS, "bits", &s->bits) < 0 ||
+        count_of(hashes, MAX_HASHES, "hashes", &s->hashes) < 0)
         return -1;
-    }
-    s->bits = PyLong_AsUnsignedLongLong(bits);
-    if (s->bits == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        s->bits = 0;
-    }
-    if (s->bits == 0 || s->bits > MAX_SLICE_BITS) {
-        PyErr_Format(PyExc_ValueError, "a slice has 1 to %llu bits",
-                     (unsigned long long)MAX_SLICE_BITS);
-        return -1;
-    }
-    s->hashes = PyLong_AsUnsignedLongLong(hashes);
-    if (s->hashes == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        s->hashes = 0;
-    }
-    if (s->hashes == 0 || s->hashes > MAX_HASHES) {
-        PyErr_Format(PyExc_ValueError, "a slice has 1 to %d hashes", MAX_HASHES);
-        return -1;
-    }
     if (PyObject_GetBuffer(array, &s->view, PyBUF_WRITABLE) < 0) return -1;
     if ((uint64_t)s->view.len < (s->bits + 7) / 8) {
         PyErr_Format(PyExc_ValueError, "a slice of %llu bits needs %llu bytes, its array has %zd",
@@ -174,6 +173,17 @@ static const unsigned char *digest_of(PyObject *digest) {
         return NULL;
     }
     return (const unsigned char *)PyBytes_AS_STRING(digest);
+}
+
+/* The digest of a call (slices or slice, digest); NULL with an exception if the call is
+ * wrong. */
+static const unsigned char *digest_arg(const char *call, PyObject *const *args,
+                                       Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s takes 2 arguments, not %zd", call, nargs);
+        return NULL;
+    }
+    return digest_of(args[1]);
 }
 
 /* -- the operations ------------------------------------------------------------- */
@@ -217,16 +227,12 @@ static int contains_any(PyObject *slices, const unsigned char *digest) {
 }
 
 static PyObject *bloombits_contains(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "contains(slices, digest) takes 2 arguments");
-        return NULL;
-    }
+    const unsigned char *digest = digest_arg("contains(slices, digest)", args, nargs);
+    if (digest == NULL) return NULL;
     if (!PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "slices is a list");
         return NULL;
     }
-    const unsigned char *digest = digest_of(args[1]);
-    if (digest == NULL) return NULL;
     int found = contains_any(args[0], digest);
     if (found < 0) return NULL;
     return PyBool_FromLong(found);
@@ -238,11 +244,7 @@ PyDoc_STRVAR(add_doc,
 "hashes, ...) tuple).");
 
 static PyObject *bloombits_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "add(slice, digest) takes 2 arguments");
-        return NULL;
-    }
-    const unsigned char *digest = digest_of(args[1]);
+    const unsigned char *digest = digest_arg("add(slice, digest)", args, nargs);
     if (digest == NULL) return NULL;
     Slice s;
     if (slice_open_tuple(&s, args[0]) < 0) return NULL;
@@ -256,17 +258,13 @@ PyDoc_STRVAR(insert_doc,
 "``add(slices[0], digest)`` unless ``contains(slices, digest)``; whether it added.");
 
 static PyObject *bloombits_insert(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "insert(slices, digest) takes 2 arguments");
-        return NULL;
-    }
+    const unsigned char *digest = digest_arg("insert(slices, digest)", args, nargs);
+    if (digest == NULL) return NULL;
     PyObject *slices = args[0];
     if (!PyList_Check(slices) || PyList_GET_SIZE(slices) == 0) {
         PyErr_SetString(PyExc_TypeError, "slices is a list of at least one slice");
         return NULL;
     }
-    const unsigned char *digest = digest_of(args[1]);
-    if (digest == NULL) return NULL;
     Slice s;
     /* The slice to add to is checked before anything is tested: an error changes nothing. */
     if (slice_open_tuple(&s, PyList_GET_ITEM(slices, 0)) < 0) return NULL;
@@ -287,10 +285,10 @@ static PyMethodDef bloombits_methods[] = {
 
 static struct PyModuleDef bloombits_module = {
     PyModuleDef_HEAD_INIT,
-    "kimball_grpc.core._bloombits",
-    "Bloom filter bit positions tested and set in place (see bloom.py).",
-    -1,
-    bloombits_methods,
+    .m_name = "kimball_grpc.core._bloombits",
+    .m_doc = "Bloom filter bit positions tested and set in place (see bloom.py).",
+    .m_size = -1,
+    .m_methods = bloombits_methods,
 };
 
 PyMODINIT_FUNC PyInit__bloombits(void) { return PyModule_Create(&bloombits_module); }
