@@ -209,6 +209,10 @@ class IntakeChannel(ChannelCalls):
     unary or server-streaming call forwarded. Failures are raised as
     ``grpc.aio.AioRpcError``, as a channel's."""
 
+    # ``TrackEvents`` may be called with its events (a list of ``Event``) in place of its
+    # request message: the gateway reads plain JSON events straight into them.
+    takes_events = frozenset((TRACK_EVENTS,))
+
     def __init__(
         self,
         sock: socket.socket,
@@ -362,7 +366,11 @@ class IntakeChannel(ChannelCalls):
         try:
             async with asyncio.timeout(timeout):
                 if kind == "unary_unary":
-                    events = [event_from_proto(e) for e in request.events]
+                    events = (
+                        request
+                        if isinstance(request, list)
+                        else [event_from_proto(e) for e in request.events]
+                    )
                     response = pb.TrackEventsResponse(accepted=await self._accept(events))
                 else:
                     response = await accept_stream(request, self._accept)
