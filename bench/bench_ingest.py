@@ -16,7 +16,7 @@ What it measures, in one run, in interleaved rounds (medians reported):
   beside the engine process), both with authentication on and the write-ahead log with
   fsync ``always`` (the default: a 204 means the batch is on disk);
 - ``StreamEvents`` (gRPC client streaming, messages of ``--batch`` events, the same
-  events) on 1 and 4 concurrent streams (``--streams``) into ``kimball serve
+  events) on 1 and 4 concurrent streams (as many as ``--clients``) into ``kimball serve
   --rest-workers N`` (gRPC is served by its engine process), with the same token and log;
 - and the original Kimball API (Erlang, built from source by ``../shared/original``,
   ``--original``; in memory, auth off, acknowledging before counting), when present.
