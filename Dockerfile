@@ -5,6 +5,13 @@
 
 # The builder makes wheels, Kimball's and every dependency's; only those reach the image.
 FROM python:3.11-slim AS builder
+# A C compiler for Kimball's one C module (kimball_grpc/core/_bloombits.c; the image has
+# Python's headers): the wheel carries it built, so the runtime stage needs no compiler.
+# The compiler is whichever Debian ships for the base image: nothing of it reaches the image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The dependencies come from pyproject.toml alone, so this layer is built again when it
 # changes, not at every change of the source: the build tools go into this stage's Python,
@@ -25,7 +32,8 @@ COPY storage ./storage
 # `python -m build` does anywhere; the build tools are the ones installed above.
 RUN python -m build --no-isolation --outdir /dist . && cp /dist/kimball-*.whl /wheels/
 
-# The image: Python and the installed wheels; no compiler, no source, no wheel files. With
+# The image: Python and the installed wheels (Kimball's built for this platform); no
+# compiler, no source, no wheel files. With
 # the kubernetes extra: the feature spec store in a ConfigMap, as the original kept them.
 FROM python:3.11-slim
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \

@@ -5,6 +5,10 @@ command runs; from a fresh checkout or an sdist that list cannot hold
 ``kimball_grpc.generated``, which only the build creates, and a wheel built from it fails
 at start with ``ModuleNotFoundError``. So ``build_py`` generates the code first and then
 finds the packages again.
+
+One module is C (``kimball_grpc/core/_bloombits.c``: the Bloom filters' bit positions,
+tested and set in place): built here from source with the C compiler and Python headers,
+so the wheel is platform-specific and installs without a compiler (README: why C).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_py import build_py
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "protos"))
@@ -40,4 +44,14 @@ class BuildWithProtos(build_py):
         super().run()
 
 
-setup(packages=find_packages(include=PACKAGES), cmdclass={"build_py": BuildWithProtos})
+BLOOM_BITS = Extension(
+    "kimball_grpc.core._bloombits",
+    sources=["kimball_grpc/core/_bloombits.c"],
+    extra_compile_args=["-O2", "-std=c11"],
+)
+
+setup(
+    packages=find_packages(include=PACKAGES),
+    ext_modules=[BLOOM_BITS],
+    cmdclass={"build_py": BuildWithProtos},
+)

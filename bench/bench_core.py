@@ -521,7 +521,7 @@ def count_slice_probes(events: list[Event], factory: Callable[[], Engine]) -> No
             negatives += 1
             visited += len(slices)
         else:
-            visited += next((i + 1 for i, s in enumerate(slices) if s.contains(key_hash)), 1)
+            visited += next((i + 1 for i, s in enumerate(slices) if key_hash in s), 1)
         return found
 
     records = [prepare(e) for e in events]

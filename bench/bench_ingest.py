@@ -15,6 +15,9 @@ What it measures, in one run, in interleaved rounds (medians reported):
   before), ``kimball serve --rest-workers N`` (``--workers``: N REST worker processes
   beside the engine process), both with authentication on and the write-ahead log with
   fsync ``always`` (the default: a 204 means the batch is on disk);
+- ``StreamEvents`` (gRPC client streaming, messages of ``--batch`` events, the same
+  events) on 1 and 4 concurrent streams (as many as ``--clients``) into ``kimball serve
+  --rest-workers N`` (gRPC is served by its engine process), with the same token and log;
 - and the original Kimball API (Erlang, built from source by ``../shared/original``,
   ``--original``; in memory, auth off, acknowledging before counting), when present.
 
@@ -22,7 +25,10 @@ Nothing is pinned: each server may use both CPUs (that is the point of the worke
 processes), and the load generator runs beside them, as in the issue's measurement.
 Server CPU per event is the CPU time of the server's whole process tree (engine and
 workers; the original's ``beam.smp``) from /proc, over the events acknowledged. Every
-answer must be 204. Timing is only printed, never asserted.
+answer must be 204. The targets: REST at least the original's rate, gRPC streaming at least
+twice the original's REST rate (with as many streams as REST clients), server CPU per event
+at most 8 µs; each also printed as a verdict line (``figures.verdict``). Timing is only
+printed, never asserted.
 """
 
 from __future__ import annotations
@@ -36,16 +42,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # figures, load, run_options, servers and workload: bench modules next to this script.
-from figures import Sample, median, spread
-from load import run_posts
+from figures import Sample, median, spread, verdict
+from load import run_posts, run_streams
 from run_options import add_size, new_parser, parse, print_header
 from servers import ServerProcess, free_port, kimball_argv, tree_cpu_seconds
-from workload import GOAL_NAMES, in_namespace, json_bodies, make_plain_workload
+from workload import (
+    GOAL_NAMES,
+    in_namespace,
+    json_bodies,
+    make_plain_workload,
+    track_events_requests,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 ORIGINAL = REPOSITORY.parent / "shared" / "original"
 PLACEHOLDER = "ns-placeholder"
 CPU_TARGET_US = 8.0  # server CPU per event, REST 100-event batches with the log
+STREAM_TARGET = 2.0  # gRPC streaming at least this times the original's REST rate
 
 
 @dataclass
@@ -106,15 +119,36 @@ class Original:
         subprocess.run([str(self._source / "stop.sh")], env=self._env, check=False)
 
 
+@dataclass
+class Streams:
+    """gRPC ``StreamEvents`` into one of ours (its engine process serves gRPC)."""
+
+    of: Ours
+
+    @property
+    def name(self) -> str:
+        return f"{self.of.name}: gRPC StreamEvents"
+
+    def cpu_seconds(self) -> float:
+        return self.of.cpu_seconds()
+
+    def engine_cpu_seconds(self) -> float:
+        return self.of.engine_cpu_seconds()
+
+
 def posts(
-    target: Ours | Original, bodies: list, clients: int, seconds: float
+    target: Ours | Original | Streams, bodies: list, clients: int, seconds: float
 ) -> tuple[Sample, float]:
-    """One measurement: the bodies posted by ``clients`` connections, with the server's CPU;
-    and the engine process's CPU per event alone (the one process that cannot be spread)."""
+    """One measurement: the bodies posted by ``clients`` connections (for ``Streams``: the
+    messages sent on ``clients`` streams), with the server's CPU; and the engine process's
+    CPU per event alone (the one process that cannot be spread)."""
     before, engine_before = target.cpu_seconds(), target.engine_cpu_seconds()
     client_before = time.process_time()
     start = time.perf_counter()
-    events = run_posts(target.port, bodies, clients, seconds)
+    if isinstance(target, Streams):
+        events = run_streams(target.of.server.port, bodies, clients)
+    else:
+        events = run_posts(target.port, bodies, clients, seconds)
     elapsed = time.perf_counter() - start
     engine = (target.engine_cpu_seconds() - engine_before) / events * 1e6
     sample = Sample(
@@ -145,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     # Serialized once; each measurement gets its own namespace by a byte replace.
     template = json_bodies(in_namespace(w.events, PLACEHOLDER, GOAL_NAMES), args.batch)
     warm = template[:20]
+    # The same events as StreamEvents messages (a namespace is a length-delimited field: the
+    # byte replace keeps the messages valid as names keep the placeholder's length).
+    messages = track_events_requests(in_namespace(w.events, PLACEHOLDER, GOAL_NAMES), args.batch)
 
     def bodies(namespace: str, of: list) -> list:
-        name = namespace.encode()
+        name = namespace.ljust(len(PLACEHOLDER), "x").encode()
         return [(body.replace(PLACEHOLDER.encode(), name), n) for body, n in of]
 
     with tempfile.TemporaryDirectory(prefix="kimball-bench-") as tmp:
@@ -161,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             server.argv = kimball_argv(server, data, *flags)
             ours.append(Ours(name, server))
         targets.extend(ours)
+        streams = Streams(ours[-1])
+        targets.append(streams)
         original = None
         try:
             for target in ours:
@@ -173,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             elif not args.no_original:
                 print(f"no original at {args.original}: ours only")
             for target in targets:  # warm-up: imports, first connections, JIT-free but cold
-                run_posts(target.port, bodies("warm-up", warm), 4, 30.0)
+                if target is streams:
+                    run_streams(streams.of.server.port, bodies("warm-up", messages[:20]), 4)
+                else:
+                    run_posts(target.port, bodies("warm-up", warm), 4, 30.0)
             results: dict[tuple[str, int], list[Sample]] = {}
             engine_us: dict[tuple[str, int], list[float]] = {}
             for r in range(args.rounds):
@@ -181,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                     order = targets[r % len(targets) :] + targets[: r % len(targets)]
                     for i, target in enumerate(order):
                         namespace = f"r{r}-c{c}-{i}"
-                        sample, engine = posts(
-                            target, bodies(namespace, template), c, args.max_seconds
-                        )
+                        of = messages if target is streams else template
+                        sample, engine = posts(target, bodies(namespace, of), c, args.max_seconds)
                         results.setdefault((target.name, c), []).append(sample)
                         engine_us.setdefault((target.name, c), []).append(engine)
         finally:
@@ -217,21 +258,41 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {c} | {target.name} | {rate:,.0f} | {spread([s.rate for s in samples])} "
                 f"| {cpu:.1f} µs | {engine:.1f} µs | {cores:.2f} | {ratio} |"
             )
-            if target is ours[-1]:
-                verdicts.append((c, rate, reference, cpu))
+            if target is ours[-1] or target is streams:
+                verdicts.append((target, c, rate, reference, cpu))
     print("\n| target | result | verdict |")
     print("|---|---|---|")
-    for c, rate, reference, cpu in verdicts:
+    lines = []
+    for target, c, rate, reference, cpu in verdicts:
+        if target is streams:
+            what, floor = f"gRPC StreamEvents, {c} stream(s)", STREAM_TARGET
+        else:
+            what, floor = f"REST, {c} client(s), --rest-workers {args.workers}", 1.0
         if reference:
-            ok = "PASS" if rate >= reference else "MISS"
-            print(
-                f"| REST ingest >= 1.0x the original, {c} client(s), "
-                f"--rest-workers {args.workers} | {rate / reference:.2f}x | {ok} |"
+            lines.append(
+                (
+                    f"{what} vs the original's REST",
+                    f"{rate / reference:.2f}x",
+                    rate >= floor * reference,
+                    f">= {floor:g}x",
+                    cpu,
+                )
             )
-        ok = "PASS" if cpu <= CPU_TARGET_US else "MISS"
-        print(
-            f"| server CPU per event <= {CPU_TARGET_US:g} µs, {c} client(s) | {cpu:.1f} µs | {ok} |"
-        )
+        if target is not streams:
+            lines.append(
+                (
+                    f"server CPU per event, {what}",
+                    f"{cpu:.1f} µs",
+                    cpu <= CPU_TARGET_US,
+                    f"<= {CPU_TARGET_US:g} µs",
+                    None,
+                )
+            )
+    for label, result, passed, target_text, _ in lines:
+        print(f"| {label} {target_text} | {result} | {'PASS' if passed else 'MISS'} |")
+    print()
+    for label, result, passed, target_text, cpu_us in lines:
+        verdict(label, result, passed, target_text, cpu_us)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -71,13 +71,23 @@ async def rpc(
 
 def run_stream(port: int, messages: list[Body]) -> int:
     """One ``StreamEvents`` call carrying ``messages``; the events in them."""
+    return run_streams(port, messages, 1)
 
-    async def go() -> int:
+
+def run_streams(port: int, messages: list[Body], streams: int) -> int:
+    """``streams`` concurrent ``StreamEvents`` calls on one channel, message ``i`` on stream
+    ``i % streams``; the events in them."""
+
+    async def go() -> list[int]:
         async with rpc(port, "StreamEvents", pb.StreamEventsResponse, streaming=True) as call:
-            response = await call((data for data, _ in messages), metadata=AUTH)
-            return response.messages
 
-    received = asyncio.run(go())
+            async def one(part: list[Body]) -> int:
+                response = await call((data for data, _ in part), metadata=AUTH)
+                return response.messages
+
+            return await asyncio.gather(*(one(messages[s::streams]) for s in range(streams)))
+
+    received = sum(asyncio.run(go()))
     if received != len(messages):
         raise RuntimeError(f"server got {received} messages of {len(messages)}")
     return sum(n for _, n in messages)

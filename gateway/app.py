@@ -39,7 +39,7 @@ from kimball_grpc.api.auth import TokenChecker
 from kimball_grpc.api.grpc_front import INGESTION_METHODS
 from kimball_grpc.config.logs import REQUEST_ID_HEADER, CallContext, current_call, request_id_from
 from kimball_grpc.config.settings import HttpLimits
-from kimball_grpc.metrics import METRICS_PATHS, Metrics
+from kimball_grpc.metrics import METRICS_PATHS, HttpMetrics, Metrics
 
 __all__ = ["MAX_BODY_BYTES", "build_app"]
 
@@ -49,17 +49,18 @@ Exposition = Callable[[str], Awaitable[bytes]]  # a metrics path's text, from wh
 
 def build_app(
     channel: Channel,
-    metrics: Metrics | None,
+    metrics: HttpMetrics | None,
     checker: TokenChecker | None,
     connections: ConnectionGuard | None = None,
     exposition: Exposition | None = None,
 ) -> web.Application:
     """The gateway for a Kimball gRPC server reachable over ``channel`` (network or local),
     its requests timed within the limits of ``connections`` (the defaults if None), which
-    learns from it when each request's headers came. ``/metrics`` shows the server's
-    ``metrics`` when they are in this process, else what ``exposition`` fetches (a REST
-    worker process's), else is not served (a standalone gateway)."""
-    if metrics is not None:
+    learns from it when each request's headers came. Requests are counted in ``metrics``.
+    ``/metrics`` shows what ``exposition`` fetches (a REST worker process's: the server
+    process's), else the server's ``metrics`` when they are in this process, else is not
+    served (a standalone gateway)."""
+    if exposition is None and isinstance(metrics, Metrics):
         exposition = partial(asyncio.to_thread, metrics.exposition)
     connections = connections or ConnectionGuard(HttpLimits(), metrics)
     ingestion = frozenset(
@@ -94,7 +95,7 @@ def build_app(
     return app
 
 
-def _observed(metrics: Metrics | None, ingestion: frozenset[tuple[str, str]]) -> Callable:
+def _observed(metrics: HttpMetrics | None, ingestion: frozenset[tuple[str, str]]) -> Callable:
     """Each request's request id: the caller's ``X-Request-Id`` if it is a sane short token,
     else a fresh one; on every log line written while the request is served, sent on to
     the gRPC call, and echoed in the answer. With ``metrics``, each request is counted and

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from gateway.handlers import Handler
 from kimball_grpc.config.settings import HttpLimits
-from kimball_grpc.metrics import Metrics
+from kimball_grpc.metrics import HttpMetrics
 
 # How long a refused or timed-out connection's input is read and dropped after its answer
 # (503, 408) is sent: a close with unread input resets the connection, and the client may
@@ -55,7 +55,7 @@ class ConnectionGuard:
     """The connections of one REST server: the protocol factory to listen with
     (``protocol``) and the middleware its application must run first."""
 
-    def __init__(self, limits: HttpLimits, metrics: Metrics | None) -> None:
+    def __init__(self, limits: HttpLimits, metrics: HttpMetrics | None) -> None:
         self.limits = limits
         self._metrics = metrics
         self._open: dict[asyncio.BaseTransport, GuardedConnection] = {}
@@ -95,7 +95,7 @@ class ConnectionGuard:
         finally:
             connection.request_finished(keep_alive=response is not None and response.keep_alive)
         if response.status == 408 and self._metrics is not None:  # its body came too slowly
-            self._metrics.http_timeouts.labels("body").inc()
+            self._metrics.time_out_http("body")
         return response
 
     def admit(self, connection: GuardedConnection, transport: asyncio.BaseTransport) -> bool:
@@ -103,23 +103,23 @@ class ConnectionGuard:
         if len(self._open) >= self.limits.max_connections:
             self.refused += 1
             if self._metrics is not None:
-                self._metrics.http_connections_refused.inc()
+                self._metrics.refuse_http_connection()
             return False
         self._open[transport] = connection
         if self._metrics is not None:
-            self._metrics.http_connections.inc()
+            self._metrics.open_http_connections(1)
         return True
 
     def release(self, transport: asyncio.BaseTransport) -> None:
         """An admitted connection closed."""
         if self._open.pop(transport, None) is not None and self._metrics is not None:
-            self._metrics.http_connections.dec()
+            self._metrics.open_http_connections(-1)
 
     def headers_late(self) -> None:
         """A connection was closed for its headers (counted)."""
         self.header_timeouts += 1
         if self._metrics is not None:
-            self._metrics.http_timeouts.labels("headers").inc()
+            self._metrics.time_out_http("headers")
 
 
 class GuardedConnection(asyncio.Protocol):

@@ -13,12 +13,14 @@ from google.protobuf.message import Message
 
 from gateway.http_status import http_status
 from gateway.json_steps import json_in_steps
+from gateway.request_json import plain_events
 from gateway.route_table import Answer, NdjsonBody, Route
 from gateway.translate import (
     STREAM_TYPES,
     BodyClock,
     ClientError,
-    request_message,
+    message_of,
+    request_data,
     require_content_type,
     streamed_messages,
 )
@@ -150,9 +152,14 @@ def route_handler(
         return guarded(checker, serve_stream)
 
     call = channel.unary_unary(rule.grpc_method, **serializers)
+    # A channel that validates events itself (a REST worker's) takes them without the
+    # request message between, when their JSON is plain.
+    takes_events = rule.grpc_method in getattr(channel, "takes_events", ())
 
     async def serve(request: web.Request, metadata: Metadata) -> web.StreamResponse:
-        message = await request_message(route, request, BodyClock(body_timeout))
+        data = await request_data(route, request, BodyClock(body_timeout))
+        events = plain_events(data) if takes_events else None
+        message = message_of(route, data) if events is None else events
         response = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
         return await _answer(route.answer, response)
 

@@ -23,6 +23,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kimball_grpc.core.events import Event
+
 _STRING = (str,)
 _BOOL = (bool,)
 _INT = (int,)
@@ -115,6 +117,41 @@ def message_from_json(data: dict, message_type: type[Message]) -> Message:
         raise RequestJsonError(f"The request does not match the API: {exc}") from None
     except RecursionError:
         raise RequestJsonError("The request is nested too deeply") from None
+
+
+_EVENT_FIELDS = frozenset(("namespace", "event_name", "user_id", "value", "ensure_goal"))
+
+
+def plain_events(data: dict) -> list[Event] | None:
+    """The events of a ``TrackEventsRequest``'s JSON, exactly as ``message_from_json`` then
+    ``event_from_proto`` make them, without the message between (a REST worker's ingest
+    path: about 0.5 µs per event instead of 1.4); None unless every event is plain JSON
+    of ASCII strings, finite numbers and booleans, without ``datetime`` (then the message
+    path reads it and names what is wrong)."""
+    events = data.get("events")
+    if len(data) != 1 or events.__class__ is not list:
+        return None
+    out = []
+    for event in events:
+        if event.__class__ is not dict or not _EVENT_FIELDS.issuperset(event):
+            return None
+        namespace = event.get("namespace", "")
+        name = event.get("event_name", "")
+        user = event.get("user_id", "")
+        if not (namespace.__class__ is name.__class__ is user.__class__ is str):
+            return None
+        if not (namespace.isascii() and name.isascii() and user.isascii()):
+            return None  # e.g. a lone surrogate: the message refuses it
+        value = event.get("value")
+        if value.__class__ is int and abs(value) <= _LARGEST_EXACT_INT:
+            value = float(value)
+        elif value is not None and not (value.__class__ is float and math.isfinite(value)):
+            return None
+        goal = event.get("ensure_goal", False)
+        if goal.__class__ is not bool:
+            return None
+        out.append(Event(name, user, namespace, value, None, goal))
+    return out
 
 
 def _is_plain(data: dict, descriptor: Descriptor) -> bool:

@@ -22,7 +22,7 @@ from kimball_grpc.config.logs import ACCESS_LOGGER
 from kimball_grpc.config.settings import HttpLimits
 from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.core.errors import ConfigError
-from kimball_grpc.metrics import Metrics
+from kimball_grpc.metrics import HttpMetrics
 from kimball_grpc.outbound.channels import client_channel, kimball_messages, target_address
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ async def start_gateway(
     host: str,
     port: int,
     channel: grpc.aio.Channel | LocalChannel,
-    metrics: Metrics | None,
+    metrics: HttpMetrics | None,
     checker: TokenChecker | None,
     limits: HttpLimits | None = None,
     tls: ssl.SSLContext | None = None,

@@ -78,6 +78,11 @@ def require_content_type(request: web.Request, expected: tuple[str, ...]) -> Non
 async def request_message(route: Route, request: web.Request, body: BodyClock) -> Message:
     """The request message of a route that is not a client stream, its body read within
     ``body``'s time; ``ClientError`` for a request it cannot be made from."""
+    return message_of(route, await request_data(route, request, body))
+
+
+async def request_data(route: Route, request: web.Request, body: BodyClock) -> dict:
+    """The JSON object ``request_message`` makes its message from."""
     shape = route.request
     if isinstance(shape, JsonBody):
         data = await _body_data(request, shape, route.rule.body, body)
@@ -91,6 +96,12 @@ async def request_message(route: Route, request: web.Request, body: BodyClock) -
     else:
         data = _field_query(route.rule, request.query)
     data.update(request.match_info)  # path parameters: /v0/featureSpecs/{name}
+    return data
+
+
+def message_of(route: Route, data: dict) -> Message:
+    """The request message of ``route`` from its JSON object; ``ClientError`` if it does
+    not make one."""
     try:
         return message_from_json(data, route.rule.request_type)
     except RequestJsonError as exc:

@@ -4,6 +4,7 @@ which runs either with the REST gateway until a signal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -40,6 +41,7 @@ from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, Kimball
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
 from kimball_grpc.cluster.partition_state import PartitionEngines
+from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.config.tls import ServerTls, load_server_tls
 from kimball_grpc.core.engine import Engine
@@ -419,38 +421,66 @@ async def _start_rest(
 # A REST worker ends its requests within this (aiohttp's shutdown, its calls' timeout);
 # one that has not ended by then is killed.
 REST_WORKER_STOP_SECONDS = 35.0
+# A worker that died is started again after this, doubled for each death in a row (a
+# worker that dies at once, again and again, is not restarted in a busy loop), at most
+# the last; a worker that served this long before dying counts as the first death again.
+REST_WORKER_RESTART_SECONDS = (0.5, 30.0)
+REST_WORKER_HEALTHY_SECONDS = 60.0
 
 
 @dataclass
 class RestWorkers:
     """REST served by worker processes sharing the REST socket (``rest_workers``); their
-    batches and calls are taken in this process."""
+    batches and calls are taken in this process, which keeps the socket to start a worker
+    again in the place of one that died."""
 
-    processes: list[BaseProcess]
-    serving: list[asyncio.Task]
+    start_worker: Callable[[], tuple[BaseProcess, asyncio.Task]]
+    count: int
     port: int
-    stopping: bool = False
-    _reaping: set[asyncio.Task] = field(default_factory=set)
+    sockets: list[socket.socket]
+    restarts: Callable[[], None]  # counts a restart in the metrics
+    processes: list[BaseProcess] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _slots: list[asyncio.Task] = field(default_factory=list)
 
-    def watch(self) -> None:
-        """Log a worker that ends before the server stops (it is not restarted; the others
-        keep serving the port)."""
-        for process, serving in zip(self.processes, self.serving, strict=True):
-            serving.add_done_callback(lambda _, process=process: self._ended(process))
+    def start(self) -> None:
+        """Start the workers, each kept running (``_keep``)."""
+        for index in range(self.count):
+            process, serving = self.start_worker()
+            self.processes.append(process)
+            self._slots.append(asyncio.ensure_future(self._keep(index, serving)))
 
-    def _ended(self, process: BaseProcess) -> None:
-        if not self.stopping:
-            self._reaping.add(asyncio.ensure_future(self._reap(process)))
-
-    async def _reap(self, process: BaseProcess) -> None:
-        """Collect a worker whose link closed (its exit code, and no zombie left)."""
-        await asyncio.to_thread(process.join, REST_WORKER_STOP_SECONDS)
-        log.error(
-            "REST worker %s ended (exit code %s); %d left serving REST",
-            process.pid,
-            process.exitcode,
-            sum(not task.done() for task in self.serving),
-        )
+    async def _keep(self, index: int, serving: asyncio.Task) -> None:
+        """Start worker ``index`` again each time it dies, until the server stops; the
+        other workers serve the port meanwhile (with none, connections wait in the
+        kernel's backlog until it is back)."""
+        loop = asyncio.get_running_loop()
+        deaths = 0
+        started = loop.time()
+        while True:
+            await asyncio.gather(serving, return_exceptions=True)  # its link closed
+            if self.stopping.is_set():
+                return
+            process = self.processes[index]
+            await asyncio.to_thread(process.join, REST_WORKER_STOP_SECONDS)  # no zombie
+            deaths = 1 if loop.time() - started >= REST_WORKER_HEALTHY_SECONDS else deaths + 1
+            first, most = REST_WORKER_RESTART_SECONDS
+            delay = min(first * 2 ** (deaths - 1), most)
+            log.error(
+                "REST worker %s ended (exit code %s); starting another in %.1f s",
+                process.pid,
+                process.exitcode,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stopping.wait()
+            if self.stopping.is_set():
+                return
+            self.processes[index], serving = self.start_worker()
+            started = loop.time()
+            self.restarts()
+            log.info("REST worker %s started", self.processes[index].pid)
 
     def hang_up(self, reload_tokens: Callable[[], None]) -> Callable[[], None]:
         """What SIGHUP does: re-read the tokens here and in every worker."""
@@ -466,12 +496,14 @@ class RestWorkers:
     async def stop(self) -> None:
         """Stop the workers first (SIGTERM: each finishes its requests, whose batches this
         process still takes), then stop taking batches."""
-        self.stopping = True
+        self.stopping.set()
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
         await asyncio.to_thread(_join, self.processes, REST_WORKER_STOP_SECONDS)
-        await asyncio.gather(*self.serving, *self._reaping, return_exceptions=True)
+        await asyncio.gather(*self._slots, return_exceptions=True)
+        for sock in self.sockets:
+            sock.close()
 
 
 def _join(processes: list[BaseProcess], seconds: float) -> None:
@@ -500,29 +532,30 @@ async def start_rest_workers(settings: Settings, running: RunningServer) -> Rest
         running.local_channel,
         lambda: running.front.gate.is_open,
         running.metrics.exposition,
+        running.metrics,
     )
     # spawn, not fork: this process already runs threads (gRPC, the log's fsync).
     context = multiprocessing.get_context("spawn")
-    processes: list[BaseProcess] = []
-    serving: list[asyncio.Task] = []
-    for _ in range(settings.rest_workers):
+    # TLS contexts do not cross processes: the worker loads its own from the files.
+    worker_settings = replace(settings, server_tls=None, client_tls=None)
+
+    def start_worker() -> tuple[BaseProcess, asyncio.Task]:
         engine_end, worker_end = socket.socketpair()
         process = context.Process(
             target=run_rest_worker,
-            # TLS contexts do not cross processes: the worker loads its own from the files.
-            args=(replace(settings, server_tls=None, client_tls=None), sockets, worker_end),
+            args=(worker_settings, sockets, worker_end),
             name="kimball-rest-worker",
             daemon=True,  # never outlives this process
         )
         process.start()
         worker_end.close()
-        processes.append(process)
-        serving.append(asyncio.ensure_future(intake.serve(engine_end)))
+        return process, asyncio.ensure_future(intake.serve(engine_end))
+
     port = sockets[0].getsockname()[1]
-    for sock in sockets:  # the workers hold their own copies
-        sock.close()
-    workers = RestWorkers(processes, serving, port)
-    workers.watch()
+    workers = RestWorkers(
+        start_worker, settings.rest_workers, port, sockets, running.metrics.restart_rest_worker
+    )
+    workers.start()
     return workers
 
 
@@ -531,9 +564,7 @@ def run_rest_worker(
 ) -> None:
     """A REST worker process: the gateway on the shared ``sockets``, over the link
     ``intake`` to the server process, until SIGTERM."""
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)  # as the server's lines
     asyncio.run(_rest_worker(settings, sockets, intake))
 
 
@@ -556,7 +587,13 @@ async def _rest_worker(
     channel = IntakeChannel(intake)
     await channel.connect()
     gateway = await _start_rest(
-        settings, channel, None, checker, tls, shared=sockets, exposition=channel.exposition
+        settings,
+        channel,
+        channel.metrics,
+        checker,
+        tls,
+        shared=sockets,
+        exposition=channel.exposition,
     )
     # SIGTERM from the server process; or the link gone (the server died): a worker never
     # outlives its server, which could not bind the port again while one listens.

@@ -16,6 +16,7 @@ import os
 import platform
 from collections.abc import Callable, Iterator
 from importlib import metadata
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -66,6 +67,26 @@ REFUSAL_BY_HTTP_STATUS = {
 # The paths the REST server serves metrics on: everything, then one sample per counter and
 # per prediction (large: scraped apart, or not at all).
 METRICS_PATHS = ("/metrics", "/metrics/counters", "/metrics/predictions")
+
+
+class HttpMetrics(Protocol):
+    """What the REST gateway counts: ``Metrics`` in the server process; in a REST worker
+    process, a recorder that hands each count to the server process (``HTTP_METRICS``)."""
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None: ...
+    def refuse_request(self, status: int) -> None: ...
+    def refuse_events(self, code: str, count: int = 1) -> None: ...
+    def open_http_connections(self, change: int) -> None: ...
+    def refuse_http_connection(self) -> None: ...
+    def time_out_http(self, phase: str) -> None: ...
+
+
+# The methods of ``HttpMetrics``: the counts a REST worker process may hand over.
+HTTP_METRICS = frozenset(
+    name
+    for name in vars(HttpMetrics)
+    if not name.startswith("_") and callable(vars(HttpMetrics)[name])
+)
 
 
 class Metrics:
@@ -156,6 +177,11 @@ class Metrics:
             "kimball_http_timeouts",
             "REST requests ended because their headers or body came too slowly, by phase.",
             ["phase"],
+            registry=self.registry,
+        )
+        self.rest_worker_restarts = Counter(
+            "kimball_rest_worker_restarts",
+            "REST worker processes started again in the place of one that died.",
             registry=self.registry,
         )
         self.unauthenticated = Counter(
@@ -297,6 +323,22 @@ class Metrics:
         """One REST request to ``route`` (its declared path) answered ``status``."""
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_request_seconds.labels(route).observe(seconds)
+
+    def open_http_connections(self, change: int) -> None:
+        """``change`` REST connections opened (closed, if negative)."""
+        self.http_connections.inc(change)
+
+    def refuse_http_connection(self) -> None:
+        """A REST connection was refused: ``KIMBALL_HTTP_MAX_CONNECTIONS`` were open."""
+        self.http_connections_refused.inc()
+
+    def time_out_http(self, phase: str) -> None:
+        """A REST request was ended because its ``phase`` (headers, body) came too slowly."""
+        self.http_timeouts.labels(phase).inc()
+
+    def restart_rest_worker(self) -> None:
+        """A REST worker process died and another was started in its place."""
+        self.rest_worker_restarts.inc()
 
     def refuse_unauthenticated(self, api: str) -> None:
         """A call to ``api`` (grpc, rest) was refused for its token."""

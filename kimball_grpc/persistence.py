@@ -30,6 +30,7 @@ from kimball_grpc.codec.state_codec import decode_records, decode_state, state_i
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidStoredData
+from kimball_grpc.core.records import EventRecord
 from kimball_grpc.core.steps import between_requests
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.outbound.backoff import Backoff
@@ -155,9 +156,10 @@ class Persistence:
                 )
                 last = entry.last
                 continue
+            events = records and records[0].__class__ is EventRecord  # one kind per entry
+            apply = engine.apply_event if events else engine.apply
             # An entry the snapshot holds in part: only its records after the snapshot.
             records = records[max(0, sequence + 1 - entry.sequence) :]
-            apply = engine.apply
             for record in records:
                 apply(record)
             replayed += len(records)

@@ -56,6 +56,8 @@ class RecordLog(Protocol):
         ``on_durable`` with the first one's sequence number, and return it."""
 
 
+# The events a batch of records stands for, made on demand (see ``Ingestor._apply``).
+EventsOf = Callable[[], Sequence[Event]]
 RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
 logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
 
@@ -112,7 +114,7 @@ class Ingestor:
         try:
             records = prepare_events(events, iso_week(self._clock()))
             if records:
-                await self._commit(records, events, self._admit(records))
+                await self._commit(records, partial(_given, events), self._admit(records))
         except KimballError as error:
             self._count(call, error.grpc_code, len(events))
             raise
@@ -127,12 +129,11 @@ class Ingestor:
         is), ``origins`` each event's user id and datetime, for subscribers and event
         targets. As ``accept`` from the growth limits on."""
         records = decode_records(payload)
-        events = [
-            Event(r.event_name, user_id, r.namespace, r.value, when, r.ensure_goal)
-            for r, (user_id, when) in zip(records, origins, strict=True)
-        ]
+        if len(origins) != len(records):
+            raise ValueError(f"{len(origins)} origins for {len(records)} events")
         try:
             if records:
+                events = partial(_origin_events, records, origins)
                 await self._commit(records, events, self._admit(records), payload)
         except KimballError as error:
             self._count(None, error.grpc_code, len(records))
@@ -220,9 +221,7 @@ class Ingestor:
         if records:
             growth = [thing for reservation in reserved for thing in reservation.growth]
             try:
-                await self._commit(
-                    records, [_stored_event(r) for r in records], Reservation(growth)
-                )
+                await self._commit(records, partial(_stored_events, records), Reservation(growth))
             except KimballError as error:
                 self._count(call, error.grpc_code, len(records))
                 raise
@@ -246,7 +245,7 @@ class Ingestor:
     async def create_goal(self, namespace: str, goal_name: str) -> None:
         """Mark ``goal_name`` as a goal of ``namespace``; ``LimitExceeded`` past a limit."""
         records = [prepare_goal(namespace, goal_name)]
-        await self._commit(records, (), self._admit(records))
+        await self._commit(records, None, self._admit(records))
 
     async def put_feature_spec(self, spec: FeatureSpec, token_id: str = ANONYMOUS) -> None:
         """Create or replace a (checked) feature spec, by the token ``token_id`` (recorded
@@ -274,18 +273,18 @@ class Ingestor:
                 self._refused(exc)
                 raise
             record = FeatureSpecRecord(spec.name, spec, self._clock(), token_id)
-            await self._commit([record], ())
+            await self._commit([record], None)
 
     async def delete_feature_spec(self, name: str, token_id: str = ANONYMOUS) -> None:
         """Delete a feature spec, by the token ``token_id``; ``NotFound`` if there is none
         of that name."""
         self.engine.flags.get(name)
-        await self._commit([FeatureSpecRecord(name, None, self._clock(), token_id)], ())
+        await self._commit([FeatureSpecRecord(name, None, self._clock(), token_id)], None)
 
     async def _commit(
         self,
         records: Sequence[Record],
-        events: Sequence[Event],
+        events: EventsOf | None,
         reserved: Reservation = NOTHING,
         encoded: bytes | None = None,  # the records' RecordBatch, when the caller has it
     ) -> None:
@@ -312,25 +311,32 @@ class Ingestor:
     def _apply(
         self,
         records: Sequence[Record],
-        events: Sequence[Event],
+        events: EventsOf | None,
         reserved: Reservation,
         first: int,
     ) -> None:
         """The one place validated records change the state: ``first`` is the sequence
-        number of the first record (the log's, when there is one)."""
+        number of the first record (the log's, when there is one). ``events`` (None for
+        goals and feature specs) gives the events the records stand for, made only when
+        there is an event target or a subscriber to hand them to."""
         start = time.perf_counter()
         if not self._applied_elsewhere:
-            apply = self.engine.apply
+            engine = self.engine
+            # A batch holds one kind of record: events straight to their method.
+            apply = engine.apply_event if records[0].__class__ is EventRecord else engine.apply
             for record in records:
                 apply(record)
         self.growth.release(reserved)  # in the engine now: counted there
         self._sequence = first + len(records) - 1
         if records[0].__class__ is FeatureSpecRecord:
             self.spec_changes.notify()
-        if events:
+        if events is not None:
             self._observe_events(len(records), time.perf_counter() - start)
+            if not self._forwarding and not self.hub.subscriber_count:
+                return
+            made = events()
             if self._forwarding:
-                self._forwarding.offer_records(records, events)
+                self._forwarding.offer_records(records, made)
             if self.hub.subscriber_count:
                 self.hub.publish(
                     [
@@ -343,7 +349,7 @@ class Ingestor:
                             record.user_hash.digest,
                         )
                         for sequence, event, record in zip(
-                            range(first, first + len(records)), events, records, strict=True
+                            range(first, first + len(records)), made, records, strict=True
                         )
                     ]
                 )
@@ -375,6 +381,24 @@ def _relayed_events(batches: Sequence[bytes]) -> list[list[EventRecord]]:
             key="batches",
         )
     return decoded_batches
+
+
+def _given(events: Sequence[Event]) -> Sequence[Event]:
+    return events
+
+
+def _origin_events(
+    records: Sequence[EventRecord], origins: Sequence[tuple[str, datetime | None]]
+) -> list[Event]:
+    """The events a REST worker validated: its records with each one's user id and datetime."""
+    return [
+        Event(r.event_name, user_id, r.namespace, r.value, when, r.ensure_goal)
+        for r, (user_id, when) in zip(records, origins, strict=True)
+    ]
+
+
+def _stored_events(records: Sequence[EventRecord]) -> list[Event]:
+    return [_stored_event(r) for r in records]
 
 
 def _stored_event(record: EventRecord) -> Event:

@@ -11,6 +11,7 @@ import math
 from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 
 from google.protobuf.message import DecodeError
 
@@ -402,20 +403,24 @@ def decode_records(data: bytes) -> list[Record]:
         names = [strings[i] for i in batch.event_name]
     except IndexError:
         raise InvalidStoredData("record batch refers to a name it does not hold") from None
-    # Columns read whole (one call each) rather than element by element.
-    return [
-        EventRecord(namespace, name, user, year, week, values.get(i), i in goals)
-        for i, (namespace, name, user, year, week) in enumerate(
+    # Columns read whole (one call each) rather than element by element, and each record
+    # made straight from its row (``_make``: no keyword handling); most batches have no
+    # values and no goals, whose columns are then constants.
+    return list(
+        map(
+            EventRecord._make,
             zip(
                 namespaces,
                 names,
                 key_hashes(batch.user_hashes),
                 batch.iso_year,
                 batch.iso_week,
+                [values.get(i) for i in range(count)] if values else repeat(None, count),
+                [i in goals for i in range(count)] if goals else repeat(False, count),
                 strict=True,
-            )
+            ),
         )
-    ]
+    )
 
 
 def spec_to_state(spec: FeatureSpec) -> spb.FeatureSpecState:

@@ -236,6 +236,7 @@ class Settings:
     def cluster_mode(self) -> bool:
         """Cluster mode: the event log is NATS JetStream, not the local write-ahead log."""
         return bool(self.nats_urls)
+
     # Cluster mode: a replica's membership lease (the members bucket's TTL; renewed every
     # third of it). Every replica of a cluster must use the same.
     lease_seconds: float = DEFAULT_LEASE_SECONDS

@@ -9,20 +9,27 @@ independent hash functions. In a large slice the rest come from double hashing
 (``words[0] + i * high``, with the hash's high 64-bit half). In a small slice
 (up to 64 Kibit) double hashing has too few distinct patterns (measured at 1.4x
 to 2x the target false-positive rate at a few hundred bits), so there the rest
-are more independent words: MurmurHash3 of the hash (``KeyHash.stretch``).
-A membership test stops at the first clear bit, so an absent key, the
-common case in a scalable filter's older slices, costs about two probes per slice.
+are more independent words: MurmurHash3 of the hash, seeded 1, 2, ... (four
+words each). A membership test stops at the first clear bit, so an absent key,
+the common case in a scalable filter's older slices, costs about two probes per slice.
+
+The positions are tested and set in C (``_bloombits.c``, in place in each slice's
+bitarray): the same loops in Python cost several times what the rest of an event
+does. A slice is handed to it as the tuple ``(array, bits, hashes)``; the array's bit
+order is big-endian (bit i is bit 7 - i % 8 of byte i // 8), as the snapshots store it.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
-from functools import cache
 
 import mmh3
 from bitarray import bitarray
+
+from kimball_grpc.core._bloombits import add as _add
+from kimball_grpc.core._bloombits import contains as _contains
+from kimball_grpc.core._bloombits import insert as _insert
 
 LN2_SQUARED = math.log(2) ** 2
 
@@ -33,37 +40,21 @@ TIGHTENING_RATIO = 0.8
 
 # Positions are 32-bit words modulo the slice size, so a slice holds at most 2**32 bits.
 MAX_SLICE_BITS = 1 << 32
+# The most positions per key a slice may take (far above any optimal count: k = -log2 p).
+MAX_HASHES = 4096
+# The bit order of every slice's array (see the module docstring).
+BIT_ORDER = "big"
 
-_HALVES = struct.Struct("<2Q")
-_hash_bytes = mmh3.hash_bytes
-# Slices up to this many bits take independent positions (see the module docstring).
-SMALL_SLICE_BITS = 1 << 16
+DIGEST_BYTES = 16
 
 
 class KeyHash:
-    """A key's 128-bit MurmurHash3 (what is stored), split the ways positions need it."""
+    """A key's 128-bit MurmurHash3: the 16 bytes stored and handed to the filters."""
 
-    __slots__ = ("digest", "high", "words")
+    __slots__ = ("digest",)
 
     def __init__(self, digest: bytes) -> None:
         self.digest = digest
-        self.words: tuple[int, ...] = _words_format(1).unpack(digest)
-        self.high: int = _HALVES.unpack(digest)[1]
-
-    @property
-    def low(self) -> int:
-        return _HALVES.unpack(self.digest)[0]
-
-    def stretch(self, count: int) -> tuple[int, ...]:
-        """At least ``count`` 32-bit words: the hash's own four, then MurmurHash3 of the hash."""
-        words = self.words
-        if len(words) < count:
-            digest = self.digest
-            data = digest
-            for seed in range(1, -(-count // 4)):
-                data += _hash_bytes(digest, seed)
-            words = self.words = _words_format(len(data) // 16).unpack(data)
-        return words
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, KeyHash) and self.digest == other.digest
@@ -75,11 +66,6 @@ class KeyHash:
         return f"KeyHash({self.digest.hex()})"
 
 
-@cache
-def _words_format(blocks: int) -> struct.Struct:
-    return struct.Struct(f"<{4 * blocks}I")
-
-
 def hash_key(key: str) -> KeyHash:
     """The 128-bit MurmurHash3 (x64 variant) of ``key``."""
     return KeyHash(mmh3.hash_bytes(key))
@@ -87,21 +73,10 @@ def hash_key(key: str) -> KeyHash:
 
 def key_hashes(digests: bytes) -> list[KeyHash]:
     """The ``KeyHash`` of each 16-byte digest of ``digests``, end to end (a log entry's
-    users): the words of all of them unpacked in two calls instead of two per key."""
-    count, extra = divmod(len(digests), 16)
-    if extra:
+    users)."""
+    if len(digests) % DIGEST_BYTES:
         raise ValueError(f"{len(digests)} bytes is not a whole number of 16-byte digests")
-    words = _words_format(count).unpack(digests)
-    highs = struct.unpack(f"<{2 * count}Q", digests)
-    new = KeyHash.__new__
-    out = []
-    for i in range(count):
-        key = new(KeyHash)
-        key.digest = digests[16 * i : 16 * i + 16]
-        key.words = words[4 * i : 4 * i + 4]
-        key.high = highs[2 * i + 1]
-        out.append(key)
-    return out
+    return [KeyHash(digests[i : i + DIGEST_BYTES]) for i in range(0, len(digests), DIGEST_BYTES)]
 
 
 def optimal_bits(capacity: int, error_probability: float) -> int:
@@ -127,76 +102,29 @@ def max_capacity(error_probability: float) -> int:
 class BloomSlice:
     """One plain Bloom filter: ``bits`` bits, ``hashes`` positions per key."""
 
-    __slots__ = ("array", "bits", "hashes")
+    __slots__ = ("array", "bits", "hashes", "probe")
 
     def __init__(self, bits: int, hashes: int, array: bitarray | None = None) -> None:
         if not 0 < bits <= MAX_SLICE_BITS:
             raise ValueError(f"a slice has 1 to {MAX_SLICE_BITS} bits, not {bits}")
+        if not 0 < hashes <= MAX_HASHES:
+            raise ValueError(f"a slice has 1 to {MAX_HASHES} hashes, not {hashes}")
         self.bits = bits
         self.hashes = hashes
         if array is None:
-            array = bitarray(bits)
+            array = bitarray(bits, BIT_ORDER)
             array.setall(0)
         elif len(array) != bits:
             raise ValueError(f"bit array has {len(array)} bits, expected {bits}")
         self.array = array
+        # What the C functions take: one tuple, no attribute reads per call.
+        self.probe = (array, bits, hashes)
 
-    def contains(self, key_hash: KeyHash) -> bool:
-        return self.contains_from(key_hash, 0)
-
-    def contains_from(self, key_hash: KeyHash, start: int) -> bool:
-        """Whether every position from the ``start``-th on is set (a caller that probed
-        the first ones already skips them)."""
-        array = self.array
-        m = self.bits
-        k = self.hashes
-        words = key_hash.words
-        # The hash's own words first: most absent keys stop there, before more hashing.
-        for i in range(start, k if k < 4 else 4):
-            if not array[words[i] % m]:
-                return False
-        if k <= 4:
-            return True
-        rest = start if start > 4 else 4
-        if m > SMALL_SLICE_BITS:
-            # Double hashing: (words[0] + i * high) % m, stepped by high % m (small ints).
-            step = key_hash.high % m
-            position = (words[0] + rest * step) % m
-            for _ in range(rest, k):
-                if not array[position]:
-                    return False
-                position += step
-                if position >= m:
-                    position -= m
-            return True
-        if len(words) < k:
-            words = key_hash.stretch(k)
-        for i in range(rest, k):
-            if not array[words[i] % m]:
-                return False
-        return True
+    def __contains__(self, key_hash: KeyHash) -> bool:
+        return _contains([self.probe], key_hash.digest)
 
     def add(self, key_hash: KeyHash) -> None:
-        array = self.array
-        m = self.bits
-        k = self.hashes
-        words = key_hash.words
-        if m > SMALL_SLICE_BITS:
-            for word in words[: k if k < 4 else 4]:
-                array[word % m] = 1
-            if k > 4:
-                step = key_hash.high % m
-                position = (words[0] + 4 * step) % m
-                for _ in range(4, k):
-                    array[position] = 1
-                    position += step
-                    if position >= m:
-                        position -= m
-            return
-        if len(words) < k:
-            words = key_hash.stretch(k)
-        for i in range(k):
-            array[words[i] % m] = 1
+        _add(self.probe, key_hash.digest)
 
     @property
     def nbytes(self) -> int:
@@ -228,30 +156,33 @@ class FixedBloomFilter:
     """
 
     kind = "bloom_fixed_size"
-    __slots__ = ("_slice", "capacity", "error_probability", "items")
+    __slots__ = ("_probes", "_slice", "capacity", "error_probability", "items")
 
     def __init__(self, capacity: int, error_probability: float) -> None:
         self.capacity = capacity
         self.error_probability = error_probability
         bits = optimal_bits(capacity, error_probability)
-        self._slice = BloomSlice(bits, optimal_hashes(bits, capacity))
+        self._set_slice(BloomSlice(bits, optimal_hashes(bits, capacity)))
         self.items = 0
 
+    def _set_slice(self, bloom_slice: BloomSlice) -> None:
+        self._slice = bloom_slice
+        self._probes = [bloom_slice.probe]
+
     def __contains__(self, key_hash: KeyHash) -> bool:
-        return self._slice.contains(key_hash)
+        return _contains(self._probes, key_hash.digest)
 
     def add_new(self, key_hash: KeyHash) -> None:
         """Add a key known to be absent (no membership test)."""
-        self._slice.add(key_hash)
+        _add(self._probes[0], key_hash.digest)
         self.items += 1
 
     def add_if_absent(self, key_hash: KeyHash) -> bool:
         """Add the key; True if it was not (as far as the filter can tell) present."""
-        if self._slice.contains(key_hash):
-            return False
-        self._slice.add(key_hash)
-        self.items += 1
-        return True
+        if _insert(self._probes, key_hash.digest):
+            self.items += 1
+            return True
+        return False
 
     @property
     def nbytes(self) -> int:
@@ -262,7 +193,7 @@ class FixedBloomFilter:
         other = FixedBloomFilter.__new__(FixedBloomFilter)
         other.capacity = self.capacity
         other.error_probability = self.error_probability
-        other._slice = self._slice.copy()
+        other._set_slice(self._slice.copy())
         other.items = self.items
         return other
 
@@ -287,7 +218,7 @@ class FixedBloomFilter:
             raise ValueError("a fixed filter has exactly one slice")
         f = cls(capacity, error_probability)
         state = states[0]
-        f._slice = _restore_slice(state)
+        f._set_slice(_restore_slice(state))
         f.items = state.items
         return f
 
@@ -316,7 +247,9 @@ class ScalableBloomFilter:
         self.capacity = initial_capacity
         self.error_probability = error_probability
         self._slices: list[BloomSlice] = []
-        self._newest_first: list[tuple[bitarray, int, int, int, BloomSlice]] = []
+        # The slices' probes, newest first: it is the largest, so a present key is most
+        # likely there.
+        self._newest_first: list[tuple[bitarray, int, int]] = []
         self._capacities: list[int] = []
         self._errors: list[float] = []
         self._last_items = 0
@@ -337,39 +270,29 @@ class ScalableBloomFilter:
 
     def _add_slice(self, bloom_slice: BloomSlice) -> None:
         self._slices.append(bloom_slice)
-        # The indexes of the second and third probes (the first again in a slice of fewer).
-        k = bloom_slice.hashes
-        second, third = min(1, k - 1), min(2, k - 1)
-        self._newest_first.insert(
-            0, (bloom_slice.array, bloom_slice.bits, second, third, bloom_slice)
-        )
+        self._newest_first.insert(0, bloom_slice.probe)
 
     def __contains__(self, key_hash: KeyHash) -> bool:
-        # Newest first: it is the largest, so a present key is most likely there.
-        # The first three probes are inlined: an absent key fails them in about seven
-        # slices out of eight (the older ones are half full), without a call.
-        words = key_hash.words
-        first = words[0]
-        for array, bits, second, third, bloom_slice in self._newest_first:
-            if (
-                array[first % bits]
-                and array[words[second] % bits]
-                and array[words[third] % bits]
-                and bloom_slice.contains_from(key_hash, 3)
-            ):
-                return True
-        return False
+        return _contains(self._newest_first, key_hash.digest)
 
     def add_new(self, key_hash: KeyHash) -> None:
         """Add a key known to be absent (no membership test)."""
         if self._last_items >= self._capacities[-1]:
             self._grow()
-        self._slices[-1].add(key_hash)
+        _add(self._newest_first[0], key_hash.digest)
         self._last_items += 1
         self.items += 1
 
     def add_if_absent(self, key_hash: KeyHash) -> bool:
         """Add the key; True if it was not (as far as the filter can tell) present."""
+        if self._last_items < self._capacities[-1]:
+            # Room in the newest slice: the test and the add in one call.
+            if not _insert(self._newest_first, key_hash.digest):
+                return False
+            self._last_items += 1
+            self.items += 1
+            return True
+        # Full: a new slice only for a key that is new.
         if key_hash in self:
             return False
         self.add_new(key_hash)
@@ -432,7 +355,7 @@ BloomFilter = FixedBloomFilter | ScalableBloomFilter
 
 
 def _restore_slice(state: SliceState) -> BloomSlice:
-    array = bitarray()
+    array = bitarray(endian=BIT_ORDER)
     array.frombytes(state.data)
     del array[state.bits :]
     return BloomSlice(state.bits, state.hashes, array)

@@ -127,7 +127,7 @@ class Engine:
             ns.goals.add(goal)
 
     def apply_event(self, record: EventRecord) -> None:
-        ns = self._namespace(record.namespace)
+        ns = self._namespaces.get(record.namespace) or self._namespace(record.namespace)
         name = record.event_name
         user = record.user_hash
         value = record.value
@@ -135,12 +135,8 @@ class Engine:
             self._add_goal(ns, name)
         # The global filter holds every user of the namespace: a user new there
         # is new to every counter, which then need no membership test.
-        global_filter = ns.global_counter.filter
-        new_user = user not in global_filter
+        new_user = self._first(ns, ns.global_counter, user, False)
         if new_user:
-            if self._freeze is not None:
-                self._freeze.keep_counter(ns, ns.global_counter)
-            global_filter.add_new(user)
             ns.global_counter.record_first(value, None)
         is_goal = name in ns.goals
         # A goal's prior events are worked out only for a user new to one of its
@@ -148,7 +144,7 @@ class Engine:
         prior: tuple[str, ...] | None = None
 
         named = ns.named.get(name)
-        rule = self._rule(name)
+        rule = self._rules.get(name) or self._rule(name)
         if named is None:
             self._new_counter(ns)
             named = ns.named[name] = Counter(name, CounterKind.NAMED, rule.new_filter())
@@ -170,11 +166,19 @@ class Engine:
                 weekly.record_first(value, prior)
 
     def _first(self, ns: Namespace, counter: Counter, user: KeyHash, new_user: bool) -> bool:
-        """Add a user to the counter's filter; whether it was new there (then it is counted)."""
+        """Add a user to the counter's filter; whether it was new there (then it is counted).
+        ``new_user``: known to be new (new to the namespace), so not tested."""
+        freeze = self._freeze
+        if freeze is None:
+            if new_user:
+                counter.filter.add_new(user)
+                return True
+            # The test and the add in one call.
+            return counter.filter.add_if_absent(user)
+        # Frozen: the counter is copied before it changes, so test first.
         if not new_user and user in counter.filter:
             return False
-        if self._freeze is not None:
-            self._freeze.keep_counter(ns, counter)
+        freeze.keep_counter(ns, counter)
         counter.filter.add_new(user)
         return True
 

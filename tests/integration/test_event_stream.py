@@ -1,6 +1,6 @@
 """``GET /v0/events:stream``: the subscription stream as Server-Sent Events, read with an
 HTTP client as a browser's fetch reads it, over the gateway's in-process channel and over
-a network channel (the ``rest`` fixture)."""
+a network channel and a REST worker's intake channel (the ``rest`` fixture)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,6 @@ TOKEN = "sse-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ROUTE = "/v0/events:stream"
 READ_SECONDS = 10.0
-
-
-@pytest.fixture
-def rest(rest, request):
-    """The conftest's gateways but REST worker processes, which do not carry the event
-    stream (a 501: tests/system/test_rest_workers.py)."""
-    if request.node.callspec.params.get("rest") == "workers":
-        pytest.skip("REST worker processes do not carry the event stream")
-    return rest
 
 
 @pytest.fixture

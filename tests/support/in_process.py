@@ -89,9 +89,19 @@ async def stub_of(server: RunningServer) -> AsyncIterator[pb_grpc.KimballService
 async def gateway_of(server, channel=None) -> AsyncIterator[RunningGateway]:
     """The REST gateway onto a running server or sidecar, as ``kimball serve`` starts it (the
     in-process channel, unless ``channel`` is given), on a free loopback port."""
-    gateway = await start_gateway(
-        "127.0.0.1", 0, channel or server.local_channel, server.metrics, server.checker
-    )
+    if isinstance(channel, IntakeChannel):  # as a worker: counts and scrapes handed over
+        gateway = await start_gateway(
+            "127.0.0.1",
+            0,
+            channel,
+            channel.metrics,
+            server.checker,
+            exposition=channel.exposition,
+        )
+    else:
+        gateway = await start_gateway(
+            "127.0.0.1", 0, channel or server.local_channel, server.metrics, server.checker
+        )
     try:
         yield gateway
     finally:
@@ -108,6 +118,8 @@ async def intake_channel(server: RunningServer) -> AsyncIterator[IntakeChannel]:
         server.ingestor,
         server.local_channel,
         lambda: server.front.gate.is_open,
+        server.metrics.exposition,
+        server.metrics,
     )
     serving = asyncio.ensure_future(intake.serve(engine_end))
     channel = IntakeChannel(worker_end)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -105,11 +106,29 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
         ingested = re.findall(r"^kimball_events_ingested_total\{(.*)\} (\S+)$", text.decode(), re.M)
         assert sum(float(n) for _, n in ingested) == 53, ingested  # the batches and the stream
         assert call(port, "GET", "/metrics", token=None)[0] == 401
+        # The workers' REST requests, per route, counted there too (all of them, whichever
+        # worker served them: each hands its counts over within a fraction of a second).
+        posts = 'method="POST",route="/v0/analytics"'
+        assert until_metric(port, "kimball_http_requests_total", posts) == 8
+        refused = re.findall(r"^kimball_events_refused_total\{(.*)\} (\S+)$", scrape(port), re.M)
+        assert sum(float(n) for _, n in refused) == 2 + 2, refused  # 400 (2 events), two 401s
 
-        # The live event stream is not carried by the workers: refused, saying so.
-        status, answer = call(port, "GET", "/v0/events:stream")
-        assert status == 501
-        assert "no such streaming call" in json.loads(answer)["error"]["what"]
+        # The live event stream, from the engine through a worker: what is already in the
+        # log, resumed after a sequence.
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v0/events:stream?namespace=w&after_sequence=0",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=20) as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            lines = [stream.readline() for _ in range(3 * 3 + 1)]  # ": stream open", 3 events
+        events = [json.loads(line[6:]) for line in lines if line.startswith(b"data: ")]
+        assert [(e["namespace"], e["event_name"]) for e in events] == [("w", "signup")] * 3
+        assert [line for line in lines if line.startswith(b"id: ")] == [
+            b"id: 1\n",
+            b"id: 2\n",
+            b"id: 3\n",
+        ]
     finally:
         assert stop(server) == 0
     for pid in workers:
@@ -122,6 +141,26 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
         assert signups(read_until_listening(again).rest_port) == 50
     finally:
         stop(again)
+
+
+def scrape(port: int) -> str:
+    status, text = call(port, "GET", "/metrics")
+    assert status == 200
+    return text.decode()
+
+
+def until_metric(port: int, name: str, labels: str) -> float:
+    """The sum of ``name``'s samples whose labels hold ``labels``, once it stops changing
+    (the workers hand their counts over within a fraction of a second)."""
+    last = None
+    for _ in range(50):
+        samples = re.findall(rf"^{name}(?:\{{(.*)\}})? (\S+)$", scrape(port), re.M)
+        total = sum(float(n) for found, n in samples if labels in found)
+        if total == last:
+            return total
+        last = total
+        time.sleep(0.2)
+    return total
 
 
 def workers_of(pid: int) -> list[int]:
@@ -153,7 +192,7 @@ async def test_workers_end_when_the_server_process_dies(tmp_path: Path, config: 
         stop(server)
 
 
-async def test_a_worker_that_dies_is_logged_and_the_other_serves(config: Path) -> None:
+async def test_a_worker_that_dies_is_started_again_and_the_other_serves(config: Path) -> None:
     server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
     try:
         port = read_until_listening(server).rest_port
@@ -161,13 +200,19 @@ async def test_a_worker_that_dies_is_logged_and_the_other_serves(config: Path) -
         os.kill(dead, signal.SIGKILL)
         await until(lambda: not os.path.exists(f"/proc/{dead}"), "the worker is gone", 20)
         body = json.dumps({"events": EVENTS[:5]}).encode()
-        for _ in range(4):  # connections of their own: each taken by the live worker
+        for _ in range(4):  # connections of their own: the port answers meanwhile
             assert call(port, "POST", "/v0/analytics", body) == (204, b"")
-        assert workers_of(server.pid) == [alive]
+        await until(lambda: len(workers_of(server.pid)) == 2, "a worker in its place", 20)
+        (new,) = set(workers_of(server.pid)) - {alive, dead}
+        assert until_metric(port, "kimball_rest_worker_restarts_total", "") == 1
+        os.kill(alive, signal.SIGKILL)  # and the new one serves alone
+        await until(lambda: not os.path.exists(f"/proc/{alive}"), "the other is gone", 20)
+        assert call(port, "POST", "/v0/analytics", body) == (204, b"")
     finally:
         assert stop(server) == 0
     log = "".join(output_after_listening(server))
-    assert f"REST worker {dead} ended (exit code -9); 1 left serving REST" in log
+    assert f"REST worker {dead} ended (exit code -9); starting another in 0.5 s" in log
+    assert f"REST worker {new} started" in log
 
 
 def test_a_bad_rest_workers_flag_is_refused(config: Path) -> None:
