@@ -47,6 +47,7 @@ from kimball_grpc.api.local_channel import (
     ChannelCalls,
     LocalChannel,
     Metadata,
+    StreamCall,
     rpc_error,
     streaming_refused,
 )
@@ -295,27 +296,16 @@ class IntakeChannel(ChannelCalls):
             self._tell(COUNTS, 0, pickle.dumps(self._counts, pickle.HIGHEST_PROTOCOL))
             self._counts = []
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., ForwardedStream]:
-        """A callable like a stub's: ``call(request, metadata=...)`` is a
-        ``ForwardedStream``, the call made in the engine process."""
-        serialize = request_serializer or (lambda message: message)
-
-        def call(request: Any, *, metadata: Metadata | None = None) -> ForwardedStream:
-            body = pickle.dumps((method, tuple(metadata or ()), serialize(request)))
-            try:
-                call_id = self._frame(STREAM, body)
-            except grpc.aio.AioRpcError as error:
-                return ForwardedStream(self, None, response_deserializer, error)
-            stream = self._streams[call_id] = ForwardedStream(self, call_id, response_deserializer)
-            return stream
-
-        return call
+    def _stream(self, call: StreamCall) -> ForwardedStream:
+        """The call made in the engine process, its responses forwarded here."""
+        serialize = call.request_serializer or (lambda message: message)
+        body = pickle.dumps((call.method, call.metadata, serialize(call.request)))
+        try:
+            call_id = self._frame(STREAM, body)
+        except grpc.aio.AioRpcError as error:
+            return ForwardedStream(self, None, call.response_deserializer, error)
+        stream = self._streams[call_id] = ForwardedStream(self, call_id, call.response_deserializer)
+        return stream
 
     def _stream_ended(self, call_id: int, cancelled: bool) -> None:
         if self._streams.pop(call_id, None) is not None and cancelled:

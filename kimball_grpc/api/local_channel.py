@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partialmethod
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -194,6 +194,16 @@ class LocalStreamCall:
         return self._task.cancel()
 
 
+class StreamCall(NamedTuple):
+    """A server-streaming call as a stub makes it: what ``ChannelCalls._stream`` starts."""
+
+    method: str
+    request: Any
+    request_serializer: Callable[[Any], bytes] | None
+    response_deserializer: Callable[[bytes], Any] | None
+    metadata: Metadata
+
+
 class ChannelCalls:
     """The unary and client-streaming part of ``grpc.aio.Channel``, each call made by the
     subclass's ``_call`` (method, kind, request, request serializer, response deserializer,
@@ -202,10 +212,35 @@ class ChannelCalls:
 
     _call: Callable[..., Awaitable[Any]]
 
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        return streaming_refused
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool = False,
+    ) -> Callable[..., Any]:
+        """A callable like a stub's: ``call(request, metadata=...)`` is the stream the
+        subclass's ``_stream`` starts (no deadline: it lasts until cancelled or ended)."""
 
-    stream_stream = unary_stream
+        def call(request: Any, *, metadata: Metadata | None = None) -> Any:
+            return self._stream(
+                StreamCall(
+                    method,
+                    request,
+                    request_serializer,
+                    response_deserializer,
+                    tuple(metadata or ()),
+                )
+            )
+
+        return call
+
+    def _stream(self, call: StreamCall) -> Any:
+        """One server-streaming call; refused unless a subclass carries them."""
+        return streaming_refused()
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return streaming_refused
 
     def _callable(
         self,
@@ -245,26 +280,18 @@ class LocalChannel(ChannelCalls):
         self._handlers = tuple(generic_handlers)
         self._interceptors = tuple(interceptors)
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., LocalStreamCall]:
-        """A callable like a stub's: ``call(request, metadata=...)`` is a
-        ``LocalStreamCall`` (no deadline: the stream lasts until cancelled or ended)."""
+    def _stream(self, call: StreamCall) -> LocalStreamCall:
+        def responses(context: _LocalContext) -> AsyncIterator[Any]:
+            context.metadata = call.metadata
+            return self._responses(
+                call.method,
+                call.request,
+                call.request_serializer,
+                call.response_deserializer,
+                context,
+            )
 
-        def call(request: Any, *, metadata: Metadata | None = None) -> LocalStreamCall:
-            def responses(context: _LocalContext) -> AsyncIterator[Any]:
-                context.metadata = tuple(metadata or ())
-                return self._responses(
-                    method, request, request_serializer, response_deserializer, context
-                )
-
-            return LocalStreamCall(responses)
-
-        return call
+        return LocalStreamCall(responses)
 
     async def _responses(
         self,
