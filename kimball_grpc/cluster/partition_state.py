@@ -96,6 +96,13 @@ class PartitionEngines:
         sequence = loaded.snapshot.sequence
         return PartitionState(loaded.state, sequence, sequence)
 
+    def caught_up(self, partition: int) -> Engine | None:
+        """``partition``'s engine if this replica applies it and has replayed the stream up
+        to where it stood when the partition was gained (what queries may answer from);
+        None otherwise: not owned, or still loading or replaying."""
+        state = self.states.get(partition)
+        return state.engine if state is not None and not state.catch_up else None
+
     def apply(self, partition: int, sequence: int, data: bytes) -> None:
         """Apply the stream's message ``sequence`` (a ``RecordBatch``) to ``partition``; a
         message at or before the partition's sequence (delivered again) changes nothing."""

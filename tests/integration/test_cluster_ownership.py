@@ -154,6 +154,9 @@ async def test_a_joining_replica_takes_its_partitions_from_snapshots_and_the_str
                 "the moved partitions' counts on replica-c",
                 TIMEOUT,
             )
+            # Answered from once caught up; a partition it does not own, never.
+            assert all(c.partitions.caught_up(p) is c.partitions.states[p].engine for p in moved)
+            assert c.partitions.caught_up(min(set(range(PARTITIONS)) - moved)) is None
             # Loaded from the previous owners' snapshots, then the stream replayed.
             assert {p: c.partitions.states[p].snapshot_sequence for p in moved} == {
                 p: snapshotted[p] for p in moved
