@@ -2,7 +2,7 @@
 replicas split the partitions and each is applied by exactly one; a joining replica takes
 its share from the previous owners' snapshots plus the stream; a replica stopped cleanly
 hands its partitions over with its last snapshots; a replica whose lease is lost stops
-applying and another takes its partitions over."""
+applying and another takes its partitions over; one with another lease is refused."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -29,6 +30,7 @@ from support.polling import until
 
 from kimball_grpc.cluster.membership import MEMBERS_BUCKET, PARTITIONS_BUCKET
 from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.events import iso_week, prepare_events
 from kimball_grpc.core.partition_assignment import owned_by
 
@@ -41,6 +43,18 @@ TIMEOUT = 30.0  # a shared, loaded machine: generous, polled
 async def send(server, batch) -> None:
     async with stub_of(server) as stub:
         await stub.TrackEvents(as_request(batch))
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(cluster, data_dir) -> AsyncIterator[tuple[object, object]]:
+    """replica-a and replica-b, once they have split the partitions between them."""
+    async with (
+        running(replica(cluster, data_dir, "replica-a")) as a,
+        running(replica(cluster, data_dir, "replica-b")) as b,
+    ):
+        servers = {"replica-a": a, "replica-b": b}
+        await until(lambda: split(servers), "two replicas to split the partitions", TIMEOUT)
+        yield a, b
 
 
 def split(servers: dict[str, object]) -> bool:
@@ -89,12 +103,7 @@ def address(server) -> str:
 
 async def test_two_replicas_split_the_partitions_and_together_count_as_one(fresh_stream, tmp_path):
     sent = events("split", 300)
-    async with (
-        running(replica(fresh_stream, tmp_path, "replica-a")) as a,
-        running(replica(fresh_stream, tmp_path, "replica-b")) as b,
-    ):
-        servers = {"replica-a": a, "replica-b": b}
-        await until(lambda: split(servers), "the two replicas to split the partitions", TIMEOUT)
+    async with two_replicas(fresh_stream, tmp_path) as (a, b):
         await asyncio.gather(send(a, sent[:150]), send(b, sent[150:]))
         want = expected_counts(sent)
         assert len(want) == PARTITIONS
@@ -125,12 +134,8 @@ async def test_a_joining_replica_takes_its_partitions_from_snapshots_and_the_str
     fresh_stream, tmp_path
 ):
     first, second = events("first", 200), events("second", 200)
-    async with (
-        running(replica(fresh_stream, tmp_path, "replica-a")) as a,
-        running(replica(fresh_stream, tmp_path, "replica-b")) as b,
-    ):
+    async with two_replicas(fresh_stream, tmp_path) as (a, b):
         servers = {"replica-a": a, "replica-b": b}
-        await until(lambda: split(servers), "two replicas to split the partitions", TIMEOUT)
         await send(a, first)
         want = expected_counts(first)
         await until(lambda: applied(a) | applied(b) == want, "the first events", TIMEOUT)
@@ -193,12 +198,7 @@ async def test_a_replica_whose_lease_is_lost_stops_applying_and_is_taken_over(
     fresh_stream, tmp_path, monkeypatch
 ):
     first, second = events("before", 200), events("after", 200)
-    async with (
-        running(replica(fresh_stream, tmp_path, "replica-a")) as a,
-        running(replica(fresh_stream, tmp_path, "replica-b")) as b,
-    ):
-        servers = {"replica-a": a, "replica-b": b}
-        await until(lambda: split(servers), "two replicas to split the partitions", TIMEOUT)
+    async with two_replicas(fresh_stream, tmp_path) as (a, b):
         await send(a, first)
         await until(lambda: applied(a) | applied(b) == expected_counts(first), "the first", TIMEOUT)
         frozen = applied(b)
@@ -229,3 +229,16 @@ async def test_a_replica_whose_lease_is_lost_stops_applying_and_is_taken_over(
             assert await b.partitions.snapshot() == 0
         finally:
             unblock.set()
+
+
+async def test_a_replica_with_another_lease_is_refused_at_start_and_changes_nothing(
+    fresh_stream, tmp_path
+):
+    async with running(replica(fresh_stream, tmp_path, "replica-a")) as a:
+        await until(lambda: split({"replica-a": a}), "replica-a to own everything", TIMEOUT)
+        with pytest.raises(ConfigError) as info:
+            async with running(replica(fresh_stream, tmp_path, "replica-b", lease_seconds=3)):
+                pass
+        assert "--lease-seconds is 3: every replica must use the same lease" in str(info.value)
+        assert await holders(fresh_stream) == {"replica-a"}
+        assert split({"replica-a": a})
