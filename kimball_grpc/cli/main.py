@@ -29,6 +29,7 @@ from kimball_grpc.config.settings import (
     environment,
     limit_field,
     load_settings,
+    parse_cluster_query_deadline_ms,
     parse_configmap_name,
     parse_feature_spec_store,
     parse_fsync_policy,
@@ -288,6 +289,14 @@ def _add_cluster_options(run: argparse.ArgumentParser) -> None:
         help="cluster mode: the membership lease, 1 to 3600; a replica not heard from for "
         "this long loses its partitions; the same on every replica "
         "(env KIMBALL_LEASE_SECONDS; default 10)",
+    )
+    run.add_argument(
+        "--cluster-query-deadline-ms",
+        type=_flag(parse_cluster_query_deadline_ms, "--cluster-query-deadline-ms"),
+        metavar="MS",
+        help="cluster mode: how long a query waits for the owners of the partitions, 1 to "
+        "60000; past it the query fails UNAVAILABLE naming the partitions "
+        "(env KIMBALL_CLUSTER_QUERY_DEADLINE_MS; default 5000)",
     )
 
 
@@ -750,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
             "feature_spec_file": args.feature_spec_file,
             "lease_seconds": args.lease_seconds,
+            "cluster_query_deadline_ms": args.cluster_query_deadline_ms,
         }
         overrides |= {
             name: getattr(args, name)

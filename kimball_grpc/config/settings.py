@@ -104,6 +104,7 @@ class HttpLimits:
 
 
 DEFAULT_LEASE_SECONDS = 10.0  # cluster mode: the membership lease
+DEFAULT_CLUSTER_QUERY_DEADLINE_MS = 5_000  # cluster mode: a fanned-out query's deadline
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class Settings:
     # Cluster mode: a replica's membership lease (the members bucket's TTL; renewed every
     # third of it). Every replica of a cluster must use the same.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Cluster mode: how long a query waits for the owners of the partitions to answer.
+    cluster_query_deadline_ms: int = DEFAULT_CLUSTER_QUERY_DEADLINE_MS
 
     @property
     def rest_host(self) -> str:
@@ -881,6 +884,21 @@ def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
 LEASE_SECONDS_RANGE = (1.0, 3600.0)
 
 
+# Below a millisecond no replica can answer; past a minute a client's call would hang on a
+# replica that is gone rather than be told to ask again.
+CLUSTER_QUERY_DEADLINE_MS_RANGE = (1, 60_000)
+
+
+def parse_cluster_query_deadline_ms(name: str, value: str) -> int:
+    """A fanned-out query's deadline in whole milliseconds, within
+    ``CLUSTER_QUERY_DEADLINE_MS_RANGE``, or ``ConfigError``."""
+    milliseconds = _whole_number(name, value, "a whole number of milliseconds")
+    low, high = CLUSTER_QUERY_DEADLINE_MS_RANGE
+    if not low <= milliseconds <= high:
+        raise ConfigError(f"{name} must be from {low} to {high} milliseconds, got {value!r}")
+    return milliseconds
+
+
 def parse_lease_seconds(name: str, value: str) -> float:
     """A membership lease in seconds, within ``LEASE_SECONDS_RANGE``, or ``ConfigError``."""
     seconds = parse_seconds(name, value)
@@ -1212,4 +1230,8 @@ _CLUSTER = {  # variable: (setting, parse)
     "KIMBALL_PARTITIONS": ("partitions", parse_partitions),
     "KIMBALL_NATS_STREAM_REPLICAS": ("nats_stream_replicas", parse_stream_replicas),
     "KIMBALL_LEASE_SECONDS": ("lease_seconds", parse_lease_seconds),
+    "KIMBALL_CLUSTER_QUERY_DEADLINE_MS": (
+        "cluster_query_deadline_ms",
+        parse_cluster_query_deadline_ms,
+    ),
 }

@@ -10,10 +10,12 @@ import aiohttp
 import grpc
 import pytest
 from support.in_process import gateway_of, intake_channel, local_settings, rest_client, running
+from support.nats_cluster import NatsCluster
 from support.object_servers import ObjectServer, gcs_emulator, moto_server
 
 from gateway.server import RunningGateway, network_channel
 from kimball_grpc.app import RunningServer
+from kimball_grpc.cluster.event_log import STREAM
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
@@ -86,3 +88,31 @@ def gcs_server() -> Iterator[ObjectServer]:
     """A real GCS emulator on loopback, one per test module."""
     with gcs_emulator() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory) -> Iterator[NatsCluster]:
+    """A 3-node NATS JetStream cluster on loopback, one per test module (its tests
+    in xdist_group "nats-cluster")."""
+    cluster = NatsCluster.create(tmp_path_factory.mktemp("nats"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def fresh_stream(nats_cluster: NatsCluster) -> NatsCluster:
+    """The cluster without the stream: each test makes its own."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    connection = await nats.connect(nats_cluster.urls)
+    try:
+        await connection.jetstream().delete_stream(STREAM)
+    except NotFoundError:
+        pass
+    finally:
+        await connection.close()
+    return nats_cluster

@@ -7,7 +7,6 @@ a stream made with another partition count stops a replica at start."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from support.in_process import gateway_of, local_settings, rest_client, running,
 from support.nats_cluster import NatsCluster
 from support.polling import until
 
-from kimball_grpc.cluster.event_log import STREAM, split_by_partition
+from kimball_grpc.cluster.event_log import split_by_partition
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import ConfigError
@@ -27,32 +26,6 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 PARTITIONS = 8
 # One NATS cluster for the module: each test uses its own stream (deleted first).
 pytestmark = pytest.mark.xdist_group("nats-cluster")
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster.create(tmp_path_factory.mktemp("nats"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-async def fresh_stream(nats_cluster: NatsCluster) -> NatsCluster:
-    """The cluster without the stream: each test makes its own."""
-    import nats
-    from nats.js.errors import NotFoundError
-
-    connection = await nats.connect(nats_cluster.urls)
-    try:
-        await connection.jetstream().delete_stream(STREAM)
-    except NotFoundError:
-        pass
-    finally:
-        await connection.close()
-    return nats_cluster
 
 
 def replica(cluster: NatsCluster, data_dir: Path, name: str, **fields: object) -> Settings:
@@ -147,14 +120,14 @@ async def test_events_over_rest_and_grpc_reach_every_replicas_partitions(fresh_s
         await until(goal_everywhere, "the goal in every partition of both replicas", 20)
 
 
-async def test_the_reads_are_refused_clearly_until_answered_from_every_partition(
+async def test_feature_specs_are_refused_clearly_until_a_shared_store_holds_them(
     fresh_stream, tmp_path
 ):
     async with running(replica(fresh_stream, tmp_path, "replica-a")) as a, stub_of(a) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetAnalytics(pb.GetAnalyticsRequest(namespace="shop"))
+            await stub.ListFeatureSpecs(pb.ListFeatureSpecsRequest())
         assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "GetAnalytics is not answered in cluster mode yet" in info.value.details()
+        assert "ListFeatureSpecs is not answered in cluster mode yet" in info.value.details()
 
 
 async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fresh_stream, tmp_path):
