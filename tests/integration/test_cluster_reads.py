@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.in_process import gateway_of, local_settings, rest_client, running
 from support.nats_cluster import NatsCluster
 from support.polling import until
@@ -303,6 +304,11 @@ async def test_a_missing_or_silent_owner_fails_the_query_naming_its_partitions(
 
 async def test_a_replica_refuses_cluster_calls_without_a_valid_token(fresh_stream, tmp_path):
     async with replica(settings_of(tmp_path / "a", fresh_stream)) as a:
+        async with channel_to(a, token="wrong") as channel:  # health needs no token
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="kimball.v1.KimballCluster")
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
         request = cluster_pb.GetPartialCountsRequest(namespace="default", partitions=[0])
         async with channel_to(a, token="wrong") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
