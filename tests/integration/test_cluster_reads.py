@@ -22,13 +22,16 @@ from support.polling import until
 
 from kimball_grpc.app import RunningReplica, start_replica
 from kimball_grpc.config.settings import Settings
+from kimball_grpc.config.tls import ClientTls
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
 from kimball_grpc.generated.kimball.v1 import cluster_pb2 as cluster_pb
 from kimball_grpc.generated.kimball.v1 import cluster_pb2_grpc as cluster_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
+from kimball_grpc.outbound.channels import channel_credentials
 from kimball_grpc.outbound.cluster_fanout import Owners
+from tests.support.certificates import client_tls, make_certificates, server_tls
 from tests.support.partitioned_engines import counter_config
 
 PARTITIONS = 8
@@ -94,15 +97,22 @@ def address_of(server) -> str:
 
 
 @asynccontextmanager
-async def channel_to(server, token: str = TOKEN) -> AsyncIterator[grpc.aio.Channel]:
-    """A network channel to ``server`` whose calls carry ``token``."""
+async def channel_to(
+    server, token: str = TOKEN, tls: ClientTls | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A network channel to ``server`` (over TLS with ``tls``) whose calls carry ``token``."""
 
     class Bearer(grpc.aio.UnaryUnaryClientInterceptor):
         async def intercept_unary_unary(self, continuation, details, request):
             metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
             return await continuation(details._replace(metadata=metadata), request)
 
-    async with grpc.aio.insecure_channel(address_of(server), interceptors=[Bearer()]) as channel:
+    address, bearer = address_of(server), [Bearer()]
+    if tls is None:
+        channel = grpc.aio.insecure_channel(address, interceptors=bearer)
+    else:
+        channel = grpc.aio.secure_channel(address, channel_credentials(tls), interceptors=bearer)
+    async with channel:
         yield channel
 
 
@@ -317,3 +327,37 @@ async def test_a_replica_refuses_cluster_calls_without_a_valid_token(fresh_strea
         async with channel_to(a) as channel:
             answer = await cluster_grpc.KimballClusterStub(channel).GetPartialCounts(request)
             assert list(answer.partitions) == [0]
+
+
+async def test_replicas_ask_each_other_over_mutual_tls_with_the_configured_certificate(
+    fresh_stream, tmp_path
+):
+    certificates = make_certificates(tmp_path / "certificates")
+    tls = {"server_tls": server_tls(certificates, mutual=True)}
+    trusted = client_tls(certificates.ca, certificates.client)
+    untrusting = client_tls(certificates.other_ca, certificates.client)
+    request = pb.GetAnalyticsRequest(namespace="default")
+    async with (
+        replica(settings_of(tmp_path / "a", fresh_stream, client_tls=trusted, **tls)) as a,
+        channel_to(a, tls=trusted) as channel,
+    ):
+        stub = pb_grpc.KimballServiceStub(channel)
+        await stub.TrackEvents(
+            pb.TrackEventsRequest(events=[pb.Event(event_name="view", user_id="u")])
+        )
+        await until(
+            lambda: any(state.engine.namespaces() for state in a.partitions.states.values()),
+            "the event applied",
+            20,
+        )
+        answer = await stub.GetAnalytics(request)
+        assert [c.count for c in answer.counts if c.name == "view"] == [1]
+    # A replica that does not trust its peers' certificate gets no answer from them.
+    async with (
+        replica(settings_of(tmp_path / "b", fresh_stream, client_tls=untrusting, **tls)) as b,
+        channel_to(b, tls=trusted) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.KimballServiceStub(channel).GetAnalytics(request)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "failed: UNAVAILABLE" in info.value.details()
