@@ -41,6 +41,7 @@ from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, Kimball
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
 from kimball_grpc.cluster.partition_state import PartitionEngines
+from kimball_grpc.cluster.spec_store import ReplicatedSpecs, SpecStore
 from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.config.tls import ServerTls, load_server_tls
@@ -182,6 +183,7 @@ class RunningReplica(RunningFront):
     forwarding: EventForwarding
     external: ExternalPredictions
     replica_id: str
+    specs: ReplicatedSpecs
 
     @property
     def state_location(self) -> str:
@@ -197,6 +199,7 @@ class RunningReplica(RunningFront):
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
         await self.partitions.stop()
+        await self.specs.stop()
         if not self.ready.done():
             self.ready.cancel()
         elif not self.ready.cancelled() and self.ready.exception() is None and grace:
@@ -231,13 +234,15 @@ async def start_replica(settings: Settings) -> RunningReplica:
         keep=settings.snapshots_kept,
     )
     log = JetStreamLog(js, settings.partitions, settings.replica_id)
+    # The feature specs: applied to ``engine`` from the replicated bucket, written there.
+    specs = ReplicatedSpecs(SpecStore(connection, settings.nats_stream_replicas))
     front, ingestor, _, external, forwarding = _api_services(
-        settings, engine, metrics, log, cluster=True
+        settings, engine, metrics, log, cluster=True, specs=specs
     )
     await front.start()
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(
-        _replica_ready(partitions, js, front, settings.snapshot_interval_s)
+        _replica_ready(partitions, js, front, settings.snapshot_interval_s, specs, ingestor)
     )
     return RunningReplica(
         front=front,
@@ -249,24 +254,38 @@ async def start_replica(settings: Settings) -> RunningReplica:
         forwarding=forwarding,
         external=external,
         replica_id=settings.replica_id,
+        specs=specs,
     )
 
 
 async def _replica_ready(
-    partitions: PartitionEngines, js: Any, front: GrpcFront, interval: float
+    partitions: PartitionEngines,
+    js: Any,
+    front: GrpcFront,
+    interval: float,
+    specs: ReplicatedSpecs,
+    ingestor: Ingestor,
 ) -> None:
-    """Load the partitions' snapshots and consume the stream after them, then take calls
-    and snapshot the partitions every ``interval`` seconds."""
+    """Load the partitions' snapshots and consume the stream after them, and apply the
+    feature specs, then take calls and snapshot the partitions every ``interval`` seconds."""
+    await specs.start(ingestor.apply_spec_change)
     await partitions.start(js)
     await front.open()
     partitions.start_snapshots(interval)
 
 
 def _api_services(
-    settings: Settings, engine: Engine, metrics: Metrics, log: RecordLog, *, cluster: bool = False
+    settings: Settings,
+    engine: Engine,
+    metrics: Metrics,
+    log: RecordLog,
+    *,
+    cluster: bool = False,
+    specs: ReplicatedSpecs | None = None,
 ) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
     """The gRPC front with the api mode's services registered, and the parts behind them;
-    ``cluster``: a replica's (the records applied by the partitions, the reads refused)."""
+    ``cluster``: a replica's (the records applied by the partitions, the reads refused;
+    the feature specs written to ``specs``)."""
     hub = SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
@@ -279,6 +298,7 @@ def _api_services(
         refused=metrics.refuse,
         counted=metrics,
         applied_elsewhere=cluster,
+        specs=specs,
     )
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
     external = ExternalPredictions(

@@ -1,6 +1,7 @@
 """The APIs a replica serves in cluster mode so far: every write (events, goals; acknowledged
-once JetStream has them), and a clear refusal for the reads, which need the partial answers of
-every partition merged (docs/scale-out.md says what is built)."""
+once JetStream has them), the feature specs (from the replicated spec store), and a clear
+refusal for the reads, which need the partial answers of every partition merged
+(docs/scale-out.md says what is built)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,15 @@ from typing import Any
 from kimball_grpc.api.servicers import KimballIntegration, KimballService
 from kimball_grpc.core.errors import FailedPrecondition
 
-# Answered from the merged counts of every partition, or from the replicated feature spec
-# store: neither is in this version of cluster mode yet.
+# Answered from the merged counts of every partition: not in this version of cluster mode yet.
 UNARY_READS = (
     "GetAnalytics",
     "ListGoals",
     "ListNamespaces",
     "GetPredictions",
     "GetNudges",
-    "PutFeatureSpec",
-    "GetFeatureSpec",
-    "ListFeatureSpecs",
-    "DeleteFeatureSpec",
-    "GetFeatureSpecHistory",
-    "EvaluateFeatures",
 )
-STREAMED_READS = ("Subscribe", "WatchFeatureSpecs")
+STREAMED_READS = ("Subscribe",)
 
 
 def not_yet(method: str) -> FailedPrecondition:
@@ -52,8 +46,9 @@ def _refuse_stream(method: str) -> Callable[..., Any]:
 
 
 class ClusterKimballService(KimballService):
-    """``KimballService`` of a cluster replica: the writes as on one node, the reads refused
-    (``FAILED_PRECONDITION``) until they are answered from every partition."""
+    """``KimballService`` of a cluster replica: the writes and feature specs as on one node,
+    the reads refused (``FAILED_PRECONDITION``) until they are answered from every
+    partition."""
 
 
 class ClusterIntegration(KimballIntegration):

@@ -57,6 +57,12 @@ class RecordLog(Protocol):
 
 
 # The events a batch of records stands for, made on demand (see ``Ingestor._apply``).
+class SpecWriter(Protocol):
+    """Where a cluster replica writes feature spec changes (``ReplicatedSpecs``)."""
+
+    async def write(self, change: FeatureSpecRecord, check: Callable[[], object]) -> None: ...
+
+
 EventsOf = Callable[[], Sequence[Event]]
 RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
 logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
@@ -85,6 +91,7 @@ class Ingestor:
         refused: Callable[[LimitExceeded], None] = lambda error: None,
         counted: EventCounts | None = None,
         applied_elsewhere: bool = False,
+        specs: SpecWriter | None = None,
     ) -> None:
         self.engine = engine
         self.growth = GrowthLimits(engine, limits)
@@ -102,6 +109,8 @@ class Ingestor:
         # Cluster mode: the records are applied by the replicas consuming the stream, not
         # to ``engine`` (which then holds nothing but is what the limits are checked on).
         self._applied_elsewhere = applied_elsewhere
+        # Cluster mode: spec changes go to the replicated spec store, not to ``log``.
+        self._specs = specs
         self._sequence = 0  # without a log: records applied so far
 
     async def accept(self, events: Sequence[Event]) -> int:
@@ -251,35 +260,52 @@ class Ingestor:
         """Create or replace a (checked) feature spec, by the token ``token_id`` (recorded
         in its history); ``LimitExceeded`` if the set would pass its limits (nothing
         logged)."""
-        # One change at a time (they are rare): each is checked against the set with every
-        # earlier change applied.
-        async with self._spec_change:
-            flags = self.engine.flags
-            try:
-                flags.check_room(spec.name, self.growth.limits.feature_specs)
-                others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
-                size = others + spec_message_size(spec)
-                maximum = FEATURE_SPEC_BYTES.default
-                if size > maximum:
-                    raise LimitExceeded(
-                        f"feature spec size limit reached: the specs would take {size} bytes, "
-                        f"more than {maximum} (fixed: sidecars receive them in one message); "
-                        f"make this spec or others smaller",
-                        limit=FEATURE_SPEC_BYTES.name,
-                        setting=FEATURE_SPEC_BYTES.setting,
-                        name=spec.name,
-                    )
-            except LimitExceeded as exc:
-                self._refused(exc)
-                raise
-            record = FeatureSpecRecord(spec.name, spec, self._clock(), token_id)
-            await self._commit([record], None)
+        record = FeatureSpecRecord(spec.name, spec, self._clock(), token_id)
+        await self._commit_spec(record, partial(self._check_room, spec))
+
+    def _check_room(self, spec: FeatureSpec) -> None:
+        flags = self.engine.flags
+        try:
+            flags.check_room(spec.name, self.growth.limits.feature_specs)
+            others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
+            size = others + spec_message_size(spec)
+            maximum = FEATURE_SPEC_BYTES.default
+            if size > maximum:
+                raise LimitExceeded(
+                    f"feature spec size limit reached: the specs would take {size} bytes, "
+                    f"more than {maximum} (fixed: sidecars receive them in one message); "
+                    f"make this spec or others smaller",
+                    limit=FEATURE_SPEC_BYTES.name,
+                    setting=FEATURE_SPEC_BYTES.setting,
+                    name=spec.name,
+                )
+        except LimitExceeded as exc:
+            self._refused(exc)
+            raise
 
     async def delete_feature_spec(self, name: str, token_id: str = ANONYMOUS) -> None:
         """Delete a feature spec, by the token ``token_id``; ``NotFound`` if there is none
         of that name."""
-        self.engine.flags.get(name)
-        await self._commit([FeatureSpecRecord(name, None, self._clock(), token_id)], None)
+        record = FeatureSpecRecord(name, None, self._clock(), token_id)
+        await self._commit_spec(record, partial(self.engine.flags.get, name))
+
+    async def _commit_spec(self, record: FeatureSpecRecord, check: Callable[[], object]) -> None:
+        """Log and apply a spec change once ``check`` (raising to refuse it) passes; in
+        cluster mode, write it to the replicated spec store, which checks it against the
+        specs every replica reaches and applies it here through ``apply_spec_change``."""
+        # One change at a time (they are rare): each is checked against the set with every
+        # earlier change applied.
+        async with self._spec_change:
+            if self._specs is not None:
+                await self._specs.write(record, check)
+                return
+            check()
+            await self._commit([record], None)
+
+    def apply_spec_change(self, record: FeatureSpecRecord) -> None:
+        """Apply a spec change the replicated spec store brings (cluster mode)."""
+        self.engine.apply(record)
+        self.spec_changes.notify()
 
     async def _commit(
         self,

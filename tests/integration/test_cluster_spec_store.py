@@ -43,7 +43,8 @@ class Replica:
 
     async def _apply(self) -> None:
         async for revision, change in self.store.watch():
-            self.engine.apply(change)
+            if change is not None:
+                self.engine.apply(change)
             self.applied = revision
 
     async def stop(self) -> None:

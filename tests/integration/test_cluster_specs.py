@@ -1,0 +1,171 @@
+"""Feature specs in cluster mode, on a real 3-node NATS JetStream cluster on loopback: a spec
+written on one replica is read, evaluated (gRPC and REST) and watched equally on another;
+a deletion reaches every replica; a bad spec is refused and nothing is stored; the count
+limit holds across replicas writing at once; a write while NATS is down is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+
+import grpc
+import nats
+import pytest
+import test_cluster_log
+from google.protobuf.struct_pb2 import Value
+from support.in_process import gateway_of, rest_client, running, stub_of
+from support.nats_cluster import NatsCluster
+from support.polling import until
+
+from kimball_grpc.cluster.event_log import STREAM
+from kimball_grpc.cluster.spec_store import SPECS_BUCKET
+from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
+
+pytestmark = pytest.mark.xdist_group("nats-cluster")
+# The module's 3-node NATS cluster (a fixture), and a replica's settings on it.
+nats_cluster = test_cluster_log.nats_cluster
+replica = test_cluster_log.replica
+
+
+@pytest.fixture
+async def fresh(nats_cluster: NatsCluster) -> NatsCluster:
+    """The cluster without the stream and the spec bucket: each test makes its own."""
+    connection = await nats.connect(nats_cluster.urls)
+    js = connection.jetstream()
+    for name in (STREAM, f"KV_{SPECS_BUCKET}"):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(name)
+    await connection.close()
+    return nats_cluster
+
+
+def spec(name: str, **fields: object) -> pb.FeatureSpec:
+    return pb.FeatureSpec(name=name, **fields)
+
+
+async def named(stub) -> list[str]:
+    return [s.name for s in (await stub.ListFeatureSpecs(pb.ListFeatureSpecsRequest())).specs]
+
+
+async def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code()
+
+
+async def rest_features(server, user_id: str) -> dict:
+    user = base64.b64encode(json.dumps({"user_id": user_id}).encode()).decode()
+    async with (
+        gateway_of(server) as gateway,
+        rest_client(gateway) as http,
+        http.get("/v0/features", params={"user_obj": user}) as answer,
+    ):
+        assert answer.status == 200, await answer.text()
+        return await answer.json()
+
+
+async def test_a_spec_written_on_one_replica_is_read_evaluated_and_watched_on_another(
+    fresh, tmp_path
+):
+    async with (
+        running(replica(fresh, tmp_path / "a", "replica-a")) as a,
+        running(replica(fresh, tmp_path / "b", "replica-b")) as b,
+        stub_of(a) as on_a,
+        stub_of(b) as on_b,
+    ):
+        watch = on_b.WatchFeatureSpecs(pb.WatchFeatureSpecsRequest())
+        first = await watch.read()
+        assert list(first.specs) == []
+        pro = pb.UserCondition(property="plan", comparator="=", value=Value(string_value="pro"))
+        put = spec("checkout", user=[pro])
+        await on_a.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=put))
+        # Read right after the write, on the replica that took it: the write is there.
+        assert (await on_a.GetFeatureSpec(pb.GetFeatureSpecRequest(name="checkout"))) == put
+        # The other replica's watchers are told, and its reads answer the same.
+        seen = await asyncio.wait_for(watch.read(), 10)
+        assert [s.name for s in seen.specs] == ["checkout"]
+        assert (await on_b.GetFeatureSpec(pb.GetFeatureSpecRequest(name="checkout"))) == put
+        user = {"user_id": "u1", "plan": "pro"}
+        request = pb.EvaluateFeaturesRequest()
+        request.user.update(user)
+        on_both = [await stub.EvaluateFeatures(request) for stub in (on_a, on_b)]
+        assert on_both[0] == on_both[1]
+        assert dict(on_both[0].features) == {"checkout": True}
+        assert await rest_features(a, "u2") == await rest_features(b, "u2")
+        # A deletion on the other replica reaches the first, with the same history.
+        await on_b.DeleteFeatureSpec(pb.DeleteFeatureSpecRequest(name="checkout"))
+        assert await named(on_b) == []
+
+        async def gone_on_a() -> bool:
+            return await named(on_a) == []
+
+        await until(gone_on_a, "the deletion applied on replica a", 10)
+        history = pb.GetFeatureSpecHistoryRequest(name="checkout")
+        histories = [await stub.GetFeatureSpecHistory(history) for stub in (on_a, on_b)]
+        assert histories[0] == histories[1]
+        assert len(histories[0].changes) == 2
+        watch.cancel()
+
+
+async def test_a_bad_spec_or_deletion_is_refused_and_nothing_is_stored(fresh, tmp_path):
+    async with (
+        running(replica(fresh, tmp_path / "a", "replica-a")) as a,
+        stub_of(a) as stub,
+    ):
+        bad = pb.PutFeatureSpecRequest(spec=spec("half", rollout_percentage=150))
+        assert await code_of(stub.PutFeatureSpec(bad)) is grpc.StatusCode.INVALID_ARGUMENT
+        unnamed = pb.PutFeatureSpecRequest(spec=spec(""))
+        assert await code_of(stub.PutFeatureSpec(unnamed)) is grpc.StatusCode.INVALID_ARGUMENT
+        absent = pb.DeleteFeatureSpecRequest(name="absent")
+        assert await code_of(stub.DeleteFeatureSpec(absent)) is grpc.StatusCode.NOT_FOUND
+        assert await named(stub) == []
+        connection = await nats.connect(fresh.urls)
+        kv = await connection.jetstream().key_value(SPECS_BUCKET)
+        assert (await kv.status()).values == 0  # nothing written to the bucket
+        await connection.close()
+
+
+async def test_the_spec_count_limit_holds_over_replicas_writing_at_once(fresh, tmp_path):
+    limit = {"max_feature_specs": 3}
+    async with (
+        running(replica(fresh, tmp_path / "a", "replica-a", **limit)) as a,
+        running(replica(fresh, tmp_path / "b", "replica-b", **limit)) as b,
+        stub_of(a) as on_a,
+        stub_of(b) as on_b,
+    ):
+        calls = [
+            stub.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec(f"flag-{i}")))
+            for i, stub in enumerate([on_a, on_b] * 4)
+        ]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [answer for answer in answers if isinstance(answer, BaseException)]
+        assert len(refused) == 5
+        for error in refused:
+            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "feature spec" in error.details()
+        assert len(await named(on_a)) == 3
+
+        async def same_on_b() -> bool:
+            return await named(on_b) == await named(on_a)
+
+        await until(same_on_b, "replica b to hold the same three specs", 10)
+        # Replacing a spec that exists takes no new room.
+        await on_b.PutFeatureSpec(pb.PutFeatureSpecRequest(spec=spec((await named(on_b))[0])))
+
+
+async def test_a_spec_written_while_nats_is_down_is_refused_and_not_applied(fresh, tmp_path):
+    async with (
+        running(replica(fresh, tmp_path / "a", "replica-a")) as a,
+        stub_of(a) as stub,
+    ):
+        for node in range(3):
+            await asyncio.to_thread(fresh.kill, node)
+        try:
+            put = pb.PutFeatureSpecRequest(spec=spec("offline"))
+            assert await code_of(stub.PutFeatureSpec(put)) is grpc.StatusCode.UNAVAILABLE
+            assert await named(stub) == []
+        finally:
+            # Together: a node alone has no majority to elect a leader with.
+            await asyncio.gather(*(asyncio.to_thread(fresh.restart, node) for node in range(3)))
