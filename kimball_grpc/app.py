@@ -40,8 +40,10 @@ from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
+from kimball_grpc.cluster.name_store import NameStore
 from kimball_grpc.cluster.partition_state import PartitionEngines
-from kimball_grpc.cluster.spec_store import ReplicatedSpecs, SpecStore
+from kimball_grpc.cluster.record_buckets import ReplicatedRecords
+from kimball_grpc.cluster.spec_store import SpecStore
 from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.config.tls import ServerTls, load_server_tls
@@ -183,7 +185,8 @@ class RunningReplica(RunningFront):
     forwarding: EventForwarding
     external: ExternalPredictions
     replica_id: str
-    specs: ReplicatedSpecs
+    specs: ReplicatedRecords
+    names: ReplicatedRecords
 
     @property
     def state_location(self) -> str:
@@ -200,6 +203,7 @@ class RunningReplica(RunningFront):
         await self.external.close()
         await self.partitions.stop()
         await self.specs.stop()
+        await self.names.stop()
         if not self.ready.done():
             self.ready.cancel()
         elif not self.ready.cancelled() and self.ready.exception() is None and grace:
@@ -223,7 +227,8 @@ async def start_replica(settings: Settings) -> RunningReplica:
     except BaseException:
         await connection.close()
         raise
-    # Holds nothing: the partitions' engines do. The limits are checked against it.
+    # Holds no counts (the partitions' engines do): the feature specs, and every name
+    # known in the cluster (one sample event each), which the limits are checked against.
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
     partitions = PartitionEngines(
@@ -234,15 +239,19 @@ async def start_replica(settings: Settings) -> RunningReplica:
         keep=settings.snapshots_kept,
     )
     log = JetStreamLog(js, settings.partitions, settings.replica_id)
-    # The feature specs: applied to ``engine`` from the replicated bucket, written there.
-    specs = ReplicatedSpecs(SpecStore(connection, settings.nats_stream_replicas))
+    # The feature specs and the known names: applied to ``engine`` from their replicated
+    # buckets, written there.
+    specs = ReplicatedRecords(SpecStore(connection, settings.nats_stream_replicas))
+    names = ReplicatedRecords(NameStore(connection, settings.nats_stream_replicas))
     front, ingestor, _, external, forwarding = _api_services(
-        settings, engine, metrics, log, cluster=True, specs=specs
+        settings, engine, metrics, log, cluster=True, specs=specs, names=names
     )
     await front.start()
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(
-        _replica_ready(partitions, js, front, settings.snapshot_interval_s, specs, ingestor)
+        _replica_ready(
+            partitions, js, front, settings.snapshot_interval_s, (specs, names), ingestor
+        )
     )
     return RunningReplica(
         front=front,
@@ -255,6 +264,7 @@ async def start_replica(settings: Settings) -> RunningReplica:
         external=external,
         replica_id=settings.replica_id,
         specs=specs,
+        names=names,
     )
 
 
@@ -263,12 +273,14 @@ async def _replica_ready(
     js: Any,
     front: GrpcFront,
     interval: float,
-    specs: ReplicatedSpecs,
+    replicated: tuple[ReplicatedRecords, ...],
     ingestor: Ingestor,
 ) -> None:
     """Load the partitions' snapshots and consume the stream after them, and apply the
-    feature specs, then take calls and snapshot the partitions every ``interval`` seconds."""
-    await specs.start(ingestor.apply_spec_change)
+    feature specs and known names, then take calls and snapshot the partitions every
+    ``interval`` seconds."""
+    for state in replicated:
+        await state.start(ingestor.apply_replicated)
     await partitions.start(js)
     await front.open()
     partitions.start_snapshots(interval)
@@ -281,11 +293,12 @@ def _api_services(
     log: RecordLog,
     *,
     cluster: bool = False,
-    specs: ReplicatedSpecs | None = None,
+    specs: ReplicatedRecords | None = None,
+    names: ReplicatedRecords | None = None,
 ) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
     """The gRPC front with the api mode's services registered, and the parts behind them;
     ``cluster``: a replica's (the records applied by the partitions, the reads refused;
-    the feature specs written to ``specs``)."""
+    the feature specs written to ``specs``, new names registered in ``names``)."""
     hub = SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
@@ -299,6 +312,7 @@ def _api_services(
         counted=metrics,
         applied_elsewhere=cluster,
         specs=specs,
+        names=names,
     )
     front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
     external = ExternalPredictions(

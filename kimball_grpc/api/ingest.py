@@ -13,7 +13,7 @@ from typing import Protocol
 from kimball_grpc.codec.proto_mapping import spec_message_size
 from kimball_grpc.codec.state_codec import decode_records, encode_records
 from kimball_grpc.config.logs import CallContext, current_call
-from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.engine import Engine, Growth
 from kimball_grpc.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -57,10 +57,11 @@ class RecordLog(Protocol):
 
 
 # The events a batch of records stands for, made on demand (see ``Ingestor._apply``).
-class SpecWriter(Protocol):
-    """Where a cluster replica writes feature spec changes (``ReplicatedSpecs``)."""
+class ReplicatedState(Protocol):
+    """Where a cluster replica writes the state every replica holds alike: feature spec
+    changes, and the records that add namespaces and names (``ReplicatedRecords``)."""
 
-    async def write(self, change: FeatureSpecRecord, check: Callable[[], object]) -> None: ...
+    async def write(self, records: Sequence[Record], check: Callable[[], object]) -> None: ...
 
 
 EventsOf = Callable[[], Sequence[Event]]
@@ -91,7 +92,8 @@ class Ingestor:
         refused: Callable[[LimitExceeded], None] = lambda error: None,
         counted: EventCounts | None = None,
         applied_elsewhere: bool = False,
-        specs: SpecWriter | None = None,
+        specs: ReplicatedState | None = None,
+        names: ReplicatedState | None = None,
     ) -> None:
         self.engine = engine
         self.growth = GrowthLimits(engine, limits)
@@ -109,8 +111,10 @@ class Ingestor:
         # Cluster mode: the records are applied by the replicas consuming the stream, not
         # to ``engine`` (which then holds nothing but is what the limits are checked on).
         self._applied_elsewhere = applied_elsewhere
-        # Cluster mode: spec changes go to the replicated spec store, not to ``log``.
+        # Cluster mode: spec changes go to the replicated spec store, not to ``log``; what
+        # adds namespaces, names or goals is registered in the known names first.
         self._specs = specs
+        self._names = names
         self._sequence = 0  # without a log: records applied so far
 
     async def accept(self, events: Sequence[Event]) -> int:
@@ -297,15 +301,38 @@ class Ingestor:
         # earlier change applied.
         async with self._spec_change:
             if self._specs is not None:
-                await self._specs.write(record, check)
+                await self._specs.write([record], check)
                 return
             check()
             await self._commit([record], None)
 
-    def apply_spec_change(self, record: FeatureSpecRecord) -> None:
-        """Apply a spec change the replicated spec store brings (cluster mode)."""
-        self.engine.apply(record)
-        self.spec_changes.notify()
+    def apply_replicated(self, records: Sequence[Record]) -> None:
+        """Apply records the replicated spec store or known names bring (cluster mode)."""
+        for record in records:
+            self.engine.apply(record)
+        if records[0].__class__ is FeatureSpecRecord:
+            self.spec_changes.notify()
+
+    async def _register(self, records: Sequence[Record], reserved: Reservation) -> None:
+        """Cluster mode: register what ``records`` add in the known names, checked against
+        the limits with every name known in the cluster (``LimitExceeded`` past one)."""
+        adding = self._adding(records)
+        self.growth.release(reserved)  # counted in the known names once registered
+        await self._names.write(adding, partial(self._recheck, adding))  # type: ignore[union-attr]
+
+    def _recheck(self, records: Sequence[Record]) -> None:
+        self.growth.release(self._admit(records))
+
+    def _adding(self, records: Sequence[Record]) -> list[Record]:
+        """One record for each thing ``records`` add to the known names."""
+        met: set[Growth] = set()
+        adding = []
+        for record in records:
+            new = [thing for thing in self.engine.growth((record,)) if thing not in met]
+            if new:
+                met.update(new)
+                adding.append(record)
+        return adding
 
     async def _commit(
         self,
@@ -317,6 +344,8 @@ class Ingestor:
         if self._log is None:
             self._apply(records, events, reserved, self._sequence + 1)
             return
+        if self._names is not None and not reserved.released:
+            await self._register(records, reserved)
         apply = partial(self._apply, records, events, reserved)
         payload = encode_records(records) if encoded is None else encoded
         append = self._log.append(payload, len(records), apply)

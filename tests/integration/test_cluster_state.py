@@ -1,7 +1,10 @@
-"""Feature specs in cluster mode, on a real 3-node NATS JetStream cluster on loopback: a spec
-written on one replica is read, evaluated (gRPC and REST) and watched equally on another;
-a deletion reaches every replica; a bad spec is refused and nothing is stored; the count
-limit holds across replicas writing at once; a write while NATS is down is refused."""
+"""The state every replica holds alike in cluster mode, on a real 3-node NATS JetStream
+cluster on loopback. Feature specs: a spec written on one replica is read, evaluated (gRPC
+and REST) and watched equally on another; a deletion reaches every replica; a bad spec is
+refused and nothing is stored; the count limit holds across replicas writing at once; a
+write while NATS is down is refused. Growth limits: namespaces added over two replicas at
+once stop at the limit, cluster-wide, with a single node's refusal, nothing of a refused
+batch published."""
 
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ import nats
 import pytest
 import test_cluster_log
 from google.protobuf.struct_pb2 import Value
-from support.in_process import gateway_of, rest_client, running, stub_of
+from support.in_process import gateway_of, local_settings, rest_client, running, stub_of
 from support.nats_cluster import NatsCluster
 from support.polling import until
 
 from kimball_grpc.cluster.event_log import STREAM
+from kimball_grpc.cluster.name_store import NAMES_BUCKET
 from kimball_grpc.cluster.spec_store import SPECS_BUCKET
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
@@ -31,10 +35,10 @@ replica = test_cluster_log.replica
 
 @pytest.fixture
 async def fresh(nats_cluster: NatsCluster) -> NatsCluster:
-    """The cluster without the stream and the spec bucket: each test makes its own."""
+    """The cluster without the stream and the buckets: each test makes its own."""
     connection = await nats.connect(nats_cluster.urls)
     js = connection.jetstream()
-    for name in (STREAM, f"KV_{SPECS_BUCKET}"):
+    for name in (STREAM, f"KV_{SPECS_BUCKET}", f"KV_{NAMES_BUCKET}"):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
     await connection.close()
@@ -169,3 +173,70 @@ async def test_a_spec_written_while_nats_is_down_is_refused_and_not_applied(fres
         finally:
             # Together: a node alone has no majority to elect a leader with.
             await asyncio.gather(*(asyncio.to_thread(fresh.restart, node) for node in range(3)))
+
+
+def in_namespace(namespace: str) -> pb.TrackEventsRequest:
+    return pb.TrackEventsRequest(
+        events=[pb.Event(event_name="view", user_id=f"{namespace}-{i}", namespace=namespace)
+                for i in range(5)]
+    )  # fmt: skip
+
+
+def refusals(server) -> float:
+    registry = server.metrics.registry
+    return registry.get_sample_value("kimball_limit_refusals_total", {"limit": "namespaces"}) or 0
+
+
+async def test_namespaces_added_over_two_replicas_stop_at_the_limit_cluster_wide(fresh, tmp_path):
+    limit = {"max_namespaces": 3}
+    async with (
+        running(local_settings(tmp_path / "single", **limit)) as single,
+        stub_of(single) as stub,
+    ):
+        for i in range(3):
+            await stub.TrackEvents(in_namespace(f"ns-{i}"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.TrackEvents(in_namespace("ns-3"))
+        single_node_refusal = (info.value.code(), info.value.details())
+    async with (
+        running(replica(fresh, tmp_path / "a", "replica-a", **limit)) as a,
+        running(replica(fresh, tmp_path / "b", "replica-b", **limit)) as b,
+        stub_of(a) as on_a,
+        stub_of(b) as on_b,
+    ):
+        sent = [f"ns-{i}" for i in range(8)]
+        answers = await asyncio.gather(
+            *(
+                stub.TrackEvents(in_namespace(ns))
+                for ns, stub in zip(sent, [on_a, on_b] * 4, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        accepted = {
+            ns
+            for ns, answer in zip(sent, answers, strict=True)
+            if not isinstance(answer, Exception)
+        }
+        refused = [answer for answer in answers if isinstance(answer, Exception)]
+        assert len(accepted) == 3
+        assert {(e.code(), e.details()) for e in refused} == {single_node_refusal}
+        assert refusals(a) + refusals(b) == 5
+        # Only the accepted namespaces' events reach the partitions: refused ones are
+        # published nowhere.
+
+        def applied_namespaces() -> set[str]:
+            return {
+                ns
+                for server in (a, b)
+                for state in server.partitions.states.values()
+                for ns in state.engine.namespaces()
+            }
+
+        await until(lambda: applied_namespaces() == accepted, "the accepted namespaces", 10)
+        # A namespace known in the cluster takes events on every replica.
+        known = sorted(accepted)[0]
+        await asyncio.gather(on_a.TrackEvents(in_namespace(known)),
+                             on_b.TrackEvents(in_namespace(known)))  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await on_b.CreateGoal(pb.CreateGoalRequest(namespace="another", goal_name="g"))
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
