@@ -313,12 +313,16 @@ class Ingestor:
         if records[0].__class__ is FeatureSpecRecord:
             self.spec_changes.notify()
 
-    async def _register(self, records: Sequence[Record], reserved: Reservation) -> None:
-        """Cluster mode: register what ``records`` add in the known names, checked against
-        the limits with every name known in the cluster (``LimitExceeded`` past one)."""
+    async def _register(
+        self, names: ReplicatedState, records: Sequence[Record], reserved: Reservation
+    ) -> None:
+        """Cluster mode: register what ``records`` add in the known ``names``, checked
+        against the limits with every name known in the cluster (``LimitExceeded`` past
+        one)."""
         adding = self._adding(records)
         self.growth.release(reserved)  # counted in the known names once registered
-        await self._names.write(adding, partial(self._recheck, adding))  # type: ignore[union-attr]
+        if adding:  # else another batch registered it all meanwhile
+            await names.write(adding, partial(self._recheck, adding))
 
     def _recheck(self, records: Sequence[Record]) -> None:
         self.growth.release(self._admit(records))
@@ -345,7 +349,7 @@ class Ingestor:
             self._apply(records, events, reserved, self._sequence + 1)
             return
         if self._names is not None and not reserved.released:
-            await self._register(records, reserved)
+            await self._register(self._names, records, reserved)
         apply = partial(self._apply, records, events, reserved)
         payload = encode_records(records) if encoded is None else encoded
         append = self._log.append(payload, len(records), apply)
