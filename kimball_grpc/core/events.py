@@ -74,12 +74,13 @@ def prepare_events(
             f"a batch holds at most {MAX_BATCH_EVENTS} events, got {len(events)}",
             key="events",
         )
-    # A batch repeats its namespace, its names and many user ids: each distinct one is
+    # A batch repeats its namespace, its names and some user ids: each distinct one is
     # checked (a user id hashed) once per batch. The checks are prepare_event's, so an
     # event valid here is valid there; a bad one is told by prepare_event itself.
     namespaces = _Checked(check_namespace)
     names = _Checked(partial(check_name, "event_name"))
-    users = _Checked(_user_hash)
+    users: dict[str, KeyHash] = {}  # mostly distinct: looked up inline, a miss costs least
+    get_user = users.get
     records = []
     append = records.append
     new_record = tuple.__new__  # EventRecord's own constructor without its Python frame
@@ -88,7 +89,9 @@ def prepare_events(
         try:
             namespace = namespaces[namespace]
             name = names[name]
-            user_hash = users[user]
+            user_hash = get_user(user)
+            if user_hash is None:
+                user_hash = users[user] = hash_key(check_text("user_id", user))
             if value is not None:
                 check_value(value)
             year, week = current_week if when is None else iso_week(when)
@@ -99,10 +102,6 @@ def prepare_events(
             new_record(EventRecord, (namespace, name, user_hash, year, week, value, ensure_goal))
         )
     return records
-
-
-def _user_hash(user: str) -> KeyHash:
-    return hash_key(check_text("user_id", user))
 
 
 def _raise_bad(events: Sequence[EventFields], index: int, current_week: tuple[int, int]) -> None:
