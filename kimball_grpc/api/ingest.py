@@ -22,7 +22,14 @@ from kimball_grpc.core.errors import (
     LimitExceeded,
     OutOfRange,
 )
-from kimball_grpc.core.events import AcceptedEvent, Event, iso_week, prepare_events, prepare_goal
+from kimball_grpc.core.events import (
+    AcceptedEvent,
+    Event,
+    EventFields,
+    iso_week,
+    prepare_events,
+    prepare_goal,
+)
 from kimball_grpc.core.feature_flags import ANONYMOUS, FeatureSpec
 from kimball_grpc.core.growth_limits import NOTHING, GrowthLimits, Reservation
 from kimball_grpc.core.limits import FEATURE_SPEC_BYTES, MAX_RELAYED_EVENTS, StateLimits
@@ -117,8 +124,9 @@ class Ingestor:
         self._names = names
         self._sequence = 0  # without a log: records applied so far
 
-    async def accept(self, events: Sequence[Event]) -> int:
-        """Validate then apply ``events``, all or nothing; returns how many were accepted.
+    async def accept(self, events: Sequence[EventFields]) -> int:
+        """Validate then apply ``events`` (``Event``s, or plain tuples of their fields), all or
+        nothing; returns how many were accepted.
 
         ``InvalidArgument`` for a bad event, ``LimitExceeded`` if the batch would grow the
         state past a limit, ``StorageError`` when the log cannot take the batch (in each
@@ -127,7 +135,7 @@ class Ingestor:
         try:
             records = prepare_events(events, iso_week(self._clock()))
             if records:
-                await self._commit(records, partial(_given, events), self._admit(records))
+                await self._commit(records, partial(_as_events, events), self._admit(records))
         except KimballError as error:
             self._count(call, error.grpc_code, len(events))
             raise
@@ -442,8 +450,11 @@ def _relayed_events(batches: Sequence[bytes]) -> list[list[EventRecord]]:
     return decoded_batches
 
 
-def _given(events: Sequence[Event]) -> Sequence[Event]:
-    return events
+def _as_events(events: Sequence[EventFields]) -> Sequence[Event]:
+    """``events`` as ``Event``s: a batch holds ``Event``s or plain tuples, not both."""
+    if events[0].__class__ is Event:
+        return events  # type: ignore[return-value]
+    return [Event._make(fields) for fields in events]
 
 
 def _origin_events(
