@@ -39,6 +39,9 @@ APPEND_SECONDS = 30.0  # all of a batch's parts; then the caller gets UNAVAILABL
 # lost acknowledgement, a part is stored once.
 DUPLICATE_WINDOW_SECONDS = 120.0
 CONNECT_SECONDS = 20.0  # at start: then the replica stops, saying which servers
+# Records published in one group at most: a partition's message of ~25 bytes per event
+# stays well under NATS's default 1 MiB payload limit.
+GROUP_RECORDS = 10_000
 
 
 class EventLogUnavailable(KimballError):
@@ -161,23 +164,63 @@ class JetStreamLog:
         # Message ids: unique per part, the same when a part is published again.
         self._ids = itertools.count(1)
         self._id_prefix = f"{replica_id}-{time.time_ns():x}-"
+        self._waiting: list[_Append] = []  # batches to publish with the next group
+        self._publishing: asyncio.Task[None] | None = None
 
     async def append(self, payload: bytes, count: int, on_durable: Callable[[int], None]) -> int:
         """Publish the ``count`` records of ``payload`` (a ``RecordBatch``), each partition's
         as one message; once all are acknowledged, ``on_durable(first)`` and ``first``.
-        ``EventLogUnavailable`` if they are not acknowledged within ``APPEND_SECONDS``."""
-        records = decode_records(payload)
-        parts = split_by_partition(records, self.partitions)
-        if len(parts) == 1:
-            ((partition, _),) = parts.items()
-            messages = [(subject(partition), payload)]  # already the part's encoding
+        ``EventLogUnavailable`` if they are not acknowledged within ``APPEND_SECONDS``.
+
+        Batches appended while a group is being published go together in the next group,
+        one message per partition for all of them (as a write-ahead log's group commit):
+        with many clients a message carries many batches' events of its partition, not
+        the one or two of a batch split over every partition."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Append(payload, count, on_durable, done))
+        if self._publishing is None:
+            self._publishing = asyncio.ensure_future(self._publish_groups())
+        return await asyncio.shield(done)  # a caller gone away leaves the group going
+
+    async def _publish_groups(self) -> None:
+        try:
+            while self._waiting:
+                group = _take_group(self._waiting)
+                try:
+                    await self._publish_all(self._messages(group))
+                except BaseException as exc:
+                    for item in group:
+                        item.done.set_exception(exc if isinstance(exc, Exception) else _cut_off())
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the callers are told so
+                    continue
+                for item in group:
+                    first = self.last_sequence + 1
+                    self.last_sequence += item.count
+                    try:
+                        item.on_durable(first)
+                    except Exception as exc:  # the caller's: it gets it, the others go on
+                        item.done.set_exception(exc)
+                    else:
+                        item.done.set_result(first)
+        finally:
+            self._publishing = None
+            waiting, self._waiting = self._waiting, []
+            for item in waiting:  # left only if cut off
+                item.done.set_exception(_cut_off())
+
+    def _messages(self, group: Sequence[_Append]) -> list[tuple[str, bytes]]:
+        """One message per partition for the records of ``group``, in their order."""
+        if len(group) == 1:
+            records = decode_records(group[0].payload)
+            parts = split_by_partition(records, self.partitions)
+            if len(parts) == 1:
+                ((partition, _),) = parts.items()
+                return [(subject(partition), group[0].payload)]  # already the part's encoding
         else:
-            messages = [(subject(p), encode_records(part)) for p, part in parts.items()]
-        await self._publish_all(messages)
-        first = self.last_sequence + 1
-        self.last_sequence += count
-        on_durable(first)
-        return first
+            records = [record for item in group for record in decode_records(item.payload)]
+            parts = split_by_partition(records, self.partitions)
+        return [(subject(p), encode_records(part)) for p, part in parts.items()]
 
     async def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
         from nats.js.api import Header
@@ -211,3 +254,35 @@ class JetStreamLog:
                 )
             if pending:
                 await asyncio.sleep(0.1)
+
+
+@dataclass
+class _Append:
+    """A batch waiting for its group to be published, and its caller's future."""
+
+    payload: bytes
+    count: int
+    on_durable: Callable[[int], None]
+    done: asyncio.Future[int]
+
+
+def _take_group(waiting: list[_Append]) -> list[_Append]:
+    """The oldest waiting batches, up to ``GROUP_RECORDS`` records (at least one batch),
+    taken out of ``waiting``: a group's messages stay far below NATS's payload limit."""
+    total, size = 0, 0
+    for item in waiting:
+        if size and total + item.count > GROUP_RECORDS:
+            break
+        total += item.count
+        size += 1
+    group = waiting[:size]
+    del waiting[:size]
+    return group
+
+
+def _cut_off() -> EventLogUnavailable:
+    return EventLogUnavailable(
+        "the event log (NATS JetStream) publishing stopped (the replica is shutting down): "
+        "part of the batch may be stored; send it again",
+        stream=STREAM,
+    )

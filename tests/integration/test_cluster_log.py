@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import nats
 import pytest
 from support.cluster_replicas import (
     PARTITIONS,
@@ -21,6 +22,7 @@ from support.cluster_replicas import (
 from support.in_process import gateway_of, rest_client, running, stub_of
 from support.polling import until
 
+from kimball_grpc.cluster.event_log import STREAM
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
@@ -66,6 +68,22 @@ async def test_events_over_rest_and_grpc_reach_the_owners_partitions(fresh_strea
             )
 
         await until(goal_everywhere, "the goal in every partition of both replicas", 20)
+
+
+async def test_batches_sent_at_once_share_the_partitions_messages(fresh_stream, tmp_path):
+    batches = [events(f"c{i}", 100) for i in range(20)]
+    async with running(replica(fresh_stream, tmp_path, "replica-a")) as a:
+        await asyncio.gather(*(send_grpc(a, batch) for batch in batches))
+        everything = [event for batch in batches for event in batch]
+        await until(lambda: applied(a) == expected_counts(everything), "all applied", 20)
+        connection = await nats.connect(fresh_stream.urls)
+        try:
+            stored = (await connection.jetstream().stream_info(STREAM)).state.messages
+        finally:
+            await connection.close()
+    # One message per partition per batch would be 20 x 8: the batches that came while a
+    # group was being published went together, one message per partition.
+    assert stored < len(batches) * PARTITIONS / 2
 
 
 async def test_subscribe_is_refused_clearly_in_cluster_mode(fresh_stream, tmp_path):
