@@ -25,7 +25,7 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
-from support.kimball_process import read_until_listening, start, stop
+from support.kimball_process import read_until_listening, start, stop, wait_for_output
 from support.nats_cluster import NatsCluster
 from support.polling import until
 from support.ports import free_port
@@ -391,6 +391,12 @@ async def test_a_replica_paused_past_its_lease_is_taken_over_and_applies_nothing
         )
     finally:
         paused.signal(signal.SIGCONT)
+    # Awake, it finds its lease lapsed by its own clock and stops applying before anything
+    # else (then joins again under a new incarnation and claims its share afresh).
+    assert paused.process is not None
+    await asyncio.to_thread(
+        wait_for_output, paused.process, f"lease of {paused.name} lost", SETTLE_SECONDS
+    )
     await assert_equal_answers(cluster)
 
 
