@@ -40,6 +40,7 @@ from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
+from kimball_grpc.cluster.membership import LeaseMismatch, Membership
 from kimball_grpc.cluster.partition_state import PartitionEngines
 from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
@@ -178,6 +179,7 @@ class RunningReplica(RunningFront):
 
     ingestor: Ingestor
     partitions: PartitionEngines
+    membership: Membership
     connection: Any  # the NATS connection
     forwarding: EventForwarding
     external: ExternalPredictions
@@ -192,7 +194,8 @@ class RunningReplica(RunningFront):
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop taking calls, let in-flight ones finish, stop applying the stream, store a
-        last snapshot of each partition that changed, then close the NATS connection."""
+        last snapshot of each partition that changed, release the partitions (the others
+        take them over at once, from those snapshots), then close the NATS connection."""
         await self.front.stop(grace)
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
@@ -201,13 +204,14 @@ class RunningReplica(RunningFront):
             self.ready.cancel()
         elif not self.ready.cancelled() and self.ready.exception() is None and grace:
             await self.partitions.snapshot()
+        await self.membership.stop()
         await self.connection.close()
 
 
 async def start_replica(settings: Settings) -> RunningReplica:
     """Connect to NATS, create or check the stream (``ConfigError`` if it cannot be used),
-    start the gRPC server, then load each partition's snapshot and consume the stream after
-    it before taking calls."""
+    join the membership (``ConfigError`` for another lease), start the gRPC server, then
+    apply the partitions this replica owns."""
     options = NatsOptions(settings.nats_urls, settings.nats_creds_file, settings.replica_id)
     connection = await event_log.connect(options)
     try:
@@ -223,11 +227,23 @@ async def start_replica(settings: Settings) -> RunningReplica:
     # Holds nothing: the partitions' engines do. The limits are checked against it.
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
+    ownership = metrics.watch_ownership()
+    membership = Membership(
+        connection,
+        settings.replica_id,
+        settings.advertise_address,  # or the host name and port, once the port is bound
+        settings.partitions,
+        settings.lease_seconds,
+        bucket_replicas=settings.nats_stream_replicas,
+        on_lease_lost=ownership.lease_losses.inc,
+    )
     partitions = PartitionEngines(
         settings.partitions,
         settings.counter_config,
         blobs,
-        f"cluster/{settings.replica_id}/partitions/",
+        "cluster/partitions/",  # shared: a partition's next owner loads them
+        membership,
+        ownership,
         keep=settings.snapshots_kept,
     )
     log = JetStreamLog(js, settings.partitions, settings.replica_id)
@@ -235,6 +251,13 @@ async def start_replica(settings: Settings) -> RunningReplica:
         settings, engine, metrics, log, cluster=True
     )
     await front.start()
+    membership.address = settings.advertised_address(front.port)
+    try:
+        await membership.start()
+    except LeaseMismatch as exc:
+        await front.stop(None)
+        await connection.close()
+        raise ConfigError(str(exc)) from None
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(
         _replica_ready(partitions, js, front, settings.snapshot_interval_s)
@@ -245,6 +268,7 @@ async def start_replica(settings: Settings) -> RunningReplica:
         ready=ready,
         ingestor=ingestor,
         partitions=partitions,
+        membership=membership,
         connection=connection,
         forwarding=forwarding,
         external=external,
@@ -255,8 +279,9 @@ async def start_replica(settings: Settings) -> RunningReplica:
 async def _replica_ready(
     partitions: PartitionEngines, js: Any, front: GrpcFront, interval: float
 ) -> None:
-    """Load the partitions' snapshots and consume the stream after them, then take calls
-    and snapshot the partitions every ``interval`` seconds."""
+    """Follow the membership (each partition gained is loaded from its snapshot and the
+    stream replayed after it, in the background), take calls, and snapshot the owned
+    partitions every ``interval`` seconds."""
     await partitions.start(js)
     await front.open()
     partitions.start_snapshots(interval)

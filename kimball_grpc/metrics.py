@@ -319,6 +319,10 @@ class Metrics:
         """Expose the snapshot store's figures (read when scraped)."""
         self.registry.register(_SnapshotsCollector(snapshots))
 
+    def watch_ownership(self) -> OwnershipMetrics:
+        """The partition ownership series of a cluster replica (registered only there)."""
+        return OwnershipMetrics(self.registry)
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """One REST request to ``route`` (its declared path) answered ``status``."""
         self.http_requests.labels(route, method, str(status)).inc()
@@ -385,6 +389,39 @@ class Metrics:
         reason = REFUSAL_BY_HTTP_STATUS.get(status)
         if reason is not None and self.counts_events:
             self.events_refused.labels(reason).inc()
+
+
+class OwnershipMetrics:
+    """A cluster replica's partitions: how many it applies, moves, lease losses, and the
+    time from gaining a partition to having applied the stream up to where it stood."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.owned = Gauge(
+            "kimball_partitions_owned",
+            "Partitions this replica applies now.",
+            registry=registry,
+        )
+        self.moves = Counter(
+            "kimball_partition_moves",
+            "Partitions this replica gained or lost, by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        for direction in ("gained", "lost"):
+            self.moves.labels(direction)
+        self.lease_losses = Counter(
+            "kimball_lease_losses",
+            "Times this replica's membership lease lapsed or was found gone (it then stops "
+            "applying every partition).",
+            registry=registry,
+        )
+        self.takeover_seconds = Histogram(
+            "kimball_partition_takeover_seconds",
+            "From gaining a partition to having applied its stream up to the last message "
+            "there when it was gained (snapshot loaded, the rest replayed).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
 
 
 class _EngineCollector(Collector):

@@ -29,6 +29,7 @@ from kimball_grpc.config.settings import (
     environment,
     limit_field,
     load_settings,
+    parse_advertise_address,
     parse_configmap_name,
     parse_feature_spec_store,
     parse_fsync_policy,
@@ -288,6 +289,13 @@ def _add_cluster_options(run: argparse.ArgumentParser) -> None:
         help="cluster mode: the membership lease, 1 to 3600; a replica not heard from for "
         "this long loses its partitions; the same on every replica "
         "(env KIMBALL_LEASE_SECONDS; default 10)",
+    )
+    run.add_argument(
+        "--advertise-address",
+        type=_flag(parse_advertise_address, "--advertise-address"),
+        metavar="HOST:PORT",
+        help="cluster mode: where the other replicas reach this replica's gRPC port "
+        "(env KIMBALL_ADVERTISE_ADDRESS; default <host name>:<gRPC port>)",
     )
 
 
@@ -759,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                 "replica_id",
                 "partitions",
                 "nats_stream_replicas",
+                "advertise_address",
             )
         }
         overrides |= {

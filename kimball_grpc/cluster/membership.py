@@ -84,10 +84,12 @@ class Membership:
         partitions: int,
         lease_seconds: float,
         bucket_replicas: int = 1,
+        on_lease_lost: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_lease_lost``: called each time a live lease lapses or is found gone."""
         self._nc = nc
         self.replica_id = replica_id
-        self._address = address
+        self.address = address  # may be set until ``start``: the gRPC address others call
         self._partitions = partitions
         self._lease = lease_seconds
         self._bucket_replicas = bucket_replicas
@@ -96,6 +98,8 @@ class Membership:
         self._deadline = 0.0  # monotonic: the lease is trusted until then
         self._owned: dict[int, int] = {}  # partition -> claim revision
         self._members: dict[str, Member] = {}
+        self._claims: dict[int, Claim] = {}  # as last read, with this replica's own changes
+        self._on_lease_lost = on_lease_lost
         self._listeners: list[OwnershipListener] = []
         self._task: asyncio.Task[None] | None = None
         self._members_kv: Any = None
@@ -122,6 +126,17 @@ class Membership:
     def members(self) -> dict[str, Member]:
         """The live members as last read (this replica among them once registered)."""
         return dict(self._members)
+
+    def owners(self) -> dict[int, str]:
+        """Partition -> the gRPC address of the live member holding its claim now (as last
+        read); a partition with no claim, or whose holder is no longer a live member, is
+        absent."""
+        out = {}
+        for partition, claim in self._claims.items():
+            holder = self._members.get(claim.replica_id or "")
+            if holder is not None and holder.incarnation == claim.incarnation:
+                out[partition] = holder.address
+        return out
 
     def add_listener(self, listener: OwnershipListener) -> None:
         """Call ``listener`` with the owned partitions after every change."""
@@ -194,8 +209,16 @@ class Membership:
             await asyncio.sleep(wait)
 
     async def _fence_if_expired(self) -> None:
-        if self._owned and not self.lease_live():
+        if self._deadline and not self.lease_live():
+            await self._lose_lease()
+
+    async def _lose_lease(self) -> None:
+        """The lease lapsed or its key is gone: count it once, stop applying everything."""
+        if self._deadline:
+            self._deadline = 0.0
             log.warning("lease of %s lost: it stops applying its partitions", self.replica_id)
+            self._on_lease_lost()
+        if self._owned:
             self._owned = {}
             await self._notify()
 
@@ -205,6 +228,7 @@ class Membership:
             return
         self._members = await self._read_members()
         claims = await self._read_claims()
+        self._claims = claims
         wanted = owned_by(self.replica_id, self._members, self._partitions)
         # The claims under this incarnation, as the bucket has them: a reconcile cut
         # short (a timeout) may have left one written but not yet recorded here.
@@ -228,6 +252,7 @@ class Membership:
             await self._notify()
         for partition, revision in leaving.items():
             await self._claims_kv.delete(_key(partition), last=revision)
+            del claims[partition]  # unowned until the next owner claims it
         taken = False
         for partition in sorted(wanted - self._owned.keys()):
             if not self.lease_live():
@@ -238,6 +263,7 @@ class Membership:
                 revision = await self._claim(partition, claims.get(partition))
             if revision is not None:
                 self._owned[partition] = revision
+                claims[partition] = Claim(self.replica_id, self._incarnation, revision)
                 taken = True
         if taken:
             await self._notify()
@@ -260,8 +286,7 @@ class Membership:
             # Expired (or, at registration, a previous incarnation still holds the key):
             # everything held under the old lease is gone; register again later.
             self._member_revision = None
-            self._deadline = 0.0
-            await self._fence_if_expired()
+            await self._lose_lease()
             return False
         self._deadline = sent + self._lease * LOCAL_LEASE_SHARE
         return True
@@ -270,7 +295,7 @@ class Membership:
         return json.dumps(
             {
                 "replica_id": self.replica_id,
-                "address": self._address,
+                "address": self.address,
                 "incarnation": self._incarnation,
             }
         ).encode()

@@ -240,6 +240,15 @@ class Settings:
     # Cluster mode: a replica's membership lease (the members bucket's TTL; renewed every
     # third of it). Every replica of a cluster must use the same.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Cluster mode: host:port at which the other replicas reach this one's gRPC port;
+    # empty: the host name and the gRPC port (``advertised_address``).
+    advertise_address: str = ""
+
+    def advertised_address(self, bound_port: int) -> str:
+        """Where the other replicas reach this replica's gRPC port: ``advertise_address``,
+        else the host name and ``bound_port`` (``grpc_port``, or the port picked for 0). A
+        StatefulSet pod's host name resolves through its headless service."""
+        return self.advertise_address or f"{socket.gethostname()}:{bound_port}"
 
     @property
     def rest_host(self) -> str:
@@ -451,11 +460,25 @@ def _choice(choices: type[C], name: str, value: str) -> C:
 def parse_analytics_host(name: str, value: str) -> str:
     """The api server's gRPC address from text: ``host:port``, ``[v6]:port``, or a host
     alone (port 50051), optionally as ``grpc://...``; ``ConfigError`` otherwise."""
+    return parse_grpc_address(name, value, "the api server's", "the relay delivers over gRPC")
+
+
+def parse_advertise_address(name: str, value: str) -> str:
+    """The address other replicas reach this replica's gRPC port at, as
+    ``parse_grpc_address`` reads it."""
+    why = "the replicas call each other over gRPC"
+    return parse_grpc_address(name, value, "this replica's", why)
+
+
+def parse_grpc_address(name: str, value: str, whose: str, why: str) -> str:
+    """A gRPC address from text: ``host:port``, ``[v6]:port``, or a host alone (port
+    50051), optionally as ``grpc://...``; ``ConfigError`` naming ``name`` (the error says
+    it must be ``whose`` gRPC address, not a URL, because ``why``) otherwise."""
     text = value.strip().removeprefix("grpc://").rstrip("/")
     if "://" in text or "/" in text:
         raise ConfigError(
-            f"{name} must be the api server's gRPC address, host:port (e.g. kimball:50051), "
-            f"not a URL: the relay delivers over gRPC; got {value!r}"
+            f"{name} must be {whose} gRPC address, host:port (e.g. kimball:50051), "
+            f"not a URL: {why}; got {value!r}"
         )
     if text.count(":") > 1 and not text.startswith("["):
         text = f"[{text}]"  # a bare IPv6 address
@@ -607,6 +630,12 @@ def check_cluster(settings: Settings) -> None:
             raise ConfigError(
                 "--nats-creds-file (KIMBALL_NATS_CREDS_FILE) is set without --nats-url "
                 "(KIMBALL_NATS_URL): set both for cluster mode, or neither"
+            )
+        if settings.advertise_address:
+            raise ConfigError(
+                "--advertise-address (KIMBALL_ADVERTISE_ADDRESS) is set without --nats-url "
+                "(KIMBALL_NATS_URL): it is where the other replicas of a cluster reach this "
+                "one; set both for cluster mode, or neither"
             )
         return
     refused = {
@@ -1212,4 +1241,5 @@ _CLUSTER = {  # variable: (setting, parse)
     "KIMBALL_PARTITIONS": ("partitions", parse_partitions),
     "KIMBALL_NATS_STREAM_REPLICAS": ("nats_stream_replicas", parse_stream_replicas),
     "KIMBALL_LEASE_SECONDS": ("lease_seconds", parse_lease_seconds),
+    "KIMBALL_ADVERTISE_ADDRESS": ("advertise_address", parse_advertise_address),
 }

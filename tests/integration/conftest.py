@@ -9,7 +9,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from support.cluster_replicas import clear
 from support.in_process import gateway_of, intake_channel, local_settings, rest_client, running
+from support.nats_cluster import NatsCluster
 from support.object_servers import ObjectServer, gcs_emulator, moto_server
 
 from gateway.server import RunningGateway, network_channel
@@ -86,3 +88,23 @@ def gcs_server() -> Iterator[ObjectServer]:
     """A real GCS emulator on loopback, one per test module."""
     with gcs_emulator() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory) -> Iterator[NatsCluster]:
+    """A real 3-node NATS JetStream cluster on loopback, one per test module (mark the
+    module ``xdist_group("nats-cluster")``, so its tests share a worker)."""
+    cluster = NatsCluster.create(tmp_path_factory.mktemp("nats"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def fresh_stream(nats_cluster: NatsCluster) -> NatsCluster:
+    """The NATS cluster without the event stream and the membership buckets: each test
+    starts its replicas afresh."""
+    await clear(nats_cluster)
+    return nats_cluster

@@ -7,95 +7,26 @@ a stream made with another partition count stops a replica at start."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 import pytest
-from support.in_process import gateway_of, local_settings, rest_client, running, stub_of
-from support.nats_cluster import NatsCluster
+from support.cluster_replicas import (
+    PARTITIONS,
+    applied,
+    as_request,
+    events,
+    expected_counts,
+    replica,
+)
+from support.in_process import gateway_of, rest_client, running, stub_of
 from support.polling import until
 
-from kimball_grpc.cluster.event_log import STREAM, split_by_partition
-from kimball_grpc.config.settings import Settings
-from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import ConfigError
-from kimball_grpc.core.events import Event, iso_week, prepare_events
+from kimball_grpc.core.events import Event
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
-PARTITIONS = 8
-# One NATS cluster for the module: each test uses its own stream (deleted first).
+# The NATS cluster (one per module) and ``fresh_stream`` come from conftest.py.
 pytestmark = pytest.mark.xdist_group("nats-cluster")
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster.create(tmp_path_factory.mktemp("nats"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-async def fresh_stream(nats_cluster: NatsCluster) -> NatsCluster:
-    """The cluster without the stream: each test makes its own."""
-    import nats
-    from nats.js.errors import NotFoundError
-
-    connection = await nats.connect(nats_cluster.urls)
-    try:
-        await connection.jetstream().delete_stream(STREAM)
-    except NotFoundError:
-        pass
-    finally:
-        await connection.close()
-    return nats_cluster
-
-
-def replica(cluster: NatsCluster, data_dir: Path, name: str, **fields: object) -> Settings:
-    cluster_fields = {
-        "nats_urls": tuple(cluster.urls),
-        "replica_id": name,
-        "partitions": PARTITIONS,
-        "nats_stream_replicas": 3,
-    }
-    return local_settings(data_dir, **(cluster_fields | fields))
-
-
-def events(prefix: str, count: int) -> list[Event]:
-    """``count`` events of distinct users, of two names, in namespace ``shop``."""
-    return [
-        Event("view" if i % 3 else "buy", f"{prefix}-user-{i}", "shop", None, None, False)
-        for i in range(count)
-    ]
-
-
-def expected_counts(sent: list[Event]) -> dict[int, dict[str, int]]:
-    """Each partition's counters (name: unique users), as one engine per partition holds
-    them after applying the events of its users."""
-    records = prepare_events(sent, iso_week(datetime.now(UTC)))
-    out = {}
-    for partition, part in split_by_partition(records, PARTITIONS).items():
-        engine = Engine()
-        for record in part:
-            engine.apply(record)
-        out[partition] = counts(engine)
-    return out
-
-
-def counts(engine: Engine) -> dict[str, int]:
-    return {counter.name: counter.count for counter in engine.counters("shop")}
-
-
-def applied(server) -> dict[int, dict[str, int]]:
-    return {
-        partition: counts(state.engine)
-        for partition, state in server.partitions.states.items()
-        if counts(state.engine)
-    }
 
 
 async def send_rest(server, batch: list[Event]) -> None:
@@ -109,31 +40,21 @@ async def send_rest(server, batch: list[Event]) -> None:
         assert answer.status == 204, await answer.text()
 
 
-def as_request(batch: list[Event]) -> pb.TrackEventsRequest:
-    return pb.TrackEventsRequest(
-        events=[
-            pb.Event(event_name=e.event_name, user_id=e.user_id, namespace=e.namespace)
-            for e in batch
-        ]
-    )
-
-
 async def send_grpc(server, batch: list[Event]) -> None:
     async with stub_of(server) as stub:
         await stub.TrackEvents(as_request(batch))
 
 
-async def test_events_over_rest_and_grpc_reach_every_replicas_partitions(fresh_stream, tmp_path):
+async def test_events_over_rest_and_grpc_reach_the_owners_partitions(fresh_stream, tmp_path):
     by_rest, by_grpc = events("rest", 150), events("grpc", 150)
     async with (
-        running(replica(fresh_stream, tmp_path / "a", "replica-a")) as a,
-        running(replica(fresh_stream, tmp_path / "b", "replica-b")) as b,
+        running(replica(fresh_stream, tmp_path, "replica-a")) as a,
+        running(replica(fresh_stream, tmp_path, "replica-b")) as b,
     ):
         await asyncio.gather(send_rest(a, by_rest), send_grpc(b, by_grpc))
         want = expected_counts(by_rest + by_grpc)
         assert len(want) == PARTITIONS  # the users are spread over every partition
-        for server in (a, b):
-            await until(lambda server=server: applied(server) == want, "all applied", 20)
+        await until(lambda: applied(a) | applied(b) == want, "all applied by the owners", 20)
         async with stub_of(a) as stub:
             await stub.CreateGoal(pb.CreateGoalRequest(namespace="shop", goal_name="buy"))
 
@@ -159,7 +80,9 @@ async def test_the_reads_are_refused_clearly_until_answered_from_every_partition
 
 async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fresh_stream, tmp_path):
     acknowledged: list[Event] = []
-    async with running(replica(fresh_stream, tmp_path, "replica-a")) as a, stub_of(a) as stub:
+    # A lease long enough that the NATS client's reconnection never lapses it.
+    settings = replica(fresh_stream, tmp_path, "replica-a", lease_seconds=10.0)
+    async with running(settings) as a, stub_of(a) as stub:
 
         async def ingest() -> None:
             for round_ in range(60):
@@ -204,16 +127,16 @@ async def test_a_restarted_replica_loads_its_snapshots_and_replays_the_rest(fres
         snapshotted = {p: s.snapshot_sequence for p, s in a.partitions.states.items()}
         await a.partitions.stop()  # as if killed: no snapshot at shutdown
     async with running(settings) as again:
-        assert {p: s.snapshot_sequence for p, s in again.partitions.states.items()} == (snapshotted)
         await until(lambda: applied(again) == want, "snapshots plus the stream replayed", 20)
+        assert {p: s.snapshot_sequence for p, s in again.partitions.states.items()} == (snapshotted)
         assert {p: s.sequence for p, s in again.partitions.states.items()} == sequences
 
 
 async def test_a_stream_of_another_partition_count_stops_the_replica(fresh_stream, tmp_path):
-    async with running(replica(fresh_stream, tmp_path / "a", "replica-a")):
+    async with running(replica(fresh_stream, tmp_path, "replica-a")):
         pass
     with pytest.raises(ConfigError) as info:
-        async with running(replica(fresh_stream, tmp_path / "b", "replica-b", partitions=16)):
+        async with running(replica(fresh_stream, tmp_path, "replica-b", partitions=16)):
             pass
     assert "created with 8 partitions" in info.value.message
     assert "--partitions" in info.value.message
