@@ -159,8 +159,6 @@ class Cluster:
             "--partitions", str(self.partitions),
             "--lease-seconds", f"{self.lease_seconds:g}",
             "--storage", f"file://{self.directory / 'objects'}",
-            # The host name would not reach a replica listening on loopback only.
-            "--advertise-address", f"127.0.0.1:{replica.port}",
         )  # fmt: skip
         replica.start()
         self.replicas.append(replica)

@@ -26,9 +26,11 @@ from gateway.server import (
 )
 from kimball_grpc.api.auth import TokenChecker, load_api_tokens
 from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
-from kimball_grpc.api.cluster_refusals import ClusterIntegration, ClusterKimballService
+from kimball_grpc.api.cluster_refusals import ClusterKimballService
+from kimball_grpc.api.cluster_service import ClusterService
 from kimball_grpc.api.grpc_front import (
     API_SERVICE,
+    CLUSTER_SERVICE,
     INTEGRATION_SERVICE,
     RELAY_SERVICE,
     SHUTDOWN_GRACE_SECONDS,
@@ -48,10 +50,12 @@ from kimball_grpc.config.tls import ServerTls, load_server_tls
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
+from kimball_grpc.generated.kimball.v1 import cluster_pb2_grpc as cluster_grpc
 from kimball_grpc.generated.kimball.v1 import kimball_pb2_grpc as pb_grpc
 from kimball_grpc.generated.kimball.v1 import relay_pb2_grpc as relay_grpc
 from kimball_grpc.metrics import Metrics
 from kimball_grpc.outbound.channels import target_address
+from kimball_grpc.outbound.cluster_fanout import ClusterFanOut, Owners
 from kimball_grpc.outbound.external_predictions import ExternalPredictions
 from kimball_grpc.outbound.kubernetes import ConfigMaps, KubernetesAccess
 from kimball_grpc.persistence import Persistence
@@ -71,6 +75,7 @@ from storage.wal import DamagedLog, WriteAheadLog
 log = logging.getLogger(__name__)
 
 FORWARD_DRAIN_SECONDS = 2.0
+API_SERVICES = (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE)
 # In the data directory: the home ConfigMap's resourceVersion as this server last wrote it.
 SPEC_CONFIGMAP_MARKER = "feature-specs-configmap.json"
 
@@ -111,12 +116,14 @@ class RunningServer(RunningFront):
             await self.persistence.close()
 
 
-async def start_server(settings: Settings) -> RunningServer | RunningReplica:
+async def start_server(
+    settings: Settings, *, owners: Owners | None = None
+) -> RunningServer | RunningReplica:
     """Build and start the gRPC server. It answers at once; health says NOT_SERVING and the
     API answers UNAVAILABLE until the state is restored (``RunningServer.ready``). With NATS
-    URLs set, a cluster replica (``start_replica``)."""
+    URLs set, a cluster replica (``start_replica``, asking ``owners`` if given)."""
     if settings.cluster_mode:
-        return await start_replica(settings)
+        return await start_replica(settings, owners=owners)
     configmaps = None
     if settings.feature_spec_store is FeatureSpecStore.CONFIGMAP:
         configmaps = await ConfigMaps.connect(
@@ -184,6 +191,7 @@ class RunningReplica(RunningFront):
     forwarding: EventForwarding
     external: ExternalPredictions
     replica_id: str
+    fan_out: ClusterFanOut  # the queries of counts, asked of every partition's owner
 
     @property
     def state_location(self) -> str:
@@ -199,6 +207,7 @@ class RunningReplica(RunningFront):
         await self.front.stop(grace)
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
+        await self.fan_out.close()
         await self.partitions.stop()
         if not self.ready.done():
             self.ready.cancel()
@@ -208,10 +217,11 @@ class RunningReplica(RunningFront):
         await self.connection.close()
 
 
-async def start_replica(settings: Settings) -> RunningReplica:
+async def start_replica(settings: Settings, *, owners: Owners | None = None) -> RunningReplica:
     """Connect to NATS, create or check the stream (``ConfigError`` if it cannot be used),
     join the membership (``ConfigError`` for another lease), start the gRPC server, then
-    apply the partitions this replica owns."""
+    apply the partitions this replica owns. Queries ask ``owners`` which replica answers for
+    each partition (default: the membership's claims)."""
     options = NatsOptions(settings.nats_urls, settings.nats_creds_file, settings.replica_id)
     connection = await event_log.connect(options)
     try:
@@ -247,11 +257,28 @@ async def start_replica(settings: Settings) -> RunningReplica:
         keep=settings.snapshots_kept,
     )
     log = JetStreamLog(js, settings.partitions, settings.replica_id)
-    front, ingestor, _, external, forwarding = _api_services(
-        settings, engine, metrics, log, cluster=True
+    front = GrpcFront(settings, metrics, (*API_SERVICES, CLUSTER_SERVICE))
+    fan_out = ClusterFanOut(
+        owners or membership.owners,
+        settings.partitions,
+        settings.cluster_query_deadline_ms / 1000,
+        settings.max_response_bytes,
+        metrics.registry,
+        tls=settings.client_tls,
+        token=front.own_token(),  # every replica shares the configuration, its tokens too
+    )
+    _, ingestor, _, external, forwarding = _api_services(
+        settings, engine, metrics, log, front=front, cluster=fan_out
+    )
+    cluster_grpc.add_KimballClusterServicer_to_server(
+        ClusterService(
+            partitions.caught_up,
+            settings.partitions,
+        ),
+        front.handlers,
     )
     await front.start()
-    membership.address = settings.advertised_address(front.port)
+    membership.address = advertised_address(settings, front.port)
     try:
         await membership.start()
     except LeaseMismatch as exc:
@@ -273,6 +300,7 @@ async def start_replica(settings: Settings) -> RunningReplica:
         forwarding=forwarding,
         external=external,
         replica_id=settings.replica_id,
+        fan_out=fan_out,
     )
 
 
@@ -287,11 +315,29 @@ async def _replica_ready(
     partitions.start_snapshots(interval)
 
 
+def advertised_address(settings: Settings, bound_port: int) -> str:
+    """Where the other replicas reach this replica's gRPC port: ``advertise_address``,
+    else the address it listens on when that is one address, else the host name, with
+    ``bound_port`` (``grpc_port``, or the port picked for 0). A StatefulSet pod's host
+    name resolves through its headless service."""
+    if settings.advertise_address:
+        return settings.advertise_address
+    wildcard = settings.grpc_host in ("", "0.0.0.0", "::")
+    return target_address(socket.gethostname() if wildcard else settings.grpc_host, bound_port)
+
+
 def _api_services(
-    settings: Settings, engine: Engine, metrics: Metrics, log: RecordLog, *, cluster: bool = False
+    settings: Settings,
+    engine: Engine,
+    metrics: Metrics,
+    log: RecordLog,
+    *,
+    front: GrpcFront | None = None,
+    cluster: ClusterFanOut | None = None,
 ) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
-    """The gRPC front with the api mode's services registered, and the parts behind them;
-    ``cluster``: a replica's (the records applied by the partitions, the reads refused)."""
+    """The gRPC front (``front``, else one for the api mode's services) with the api mode's
+    services registered, and the parts behind them; ``cluster``: a replica's (the records
+    applied by the partitions, the queries of counts asked of every partition's owner)."""
     hub = SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
@@ -303,15 +349,15 @@ def _api_services(
         limits=settings.state_limits,
         refused=metrics.refuse,
         counted=metrics,
-        applied_elsewhere=cluster,
+        applied_elsewhere=cluster is not None,
     )
-    front = GrpcFront(settings, metrics, (API_SERVICE, INTEGRATION_SERVICE, RELAY_SERVICE))
+    front = front or GrpcFront(settings, metrics, API_SERVICES)
     external = ExternalPredictions(
         settings.external_grpc_prediction_targets,
         metrics.registry,
         deadline=settings.external_prediction_deadline_ms / 1000,
     )
-    service = ClusterKimballService if cluster else KimballService
+    service = KimballService if cluster is None else ClusterKimballService
     pb_grpc.add_KimballServiceServicer_to_server(
         service(
             engine,
@@ -320,12 +366,12 @@ def _api_services(
             external,
             metrics.lose_feature_usage,
             settings.max_response_bytes,
+            cluster=cluster,
         ),
         front.handlers.serializing(KimballService.SERIALIZED_RESPONSES),
     )
-    integration = ClusterIntegration if cluster else KimballIntegration
     integration_grpc.add_KimballIntegrationServicer_to_server(
-        integration(engine, ingestor), front.handlers
+        KimballIntegration(engine, ingestor, cluster), front.handlers
     )
     relay_grpc.add_KimballRelayServicer_to_server(KimballRelay(ingestor), front.handlers)
     return front, ingestor, hub, external, forwarding

@@ -1,23 +1,17 @@
-"""The APIs a replica serves in cluster mode so far: every write (events, goals; acknowledged
-once JetStream has them), and a clear refusal for the reads, which need the partial answers of
-every partition merged (docs/scale-out.md says what is built)."""
+"""What a replica does not serve in cluster mode yet: feature specs, which need a store
+every replica shares, and the streams fed by the events a replica accepts (docs/scale-out.md
+says what is built). Each is refused clearly; every write and every read of counts is served."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from kimball_grpc.api.servicers import KimballIntegration, KimballService
+from kimball_grpc.api.servicers import KimballService
 from kimball_grpc.core.errors import FailedPrecondition
 
-# Answered from the merged counts of every partition, or from the replicated feature spec
-# store: neither is in this version of cluster mode yet.
+# Answered from a replicated feature spec store, not in this version of cluster mode yet.
 UNARY_READS = (
-    "GetAnalytics",
-    "ListGoals",
-    "ListNamespaces",
-    "GetPredictions",
-    "GetNudges",
     "PutFeatureSpec",
     "GetFeatureSpec",
     "ListFeatureSpecs",
@@ -30,8 +24,8 @@ STREAMED_READS = ("Subscribe", "WatchFeatureSpecs")
 
 def not_yet(method: str) -> FailedPrecondition:
     return FailedPrecondition(
-        f"{method} is not answered in cluster mode yet: events and goals are taken and kept "
-        f"(docs/scale-out.md says what a replica answers so far)",
+        f"{method} is not answered in cluster mode yet: events, goals and the queries of "
+        f"counts are (docs/scale-out.md says what a replica answers so far)",
         method=method,
     )
 
@@ -52,14 +46,9 @@ def _refuse_stream(method: str) -> Callable[..., Any]:
 
 
 class ClusterKimballService(KimballService):
-    """``KimballService`` of a cluster replica: the writes as on one node, the reads refused
-    (``FAILED_PRECONDITION``) until they are answered from every partition."""
-
-
-class ClusterIntegration(KimballIntegration):
-    """The integration contract of a cluster replica: events in; predictions refused."""
-
-    Prediction = _refuse("Prediction")
+    """``KimballService`` of a cluster replica: the writes as on one node, the queries of
+    counts from every partition (its ``cluster``), feature specs and streams refused
+    (``FAILED_PRECONDITION``)."""
 
 
 for _method in UNARY_READS:

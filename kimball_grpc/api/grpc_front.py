@@ -23,6 +23,7 @@ from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.errors import ConfigError
 from kimball_grpc.core.limits import MAX_MESSAGE_BYTES
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
+from kimball_grpc.generated.kimball.v1 import cluster_pb2 as cluster_pb
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.generated.kimball.v1 import relay_pb2 as relay_pb
 from kimball_grpc.metrics import Metrics
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 API_SERVICE = pb.DESCRIPTOR.services_by_name["KimballService"].full_name
 INTEGRATION_SERVICE = integration_pb.DESCRIPTOR.services_by_name["KimballIntegration"].full_name
 RELAY_SERVICE = relay_pb.DESCRIPTOR.services_by_name["KimballRelay"].full_name
+# What cluster replicas ask each other (docs/scale-out.md).
+CLUSTER_SERVICE = cluster_pb.DESCRIPTOR.services_by_name["KimballCluster"].full_name
 # In-flight calls get this long to finish at shutdown; long-lived streams are ended first.
 SHUTDOWN_GRACE_SECONDS = 10.0
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -129,6 +132,14 @@ class GrpcFront:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.handlers)
         self.port = 0
         self.local_channel: LocalChannel  # once started: the services, in-process
+
+    def own_token(self) -> str | None:
+        """The first token this server accepts from its configuration (app.config's,
+        ``KIMBALL_API_TOKENS``, its token file's as read at start-up), never a generated
+        one: what it presents to servers that share its configuration."""
+        from_file = self.api_tokens.file_tokens if self.api_tokens else ()
+        configured = (*self.settings.api_auth_tokens, *self.settings.api_tokens, *from_file)
+        return configured[0] if configured else None
 
     async def start(self) -> None:
         """Listen on the configured address (``ConfigError`` if it cannot) and take calls."""

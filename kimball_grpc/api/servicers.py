@@ -41,6 +41,7 @@ from kimball_grpc.core.paging import (
     page,
     page_request,
 )
+from kimball_grpc.core.predictions import NaiveBayes
 from kimball_grpc.core.steps import Steps, between_requests
 from kimball_grpc.generated import features_proto_pb2 as integration_pb
 from kimball_grpc.generated import features_proto_pb2_grpc as integration_grpc
@@ -266,17 +267,23 @@ async def cluster_predictions(
     if not (user_id or events):
         merged = await cluster.merged_counts(namespace)
         return proto_mapping.event_predictions_to_proto(merged.event_predictions(namespace)), None
+    answers, user_events = await cluster_predict(cluster, namespace, events, user_id)
+    return proto_mapping.naive_bayes_to_proto(answers), user_events
+
+
+async def cluster_predict(
+    cluster: ClusterFanOut, namespace: str, events: list[str], user_id: str
+) -> tuple[dict[str, NaiveBayes], list[str] | None]:
+    """``Engine.predict`` from the merged counts of every partition of a cluster, and the
+    user's events when asked by user (from the user's partition)."""
     check_prediction_request(events, user_id)  # before asking any replica
     if not user_id:
         merged = await cluster.merged_counts(namespace)
-        return proto_mapping.naive_bayes_to_proto(
-            merged.predict_for_events(namespace, events)
-        ), None
+        return merged.predict_for_events(namespace, events), None
     merged, user_events = await asyncio.gather(
         cluster.merged_counts(namespace), cluster.user_events(namespace, user_id)
     )
-    answers = merged.predict_for_user(namespace, user_id, user_events)
-    return proto_mapping.naive_bayes_to_proto(answers), user_events
+    return merged.predict_for_user(namespace, user_id, user_events), user_events
 
 
 async def cluster_nudges(
@@ -500,9 +507,12 @@ class KimballService(pb_grpc.KimballServiceServicer):
 class KimballIntegration(integration_grpc.KimballIntegrationServicer):
     """The original integration contract, served: events in, predictions out."""
 
-    def __init__(self, engine: Engine, ingestor: Ingestor) -> None:
+    def __init__(
+        self, engine: Engine, ingestor: Ingestor, cluster: ClusterFanOut | None = None
+    ) -> None:
         self.engine = engine
         self.ingestor = ingestor
+        self.cluster = cluster  # in cluster mode: predictions from every partition's counts
 
     async def EventStream(
         self, request_iterator: AsyncIterator[integration_pb.KimballEvent], context: Context
@@ -510,7 +520,11 @@ class KimballIntegration(integration_grpc.KimballIntegrationServicer):
         return await accept_integration_stream(request_iterator, self.ingestor.accept)
 
     async def Prediction(self, request: integration_pb.PredictionRequest, context: Context):
-        answers = self.engine.predict(request.namespace, list(request.event_names), request.user_id)
+        events, user_id = list(request.event_names), request.user_id
+        if self.cluster is None:
+            answers = self.engine.predict(request.namespace, events, user_id)
+        else:
+            answers, _ = await cluster_predict(self.cluster, request.namespace, events, user_id)
         return integration_pb.PredictionResponse(
             predictions=[
                 integration_pb.Prediction(prediction_name=goal, yes=a.yes, no=a.no)

@@ -30,6 +30,7 @@ from kimball_grpc.config.settings import (
     limit_field,
     load_settings,
     parse_advertise_address,
+    parse_cluster_query_deadline_ms,
     parse_configmap_name,
     parse_feature_spec_store,
     parse_fsync_policy,
@@ -296,6 +297,14 @@ def _add_cluster_options(run: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="cluster mode: where the other replicas reach this replica's gRPC port "
         "(env KIMBALL_ADVERTISE_ADDRESS; default <host name>:<gRPC port>)",
+    )
+    run.add_argument(
+        "--cluster-query-deadline-ms",
+        type=_flag(parse_cluster_query_deadline_ms, "--cluster-query-deadline-ms"),
+        metavar="MS",
+        help="cluster mode: how long a query waits for the owners of the partitions, 1 to "
+        "60000; past it the query fails UNAVAILABLE naming the partitions "
+        "(env KIMBALL_CLUSTER_QUERY_DEADLINE_MS; default 5000)",
     )
 
 
@@ -758,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
             "feature_spec_configmap_namespace": args.feature_spec_configmap_namespace,
             "feature_spec_file": args.feature_spec_file,
             "lease_seconds": args.lease_seconds,
+            "cluster_query_deadline_ms": args.cluster_query_deadline_ms,
         }
         overrides |= {
             name: getattr(args, name)

@@ -104,6 +104,7 @@ class HttpLimits:
 
 
 DEFAULT_LEASE_SECONDS = 10.0  # cluster mode: the membership lease
+DEFAULT_CLUSTER_QUERY_DEADLINE_MS = 5_000  # cluster mode: a fanned-out query's deadline
 
 
 @dataclass(frozen=True)
@@ -241,14 +242,10 @@ class Settings:
     # third of it). Every replica of a cluster must use the same.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     # Cluster mode: host:port at which the other replicas reach this one's gRPC port;
-    # empty: the host name and the gRPC port (``advertised_address``).
+    # empty: the address it listens on, or the host name (``app.advertised_address``).
     advertise_address: str = ""
-
-    def advertised_address(self, bound_port: int) -> str:
-        """Where the other replicas reach this replica's gRPC port: ``advertise_address``,
-        else the host name and ``bound_port`` (``grpc_port``, or the port picked for 0). A
-        StatefulSet pod's host name resolves through its headless service."""
-        return self.advertise_address or f"{socket.gethostname()}:{bound_port}"
+    # Cluster mode: how long a query waits for the owners of the partitions to answer.
+    cluster_query_deadline_ms: int = DEFAULT_CLUSTER_QUERY_DEADLINE_MS
 
     @property
     def rest_host(self) -> str:
@@ -910,6 +907,21 @@ def parse_fsync_policy(name: str, value: str) -> FsyncPolicy:
 LEASE_SECONDS_RANGE = (1.0, 3600.0)
 
 
+# Below a millisecond no replica can answer; past a minute a client's call would hang on a
+# replica that is gone rather than be told to ask again.
+CLUSTER_QUERY_DEADLINE_MS_RANGE = (1, 60_000)
+
+
+def parse_cluster_query_deadline_ms(name: str, value: str) -> int:
+    """A fanned-out query's deadline in whole milliseconds, within
+    ``CLUSTER_QUERY_DEADLINE_MS_RANGE``, or ``ConfigError``."""
+    milliseconds = _whole_number(name, value, "a whole number of milliseconds")
+    low, high = CLUSTER_QUERY_DEADLINE_MS_RANGE
+    if not low <= milliseconds <= high:
+        raise ConfigError(f"{name} must be from {low} to {high} milliseconds, got {value!r}")
+    return milliseconds
+
+
 def parse_lease_seconds(name: str, value: str) -> float:
     """A membership lease in seconds, within ``LEASE_SECONDS_RANGE``, or ``ConfigError``."""
     seconds = parse_seconds(name, value)
@@ -1242,4 +1254,8 @@ _CLUSTER = {  # variable: (setting, parse)
     "KIMBALL_NATS_STREAM_REPLICAS": ("nats_stream_replicas", parse_stream_replicas),
     "KIMBALL_LEASE_SECONDS": ("lease_seconds", parse_lease_seconds),
     "KIMBALL_ADVERTISE_ADDRESS": ("advertise_address", parse_advertise_address),
+    "KIMBALL_CLUSTER_QUERY_DEADLINE_MS": (
+        "cluster_query_deadline_ms",
+        parse_cluster_query_deadline_ms,
+    ),
 }

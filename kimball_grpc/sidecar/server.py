@@ -131,11 +131,7 @@ def _relay_token(settings: Settings, front: GrpcFront) -> str | None:
     """The token the relay presents to the api server: ``ANALYTICS_TOKEN``, else the first
     this sidecar accepts itself (app.config's, ``KIMBALL_API_TOKENS``, its token file's as
     read at start-up), never a generated one."""
-    if settings.analytics_token:
-        return settings.analytics_token
-    from_file = front.api_tokens.file_tokens if front.api_tokens else ()
-    configured = (*settings.api_auth_tokens, *settings.api_tokens, *from_file)
-    return configured[0] if configured else None
+    return settings.analytics_token or front.own_token()
 
 
 async def _become_ready(

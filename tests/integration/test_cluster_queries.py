@@ -77,7 +77,9 @@ class Cluster:
                 self.owners[partition] = address
 
     def fan_out(self, deadline: float = 5.0) -> ClusterFanOut:
-        return ClusterFanOut(lambda: self.owners, PARTITIONS, deadline, MAX_MESSAGE_BYTES)
+        return ClusterFanOut(
+            lambda: self.owners, PARTITIONS, deadline, MAX_MESSAGE_BYTES, CollectorRegistry()
+        )
 
 
 @pytest.fixture

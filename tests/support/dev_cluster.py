@@ -57,9 +57,6 @@ def up(directory: Path) -> None:
             "--storage", f"file://{(directory / 'objects').resolve()}",
             "--nats-url", urls,
             "--replica-id", name,
-            # The others ask it here for its partitions' counts (the host name would not
-            # reach a replica listening on loopback only).
-            "--advertise-address", f"127.0.0.1:{GRPC_PORT + index}",
             "--api-tokens-file", str(tokens),
         ]  # fmt: skip
         with open(directory / f"{name}.log", "ab") as log:

@@ -113,11 +113,7 @@ class Cluster:
                 # One store for all: a partition's new owner loads its last snapshot.
                 "--storage", f"file://{self.directory / 'objects'}",
             )  # fmt: skip
-            node = Node(name, self.directory / name, extra)
-            # Where the others ask it for its partitions' counts: the host name would not
-            # reach a process listening on loopback only.
-            node.extra += ("--advertise-address", node.target)
-            self.replicas.append(node)
+            self.replicas.append(Node(name, self.directory / name, extra))
         return self.replicas[index]
 
     def running(self) -> list[Node]:

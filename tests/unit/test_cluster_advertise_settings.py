@@ -5,9 +5,11 @@ address refused naming the setting, and refused without cluster mode."""
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import pytest
 
+from kimball_grpc.app import advertised_address
 from kimball_grpc.cli import main as cli_main
 from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import load_settings
@@ -22,13 +24,21 @@ def no_default_config_file(tmp_path, monkeypatch):
 
 
 def test_the_host_name_and_the_bound_grpc_port_unless_set():
-    assert load_settings(CLUSTER).advertised_address(50051) == f"{socket.gethostname()}:50051"
+    wildcard = load_settings(CLUSTER)  # listens on every address: the host name
+    assert advertised_address(wildcard, 50051) == f"{socket.gethostname()}:50051"
     moved = load_settings(CLUSTER | {"GRPC_PORT": "6000"})  # the port it is bound to
-    assert moved.advertised_address(6000) == f"{socket.gethostname()}:6000"
+    assert advertised_address(moved, 6000) == f"{socket.gethostname()}:6000"
     given = load_settings(CLUSTER | {"KIMBALL_ADVERTISE_ADDRESS": "kimball-1.kimball:50051"})
-    assert given.advertised_address(0) == "kimball-1.kimball:50051"
+    assert advertised_address(given, 0) == "kimball-1.kimball:50051"
     v6 = load_settings(CLUSTER | {"KIMBALL_ADVERTISE_ADDRESS": "[::1]:7000"})
-    assert v6.advertised_address(0) == "[::1]:7000"
+    assert advertised_address(v6, 0) == "[::1]:7000"
+
+
+def test_the_one_address_it_listens_on_when_it_listens_on_one():
+    assert advertised_address(replace(load_settings(CLUSTER), grpc_host="10.0.0.7"), 9) == (
+        "10.0.0.7:9"
+    )
+    assert advertised_address(replace(load_settings(CLUSTER), grpc_host="::1"), 9) == "[::1]:9"
 
 
 def test_the_flag_wins_over_the_environment(monkeypatch):
@@ -37,7 +47,7 @@ def test_the_flag_wins_over_the_environment(monkeypatch):
     monkeypatch.setattr(cli_main, "environment", lambda: environ)
     monkeypatch.setattr(cli_main, "_serve_then_exit", served.append)
     assert cli_main.main(["serve", "--advertise-address", "b:2"]) == 0
-    assert served[0].advertised_address(0) == "b:2"
+    assert advertised_address(served[0], 0) == "b:2"
 
 
 @pytest.mark.parametrize(
