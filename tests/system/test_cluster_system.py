@@ -409,6 +409,7 @@ async def test_killing_a_nats_node_and_a_replica_during_ingest_loses_no_acknowle
         await until(lambda: ingest.acknowledged >= 20, "some batches acknowledged", 30)
         await asyncio.to_thread(cluster.nats.kill, 1)
         cluster.replica(2).kill()
+        assert not running.done(), "the kills must land during ingest: send more batches"
         await until(lambda: ingest.acknowledged >= 60, "ingest going on after the kills", 60)
         await asyncio.to_thread(cluster.nats.restart, 1)
         await asyncio.to_thread(cluster.replica(2).start)
