@@ -60,6 +60,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -91,6 +92,7 @@ CLAIMS_BUCKET = "kimball_partitions"  # key p.<partition>: the holder's replica_
 IDLE_CPU_SECONDS = 0.02  # the replicas together spend less than this in IDLE_WINDOW: idle
 IDLE_WINDOW = 1.0
 IDLE_TIMEOUT = 300.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -397,6 +399,21 @@ class Takeover:
     metric: float  # claim to caught up, as the new owners' metric says
 
 
+def answered(ask: Callable[[], T | None]) -> T:
+    """What ``ask`` returns once it returns something other than None without a gRPC error
+    (partitions moving: UNAVAILABLE), polled every 50 ms for up to IDLE_TIMEOUT seconds."""
+    deadline = time.perf_counter() + IDLE_TIMEOUT
+    while True:
+        try:
+            if (answer := ask()) is not None:
+                return answer
+        except grpc.RpcError:
+            pass
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"no answer within {IDLE_TIMEOUT:g} s")
+        time.sleep(0.05)
+
+
 def takeover_run(args, root: Path, events: list[Event], how: signal.Signals) -> Takeover:
     """Stop the owner of the partition holding ``events`` by ``how``, and time until
     another replica answers with the counts from before."""
@@ -412,20 +429,12 @@ def takeover_run(args, root: Path, events: list[Event], how: signal.Signals) -> 
         cluster.wait_idle()
         owner = cluster.owner(0)
         others = [r for r in cluster.replicas if r is not owner]
-        want = analytics(others[0], "takeover")
+        want = answered(lambda: analytics(others[0], "takeover", timeout=5))
         metric_before = takeover_metric(others)
         assert owner.process is not None
         stopped = time.perf_counter()
         owner.process.send_signal(how)
-        while True:
-            try:
-                if analytics(others[0], "takeover", timeout=5) == want:
-                    break
-            except grpc.RpcError:
-                pass
-            if time.perf_counter() - stopped > IDLE_TIMEOUT:
-                raise RuntimeError(f"no takeover within {IDLE_TIMEOUT:g} s")
-            time.sleep(0.05)
+        answered(lambda: analytics(others[0], "takeover", timeout=5) == want or None)
         seconds = time.perf_counter() - stopped
         return Takeover(seconds, takeover_metric(others) - metric_before)
     finally:
@@ -474,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     add_size(query_options, "--queries", 200, 40, "GetAnalytics calls to each side")
     add_size(takeover_options, "--takeover-events", 1_000_000, 100_000, "events in the partition")
     takeover_options.add_argument("--partitions", type=int, default=8, help="partitions (8)")
-    takeover_options.add_argument("--lease-seconds", type=float, default=3.0, help="lease (3)")
+    takeover_options.add_argument(
+        "--lease-seconds", type=float, default=10.0, help="lease (10, the default)"
+    )
     takeover_options.add_argument(
         "--snapshot-interval", type=float, default=5.0, help="seconds between snapshots (5)"
     )
