@@ -85,7 +85,7 @@ from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.app import stop_signals
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.engine import Engine
-from kimball_grpc.core.events import Event
+from kimball_grpc.core.events import Event, EventFields
 from kimball_grpc.core.limits import DEFAULT_MAX_RESPONSE_BYTES, MAX_MESSAGE_BYTES
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
@@ -185,13 +185,13 @@ async def serve_noop(port: int) -> None:
 # -- in-process paths --------------------------------------------------------------------
 
 
-def gateway_steps(body: bytes) -> list[Event]:
+def gateway_steps(body: bytes) -> list[EventFields]:
     """What a POST costs Kimball minus the transports: the gateway's and the servicer's steps."""
     message = message_from_json(track_events_body(json.loads(body)), pb.TrackEventsRequest)
     return servicer_steps(message.SerializeToString())
 
 
-def parse_dict_steps(body: bytes) -> list[Event]:
+def parse_dict_steps(body: bytes) -> list[EventFields]:
     """The same with ``json_format.ParseDict`` for every body (no direct build)."""
     data = track_events_body(json.loads(body))
     message = json_format.ParseDict(data, pb.TrackEventsRequest())
@@ -224,7 +224,6 @@ def step_costs(bodies: list[Body], repeats: int) -> list[tuple[str, float]]:
     messages = [json_format.ParseDict(d, pb.TrackEventsRequest()) for d in dicts]
     wires = [m.SerializeToString() for m in messages]
     decoded = [pb.TrackEventsRequest.FromString(w) for w in wires]
-    from_proto = proto_mapping.event_from_proto
     steps: list[tuple[str, Callable[[], object]]] = [
         ("`json.loads` of the body", lambda: [json.loads(b) for b in raw]),
         (
@@ -244,8 +243,8 @@ def step_costs(bodies: list[Body], repeats: int) -> list[tuple[str, float]]:
             lambda: [pb.TrackEventsRequest.FromString(w) for w in wires],
         ),
         (
-            "`event_from_proto` (servicer)",
-            lambda: [[from_proto(e) for e in r.events] for r in decoded],
+            "`event_fields` (servicer)",
+            lambda: [proto_mapping.event_fields(r.events) for r in decoded],
         ),
     ]
     out = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 import aiohttp
@@ -20,7 +20,7 @@ from workload import BATCH, Body, batches
 from kimball_grpc.api.ingest import Ingestor
 from kimball_grpc.codec import proto_mapping
 from kimball_grpc.core.engine import Engine
-from kimball_grpc.core.events import Event
+from kimball_grpc.core.events import Event, EventFields
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.streaming.subscriptions import SubscriptionHub
 
@@ -160,13 +160,15 @@ def ours_accept(engine_factory: Callable[[], Engine], events: list[Event], batch
     return setup
 
 
-def servicer_steps(data: bytes) -> list[Event]:
+def servicer_steps(data: bytes) -> list[EventFields]:
     """What the servicer does with a ``TrackEventsRequest`` before ``accept``: decode, map."""
     request = pb.TrackEventsRequest.FromString(data)
-    return [proto_mapping.event_from_proto(e) for e in request.events]
+    return proto_mapping.event_fields(request.events)
 
 
-def in_process(bodies: list[Body], steps: Callable[[bytes], list[Event]]) -> Callable[[], int]:
+def in_process(
+    bodies: list[Body], steps: Callable[[bytes], Sequence[EventFields]]
+) -> Callable[[], int]:
     """A timed pass: every body through ``steps`` then ``Ingestor.accept``, on a fresh engine."""
     ingestor = Ingestor(Engine(), SubscriptionHub())
 

@@ -43,7 +43,10 @@ from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, Kimball
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
 from kimball_grpc.cluster.membership import BucketsUnavailable, LeaseMismatch, Membership
+from kimball_grpc.cluster.name_store import NameStore
 from kimball_grpc.cluster.partition_state import PartitionEngines
+from kimball_grpc.cluster.record_buckets import ReplicatedRecords
+from kimball_grpc.cluster.spec_store import SpecStore
 from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.config.tls import ServerTls, load_server_tls
@@ -192,6 +195,8 @@ class RunningReplica(RunningFront):
     external: ExternalPredictions
     replica_id: str
     fan_out: ClusterFanOut  # the queries of counts, asked of every partition's owner
+    specs: ReplicatedRecords
+    names: ReplicatedRecords
 
     @property
     def state_location(self) -> str:
@@ -209,6 +214,8 @@ class RunningReplica(RunningFront):
         await self.external.close()
         await self.fan_out.close()
         await self.partitions.stop()
+        await self.specs.stop()
+        await self.names.stop()
         if not self.ready.done():
             self.ready.cancel()
         elif not self.ready.cancelled() and self.ready.exception() is None and grace:
@@ -234,7 +241,8 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
     except BaseException:
         await connection.close()
         raise
-    # Holds nothing: the partitions' engines do. The limits are checked against it.
+    # Holds no counts (the partitions' engines do): the feature specs, and every name
+    # known in the cluster (one sample event each), which the limits are checked against.
     engine = Engine(settings.counter_config)
     metrics = Metrics(engine, settings.kubernetes_memory_limit)
     ownership = metrics.watch_ownership()
@@ -257,6 +265,10 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         keep=settings.snapshots_kept,
     )
     log = JetStreamLog(js, settings.partitions, settings.replica_id)
+    # The feature specs and the known names: applied to ``engine`` from their replicated
+    # buckets, written there.
+    specs = ReplicatedRecords(SpecStore(connection, settings.nats_stream_replicas))
+    names = ReplicatedRecords(NameStore(connection, settings.nats_stream_replicas))
     front = GrpcFront(settings, metrics, (*API_SERVICES, CLUSTER_SERVICE))
     fan_out = ClusterFanOut(
         owners or membership.owners,
@@ -268,7 +280,14 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         token=front.own_token(),  # every replica shares the configuration, its tokens too
     )
     _, ingestor, _, external, forwarding = _api_services(
-        settings, engine, metrics, log, front=front, cluster=fan_out
+        settings,
+        engine,
+        metrics,
+        log,
+        front=front,
+        cluster=fan_out,
+        specs=specs,
+        names=names,
     )
     cluster_grpc.add_KimballClusterServicer_to_server(
         ClusterService(
@@ -287,7 +306,9 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         raise ConfigError(str(exc)) from None
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(
-        _replica_ready(partitions, js, front, settings.snapshot_interval_s)
+        _replica_ready(
+            partitions, js, front, settings.snapshot_interval_s, (specs, names), ingestor
+        )
     )
     return RunningReplica(
         front=front,
@@ -301,15 +322,24 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         external=external,
         replica_id=settings.replica_id,
         fan_out=fan_out,
+        specs=specs,
+        names=names,
     )
 
 
 async def _replica_ready(
-    partitions: PartitionEngines, js: Any, front: GrpcFront, interval: float
+    partitions: PartitionEngines,
+    js: Any,
+    front: GrpcFront,
+    interval: float,
+    replicated: tuple[ReplicatedRecords, ...],
+    ingestor: Ingestor,
 ) -> None:
-    """Follow the membership (each partition gained is loaded from its snapshot and the
-    stream replayed after it, in the background), take calls, and snapshot the owned
-    partitions every ``interval`` seconds."""
+    """Apply the feature specs and known names, follow the membership (each partition
+    gained is loaded from its snapshot and the stream replayed after it, in the
+    background), take calls, and snapshot the owned partitions every ``interval`` seconds."""
+    for state in replicated:
+        await state.start(ingestor.apply_replicated)
     await partitions.start(js)
     await front.open()
     partitions.start_snapshots(interval)
@@ -334,10 +364,13 @@ def _api_services(
     *,
     front: GrpcFront | None = None,
     cluster: ClusterFanOut | None = None,
+    specs: ReplicatedRecords | None = None,
+    names: ReplicatedRecords | None = None,
 ) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
     """The gRPC front (``front``, else one for the api mode's services) with the api mode's
     services registered, and the parts behind them; ``cluster``: a replica's (the records
-    applied by the partitions, the queries of counts asked of every partition's owner)."""
+    applied by the partitions, the queries of counts asked of every partition's owner; the
+    feature specs written to ``specs``, new names registered in ``names``)."""
     hub = SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
@@ -350,6 +383,8 @@ def _api_services(
         refused=metrics.refuse,
         counted=metrics,
         applied_elsewhere=cluster is not None,
+        specs=specs,
+        names=names,
     )
     front = front or GrpcFront(settings, metrics, API_SERVICES)
     external = ExternalPredictions(

@@ -55,11 +55,11 @@ from kimball_grpc.api.readiness import STARTING_MESSAGE
 from kimball_grpc.api.servicers import accept_stream
 from kimball_grpc.api.status_mapping import status_for
 from kimball_grpc.codec.error_details import STATUS_DETAILS_KEY
-from kimball_grpc.codec.proto_mapping import event_from_proto
+from kimball_grpc.codec.proto_mapping import event_fields
 from kimball_grpc.codec.state_codec import encode_records
 from kimball_grpc.config.logs import current_call
 from kimball_grpc.core.errors import KimballError
-from kimball_grpc.core.events import Event, iso_week, prepare_events
+from kimball_grpc.core.events import EventFields, iso_week, prepare_events
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 from kimball_grpc.metrics import HTTP_METRICS, HttpMetrics
 
@@ -311,7 +311,7 @@ class IntakeChannel(ChannelCalls):
         if self._streams.pop(call_id, None) is not None and cancelled:
             self._tell(CANCEL, call_id)
 
-    async def _accept(self, events: Sequence[Event]) -> int:
+    async def _accept(self, events: Sequence[EventFields]) -> int:
         """Validate ``events`` here (the core's rules), then have the engine log and apply
         them; the number accepted once they are in the log. Refused events are counted
         once: here if this check refuses them, else in the engine."""
@@ -324,7 +324,8 @@ class IntakeChannel(ChannelCalls):
         if not records:
             return 0
         body = pickle.dumps(
-            (encode_records(records), [(e.user_id, e.datetime) for e in events]),
+            # Each event's user id and datetime (fields 1 and 4: an Event or a plain tuple).
+            (encode_records(records), [(e[1], e[4]) for e in events]),
             pickle.HIGHEST_PROTOCOL,
         )
         try:
@@ -356,11 +357,7 @@ class IntakeChannel(ChannelCalls):
         try:
             async with asyncio.timeout(timeout):
                 if kind == "unary_unary":
-                    events = (
-                        request
-                        if isinstance(request, list)
-                        else [event_from_proto(e) for e in request.events]
-                    )
+                    events = request if isinstance(request, list) else event_fields(request.events)
                     response = pb.TrackEventsResponse(accepted=await self._accept(events))
                 else:
                     response = await accept_stream(request, self._accept)

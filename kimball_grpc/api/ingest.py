@@ -13,7 +13,7 @@ from typing import Protocol
 from kimball_grpc.codec.proto_mapping import spec_message_size
 from kimball_grpc.codec.state_codec import decode_records, encode_records
 from kimball_grpc.config.logs import CallContext, current_call
-from kimball_grpc.core.engine import Engine
+from kimball_grpc.core.engine import Engine, Growth
 from kimball_grpc.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -22,7 +22,14 @@ from kimball_grpc.core.errors import (
     LimitExceeded,
     OutOfRange,
 )
-from kimball_grpc.core.events import AcceptedEvent, Event, iso_week, prepare_events, prepare_goal
+from kimball_grpc.core.events import (
+    AcceptedEvent,
+    Event,
+    EventFields,
+    iso_week,
+    prepare_events,
+    prepare_goal,
+)
 from kimball_grpc.core.feature_flags import ANONYMOUS, FeatureSpec
 from kimball_grpc.core.growth_limits import NOTHING, GrowthLimits, Reservation
 from kimball_grpc.core.limits import FEATURE_SPEC_BYTES, MAX_RELAYED_EVENTS, StateLimits
@@ -57,6 +64,13 @@ class RecordLog(Protocol):
 
 
 # The events a batch of records stands for, made on demand (see ``Ingestor._apply``).
+class ReplicatedState(Protocol):
+    """Where a cluster replica writes the state every replica holds alike: feature spec
+    changes, and the records that add namespaces and names (``ReplicatedRecords``)."""
+
+    async def write(self, records: Sequence[Record], check: Callable[[], object]) -> None: ...
+
+
 EventsOf = Callable[[], Sequence[Event]]
 RELAY_REFUSALS_LOG_SECONDS = 60.0  # at most one log line per this long about them
 logger = logging.getLogger(__name__)  # not "log": the write-ahead log is "log" here
@@ -85,6 +99,8 @@ class Ingestor:
         refused: Callable[[LimitExceeded], None] = lambda error: None,
         counted: EventCounts | None = None,
         applied_elsewhere: bool = False,
+        specs: ReplicatedState | None = None,
+        names: ReplicatedState | None = None,
     ) -> None:
         self.engine = engine
         self.growth = GrowthLimits(engine, limits)
@@ -102,10 +118,15 @@ class Ingestor:
         # Cluster mode: the records are applied by the replicas consuming the stream, not
         # to ``engine`` (which then holds nothing but is what the limits are checked on).
         self._applied_elsewhere = applied_elsewhere
+        # Cluster mode: spec changes go to the replicated spec store, not to ``log``; what
+        # adds namespaces, names or goals is registered in the known names first.
+        self._specs = specs
+        self._names = names
         self._sequence = 0  # without a log: records applied so far
 
-    async def accept(self, events: Sequence[Event]) -> int:
-        """Validate then apply ``events``, all or nothing; returns how many were accepted.
+    async def accept(self, events: Sequence[EventFields]) -> int:
+        """Validate then apply ``events`` (``Event``s, or plain tuples of their fields), all or
+        nothing; returns how many were accepted.
 
         ``InvalidArgument`` for a bad event, ``LimitExceeded`` if the batch would grow the
         state past a limit, ``StorageError`` when the log cannot take the batch (in each
@@ -114,7 +135,7 @@ class Ingestor:
         try:
             records = prepare_events(events, iso_week(self._clock()))
             if records:
-                await self._commit(records, partial(_given, events), self._admit(records))
+                await self._commit(records, partial(_as_events, events), self._admit(records))
         except KimballError as error:
             self._count(call, error.grpc_code, len(events))
             raise
@@ -251,35 +272,79 @@ class Ingestor:
         """Create or replace a (checked) feature spec, by the token ``token_id`` (recorded
         in its history); ``LimitExceeded`` if the set would pass its limits (nothing
         logged)."""
-        # One change at a time (they are rare): each is checked against the set with every
-        # earlier change applied.
-        async with self._spec_change:
-            flags = self.engine.flags
-            try:
-                flags.check_room(spec.name, self.growth.limits.feature_specs)
-                others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
-                size = others + spec_message_size(spec)
-                maximum = FEATURE_SPEC_BYTES.default
-                if size > maximum:
-                    raise LimitExceeded(
-                        f"feature spec size limit reached: the specs would take {size} bytes, "
-                        f"more than {maximum} (fixed: sidecars receive them in one message); "
-                        f"make this spec or others smaller",
-                        limit=FEATURE_SPEC_BYTES.name,
-                        setting=FEATURE_SPEC_BYTES.setting,
-                        name=spec.name,
-                    )
-            except LimitExceeded as exc:
-                self._refused(exc)
-                raise
-            record = FeatureSpecRecord(spec.name, spec, self._clock(), token_id)
-            await self._commit([record], None)
+        record = FeatureSpecRecord(spec.name, spec, self._clock(), token_id)
+        await self._commit_spec(record, partial(self._check_room, spec))
+
+    def _check_room(self, spec: FeatureSpec) -> None:
+        flags = self.engine.flags
+        try:
+            flags.check_room(spec.name, self.growth.limits.feature_specs)
+            others = sum(spec_message_size(s) for s in flags.listed() if s.name != spec.name)
+            size = others + spec_message_size(spec)
+            maximum = FEATURE_SPEC_BYTES.default
+            if size > maximum:
+                raise LimitExceeded(
+                    f"feature spec size limit reached: the specs would take {size} bytes, "
+                    f"more than {maximum} (fixed: sidecars receive them in one message); "
+                    f"make this spec or others smaller",
+                    limit=FEATURE_SPEC_BYTES.name,
+                    setting=FEATURE_SPEC_BYTES.setting,
+                    name=spec.name,
+                )
+        except LimitExceeded as exc:
+            self._refused(exc)
+            raise
 
     async def delete_feature_spec(self, name: str, token_id: str = ANONYMOUS) -> None:
         """Delete a feature spec, by the token ``token_id``; ``NotFound`` if there is none
         of that name."""
-        self.engine.flags.get(name)
-        await self._commit([FeatureSpecRecord(name, None, self._clock(), token_id)], None)
+        record = FeatureSpecRecord(name, None, self._clock(), token_id)
+        await self._commit_spec(record, partial(self.engine.flags.get, name))
+
+    async def _commit_spec(self, record: FeatureSpecRecord, check: Callable[[], object]) -> None:
+        """Log and apply a spec change once ``check`` (raising to refuse it) passes; in
+        cluster mode, write it to the replicated spec store, which checks it against the
+        specs every replica reaches and applies it here through ``apply_spec_change``."""
+        # One change at a time (they are rare): each is checked against the set with every
+        # earlier change applied.
+        async with self._spec_change:
+            if self._specs is not None:
+                await self._specs.write([record], check)
+                return
+            check()
+            await self._commit([record], None)
+
+    def apply_replicated(self, records: Sequence[Record]) -> None:
+        """Apply records the replicated spec store or known names bring (cluster mode)."""
+        for record in records:
+            self.engine.apply(record)
+        if records[0].__class__ is FeatureSpecRecord:
+            self.spec_changes.notify()
+
+    async def _register(
+        self, names: ReplicatedState, records: Sequence[Record], reserved: Reservation
+    ) -> None:
+        """Cluster mode: register what ``records`` add in the known ``names``, checked
+        against the limits with every name known in the cluster (``LimitExceeded`` past
+        one)."""
+        adding = self._adding(records)
+        self.growth.release(reserved)  # counted in the known names once registered
+        if adding:  # else another batch registered it all meanwhile
+            await names.write(adding, partial(self._recheck, adding))
+
+    def _recheck(self, records: Sequence[Record]) -> None:
+        self.growth.release(self._admit(records))
+
+    def _adding(self, records: Sequence[Record]) -> list[Record]:
+        """One record for each thing ``records`` add to the known names."""
+        met: set[Growth] = set()
+        adding = []
+        for record in records:
+            new = [thing for thing in self.engine.growth((record,)) if thing not in met]
+            if new:
+                met.update(new)
+                adding.append(record)
+        return adding
 
     async def _commit(
         self,
@@ -291,6 +356,8 @@ class Ingestor:
         if self._log is None:
             self._apply(records, events, reserved, self._sequence + 1)
             return
+        if self._names is not None and not reserved.released:
+            await self._register(self._names, records, reserved)
         apply = partial(self._apply, records, events, reserved)
         payload = encode_records(records) if encoded is None else encoded
         append = self._log.append(payload, len(records), apply)
@@ -383,8 +450,11 @@ def _relayed_events(batches: Sequence[bytes]) -> list[list[EventRecord]]:
     return decoded_batches
 
 
-def _given(events: Sequence[Event]) -> Sequence[Event]:
-    return events
+def _as_events(events: Sequence[EventFields]) -> Sequence[Event]:
+    """``events`` as ``Event``s: a batch holds ``Event``s or plain tuples, not both."""
+    if events[0].__class__ is Event:
+        return events  # type: ignore[return-value]
+    return [Event._make(fields) for fields in events]
 
 
 def _origin_events(

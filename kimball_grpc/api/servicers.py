@@ -25,7 +25,7 @@ from kimball_grpc.core.errors import (
     OutOfRange,
     ShuttingDown,
 )
-from kimball_grpc.core.events import Event
+from kimball_grpc.core.events import Event, EventFields
 from kimball_grpc.core.feature_flags import FeatureFlags, SpecChange, feature_usage
 from kimball_grpc.core.limits import (
     MAX_EVENTS_PER_SUBSCRIBE_RESPONSE,
@@ -56,7 +56,7 @@ from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
 Context = grpc.aio.ServicerContext
 
 
-Accept = Callable[[Sequence[Event]], Awaitable[int]]
+Accept = Callable[[Sequence[EventFields]], Awaitable[int]]
 
 
 async def accept_stream(
@@ -69,8 +69,7 @@ async def accept_stream(
     try:
         async for request in requests:
             try:
-                events = [proto_mapping.event_from_proto(e) for e in request.events]
-                accepted += await accept(events)
+                accepted += await accept(proto_mapping.event_fields(request.events))
             except (InvalidArgument, LimitExceeded) as exc:
                 raise type(exc)(
                     f"message {messages}: {exc.message} ({accepted} events accepted before it)",
@@ -329,12 +328,11 @@ class KimballService(pb_grpc.KimballServiceServicer):
         self.draw = draw  # a user without user_id gets a random draw in a rollout
 
     async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
-        await self.ingestor.accept([proto_mapping.event_from_proto(request.event)])
+        await self.ingestor.accept(proto_mapping.event_fields([request.event]))
         return pb.TrackEventResponse()
 
     async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
-        events = [proto_mapping.event_from_proto(e) for e in request.events]
-        accepted = await self.ingestor.accept(events)
+        accepted = await self.ingestor.accept(proto_mapping.event_fields(request.events))
         return pb.TrackEventsResponse(accepted=accepted)
 
     async def StreamEvents(

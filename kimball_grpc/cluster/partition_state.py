@@ -142,23 +142,25 @@ class PartitionEngines:
             self.metrics.owned.set(len(self._revisions))
 
     async def _take_over(self, partition: int, revision: int) -> None:
-        """Load ``partition``'s newest snapshot and consume the stream after it."""
+        """Load ``partition``'s newest snapshot and consume the stream after it; while the
+        store or NATS fails, owned but not applied, tried again every ``RETRY_SECONDS``."""
         gained = time.monotonic()
         while True:
             try:
                 target = await self._last_sequence(partition)
                 state = await asyncio.to_thread(self.load, partition)
+                state.revision = revision
+                state.gained = gained
+                state.catch_up = target
+                self.states[partition] = state
+                if target <= state.sequence:
+                    self._caught_up(state)
+                self._subscriptions[partition] = await self._consume(partition, state)
                 break
-            except Exception as exc:  # the store or NATS failing: owned, not applied yet
+            except Exception as exc:
+                self.states.pop(partition, None)
                 log.warning("partition %d: cannot take it over yet (%s)", partition, exc)
             await asyncio.sleep(RETRY_SECONDS)
-        state.revision = revision
-        state.gained = gained
-        state.catch_up = target
-        self.states[partition] = state
-        if target <= state.sequence:
-            self._caught_up(state)
-        self._subscriptions[partition] = await self._consume(partition, state)
         self._takeovers.pop(partition, None)
 
     def _caught_up(self, state: PartitionState) -> None:
@@ -179,18 +181,20 @@ class PartitionEngines:
     async def _give_up(self, partition: int) -> None:
         """Stop applying ``partition`` at once and drop its engine (and its snapshots'
         bookkeeping: the next owner writes them)."""
+        # Dropped before any await: nothing applies or snapshots it from here on, even
+        # if this is cancelled (the membership's round timing out) before it is done.
         del self._revisions[partition]
+        self.states.pop(partition, None)
+        self._stores.pop(partition, None)
         task = self._takeovers.pop(partition, None)
+        subscription = self._subscriptions.pop(partition, None)
+        if self.metrics is not None:
+            self.metrics.moves.labels("lost").inc()
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        self.states.pop(partition, None)
-        self._stores.pop(partition, None)
-        subscription = self._subscriptions.pop(partition, None)
         if subscription is not None:
             await _unsubscribe(subscription)
-        if self.metrics is not None:
-            self.metrics.moves.labels("lost").inc()
 
     async def _consume(self, partition: int, state: PartitionState) -> Any:
         from nats.js.api import ConsumerConfig, DeliverPolicy

@@ -5,9 +5,10 @@ hold any printable character and a key only letters, digits and ``-/_=.``).
 A single node logs each spec change as a ``FeatureSpecRecord`` in its write-ahead log and
 applies it to its engine, which keeps the spec set and each flag's history of changes
 (time, token). In cluster mode this bucket takes the log's place for specs: a change is
-written as that same record, in the log's encoding (``encode_records``), and every
-replica, the writer included, applies the changes as it watches them, in the bucket's
-order, so every replica holds the same specs and the same histories.
+written as that same record, in the log's encoding, and every replica, the writer
+included, applies the changes as it watches them, in the bucket's order, so every replica
+holds the same specs and the same histories (``ReplicatedRecords``: a change is checked
+against the specs every replica reaches, so the limits on specs hold cluster-wide).
 
 - A deletion is written as a record without a spec, not as the bucket's own delete
   marker, so the deleting token and time stay in the history.
@@ -20,74 +21,33 @@ order, so every replica holds the same specs and the same histories.
 
 from __future__ import annotations
 
-import logging
 from base64 import urlsafe_b64encode
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Sequence
 
-from kimball_grpc.codec.state_codec import decode_records, encode_records
-from kimball_grpc.core.errors import InvalidStoredData
-from kimball_grpc.core.records import FeatureSpecRecord
+from kimball_grpc.cluster.record_buckets import RecordBucket
+from kimball_grpc.core.records import FeatureSpecRecord, Record
 
 SPECS_BUCKET = "kimball_feature_specs"
 HISTORY = 64  # changes kept per spec: JetStream's largest history
 
-log = logging.getLogger(__name__)
 
+class SpecStore(RecordBucket):
+    """Entries of one feature spec change each, keyed by the spec's name."""
 
-class SpecStore:
-    """``open``, then ``put`` changes and ``watch`` them (from every replica)."""
+    bucket = SPECS_BUCKET
+    history = HISTORY
 
-    def __init__(self, nc: Any, bucket_replicas: int = 1) -> None:
-        self._nc = nc  # a connected nats.aio.client.Client
-        self._bucket_replicas = bucket_replicas
-        self._kv: Any = None
+    def key(self, records: Sequence[Record]) -> str:
+        (change,) = records
+        assert isinstance(change, FeatureSpecRecord)
+        return spec_key(change.name)
 
-    async def open(self) -> None:
-        """Open the bucket, creating it if it is absent."""
-        from nats.js.errors import BucketNotFoundError
-
-        js = self._nc.jetstream()
-        try:
-            self._kv = await js.key_value(SPECS_BUCKET)
-        except BucketNotFoundError:
-            self._kv = await js.create_key_value(
-                bucket=SPECS_BUCKET, history=HISTORY, replicas=self._bucket_replicas
-            )
-
-    async def put(self, change: FeatureSpecRecord) -> int:
-        """Write a change (a spec, or its deletion when ``change.spec`` is None); its
-        revision in the bucket. Applied once it comes back through ``watch``."""
-        return await self._kv.put(spec_key(change.name), encode_records([change]))
-
-    async def watch(self) -> AsyncIterator[tuple[int, FeatureSpecRecord]]:
-        """Every change the bucket holds, oldest first, then each new one as it is
-        written: (revision, change). Endless; cancel it to stop."""
-        watcher = await self._kv.watchall(include_history=True)
-        try:
-            async for entry in watcher:
-                if entry is None or entry.operation is not None:
-                    continue  # the end of the history; or a marker, not a change
-                change = _decoded(entry.key, entry.value)
-                if change is not None:
-                    yield entry.revision, change
-        finally:
-            await watcher.stop()
-
-
-def _decoded(key: str, value: bytes) -> FeatureSpecRecord | None:
-    try:
-        records = decode_records(value)
-    except InvalidStoredData as exc:
-        log.warning("skipping the feature spec change %r in %s: %s", key, SPECS_BUCKET, exc)
-        return None
-    if len(records) != 1 or not isinstance(records[0], FeatureSpecRecord):
-        log.warning("skipping %r in %s: not one feature spec change", key, SPECS_BUCKET)
-        return None
-    if spec_key(records[0].name) != key:
-        log.warning("skipping %r in %s: it changes the spec %r", key, SPECS_BUCKET, records[0].name)
-        return None
-    return records[0]
+    def valid(self, key: str, records: Sequence[Record]) -> str:
+        if len(records) != 1 or not isinstance(records[0], FeatureSpecRecord):
+            return "not one feature spec change"
+        if spec_key(records[0].name) != key:
+            return f"it changes the spec {records[0].name!r}"
+        return ""
 
 
 def spec_key(name: str) -> str:

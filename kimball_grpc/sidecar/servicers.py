@@ -58,11 +58,11 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         self.draw = draw
 
     async def TrackEvent(self, request: pb.TrackEventRequest, context: Context):
-        await self.spool.accept([proto_mapping.event_from_proto(request.event)])
+        await self.spool.accept(proto_mapping.event_fields([request.event]))
         return pb.TrackEventResponse()
 
     async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
-        events = [proto_mapping.event_from_proto(e) for e in request.events]
+        events = proto_mapping.event_fields(request.events)
         return pb.TrackEventsResponse(accepted=await self.spool.accept(events))
 
     async def StreamEvents(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kimball_grpc.codec.state_codec import encode_records
 from kimball_grpc.core.errors import KimballError
-from kimball_grpc.core.events import Event, iso_week, prepare_events
+from kimball_grpc.core.events import EventFields, iso_week, prepare_events
 from kimball_grpc.core.limits import DEFAULT_SPOOL_MAX_EVENTS
 from kimball_grpc.core.records import EventRecord
 from storage.fsutil import atomic_write
@@ -115,7 +115,7 @@ class Spool:
         """Events spooled and not yet acknowledged by the api server."""
         return self.wal.last_sequence - self.acknowledged
 
-    async def accept(self, events: Sequence[Event]) -> int:
+    async def accept(self, events: Sequence[EventFields]) -> int:
         """Validate ``events`` and spool them; returns how many. Raises ``InvalidArgument``
         (a bad event: nothing spooled), ``SpoolFull`` (nothing spooled), ``StorageError``
         (the disk: a batch spooled in parts may be partly in, and sending it again

@@ -104,7 +104,7 @@ def nats_cluster(tmp_path_factory) -> Iterator[NatsCluster]:
 
 @pytest.fixture
 async def fresh_stream(nats_cluster: NatsCluster) -> NatsCluster:
-    """The NATS cluster without the event stream and the membership buckets: each test
+    """The NATS cluster without the event stream and the buckets: each test
     starts its replicas afresh."""
     await clear(nats_cluster)
     return nats_cluster

@@ -68,14 +68,13 @@ async def test_events_over_rest_and_grpc_reach_the_owners_partitions(fresh_strea
         await until(goal_everywhere, "the goal in every partition of both replicas", 20)
 
 
-async def test_feature_specs_are_refused_clearly_until_a_shared_store_holds_them(
-    fresh_stream, tmp_path
-):
+async def test_subscribe_is_refused_clearly_in_cluster_mode(fresh_stream, tmp_path):
     async with running(replica(fresh_stream, tmp_path, "replica-a")) as a, stub_of(a) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.ListFeatureSpecs(pb.ListFeatureSpecsRequest())
+            async for _ in stub.Subscribe(pb.SubscribeRequest()):
+                pass
         assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "ListFeatureSpecs is not answered in cluster mode yet" in info.value.details()
+        assert "Subscribe is not answered in cluster mode yet" in info.value.details()
 
 
 async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fresh_stream, tmp_path):

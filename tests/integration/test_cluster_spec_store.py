@@ -42,8 +42,9 @@ class Replica:
         self.task = asyncio.create_task(self._apply())
 
     async def _apply(self) -> None:
-        async for revision, change in self.store.watch():
-            self.engine.apply(change)
+        async for revision, changes in self.store.watch():
+            for change in changes or ():
+                self.engine.apply(change)
             self.applied = revision
 
     async def stop(self) -> None:
@@ -88,10 +89,10 @@ async def test_specs_put_on_one_replica_are_seen_by_another_with_their_history(r
     name = "new checkout / ünïcode"  # any printable name, not only what a key allows
     on = check_spec(FeatureSpec(name, boolean=True))
     half = check_spec(FeatureSpec(name, rollout_percentage=50))
-    await writer.store.put(FeatureSpecRecord(name, on, T0, "token-a"))
-    await writer.store.put(FeatureSpecRecord(name, half, T0.replace(hour=1), "token-b"))
-    await writer.store.put(FeatureSpecRecord("other", on.__class__("other"), T0, "token-a"))
-    last = await writer.store.put(FeatureSpecRecord("other", None, T0.replace(hour=2), "token-c"))
+    await writer.store.put([FeatureSpecRecord(name, on, T0, "token-a")])
+    await writer.store.put([FeatureSpecRecord(name, half, T0.replace(hour=1), "token-b")])
+    await writer.store.put([FeatureSpecRecord("other", on.__class__("other"), T0, "token-a")])
+    last = await writer.store.put([FeatureSpecRecord("other", None, T0.replace(hour=2), "token-c")])
     await until(lambda: writer.applied == reader.applied == last, "both to apply every change")
     assert view(reader.engine) == view(writer.engine)
     assert [s.name for s in reader.engine.flags.listed()] == [name]
@@ -111,6 +112,6 @@ async def test_a_value_that_is_no_spec_change_is_skipped(replicas, nats_server):
     kv = await nc.jetstream().key_value(SPECS_BUCKET)
     await kv.put(spec_key("junk"), b"\xff not a record")
     await kv.put("bm90LXRoaXM", b"")  # an empty batch, under another key
-    await reader.store.put(FeatureSpecRecord("after", check_spec(FeatureSpec("after")), T0, "t"))
+    await reader.store.put([FeatureSpecRecord("after", check_spec(FeatureSpec("after")), T0, "t")])
     await until(lambda: [s.name for s in reader.engine.flags.listed()] == ["after"], "the next")
     await nc.close()

@@ -103,6 +103,27 @@ async def test_a_subscriber_asking_for_batches_gets_every_event_in_few_responses
     plain.cancel()
 
 
+async def test_a_subscriber_gets_stream_events_as_sent(stub, server):
+    # StreamEvents messages are read into plain field tuples: subscribers still get each
+    # event whole, its namespace resolved.
+    call = stub.Subscribe(pb.SubscribeRequest())
+    await subscribers(server, 1)
+    sent = [
+        pb.Event(event_name="view", user_id="u1"),
+        pb.Event(namespace="shop", event_name="buy", user_id="u2", value=2.5, ensure_goal=True),
+    ]
+    sent[1].datetime.FromSeconds(1_700_000_000)
+
+    async def messages():
+        yield pb.TrackEventsRequest(events=sent)
+
+    assert (await stub.StreamEvents(messages())).accepted == 2
+    got = [(await asyncio.wait_for(call.read(), 5)).event for _ in sent]
+    sent[0].namespace = "default"
+    assert got == sent
+    call.cancel()
+
+
 @pytest.mark.parametrize("bad", [1001, 2**32 - 1])
 async def test_more_events_per_response_than_the_limit_is_refused(stub, server, bad):
     call = stub.Subscribe(pb.SubscribeRequest(max_events_per_response=bad), timeout=5)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from kimball_grpc.cluster.event_log import STREAM, split_by_partition
 from kimball_grpc.cluster.membership import MEMBERS_BUCKET, PARTITIONS_BUCKET
+from kimball_grpc.cluster.name_store import NAMES_BUCKET
+from kimball_grpc.cluster.spec_store import SPECS_BUCKET
 from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event, iso_week, prepare_events
@@ -22,7 +24,8 @@ LEASE_SECONDS = 1.5  # short: partitions move within seconds
 
 
 async def clear(cluster: NatsCluster) -> None:
-    """Delete the stream and the membership buckets: a test starts a cluster afresh."""
+    """Delete the stream and the buckets (membership, feature specs, known names): a test
+    starts a cluster afresh."""
     import nats
 
     connection = await nats.connect(cluster.urls)
@@ -30,7 +33,7 @@ async def clear(cluster: NatsCluster) -> None:
     try:
         with contextlib.suppress(Exception):  # not there yet
             await js.delete_stream(STREAM)
-        for bucket in (MEMBERS_BUCKET, PARTITIONS_BUCKET):
+        for bucket in (MEMBERS_BUCKET, PARTITIONS_BUCKET, SPECS_BUCKET, NAMES_BUCKET):
             with contextlib.suppress(Exception):
                 await js.delete_key_value(bucket)
     finally:

@@ -51,9 +51,11 @@ def up(directory: Path) -> None:
             str(kimball), "serve",
             "--host", "127.0.0.1",
             "--grpc-port", str(GRPC_PORT + index),
+            # Listening on loopback only: the others reach it there, not at its host name.
+            "--advertise-address", f"127.0.0.1:{GRPC_PORT + index}",
             "--api-port", str(REST_PORT + index),
             "--data-dir", str(directory / name),
-            # One object store for all: each replica's snapshots under its own id.
+            # One object store for all: a partition's next owner finds its snapshots.
             "--storage", f"file://{(directory / 'objects').resolve()}",
             "--nats-url", urls,
             "--replica-id", name,

@@ -339,15 +339,12 @@ async def test_a_flag_put_on_one_replica_evaluates_alike_on_every_replica(cluste
     spec = pb.FeatureSpec(name="new-checkout", rollout_percentage=50)
     for node in (cluster.replica(2), cluster.single):
         async with grpc.aio.insecure_channel(node.target) as channel:
-            try:
-                await pb_grpc.KimballServiceStub(channel).PutFeatureSpec(
-                    pb.PutFeatureSpecRequest(spec=spec), metadata=AUTH, timeout=CALL_TIMEOUT
-                )
-            except grpc.aio.AioRpcError as error:
-                if "not answered in cluster mode yet" in (error.details() or ""):
-                    pytest.skip("feature specs in cluster mode are not merged on this branch")
-                raise
-    users = [json_format.ParseDict({"id": f"flag-user-{i}"}, struct_pb2.Struct()) for i in range(8)]
+            await pb_grpc.KimballServiceStub(channel).PutFeatureSpec(
+                pb.PutFeatureSpecRequest(spec=spec), metadata=AUTH, timeout=CALL_TIMEOUT
+            )
+    users = [
+        json_format.ParseDict({"user_id": f"flag-user-{i}"}, struct_pb2.Struct()) for i in range(8)
+    ]
 
     async def flags(node: Node) -> list[dict]:
         async with grpc.aio.insecure_channel(node.target) as channel:
@@ -364,10 +361,18 @@ async def test_a_flag_put_on_one_replica_evaluates_alike_on_every_replica(cluste
     want = await flags(cluster.single)
     assert {True, False} <= {f["features"].get("new-checkout", False) for f in want}
 
-    async def alike() -> bool:
-        return all([await flags(node) == want for node in cluster.running()])
+    last: dict[str, list[dict]] = {}
 
-    await until(alike, "every replica evaluating the flag as the single node", SETTLE_SECONDS, 0.2)
+    async def alike() -> bool:
+        for node in cluster.running():
+            last[node.name] = await flags(node)
+        return all(got == want for got in last.values())
+
+    try:
+        await until(alike, "every replica evaluating the flag as the single node", 20, 0.2)
+    except AssertionError:
+        assert last == dict.fromkeys(last, want)
+        raise
 
 
 @dataclass

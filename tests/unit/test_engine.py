@@ -17,7 +17,7 @@ from kimball_grpc.codec.state_codec import (
 from kimball_grpc.core.counter_config import CounterConfig
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.errors import InvalidArgument, InvalidStoredData, NotFound
-from kimball_grpc.core.events import Event, iso_week, prepare_event, prepare_goal
+from kimball_grpc.core.events import Event, iso_week, prepare_event, prepare_events, prepare_goal
 from kimball_grpc.core.predictions import EventEvidence, naive_bayes
 from kimball_grpc.core.records import EventRecord
 
@@ -156,6 +156,35 @@ def test_prepare_event_keeps_no_raw_user_id() -> None:
     assert "alice" not in repr(record)
     assert record.namespace == "default"
     assert (record.iso_year, record.iso_week) == (2024, 20)
+
+
+def test_prepare_events_checks_repeated_fields_as_each_event() -> None:
+    # A batch checks each distinct name, namespace and user id once: the records are those
+    # of each event alone, and the first bad event is named even where it repeats a field
+    # an earlier, good event had, or a bad field an earlier one had in a later place.
+    events = [("a", "u1", "", None, None, False), ("a", "u1", "", 2.0, None, True)]
+    assert prepare_events(events, NOW) == [prepare_event(e, NOW) for e in events]
+    bad = [*events, ("a", "u1", "", math.inf, None, False), ("", "u1", "", None, None, False)]
+    with pytest.raises(InvalidArgument) as info:
+        prepare_events(bad, NOW)
+    assert info.value.details["index"] == "2"
+    assert "value" in info.value.details
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        (("a", ["u"], "", None, None, False), "user_id"),
+        (("a", "u", {}, None, None, False), "namespace"),
+        ((["a"], "u", "", None, None, False), "event_name"),
+    ],
+)
+def test_prepare_events_refuses_a_field_of_another_type(fields: tuple, field: str) -> None:
+    good = ("a", "u", "", None, None, False)
+    with pytest.raises(InvalidArgument) as info:
+        prepare_events([good, fields], NOW)
+    assert info.value.details["index"] == "1"
+    assert field in info.value.details
 
 
 def populated_engine(seed: int = 7) -> Engine:
