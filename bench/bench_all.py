@@ -49,6 +49,7 @@ SCRIPTS = (
     "paging",
     "recovery",
     "stalls",
+    "cluster",
 )
 ORIGINAL = ROOT.parent / "shared" / "original"
 ORIGINAL_PORT = 7480  # where its start.sh serves

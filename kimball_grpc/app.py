@@ -42,7 +42,7 @@ from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
-from kimball_grpc.cluster.membership import LeaseMismatch, Membership
+from kimball_grpc.cluster.membership import BucketsUnavailable, LeaseMismatch, Membership
 from kimball_grpc.cluster.name_store import NameStore
 from kimball_grpc.cluster.partition_state import PartitionEngines
 from kimball_grpc.cluster.record_buckets import ReplicatedRecords
@@ -300,7 +300,7 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
     membership.address = advertised_address(settings, front.port)
     try:
         await membership.start()
-    except LeaseMismatch as exc:
+    except (LeaseMismatch, BucketsUnavailable) as exc:
         await front.stop(None)
         await connection.close()
         raise ConfigError(str(exc)) from None

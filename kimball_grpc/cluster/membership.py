@@ -42,6 +42,10 @@ MEMBERS_BUCKET = "kimball_members"
 PARTITIONS_BUCKET = "kimball_partitions"
 LOCAL_LEASE_SHARE = 0.8  # of the lease a replica trusts its last renewal for
 RENEWALS_PER_LEASE = 3
+# At start, how long the buckets may not answer (JetStream without a quorum, or electing a
+# bucket's leader after a NATS server restarted) before the start fails, saying so.
+START_SECONDS = 20.0
+START_RETRY_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,10 @@ OwnershipListener = Callable[[Mapping[int, int]], Awaitable[None]]
 
 class LeaseMismatch(RuntimeError):
     """The members bucket exists with another lease than this replica's."""
+
+
+class BucketsUnavailable(RuntimeError):
+    """The buckets did not answer within the start's time."""
 
 
 @dataclass(frozen=True)
@@ -85,14 +93,17 @@ class Membership:
         lease_seconds: float,
         bucket_replicas: int = 1,
         on_lease_lost: Callable[[], None] = lambda: None,
+        start_seconds: float = START_SECONDS,
     ) -> None:
-        """``on_lease_lost``: called each time a live lease lapses or is found gone."""
+        """``on_lease_lost``: called each time a live lease lapses or is found gone;
+        ``start_seconds``: how long ``start`` tries the buckets."""
         self._nc = nc
         self.replica_id = replica_id
         self.address = address  # may be set until ``start``: the gRPC address others call
         self._partitions = partitions
         self._lease = lease_seconds
         self._bucket_replicas = bucket_replicas
+        self._start_seconds = start_seconds
         self._incarnation = ""
         self._member_revision: int | None = None
         self._deadline = 0.0  # monotonic: the lease is trusted until then
@@ -146,7 +157,32 @@ class Membership:
 
     async def start(self) -> None:
         """Open (or create) the buckets and start registering and claiming.
-        ``LeaseMismatch`` if the members bucket was made with another lease."""
+        ``LeaseMismatch`` if the members bucket was made with another lease;
+        ``BucketsUnavailable`` if JetStream did not answer for ``start_seconds``."""
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.errors import ServiceUnavailableError
+
+        deadline = time.monotonic() + self._start_seconds
+        while True:
+            try:
+                await self._open_buckets()
+                break
+            except (NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
+                why = str(exc) or type(exc).__name__
+                if time.monotonic() >= deadline:
+                    raise BucketsUnavailable(
+                        f"the JetStream buckets {MEMBERS_BUCKET} and {PARTITIONS_BUCKET} did "
+                        f"not answer within {self._start_seconds:g} s ({why}): does the NATS "
+                        f"cluster have a quorum of its servers?"
+                    ) from None
+                log.warning(
+                    "membership of %s: the buckets do not answer yet (%s)", self.replica_id, why
+                )
+                await asyncio.sleep(START_RETRY_SECONDS)
+        self._task = asyncio.create_task(self._run(), name=f"membership {self.replica_id}")
+
+    async def _open_buckets(self) -> None:
         from nats.js.errors import BucketNotFoundError
 
         js = self._nc.jetstream()
@@ -169,7 +205,6 @@ class Membership:
             self._claims_kv = await js.create_key_value(
                 bucket=PARTITIONS_BUCKET, replicas=self._bucket_replicas
             )
-        self._task = asyncio.create_task(self._run(), name=f"membership {self.replica_id}")
 
     async def stop(self) -> None:
         """Stop applying, release every claim and leave (best effort: what is not

@@ -320,7 +320,7 @@ def _mounted_files(docs: list[Doc], template: Doc, container: Doc, root: Path) -
     return moved
 
 
-def _environment(docs: list[Doc], container: Doc) -> dict[str, str]:
+def environment(docs: list[Doc], container: Doc) -> dict[str, str]:
     """The container's environment as the kubelet resolves it."""
     environ: dict[str, str] = {}
     for env_from in container.get("envFrom", []):
@@ -332,7 +332,10 @@ def _environment(docs: list[Doc], container: Doc) -> dict[str, str]:
     for env in container.get("env", []):
         source = env.get("valueFrom", {})
         if "value" in env:
-            environ[env["name"]] = env["value"]
+            # The kubelet expands $(NAME) from the variables declared before this one.
+            environ[env["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: environ.get(m[1], m[0]), env["value"]
+            )
         elif ref := source.get("secretKeyRef") or source.get("configMapKeyRef"):
             kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
             found = find(docs, kind, ref["name"])
@@ -342,7 +345,13 @@ def _environment(docs: list[Doc], container: Doc) -> dict[str, str]:
             amount = container.get("resources", {}).get(resource, {}).get(bound)
             if amount is not None:
                 environ[env["name"]] = str(_quantity(amount) // _quantity(ref.get("divisor", 1)))
+        elif ref := source.get("fieldRef"):
+            environ[env["name"]] = POD_FIELDS[ref["fieldPath"]]
     return environ
+
+
+# The downward API's fields, for the first pod of a workload in namespace "default".
+POD_FIELDS = {"metadata.name": "kimball-0", "metadata.namespace": "default"}
 
 
 def settings_problems(docs: list[Doc], root: Path) -> list[str]:
@@ -354,7 +363,7 @@ def settings_problems(docs: list[Doc], root: Path) -> list[str]:
         for container in filter(is_kimball, containers(template)):
             where = f"{named(workload)} container {container['name']}"
             mounted = _mounted_files(docs, template, container, root / str(index))
-            environ = _environment(docs, container)
+            environ = environment(docs, container)
             for name, value in environ.items():
                 for mount_path, copy in mounted.items():
                     if value.startswith(mount_path.rstrip("/") + "/"):

@@ -71,6 +71,7 @@ def test_the_overlays_and_examples_are_all_rendered() -> None:
         "overlays/object-storage",
         "overlays/sidecar",
         "overlays/feature-specs-configmap",
+        "overlays/cluster",
     ):
         assert directory in DIRECTORIES
     assert "examples/app-with-relay" in DIRECTORIES
@@ -325,3 +326,21 @@ secretGenerator:
     options:
       disableNameSuffixHash: true
 """
+
+
+def test_the_cluster_replicas_find_nats_each_other_and_one_shared_store() -> None:
+    docs = rendered("overlays/cluster")
+    server = k8s.find(docs, "StatefulSet", "kimball")
+    container = container_of(docs, "StatefulSet", "kimball")
+    env = k8s.environment(docs, container)
+    assert server["spec"]["replicas"] == 3
+    assert env["KIMBALL_NATS_URL"] == "nats://nats:4222"  # the NATS chart's Service "nats"
+    assert "KIMBALL_REPLICA_ID" not in env  # the host name: the pod's, stable over restarts
+    # The pod's own name under the StatefulSet's headless Service, on the gRPC port.
+    headless = k8s.find(docs, "Service", server["spec"]["serviceName"])
+    assert headless is not None and headless["spec"]["clusterIP"] == "None"
+    grpc_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    address = f"kimball-0.{server['spec']['serviceName']}.default.svc:{grpc_port}"
+    assert env["KIMBALL_ADVERTISE_ADDRESS"] == address
+    # A partition's new owner loads the snapshots its last owner stored: not a pod's volume.
+    assert env["KIMBALL_STORAGE"].startswith(("s3://", "gs://"))
