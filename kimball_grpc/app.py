@@ -42,7 +42,8 @@ from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
-from kimball_grpc.cluster.membership import BucketsUnavailable, LeaseMismatch, Membership
+from kimball_grpc.cluster.jetstream_start import JetStreamUnavailable, when_jetstream_answers
+from kimball_grpc.cluster.membership import LeaseMismatch, Membership
 from kimball_grpc.cluster.name_store import NameStore
 from kimball_grpc.cluster.partition_state import PartitionEngines
 from kimball_grpc.cluster.record_buckets import ReplicatedRecords
@@ -233,8 +234,14 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
     connection = await event_log.connect(options)
     try:
         js = connection.jetstream(publish_async_max_pending=event_log.MAX_IN_FLIGHT)
-        await event_log.ensure_stream(js, settings.partitions, settings.nats_stream_replicas)
+        await when_jetstream_answers(
+            f"the JetStream stream {event_log.STREAM}",
+            lambda: event_log.ensure_stream(js, settings.partitions, settings.nats_stream_replicas),
+        )
         blobs = open_blob_store(settings.storage or storage_config(settings))
+    except JetStreamUnavailable as exc:
+        await connection.close()
+        raise ConfigError(str(exc)) from None
     except (ValueError, StorageError) as exc:
         await connection.close()
         raise ConfigError(f"storage: {exc}") from None
@@ -300,7 +307,7 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
     membership.address = advertised_address(settings, front.port)
     try:
         await membership.start()
-    except (LeaseMismatch, BucketsUnavailable) as exc:
+    except (LeaseMismatch, JetStreamUnavailable) as exc:
         await front.stop(None)
         await connection.close()
         raise ConfigError(str(exc)) from None

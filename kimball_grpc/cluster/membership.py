@@ -36,16 +36,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kimball_grpc.cluster.jetstream_start import START_SECONDS, when_jetstream_answers
 from kimball_grpc.core.partition_assignment import owned_by
 
 MEMBERS_BUCKET = "kimball_members"
 PARTITIONS_BUCKET = "kimball_partitions"
 LOCAL_LEASE_SHARE = 0.8  # of the lease a replica trusts its last renewal for
 RENEWALS_PER_LEASE = 3
-# At start, how long the buckets may not answer (JetStream without a quorum, or electing a
-# bucket's leader after a NATS server restarted) before the start fails, saying so.
-START_SECONDS = 20.0
-START_RETRY_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +53,6 @@ OwnershipListener = Callable[[Mapping[int, int]], Awaitable[None]]
 
 class LeaseMismatch(RuntimeError):
     """The members bucket exists with another lease than this replica's."""
-
-
-class BucketsUnavailable(RuntimeError):
-    """The buckets did not answer within the start's time."""
 
 
 @dataclass(frozen=True)
@@ -158,28 +151,12 @@ class Membership:
     async def start(self) -> None:
         """Open (or create) the buckets and start registering and claiming.
         ``LeaseMismatch`` if the members bucket was made with another lease;
-        ``BucketsUnavailable`` if JetStream did not answer for ``start_seconds``."""
-        from nats.errors import NoRespondersError
-        from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.errors import ServiceUnavailableError
-
-        deadline = time.monotonic() + self._start_seconds
-        while True:
-            try:
-                await self._open_buckets()
-                break
-            except (NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
-                why = str(exc) or type(exc).__name__
-                if time.monotonic() >= deadline:
-                    raise BucketsUnavailable(
-                        f"the JetStream buckets {MEMBERS_BUCKET} and {PARTITIONS_BUCKET} did "
-                        f"not answer within {self._start_seconds:g} s ({why}): does the NATS "
-                        f"cluster have a quorum of its servers?"
-                    ) from None
-                log.warning(
-                    "membership of %s: the buckets do not answer yet (%s)", self.replica_id, why
-                )
-                await asyncio.sleep(START_RETRY_SECONDS)
+        ``JetStreamUnavailable`` if JetStream did not answer for ``start_seconds``."""
+        await when_jetstream_answers(
+            f"the JetStream buckets {MEMBERS_BUCKET} and {PARTITIONS_BUCKET}",
+            self._open_buckets,
+            self._start_seconds,
+        )
         self._task = asyncio.create_task(self._run(), name=f"membership {self.replica_id}")
 
     async def _open_buckets(self) -> None:

@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from kimball_grpc.cluster.jetstream_start import when_jetstream_answers
 from kimball_grpc.codec.state_codec import decode_records, encode_records
 from kimball_grpc.core.errors import InvalidStoredData, KimballError
 from kimball_grpc.core.records import Record
@@ -142,7 +143,9 @@ class ReplicatedRecords:
     async def start(self, apply: Callable[[Sequence[Record]], None]) -> None:
         """Open the bucket, then apply what it holds before returning (so the first
         answers already see it), and every later entry as it comes."""
-        await self._bucket.open()
+        await when_jetstream_answers(
+            f"the JetStream bucket {self._bucket.bucket}", self._bucket.open
+        )
         self._task = asyncio.get_running_loop().create_task(self._follow(apply))
         await self._catch_up()
 

@@ -1,0 +1,47 @@
+"""A replica's start against a JetStream that may not answer yet: a NATS cluster without a
+quorum, or one whose restarted server's streams and buckets are still electing their
+leaders, times requests out for a while. Each first call of a start (the stream, the
+buckets) is tried again until ``START_SECONDS`` pass, then the start fails, saying which."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+START_SECONDS = 20.0
+START_RETRY_SECONDS = 0.5
+
+T = TypeVar("T")
+
+
+class JetStreamUnavailable(RuntimeError):
+    """JetStream did not answer a start's call within its time."""
+
+
+async def when_jetstream_answers(
+    what: str, attempt: Callable[[], Awaitable[T]], seconds: float = START_SECONDS
+) -> T:
+    """``attempt()``'s result, tried again while JetStream times out or has no responder
+    or leader; ``JetStreamUnavailable`` naming ``what`` once ``seconds`` have passed."""
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import ServiceUnavailableError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await attempt()
+        except (NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
+            why = str(exc) or type(exc).__name__
+            if time.monotonic() >= deadline:
+                raise JetStreamUnavailable(
+                    f"{what} did not answer within {seconds:g} s ({why}): does the NATS "
+                    f"cluster have a quorum of its servers?"
+                ) from None
+            log.warning("%s does not answer yet (%s)", what, why)
+            await asyncio.sleep(START_RETRY_SECONDS)
