@@ -69,6 +69,9 @@ def up(directory: Path) -> None:
     (directory / "pids").write_text("".join(f"{pid}\n" for pid in pids))
     for index in range(REPLICAS):
         _wait_ready(REST_PORT + index, directory)
+    token = tokens.read_text().split()[0]
+    for index in range(REPLICAS):
+        _wait_answering(REST_PORT + index, token, directory)
     print(f"NATS: {urls}")
     for index in range(REPLICAS):
         print(
@@ -80,16 +83,34 @@ def up(directory: Path) -> None:
 
 
 def _wait_ready(port: int, directory: Path) -> None:
+    _wait_for_200(
+        urllib.request.Request(f"http://127.0.0.1:{port}/ready"),
+        f"the replica on REST port {port} is not ready; see the logs in {directory}",
+    )
+
+
+def _wait_answering(port: int, token: str, directory: Path) -> None:
+    """Until the replica answers a query of every partition: just after a start the
+    partitions are still being claimed, and a query then says which have no owner."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v0/namespaces", headers={"Authorization": f"Bearer {token}"}
+    )
+    _wait_for_200(
+        request, f"the replica on REST port {port} answers no query; see the logs in {directory}"
+    )
+
+
+def _wait_for_200(request: urllib.request.Request, failure: str) -> None:
     deadline = time.monotonic() + READY_SECONDS
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
+            with urllib.request.urlopen(request, timeout=2) as answer:
                 if answer.status == 200:
                     return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            sys.exit(f"the replica on REST port {port} is not ready; see the logs in {directory}")
+            sys.exit(failure)
         time.sleep(0.2)
 
 
