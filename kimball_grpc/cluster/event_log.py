@@ -76,8 +76,15 @@ class NatsOptions:
 
 
 async def connect(options: NatsOptions) -> Any:
-    """A NATS connection that reconnects by itself (forever, every server in turn)."""
-    import nats  # the cluster extra: imported only in cluster mode
+    """A NATS connection that reconnects by itself (forever, every server in turn);
+    ``ConfigError`` if the NATS client (the ``cluster`` extra) is not installed."""
+    try:
+        import nats  # the cluster extra: imported only in cluster mode
+    except ImportError:
+        raise ConfigError(
+            "cluster mode (--nats-url, KIMBALL_NATS_URL) needs the NATS client: "
+            "pip install 'kimball[cluster]'"
+        ) from None
 
     async def disconnected() -> None:
         log.warning("NATS: disconnected; reconnecting")
