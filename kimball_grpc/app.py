@@ -42,7 +42,11 @@ from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
-from kimball_grpc.cluster.jetstream_start import JetStreamUnavailable, when_jetstream_answers
+from kimball_grpc.cluster.jetstream_start import (
+    JetStreamUnavailable,
+    reason,
+    when_jetstream_answers,
+)
 from kimball_grpc.cluster.membership import LeaseMismatch, Membership
 from kimball_grpc.cluster.name_store import NameStore
 from kimball_grpc.cluster.partition_state import PartitionEngines
@@ -495,11 +499,12 @@ async def serve(settings: Settings) -> None:
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopped, running.ready], return_when=asyncio.FIRST_COMPLETED)
     if running.ready.done():
-        if running.ready.exception() is not None:
+        failure = running.ready.exception()
+        if failure is not None:
             stopped.cancel()
             await gateway.stop()
             await running.stop(grace=None)
-            raise ConfigError(f"cannot start: {running.ready.exception()}")
+            raise ConfigError(f"cannot start: {reason(failure)}")
         log.info("Kimball ready: taking calls")
     await stopped
     log.info("Shutting down: finishing in-flight calls")

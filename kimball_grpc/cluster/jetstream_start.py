@@ -23,21 +23,27 @@ class JetStreamUnavailable(RuntimeError):
     """JetStream did not answer a start's call within its time."""
 
 
+def reason(exc: BaseException) -> str:
+    """What a log line says of ``exc``: its message, else its type's name (a timeout of
+    asyncio's has no message)."""
+    return str(exc) or type(exc).__name__
+
+
 async def when_jetstream_answers(
     what: str, attempt: Callable[[], Awaitable[T]], seconds: float = START_SECONDS
 ) -> T:
-    """``attempt()``'s result, tried again while JetStream times out or has no responder
-    or leader; ``JetStreamUnavailable`` naming ``what`` once ``seconds`` have passed."""
+    """``attempt()``'s result, tried again while JetStream times out (nats-py's timeouts
+    and asyncio's, as a watch waited on) or has no responder or leader;
+    ``JetStreamUnavailable`` naming ``what`` once ``seconds`` have passed."""
     from nats.errors import NoRespondersError
-    from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import ServiceUnavailableError
 
     deadline = time.monotonic() + seconds
     while True:
         try:
             return await attempt()
-        except (NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
-            why = str(exc) or type(exc).__name__
+        except (TimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            why = reason(exc)
             if time.monotonic() >= deadline:
                 raise JetStreamUnavailable(
                     f"{what} did not answer within {seconds:g} s ({why}): does the NATS "

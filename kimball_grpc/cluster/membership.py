@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kimball_grpc.cluster.jetstream_start import START_SECONDS, when_jetstream_answers
+from kimball_grpc.cluster.jetstream_start import START_SECONDS, reason, when_jetstream_answers
 from kimball_grpc.core.partition_assignment import owned_by
 
 MEMBERS_BUCKET = "kimball_members"
@@ -213,7 +213,7 @@ class Membership:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS unreachable, timeouts: the lease decides
-                log.warning("membership of %s: %s", self.replica_id, exc or type(exc).__name__)
+                log.warning("membership of %s: %s", self.replica_id, reason(exc))
             await self._fence_if_expired()
             wait = interval
             if self._owned:  # wake at the deadline, to fence without a renewal

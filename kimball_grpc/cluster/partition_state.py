@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimball_grpc.cluster.event_log import STREAM, subject
+from kimball_grpc.cluster.jetstream_start import reason
 from kimball_grpc.cluster.membership import Membership
 from kimball_grpc.codec.state_codec import decode_records, decode_state, state_in_steps
 from kimball_grpc.core.counter_config import CounterConfig
@@ -159,7 +160,7 @@ class PartitionEngines:
                 break
             except Exception as exc:
                 self.states.pop(partition, None)
-                log.warning("partition %d: cannot take it over yet (%s)", partition, exc)
+                log.warning("partition %d: cannot take it over yet (%s)", partition, reason(exc))
             await asyncio.sleep(RETRY_SECONDS)
         self._takeovers.pop(partition, None)
 

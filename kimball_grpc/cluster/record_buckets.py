@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from kimball_grpc.cluster.jetstream_start import when_jetstream_answers
+from kimball_grpc.cluster.jetstream_start import reason, when_jetstream_answers
 from kimball_grpc.codec.state_codec import decode_records, encode_records
 from kimball_grpc.core.errors import InvalidStoredData, KimballError
 from kimball_grpc.core.records import Record
@@ -143,11 +143,12 @@ class ReplicatedRecords:
     async def start(self, apply: Callable[[Sequence[Record]], None]) -> None:
         """Open the bucket, then apply what it holds before returning (so the first
         answers already see it), and every later entry as it comes."""
-        await when_jetstream_answers(
-            f"the JetStream bucket {self._bucket.bucket}", self._bucket.open
-        )
+        what = f"the JetStream bucket {self._bucket.bucket}"
+        await when_jetstream_answers(what, self._bucket.open)
         self._task = asyncio.get_running_loop().create_task(self._follow(apply))
-        await self._catch_up()
+        # A watch started while NATS elects the bucket's leader fails and is started
+        # again: wait for it as for the bucket.
+        await when_jetstream_answers(what, self._catch_up)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -169,7 +170,9 @@ class ReplicatedRecords:
                     self._moved.set()
                     self._moved = asyncio.Event()
             except Exception as exc:
-                log.warning("watching %s failed (%s); watching again", self._bucket.bucket, exc)
+                log.warning(
+                    "watching %s failed (%s); watching again", self._bucket.bucket, reason(exc)
+                )
             await asyncio.sleep(REWATCH_SECONDS)
 
     async def write(self, records: Sequence[Record], check: Callable[[], object]) -> None:

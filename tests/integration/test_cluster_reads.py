@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.certificates import client_tls, make_certificates, server_tls
-from support.cluster_replicas import LEASE_SECONDS, PARTITIONS
+from support.cluster_replicas import PARTITIONS
 from support.in_process import gateway_of, local_settings, rest_client, running
 from support.nats_cluster import NatsCluster
 from support.partitioned_engines import counter_config
@@ -40,6 +40,9 @@ GOALS = ("buy", "signup")
 NAMES = ("view", "cart", "search", "signup", "buy")
 USERS = [f"user-{i}" for i in range(120)]
 ASKED_USERS = [*USERS[:12], "never-seen"]
+# Long: no partition moves here by a lease, and one lost on a loaded machine would leave
+# the partitions without owner for a while, failing the queries the tests ask.
+LEASE_SECONDS = 15.0
 pytestmark = pytest.mark.xdist_group("nats-cluster")
 
 

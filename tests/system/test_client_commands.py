@@ -11,6 +11,7 @@ import re
 import selectors
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,11 +378,21 @@ class Tail:
         self.selector = selectors.DefaultSelector()
         assert self.process.stdout is not None
         self.selector.register(self.process.stdout, selectors.EVENT_READ)
+        self.pending = b""  # read, not yet returned: lines often come several at once
 
     def line(self, deadline: float = 20) -> str:
+        """The next line, without its end; read from the pipe itself, as a buffered reader
+        would keep a second line where ``select`` does not see it."""
         assert self.process.stdout is not None
-        assert self.selector.select(deadline), "no event line in time"
-        return self.process.stdout.readline().decode()
+        end = time.monotonic() + deadline
+        while b"\n" not in self.pending:
+            left = end - time.monotonic()
+            assert left > 0 and self.selector.select(left), "no event line in time"
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            assert chunk, "kimball tail ended"
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line.decode()
 
 
 def test_tail_replays_then_follows_live_events_and_ctrl_c_ends_it(server: Server) -> None:

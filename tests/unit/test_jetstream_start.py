@@ -1,0 +1,53 @@
+"""A replica's start against a JetStream that does not answer yet: a call that times out
+(nats-py's timeout, or asyncio's while waiting for a watch) is tried again until it
+answers or the start's time passes; what the logs and the start-up error say of a failure
+is never empty."""
+
+from __future__ import annotations
+
+import pytest
+
+from kimball_grpc.cluster.jetstream_start import (
+    JetStreamUnavailable,
+    reason,
+    when_jetstream_answers,
+)
+
+
+def test_a_failure_is_described_by_its_message_else_by_its_type():
+    assert reason(ValueError("bad bucket")) == "bad bucket"
+    assert reason(TimeoutError()) == "TimeoutError"
+
+
+async def test_a_call_timing_out_is_tried_again_until_it_answers():
+    outcomes = [TimeoutError(), TimeoutError(), "answered"]
+
+    async def attempt() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert await when_jetstream_answers("the bucket b", attempt, seconds=30) == "answered"
+    assert outcomes == []
+
+
+async def test_a_call_that_keeps_timing_out_fails_the_start_naming_what():
+    async def attempt() -> None:
+        raise TimeoutError()
+
+    with pytest.raises(JetStreamUnavailable) as info:
+        await when_jetstream_answers("the bucket b", attempt, seconds=0)
+    assert "the bucket b did not answer within 0 s (TimeoutError)" in str(info.value)
+
+
+async def test_another_failure_is_not_tried_again():
+    calls = []
+
+    async def attempt() -> None:
+        calls.append(1)
+        raise ValueError("the stream has another subject")
+
+    with pytest.raises(ValueError):
+        await when_jetstream_answers("the stream", attempt, seconds=30)
+    assert calls == [1]
