@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 START_SECONDS = 20.0
 START_RETRY_SECONDS = 0.5
+# JetStream's "no suitable peers for placement": fewer servers up than a new stream's or
+# bucket's replicas, as while one of them restarts.
+NO_SUITABLE_PEERS = 10005
 
 T = TypeVar("T")
 
@@ -33,21 +36,28 @@ async def when_jetstream_answers(
     what: str, attempt: Callable[[], Awaitable[T]], seconds: float = START_SECONDS
 ) -> T:
     """``attempt()``'s result, tried again while JetStream times out (nats-py's timeouts
-    and asyncio's, as a watch waited on) or has no responder or leader;
-    ``JetStreamUnavailable`` naming ``what`` once ``seconds`` have passed."""
+    and asyncio's, as a watch waited on), has no responder or leader, or has too few
+    servers up to place a new stream or bucket on; ``JetStreamUnavailable`` naming
+    ``what`` once ``seconds`` have passed."""
     from nats.errors import NoRespondersError
-    from nats.js.errors import ServiceUnavailableError
+    from nats.js.errors import BadRequestError, ServiceUnavailableError
 
     deadline = time.monotonic() + seconds
     while True:
         try:
             return await attempt()
         except (TimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-            why = reason(exc)
-            if time.monotonic() >= deadline:
-                raise JetStreamUnavailable(
-                    f"{what} did not answer within {seconds:g} s ({why}): does the NATS "
-                    f"cluster have a quorum of its servers?"
-                ) from None
-            log.warning("%s does not answer yet (%s)", what, why)
-            await asyncio.sleep(START_RETRY_SECONDS)
+            failure: Exception = exc
+        except BadRequestError as exc:
+            if exc.err_code != NO_SUITABLE_PEERS:
+                raise
+            failure = exc
+        why = reason(failure)
+        if time.monotonic() >= deadline:
+            raise JetStreamUnavailable(
+                f"{what} did not answer within {seconds:g} s ({why}): does the NATS cluster "
+                f"have a quorum of its servers up (and, to create a stream or bucket, as "
+                f"many servers as its replicas)?"
+            ) from None
+        log.warning("%s does not answer yet (%s)", what, why)
+        await asyncio.sleep(START_RETRY_SECONDS)

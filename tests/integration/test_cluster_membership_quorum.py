@@ -49,7 +49,9 @@ async def test_a_replica_waits_for_the_quorum_and_then_takes_its_partitions(nats
         starting = asyncio.ensure_future(member.start())
         await asyncio.sleep(1)  # the buckets do not answer meanwhile
         assert not starting.done()
+        # New buckets of 3 replicas: placed once 3 servers are up.
         await asyncio.to_thread(nats_cluster.restart, 1)
+        await asyncio.to_thread(nats_cluster.restart, 2)
         await starting
         await until(lambda: len(member.owned()) == PARTITIONS, "every partition owned", 30)
     finally:
@@ -72,7 +74,8 @@ async def test_without_a_quorum_the_start_fails_naming_the_buckets(nats_cluster)
 
 async def test_a_whole_replica_waits_for_the_quorum_then_serves(nats_cluster, tmp_path):
     """The stream, the spec and name buckets and the membership all wait: a replica started
-    while two of three servers are down serves once one is back."""
+    while two of three servers are down serves once they are back (a new stream of 3
+    replicas is placed on 3 servers)."""
     nats_cluster.kill(1)
     nats_cluster.kill(2)
     starting = asyncio.ensure_future(start_replica(replica(nats_cluster, tmp_path, "replica-a")))
@@ -80,6 +83,7 @@ async def test_a_whole_replica_waits_for_the_quorum_then_serves(nats_cluster, tm
         await asyncio.sleep(1)  # the stream does not answer meanwhile
         assert not starting.done()
         await asyncio.to_thread(nats_cluster.restart, 1)
+        await asyncio.to_thread(nats_cluster.restart, 2)
         server = await starting
     except BaseException:
         starting.cancel()

@@ -51,3 +51,30 @@ async def test_another_failure_is_not_tried_again():
     with pytest.raises(ValueError):
         await when_jetstream_answers("the stream", attempt, seconds=30)
     assert calls == [1]
+
+
+async def test_too_few_servers_to_place_a_new_stream_is_waited_for():
+    from nats.js.errors import BadRequestError
+
+    no_placement = BadRequestError(
+        code=400, err_code=10005, description="no suitable peers for placement"
+    )
+    outcomes = [no_placement, "created"]
+
+    async def attempt() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert await when_jetstream_answers("the stream", attempt, seconds=30) == "created"
+
+
+async def test_another_bad_request_is_not_tried_again():
+    from nats.js.errors import BadRequestError
+
+    async def attempt() -> None:
+        raise BadRequestError(code=400, err_code=10058, description="stream name in use")
+
+    with pytest.raises(BadRequestError):
+        await when_jetstream_answers("the stream", attempt, seconds=30)
