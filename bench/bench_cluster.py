@@ -145,6 +145,8 @@ class Cluster:
             self.add_replica(index)
         for replica in self.replicas:
             replica.wait_serving(60.0)
+        for replica in self.replicas:
+            wait_answering(replica)
 
     def add_replica(self, index: int) -> ServerProcess:
         """Start replica ``index`` (not waiting for it)."""
@@ -196,6 +198,20 @@ class Cluster:
         for replica in self.replicas:
             replica.stop()
         self.nats.stop()
+
+
+def wait_answering(replica: ServerProcess, timeout: float = 60.0) -> None:
+    """Until ``replica`` answers a query of every partition: just after a start the
+    partitions are still being claimed (or moved to a replica that joined), and a query
+    then says which have no owner."""
+    with grpc.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
+        stub = pb_grpc.KimballServiceStub(channel)
+        request = pb.ListNamespacesRequest()
+        replica.wait_for(
+            lambda: stub.ListNamespaces(request, metadata=AUTH, timeout=5),
+            timeout,
+            "answers no query of every partition",
+        )
 
 
 def wait_idle(cpu: Callable[[], list[float]]) -> None:
