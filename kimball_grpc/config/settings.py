@@ -652,6 +652,14 @@ def check_cluster(settings: Settings) -> None:
         "the replica id (--replica-id, KIMBALL_REPLICA_ID; default the host name)",
         settings.replica_id,
     )
+    configured = settings.api_auth_tokens or settings.api_tokens or settings.api_tokens_file
+    if settings.api_auth and not configured:
+        # A replica asks the others for their partitions' counts with its first token.
+        raise ConfigError(
+            "cluster mode with API authentication needs tokens every replica shares: set "
+            "api_auth_tokens (app.config), KIMBALL_API_TOKENS or KIMBALL_API_TOKENS_FILE "
+            "the same on every replica (a generated token is one replica's alone)"
+        )
     if settings.nats_creds_file is not None and not settings.nats_creds_file.is_file():
         raise ConfigError(
             f"--nats-creds-file (KIMBALL_NATS_CREDS_FILE): no such file "

@@ -15,7 +15,7 @@ from kimball_grpc.config import settings as settings_module
 from kimball_grpc.config.settings import load_settings
 from kimball_grpc.core.errors import ConfigError
 
-CLUSTER = {"KIMBALL_NATS_URL": "nats://n1:4222"}
+CLUSTER = {"KIMBALL_NATS_URL": "nats://n1:4222", "KIMBALL_API_TOKENS": "shared"}
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,7 @@ def test_cluster_settings_from_the_environment_and_flags(tmp_path):
         "KIMBALL_REPLICA_ID": "kimball-0",
         "KIMBALL_PARTITIONS": "16",
         "KIMBALL_NATS_STREAM_REPLICAS": "1",
+        "KIMBALL_API_TOKENS": "shared",
     }
     s = load_settings(env)
     assert s.cluster_mode
@@ -61,8 +62,16 @@ def test_cluster_settings_from_the_environment_and_flags(tmp_path):
         ({"KIMBALL_NATS_STREAM_REPLICAS": "6"}, ["KIMBALL_NATS_STREAM_REPLICAS", "from 1 to 5"]),
         ({"KIMBALL_NATS_CREDS_FILE": "/x.creds"}, ["KIMBALL_NATS_CREDS_FILE", "without"]),
         (
-            {"KIMBALL_NATS_URL": "nats://n1", "KIMBALL_NATS_CREDS_FILE": "/absent.creds"},
+            {
+                "KIMBALL_NATS_URL": "nats://n1",
+                "KIMBALL_API_TOKENS": "shared",
+                "KIMBALL_NATS_CREDS_FILE": "/absent.creds",
+            },
             ["KIMBALL_NATS_CREDS_FILE", "no such file", "/absent.creds"],
+        ),
+        (
+            {"KIMBALL_NATS_URL": "nats://n1"},
+            ["cluster mode", "tokens every replica shares", "KIMBALL_API_TOKENS"],
         ),
         (
             {"KIMBALL_NATS_URL": "nats://n1", "FEATURES_MODE": "sidecar"},
@@ -107,8 +116,18 @@ def test_bad_flags_are_refused_naming_the_flag(flags, fragment, capsys):
     assert fragment in capsys.readouterr().err
 
 
+def test_cluster_mode_takes_shared_tokens_from_any_source_or_no_authentication(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("shared\n")
+    cluster = {"KIMBALL_NATS_URL": "nats://n1"}
+    for source in ({"KIMBALL_API_TOKENS": "shared"}, {"KIMBALL_API_TOKENS_FILE": str(tokens)}):
+        assert load_settings(cluster | source).cluster_mode, source
+    assert load_settings(cluster, overrides={"api_auth": False}).cluster_mode  # app.config's
+
+
 def test_flags_reach_the_settings(tmp_path, monkeypatch):
     seen = {}
+    monkeypatch.setenv("KIMBALL_API_TOKENS", "shared")
     monkeypatch.setattr(
         "kimball_grpc.cli.main._serve_then_exit", lambda settings: seen.setdefault("s", settings)
     )
