@@ -19,7 +19,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb')); \
 print(*project['build-system']['requires'], sep='\n', file=open('build-requires.txt', 'w')); \
-print(*project['project']['dependencies'], *project['project']['optional-dependencies']['kubernetes'], \
+extras = project['project']['optional-dependencies']; \
+print(*project['project']['dependencies'], *extras['kubernetes'], *extras['cluster'], \
 sep='\n', file=open('requirements.txt', 'w'))" \
     && pip install --no-cache-dir --requirement build-requires.txt build==1.6.1 \
     && pip wheel --no-cache-dir --wheel-dir /wheels --requirement requirements.txt
@@ -33,11 +34,12 @@ COPY storage ./storage
 RUN python -m build --no-isolation --outdir /dist . && cp /dist/kimball-*.whl /wheels/
 
 # The image: Python and the installed wheels (Kimball's built for this platform); no
-# compiler, no source, no wheel files. With
-# the kubernetes extra: the feature spec store in a ConfigMap, as the original kept them.
+# compiler, no source, no wheel files. With the kubernetes extra (the feature spec store
+# in a ConfigMap, as the original kept them) and the cluster extra (cluster mode's NATS
+# client, for deploy/kubernetes/overlays/cluster).
 FROM python:3.11-slim
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels "$(echo /wheels/kimball-*.whl)[kubernetes]"
+    pip install --no-cache-dir --no-index --find-links=/wheels "$(echo /wheels/kimball-*.whl)[kubernetes,cluster]"
 # The data directory exists and is the user's before VOLUME: else Docker creates the volume
 # root-owned and the server cannot keep its token, log and snapshots there.
 RUN groupadd --system --gid 10001 kimball \

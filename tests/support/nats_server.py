@@ -27,9 +27,11 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """``nats-server -js`` on ``127.0.0.1:port``; ``with`` starts and stops it."""
+    """``nats-server -js`` on ``host`` (loopback, 127.0.0.1 or ::1) at a free port; ``with``
+    starts and stops it."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = free_port()
         self._store = tempfile.TemporaryDirectory(prefix="nats-")
         self._log: IO[bytes] | None = None
@@ -37,18 +39,19 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nats://{host}:{self.port}"
 
     def start(self, deadline: float = 30) -> None:
         """Start the server and return once it accepts connections."""
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
-        command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        command = [nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port)]
         command += ["-sd", self._store.name]
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         end = time.monotonic() + deadline
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return
             except OSError:
                 if self._process.poll() is not None or time.monotonic() > end:

@@ -19,12 +19,16 @@ import signal
 import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.kimball_process import read_until_listening, stop
+from support.nats_server import NatsServer
+from support.polling import until
 from support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,13 +144,33 @@ def test_sdist_ships_the_protos_not_code_generated_in_a_checkout(dist: Path) -> 
     assert not any(name.endswith(".so") for name in names)
 
 
-def test_installed_wheel_starts_and_passes_the_image_health_check(
-    dist: Path, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Installed:
+    """The wheel installed as the image installs it, in a fresh venv, and how to run it
+    from outside the checkout."""
+
+    venv: Path
+    env: dict[str, str]  # no PYTHONPATH, the venv first on PATH
+    outside: Path  # a directory away from the checkout
+
+
+# The extras the image installs, read from its install command (`...whl)[a,b]"`).
+IMAGE_EXTRAS = re.search(r"\.whl\)(\[[a-z,]+\])", IMAGE.install)
+
+
+@pytest.fixture(scope="module")
+def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    assert IMAGE_EXTRAS is not None, IMAGE.install
+    tmp_path = tmp_path_factory.mktemp("installed")
     # The builder stage's wheelhouse: Kimball's wheel and every dependency's.
     wheels = tmp_path / "wheels"
     collected = subprocess.run(
-        [*PIP_WHEEL, "--wheel-dir", str(wheels), f"{only(dist, 'kimball-*.whl')}[kubernetes]"],
+        [
+            *PIP_WHEEL,
+            "--wheel-dir",
+            str(wheels),
+            f"{only(dist, 'kimball-*.whl')}{IMAGE_EXTRAS.group(1)}",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -170,6 +194,13 @@ def test_installed_wheel_starts_and_passes_the_image_health_check(
         timeout=600,
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
+    return Installed(venv, base_env, outside)
+
+
+def test_installed_wheel_starts_and_passes_the_image_health_check(
+    installed: Installed, tmp_path: Path
+) -> None:
+    venv, base_env, outside = installed.venv, installed.env, installed.outside
     located = subprocess.run(
         [
             "python",
@@ -224,3 +255,57 @@ def test_installed_wheel_starts_and_passes_the_image_health_check(
     finally:
         stop(server)
     assert (tmp_path / "data" / "api-token").exists()
+
+
+async def test_installed_wheel_runs_a_cluster_replica_over_ipv6(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The image's install carries cluster mode's NATS client: a replica of that install,
+    on ::1 with a NATS server on ::1, takes events and answers from its partitions (asked
+    of itself over gRPC at its advertised ``[::1]:port``)."""
+    with NatsServer(host="::1") as nats:
+        rest_port = free_port()
+        flags = {
+            "--host": "::1",
+            "--grpc-port": free_port(),
+            "--api-port": rest_port,
+            "--data-dir": tmp_path / "data",
+            "--nats-url": nats.url,
+            "--nats-stream-replicas": 1,
+            "--partitions": 4,
+            "--replica-id": "wheel-0",
+        }
+        replica = subprocess.Popen(
+            ["kimball", "serve", *(str(part) for flag in flags.items() for part in flag)],
+            cwd=installed.outside,
+            env=installed.env | {"KIMBALL_API_TOKENS": "wheel-token"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            read_until_listening(replica, deadline=60)
+            base = f"http://[::1]:{rest_port}"
+            auth = {"Authorization": "Bearer wheel-token", "Content-Type": "application/json"}
+            users = [{"event_name": "signup", "user_id": f"u{i}"} for i in range(20)]
+            sent = urllib.request.Request(
+                f"{base}/v0/analytics", json.dumps(users).encode(), auth, method="POST"
+            )
+            with urllib.request.urlopen(sent, timeout=30) as answer:
+                assert answer.status == 204
+
+            def signups() -> int | None:
+                query = urllib.request.Request(f"{base}/v0/analytics?namespace=default", None, auth)
+                try:
+                    with urllib.request.urlopen(query, timeout=30) as answer:
+                        counts = json.loads(answer.read())["counts"]
+                except urllib.error.HTTPError as refused:  # 503 while partitions are claimed
+                    assert refused.code == 503, refused.read()
+                    return None
+                return next((c["count"] for c in counts if c["name"] == "signup"), None)
+
+            await until(lambda: signups() == 20, "the 20 signups counted", 60, interval=0.2)
+            replica.send_signal(signal.SIGTERM)
+            assert replica.wait(timeout=30) == 0
+        finally:
+            stop(replica)
