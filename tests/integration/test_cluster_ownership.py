@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import pytest
 from support.cluster_replicas import (
     PARTITIONS,
+    SHORT_LEASE_SECONDS,
     applied,
     as_request,
     counts,
@@ -45,11 +46,12 @@ async def send(server, batch) -> None:
 
 
 @contextlib.asynccontextmanager
-async def two_replicas(cluster, data_dir) -> AsyncIterator[tuple[object, object]]:
-    """replica-a and replica-b, once they have split the partitions between them."""
+async def two_replicas(cluster, data_dir, **fields: object) -> AsyncIterator[tuple[object, object]]:
+    """replica-a and replica-b (with more settings ``fields``), once they have split the
+    partitions between them."""
     async with (
-        running(replica(cluster, data_dir, "replica-a")) as a,
-        running(replica(cluster, data_dir, "replica-b")) as b,
+        running(replica(cluster, data_dir, "replica-a", **fields)) as a,
+        running(replica(cluster, data_dir, "replica-b", **fields)) as b,
     ):
         servers = {"replica-a": a, "replica-b": b}
         await until(lambda: split(servers), "two replicas to split the partitions", TIMEOUT)
@@ -195,7 +197,8 @@ async def test_a_replica_whose_lease_is_lost_stops_applying_and_is_taken_over(
     fresh_stream, tmp_path, monkeypatch
 ):
     first, second = events("before", 200), events("after", 200)
-    async with two_replicas(fresh_stream, tmp_path) as (a, b):
+    short = {"lease_seconds": SHORT_LEASE_SECONDS}
+    async with two_replicas(fresh_stream, tmp_path, **short) as (a, b):
         await send(a, first)
         await until(lambda: applied(a) | applied(b) == expected_counts(first), "the first", TIMEOUT)
         frozen = applied(b)
