@@ -5,6 +5,8 @@ is never empty."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from kimball_grpc.cluster.jetstream_start import (
@@ -19,17 +21,21 @@ def test_a_failure_is_described_by_its_message_else_by_its_type():
     assert reason(TimeoutError()) == "TimeoutError"
 
 
-async def test_a_call_timing_out_is_tried_again_until_it_answers():
-    outcomes = [TimeoutError(), TimeoutError(), "answered"]
+def failing_then(*failures: Exception) -> Callable[[], Awaitable[str]]:
+    """A call that raises each of ``failures`` in turn, then answers."""
+    left = list(failures)
 
     async def attempt() -> str:
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        if left:
+            raise left.pop(0)
+        return "answered"
 
+    return attempt
+
+
+async def test_a_call_timing_out_is_tried_again_until_it_answers():
+    attempt = failing_then(TimeoutError(), TimeoutError())
     assert await when_jetstream_answers("the bucket b", attempt, seconds=30) == "answered"
-    assert outcomes == []
 
 
 async def test_a_call_that_keeps_timing_out_fails_the_start_naming_what():
@@ -59,15 +65,8 @@ async def test_too_few_servers_to_place_a_new_stream_is_waited_for():
     no_placement = BadRequestError(
         code=400, err_code=10005, description="no suitable peers for placement"
     )
-    outcomes = [no_placement, "created"]
-
-    async def attempt() -> str:
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    assert await when_jetstream_answers("the stream", attempt, seconds=30) == "created"
+    attempt = failing_then(no_placement)
+    assert await when_jetstream_answers("the stream", attempt, seconds=30) == "answered"
 
 
 async def test_another_bad_request_is_not_tried_again():
