@@ -27,7 +27,6 @@ from kimball_grpc.cluster.partition_state import unsubscribe
 from kimball_grpc.codec.state_codec import decode_records
 from kimball_grpc.core.errors import OutOfRange
 from kimball_grpc.core.events import AcceptedEvent, stored_event
-from kimball_grpc.core.limits import MAX_RELAYED_EVENTS
 from kimball_grpc.core.records import EventRecord
 
 log = logging.getLogger(__name__)
