@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 # 1234's events are 1234000000, 1234000001, ...
 RECORDS_PER_MESSAGE = 1_000_000
 ALL_PARTITIONS = f"{SUBJECT_PREFIX}*"
-REPLAY_FETCH = 64  # stream messages asked for at once when reading back
+# Stream messages asked for at once when reading back: a message is at most NATS's payload
+# limit (1 MiB by default), so a replaying subscriber holds at most a few MiB.
+REPLAY_FETCH = 4
 REPLAY_WAIT_SECONDS = 5.0  # for messages the stream holds: then UNAVAILABLE
 # A consumer left behind (the replica died mid-replay) is removed by the server after this.
 REPLAY_CONSUMER_IDLE_SECONDS = 60.0
@@ -169,11 +171,11 @@ class ClusterEventFeed:
         first = (await self._stream_state()).first_seq
         if first > start:
             raise _gone(after, start, first)
-        subscription, name = await self._replay_consumer(start)
+        reader = _StreamReader(self._js)
         try:
             expected = start
             while expected <= through:
-                for message in await self._fetch(subscription, through - expected + 1):
+                for message in await reader.fetch(expected, through - expected + 1):
                     sequence = message.metadata.sequence.stream
                     if sequence > expected:  # removed by the stream's limits while read
                         raise _gone(after, expected, sequence)
@@ -184,36 +186,63 @@ class ClusterEventFeed:
                     if expected > through:
                         break
         finally:
-            await unsubscribe(subscription)
-            with contextlib.suppress(Exception):  # else the server removes it when idle
-                await self._js.delete_consumer(STREAM, name)
+            await reader.close()
 
-    async def _replay_consumer(self, start: int) -> tuple[Any, str]:
-        """A pull consumer of the stream from message ``start``, and its name."""
+
+class _StreamReader:
+    """The stream read in order by a pull consumer of this replica's, made again from the
+    next message wanted when a fetch fails: the server removes a consumer left idle for
+    ``REPLAY_CONSUMER_IDLE_SECONDS`` (a subscriber reading slowly, or this replica gone)."""
+
+    def __init__(self, js: Any) -> None:
+        self._js = js
+        self._subscription: Any = None
+        self._name = ""
+
+    async def fetch(self, start: int, most: int) -> Sequence[Any]:
+        """The next stream messages, at most ``most``, from ``start`` if the consumer is new;
+        ``EventLogUnavailable`` if NATS does not give them (the stream holds them)."""
+        try:
+            return await self._fetched(start, most)
+        except Exception:  # the consumer removed, or NATS failed over: once more, anew
+            await self.close()
+        try:
+            return await self._fetched(start, most)
+        except Exception as exc:
+            await self.close()
+            raise _unavailable(exc) from None
+
+    async def _fetched(self, start: int, most: int) -> Sequence[Any]:
+        if self._subscription is None:
+            await self._open(start)
+        return await self._subscription.fetch(min(REPLAY_FETCH, most), timeout=REPLAY_WAIT_SECONDS)
+
+    async def _open(self, start: int) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        try:
-            info = await self._js.add_consumer(
-                STREAM,
-                ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=start,
-                    ack_policy=AckPolicy.NONE,
-                    inactive_threshold=REPLAY_CONSUMER_IDLE_SECONDS,
-                    mem_storage=True,
-                    num_replicas=1,
-                ),
-            )
-            subscription = await self._js.pull_subscribe_bind(info.name, stream=STREAM)
-        except Exception as exc:
-            raise _unavailable(exc) from None
-        return subscription, info.name
+        info = await self._js.add_consumer(
+            STREAM,
+            ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                ack_policy=AckPolicy.NONE,  # read once, in order: nothing to acknowledge
+                inactive_threshold=REPLAY_CONSUMER_IDLE_SECONDS,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        self._name = info.name
+        self._subscription = await self._js.pull_subscribe_bind(info.name, stream=STREAM)
 
-    async def _fetch(self, subscription: Any, most: int) -> Sequence[Any]:
-        try:
-            return await subscription.fetch(min(REPLAY_FETCH, most), timeout=REPLAY_WAIT_SECONDS)
-        except Exception as exc:  # the stream holds them: no answer means NATS is away
-            raise _unavailable(exc) from None
+    async def close(self) -> None:
+        """Remove the consumer (else the server does, once it is idle)."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await unsubscribe(subscription)
+        if self._name:
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(STREAM, self._name)
+            self._name = ""
 
 
 def _gone(after: int, needed: int, first: int) -> OutOfRange:

@@ -234,3 +234,41 @@ async def test_the_rest_event_stream_of_a_replica_carries_the_clusters_events(
     ):
         assert refused.status == 400
         assert "is past the last sequence number" in json.dumps(await refused.json())
+
+
+async def remove_replay_consumers(cluster) -> int:
+    """Delete the stream's pull consumers (the replays'), as the server does with one left
+    idle; how many there were."""
+    connection = await nats.connect(cluster.urls)
+    try:
+        js = connection.jetstream()
+        pulls = [c for c in await js.consumers_info(STREAM) if not c.config.deliver_subject]
+        for consumer in pulls:
+            await js.delete_consumer(STREAM, consumer.name)
+    finally:
+        await connection.close()
+    return len(pulls)
+
+
+async def test_a_replay_whose_consumer_is_removed_goes_on_where_it_was(
+    fresh_stream, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("kimball_grpc.cluster.event_feed.REPLAY_FETCH", 1)
+    batches = [events(f"r{i}", 400) for i in range(6)]
+    async with (
+        running(replica(fresh_stream, tmp_path, "replica-a")) as a,
+        stub_of(a) as stub,
+    ):
+        for batch in batches:  # one after another: many messages to read back
+            await send_grpc(a, batch)
+        call = stub.Subscribe(pb.SubscribeRequest(after_sequence=0))
+        got = [await call.read()]
+        # Not reading on: the server waits on the client, its replay half done.
+        assert await remove_replay_consumers(fresh_stream) == 1
+        async with asyncio.timeout(READ_SECONDS):
+            while len(got) < 2400:
+                got.append(await call.read())
+        everything = [event for batch in batches for event in batch]
+        assert seen(got) == sent(everything)
+        assert [x.sequence for x in got] == sorted({x.sequence for x in got})
+        call.cancel()
