@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import nats
 import pytest
 from support.cluster_replicas import (
     PARTITIONS,
     applied,
-    as_request,
     events,
     expected_counts,
+    ingest_acknowledged,
     replica,
     send_grpc,
     send_rest,
@@ -77,18 +76,7 @@ async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fres
     # A lease long enough that the NATS client's reconnection never lapses it.
     settings = replica(fresh_stream, tmp_path, "replica-a", lease_seconds=10.0)
     async with running(settings) as a, stub_of(a) as stub:
-
-        async def ingest() -> None:
-            for round_ in range(60):
-                batch = events(f"r{round_}", 20)
-                try:
-                    await stub.TrackEvents(as_request(batch))
-                except grpc.aio.AioRpcError as error:  # not acknowledged: may be lost
-                    assert error.code() is grpc.StatusCode.UNAVAILABLE
-                    continue
-                acknowledged.extend(batch)
-
-        ingesting = asyncio.ensure_future(ingest())
+        ingesting = asyncio.ensure_future(ingest_acknowledged(stub, acknowledged, 60))
         await until(lambda: len(acknowledged) >= 200, "some events acknowledged", 20)
         await asyncio.to_thread(fresh_stream.kill, 0)
         await ingesting

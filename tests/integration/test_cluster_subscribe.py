@@ -13,7 +13,13 @@ import json
 import grpc
 import nats
 import pytest
-from support.cluster_replicas import events, replica, send_grpc, send_rest
+from support.cluster_replicas import (
+    events,
+    ingest_acknowledged,
+    replica,
+    send_grpc,
+    send_rest,
+)
 from support.grpc_errors import error_metadata
 from support.in_process import gateway_of, rest_client, running, stub_of
 from support.polling import until
@@ -272,3 +278,36 @@ async def test_a_replay_whose_consumer_is_removed_goes_on_where_it_was(
         assert seen(got) == sent(everything)
         assert [x.sequence for x in got] == sorted({x.sequence for x in got})
         call.cancel()
+
+
+async def test_the_feed_goes_on_when_the_nats_server_it_reads_from_is_killed(
+    fresh_stream, tmp_path
+):
+    acknowledged: list[Event] = []
+    # A lease long enough that the NATS client's reconnection never lapses it.
+    settings = replica(fresh_stream, tmp_path, "replica-a", lease_seconds=10.0)
+    async with running(settings) as a, stub_of(a) as stub:
+        subscriber = subscribe(stub)
+        await feeding(a, 1)
+
+        ingesting = asyncio.ensure_future(ingest_acknowledged(stub, acknowledged, 40))
+        await until(lambda: len(acknowledged) >= 100, "some events acknowledged", 20)
+        port = a.connection.connected_url.port
+        reading = [node.port for node in fresh_stream.nodes].index(port)
+        await asyncio.to_thread(fresh_stream.kill, reading)
+        try:
+            await ingesting
+            got: list[pb.SubscribeResponse] = []
+            want = set(sent(acknowledged))
+
+            def every_acknowledged_one_seen() -> bool:
+                while not subscriber.events.empty():
+                    got.append(subscriber.events.get_nowait())
+                return want <= set(seen(got))
+
+            await until(every_acknowledged_one_seen, "every acknowledged event", 30)
+            numbers = [x.sequence for x in got]
+            assert numbers == sorted(set(numbers))  # none twice, in the stream's order
+        finally:
+            subscriber.cancel()
+            await asyncio.to_thread(fresh_stream.restart, reading)

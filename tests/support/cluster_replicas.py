@@ -8,6 +8,8 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
+
 from kimball_grpc.cluster.event_log import STREAM, split_by_partition
 from kimball_grpc.cluster.membership import MEMBERS_BUCKET, PARTITIONS_BUCKET
 from kimball_grpc.cluster.name_store import NAMES_BUCKET
@@ -110,3 +112,16 @@ async def send_rest(server, batch: list[Event]) -> None:
 async def send_grpc(server, batch: list[Event]) -> None:
     async with stub_of(server) as stub:
         await stub.TrackEvents(as_request(batch))
+
+
+async def ingest_acknowledged(stub, acknowledged: list[Event], rounds: int) -> None:
+    """Send ``rounds`` batches of 20 events, adding each acknowledged one to ``acknowledged``;
+    a batch refused ``UNAVAILABLE`` (NATS failing over) is left out: it may be stored or not."""
+    for round_ in range(rounds):
+        batch = events(f"r{round_}", 20)
+        try:
+            await stub.TrackEvents(as_request(batch))
+        except grpc.aio.AioRpcError as error:
+            assert error.code() is grpc.StatusCode.UNAVAILABLE
+            continue
+        acknowledged.extend(batch)
