@@ -135,13 +135,15 @@ class ClusterEventFeed:
             sequence = message.metadata.sequence.stream
             if sequence <= self.position:
                 return  # delivered again after the consumer was reset
+            self.position = sequence
+            if not self.hub.subscriber_count:
+                return  # the last one left: read on, decode nothing, until stopped
             try:
                 accepted = message_events(sequence, message.data)
             except Exception:  # a message this version cannot read: say so, go on
                 log.exception("subscribers: cannot read stream message %d", sequence)
-                accepted = []
-            self.position = sequence
-            if accepted and self.hub.subscriber_count:
+                return
+            if accepted:
                 self.hub.publish(accepted)
 
         try:
