@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 # 1234's events are 1234000000, 1234000001, ...
 RECORDS_PER_MESSAGE = 1_000_000
 ALL_PARTITIONS = f"{SUBJECT_PREFIX}*"
-# Stream messages asked for at once when reading back: a message is at most NATS's payload
-# limit (1 MiB by default), so a replaying subscriber holds at most a few MiB.
-REPLAY_FETCH = 4
+# When reading back, stream messages are asked for in batches of about this many bytes
+# (from the size of the messages fetched so far; the first alone): a replaying subscriber
+# holds about this much, plus one message (at most NATS's payload limit, 1 MiB by default),
+# and small messages come many to a round trip.
+REPLAY_BYTES = 1 << 20
+REPLAY_FETCH = 256  # messages in one batch at most
 REPLAY_WAIT_SECONDS = 5.0  # for messages the stream holds: then UNAVAILABLE
 # A consumer left behind (the replica died mid-replay) is removed by the server after this.
 REPLAY_CONSUMER_IDLE_SECONDS = 60.0
@@ -200,6 +203,7 @@ class _StreamReader:
         self._js = js
         self._subscription: Any = None
         self._name = ""
+        self._batch = 1  # messages to ask for next
 
     async def fetch(self, start: int, most: int) -> Sequence[Any]:
         """The next stream messages, at most ``most``, from ``start`` if the consumer is new;
@@ -217,7 +221,12 @@ class _StreamReader:
     async def _fetched(self, start: int, most: int) -> Sequence[Any]:
         if self._subscription is None:
             await self._open(start)
-        return await self._subscription.fetch(min(REPLAY_FETCH, most), timeout=REPLAY_WAIT_SECONDS)
+        messages = await self._subscription.fetch(
+            min(self._batch, most), timeout=REPLAY_WAIT_SECONDS
+        )
+        average = sum(len(m.data) for m in messages) // len(messages) + 1
+        self._batch = max(1, min(REPLAY_FETCH, REPLAY_BYTES // average))
+        return messages
 
     async def _open(self, start: int) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy

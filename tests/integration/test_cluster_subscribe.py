@@ -259,7 +259,7 @@ async def remove_replay_consumers(cluster) -> int:
 async def test_a_replay_whose_consumer_is_removed_goes_on_where_it_was(
     fresh_stream, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr("kimball_grpc.cluster.event_feed.REPLAY_FETCH", 1)
+    monkeypatch.setattr("kimball_grpc.cluster.event_feed.REPLAY_FETCH", 1)  # many fetches
     batches = [events(f"r{i}", 400) for i in range(6)]
     async with (
         running(replica(fresh_stream, tmp_path, "replica-a")) as a,
