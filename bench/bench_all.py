@@ -50,6 +50,7 @@ SCRIPTS = (
     "recovery",
     "stalls",
     "cluster",
+    "cluster_subscribe",
 )
 ORIGINAL = ROOT.parent / "shared" / "original"
 ORIGINAL_PORT = 7480  # where its start.sh serves

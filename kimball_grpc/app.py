@@ -12,6 +12,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -26,7 +27,7 @@ from gateway.server import (
 )
 from kimball_grpc.api.auth import TokenChecker, load_api_tokens
 from kimball_grpc.api.batch_intake import IntakeChannel, IntakeServer
-from kimball_grpc.api.cluster_refusals import ClusterKimballService
+from kimball_grpc.api.cluster_events import ClusterKimballService
 from kimball_grpc.api.cluster_service import ClusterService
 from kimball_grpc.api.grpc_front import (
     API_SERVICE,
@@ -41,6 +42,7 @@ from kimball_grpc.api.ingest import Ingestor, RecordLog
 from kimball_grpc.api.local_channel import LocalChannel
 from kimball_grpc.api.servicers import KimballIntegration, KimballRelay, KimballService
 from kimball_grpc.cluster import event_log
+from kimball_grpc.cluster.event_feed import ClusterEventFeed
 from kimball_grpc.cluster.event_log import JetStreamLog, NatsOptions
 from kimball_grpc.cluster.jetstream_start import (
     JetStreamUnavailable,
@@ -200,6 +202,7 @@ class RunningReplica(RunningFront):
     external: ExternalPredictions
     replica_id: str
     fan_out: ClusterFanOut  # the queries of counts, asked of every partition's owner
+    feed: ClusterEventFeed  # the stream's events for this replica's subscribers
     specs: ReplicatedRecords
     names: ReplicatedRecords
 
@@ -218,6 +221,7 @@ class RunningReplica(RunningFront):
         await self.forwarding.stop(drain_timeout=FORWARD_DRAIN_SECONDS if grace else 0.0)
         await self.external.close()
         await self.fan_out.close()
+        await self.feed.stop()
         await self.partitions.stop()
         await self.specs.stop()
         await self.names.stop()
@@ -276,6 +280,8 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         keep=settings.snapshots_kept,
     )
     log = JetStreamLog(js, settings.partitions, settings.replica_id)
+    hub = SubscriptionHub(settings.subscriber_buffer_events)
+    feed = ClusterEventFeed(js, hub)  # fills the hub while it has subscribers
     # The feature specs and the known names: applied to ``engine`` from their replicated
     # buckets, written there.
     specs = ReplicatedRecords(SpecStore(connection, settings.nats_stream_replicas))
@@ -297,6 +303,7 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         log,
         front=front,
         cluster=fan_out,
+        feed=(feed, hub),
         specs=specs,
         names=names,
     )
@@ -333,6 +340,7 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         external=external,
         replica_id=settings.replica_id,
         fan_out=fan_out,
+        feed=feed,
         specs=specs,
         names=names,
     )
@@ -375,18 +383,20 @@ def _api_services(
     *,
     front: GrpcFront | None = None,
     cluster: ClusterFanOut | None = None,
+    feed: tuple[ClusterEventFeed, SubscriptionHub] | None = None,
     specs: ReplicatedRecords | None = None,
     names: ReplicatedRecords | None = None,
 ) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
     """The gRPC front (``front``, else one for the api mode's services) with the api mode's
     services registered, and the parts behind them; ``cluster``: a replica's (the records
     applied by the partitions, the queries of counts asked of every partition's owner; the
-    feature specs written to ``specs``, new names registered in ``names``)."""
-    hub = SubscriptionHub(settings.subscriber_buffer_events)
+    feature specs written to ``specs``, new names registered in ``names``, the
+    subscribers' hub fed the stream's events by ``feed``)."""
+    hub = feed[1] if feed else SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
         engine,
-        hub,
+        None if feed else hub,  # in cluster mode the subscribers read the stream
         observe_events=metrics.observe_events,
         log=log,
         forwarding=forwarding,
@@ -403,7 +413,7 @@ def _api_services(
         metrics.registry,
         deadline=settings.external_prediction_deadline_ms / 1000,
     )
-    service = KimballService if cluster is None else ClusterKimballService
+    service = KimballService if feed is None else partial(ClusterKimballService, feed=feed[0])
     pb_grpc.add_KimballServiceServicer_to_server(
         service(
             engine,

@@ -29,6 +29,7 @@ from kimball_grpc.core.events import (
     iso_week,
     prepare_events,
     prepare_goal,
+    stored_event,
 )
 from kimball_grpc.core.feature_flags import ANONYMOUS, FeatureSpec
 from kimball_grpc.core.growth_limits import NOTHING, GrowthLimits, Reservation
@@ -90,7 +91,7 @@ class Ingestor:
     def __init__(
         self,
         engine: Engine,
-        hub: SubscriptionHub,
+        hub: SubscriptionHub | None,  # None: the subscribers are fed elsewhere (cluster mode)
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         observe_events: Callable[[int, float], None] = lambda count, seconds: None,
         log: RecordLog | None = None,
@@ -213,7 +214,7 @@ class Ingestor:
                 )
             for sequence, record in enumerate(decode_records(entry.payload), entry.sequence):
                 if expected <= sequence <= through and isinstance(record, EventRecord):
-                    yield AcceptedEvent(sequence, _stored_event(record), record.user_hash.digest)
+                    yield AcceptedEvent(sequence, stored_event(record), record.user_hash.digest)
             expected = entry.last + 1
 
     async def accept_relayed(self, batches: Sequence[bytes]) -> int:
@@ -399,13 +400,15 @@ class Ingestor:
             self.spec_changes.notify()
         if events is not None:
             self._observe_events(len(records), time.perf_counter() - start)
-            if not self._forwarding and not self.hub.subscriber_count:
+            hub = self.hub
+            subscribed = hub is not None and hub.subscriber_count
+            if not self._forwarding and not subscribed:
                 return
             made = events()
             if self._forwarding:
                 self._forwarding.offer_records(records, made)
-            if self.hub.subscriber_count:
-                self.hub.publish(
+            if subscribed:
+                hub.publish(
                     [
                         AcceptedEvent(
                             sequence,
@@ -468,9 +471,4 @@ def _origin_events(
 
 
 def _stored_events(records: Sequence[EventRecord]) -> list[Event]:
-    return [_stored_event(r) for r in records]
-
-
-def _stored_event(record: EventRecord) -> Event:
-    """The event a stored record stands for, as far as it is kept: no user id, no datetime."""
-    return Event(record.event_name, "", record.namespace, record.value, None, record.ensure_goal)
+    return [stored_event(r) for r in records]

@@ -25,7 +25,7 @@ from kimball_grpc.core.errors import (
     OutOfRange,
     ShuttingDown,
 )
-from kimball_grpc.core.events import Event, EventFields
+from kimball_grpc.core.events import AcceptedEvent, Event, EventFields
 from kimball_grpc.core.feature_flags import FeatureFlags, SpecChange, feature_usage
 from kimball_grpc.core.limits import (
     MAX_EVENTS_PER_SUBSCRIBE_RESPONSE,
@@ -428,37 +428,57 @@ class KimballService(pb_grpc.KimballServiceServicer):
                 "event_name_prefix", request.event_name_prefix, required=False
             ),
         )
-        head = self.ingestor.last_sequence
-        if request.after_sequence > head:  # waiting would hide it: the position is unknown
-            raise OutOfRange(
-                f"after_sequence {request.after_sequence} is past the last sequence number, "
-                f"{head}: resume from {head} or lower",
-                after_sequence=str(request.after_sequence),
-                last_sequence=str(head),
-            )
-        subscription = self.hub.subscribe(event_filter, after=request.after_sequence)
-        # From here on every accepted event reaches the ring; the log holds the earlier ones.
-        live_from = self.ingestor.last_sequence
-        wire = proto_mapping.subscribe_response_wire
+        head = await self._open_events()
         try:
-            # Headers now, before any event: the caller learns the subscription is in place
-            # (the REST gateway then answers 200 and streams).
-            await context.send_initial_metadata(())
-            if request.HasField("after_sequence") and request.after_sequence < live_from:
-                replayed: list[bytes] = []
-                async for accepted in self.ingestor.replay(request.after_sequence, live_from):
-                    if event_filter.matches(accepted.event):
-                        replayed.append(proto_mapping.subscribe_entry(accepted, replayed=True))
-                        if len(replayed) == limit:
-                            yield wire(replayed, 0, batched)
-                            replayed = []
-                if replayed:
-                    yield wire(replayed, 0, batched)
-            while True:
-                entries = await subscription.next(limit)
-                yield wire(entries, subscription.dropped, batched)
+            if request.after_sequence > head:  # waiting would hide it: the position is unknown
+                raise OutOfRange(
+                    f"after_sequence {request.after_sequence} is past the last sequence "
+                    f"number, {head}: resume from {head} or lower",
+                    after_sequence=str(request.after_sequence),
+                    last_sequence=str(head),
+                )
+            subscription = self.hub.subscribe(event_filter, after=request.after_sequence)
+            # From here on every event reaches the ring; the log holds the earlier ones.
+            live_from = self._live_from()
+            wire = proto_mapping.subscribe_response_wire
+            try:
+                # Headers now, before any event: the caller learns the subscription is in
+                # place (the REST gateway then answers 200 and streams).
+                await context.send_initial_metadata(())
+                if request.HasField("after_sequence") and request.after_sequence < live_from:
+                    replayed: list[bytes] = []
+                    async for accepted in self._replay(request.after_sequence, live_from):
+                        if event_filter.matches(accepted.event):
+                            replayed.append(proto_mapping.subscribe_entry(accepted, replayed=True))
+                            if len(replayed) == limit:
+                                yield wire(replayed, 0, batched)
+                                replayed = []
+                    if replayed:
+                        yield wire(replayed, 0, batched)
+                while True:
+                    entries = await subscription.next(limit)
+                    yield wire(entries, subscription.dropped, batched)
+            finally:
+                self.hub.unsubscribe(subscription)
         finally:
-            self.hub.unsubscribe(subscription)
+            self._close_events()
+
+    async def _open_events(self) -> int:
+        """Ready the events for a new subscriber; the highest sequence number it may resume
+        after."""
+        return self.ingestor.last_sequence
+
+    def _close_events(self) -> None:
+        """A subscriber opened by ``_open_events`` is gone."""
+
+    def _live_from(self) -> int:
+        """The sequence number after which the events reach the hub (just subscribed to):
+        those up to it are read back by ``_replay``."""
+        return self.ingestor.last_sequence
+
+    def _replay(self, after: int, through: int) -> AsyncIterator[AcceptedEvent]:
+        """The events numbered above ``after``, up to ``through``, read back from the log."""
+        return self.ingestor.replay(after, through)
 
     async def PutFeatureSpec(self, request: pb.PutFeatureSpecRequest, context: Context):
         spec = proto_mapping.spec_from_proto(request.spec)

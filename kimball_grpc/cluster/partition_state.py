@@ -195,7 +195,7 @@ class PartitionEngines:
             task.cancel()
             await asyncio.wait([task])
         if subscription is not None:
-            await _unsubscribe(subscription)
+            await unsubscribe(subscription)
 
     async def _consume(self, partition: int, state: PartitionState) -> Any:
         from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -254,7 +254,7 @@ class PartitionEngines:
             await asyncio.wait(self._takeovers.values())
         self._takeovers.clear()
         for subscription in self._subscriptions.values():
-            await _unsubscribe(subscription)
+            await unsubscribe(subscription)
         self._subscriptions.clear()
 
     async def snapshot(self) -> int:
@@ -285,7 +285,8 @@ class PartitionEngines:
         return stored
 
 
-async def _unsubscribe(subscription: Any) -> None:
+async def unsubscribe(subscription: Any) -> None:
+    """End a NATS subscription; nothing if the connection is gone."""
     try:
         await subscription.unsubscribe()
     except Exception as exc:  # the connection is gone: nothing to unsubscribe

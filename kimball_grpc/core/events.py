@@ -129,3 +129,8 @@ class AcceptedEvent(NamedTuple):
     sequence: int
     event: Event  # namespace resolved
     user_hash: bytes = b""  # the user id's 128-bit hash (what the log keeps)
+
+
+def stored_event(record: EventRecord) -> Event:
+    """The event a stored record stands for, as far as it is kept: no user id, no datetime."""
+    return Event(record.event_name, "", record.namespace, record.value, None, record.ensure_goal)

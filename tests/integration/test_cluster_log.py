@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import nats
 import pytest
 from support.cluster_replicas import (
     PARTITIONS,
     applied,
-    as_request,
     events,
     expected_counts,
+    ingest_acknowledged,
     replica,
+    send_grpc,
+    send_rest,
 )
-from support.in_process import gateway_of, rest_client, running, stub_of
+from support.in_process import running, stub_of
 from support.polling import until
 
 from kimball_grpc.cluster.event_log import STREAM
@@ -29,22 +30,6 @@ from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
 
 # The NATS cluster (one per module) and ``fresh_stream`` come from conftest.py.
 pytestmark = pytest.mark.xdist_group("nats-cluster")
-
-
-async def send_rest(server, batch: list[Event]) -> None:
-    body = [{"event_name": e.event_name, "user_id": e.user_id, "namespace": e.namespace}
-            for e in batch]  # fmt: skip
-    async with (
-        gateway_of(server) as gateway,
-        rest_client(gateway) as http,
-        http.post("/v0/analytics", json=body) as answer,
-    ):
-        assert answer.status == 204, await answer.text()
-
-
-async def send_grpc(server, batch: list[Event]) -> None:
-    async with stub_of(server) as stub:
-        await stub.TrackEvents(as_request(batch))
 
 
 async def test_events_over_rest_and_grpc_reach_the_owners_partitions(fresh_stream, tmp_path):
@@ -86,32 +71,12 @@ async def test_batches_sent_at_once_share_the_partitions_messages(fresh_stream, 
     assert stored < len(batches) * PARTITIONS / 2
 
 
-async def test_subscribe_is_refused_clearly_in_cluster_mode(fresh_stream, tmp_path):
-    async with running(replica(fresh_stream, tmp_path, "replica-a")) as a, stub_of(a) as stub:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.Subscribe(pb.SubscribeRequest()):
-                pass
-        assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "Subscribe is not answered in cluster mode yet" in info.value.details()
-
-
 async def test_a_nats_node_killed_during_ingest_loses_no_acknowledged_event(fresh_stream, tmp_path):
     acknowledged: list[Event] = []
     # A lease long enough that the NATS client's reconnection never lapses it.
     settings = replica(fresh_stream, tmp_path, "replica-a", lease_seconds=10.0)
     async with running(settings) as a, stub_of(a) as stub:
-
-        async def ingest() -> None:
-            for round_ in range(60):
-                batch = events(f"r{round_}", 20)
-                try:
-                    await stub.TrackEvents(as_request(batch))
-                except grpc.aio.AioRpcError as error:  # not acknowledged: may be lost
-                    assert error.code() is grpc.StatusCode.UNAVAILABLE
-                    continue
-                acknowledged.extend(batch)
-
-        ingesting = asyncio.ensure_future(ingest())
+        ingesting = asyncio.ensure_future(ingest_acknowledged(stub, acknowledged, 60))
         await until(lambda: len(acknowledged) >= 200, "some events acknowledged", 20)
         await asyncio.to_thread(fresh_stream.kill, 0)
         await ingesting

@@ -1,12 +1,14 @@
 """Cluster mode replicas in-process on a real NATS JetStream cluster: their settings, a
-clean stream and buckets for each test, events to send them, and what each partition
-holds after applying them."""
+clean stream and buckets for each test, events to send them (over REST and gRPC), and what
+each partition holds after applying them."""
 
 from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
+
+import grpc
 
 from kimball_grpc.cluster.event_log import STREAM, split_by_partition
 from kimball_grpc.cluster.membership import MEMBERS_BUCKET, PARTITIONS_BUCKET
@@ -16,7 +18,7 @@ from kimball_grpc.config.settings import Settings
 from kimball_grpc.core.engine import Engine
 from kimball_grpc.core.events import Event, iso_week, prepare_events
 from kimball_grpc.generated.kimball.v1 import kimball_pb2 as pb
-from support.in_process import local_settings
+from support.in_process import gateway_of, local_settings, rest_client, stub_of
 from support.nats_cluster import NatsCluster
 
 PARTITIONS = 8
@@ -97,3 +99,32 @@ def as_request(batch: list[Event]) -> pb.TrackEventsRequest:
             for e in batch
         ]
     )
+
+
+async def send_rest(server, batch: list[Event]) -> None:
+    body = [{"event_name": e.event_name, "user_id": e.user_id, "namespace": e.namespace}
+            for e in batch]  # fmt: skip
+    async with (
+        gateway_of(server) as gateway,
+        rest_client(gateway) as http,
+        http.post("/v0/analytics", json=body) as answer,
+    ):
+        assert answer.status == 204, await answer.text()
+
+
+async def send_grpc(server, batch: list[Event]) -> None:
+    async with stub_of(server) as stub:
+        await stub.TrackEvents(as_request(batch))
+
+
+async def ingest_acknowledged(stub, acknowledged: list[Event], rounds: int) -> None:
+    """Send ``rounds`` batches of 20 events, adding each acknowledged one to ``acknowledged``;
+    a batch refused ``UNAVAILABLE`` (NATS failing over) is left out: it may be stored or not."""
+    for round_ in range(rounds):
+        batch = events(f"r{round_}", 20)
+        try:
+            await stub.TrackEvents(as_request(batch))
+        except grpc.aio.AioRpcError as error:
+            assert error.code() is grpc.StatusCode.UNAVAILABLE
+            continue
+        acknowledged.extend(batch)

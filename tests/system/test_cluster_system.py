@@ -14,6 +14,8 @@ namespace so far, so a later disturbance that lost an earlier test's events show
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import signal
 import subprocess
@@ -25,7 +27,14 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
-from support.kimball_process import _drains, read_until_listening, start, stop, wait_for_output
+from support.kimball_process import (
+    KIMBALL,
+    _drains,
+    read_until_listening,
+    start,
+    stop,
+    wait_for_output,
+)
 from support.nats_cluster import NatsCluster
 from support.polling import until
 from support.ports import free_port
@@ -333,6 +342,45 @@ async def test_events_spread_over_the_replicas_give_the_single_nodes_answers(clu
     await send_spread(replicas, batches)
     await send_spread([cluster.single], batches)
     await assert_equal_answers(cluster)
+
+
+async def test_kimball_tail_on_a_replica_reads_back_then_follows_every_replicas_events(cluster):
+    replicas = cluster.running()
+    before = [Event("view", "tail-user-0", "tail", None, None, False),
+              Event("cart", "tail-user-1", "tail", None, None, False)]  # fmt: skip
+    live = [Event("buy", "tail-user-0", "tail", None, None, False)]
+    await send_grpc(replicas[1], before)
+    environ = {**os.environ, "KIMBALL_TARGET": replicas[0].target, "KIMBALL_TOKEN": TOKEN}
+    tail = subprocess.Popen(
+        [*KIMBALL, "tail", "--namespace", "tail", "--after-sequence", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    assert tail.stdout is not None
+    try:
+        lines = [await wait_for_line(tail) for _ in before]
+        assert [(x["event"]["event_name"], x["replayed"]) for x in lines] == [
+            ("view", True),
+            ("cart", True),
+        ]
+        await send_grpc(replicas[2], live)
+        followed = await wait_for_line(tail)
+        assert (followed["event"]["event_name"], followed["replayed"]) == ("buy", False)
+        assert followed["sequence"] > lines[1]["sequence"]
+    finally:
+        tail.send_signal(signal.SIGINT)
+        tail.wait(timeout=CALL_TIMEOUT)
+    for batch in (before, live):  # the namespaces stay the single node's
+        await send_grpc(cluster.single, batch)
+
+
+async def wait_for_line(process: subprocess.Popen) -> dict:
+    """The next line ``process`` prints, as JSON (within ``CALL_TIMEOUT``)."""
+    assert process.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), CALL_TIMEOUT)
+    assert line, process.stderr.read().decode() if process.stderr else "ended"
+    return json.loads(line)
 
 
 async def test_a_flag_put_on_one_replica_evaluates_alike_on_every_replica(cluster):
