@@ -78,8 +78,7 @@ def test_workers_take_events_into_the_log_and_stop_before_the_engine(
     )
     try:
         port = read_until_listening(server).rest_port
-        workers = workers_of(server.pid)
-        assert len(workers) == 2
+        workers = workers_of(server.pid, 2)
         # Each on a connection of its own: the kernel spreads them over the workers.
         for start_at in range(0, 50, 10):
             body = json.dumps({"events": EVENTS[start_at : start_at + 10]}).encode()
@@ -163,21 +162,28 @@ def until_metric(port: int, name: str, labels: str) -> float:
     return total
 
 
-def workers_of(pid: int) -> list[int]:
-    """The REST worker processes of server ``pid``."""
-    return [
-        child
-        for child in children(pid)
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
+def workers_of(pid: int, expected: int, timeout: float = 20) -> list[int]:
+    """The REST worker processes of server ``pid``, once ``expected`` of them run (a worker
+    just started has the server's command line until it executes its own;
+    ``AssertionError`` after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = [
+            child
+            for child in children(pid)
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+        ]
+        if len(workers) == expected:
+            return workers
+        assert time.monotonic() < deadline, f"{len(workers)} workers, not {expected}"
+        time.sleep(0.05)
 
 
 async def test_workers_end_when_the_server_process_dies(tmp_path: Path, config: Path) -> None:
     server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
     try:
         port = read_until_listening(server).rest_port
-        workers = workers_of(server.pid)
-        assert len(workers) == 2
+        workers = workers_of(server.pid, 2)
         server.kill()  # no SIGTERM passed on: the workers learn it from their link
         server.wait()
         await until(
@@ -196,14 +202,13 @@ async def test_a_worker_that_dies_is_started_again_and_the_other_serves(config: 
     server = start("--grpc-port", "0", "--config", str(config), "--rest-workers", "2")
     try:
         port = read_until_listening(server).rest_port
-        dead, alive = workers_of(server.pid)
+        dead, alive = workers_of(server.pid, 2)
         os.kill(dead, signal.SIGKILL)
         await until(lambda: not os.path.exists(f"/proc/{dead}"), "the worker is gone", 20)
         body = json.dumps({"events": EVENTS[:5]}).encode()
         for _ in range(4):  # connections of their own: the port answers meanwhile
             assert call(port, "POST", "/v0/analytics", body) == (204, b"")
-        await until(lambda: len(workers_of(server.pid)) == 2, "a worker in its place", 20)
-        (new,) = set(workers_of(server.pid)) - {alive, dead}
+        (new,) = set(workers_of(server.pid, 2)) - {alive, dead}  # in its place
         assert until_metric(port, "kimball_rest_worker_restarts_total", "") == 1
         os.kill(alive, signal.SIGKILL)  # and the new one serves alone
         await until(lambda: not os.path.exists(f"/proc/{alive}"), "the other is gone", 20)
