@@ -230,7 +230,7 @@ class RunningReplica(RunningFront):
         elif not self.ready.cancelled() and self.ready.exception() is None and grace:
             await self.partitions.snapshot()
         await self.membership.stop()
-        await self.connection.close()
+        await event_log.close_connection(self.connection)
 
 
 async def start_replica(settings: Settings, *, owners: Owners | None = None) -> RunningReplica:
@@ -248,13 +248,13 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         )
         blobs = open_blob_store(settings.storage or storage_config(settings))
     except JetStreamUnavailable as exc:
-        await connection.close()
+        await event_log.close_connection(connection)
         raise ConfigError(str(exc)) from None
     except (ValueError, StorageError) as exc:
-        await connection.close()
+        await event_log.close_connection(connection)
         raise ConfigError(f"storage: {exc}") from None
     except BaseException:
-        await connection.close()
+        await event_log.close_connection(connection)
         raise
     # Holds no counts (the partitions' engines do): the feature specs, and every name
     # known in the cluster (one sample event each), which the limits are checked against.
@@ -320,7 +320,7 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         await membership.start()
     except (LeaseMismatch, JetStreamUnavailable) as exc:
         await front.stop(None)
-        await connection.close()
+        await event_log.close_connection(connection)
         raise ConfigError(str(exc)) from None
     forwarding.start()
     ready = asyncio.get_running_loop().create_task(

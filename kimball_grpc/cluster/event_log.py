@@ -39,6 +39,7 @@ APPEND_SECONDS = 30.0  # all of a batch's parts; then the caller gets UNAVAILABL
 # lost acknowledgement, a part is stored once.
 DUPLICATE_WINDOW_SECONDS = 120.0
 CONNECT_SECONDS = 20.0  # at start: then the replica stops, saying which servers
+CLOSE_SECONDS = 5.0
 # Records published in one group at most: a partition's message of ~25 bytes per event
 # stays well under NATS's default 1 MiB payload limit.
 GROUP_RECORDS = 10_000
@@ -73,6 +74,18 @@ class NatsOptions:
     urls: tuple[str, ...]
     creds_file: Path | None
     name: str
+
+
+async def close_connection(connection: Any) -> None:
+    """Close a NATS connection, waiting ``CLOSE_SECONDS`` at most: after a server went
+    away nats-py can wait forever for a transport that does not close (nats.py issue
+    671), and a stop or a failed start must not hang on it; the socket then goes with
+    the process."""
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await connection.close()
+    except TimeoutError:
+        log.warning("NATS: the connection did not close within %g s: left open", CLOSE_SECONDS)
 
 
 async def connect(options: NatsOptions) -> Any:
