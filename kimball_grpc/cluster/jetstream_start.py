@@ -40,13 +40,18 @@ async def when_jetstream_answers(
     servers up to place a new stream or bucket on; ``JetStreamUnavailable`` naming
     ``what`` once ``seconds`` have passed."""
     from nats.errors import NoRespondersError
-    from nats.js.errors import BadRequestError, ServiceUnavailableError
+    from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
     deadline = time.monotonic() + seconds
     while True:
         try:
             return await attempt()
-        except (TimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        except (
+            TimeoutError,
+            NoRespondersError,
+            NoStreamResponseError,  # no responder, to a publish
+            ServiceUnavailableError,
+        ) as exc:
             failure: Exception = exc
         except BadRequestError as exc:
             if exc.err_code != NO_SUITABLE_PEERS:

@@ -185,7 +185,13 @@ class ReplicatedRecords:
                 for _ in range(WRITE_ATTEMPTS):
                     check()
                     try:
-                        revision = await self._bucket.put(records, after=self.revision)
+                        # A bucket just made, or electing its leader, has no responder
+                        # for a moment: tried again for the write's time.
+                        revision = await when_jetstream_answers(
+                            f"the JetStream bucket {self._bucket.bucket}",
+                            lambda: self._bucket.put(records, after=self.revision),
+                            WRITE_SECONDS,
+                        )
                     except _NewerEntry:  # written elsewhere meanwhile: check against it too
                         await self._catch_up()
                         continue

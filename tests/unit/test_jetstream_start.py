@@ -33,8 +33,10 @@ def failing_then(*failures: Exception) -> Callable[[], Awaitable[str]]:
     return attempt
 
 
-async def test_a_call_timing_out_is_tried_again_until_it_answers():
-    attempt = failing_then(TimeoutError(), TimeoutError())
+async def test_a_call_timing_out_or_without_responder_is_tried_again_until_it_answers():
+    from nats.js.errors import NoStreamResponseError
+
+    attempt = failing_then(TimeoutError(), NoStreamResponseError(), TimeoutError())
     assert await when_jetstream_answers("the bucket b", attempt, seconds=30) == "answered"
 
 
