@@ -202,7 +202,7 @@ class RunningReplica(RunningFront):
     external: ExternalPredictions
     replica_id: str
     fan_out: ClusterFanOut  # the queries of counts, asked of every partition's owner
-    feed: ClusterEventFeed  # the stream's events for this replica's subscribers
+    feed: ClusterEventFeed[SubscriptionHub]  # the stream's events for its subscribers
     specs: ReplicatedRecords
     names: ReplicatedRecords
 
@@ -303,7 +303,7 @@ async def start_replica(settings: Settings, *, owners: Owners | None = None) -> 
         log,
         front=front,
         cluster=fan_out,
-        feed=(feed, hub),
+        feed=feed,
         specs=specs,
         names=names,
     )
@@ -383,7 +383,7 @@ def _api_services(
     *,
     front: GrpcFront | None = None,
     cluster: ClusterFanOut | None = None,
-    feed: tuple[ClusterEventFeed, SubscriptionHub] | None = None,
+    feed: ClusterEventFeed[SubscriptionHub] | None = None,
     specs: ReplicatedRecords | None = None,
     names: ReplicatedRecords | None = None,
 ) -> tuple[GrpcFront, Ingestor, SubscriptionHub, ExternalPredictions, EventForwarding]:
@@ -392,11 +392,11 @@ def _api_services(
     applied by the partitions, the queries of counts asked of every partition's owner; the
     feature specs written to ``specs``, new names registered in ``names``, the
     subscribers' hub fed the stream's events by ``feed``)."""
-    hub = feed[1] if feed else SubscriptionHub(settings.subscriber_buffer_events)
+    hub = feed.hub if feed is not None else SubscriptionHub(settings.subscriber_buffer_events)
     forwarding = EventForwarding(settings.external_grpc_event_targets, metrics.registry)
     ingestor = Ingestor(
         engine,
-        None if feed else hub,  # in cluster mode the subscribers read the stream
+        None if feed is not None else hub,  # in cluster mode the subscribers read the stream
         observe_events=metrics.observe_events,
         log=log,
         forwarding=forwarding,
@@ -413,7 +413,7 @@ def _api_services(
         metrics.registry,
         deadline=settings.external_prediction_deadline_ms / 1000,
     )
-    service = KimballService if feed is None else partial(ClusterKimballService, feed=feed[0])
+    service = KimballService if feed is None else partial(ClusterKimballService, feed=feed)
     pb_grpc.add_KimballServiceServicer_to_server(
         service(
             engine,

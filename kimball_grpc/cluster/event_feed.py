@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from kimball_grpc.cluster.event_log import STREAM, SUBJECT_PREFIX, EventLogUnavailable
+from kimball_grpc.cluster.jetstream_start import reason
 from kimball_grpc.cluster.partition_state import unsubscribe
 from kimball_grpc.codec.state_codec import decode_records
 from kimball_grpc.core.errors import OutOfRange
@@ -56,6 +57,9 @@ class Subscribers(Protocol):
     def publish(self, accepted: Sequence[AcceptedEvent]) -> None: ...
 
 
+HubT = TypeVar("HubT", bound=Subscribers)
+
+
 def event_sequence(stream_sequence: int, index: int) -> int:
     """The sequence number of the record at ``index`` of stream message ``stream_sequence``."""
     return stream_sequence * RECORDS_PER_MESSAGE + index
@@ -76,10 +80,10 @@ def message_events(stream_sequence: int, data: bytes) -> list[AcceptedEvent]:
     ]
 
 
-class ClusterEventFeed:
+class ClusterEventFeed(Generic[HubT]):
     """One replica's reading of the whole stream, for its subscribers (in ``hub``)."""
 
-    def __init__(self, js: Any, hub: Subscribers) -> None:
+    def __init__(self, js: Any, hub: HubT) -> None:
         self.hub = hub
         self._js = js
         self.position = 0  # the stream sequence of the last message handed to the hub
@@ -113,17 +117,18 @@ class ClusterEventFeed:
 
     async def _stop_unused(self) -> None:
         async with self._lock:
-            if self._users or self._subscription is None:
-                return  # another subscriber came meanwhile
-            subscription, self._subscription = self._subscription, None
-            await unsubscribe(subscription)
+            if not self._users:  # else another subscriber came meanwhile
+                await self._unsubscribe()
 
     async def stop(self) -> None:
         """Stop reading the stream (the replica shuts down)."""
         async with self._lock:
-            if self._subscription is not None:
-                subscription, self._subscription = self._subscription, None
-                await unsubscribe(subscription)
+            await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await unsubscribe(subscription)
 
     async def _start(self) -> Any:
         from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -268,7 +273,6 @@ def _gone(after: int, needed: int, first: int) -> OutOfRange:
 
 def _unavailable(exc: Exception) -> EventLogUnavailable:
     return EventLogUnavailable(
-        f"the event stream (NATS JetStream) cannot be read now ({exc or type(exc).__name__}): "
-        f"subscribe again",
+        f"the event stream (NATS JetStream) cannot be read now ({reason(exc)}): subscribe again",
         stream=STREAM,
     )
