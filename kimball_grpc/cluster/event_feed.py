@@ -22,9 +22,13 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from kimball_grpc.cluster.event_log import STREAM, SUBJECT_PREFIX, EventLogUnavailable
+from kimball_grpc.cluster.event_log import (
+    STREAM,
+    SUBJECT_PREFIX,
+    EventLogUnavailable,
+    unsubscribe,
+)
 from kimball_grpc.cluster.jetstream_start import reason
-from kimball_grpc.cluster.partition_state import unsubscribe
 from kimball_grpc.codec.state_codec import decode_records
 from kimball_grpc.core.errors import OutOfRange
 from kimball_grpc.core.events import AcceptedEvent, stored_event

@@ -88,6 +88,14 @@ async def close_connection(connection: Any) -> None:
         log.warning("NATS: the connection did not close within %g s: left open", CLOSE_SECONDS)
 
 
+async def unsubscribe(subscription: Any) -> None:
+    """End a NATS subscription; nothing if the connection is gone."""
+    try:
+        await subscription.unsubscribe()
+    except Exception as exc:  # the connection is gone: nothing to unsubscribe
+        log.debug("unsubscribe: %s", exc)
+
+
 async def connect(options: NatsOptions) -> Any:
     """A NATS connection that reconnects by itself (forever, every server in turn);
     ``ConfigError`` if the NATS client (the ``cluster`` extra) is not installed."""

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kimball_grpc.cluster.event_log import STREAM, subject
+from kimball_grpc.cluster.event_log import STREAM, subject, unsubscribe
 from kimball_grpc.cluster.jetstream_start import reason
 from kimball_grpc.cluster.membership import Membership
 from kimball_grpc.codec.state_codec import decode_records, decode_state, state_in_steps
@@ -283,11 +283,3 @@ class PartitionEngines:
             state.snapshot_sequence = sequence
             stored += 1
         return stored
-
-
-async def unsubscribe(subscription: Any) -> None:
-    """End a NATS subscription; nothing if the connection is gone."""
-    try:
-        await subscription.unsubscribe()
-    except Exception as exc:  # the connection is gone: nothing to unsubscribe
-        log.debug("unsubscribe: %s", exc)
