@@ -6,9 +6,10 @@ command runs; from a fresh checkout or an sdist that list cannot hold
 at start with ``ModuleNotFoundError``. So ``build_py`` generates the code first and then
 finds the packages again.
 
-One module is C (``kimball_grpc/core/_bloombits.c``: the Bloom filters' bit positions,
-tested and set in place): built here from source with the C compiler and Python headers,
-so the wheel is platform-specific and installs without a compiler (README: why C).
+Two modules are C (``kimball_grpc/core/_bloombits.c``: the Bloom filters' bit positions,
+tested and set in place; ``kimball_grpc/codec/_event_reader.c``: the events of a
+serialized ``TrackEventsRequest``): built here from source with the C compiler and Python
+headers, so the wheel is platform-specific and installs without a compiler (README: why C).
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ BLOOM_BITS = Extension(
     extra_compile_args=["-O2", "-std=c11"],
 )
 
+EVENT_READER = Extension(
+    "kimball_grpc.codec._event_reader",
+    sources=["kimball_grpc/codec/_event_reader.c"],
+    extra_compile_args=["-O2", "-std=c11"],
+)
+
 setup(
     packages=find_packages(include=PACKAGES),
-    ext_modules=[BLOOM_BITS],
+    ext_modules=[BLOOM_BITS, EVENT_READER],
     cmdclass={"build_py": BuildWithProtos},
 )

@@ -243,8 +243,8 @@ def step_costs(bodies: list[Body], repeats: int) -> list[tuple[str, float]]:
             lambda: [pb.TrackEventsRequest.FromString(w) for w in wires],
         ),
         (
-            "`event_fields` (servicer)",
-            lambda: [proto_mapping.event_fields(r.events) for r in decoded],
+            "`request_event_fields` (servicer)",
+            lambda: [proto_mapping.request_event_fields(r) for r in decoded],
         ),
     ]
     out = []

@@ -163,7 +163,7 @@ def ours_accept(engine_factory: Callable[[], Engine], events: list[Event], batch
 def servicer_steps(data: bytes) -> list[EventFields]:
     """What the servicer does with a ``TrackEventsRequest`` before ``accept``: decode, map."""
     request = pb.TrackEventsRequest.FromString(data)
-    return proto_mapping.event_fields(request.events)
+    return proto_mapping.request_event_fields(request)
 
 
 def in_process(

@@ -55,7 +55,7 @@ from kimball_grpc.api.readiness import STARTING_MESSAGE
 from kimball_grpc.api.servicers import accept_stream
 from kimball_grpc.api.status_mapping import status_for
 from kimball_grpc.codec.error_details import STATUS_DETAILS_KEY
-from kimball_grpc.codec.proto_mapping import event_fields
+from kimball_grpc.codec.proto_mapping import request_event_fields
 from kimball_grpc.codec.state_codec import encode_records
 from kimball_grpc.config.logs import current_call
 from kimball_grpc.core.errors import KimballError
@@ -357,7 +357,7 @@ class IntakeChannel(ChannelCalls):
         try:
             async with asyncio.timeout(timeout):
                 if kind == "unary_unary":
-                    events = request if isinstance(request, list) else event_fields(request.events)
+                    events = request if isinstance(request, list) else request_event_fields(request)
                     response = pb.TrackEventsResponse(accepted=await self._accept(events))
                 else:
                     response = await accept_stream(request, self._accept)

@@ -69,7 +69,7 @@ async def accept_stream(
     try:
         async for request in requests:
             try:
-                accepted += await accept(proto_mapping.event_fields(request.events))
+                accepted += await accept(proto_mapping.request_event_fields(request))
             except (InvalidArgument, LimitExceeded) as exc:
                 raise type(exc)(
                     f"message {messages}: {exc.message} ({accepted} events accepted before it)",
@@ -332,7 +332,7 @@ class KimballService(pb_grpc.KimballServiceServicer):
         return pb.TrackEventResponse()
 
     async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
-        accepted = await self.ingestor.accept(proto_mapping.event_fields(request.events))
+        accepted = await self.ingestor.accept(proto_mapping.request_event_fields(request))
         return pb.TrackEventsResponse(accepted=accepted)
 
     async def StreamEvents(

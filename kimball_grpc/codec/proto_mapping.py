@@ -12,6 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kimball_grpc.codec._event_reader import read_events
 from kimball_grpc.core.counters import CounterKind
 from kimball_grpc.core.errors import InvalidArgument
 from kimball_grpc.core.events import AcceptedEvent, Event, EventFields
@@ -54,6 +55,14 @@ def event_fields(messages: Iterable[pb.Event]) -> list[EventFields]:
     return [_event_fields(message) for message in messages]
 
 
+def request_event_fields(request: pb.TrackEventsRequest) -> list[EventFields]:
+    """``event_fields(request.events)``, read in C from the request serialized again (the
+    library's serializing costs a tenth of reading the fields through its objects); through
+    the library's objects when the C reader leaves the bytes to it."""
+    fields = read_events(request.SerializeToString(), _datetime_of)
+    return event_fields(request.events) if fields is None else fields
+
+
 def _event_fields(message: pb.Event) -> EventFields:
     has = message.HasField
     return (
@@ -64,6 +73,10 @@ def _event_fields(message: pb.Event) -> EventFields:
         _datetime_from_proto(message.datetime) if has("datetime") else None,
         message.ensure_goal,
     )
+
+
+def _datetime_of(seconds: int, nanos: int) -> datetime:
+    return _datetime_from_proto(Timestamp(seconds=seconds, nanos=nanos))
 
 
 def _datetime_from_proto(stamp: Timestamp, field: str = "datetime") -> datetime:

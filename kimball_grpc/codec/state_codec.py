@@ -12,6 +12,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
+from operator import attrgetter
 
 from google.protobuf.message import DecodeError
 
@@ -317,38 +318,25 @@ def encode_records(records: Sequence[Record]) -> bytes:
             for r in records  # type: ignore[union-attr]
         )
         return batch.SerializeToString()
-    index: dict[str, int] = {}
-    namespaces, names, years, weeks, valued, values, goals = [], [], [], [], [], [], []
-    hashes = []
-    for i, r in enumerate(records):
-        if r.__class__ is not EventRecord:
-            raise ValueError("a record batch holds events or goals, not both")
-        namespace, name, user, year, week, value, ensure_goal = r  # type: ignore[misc]
-        ns_index = index.get(namespace)
-        if ns_index is None:
-            ns_index = index[namespace] = len(index)
-        name_index = index.get(name)
-        if name_index is None:
-            name_index = index[name] = len(index)
-        namespaces.append(ns_index)
-        names.append(name_index)
-        hashes.append(user.digest)
-        years.append(year)
-        weeks.append(week)
-        if value is not None:
-            valued.append(i)
-            values.append(value)
-        if ensure_goal:
-            goals.append(i)
+    if not records:
+        return b""
+    if any(r.__class__ is not EventRecord for r in records):
+        raise ValueError("a record batch holds events or goals, not both")
+    # Column by column (one C-level pass each, no Python step per event): a batch's
+    # namespaces and names repeat, each stored once in ``strings`` and referred to by index.
+    namespaces, names, users, years, weeks, values, goals = zip(*records, strict=True)
+    index = {text: i for i, text in enumerate(dict.fromkeys((*namespaces, *names)))}
     batch.strings.extend(index)
-    batch.namespace.extend(namespaces)
-    batch.event_name.extend(names)
-    batch.user_hashes = b"".join(hashes)
+    batch.namespace.extend(map(index.__getitem__, namespaces))
+    batch.event_name.extend(map(index.__getitem__, names))
+    batch.user_hashes = b"".join(map(_DIGEST, users))
     batch.iso_year.extend(years)
     batch.iso_week.extend(weeks)
-    batch.valued.extend(valued)
-    batch.values.extend(values)
-    batch.ensure_goal.extend(goals)
+    if values.count(None) != len(values):
+        batch.valued.extend(i for i, value in enumerate(values) if value is not None)
+        batch.values.extend(value for value in values if value is not None)
+    if any(goals):
+        batch.ensure_goal.extend(i for i, goal in enumerate(goals) if goal)
     return batch.SerializeToString()
 
 
@@ -474,6 +462,7 @@ def spec_from_state(state: spb.FeatureSpecState) -> FeatureSpec:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DIGEST = attrgetter("digest")  # a KeyHash's 16 bytes
 
 
 def _microseconds(when: datetime) -> int:

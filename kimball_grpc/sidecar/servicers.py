@@ -62,7 +62,7 @@ class SidecarService(pb_grpc.KimballServiceServicer):
         return pb.TrackEventResponse()
 
     async def TrackEvents(self, request: pb.TrackEventsRequest, context: Context):
-        events = proto_mapping.event_fields(request.events)
+        events = proto_mapping.request_event_fields(request)
         return pb.TrackEventsResponse(accepted=await self.spool.accept(events))
 
     async def StreamEvents(
