@@ -279,7 +279,8 @@ class WriteAheadLog:
     async def append(self, payload: bytes, count: int, on_durable: Callable[[int], None]) -> int:
         """Write an entry of ``count`` records; returns its first sequence number once durable
         (per the policy) and after ``on_durable(sequence)`` ran. ``StorageError`` if the disk
-        refused it: then ``on_durable`` never runs and the log is as before."""
+        refused it, or an entry queued before it: then ``on_durable`` never runs and the log
+        is as before. Entries are queued, and written, in the order of the calls' first steps."""
         if self._closed:
             raise StorageError("write-ahead log is closed")
         answer = asyncio.get_running_loop().create_future()
@@ -324,10 +325,15 @@ class WriteAheadLog:
             reason = exc.strerror or type(exc).__name__
             error = StorageError(f"write-ahead log: cannot write: {reason}; nothing was applied")
             log.error(
-                "write-ahead log: cannot write to %s: %s; the requests in this group are refused",
+                "write-ahead log: cannot write to %s: %s; the requests in this group and those "
+                "queued behind it are refused",
                 self.directory,
                 exc,
             )
+            # The appends queued behind this group are refused with it: a caller may have
+            # queued its next batch counting on this one being written before it.
+            group += self._pending
+            self._pending = []
             self.refused += len(group)
             for item in group:
                 if not item.answer.done():

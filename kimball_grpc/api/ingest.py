@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
@@ -132,13 +132,41 @@ class Ingestor:
         ``InvalidArgument`` for a bad event, ``LimitExceeded`` if the batch would grow the
         state past a limit, ``StorageError`` when the log cannot take the batch (in each
         case nothing applied)."""
+        return await self._begin(events)
+
+    def submit(self, events: Sequence[EventFields]) -> asyncio.Future[int]:
+        """``accept`` begun at once, for a caller with batches to apply in order (a stream):
+        ``InvalidArgument`` and ``LimitExceeded`` are raised here, and the batch, checked
+        against the limits, is queued for the log in order of the calls, so that the next
+        batch may be submitted before this one is durable. If the disk refuses this batch,
+        it refuses the next one too. (In cluster mode a batch that adds names registers
+        them first, which waits: there, submit each batch once the last is accepted.)"""
+        return asyncio.ensure_future(self._begin(events))
+
+    def _begin(self, events: Sequence[EventFields]) -> Coroutine[None, None, int]:
+        """Validate ``events`` and reserve what they add (raising ``KimballError`` here),
+        then what is left of ``accept``: to await, or to start as a task at once."""
         call = current_call.get()
         try:
             records = prepare_events(events, iso_week(self._clock()))
-            if records:
-                await self._commit(records, partial(_as_events, events), self._admit(records))
+            reserved = self._admit(records) if records else NOTHING
         except KimballError as error:
             self._count(call, error.grpc_code, len(events))
+            raise
+        return self._accepted(call, records, partial(_as_events, events), reserved)
+
+    async def _accepted(
+        self,
+        call: CallContext | None,
+        records: Sequence[EventRecord],
+        events: EventsOf,
+        reserved: Reservation,
+    ) -> int:
+        try:
+            if records:
+                await self._commit(records, events, reserved)
+        except KimballError as error:
+            self._count(call, error.grpc_code, len(records))
             raise
         self._count(call, "OK", len(records), call.api if call is not None else "grpc")
         return len(records)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableSequence, Sequence
 from datetime import UTC, datetime
 
@@ -54,36 +55,66 @@ from kimball_grpc.outbound.external_predictions import ExternalPredictions
 from kimball_grpc.streaming.subscriptions import EventFilter, SubscriptionHub
 
 Context = grpc.aio.ServicerContext
+# StreamEvents: messages of a stream accepted beyond the one being made durable (one is
+# enough for the next message to be ready when the disk answers).
+STREAM_AHEAD = 1
 
 
 Accept = Callable[[Sequence[EventFields]], Awaitable[int]]
 
 
 async def accept_stream(
-    requests: AsyncIterator[pb.TrackEventsRequest], accept: Accept
+    requests: AsyncIterator[pb.TrackEventsRequest], accept: Accept, ahead: int = 0
 ) -> pb.StreamEventsResponse:
     """``StreamEvents``: each message's events accepted as it arrives; a bad message, or one
-    past a limit, ends the call naming its index, and nothing after it is accepted."""
+    past a limit, ends the call naming its index, and nothing after it is accepted.
+
+    With ``ahead``, up to that many messages are accepted further while the first one
+    not yet answered is being made durable (the wait for the disk would otherwise leave
+    the server idle between a stream's messages): ``accept`` must then do what has to
+    happen in order before it returns (``Ingestor.submit``)."""
     accepted = 0
-    messages = 0
+    messages = 0  # answered
+    in_flight: deque[Awaitable[int]] = deque()
+
+    def named(exc: InvalidArgument | LimitExceeded) -> KimballError:
+        return type(exc)(
+            f"message {messages}: {exc.message} ({accepted} events accepted before it)",
+            message=str(messages),
+            **exc.details,
+        )
+
+    async def settle(most: int) -> None:
+        nonlocal accepted, messages
+        while len(in_flight) > most:
+            try:
+                accepted += await in_flight.popleft()
+            except (InvalidArgument, LimitExceeded) as exc:
+                raise named(exc) from None
+            messages += 1
+
     try:
         async for request in requests:
             try:
-                accepted += await accept(proto_mapping.request_event_fields(request))
+                in_flight.append(accept(proto_mapping.request_event_fields(request)))
             except (InvalidArgument, LimitExceeded) as exc:
-                raise type(exc)(
-                    f"message {messages}: {exc.message} ({accepted} events accepted before it)",
-                    message=str(messages),
-                    **exc.details,
-                ) from None
-            messages += 1
+                await settle(0)  # the messages before it, whose count the error gives
+                raise named(exc) from None
+            await settle(ahead)
+        await settle(0)
     except ShuttingDown as exc:  # between two messages: the answer will not come, so say it
+        await settle(0)
         raise ShuttingDown(
             f"{exc.message}; the first {messages} messages of this stream ({accepted} events) "
             f"were accepted",
             messages=str(messages),
             accepted=str(accepted),
         ) from None
+    finally:
+        # Ended by an error: what was submitted goes on to the log all the same (nothing is
+        # cancelled, whatever happens to this call), and is waited for.
+        if in_flight:
+            await asyncio.wait([asyncio.ensure_future(a) for a in in_flight])
     return pb.StreamEventsResponse(accepted=accepted, messages=messages)
 
 
@@ -338,7 +369,9 @@ class KimballService(pb_grpc.KimballServiceServicer):
     async def StreamEvents(
         self, request_iterator: AsyncIterator[pb.TrackEventsRequest], context: Context
     ):
-        return await accept_stream(request_iterator, self.ingestor.accept)
+        if self.cluster is not None:  # a batch may wait to register names: one at a time
+            return await accept_stream(request_iterator, self.ingestor.accept)
+        return await accept_stream(request_iterator, self.ingestor.submit, STREAM_AHEAD)
 
     async def GetAnalytics(self, request: pb.GetAnalyticsRequest, context: Context):
         return await between_requests(

@@ -124,6 +124,43 @@ async def test_a_subscriber_gets_stream_events_as_sent(stub, server):
     call.cancel()
 
 
+async def test_a_streams_messages_reach_the_log_in_the_order_sent(stub, server):
+    # The next message is accepted while the last one is being made durable: the order of
+    # the log (what subscribers see, and what a goal's prior events depend on) stays the
+    # order sent, over several streams at once.
+    call = stub.Subscribe(pb.SubscribeRequest())
+    await subscribers(server, 1)
+
+    async def messages(stream: int):
+        for i in range(40):
+            yield pb.TrackEventsRequest(
+                events=[pb.Event(event_name=f"s{stream}", user_id=f"{i}-{j}") for j in range(5)]
+            )
+
+    answers = await asyncio.gather(*(stub.StreamEvents(messages(s)) for s in range(3)))
+    assert [(a.accepted, a.messages) for a in answers] == [(200, 40)] * 3
+    got = [(await asyncio.wait_for(call.read(), 5)).event for _ in range(600)]
+    for stream in range(3):
+        users = [e.user_id for e in got if e.event_name == f"s{stream}"]
+        assert users == [f"{i}-{j}" for i in range(40) for j in range(5)]
+    call.cancel()
+
+
+async def test_a_bad_message_after_messages_in_flight_counts_them_and_stops_there(stub, server):
+    async def messages():
+        for i in range(10):
+            yield events([f"ok{i}"] * 3)
+        yield events(["bad", ""])
+        yield events(["after"])
+
+    error = await expect(stub.StreamEvents(messages()), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.details().startswith("message 10: ")
+    assert "(30 events accepted before it)" in error.details()
+    response = await stub.GetAnalytics(pb.GetAnalyticsRequest())
+    names = {c.name for c in response.counts}
+    assert {f"ok{i}" for i in range(10)} <= names and not names & {"bad", "after"}
+
+
 @pytest.mark.parametrize("bad", [1001, 2**32 - 1])
 async def test_more_events_per_response_than_the_limit_is_refused(stub, server, bad):
     call = stub.Subscribe(pb.SubscribeRequest(max_events_per_response=bad), timeout=5)

@@ -345,6 +345,44 @@ async def test_a_failed_fsync_refuses_the_group_and_loses_nothing_answered_after
     assert read_back(tmp_path) == [(1, b"A"), (2, b"C")]
 
 
+async def test_an_append_queued_behind_a_refused_group_is_refused_with_it(
+    tmp_path: Path, monkeypatch
+):
+    """A stream queues its next batch while the last one is being written: if the disk
+    refuses the last one, the next must not be written after the gap."""
+    import errno
+    import os
+    import threading
+
+    wal = await opened(tmp_path)
+    applied: list[int] = []
+    await wal.append(b"A", 1, applied.append)  # the segment made (its directory synced)
+    real_fsync = os.fsync
+    syncing, fail = threading.Event(), threading.Event()
+
+    def failing_fsync(fd: int) -> None:
+        if not syncing.is_set():
+            syncing.set()
+            fail.wait(10)
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr("storage.wal.os.fsync", failing_fsync)
+    first = asyncio.ensure_future(wal.append(b"B", 1, applied.append))
+    await asyncio.to_thread(syncing.wait, 10)
+    behind = asyncio.ensure_future(wal.append(b"C", 1, applied.append))
+    await asyncio.sleep(0)  # its first step: queued behind the group being written
+    fail.set()
+    for refused in (first, behind):
+        with pytest.raises(StorageError, match="I/O error"):
+            await refused
+    assert await wal.append(b"D", 1, applied.append) == 2  # and the log goes on
+    await wal.close()
+
+    assert applied == [1, 2]
+    assert read_back(tmp_path) == [(1, b"A"), (2, b"D")]
+
+
 async def test_entries_left_behind_by_a_failed_cut_are_skipped(tmp_path: Path, monkeypatch):
     """If cutting a failed write fails too, the refused entry stays in its segment; the
     next segment takes over its number and reading skips the leftover."""
