@@ -54,6 +54,7 @@ from kimball_grpc.cluster.name_store import NameStore
 from kimball_grpc.cluster.partition_state import PartitionEngines
 from kimball_grpc.cluster.record_buckets import ReplicatedRecords
 from kimball_grpc.cluster.spec_store import SpecStore
+from kimball_grpc.config.garbage_collection import configure_garbage_collection
 from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import FeatureSpecStore, Mode, Settings, storage_config
 from kimball_grpc.config.tls import ServerTls, load_server_tls
@@ -693,6 +694,7 @@ def run_rest_worker(
     """A REST worker process: the gateway on the shared ``sockets``, over the link
     ``intake`` to the server process, until SIGTERM."""
     configure_logging(settings.log_level, settings.log_format)  # as the server's lines
+    configure_garbage_collection()
     asyncio.run(_rest_worker(settings, sockets, intake))
 
 

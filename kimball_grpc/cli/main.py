@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kimball_grpc.app import serve, serve_gateway
 from kimball_grpc.cli import client_commands as client
+from kimball_grpc.config.garbage_collection import configure_garbage_collection
 from kimball_grpc.config.logs import configure_logging
 from kimball_grpc.config.settings import (
     Settings,
@@ -786,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(environ, config_path=args.config, overrides=overrides)
         configure_logging(settings.log_level, settings.log_format)
+        configure_garbage_collection()
         for warning in settings.config_warnings:
             logging.getLogger("kimball_grpc.config").warning("%s", warning)
         if args.command == "serve":
