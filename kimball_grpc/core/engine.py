@@ -127,11 +127,9 @@ class Engine:
             ns.goals.add(goal)
 
     def apply_event(self, record: EventRecord) -> None:
-        ns = self._namespaces.get(record.namespace) or self._namespace(record.namespace)
-        name = record.event_name
-        user = record.user_hash
-        value = record.value
-        if record.ensure_goal:
+        namespace, name, user, iso_year, iso_week, value, ensure_goal = record
+        ns = self._namespaces.get(namespace) or self._namespace(namespace)
+        if ensure_goal:
             self._add_goal(ns, name)
         # The global filter holds every user of the namespace: a user new there
         # is new to every counter, which then need no membership test.
@@ -153,12 +151,12 @@ class Engine:
                 prior = () if new_user else self._prior_events(ns, name, user)
             named.record_first(value, prior)
         if rule.date_cohort is DateCohort.WEEKLY:
-            key = (name, record.iso_year, record.iso_week)
+            key = (name, iso_year, iso_week)
             weekly = ns.weekly.get(key)
             if weekly is None:
                 self._new_counter(ns)
                 weekly = ns.weekly[key] = Counter(
-                    name, CounterKind.WEEKLY, rule.new_filter(), record.iso_year, record.iso_week
+                    name, CounterKind.WEEKLY, rule.new_filter(), iso_year, iso_week
                 )
             if self._first(ns, weekly, user, new_user):
                 if is_goal and prior is None:
