@@ -5,8 +5,9 @@
 
 # The builder makes wheels, Kimball's and every dependency's; only those reach the image.
 FROM python:3.11-slim AS builder
-# A C compiler for Kimball's one C module (kimball_grpc/core/_bloombits.c; the image has
-# Python's headers): the wheel carries it built, so the runtime stage needs no compiler.
+# A C compiler for Kimball's two C modules (kimball_grpc/core/_bloombits.c and
+# kimball_grpc/codec/_event_reader.c; the image has Python's headers): the wheel carries
+# them built, so the runtime stage needs no compiler.
 # The compiler is whichever Debian ships for the base image: nothing of it reaches the image.
 # hadolint ignore=DL3008
 RUN apt-get update \

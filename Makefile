@@ -12,9 +12,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall when the dependencies, the protos or the C module change (generated code comes
-# from the build; the editable install compiles kimball_grpc/core/_bloombits.c in place).
-$(STAMP): $(BIN)/python pyproject.toml setup.py $(shell find protos -name '*.proto' -o -name '*.py') kimball_grpc/core/_bloombits.c
+# Reinstall when the dependencies, the protos or the C modules change (generated code comes
+# from the build; the editable install compiles the C modules in place).
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(shell find protos -name '*.proto' -o -name '*.py') kimball_grpc/core/_bloombits.c kimball_grpc/codec/_event_reader.c
 	$(BIN)/pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 

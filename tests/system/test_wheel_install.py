@@ -126,11 +126,12 @@ def test_wheel_holds_the_generated_code_the_readme_and_the_web_ui(dist: Path) ->
     assert metadata["Description-Content-Type"] == "text/markdown"
 
 
-def test_wheel_holds_the_c_module_built_for_this_platform(dist: Path) -> None:
+def test_wheel_holds_the_c_modules_built_for_this_platform(dist: Path) -> None:
     wheel = only(dist, "kimball-*.whl")
     with zipfile.ZipFile(wheel) as opened:
         names = set(opened.namelist())
-    assert only_name(names, ".so").startswith("kimball_grpc/core/_bloombits.")
+    built = sorted(name.split(".")[0] for name in names if name.endswith(".so"))
+    assert built == ["kimball_grpc/codec/_event_reader", "kimball_grpc/core/_bloombits"]
     assert not any(name.endswith(".c") for name in names)
     assert not wheel.name.endswith("-none-any.whl"), wheel.name
 
@@ -140,7 +141,7 @@ def test_sdist_ships_the_protos_not_code_generated_in_a_checkout(dist: Path) -> 
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"protos/compile_protos.py", "protos/kimball/v1/kimball.proto", "MANIFEST.in"} <= names
     assert not any(name.startswith("kimball_grpc/generated") for name in names)
-    assert "kimball_grpc/core/_bloombits.c" in names
+    assert {"kimball_grpc/core/_bloombits.c", "kimball_grpc/codec/_event_reader.c"} <= names
     assert not any(name.endswith(".so") for name in names)
 
 
