@@ -111,8 +111,8 @@ async def accept_stream(
             accepted=str(accepted),
         ) from None
     finally:
-        # Ended by an error: what was submitted goes on to the log all the same (nothing is
-        # cancelled, whatever happens to this call), and is waited for.
+        # Ended early (an error, or this call cancelled): the messages submitted and not yet
+        # awaited go on to the log all the same, and their end is waited for.
         if in_flight:
             await asyncio.wait([asyncio.ensure_future(a) for a in in_flight])
     return pb.StreamEventsResponse(accepted=accepted, messages=messages)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -174,6 +175,34 @@ async def test_a_full_disk_refuses_events_changes_nothing_and_recovers(tmp_path:
 
         async with running(local_settings(disk)) as server, stub_of(server) as stub:
             assert await state_of(stub) == after
+
+
+async def test_a_disk_full_midway_through_a_stream_keeps_the_messages_before_it_only(
+    tmp_path: Path,
+):
+    # A stream's next messages are queued for the log while the last one is written: when
+    # the disk refuses one, none after it may be written in its place.
+    with small_filesystem(tmp_path / "disk", size="4m") as disk:
+        async with running(local_settings(disk)) as server, stub_of(server) as stub:
+            await feed(stub, range(5))
+            filler = fill(disk)
+            os.truncate(filler, filler.stat().st_size - 64 * 1024)  # room for a few messages
+
+            async def messages():
+                for i in range(1000):
+                    users = range(i * 20, i * 20 + 20)
+                    yield pb.TrackEventsRequest(
+                        events=[pb.Event(event_name=f"m{i}", user_id=f"u{u}") for u in users]
+                    )
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.StreamEvents(messages())
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "No space left on device" in refused.value.details()
+            response = await stub.GetAnalytics(pb.GetAnalyticsRequest())
+            applied = sorted(int(c.name[1:]) for c in response.counts if c.name.startswith("m"))
+            assert 0 < len(applied) < 1000
+            assert applied == list(range(len(applied)))  # the messages before the refused one
 
 
 async def test_snapshots_are_taken_periodically_and_old_ones_pruned(tmp_path: Path):
