@@ -117,9 +117,9 @@ def serve_kimball_loopback(argv: list[str]) -> int:
     target = f"127.0.0.1:{argv[argv.index('--grpc-port') + 1]}"
     start_gateway = kimball_server.start_gateway
 
-    async def start_with_loopback(host, port, channel, *rest):  # this process only
+    async def start_with_loopback(host, port, channel, *rest, **options):  # this process only
         return await start_gateway(
-            host, port, network_channel(target, DEFAULT_MAX_RESPONSE_BYTES), *rest
+            host, port, network_channel(target, DEFAULT_MAX_RESPONSE_BYTES), *rest, **options
         )
 
     kimball_server.start_gateway = start_with_loopback
