@@ -75,7 +75,7 @@ async def accept_stream(
     happen in order before it returns (``Ingestor.submit``)."""
     accepted = 0
     messages = 0  # answered
-    in_flight: deque[Awaitable[int]] = deque()
+    in_flight: deque[asyncio.Future[int]] = deque()  # oldest first, each until it ended
 
     def named(exc: InvalidArgument | LimitExceeded) -> KimballError:
         return type(exc)(
@@ -87,16 +87,22 @@ async def accept_stream(
     async def settle(most: int) -> None:
         nonlocal accepted, messages
         while len(in_flight) > most:
+            oldest = in_flight[0]
             try:
-                accepted += await in_flight.popleft()
+                # Shielded: a cancel of this call must not cut a batch short in the log.
+                accepted += await asyncio.shield(oldest)
             except (InvalidArgument, LimitExceeded) as exc:
                 raise named(exc) from None
+            finally:
+                if oldest.done():
+                    in_flight.popleft()
             messages += 1
 
     try:
         async for request in requests:
             try:
-                in_flight.append(accept(proto_mapping.request_event_fields(request)))
+                events = proto_mapping.request_event_fields(request)
+                in_flight.append(asyncio.ensure_future(accept(events)))
             except (InvalidArgument, LimitExceeded) as exc:
                 await settle(0)  # the messages before it, whose count the error gives
                 raise named(exc) from None
@@ -111,10 +117,14 @@ async def accept_stream(
             accepted=str(accepted),
         ) from None
     finally:
-        # Ended early (an error, or this call cancelled): the messages submitted and not yet
-        # awaited go on to the log all the same, and their end is waited for.
+        # Ended early (an error, or this call cancelled): the messages submitted go on to
+        # the log all the same, and their end is waited for; what they raise is dropped,
+        # the call ending with its own error.
         if in_flight:
-            await asyncio.wait([asyncio.ensure_future(a) for a in in_flight])
+            ended, _ = await asyncio.wait(in_flight)
+            for task in ended:
+                if not task.cancelled():
+                    task.exception()
     return pb.StreamEventsResponse(accepted=accepted, messages=messages)
 
 
