@@ -8,9 +8,10 @@
  * are valid UTF-8, and each known field appears once, in field-number order, with its
  * declared wire type). This reader takes what it fully understands and otherwise answers
  * None, so that the caller reads the message through the library instead: a group, a
- * malformed or truncated field, a second occurrence of a field, a string that is not
- * UTF-8. Fields of an unknown number, or of a known number with another wire type (which
- * the library keeps as unknown fields), are skipped, as the library's reader ignores them.
+ * malformed or truncated field, a field number protobuf forbids, a second occurrence of a
+ * field, a string that is not UTF-8. Fields of an unknown number, or of a known number with
+ * another wire type (which the library keeps as unknown fields), are skipped, as the
+ * library's reader ignores them.
  *
  *   message TrackEventsRequest { repeated Event events = 1; }
  *   message Event {
@@ -48,6 +49,17 @@ static uint64_t read_varint(Reader *r) {
     }
     r->bad = 1;
     return 0;
+}
+
+/* A field's key: its number and wire type; ``bad`` set for a number protobuf forbids (0,
+ * or past 2**29 - 1), which the library refuses to parse. */
+#define MAX_FIELD_NUMBER ((UINT64_C(1) << 29) - 1)
+static uint64_t read_key(Reader *r, int *type) {
+    uint64_t key = read_varint(r);
+    uint64_t number = key >> 3;
+    if (number == 0 || number > MAX_FIELD_NUMBER) r->bad = 1;
+    *type = (int)(key & 7);
+    return number;
 }
 
 /* The bytes of a length-delimited field; NULL (``bad`` set) if they run past the end. */
@@ -123,8 +135,8 @@ typedef struct {
 static void read_timestamp(Reader *r, EventWire *e) {
     int seen = 0;
     while (r->at < r->end && !r->bad) {
-        uint64_t key = read_varint(r);
-        int number = (int)(key >> 3), type = (int)(key & 7);
+        int type;
+        uint64_t number = read_key(r, &type);
         if (r->bad) return;
         if ((number == 1 || number == 2) && type == VARINT) {
             if (seen & (1 << number)) { r->bad = 1; return; }
@@ -141,10 +153,9 @@ static void read_timestamp(Reader *r, EventWire *e) {
 static void read_event(Reader *r, EventWire *e) {
     memset(e, 0, sizeof *e);
     while (r->at < r->end && !r->bad) {
-        uint64_t key = read_varint(r);
+        int type;
+        uint64_t number = read_key(r, &type);
         if (r->bad) return;
-        uint64_t number = key >> 3;
-        int type = (int)(key & 7);
         int expected = number >= 1 && number <= 3 ? LEN
                        : number == 4             ? I64
                        : number == 5             ? LEN
@@ -233,10 +244,11 @@ static PyObject *read_events(PyObject *self, PyObject *const *args, Py_ssize_t n
     Reader r = {view.buf, (const unsigned char *)view.buf + view.len, 0};
     if (events == NULL) goto done;
     while (r.at < r.end && !r.bad) {
-        uint64_t key = read_varint(&r);
+        int type;
+        uint64_t number = read_key(&r, &type);
         if (r.bad) break;
-        if (key != ((1 << 3) | LEN)) { /* not an event: skipped, as the library does */
-            skip(&r, (int)(key & 7));
+        if (number != 1 || type != LEN) { /* not an event: skipped, as the library does */
+            skip(&r, type);
             continue;
         }
         Py_ssize_t size;
